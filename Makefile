@@ -1,0 +1,54 @@
+# s2lc: Sentinel-2 land-cover mapping with SenCLIP / TimeSenCLIP.
+# Every target bootstraps .venv from the pinned requirements when they change.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Set to a PyTorch wheel index (e.g. https://download.pytorch.org/whl/cu128) for CUDA torch.
+TORCH_INDEX_URL ?=
+
+REGION ?= demo
+YEAR ?=
+MODEL ?= timesenclip
+OUT ?=
+ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help env test test-integration map bench lint clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: REGION=$(REGION) YEAR=$(YEAR) MODEL=$(MODEL) OUT=$(OUT) ARGS=$(ARGS)"
+
+$(STAMP): requirements.txt requirements-test.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ -n "$(TORCH_INDEX_URL)" ]; then $(PY) -m pip install -q torch==2.13.0 torchvision==0.28.0 --index-url $(TORCH_INDEX_URL); fi
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	@touch $(STAMP)
+
+env: $(STAMP) ## Create/refresh .venv from the pinned requirements (no-op when unchanged)
+
+test: $(STAMP) ## Run the test suite (offline, no GPU needed)
+	$(PY) -m pytest
+
+test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac, faults)
+	$(PY) -m pytest -m integration -o addopts="" --timeout=1800
+
+map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=timesenclip OUT=dir
+	$(PY) -m pipeline run --region $(REGION) --model $(MODEL) $(if $(YEAR),--year $(YEAR)) $(if $(OUT),--out $(OUT)) $(if $(filter demo,$(REGION)),--untrained) $(ARGS)
+
+bench: $(STAMP) ## Benchmarks against same-run baselines -> bench/results.json
+	$(PY) -m pipeline bench $(ARGS)
+
+lint: $(STAMP) ## ruff lint + format check
+	$(PY) -m ruff check pipeline model aoi tests
+	$(PY) -m ruff format --check pipeline model aoi tests
+
+clean: ## Remove outputs and caches (keeps .venv)
+	rm -rf outputs .pytest_cache .ruff_cache bench/results.json
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

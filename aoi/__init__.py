@@ -1,0 +1,198 @@
+"""The region catalogue: named areas of interest, or any vector file geopandas reads.
+
+A named region is a YAML file in ``aoi/regions/`` with its geometry (EPSG:4326, either a GeoJSON
+``geometry``, a lon/lat ``bbox``, or ``bounds`` in a given ``bounds_crs``), a default period, the
+output CRS (``auto`` picks the UTM zone of the centroid) and resolution, and the STAC profile it is
+usually mapped from. ``load_region`` accepts a name or a path; ``list_regions`` lists the catalogue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+
+REGIONS_DIR = Path(__file__).parent / "regions"
+VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".shp", ".parquet", ".fgb", ".kml", ".gml"}
+
+
+@dataclass(frozen=True)
+class Region:
+    """An area of interest and how to map it.
+
+    Attributes:
+        name: short identifier, used in output paths.
+        geometry: shapely (Multi)Polygon in EPSG:4326 (lon, lat).
+        start, end: default period (inclusive dates).
+        crs: output CRS as "EPSG:nnnn".
+        resolution: output pixel size in CRS units (metres).
+        stac: STAC profile name the region is mapped from by default ("demo" for the bundled sample).
+        description: one line for ``pipeline regions``.
+    """
+
+    name: str
+    geometry: Any
+    start: dt.date
+    end: dt.date
+    crs: str
+    resolution: float = 10.0
+    stac: str = "earth-search"
+    description: str = ""
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        validate_geometry(self.geometry, self.name)
+        if self.end < self.start:
+            raise UserError(f"region {self.name}: end {self.end} is before start {self.start}")
+        if not self.resolution > 0:
+            raise UserError(f"region {self.name}: resolution must be > 0, got {self.resolution}")
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) in EPSG:4326."""
+        return tuple(self.geometry.bounds)  # type: ignore[return-value]
+
+    def area_km2(self) -> float:
+        """Area in km² measured in the region's output CRS."""
+        return float(to_crs(self.geometry, self.crs).area) / 1e6
+
+
+def validate_geometry(geom: Any, name: str) -> None:
+    """Reject empty, invalid (e.g. self-intersecting) and non-areal geometries in one line."""
+    from shapely.validation import explain_validity
+
+    if geom is None or geom.is_empty:
+        raise UserError(f"region {name}: the geometry is empty")
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):
+        raise UserError(f"region {name}: expected a polygon, got a {geom.geom_type}")
+    if not geom.is_valid:
+        raise UserError(f"region {name}: invalid geometry ({explain_validity(geom)})")
+    w, s, e, n = geom.bounds
+    if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90):
+        raise UserError(
+            f"region {name}: coordinates are not lon/lat degrees (bounds {geom.bounds})"
+        )
+    if e - w > 180:
+        raise UserError(
+            f"region {name}: the geometry crosses the antimeridian; split it into two regions "
+            "east and west of 180°"
+        )
+
+
+def to_crs(geom: Any, crs: str, src: str = "EPSG:4326") -> Any:
+    """Reproject a shapely geometry."""
+    from pyproj import Transformer
+    from shapely.ops import transform
+
+    tr = Transformer.from_crs(src, crs, always_xy=True)
+    return transform(tr.transform, geom)
+
+
+def utm_crs_for(geom: Any) -> str:
+    """The WGS84 UTM zone CRS of a lon/lat geometry's centroid."""
+    c = geom.centroid
+    zone = min(60, max(1, int(math.floor((c.x + 180) / 6)) + 1))
+    return f"EPSG:{32600 + zone if c.y >= 0 else 32700 + zone}"
+
+
+def _geometry_from(doc: dict[str, Any], name: str) -> Any:
+    from shapely.geometry import box, shape
+
+    if "geometry" in doc:
+        try:
+            return shape(doc["geometry"])
+        except Exception as exc:  # shapely raises several types for bad GeoJSON
+            raise UserError(f"region {name}: bad geometry ({exc})") from None
+    if "bbox" in doc:
+        w, s, e, n = (float(v) for v in doc["bbox"])
+        if not (w < e and s < n):
+            raise UserError(
+                f"region {name}: bbox must be [west, south, east, north], got {doc['bbox']}"
+            )
+        return box(w, s, e, n)
+    if "bounds" in doc:
+        x0, y0, x1, y1 = (float(v) for v in doc["bounds"])
+        return to_crs(box(x0, y0, x1, y1), "EPSG:4326", src=doc.get("bounds_crs", "EPSG:4326"))
+    raise UserError(f"region {name}: needs one of geometry, bbox or bounds")
+
+
+def _region_from_doc(doc: dict[str, Any], name: str, source: str) -> Region:
+    from pipeline.config import parse_date
+
+    geom = _geometry_from(doc, name)
+    validate_geometry(geom, name)
+    period = doc.get("period") or {}
+    year = dt.date.today().year - 1
+    crs = str(doc.get("crs", "auto"))
+    return Region(
+        name=str(doc.get("name", name)),
+        geometry=geom,
+        start=parse_date(period.get("start", f"{year}-01-01"), f"region {name} period.start"),
+        end=parse_date(period.get("end", f"{year}-12-31"), f"region {name} period.end"),
+        crs=utm_crs_for(geom) if crs == "auto" else crs,
+        resolution=float(doc.get("resolution", 10.0)),
+        stac=str(doc.get("stac", "earth-search")),
+        description=str(doc.get("description", "")),
+        source=source,
+    )
+
+
+def list_regions() -> list[Region]:
+    """All named regions in the catalogue, sorted by name."""
+    return [load_region(p.stem) for p in sorted(REGIONS_DIR.glob("*.yaml"))]
+
+
+def region_names() -> list[str]:
+    return sorted(p.stem for p in REGIONS_DIR.glob("*.yaml"))
+
+
+def load_region(name_or_path: str | Path) -> Region:
+    """A named region from the catalogue, or a region read from a vector file or region YAML.
+
+    A vector file (anything geopandas reads) becomes a region named after the file, with all its
+    features dissolved, reprojected to EPSG:4326, the UTM zone of its centroid and the last full
+    calendar year as the default period.
+    """
+    text = str(name_or_path)
+    named = REGIONS_DIR / f"{text}.yaml"
+    if named.is_file():
+        return _region_from_doc(yaml.safe_load(named.read_text()), text, str(named))
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"unknown region {text!r}: not a named region ({', '.join(region_names())}) "
+            "nor an existing vector file"
+        )
+    if path.suffix.lower() in (".yaml", ".yml"):
+        doc = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise UserError(f"region file {path}: expected a mapping")
+        return _region_from_doc(doc, doc.get("name", path.stem), str(path))
+    return _region_from_vector(path)
+
+
+def _region_from_vector(path: Path) -> Region:
+    import geopandas as gpd
+
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises DataSourceError and friends
+        raise UserError(f"cannot read region file {path}: {str(exc).splitlines()[0]}") from None
+    if gdf.empty:
+        raise UserError(f"region file {path}: it has no features")
+    if gdf.crs is None:
+        raise UserError(f"region file {path}: it has no CRS; set one (e.g. EPSG:4326)")
+    invalid = ~gdf.geometry.is_valid
+    if invalid.any():
+        from shapely.validation import explain_validity
+
+        bad = gdf.geometry[invalid].iloc[0]
+        raise UserError(f"region file {path}: invalid geometry ({explain_validity(bad)})")
+    geom = gdf.to_crs("EPSG:4326").geometry.union_all()
+    return _region_from_doc({"geometry": geom.__geo_interface__}, path.stem, str(path))
