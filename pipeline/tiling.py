@@ -1,0 +1,405 @@
+"""Tiling math: the output grid, its tiles, AOI masks and seamless sliding windows. Pure, no I/O.
+
+Three lattices, all in pixel units of the output resolution:
+
+* **Pixels** are anchored at the CRS origin: every output pixel edge lies on a multiple of the
+  resolution. The output grid is the AOI's bounds snapped *outward* to that lattice, so it does
+  not depend on the tile size, and two runs of overlapping regions share pixels exactly.
+* **Tiles** (units of Dask work and of Zarr chunks) are ``tile_size`` squares anchored at the
+  output grid's top-left pixel. They are *not* anchored at the CRS origin: Zarr chunks start at
+  array index 0, and only a tile lattice anchored there makes every chunk belong to exactly one
+  tile, so concurrent tile writes never read-modify-write the same chunk. Nothing else depends on
+  where tiles fall: maps are identical for any tile size (see below).
+* **Chips** (the patch model's sliding windows) are ``window`` squares whose top-left corners lie on
+  a *global* lattice of ``stride`` pixels anchored at the CRS origin. A tile loads every chip that
+  touches it (:func:`chip_plan`), and :func:`blend` averages the chips' class probabilities with a
+  smooth, strictly positive window (:func:`blend_weights`). Because the chips covering a pixel and
+  the order they are summed in depend only on the global lattice, a pixel gets bit-identical values
+  whatever tiling computed it: no seams, by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
+
+from pipeline.errors import UserError
+
+__all__ = [
+    "ChipPlan",
+    "Tile",
+    "TileGrid",
+    "aoi_mask",
+    "blend",
+    "blend_weights",
+    "chip_plan",
+    "grid_offset",
+    "halo_geobox",
+    "make_grid",
+]
+
+MIN_TILE_SIZE = 16
+MAX_TILE_SIZE = 16384
+MAX_TILES = 5_000_000
+# Pixel edges within this fraction of a pixel of the lattice count as on it (float noise).
+_SNAP_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One output tile: a unit of work and of storage.
+
+    Attributes:
+        row, col: position in the tile lattice (0-based from the grid's top-left tile).
+        geobox: the tile's output pixels.
+        window: the tile's (rows, cols) in the full output grid.
+    """
+
+    row: int
+    col: int
+    geobox: GeoBox
+    window: tuple[slice, slice]
+
+    @property
+    def id(self) -> str:
+        """Stable name, e.g. ``r0003_c0012``; used for task keys, manifests and tile folders."""
+        return f"r{self.row:04d}_c{self.col:04d}"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return (
+            self.window[0].stop - self.window[0].start,
+            self.window[1].stop - self.window[1].start,
+        )
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The output grid and the tiles of it that touch the AOI.
+
+    Attributes:
+        geobox: the full output grid.
+        tile_size: tile edge in pixels (edge tiles may be smaller).
+        tiles: the tiles that intersect the AOI, in row-major order.
+    """
+
+    geobox: GeoBox
+    tile_size: int
+    tiles: tuple[Tile, ...]
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __iter__(self) -> Iterator[Tile]:
+        return iter(self.tiles)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the output grid in pixels."""
+        return tuple(self.geobox.shape)  # type: ignore[return-value]
+
+    @property
+    def lattice_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the full tile lattice, including tiles outside the AOI."""
+        h, w = self.shape
+        return (-(-h // self.tile_size), -(-w // self.tile_size))
+
+    @property
+    def resolution(self) -> float:
+        return float(self.geobox.affine.a)
+
+    @property
+    def crs(self) -> str:
+        return str(self.geobox.crs)
+
+    def tile(self, row: int, col: int) -> Tile:
+        """Any tile of the lattice (also one outside the AOI)."""
+        nr, nc = self.lattice_shape
+        if not (0 <= row < nr and 0 <= col < nc):
+            raise IndexError(f"tile ({row}, {col}) is outside the {nr} x {nc} tile lattice")
+        h, w = self.shape
+        ts = self.tile_size
+        ys = slice(row * ts, min(h, (row + 1) * ts))
+        xs = slice(col * ts, min(w, (col + 1) * ts))
+        return Tile(row=row, col=col, geobox=self.geobox[ys, xs], window=(ys, xs))
+
+    @cached_property
+    def _by_id(self) -> dict[str, Tile]:
+        return {t.id: t for t in self.tiles}
+
+    def __getitem__(self, tile_id: str) -> Tile:
+        """The tile with this id (KeyError if it is not one of the AOI's tiles)."""
+        return self._by_id[tile_id]
+
+
+def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UserError(f"{name} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise UserError(f"{name} must be {rng}, got {value}")
+    return int(value)
+
+
+def _snap(v: float, up: bool) -> int:
+    """Round a coordinate in pixel units to the lattice, forgiving float noise."""
+    r = round(v)
+    if abs(v - r) < _SNAP_TOL:
+        return int(r)
+    return int(math.ceil(v) if up else math.floor(v))
+
+
+def make_grid(geometry: Any, crs: str, resolution: float, tile_size: int) -> TileGrid:
+    """The output grid of an AOI and the tiles of it that intersect the AOI.
+
+    :param geometry: shapely (Multi)Polygon in EPSG:4326 (lon, lat).
+    :param crs: output CRS, e.g. ``"EPSG:32632"``.
+    :param resolution: pixel size in CRS units.
+    :param tile_size: tile edge in pixels (>= 16).
+    """
+    tile_size = _check_int(tile_size, "tile_size", MIN_TILE_SIZE, MAX_TILE_SIZE)
+    try:
+        res = float(resolution)
+    except (TypeError, ValueError):
+        raise UserError(f"resolution must be a number, got {resolution!r}") from None
+    if not (math.isfinite(res) and res > 0):
+        raise UserError(f"resolution must be a positive number, got {resolution!r}")
+    if geometry is None or getattr(geometry, "is_empty", True):
+        raise UserError("the area of interest is empty")
+    if geometry.geom_type not in ("Polygon", "MultiPolygon"):
+        raise UserError(f"the area of interest must be a polygon, got a {geometry.geom_type}")
+    try:
+        geom = Geometry(geometry, "EPSG:4326").to_crs(crs, resolution="auto")
+    except Exception as exc:  # pyproj/odc raise several types for a bad CRS
+        raise UserError(f"cannot project the area of interest to {crs!r}: {exc}") from None
+    x0, y0, x1, y1 = geom.boundingbox
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise UserError(f"the area of interest is outside the valid area of {crs}")
+
+    col0, col1 = _snap(x0 / res, up=False), _snap(x1 / res, up=True)
+    row0, row1 = _snap(-y1 / res, up=False), _snap(-y0 / res, up=True)
+    width, height = max(1, col1 - col0), max(1, row1 - row0)
+    n_tiles = -(-width // tile_size) * -(-height // tile_size)
+    if n_tiles > MAX_TILES:
+        raise UserError(
+            f"the area of interest needs {n_tiles:,} tiles of {tile_size} px at {res:g} "
+            f"(more than {MAX_TILES:,}); use a larger tile size or a coarser resolution"
+        )
+    gbox = GeoBox((height, width), Affine(res, 0.0, col0 * res, 0.0, -res, -row0 * res), crs)
+    grid = TileGrid(geobox=gbox, tile_size=tile_size, tiles=())
+
+    import shapely
+
+    nr, nc = grid.lattice_shape
+    rows, cols = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
+    rows, cols = rows.ravel(), cols.ravel()
+    left = (col0 + cols * tile_size) * res
+    right = (col0 + np.minimum((cols + 1) * tile_size, width)) * res
+    top = -(row0 + rows * tile_size) * res
+    bottom = -(row0 + np.minimum((rows + 1) * tile_size, height)) * res
+    # A tile is kept when the box through its outermost pixel centres meets the AOI: that keeps
+    # every tile with a pixel centre inside (see aoi_mask) and drops sub-pixel slivers.
+    half = res / 2
+    boxes = shapely.box(left + half, bottom + half, right - half, top - half)
+    aoi = geom.geom
+    shapely.prepare(aoi)
+    keep = shapely.intersects(boxes, aoi)
+    tiles = tuple(grid.tile(int(r), int(c)) for r, c in zip(rows[keep], cols[keep], strict=True))
+    return TileGrid(geobox=gbox, tile_size=tile_size, tiles=tiles)
+
+
+def halo_geobox(geobox: GeoBox, halo_px: int) -> GeoBox:
+    """The same pixel grid enlarged by ``halo_px`` pixels on every side."""
+    halo_px = _check_int(halo_px, "halo_px", 0)
+    return geobox.pad(halo_px) if halo_px else geobox
+
+
+def aoi_mask(geobox: GeoBox, geometry_4326: Any) -> np.ndarray:
+    """Boolean (h, w) mask, True where a pixel's centre lies inside the AOI."""
+    from rasterio.features import geometry_mask
+    from shapely.geometry import box
+
+    h, w = geobox.shape
+    # Clip to the (buffered) tile first: big AOIs rasterise per tile in constant time.
+    geom = Geometry(geometry_4326, "EPSG:4326").to_crs(geobox.crs, resolution="auto").geom
+    x0, y0, x1, y1 = geobox.boundingbox
+    pad = 2 * abs(geobox.affine.a)
+    geom = geom.intersection(box(x0 - pad, y0 - pad, x1 + pad, y1 + pad))
+    if geom.is_empty:
+        return np.zeros((h, w), dtype=bool)
+    return geometry_mask(
+        [geom], out_shape=(h, w), transform=geobox.affine, invert=True, all_touched=False
+    )
+
+
+def grid_offset(geobox: GeoBox) -> tuple[float, int, int]:
+    """(resolution, global row, global col) of the geobox's top-left pixel.
+
+    Global indices count pixels from the CRS origin (rows downwards: row = -y / resolution).
+    Raises ValueError for grids that are rotated, not square, not north-up or not on the lattice.
+    """
+    a = geobox.affine
+    res = a.a
+    if a.b != 0 or a.d != 0 or res <= 0 or not math.isclose(a.e, -res, rel_tol=1e-9):
+        raise ValueError(f"expected a north-up grid with square pixels, got {tuple(a)[:6]}")
+    gx, gy = a.c / res, -a.f / res
+    rx, ry = round(gx), round(gy)
+    if abs(gx - rx) > _SNAP_TOL or abs(gy - ry) > _SNAP_TOL:
+        raise ValueError(f"grid origin ({a.c}, {a.f}) is not on the {res:g} pixel lattice")
+    return float(res), int(ry), int(rx)
+
+
+@dataclass(frozen=True)
+class ChipPlan:
+    """The sliding-window chips a tile needs, on the global chip lattice.
+
+    Attributes:
+        geobox: the region to load: the union of all chips touching the tile.
+        tile_geobox: the tile's own pixels.
+        tile_window: the tile's (rows, cols) inside ``geobox``.
+        window: chip edge in pixels.
+        stride: chip step in pixels.
+        first_chip: global lattice index (row, col) of the top-left chip.
+        chips_shape: (rows, cols) of chips; ``n_chips`` is their product.
+    """
+
+    geobox: GeoBox
+    tile_geobox: GeoBox
+    tile_window: tuple[slice, slice]
+    window: int
+    stride: int
+    first_chip: tuple[int, int]
+    chips_shape: tuple[int, int]
+
+    @property
+    def n_chips(self) -> int:
+        return self.chips_shape[0] * self.chips_shape[1]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(n_chips, 2) int64 top-left (row, col) of each chip inside ``geobox``, row-major."""
+        nr, nc = self.chips_shape
+        r, c = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
+        return np.stack([r.ravel(), c.ravel()], axis=1).astype(np.int64) * self.stride
+
+    @property
+    def chip_ids(self) -> np.ndarray:
+        """(n_chips, 2) global lattice indices of the chips (identical across tilings)."""
+        return self.offsets // self.stride + np.asarray(self.first_chip, dtype=np.int64)
+
+    def chip_geobox(self, i: int) -> GeoBox:
+        r, c = (int(v) for v in self.offsets[i])
+        return self.geobox[r : r + self.window, c : c + self.window]
+
+    def extract(self, array: np.ndarray) -> np.ndarray:
+        """The chips of a loaded ``(..., H, W)`` array on ``geobox``: ``(n_chips, ..., win, win)``.
+
+        A strided view (no copy); slice it into batches before converting.
+        """
+        if tuple(array.shape[-2:]) != tuple(self.geobox.shape):
+            raise ValueError(
+                f"array shape {array.shape[-2:]} does not match the plan's {self.geobox.shape}"
+            )
+        win, s = self.window, self.stride
+        view = np.lib.stride_tricks.sliding_window_view(array, (win, win), axis=(-2, -1))
+        view = view[..., ::s, ::s, :, :]  # (..., nr, nc, win, win)
+        lead = array.ndim - 2
+        view = np.moveaxis(view, (lead, lead + 1), (0, 1))
+        return view.reshape((self.n_chips,) + view.shape[2:])
+
+
+def chip_plan(geobox: GeoBox, window: int, stride: int) -> ChipPlan:
+    """The chips (global lattice, anchored at the CRS origin) that touch ``geobox``'s pixels."""
+    window = _check_int(window, "window", 1)
+    stride = _check_int(stride, "stride", 1)
+    if stride > window:
+        raise UserError(
+            f"stride ({stride}) must not exceed the window ({window}): pixels would be missed"
+        )
+    res, gy, gx = grid_offset(geobox)
+    h, w = geobox.shape
+    # Chip j covers global rows [j*stride, j*stride + window); keep those overlapping [gy, gy + h).
+    j0, j1 = (gy - window) // stride + 1, (gy + h - 1) // stride
+    i0, i1 = (gx - window) // stride + 1, (gx + w - 1) // stride
+    top, left = j0 * stride, i0 * stride
+    shape = ((j1 - j0) * stride + window, (i1 - i0) * stride + window)
+    a = geobox.affine
+    load = GeoBox(
+        shape,
+        Affine(res, 0.0, a.c + (left - gx) * res, 0.0, -res, a.f - (top - gy) * res),
+        geobox.crs,
+    )
+    tile_window = (slice(gy - top, gy - top + h), slice(gx - left, gx - left + w))
+    return ChipPlan(
+        geobox=load,
+        tile_geobox=geobox,
+        tile_window=tile_window,
+        window=window,
+        stride=stride,
+        first_chip=(j0, i0),
+        chips_shape=(j1 - j0 + 1, i1 - i0 + 1),
+    )
+
+
+def blend_weights(window: int, floor: float = 1e-2) -> np.ndarray:
+    """Smooth, strictly positive (window, window) float32 weights peaking at the chip centre.
+
+    The outer product of a Hann window (without its zero end points) lifted by ``floor``, so that
+    edge pixels of a chip still count where no other chip covers them (the map's border).
+    """
+    window = _check_int(window, "window", 1)
+    if not 0 < floor <= 1:
+        raise ValueError(f"floor must be in (0, 1], got {floor}")
+    hann = np.hanning(window + 2)[1:-1]
+    w1 = floor + (1.0 - floor) * hann
+    return np.outer(w1, w1).astype(np.float32)
+
+
+def blend(chip_probs: np.ndarray, plan: ChipPlan, weights: np.ndarray | None = None) -> np.ndarray:
+    """Weighted average of the chips' class probabilities over each tile pixel.
+
+    :param chip_probs: (n_chips, C) probabilities, in the plan's chip order. Chips with any
+        non-finite value (no data) are left out; a pixel no finite chip covers is NaN.
+    :param plan: the tile's :func:`chip_plan`.
+    :param weights: (window, window) chip weights; :func:`blend_weights` by default.
+    :returns: (C, h, w) float32 over the tile's pixels.
+    """
+    probs = np.asarray(chip_probs)
+    if probs.ndim != 2 or probs.shape[0] != plan.n_chips:
+        raise ValueError(f"expected ({plan.n_chips}, C) chip probabilities, got {probs.shape}")
+    win = plan.window
+    wts = blend_weights(win) if weights is None else np.asarray(weights, dtype=np.float32)
+    if wts.shape != (win, win):
+        raise ValueError(f"weights must be ({win}, {win}), got {wts.shape}")
+    ys, xs = plan.tile_window
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    n_cls = probs.shape[1]
+    acc = np.zeros((n_cls, h, w), dtype=np.float64)
+    wsum = np.zeros((h, w), dtype=np.float64)
+    finite = np.isfinite(probs).all(axis=1)
+    wts64 = wts.astype(np.float64)
+    for k, (r, c) in enumerate(plan.offsets):
+        if not finite[k]:
+            continue
+        # Intersect the chip [r, r+win) x [c, c+win) with the tile, in load-grid coordinates.
+        r0, r1 = max(r, ys.start), min(r + win, ys.stop)
+        c0, c1 = max(c, xs.start), min(c + win, xs.stop)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        ww = wts64[r0 - r : r1 - r, c0 - c : c1 - c]
+        dst = (slice(r0 - ys.start, r1 - ys.start), slice(c0 - xs.start, c1 - xs.start))
+        acc[(slice(None), *dst)] += probs[k].astype(np.float64)[:, None, None] * ww
+        wsum[dst] += ww
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = acc / wsum
+    out[:, wsum == 0] = np.nan
+    return out.astype(np.float32)
