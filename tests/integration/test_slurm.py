@@ -1,0 +1,217 @@
+"""A real Slurm controller + daemon on localhost: plain jobs, Dask workers as Slurm jobs, a map.
+
+The ``slurm`` fixture (conftest.py) installs slurm-wlm + munge if needed and starts a private
+single-node cluster; these tests submit real jobs to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .slurm import SlurmInfo
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_COMMAND = REPO / "pipeline" / "commands" / "run.py"
+
+
+def _squeue_ids() -> set[str]:
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=15
+    ).stdout
+    return set(out.split())
+
+
+@pytest.mark.timeout(300)
+def test_sbatch_and_srun_run_real_jobs(slurm: SlurmInfo, tmp_path: Path) -> None:
+    script = tmp_path / "job.sh"
+    out = tmp_path / "job-%j.out"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/bash
+            #SBATCH --job-name=s2lc-smoke
+            #SBATCH --partition={slurm.partition}
+            #SBATCH --ntasks=1
+            #SBATCH --cpus-per-task=1
+            #SBATCH --time=00:02:00
+            #SBATCH --output={out}
+            echo "job=$SLURM_JOB_ID node=$SLURMD_NODENAME partition=$SLURM_JOB_PARTITION"
+            srun --ntasks=1 echo "step on $SLURMD_NODENAME"
+            """
+        )
+    )
+    proc = subprocess.run(
+        ["sbatch", "--parsable", "--wait", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    text = (tmp_path / f"job-{job_id}.out").read_text()
+    assert f"job={job_id} node={slurm.node} partition={slurm.partition}" in text
+    assert f"step on {slurm.node}" in text
+
+    direct = subprocess.run(
+        [
+            "srun",
+            f"--partition={slurm.partition}",
+            "--ntasks=1",
+            "--time=1",
+            "printenv",
+            "SLURM_JOB_ID",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert direct.returncode == 0, direct.stderr
+    assert direct.stdout.strip().isdigit()
+
+
+@pytest.mark.timeout(600)
+def test_dask_jobqueue_workers_are_slurm_jobs(slurm: SlurmInfo, tmp_path: Path) -> None:
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    def identity() -> dict:
+        # Defined here so that cloudpickle ships it by value (workers cannot import this module).
+        import os
+        import socket
+
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job": os.environ.get("SLURM_JOB_ID"),
+            "node": os.environ.get("SLURMD_NODENAME"),
+        }
+
+    def square(i: int) -> tuple[int, str | None]:
+        import os
+
+        return i * i, os.environ.get("SLURM_JOB_ID")
+
+    logs = tmp_path / "logs"
+    with SLURMCluster(
+        queue=slurm.partition,
+        cores=1,
+        memory="2GB",
+        processes=1,
+        walltime="00:10:00",
+        python=sys.executable,
+        interface="lo",
+        local_directory=str(tmp_path / "dask"),
+        log_directory=str(logs),
+        job_extra_directives=[f"--chdir={tmp_path}"],
+        job_script_prologue=[f"export SLURM_CONF={slurm.conf}"],
+        worker_extra_args=["--nthreads", "1"],
+    ) as cluster:
+        assert f"#SBATCH -p {slurm.partition}" in cluster.job_script()
+        cluster.scale(2)
+        with Client(cluster) as client:
+            client.wait_for_workers(2, timeout=240)
+            identities = client.run(identity)
+            # Real distributed work: each task reports which worker (Slurm job) ran it.
+            futures = client.map(square, range(20))
+            results = client.gather(futures)
+            running = _squeue_ids()
+
+    assert len(identities) == 2
+    jobs = {ident["job"] for ident in identities.values()}
+    assert None not in jobs and len(jobs) == 2, identities
+    assert jobs <= running, (jobs, running)
+    assert {ident["node"] for ident in identities.values()} == {slurm.node}
+    assert len({ident["pid"] for ident in identities.values()}) == 2
+    assert all(ident["pid"] != os.getpid() for ident in identities.values())
+    assert [r[0] for r in results] == [i * i for i in range(20)]
+    assert {r[1] for r in results} <= jobs
+    # dask-jobqueue's log_directory: Slurm wrote each job's stderr (the worker's log) there.
+    for job in jobs:
+        err = logs / f"dask-worker-{job}.err"
+        assert err.exists(), sorted(p.name for p in logs.iterdir())
+        assert "Start worker" in err.read_text() or "Starting Worker" in err.read_text()
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(
+    not RUN_COMMAND.exists(),
+    reason="pipeline/commands/run.py ('python -m pipeline run') not present yet",
+)
+def test_map_on_slurm(slurm: SlurmInfo, tmp_path: Path) -> None:
+    """`python -m pipeline run --cluster slurm`: Dask workers as Slurm jobs make a small map."""
+    job_logs = tmp_path / "job-logs"
+    job_logs.mkdir()
+    profile = tmp_path / "slurm.yaml"
+    profile.write_text(
+        textwrap.dedent(
+            f"""\
+            queue: {slurm.partition}
+            cores: 1
+            processes: 1
+            memory: 3GB
+            walltime: "00:20:00"
+            job_extra_directives:
+              - "--output={job_logs}/job-%j.out"
+            """
+        )
+    )
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--region",
+        "demo",
+        "--untrained",
+        "--model",
+        "timesenclip",
+        "--bbox",
+        *map(str, demo_sub_bbox()),
+        "--cluster",
+        "slurm",
+        "--cluster-config",
+        str(profile),
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SLURM_CONF": str(slurm.conf)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1100, cwd=REPO, env=env)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+    classes = list(out.rglob("classes.tif"))
+    assert classes, sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    import rasterio
+
+    with rasterio.open(classes[0]) as ds:
+        data = ds.read(1)
+        assert data.size > 0
+        assert ds.crs is not None
+    run_json = next(out.rglob("run.json"))
+    assert "slurm" in run_json.read_text().lower()
+    json.loads(run_json.read_text())
+    # Proof that Slurm ran the workers: each job wrote its log through the profile's directive.
+    outs = list(job_logs.glob("job-*.out"))
+    assert outs, "no Slurm job output: the workers did not run as Slurm jobs"
+    assert any("distributed" in p.read_text() or "worker" in p.read_text().lower() for p in outs)
+
+
+def demo_sub_bbox() -> tuple[float, float, float, float]:
+    """The central quarter of the demo region (about 1 x 1 km, 100 x 100 pixels), in lon/lat."""
+    from aoi import load_region
+
+    w, s, e, n = load_region("demo").bbox
+    dx, dy = (e - w) / 4, (n - s) / 4
+    return (round(w + dx, 6), round(s + dy, 6), round(e - dx, 6), round(n - dy, 6))
