@@ -1,0 +1,147 @@
+"""A run's output folder: staging area, per-tile completion markers, resume and publishing.
+
+Layout of ``OUT/``::
+
+    map.zarr  classes.tif  confidence.tif  valid_obs.tif      final products (published last)
+    legend.json  quicklook.png  item.json  run.json
+    .s2lc/manifest.json      output hash, resolved config, STAC items, calibration
+    .s2lc/map.zarr           the store tiles write into, moved to OUT/map.zarr when complete
+    .s2lc/tiles/<id>.json    written (atomically) only after a tile's results are fully written
+    .s2lc/tiles/<id>/        per-tile GeoTIFFs, mosaicked into the COGs
+
+Nothing appears under a final name until it is complete: tiles write into the staging area and
+the products are moved into place by :meth:`Workspace.publish`. A rerun with the same output hash
+skips tiles that have a marker; a different hash refuses to mix, unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+PRODUCTS = (
+    "map.zarr",
+    "classes.tif",
+    "confidence.tif",
+    "valid_obs.tif",
+    "legend.json",
+    "quicklook.png",
+    "item.json",
+    "run.json",
+)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Workspace:
+    """Paths and state of one output folder."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.work = self.out / ".s2lc"
+        self.manifest_path = self.work / "manifest.json"
+        self.store = self.work / "map.zarr"
+        self.tiles = self.work / "tiles"
+
+    # -- checks that must happen before anything is written -------------------------------
+    def check_writable(self) -> None:
+        """Fail early, with nothing written, if the output folder cannot be created or written."""
+        probe_dir = self.out
+        while not probe_dir.exists():
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            raise UserError(f"output path {self.out}: {probe_dir} is not a folder")
+        if not os.access(probe_dir, os.W_OK | os.X_OK):
+            raise UserError(f"output path {self.out} is not writable")
+
+    def manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.is_file():
+            return None
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def prepare(self, output_hash: str, overwrite: bool) -> bool:
+        """Make the folder ready for a run with ``output_hash``; True if resuming earlier work.
+
+        Existing outputs of another configuration are an error unless ``overwrite``, which
+        removes the products and the staging area (nothing else in the folder).
+        """
+        self.check_writable()
+        existing = self.manifest()
+        has_products = any((self.out / p).exists() for p in PRODUCTS)
+        if overwrite:
+            self.clear()
+        elif existing is not None and existing.get("output_hash") != output_hash:
+            raise UserError(
+                f"{self.out} holds a map made with other settings (hash {existing.get('output_hash')}"
+                f" != {output_hash}); use --overwrite or another --out"
+            )
+        elif existing is None and has_products:
+            raise UserError(
+                f"{self.out} already holds map products; use --overwrite or another --out"
+            )
+        self.tiles.mkdir(parents=True, exist_ok=True)
+        return existing is not None and not overwrite
+
+    def clear(self) -> None:
+        for name in PRODUCTS:
+            p = self.out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        if self.work.exists():
+            shutil.rmtree(self.work)
+
+    def save_manifest(self, data: dict[str, Any]) -> None:
+        write_json_atomic(self.manifest_path, data)
+
+    # -- tiles ------------------------------------------------------------------------------
+    def tile_dir(self, tile_id: str) -> Path:
+        return self.tiles / tile_id
+
+    def marker(self, tile_id: str) -> Path:
+        return self.tiles / f"{tile_id}.json"
+
+    def done_tiles(self) -> dict[str, dict[str, Any]]:
+        """Stats of every tile that finished, keyed by tile id."""
+        done = {}
+        for p in sorted(self.tiles.glob("*.json")):
+            try:
+                done[p.stem] = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # a marker is only ever complete (atomic); ignore strays
+        return done
+
+    def mark_done(self, tile_id: str, stats: dict[str, Any]) -> None:
+        write_json_atomic(self.marker(tile_id), stats)
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish_store(self) -> Path:
+        """Move the staging Zarr store under its final name (atomic rename on one filesystem)."""
+        final = self.out / "map.zarr"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(self.store, final)
+        return final
