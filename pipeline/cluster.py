@@ -119,12 +119,14 @@ def local_layout(
 ) -> tuple[int, int]:
     """(workers, torch threads per worker) for a local cluster.
 
-    With GPUs: one worker per GPU (each owns a model on its device). Without: by default two
-    workers (one loads data while the other infers), never more than the cores, and the cores
-    shared out among them for torch.
+    Without GPUs: by default two workers (one loads data while the other infers), never more
+    than the cores, the cores shared out among them for torch. With GPUs: one worker per two
+    cores (at least one per GPU), all sharing the GPU(s): decoding and compositing are CPU-bound
+    and the models are small enough for several processes per device, so one tile's GPU
+    inference overlaps other tiles' CPU work.
     """
     if workers is None:
-        workers = gpus if gpus else max(1, min(2, cores))
+        workers = max(gpus, cores // 2) if gpus else max(1, min(2, cores))
     if threads is None:
         threads = max(1, cores // workers)
     return workers, threads
@@ -140,13 +142,12 @@ def open_client(cfg: ClusterConfig) -> Iterator[object]:
         workers, threads = local_layout(
             os.cpu_count() or 1, gpus, cfg.workers, cfg.threads_per_worker
         )
-        resources = {"GPU": 1} if gpus else None
         cluster = LocalCluster(
             n_workers=workers,
+            resources={"GPU": 1} if gpus else None,  # tile tasks request it (one at a time)
             threads_per_worker=1,  # one tile at a time per worker; torch gets `threads`
             processes=True,
             memory_limit=cfg.memory_limit,
-            resources=resources,
             dashboard_address=":0",
             silence_logs=logging.WARNING,
         )

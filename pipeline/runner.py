@@ -508,6 +508,7 @@ def _report(
             "tile_size": cfg.tile_size,
         },
         "seconds": dict(seconds),
+        "tile_stats": [all_stats[k] for k in sorted(all_stats)],
         "versions": package_versions(),
         "host": host_info(),
     }

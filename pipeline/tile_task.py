@@ -233,8 +233,11 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     write_tile(job.store, tile, result)
     write_tile_rasters(Path(job.tile_dir), tile, result)
     t["write"] = time.perf_counter()
+    import resource
+
     return {
         "tile": tile.id,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "scenes": int(n_scenes),
         "pixels": int(ny * nx),
         "valid_pixels": int(valid.sum()),

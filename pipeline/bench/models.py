@@ -1,0 +1,201 @@
+"""Model throughput: the production engine against a reference-style loop on the same data.
+
+TimeSenCLIP baseline (the authors' ``zeroshot.py``): fp32, eager, batch 1024, and the text
+classifier re-encoded for every batch. SenCLIP baseline (the authors' eval loop): a per-chip CPU
+preprocessing loop (joint min-max to uint8, PIL bicubic resize to 224, normalise), batch 32.
+Both baselines and ours run on the same synthetic reflectances, on the same device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.bench.results import Entry, best_rate
+
+#: FLOPs per pixel of the TimeSenCLIP encoder at T = 12 (issue 6; 2 x ~0.105 GMAC).
+TIMESENCLIP_FLOP_PER_PX = 0.21e9
+#: Dense bf16 tensor-core peaks (FLOP/s) by device name fragment.
+BF16_PEAK = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 80GB HBM3": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+}
+
+LEGEND_FOR_BENCH = "lucas-lc8"
+
+
+def _series(n: int, t: int = 12, seed: int = 0) -> np.ndarray:
+    """Plausible reflectance x 1e4 series (N, T, 10), float32."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(200, 4000, size=(n, 1, 10))
+    season = 1 + 0.3 * np.sin(np.linspace(0, 2 * np.pi, t))[None, :, None]
+    return (base * season + rng.normal(0, 50, size=(n, t, 10))).astype(np.float32)
+
+
+def _chips(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, 0.4, size=(n, 3, size, size)).astype(np.float32)
+
+
+def _prompts():
+    from model.legends import load_legend
+
+    legend = load_legend(LEGEND_FOR_BENCH, style="aerial")
+    return [list(c.prompts) for c in legend.classes], legend
+
+
+def _reference_text_classifier(m, prompts_per_class) -> torch.Tensor:
+    """The reference's per-batch classifier: encode each class's prompts, normalise, mean, renorm."""
+    cols = []
+    for prompts in prompts_per_class:
+        e = m.text_embed(prompts)
+        cols.append(F.normalize(F.normalize(e, dim=-1).mean(0), dim=-1))
+    return torch.stack(cols, dim=1)
+
+
+def timesenclip_entries(device: str, n_pixels: int, threads: int) -> list[Entry]:
+    import model
+    from model.engine import embed_pixels
+    from model.zeroshot import build_classifier, classify
+
+    m = model.load("timesenclip", untrained=True, device=device)
+    prompts, legend = _prompts()
+    series = _series(n_pixels)
+    w = build_classifier(m, legend)
+
+    def ours() -> int:
+        emb = embed_pixels(m, series)
+        classify(emb, w)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return len(series)
+
+    def reference() -> int:
+        n_ref = min(len(series), 1024 * (8 if device.startswith("cuda") else 4))
+        with torch.no_grad():
+            for i in range(0, n_ref, 1024):
+                wt = _reference_text_classifier(m, prompts)  # rebuilt every batch
+                x = m.preprocess(torch.from_numpy(series[i : i + 1024])).to(m.device)
+                f = F.normalize(m.encoder.inference(x).float(), dim=-1)
+                logits = (f @ wt) / 2 + 1
+                logits.argmax(1).cpu()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return n_ref
+
+    value = best_rate(ours, repeats=3)
+    base = best_rate(reference, repeats=2)
+    from model.engine import inference_dtype, pixel_batch_size
+
+    entries = [
+        Entry(
+            "timesenclip_pixels_per_s",
+            value,
+            "pixels/s",
+            baseline=base,
+            device=device,
+            dtype=str(inference_dtype(m.device)).replace("torch.", ""),
+            batch=pixel_batch_size(m.device),
+            threads=threads,
+            notes={
+                "pixels": n_pixels,
+                "T": 12,
+                "baseline": "fp32 eager, batch 1024, "
+                "text classifier re-encoded every batch (reference zeroshot.py)",
+            },
+        )
+    ]
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(0)
+        peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+        if peak:
+            entries.append(
+                Entry(
+                    "timesenclip_flop_fraction",
+                    value * TIMESENCLIP_FLOP_PER_PX / peak,
+                    "fraction of bf16 peak",
+                    device=device,
+                    dtype="bfloat16",
+                    notes={
+                        "gpu": name,
+                        "peak_flops": peak,
+                        "flop_per_pixel": TIMESENCLIP_FLOP_PER_PX,
+                    },
+                )
+            )
+    return entries
+
+
+def _reference_chip_preprocess(chips: np.ndarray) -> torch.Tensor:
+    """The reference's per-chip CPU path: joint min-max to uint8, PIL bicubic 224, Bing norm."""
+    from PIL import Image
+
+    from model.senclip import BING_MEAN, BING_STD
+
+    out = []
+    mean = np.asarray(BING_MEAN, np.float32)[:, None, None]
+    std = np.asarray(BING_STD, np.float32)[:, None, None]
+    for chip in chips:
+        lo, hi = chip.min(), chip.max()
+        u8 = ((chip - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8).transpose(1, 2, 0)
+        img = Image.fromarray(u8).resize((224, 224), Image.BICUBIC)
+        arr = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0
+        out.append(torch.from_numpy((arr - mean) / std))
+    return torch.stack(out)
+
+
+def senclip_entries(device: str, n_chips: int, threads: int) -> list[Entry]:
+    import model
+    from model.engine import chip_batch_size, embed_chips, inference_dtype
+    from model.zeroshot import build_classifier, classify
+
+    m = model.load("senclip", untrained=True, device=device)
+    _, legend = _prompts()
+    w = build_classifier(m, legend)
+    chips = _chips(n_chips)
+
+    def ours() -> int:
+        classify(embed_chips(m, chips), w)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return len(chips)
+
+    def reference() -> int:
+        n_ref = min(len(chips), 32 * (16 if device.startswith("cuda") else 2))
+        wt = w.T.to(m.device).float()
+        with torch.no_grad():
+            for i in range(0, n_ref, 32):
+                x = _reference_chip_preprocess(chips[i : i + 32]).to(m.device)
+                f = F.normalize(m.net.encode_image(x).float(), dim=-1)
+                (f @ wt).argmax(1).cpu()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return n_ref
+
+    value = best_rate(ours, repeats=2)
+    base = best_rate(reference, repeats=2)
+    return [
+        Entry(
+            "senclip_chips_per_s",
+            value,
+            "chips/s",
+            baseline=base,
+            device=device,
+            dtype=str(inference_dtype(m.device)).replace("torch.", ""),
+            batch=chip_batch_size(m.device),
+            threads=threads,
+            notes={
+                "chips": n_chips,
+                "chip_px": 64,
+                "arch": "ViT-B-32",
+                "baseline": "per-chip CPU preprocessing (PIL bicubic), batch 32, fp32",
+            },
+        )
+    ]

@@ -1,0 +1,79 @@
+"""``bench``: throughput figures, each beside a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "bench"
+HELP = "benchmarks vs same-run baselines (models, composite, demo end to end) -> bench/results.json"
+
+SECTIONS = ("models", "composite", "demo", "projection")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    p.add_argument("--device", default="auto", help="auto (cuda if present, and cpu), cpu or cuda")
+    p.add_argument("--out", default="bench/results.json", help="results file (entries are merged)")
+    p.add_argument("--pixels", type=int, help="TimeSenCLIP pixels per timing (default by device)")
+    p.add_argument("--chips", type=int, help="SenCLIP chips per timing (default by device)")
+    p.add_argument("--cube-size", type=int, default=192, help="composite cube edge in pixels")
+    p.add_argument("--node-cores", type=int, default=16, help="cores of the projected GPU node")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    import torch
+
+    import model  # noqa: F401 (torchvision shim before torch users)
+    from pipeline.bench.composite import composite_entries
+    from pipeline.bench.endtoend import demo_entries
+    from pipeline.bench.models import senclip_entries, timesenclip_entries
+    from pipeline.bench.projection import projection_entry
+    from pipeline.bench.results import table, write_results
+
+    log = logging.getLogger("pipeline.bench")
+    sections = args.only or SECTIONS
+    devices = ["cpu"]
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        devices = ["cuda", "cpu"] if args.device == "auto" else ["cuda"]
+    threads = torch.get_num_threads()
+    entries = []
+    if "models" in sections:
+        for dev in devices:
+            gpu = dev == "cuda"
+            log.info("TimeSenCLIP on %s", dev)
+            entries += timesenclip_entries(
+                dev, args.pixels or (2_000_000 if gpu else 8192), threads
+            )
+            log.info("SenCLIP on %s", dev)
+            entries += senclip_entries(dev, args.chips or (4096 if gpu else 64), threads)
+    if "composite" in sections:
+        log.info("composite")
+        entries += composite_entries(args.cube_size, threads)
+    if "demo" in sections:
+        log.info("demo end to end")
+        entries += demo_entries()
+    if "projection" in sections:
+        import json
+
+        previous = []
+        out = Path(args.out)
+        if out.exists():  # a GPU figure from an earlier run on a GPU machine counts too
+            from pipeline.bench.results import Entry
+
+            previous = [
+                Entry(**{k: v for k, v in e.items() if k != "ratio"} | {"ratio": e.get("ratio")})
+                for e in json.loads(out.read_text())
+            ]
+        merged = entries + [
+            e for e in previous if (e.name, e.device) not in {(x.name, x.device) for x in entries}
+        ]
+        proj = projection_entry(merged, node_cores=args.node_cores)
+        if proj:
+            entries.append(proj)
+    write_results(entries, Path(args.out))
+    print(table(entries))
+    print(f"\nwritten to {args.out}")
+    return 0
