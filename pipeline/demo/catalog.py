@@ -1,0 +1,428 @@
+"""Write the synthetic scenes as a Sentinel-2 L2A STAC catalog: COGs, items.json, collection.json.
+
+Two layouts:
+
+- ``earth-search-v1`` (the demo): asset keys ``blue`` ... ``swir22``, ``scl``; ``raster:bands`` with
+  scale 0.0001, offset -0.1, nodata 0; ``earthsearch:boa_offset_applied: true`` and DN without the
+  baseline-04.00 offset (DN = 10000 * reflectance), exactly like Earth Search v1.
+- ``planetary-computer`` (tests): asset keys ``B02`` ... ``B12``, ``SCL``; no ``raster:bands``;
+  DN still carry the offset (DN = 10000 * reflectance + 1000).
+
+Asset hrefs are absolute ``file://`` URLs. Alongside: ``truth.tif`` (COG, uint8 class index, class
+names in its tags), ``truth.json`` (class names and the generation parameters).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, PC_KEYS, SCL
+from pipeline.demo.landscape import CLASS_NAMES, Landscape, make_landscape
+from pipeline.demo.scenes import SceneSpec, block_mean, draw_specs, render
+
+LAYOUTS = ("earth-search-v1", "planetary-computer")
+COLLECTION = "sentinel-2-l2a"
+DEMO_AOI = (600000.0, 5340000.0, 602000.0, 5342000.0)
+"""The demo AOI (EPSG:32632), see aoi/regions/demo.yaml."""
+DEMO_MARGIN = 640.0
+"""Scenes extend this far beyond the AOI on every side (halo for the patch model)."""
+DEMO_BOUNDS = (
+    DEMO_AOI[0] - DEMO_MARGIN,
+    DEMO_AOI[1] - DEMO_MARGIN,
+    DEMO_AOI[2] + DEMO_MARGIN,
+    DEMO_AOI[3] + DEMO_MARGIN,
+)
+DEMO_EPSG = 32632
+MGRS_TILE = "32UPU"
+BASELINE = "05.09"
+
+_BAND_INFO: dict[str, tuple[str, str, float, float]] = {
+    # canonical: (common name, description, centre um, fwhm um)
+    "B2": ("blue", "Blue (band 2)", 0.49, 0.098),
+    "B3": ("green", "Green (band 3)", 0.56, 0.045),
+    "B4": ("red", "Red (band 4)", 0.665, 0.038),
+    "B5": ("rededge", "Red edge 1 (band 5)", 0.704, 0.019),
+    "B6": ("rededge", "Red edge 2 (band 6)", 0.74, 0.018),
+    "B7": ("rededge", "Red edge 3 (band 7)", 0.783, 0.028),
+    "B8": ("nir", "NIR 1 (band 8)", 0.842, 0.145),
+    "B8A": ("nir08", "NIR 2 (band 8A)", 0.865, 0.033),
+    "B11": ("swir16", "SWIR 1 (band 11)", 1.61, 0.143),
+    "B12": ("swir22", "SWIR 2 (band 12)", 2.19, 0.242),
+}
+
+
+def default_dates(year: int = 2023, step_days: int = 5) -> list[dt.datetime]:
+    """A 5-day revisit through a year (73 dates), at about 10:30 UTC."""
+    start = dt.datetime(year, 1, 1, 10, 30, 0, tzinfo=dt.UTC)
+    out = []
+    t = start
+    i = 0
+    while t.year == year:
+        out.append(t + dt.timedelta(seconds=(i * 37) % 60 - 20))
+        i += 1
+        t = start + dt.timedelta(days=step_days * i)
+    return out
+
+
+def build_landscape(
+    seed: int, bounds: Sequence[float], resolution: float = 10.0, aoi: Sequence[float] | None = None
+) -> Landscape:
+    """The landscape for a seed and grid: what :func:`generate_catalog` draws, redrawn."""
+    w, s, e, n = bounds
+    shape = (round((n - s) / resolution), round((e - w) / resolution))
+    core = None
+    if aoi is not None:
+        aw, as_, ae, an = aoi
+        core = (
+            max(0, round((n - an) / resolution)),
+            max(0, round((aw - w) / resolution)),
+            min(shape[0], round((n - as_) / resolution)),
+            min(shape[1], round((ae - w) / resolution)),
+        )
+    return make_landscape(np.random.default_rng([seed, 1]), shape, core)
+
+
+def landscape_of(catalog_dir: Path) -> Landscape:
+    """Redraw the landscape of a generated catalog from its truth.json parameters."""
+    meta = json.loads((Path(catalog_dir) / "truth.json").read_text())
+    p = meta["params"]
+    return build_landscape(p["seed"], p["bounds"], p["resolution"], p.get("aoi"))
+
+
+def generate_catalog(
+    root: Path,
+    *,
+    seed: int = 0,
+    layout: str = "earth-search-v1",
+    bounds: Sequence[float] = DEMO_BOUNDS,
+    aoi: Sequence[float] | None = DEMO_AOI,
+    epsg: int = DEMO_EPSG,
+    resolution: float = 10.0,
+    dates: Sequence[dt.datetime] | None = None,
+    cloud_fractions: Sequence[float] | None = None,
+    partial_swath: int | None = -1,
+    baseline: str = BASELINE,
+) -> Path:
+    """Write a synthetic Sentinel-2 L2A catalog into ``root`` and return ``root``.
+
+    Args:
+        root: output folder (created). Existing files are overwritten.
+        seed: everything random derives from it.
+        layout: ``earth-search-v1`` or ``planetary-computer`` (see the module docstring).
+        bounds: scene bounds (W, S, E, N) in ``epsg``; multiples of 20 m.
+        aoi: the area of interest inside the bounds (all land-cover classes appear in it).
+        epsg: UTM CRS of the grid.
+        resolution: pixel size of the 10 m bands (20 m bands and SCL use twice that).
+        dates: acquisition datetimes (UTC); default :func:`default_dates` (2023, 73 dates).
+        cloud_fractions: per-date cloud fraction overriding the climatological draw.
+        partial_swath: index of the date with a corner outside the swath (-1: pick one in
+            spring; None: none).
+        baseline: ``s2:processing_baseline`` of every item.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    w, s, e, n = (float(v) for v in bounds)
+    if any(round(v / (2 * resolution)) * 2 * resolution != v for v in (w, s, e, n)):
+        raise ValueError(f"bounds must be multiples of {2 * resolution:g} m, got {bounds}")
+    dates = list(dates) if dates is not None else default_dates()
+    land = build_landscape(seed, (w, s, e, n), resolution, aoi)
+    rng = np.random.default_rng([seed, 2])
+    specs = draw_specs(rng, [d.month for d in dates])
+    if cloud_fractions is not None:
+        if len(cloud_fractions) != len(dates):
+            raise ValueError("cloud_fractions needs one value per date")
+        specs = [
+            SceneSpec(float(c), sp.cirrus, sp.snow, sp.partial_swath, sp.defects)
+            for c, sp in zip(cloud_fractions, specs, strict=True)
+        ]
+    if partial_swath is not None and dates:
+        i = partial_swath
+        if i == -1:
+            spring = [k for k, d in enumerate(dates) if d.month in (4, 5)]
+            i = spring[len(spring) // 2] if spring else len(dates) // 2
+        sp = specs[i]
+        specs[i] = SceneSpec(sp.cloud_fraction, sp.cirrus, sp.snow, True, sp.defects)
+    keys = EARTH_SEARCH_V1_KEYS if layout == "earth-search-v1" else PC_KEYS
+    dn_offset = 0 if layout == "earth-search-v1" else 1000
+    items = []
+    for k, (when, spec) in enumerate(zip(dates, specs, strict=True)):
+        doy = when.timetuple().tm_yday
+        scene = render(land, doy, spec, np.random.default_rng([seed, 3, k]), resolution)
+        platform = "sentinel-2a" if k % 2 == 0 else "sentinel-2b"
+        item_id = _item_id(layout, platform, when, k)
+        folder = root / "items" / item_id
+        folder.mkdir(parents=True, exist_ok=True)
+        hrefs: dict[str, tuple[str, tuple[int, int], float]] = {}
+        for bi, band in enumerate(BANDS):
+            f = NATIVE_RESOLUTION[band] // 10
+            refl = scene.reflectance[bi]
+            data = block_mean(refl, f) if f > 1 else refl
+            nod = block_mean(scene.nodata.astype(np.float32), f) > 0 if f > 1 else scene.nodata
+            dn = np.clip(np.round(data * 10000.0) + dn_offset, 1, 65535).astype(np.uint16)
+            dn[nod] = 0
+            path = folder / f"{keys[band]}.tif"
+            res = resolution * f
+            _write_cog(path, dn, (w, n), res, epsg)
+            hrefs[band] = (path.as_uri(), dn.shape, res)
+        path = folder / f"{keys[SCL]}.tif"
+        _write_cog(path, scene.scl, (w, n), 2 * resolution, epsg)
+        hrefs[SCL] = (path.as_uri(), scene.scl.shape, 2 * resolution)
+        items.append(
+            _item(
+                layout,
+                item_id,
+                platform,
+                when,
+                scene.scl,
+                hrefs,
+                keys,
+                (w, s, e, n),
+                epsg,
+                baseline,
+            )  # fmt: skip
+        )
+    _write_json(root / "items.json", {"type": "FeatureCollection", "features": items})
+    _write_json(root / "collection.json", _collection(items, layout))
+    _write_truth(root, land, (w, n), resolution, epsg, seed, (w, s, e, n), aoi, layout)
+    return root
+
+
+def _item_id(layout: str, platform: str, when: dt.datetime, k: int) -> str:
+    sat = "S2A" if platform.endswith("a") else "S2B"
+    if layout == "earth-search-v1":
+        return f"{sat}_{MGRS_TILE}_{when:%Y%m%d}_0_L2A"
+    return f"{sat}_MSIL2A_{when:%Y%m%dT%H%M%S}_R065_T{MGRS_TILE}_{when:%Y%m%dT}150000"
+
+
+def _write_cog(path: Path, data: np.ndarray, origin: tuple[float, float], res: float, epsg: int):
+    import rasterio
+    from affine import Affine
+
+    profile = {
+        "driver": "COG",
+        "height": data.shape[0],
+        "width": data.shape[1],
+        "count": 1,
+        "dtype": data.dtype.name,
+        "crs": f"EPSG:{epsg}",
+        "transform": Affine(res, 0, origin[0], 0, -res, origin[1]),
+        "nodata": 0,
+        "compress": "DEFLATE",
+        "predictor": 2,
+        "blocksize": 256,
+        "overview_resampling": "nearest",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+def _footprint(bounds: Sequence[float], epsg: int) -> tuple[dict[str, Any], list[float]]:
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(epsg, 4326, always_xy=True)
+    w, s, e, n = bounds
+    ring = [tr.transform(x, y) for x, y in [(w, s), (e, s), (e, n), (w, n), (w, s)]]
+    ring = [[round(x, 7), round(y, 7)] for x, y in ring]
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    return {"type": "Polygon", "coordinates": [ring]}, [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _scl_stats(scl: np.ndarray) -> dict[str, float]:
+    total = scl.size
+    valid = max(int((scl != 0).sum()), 1)
+
+    def pct(*codes: int) -> float:
+        return round(100.0 * float(np.isin(scl, codes).sum()) / valid, 4)
+
+    return {
+        "nodata": round(100.0 * float((scl == 0).sum()) / total, 4),
+        "cloud": pct(8, 9, 10),
+        "high": pct(9),
+        "medium": pct(8),
+        "cirrus": pct(10),
+        "shadow": pct(3),
+        "snow": pct(11),
+        "veg": pct(4),
+        "notveg": pct(5),
+        "water": pct(6),
+        "unclassified": pct(7),
+        "defective": pct(1),
+    }
+
+
+def _item(layout, item_id, platform, when, scl, hrefs, keys, bounds, epsg, baseline) -> dict:
+    geometry, bbox = _footprint(bounds, epsg)
+    st = _scl_stats(scl)
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    sat = "S2A" if platform.endswith("a") else "S2B"
+    product = f"{sat}_MSIL2A_{when:%Y%m%dT%H%M%S}_N{baseline.replace('.', '')}_R065_T{MGRS_TILE}_{when:%Y%m%dT}150000"
+    props: dict[str, Any] = {
+        "datetime": stamp,
+        "platform": platform,
+        "constellation": "sentinel-2",
+        "instruments": ["msi"],
+        "eo:cloud_cover": st["cloud"],
+        "proj:epsg": epsg,
+        "s2:processing_baseline": baseline,
+        "s2:product_type": "S2MSI2A",
+        "s2:product_uri": f"{product}.SAFE",
+        "s2:mgrs_tile": MGRS_TILE,
+        "s2:nodata_pixel_percentage": st["nodata"],
+        "s2:high_proba_clouds_percentage": st["high"],
+        "s2:medium_proba_clouds_percentage": st["medium"],
+        "s2:thin_cirrus_percentage": st["cirrus"],
+        "s2:cloud_shadow_percentage": st["shadow"],
+        "s2:snow_ice_percentage": st["snow"],
+        "s2:vegetation_percentage": st["veg"],
+        "s2:not_vegetated_percentage": st["notveg"],
+        "s2:water_percentage": st["water"],
+        "s2:unclassified_percentage": st["unclassified"],
+        "s2:saturated_defective_pixel_percentage": st["defective"],
+        "sat:relative_orbit": 65,
+        "sat:orbit_state": "descending",
+    }
+    ext = [
+        "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+        "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+        "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
+    ]
+    if layout == "earth-search-v1":
+        props.update(
+            {
+                "mgrs:utm_zone": int(MGRS_TILE[:2]),
+                "mgrs:latitude_band": MGRS_TILE[2],
+                "mgrs:grid_square": MGRS_TILE[3:],
+                "grid:code": f"MGRS-{MGRS_TILE}",
+                "s2:sequence": "0",
+                "earthsearch:boa_offset_applied": True,
+                "processing:software": {"s2lc-demo-generator": "1"},
+            }
+        )
+        ext += [
+            "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json",
+            "https://stac-extensions.github.io/grid/v1.0.0/schema.json",
+        ]
+    assets: dict[str, Any] = {}
+    for band, (href, shape, res) in hrefs.items():
+        transform = [res, 0.0, bounds[0], 0.0, -res, bounds[3]]
+        asset: dict[str, Any] = {
+            "href": href,
+            "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+            "roles": ["data"] if band == SCL else ["data", "reflectance"],
+            "gsd": res,
+            "proj:shape": list(shape),
+            "proj:transform": transform,
+        }
+        if band == SCL:
+            asset["title"] = "Scene classification map (SCL)"
+            if layout == "earth-search-v1":
+                asset["raster:bands"] = [
+                    {"nodata": 0, "data_type": "uint8", "spatial_resolution": res}
+                ]
+        else:
+            common, desc, centre, fwhm = _BAND_INFO[band]
+            asset["title"] = f"{desc} - {res:g}m"
+            asset["eo:bands"] = [
+                {"name": keys[band], "common_name": common, "description": desc,
+                 "center_wavelength": centre, "full_width_half_max": fwhm}
+            ]  # fmt: skip
+            if layout == "earth-search-v1":
+                asset["raster:bands"] = [
+                    {"nodata": 0, "data_type": "uint16", "bits_per_sample": 15,
+                     "spatial_resolution": res, "scale": 0.0001, "offset": -0.1}
+                ]  # fmt: skip
+        assets[keys[band]] = asset
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": ext,
+        "id": item_id,
+        "collection": COLLECTION,
+        "geometry": geometry,
+        "bbox": bbox,
+        "properties": props,
+        "links": [],
+        "assets": assets,
+    }
+
+
+def _collection(items: list[dict], layout: str) -> dict:
+    bboxes = np.array([it["bbox"] for it in items]) if items else np.zeros((1, 4))
+    times = sorted(it["properties"]["datetime"] for it in items) or [None]
+    return {
+        "type": "Collection",
+        "stac_version": "1.0.0",
+        "id": COLLECTION,
+        "title": f"Synthetic Sentinel-2 L2A ({layout} layout)",
+        "description": "Seeded synthetic Sentinel-2 L2A scenes for the offline demo and tests "
+        "(s2lc pipeline.demo); not real imagery.",
+        "license": "CC0-1.0",
+        "extent": {
+            "spatial": {
+                "bbox": [
+                    [
+                        float(bboxes[:, 0].min()),
+                        float(bboxes[:, 1].min()),
+                        float(bboxes[:, 2].max()),
+                        float(bboxes[:, 3].max()),
+                    ]
+                ]
+            },
+            "temporal": {"interval": [[times[0], times[-1]]]},
+        },
+        "links": [],
+    }
+
+
+def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout) -> None:
+    import rasterio
+    from affine import Affine
+
+    profile = {
+        "driver": "COG",
+        "height": land.classes.shape[0],
+        "width": land.classes.shape[1],
+        "count": 1,
+        "dtype": "uint8",
+        "crs": f"EPSG:{epsg}",
+        "transform": Affine(resolution, 0, origin[0], 0, -resolution, origin[1]),
+        "nodata": 255,
+        "compress": "DEFLATE",
+        "blocksize": 256,
+        "overview_resampling": "nearest",
+    }
+    with rasterio.open(root / "truth.tif", "w", **profile) as dst:
+        dst.write(land.classes, 1)
+        dst.update_tags(
+            class_names=json.dumps(list(CLASS_NAMES)),
+            **{f"class_{i}": name for i, name in enumerate(CLASS_NAMES)},
+        )
+    _write_json(
+        root / "truth.json",
+        {
+            "classes": {str(i): name for i, name in enumerate(CLASS_NAMES)},
+            "params": {
+                "seed": seed,
+                "bounds": list(bounds),
+                "aoi": list(aoi) if aoi is not None else None,
+                "resolution": resolution,
+                "epsg": epsg,
+                "layout": layout,
+            },
+        },
+    )

@@ -1,0 +1,97 @@
+"""Shared fixtures: the demo catalog behind a real STAC API, small catalogs, an offline session.
+
+- ``demo_catalog`` (session): the full demo catalog (2023, 73 dates), generated once per session
+  into a temporary cache (``S2LC_CACHE_DIR`` points there for the whole session, so
+  ``ensure_demo_catalog()`` and the ``demo`` STAC profile find it).
+- ``demo_stac_url`` (session): a running local STAC API (rustac) over it.
+- ``small_catalog`` / ``small_pc_catalog`` (session): the same small scene (640 m, 12 dates,
+  seed 7) in the Earth Search v1 and the Planetary Computer layout, for quick tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SMALL_BOUNDS = (600000.0, 5340000.0, 600640.0, 5340640.0)
+SMALL_DATES = [
+    dt.datetime(2023, m, d, 10, 30, tzinfo=dt.UTC) for m in (5, 6) for d in range(1, 31, 5)
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Nothing is downloaded in tests: Hugging Face and torch hubs stay offline.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A temporary cache root for the session (``S2LC_CACHE_DIR``)."""
+    path = tmp_path_factory.mktemp("s2lc-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("S2LC_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def demo_catalog(session_cache_dir: Path) -> Path:
+    """The full demo catalog folder (collection.json, items.json, COGs, truth.tif/json)."""
+    from pipeline.demo import demo_catalog_dir, ensure_demo_catalog
+
+    root = ensure_demo_catalog()
+    assert root == demo_catalog_dir().resolve()
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_stac_url(demo_catalog: Path) -> Iterator[str]:
+    """Base URL of a real STAC API on 127.0.0.1 serving the demo catalog."""
+    from pipeline.stac_server import serve
+
+    with serve(demo_catalog) as url:
+        yield url
+
+
+def _small(tmp_path_factory: pytest.TempPathFactory, layout: str) -> Path:
+    from pipeline.demo import generate_catalog
+
+    root = tmp_path_factory.mktemp(f"small-{layout}")
+    return generate_catalog(
+        root,
+        seed=7,
+        layout=layout,
+        bounds=SMALL_BOUNDS,
+        aoi=SMALL_BOUNDS,
+        dates=SMALL_DATES,
+        partial_swath=None,
+    )
+
+
+@pytest.fixture(scope="session")
+def small_params() -> dict:
+    """The generator parameters of ``small_catalog`` (layout aside)."""
+    return {"seed": 7, "bounds": SMALL_BOUNDS, "aoi": SMALL_BOUNDS, "dates": SMALL_DATES,
+            "partial_swath": None}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 640 m x 640 m, 12-date catalog in the Earth Search v1 layout (seed 7)."""
+    return _small(tmp_path_factory, "earth-search-v1")
+
+
+@pytest.fixture(scope="session")
+def small_pc_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same scenes as ``small_catalog`` in the Planetary Computer layout (DN + 1000)."""
+    return _small(tmp_path_factory, "planetary-computer")
