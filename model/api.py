@@ -1,0 +1,256 @@
+"""``model.load`` and ``model.get_model``: build a model from a checkpoint, once per process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import UserError
+
+_log = logging.getLogger(__name__)
+
+NAMES = ("senclip", "timesenclip")
+_UNTRAINED_RE = re.compile(r"^untrained-seed(\d+)$")
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device; None picks CUDA when available, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UserError(f"unknown device {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _checkpoint_file(checkpoint: str | os.PathLike) -> Path:
+    from model.weights import resolve
+
+    return resolve(checkpoint)
+
+
+def _load_senclip(checkpoint, arch, untrained, device, seed):
+    from model.checkpoints import find_prefix, read_checkpoint
+    from model.clip import ANCHOR, SHORT, arch_from_keys, build_clip, load_clip, open_clip_name
+    from model.senclip import SenCLIP
+    from model.weights import REGISTRY
+
+    if checkpoint is None:
+        arch = arch or "ViT-B-32"
+        net = build_clip(arch, seed)
+        short = SHORT[open_clip_name(arch)]
+        return SenCLIP(
+            net,
+            arch,
+            device=device,
+            identity=f"senclip:{short}:untrained-seed{seed}",
+            checkpoint_sha256=None,
+            untrained=True,
+        )
+    path = _checkpoint_file(checkpoint)
+    ckpt = read_checkpoint(path)
+    if arch is None:
+        spec = REGISTRY.get(str(checkpoint))
+        prefix = find_prefix(ckpt.state_dict, ANCHOR, ()) or ""
+        arch = spec.arch if spec else (arch_from_keys(ckpt.state_dict, prefix) or "ViT-B-32")
+    net = load_clip(ckpt, arch)
+    short = SHORT[open_clip_name(arch)]
+    return SenCLIP(
+        net,
+        arch,
+        device=device,
+        identity=f"senclip:{short}:{ckpt.sha256}",
+        checkpoint_sha256=ckpt.sha256,
+        untrained=False,
+    )
+
+
+def _clip_text_from_spec(spec: str) -> tuple[Any, str]:
+    """A CLIP ViT-B/32 text tower from a spec: ``untrained-seed<k>``, a weights name or a path."""
+    from model.checkpoints import read_checkpoint
+    from model.clip import ClipText, build_clip, load_clip
+
+    m = _UNTRAINED_RE.match(str(spec))
+    if m:
+        net, ident = build_clip("ViT-B-32", int(m.group(1))), f"untrained-seed{m.group(1)}"
+    else:
+        ckpt = read_checkpoint(_checkpoint_file(spec))
+        net, ident = load_clip(ckpt, "ViT-B-32"), f"ViT-B-32:{ckpt.sha256}"
+    net.visual = None  # only the text tower is used; frees ~88M parameters
+    return ClipText(net, "ViT-B-32"), ident
+
+
+def _clip_text_from_embedded(ckpt) -> tuple[Any, str] | None:
+    """The frozen CLIP a reference TimeSenCLIP checkpoint carries under ``clip_model.*``."""
+    from model.clip import ClipText, build_clip
+
+    state = {
+        k[len("clip_model.") :]: v
+        for k, v in ckpt.state_dict.items()
+        if k.startswith("clip_model.")
+    }
+    if "text_projection" not in state:
+        return None
+    net = build_clip("ViT-B-32")
+    expected = net.state_dict()
+    text_keys = [k for k in expected if not k.startswith("visual.")]
+    if any(k not in state or state[k].shape != expected[k].shape for k in text_keys):
+        _log.warning("%s: clip_model.* is not a CLIP ViT-B/32 text tower; ignored", ckpt.path)
+        return None
+    net.load_state_dict({k: state[k].float() for k in text_keys}, strict=False)
+    net.visual = None
+    return ClipText(net.eval(), "ViT-B-32"), f"ViT-B-32:embedded:{ckpt.sha256}"
+
+
+def _load_timesenclip(checkpoint, clip_checkpoint, untrained, device, seed):
+    from model.checkpoints import read_checkpoint
+    from model.timesenclip import TimeSenCLIP, build_encoder, encoder_from_checkpoint
+    from model.weights import REGISTRY
+
+    if checkpoint is None:
+        encoder, ckpt, enc_id = build_encoder(seed=seed), None, f"untrained-seed{seed}"
+    else:
+        ckpt = read_checkpoint(_checkpoint_file(checkpoint))
+        encoder, enc_id = encoder_from_checkpoint(ckpt), ckpt.sha256
+
+    text = None
+    if clip_checkpoint is not None:
+        text = _clip_text_from_spec(str(clip_checkpoint))
+    elif ckpt is None:
+        text = _clip_text_from_spec(f"untrained-seed{seed}")
+    elif ckpt.meta.get("clip"):
+        text = _clip_text_from_spec(str(ckpt.meta["clip"]))
+    else:
+        text = _clip_text_from_embedded(ckpt)
+        if text is None:
+            cached = [s for s in REGISTRY.values() if s.arch == "ViT-B-32" and s.cached]
+            if not cached:
+                raise UserError(
+                    f"{ckpt.path}: TimeSenCLIP needs the CLIP ViT-B/32 text encoder it was "
+                    "aligned with; pass clip_checkpoint=PATH, or run: python -m pipeline weights "
+                    "fetch senclip-vitb32-avgpool (SenCLIP kept CLIP's text tower frozen)"
+                )
+            _log.info("TimeSenCLIP text encoder: CLIP text tower of %s", cached[0].name)
+            text = _clip_text_from_spec(cached[0].name)
+    clip_text, clip_id = text
+    return TimeSenCLIP(
+        encoder,
+        clip_text,
+        device=device,
+        identity=f"timesenclip:{enc_id}:clip={clip_id}",
+        checkpoint_sha256=None if ckpt is None else ckpt.sha256,
+        untrained=ckpt is None,
+        clip_identity=clip_id,
+    )
+
+
+def load(
+    name: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    arch: str | None = None,
+    clip_checkpoint: str | os.PathLike | None = None,
+    untrained: bool = False,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+):
+    """Load SenCLIP or TimeSenCLIP for inference.
+
+    Args:
+        name: ``"senclip"`` or ``"timesenclip"``.
+        checkpoint: a checkpoint file, or the name of a fetched release
+            (``python -m pipeline weights list``). Required unless ``untrained=True``.
+        arch: SenCLIP's CLIP architecture, ``"ViT-B-32"`` or ``"RN50"``; None takes it from the
+            weights registry or the checkpoint's keys (default ViT-B-32).
+        clip_checkpoint: TimeSenCLIP only: the CLIP ViT-B/32 (SenCLIP or OpenAI-format) whose text
+            tower encodes prompts, or ``"untrained-seed<k>"``. None uses, in order: the ``clip``
+            recorded in the checkpoint, a ``clip_model.*`` CLIP inside it, a fetched SenCLIP
+            ViT-B/32 release (its text tower is OpenAI CLIP's, kept frozen in training).
+        untrained: build a deterministic random init from ``seed`` instead (offline demo and
+            tests only; identical in every process).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
+        seed: seed of the untrained init.
+
+    Returns:
+        :class:`model.senclip.SenCLIP` or :class:`model.timesenclip.TimeSenCLIP`.
+
+    Raises:
+        UserError: unknown name, no checkpoint without ``untrained=True``, a file that is not a
+            checkpoint of the expected architecture (one line naming missing/unexpected keys).
+    """
+    name = str(name).strip().lower()
+    if name not in NAMES:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(NAMES)}")
+    if checkpoint is None and not untrained:
+        raise UserError(
+            f"model {name!r} needs a checkpoint (a file, or a name from 'python -m pipeline "
+            "weights list'); pass untrained=True (--untrained) only for the offline demo"
+        )
+    if checkpoint is not None and untrained:
+        raise UserError("untrained=True builds a random model; do not pass a checkpoint with it")
+    dev = pick_device(device)
+    if name == "senclip":
+        if clip_checkpoint is not None:
+            raise UserError("clip_checkpoint is for timesenclip; SenCLIP's checkpoint is a CLIP")
+        m = _load_senclip(checkpoint, arch, untrained, dev, int(seed))
+    else:
+        if arch not in (None, "ViT-B-32", "TimeSenCLIP"):
+            raise UserError("timesenclip has one architecture; arch applies to senclip only")
+        m = _load_timesenclip(checkpoint, clip_checkpoint, untrained, dev, int(seed))
+    _log.debug("loaded %s", m.identity)
+    return m
+
+
+_CACHE: dict[tuple, Any] = {}
+_CACHE_LOCK = threading.Lock()
+_KEY_LOCKS: dict[tuple, threading.Lock] = {}
+
+
+def _cache_key(name, checkpoint, kwargs) -> tuple:
+    ck = None
+    if checkpoint is not None:
+        p = Path(checkpoint).expanduser()
+        if p.is_file():  # a rewritten file is a different model
+            st = p.stat()
+            ck = f"{p.resolve()}@{st.st_size}:{st.st_mtime_ns}"
+        else:
+            ck = str(checkpoint)
+    dev = str(pick_device(kwargs.get("device")))
+    items = tuple(sorted((k, str(v)) for k, v in kwargs.items() if k != "device"))
+    return (str(name).lower(), ck, dev, items)
+
+
+def get_model(name: str, checkpoint: str | os.PathLike | None = None, **kwargs: Any):
+    """:func:`load` memoised per process by its arguments (one instance per Dask worker).
+
+    Thread-safe: concurrent callers with the same arguments wait for one load.
+    """
+    key = _cache_key(name, checkpoint, kwargs)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        with _CACHE_LOCK:
+            if key in _CACHE:
+                return _CACHE[key]
+        m = load(name, checkpoint, **kwargs)
+        with _CACHE_LOCK:
+            _CACHE[key] = m
+        return m
+
+
+def clear_cache() -> None:
+    """Forget the models :func:`get_model` holds (tests, or to free memory)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _KEY_LOCKS.clear()
