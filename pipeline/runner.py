@@ -348,6 +348,9 @@ def execute(cfg: RunConfig) -> int:
     seconds["plan"] = time.perf_counter() - t0
 
     output_hash = cfg.output_hash()
+    if not cfg.overwrite and _up_to_date(ws, output_hash):
+        _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
+        return 0
     previous = ws.manifest()
     resumable = (
         previous is not None and previous.get("output_hash") == output_hash and not cfg.overwrite
@@ -461,6 +464,23 @@ def execute(cfg: RunConfig) -> int:
     return 0
 
 
+def _up_to_date(ws: Workspace, output_hash: str) -> bool:
+    """True when ``ws`` holds a complete, published map made with the same settings."""
+    import json
+
+    run_json = ws.out / "run.json"
+    if not run_json.is_file():
+        return False
+    try:
+        report = json.loads(run_json.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    from pipeline.workspace import PRODUCTS
+
+    return (report.get("status") == "complete" and report.get("output_hash") == output_hash
+            and all((ws.out / p).exists() for p in PRODUCTS))
+
+
 def _bands() -> list[str]:
     from pipeline.bands import BANDS
 
@@ -520,6 +540,7 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
 
     cogs = build_cogs(ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors))
     zarr_path = ws.publish_store()
+    ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
     write_legend_json(
         ws.out / "legend.json",
         class_names=list(plan.class_names),

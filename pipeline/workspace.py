@@ -137,6 +137,12 @@ class Workspace:
     def mark_done(self, tile_id: str, stats: dict[str, Any]) -> None:
         write_json_atomic(self.marker(tile_id), stats)
 
+    def drop_tile_rasters(self) -> None:
+        """Remove the per-tile GeoTIFFs once the COG mosaics exist (markers are kept)."""
+        for d in self.tiles.iterdir() if self.tiles.exists() else ():
+            if d.is_dir():
+                shutil.rmtree(d)
+
     # -- publishing -------------------------------------------------------------------------
     def publish_store(self) -> Path:
         """Move the staging Zarr store under its final name (atomic rename on one filesystem)."""

@@ -1,0 +1,184 @@
+"""End to end: `python -m pipeline run` on the demo catalog, through the real local STAC API and a
+LocalCluster of 2 worker processes, for both models; outputs, nodata, seams, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# A 600 m x 600 m window inside the demo AOI (EPSG:32632), as lon/lat for --bbox.
+WINDOW_UTM = (600500.0, 5340500.0, 601100.0, 5341100.0)
+
+
+def _lonlat_box(box, crs="EPSG:32632"):
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    (w, s), (e, n) = tr.transform(box[0], box[1]), tr.transform(box[2], box[3])
+    return [w, s, e, n]
+
+
+def _inner_bbox():
+    # Shrink by a few metres so the snapped output grid is exactly the 60 x 60 pixel window.
+    w, s, e, n = _lonlat_box(WINDOW_UTM)
+    d = 2e-5
+    return [w + d, s + d, e - d, n - d]
+
+
+def _run(args, env, timeout=600, check=True):
+    cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--workers", "2", *args]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"run failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(demo_catalog):
+    e = dict(os.environ)
+    e["HF_HUB_OFFLINE"] = "1"
+    return e
+
+
+def _base_args(model="timesenclip", tile=32):
+    bbox = [f"{v:.7f}" for v in _inner_bbox()]
+    return ["--region", "demo", "--bbox", *bbox, "--untrained", "--model", model,
+            "--tile-size", str(tile)]
+
+
+@pytest.fixture(scope="module")
+def timesenclip_map(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tsc") / "map"
+    proc = _run([*_base_args(), "--out", str(out), "--save-composite"], env)
+    return out, proc
+
+
+def test_timesenclip_products(timesenclip_map):
+    import rasterio
+    import xarray as xr
+    from rio_cogeo.cogeo import cog_validate
+
+    out, proc = timesenclip_map
+    assert "UNTRAINED" in proc.stderr
+    for name in ("map.zarr", "classes.tif", "confidence.tif", "valid_obs.tif", "legend.json",
+                 "quicklook.png", "item.json", "run.json"):
+        assert (out / name).exists(), name
+    assert not list(out.glob("*.tmp*"))
+    for tif in ("classes.tif", "confidence.tif", "valid_obs.tif"):
+        valid, errors, _ = cog_validate(str(out / tif))
+        assert valid, (tif, errors)
+
+    legend = json.loads((out / "legend.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    names = run["legend"]["classes"]
+    assert legend["untrained"] is True and run["untrained"] is True and run["status"] == "complete"
+    assert run["tiles"]["done"] == run["tiles"]["total"] >= 4 and not run["tiles"]["failed"]
+    assert run["model"]["identity"].startswith("timesenclip")
+    assert run["legend"]["prompt_hash"] and len(run["calibration"]) == len(names)
+
+    with rasterio.open(out / "classes.tif") as src:
+        classes = src.read(1)
+        assert src.crs.to_epsg() == 32632 and src.res == (10.0, 10.0)
+        assert src.nodata == 255 and src.overviews(1) is not None
+        cmap = src.colormap(1)
+        assert len({cmap[i] for i in range(len(names))}) == len(names)
+        tags = json.dumps(src.tags()) + json.dumps(src.tags(1)) + str(src.descriptions)
+        assert all(n in tags for n in names)
+    assert classes.shape == (60, 60)
+    assert set(np.unique(classes)) <= set(range(len(names)))  # every pixel is observed here
+
+    ds = xr.open_zarr(out / "map.zarr", decode_coords="all")
+    assert ds.rio.crs.to_epsg() == 32632
+    np.testing.assert_array_equal(ds["classes"].values, classes)
+    assert ds["valid_obs"].sizes[next(d for d in ds["valid_obs"].dims if d not in ("y", "x"))] == 12
+    assert "composite" in ds
+    with rasterio.open(f'ZARR:"{out / "map.zarr"}":/classes') as src:
+        assert src.crs.to_epsg() == 32632
+        np.testing.assert_array_equal(src.read(1), classes)
+    item = json.loads((out / "item.json").read_text())
+    assert item["assets"]["classes"]["classification:classes"]
+
+
+def test_rerun_is_a_noop_and_other_settings_refused(timesenclip_map, env):
+    out, _ = timesenclip_map
+    before = (out / "classes.tif").stat().st_mtime_ns
+    proc = _run([*_base_args(), "--out", str(out), "--save-composite"], env)
+    assert proc.returncode == 0
+    assert (out / "classes.tif").stat().st_mtime_ns == before
+    proc = _run([*_base_args(), "--out", str(out), "--period", "quarterly"], env, check=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_kill_and_resume_matches_uninterrupted(timesenclip_map, env, tmp_path):
+    import rasterio
+    import xarray as xr
+
+    ref, _ = timesenclip_map
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--workers", "2",
+           *_base_args(), "--out", str(out), "--save-composite"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    markers = out / ".s2lc" / "tiles"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(markers.glob("*.json"))) < 1:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(markers.glob("*.json")))
+    assert done_before >= 1
+    assert not (out / "classes.tif").exists() and not (out / "map.zarr").exists()
+
+    _run([*_base_args(), "--out", str(out), "--save-composite"], env)
+    run = json.loads((out / "run.json").read_text())
+    assert run["tiles"]["resumed"] >= 1
+    with rasterio.open(out / "classes.tif") as a, rasterio.open(ref / "classes.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+    za, zb = xr.open_zarr(out / "map.zarr"), xr.open_zarr(ref / "map.zarr")
+    for var in ("classes", "confidence", "topk_probs", "valid_obs", "composite"):
+        np.testing.assert_array_equal(za[var].values, zb[var].values, err_msg=var)
+
+
+def test_senclip_seamless_across_tile_sizes(env, tmp_path):
+    import xarray as xr
+
+    outs = []
+    for tile in (32, 48):
+        out = tmp_path / f"senclip{tile}"
+        _run([*_base_args("senclip", tile), "--window", "32", "--stride", "16", "--out", str(out)],
+             env)
+        outs.append(xr.open_zarr(out / "map.zarr"))
+    a, b = outs
+    np.testing.assert_allclose(a["topk_probs"].values, b["topk_probs"].values, atol=1e-5)
+    np.testing.assert_array_equal(a["classes"].values, b["classes"].values)
+    assert (a["classes"].values != 255).all()
+
+
+def test_pixels_without_observations_are_nodata(env, tmp_path):
+    import geopandas as gpd
+    import rasterio
+    from shapely.geometry import box
+
+    # Half of this region lies east of the demo scenes' footprint (which ends at x = 602640).
+    region = tmp_path / "edge.geojson"
+    gpd.GeoDataFrame(geometry=[box(602400, 5341000, 602880, 5341320)], crs="EPSG:32632").to_file(region)
+    out = tmp_path / "edge"
+    _run(["--region", str(region), "--profile", "demo", "--year", "2023", "--untrained",
+          "--legend", "demo", "--tile-size", "32", "--out", str(out)], env)
+    with rasterio.open(out / "classes.tif") as c, rasterio.open(out / "valid_obs.tif") as v:
+        classes, valid = c.read(1), v.read().sum(axis=0)
+        xs = c.xy(0, np.arange(c.width))[0]
+    outside = np.asarray(xs) > 602640
+    assert outside.any() and (~outside).any()
+    assert (classes[:, outside] == 255).all() and (valid[:, outside] == 0).all()
+    assert (classes[:, ~outside] != 255).all()
