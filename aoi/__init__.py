@@ -87,15 +87,29 @@ def validate_geometry(geom: Any, name: str) -> None:
 
 def to_crs(geom: Any, crs: str, src: str = "EPSG:4326") -> Any:
     """Reproject a shapely geometry."""
+    import shapely
     from pyproj import Transformer
-    from shapely.ops import transform
 
     tr = Transformer.from_crs(src, crs, always_xy=True)
-    return transform(tr.transform, geom)
+    return shapely.transform(geom, lambda x, y: tr.transform(x, y), interleaved=False)
+
+
+#: Widest longitude span (degrees) mapped in one UTM zone: the centroid's zone +- one zone.
+MAX_UTM_SPAN_DEG = 18.0
 
 
 def utm_crs_for(geom: Any) -> str:
-    """The WGS84 UTM zone CRS of a lon/lat geometry's centroid."""
+    """The WGS84 UTM zone CRS of a lon/lat geometry's centroid.
+
+    A region reaching into neighbouring zones is mapped in its centroid's zone (UTM stays usable
+    a few degrees beyond its zone); one wider than three zones needs an explicit equal-area CRS.
+    """
+    w, _, e, _ = geom.bounds
+    if e - w > MAX_UTM_SPAN_DEG:
+        raise UserError(
+            f"the region spans {e - w:.0f} degrees of longitude, too wide for one UTM zone; set "
+            "crs: EPSG:3035 (Europe, LAEA) or another equal-area CRS in a region YAML file"
+        )
     c = geom.centroid
     zone = min(60, max(1, int(math.floor((c.x + 180) / 6)) + 1))
     return f"EPSG:{32600 + zone if c.y >= 0 else 32700 + zone}"

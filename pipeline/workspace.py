@@ -64,14 +64,24 @@ class Workspace:
 
     # -- checks that must happen before anything is written -------------------------------
     def check_writable(self) -> None:
-        """Fail early, with nothing written, if the output folder cannot be created or written."""
+        """Fail early, with nothing written, if the output folder cannot be created or written.
+
+        Probes with a real temporary file in the nearest existing ancestor (permission bits do
+        not stop root; read-only and full filesystems do), and removes it.
+        """
         probe_dir = self.out
         while not probe_dir.exists():
+            if probe_dir.parent == probe_dir:
+                break
             probe_dir = probe_dir.parent
         if not probe_dir.is_dir():
             raise UserError(f"output path {self.out}: {probe_dir} is not a folder")
-        if not os.access(probe_dir, os.W_OK | os.X_OK):
-            raise UserError(f"output path {self.out} is not writable")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".s2lc-probe-", dir=probe_dir)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise UserError(f"output path {self.out} is not writable ({exc.strerror})") from None
 
     def manifest(self) -> dict[str, Any] | None:
         if not self.manifest_path.is_file():
