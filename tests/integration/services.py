@@ -197,10 +197,10 @@ def missing_debs(packages: Iterable[str]) -> list[str]:
 def apt_install(packages: Sequence[str], *, purpose: str) -> float:
     """Install Debian ``packages`` that are missing; return the seconds spent (0 if none).
 
-    Runs ``apt-get update`` only when the package lists do not know a package (a fresh image
-    usually has no lists). Raises :class:`Unavailable` with the exact reason when installation is
-    impossible here (not Debian, not root, packages unknown to the configured archives, no
-    network).
+    Runs ``apt-get update`` only when installing from the current package lists fails (a fresh
+    image may have none). Raises :class:`Unavailable` with the exact reason when installation is
+    impossible here (no apt-get, not root, packages unknown to the configured archives, no
+    network). Package scripts are not allowed to start services (policy-rc.d).
     """
     todo = missing_debs(packages) if shutil.which("dpkg-query") else list(packages)
     if not todo:
@@ -211,15 +211,11 @@ def apt_install(packages: Sequence[str], *, purpose: str) -> float:
     if os.geteuid() != 0:
         raise Unavailable(f"{why}; installing them needs root (run as root or pre-install them)")
     t0 = time.monotonic()
-    env = {
-        **os.environ,
-        "DEBIAN_FRONTEND": "noninteractive",
-        "NEEDRESTART_MODE": "a",
-    }
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "a"}
     base = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-q", "-y"]
     install = [*base, "install", "--no-install-recommends", *todo]
 
-    def _apt(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    def apt(cmd: list[str]) -> subprocess.CompletedProcess[str]:
         log.info("running %s", " ".join(cmd))
         try:
             return subprocess.run(
@@ -230,15 +226,26 @@ def apt_install(packages: Sequence[str], *, purpose: str) -> float:
                 f"{why}; '{' '.join(cmd)}' did not finish in {APT_TIMEOUT_S}s"
             ) from None
 
-    proc = _apt(install)
-    if proc.returncode != 0:
-        # Stale or missing package lists are the common cause on a fresh image: refresh, retry.
-        upd = _apt([*base, "update"])
-        if upd.returncode != 0:
-            raise Unavailable(
-                f"{why}; 'apt-get update' failed:\n{tail_text(upd.stdout + upd.stderr, 15)}"
-            )
-        proc = _apt(install)
+    # Never let a package's maintainer script start a system service (munge, postgresql) that
+    # would outlive the tests: Debian's policy-rc.d hook (container images ship one already).
+    policy = Path("/usr/sbin/policy-rc.d")
+    own_policy = not policy.exists()
+    if own_policy:
+        policy.write_text("#!/bin/sh\n# temporary: tests/integration/services.py\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        proc = apt(install)
+        if proc.returncode != 0:
+            # Missing or stale package lists are the usual cause on a fresh image.
+            upd = apt([*base, "update"])
+            if upd.returncode != 0:
+                raise Unavailable(
+                    f"{why}; 'apt-get update' failed:\n{tail_text(upd.stdout + upd.stderr, 15)}"
+                )
+            proc = apt(install)
+    finally:
+        if own_policy:
+            policy.unlink(missing_ok=True)
     if proc.returncode != 0:
         raise Unavailable(
             f"{why}; 'apt-get install' failed:\n{tail_text(proc.stdout + proc.stderr, 15)}"

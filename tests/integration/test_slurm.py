@@ -147,7 +147,9 @@ def test_dask_jobqueue_workers_are_slurm_jobs(slurm: SlurmInfo, tmp_path: Path) 
     not RUN_COMMAND.exists(),
     reason="pipeline/commands/run.py ('python -m pipeline run') not present yet",
 )
-def test_map_on_slurm(slurm: SlurmInfo, tmp_path: Path) -> None:
+def test_map_on_slurm(
+    slurm: SlurmInfo, demo_catalog: Path, demo_bbox: tuple[float, ...], tmp_path: Path
+) -> None:
     """`python -m pipeline run --cluster slurm`: Dask workers as Slurm jobs make a small map."""
     job_logs = tmp_path / "job-logs"
     job_logs.mkdir()
@@ -177,7 +179,7 @@ def test_map_on_slurm(slurm: SlurmInfo, tmp_path: Path) -> None:
         "--model",
         "timesenclip",
         "--bbox",
-        *map(str, demo_sub_bbox()),
+        *map(str, demo_bbox),
         "--cluster",
         "slurm",
         "--cluster-config",
@@ -206,12 +208,3 @@ def test_map_on_slurm(slurm: SlurmInfo, tmp_path: Path) -> None:
     outs = list(job_logs.glob("job-*.out"))
     assert outs, "no Slurm job output: the workers did not run as Slurm jobs"
     assert any("distributed" in p.read_text() or "worker" in p.read_text().lower() for p in outs)
-
-
-def demo_sub_bbox() -> tuple[float, float, float, float]:
-    """The central quarter of the demo region (about 1 x 1 km, 100 x 100 pixels), in lon/lat."""
-    from aoi import load_region
-
-    w, s, e, n = load_region("demo").bbox
-    dx, dy = (e - w) / 4, (n - s) / 4
-    return (round(w + dx, 6), round(s + dy, 6), round(e - dx, 6), round(n - dy, 6))
