@@ -86,7 +86,8 @@ def ensure_server_venv(venv: Path = VENV, requirements: Path = REQUIREMENTS) -> 
     stamp = venv / ".installed"
     if stamp.is_file() and stamp.read_text().strip() == digest:
         return 0.0
-    lock = venv.parent / f".{venv.name}.lock"
+    key = hashlib.sha256(str(venv.resolve()).encode()).hexdigest()[:12]
+    lock = Path(tempfile.gettempdir()) / f"s2lc-pgstac-venv-{key}.lock"
     with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         if stamp.is_file() and stamp.read_text().strip() == digest:
@@ -96,6 +97,8 @@ def ensure_server_venv(venv: Path = VENV, requirements: Path = REQUIREMENTS) -> 
             shutil.rmtree(venv)
         base_python = getattr(sys, "_base_executable", None) or shutil.which("python3")
         run([base_python, "-m", "venv", str(venv)], timeout=120)
+        # Ignored by git wherever it lives, whatever the project's .gitignore says.
+        (venv / ".gitignore").write_text("# created by tests/integration/pgstac.py\n*\n")
         proc = subprocess.run(
             [
                 str(venv / "bin" / "python"),
