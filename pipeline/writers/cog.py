@@ -1,0 +1,343 @@
+"""GeoTIFF outputs: per-tile GeoTIFFs written by tile tasks, mosaicked into Cloud-Optimised GeoTIFFs.
+
+Tile tasks write ``<tile_dir>/{classes,confidence,valid_obs}.tif`` (plain tiled GeoTIFFs on the
+tile's grid; the folder appears atomically). :func:`build_cogs` then describes the whole map as a
+VRT over those files (or over the Zarr store's arrays, through GDAL's Zarr driver) and lets GDAL's
+COG driver stream it into the final COGs: GDAL reads block by block, so memory does not grow with
+the map. Tiles that were never written (outside the AOI) are nodata.
+
+Products:
+
+* ``classes.tif``: uint8, nodata 255, an embedded colour table, class names in-file (band
+  description, dataset tag ``class_names`` as JSON and band tags ``CLASS_<value>``), and for GIS
+  legends GDAL category names in a ``classes.tif.aux.xml`` sidecar (GeoTIFF cannot hold them
+  in-file). Nearest-neighbour overviews.
+* ``confidence.tif``: float32, nodata NaN, average overviews.
+* ``valid_obs.tif``: uint16, no nodata (0 means no valid observation). Band 1 is the total over
+  the whole period; with several composite periods, bands 2.. hold each period's count (band
+  descriptions name them). Average overviews.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+
+from pipeline.tiling import Tile, TileGrid
+from pipeline.writers.atomic import atomic_path, remove_path
+from pipeline.writers.tile_result import CLASS_NODATA, TileResult
+
+__all__ = ["LAYERS", "build_cogs", "parse_color", "write_tile_rasters"]
+
+LAYERS = ("classes", "confidence", "valid_obs")
+_GDT = {"uint8": "Byte", "uint16": "UInt16", "float32": "Float32"}
+_DTYPE = {"classes": "uint8", "confidence": "float32", "valid_obs": "uint16"}
+_NODATA: dict[str, float | None] = {
+    "classes": CLASS_NODATA,
+    "confidence": math.nan,
+    "valid_obs": None,
+}
+_RESAMPLING = {"classes": "NEAREST", "confidence": "AVERAGE", "valid_obs": "AVERAGE"}
+_BLOCK = 256
+
+
+def parse_color(color: Any) -> tuple[int, int, int]:
+    """``"#rrggbb"``/``"rrggbb"``, (r, g, b[, a]) in 0..255, or floats in 0..1 -> (r, g, b)."""
+    if isinstance(color, str):
+        s = color.strip().lstrip("#")
+        if len(s) == 3:
+            s = "".join(c * 2 for c in s)
+        if len(s) not in (6, 8):
+            raise ValueError(f"not a hex colour: {color!r}")
+        return (int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16))
+    vals = list(color)[:3]
+    if len(vals) != 3:
+        raise ValueError(f"not an RGB colour: {color!r}")
+    if all(isinstance(v, float) for v in vals) and all(0 <= v <= 1 for v in vals):
+        vals = [round(v * 255) for v in vals]
+    return tuple(int(min(255, max(0, v))) for v in vals)  # type: ignore[return-value]
+
+
+def _profile(tile: Tile, dtype: str, count: int, nodata: float | None) -> dict[str, Any]:
+    h, w = tile.shape
+    prof: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": count,
+        "dtype": dtype,
+        "crs": str(tile.geobox.crs),
+        "transform": tile.geobox.affine,
+        "compress": "zstd",
+        "interleave": "band",
+    }
+    if h >= 16 and w >= 16:
+        prof.update(tiled=True, blockxsize=_BLOCK, blockysize=_BLOCK)
+    if nodata is not None:
+        prof["nodata"] = nodata
+    return prof
+
+
+def write_tile_rasters(
+    tile_dir: str | os.PathLike[str],
+    tile: Tile,
+    result: TileResult,
+    period_labels: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Write one tile's GeoTIFFs into ``tile_dir`` (which appears complete, atomically).
+
+    :returns: layer name -> file path (``classes``, ``confidence``, ``valid_obs``).
+    """
+    import rasterio
+
+    tile_dir = Path(tile_dir)
+    if result.shape != tile.shape:
+        raise ValueError(f"tile {tile.id} is {tile.shape} pixels, the result {result.shape}")
+    labels = (
+        list(period_labels)
+        if period_labels
+        else [f"period {i + 1}" for i in range(result.n_periods)]
+    )
+    obs = result.total_valid_obs()[None]
+    if result.n_periods > 1:
+        obs = np.concatenate([obs, result.valid_obs], axis=0)
+    layers = {
+        "classes": result.classes[None],
+        "confidence": result.confidence[None],
+        "valid_obs": obs,
+    }
+    with atomic_path(tile_dir) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        tmp.mkdir()
+        for name, data in layers.items():
+            prof = _profile(tile, _DTYPE[name], data.shape[0], _NODATA[name])
+            with rasterio.open(tmp / f"{name}.tif", "w", **prof) as dst:
+                dst.write(data)
+                if name == "valid_obs":
+                    descs = ["total"] + (labels if result.n_periods > 1 else [])
+                    for i, d in enumerate(descs, start=1):
+                        dst.set_band_description(i, d)
+    return {name: tile_dir / f"{name}.tif" for name in LAYERS}
+
+
+# --- mosaic -------------------------------------------------------------------------------------
+
+
+def _is_zarr(path: Path) -> bool:
+    return (path / ".zgroup").is_file() or (path / "zarr.json").is_file()
+
+
+def _sources(
+    source: Path, grid: TileGrid, name: str
+) -> tuple[list[tuple[str, int, Tile | None]], list[str]]:
+    """[(GDAL filename, band count, tile or None for full-grid)], band descriptions."""
+    import rasterio
+
+    if _is_zarr(source):
+        import zarr
+
+        g = zarr.open_group(str(source), mode="r")
+        array = "valid_obs" if name == "valid_obs" else name
+        n = g[array].shape[0] if g[array].ndim == 3 else 1
+        periods = [str(p) for p in g["period"][...]] if "period" in g else []
+        return [(f'ZARR:"{source.resolve()}":/{array}', n, None)], periods
+    out = []
+    descriptions: list[str] = []
+    for tile in grid.tiles:
+        f = source / tile.id / f"{name}.tif"
+        if f.is_file():
+            out.append((str(f.resolve()), 0, tile))
+    if out:
+        with rasterio.open(out[0][0]) as src:
+            count = src.count
+            descriptions = [d or "" for d in src.descriptions]
+        out = [(f, count, t) for f, _, t in out]
+    return out, descriptions
+
+
+def _band_xml(
+    band: int,
+    dtype: str,
+    sources: list[tuple[str, int, Tile | None]],
+    src_band: int,
+    grid: TileGrid,
+    nodata: float | None,
+    description: str = "",
+    extra: str = "",
+) -> str:
+    h, w = grid.shape
+    parts = [f'  <VRTRasterBand dataType="{_GDT[dtype]}" band="{band}">']
+    if description:
+        parts.append(f"    <Description>{escape(description)}</Description>")
+    if nodata is not None:
+        parts.append(
+            f"    <NoDataValue>{'nan' if math.isnan(nodata) else int(nodata)}</NoDataValue>"
+        )
+    parts.append(extra)
+    for fname, _, tile in sources:
+        if tile is None:
+            ys, xs = slice(0, h), slice(0, w)
+        else:
+            ys, xs = tile.window
+        th, tw = ys.stop - ys.start, xs.stop - xs.start
+        # Tiles never overlap, so plain sources do; uncovered areas read as the band's nodata.
+        parts.append(
+            f'    <SimpleSource><SourceFilename relativeToVRT="0">{escape(fname)}</SourceFilename>'
+            f"<SourceBand>{src_band}</SourceBand>"
+            f'<SrcRect xOff="0" yOff="0" xSize="{tw}" ySize="{th}"/>'
+            f'<DstRect xOff="{xs.start}" yOff="{ys.start}" xSize="{tw}" ySize="{th}"/></SimpleSource>'
+        )
+    parts.append("  </VRTRasterBand>")
+    return "\n".join(p for p in parts if p)
+
+
+def _sum_band_xml(band: int, sources: list[tuple[str, int, Tile | None]], grid: TileGrid) -> str:
+    """A derived band summing every band of a full-grid source (total valid observations)."""
+    h, w = grid.shape
+    fname, n, _ = sources[0]
+    srcs = "\n".join(
+        f'    <SimpleSource><SourceFilename relativeToVRT="0">{escape(fname)}</SourceFilename>'
+        f'<SourceBand>{b}</SourceBand><SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+        f'<DstRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/></SimpleSource>'
+        for b in range(1, n + 1)
+    )
+    return (
+        f'  <VRTRasterBand dataType="UInt16" band="{band}" subClass="VRTDerivedRasterBand">\n'
+        f"    <Description>total</Description>\n"
+        f"    <PixelFunctionType>sum</PixelFunctionType>\n"
+        f"    <SourceTransferType>Float64</SourceTransferType>\n{srcs}\n  </VRTRasterBand>"
+    )
+
+
+def _metadata_xml(items: dict[str, str], indent: str = "  ") -> str:
+    mdi = "".join(f"<MDI key={quoteattr(k)}>{escape(v)}</MDI>" for k, v in items.items())
+    return f"{indent}<Metadata>{mdi}</Metadata>"
+
+
+def _vrt(grid: TileGrid, bands_xml: list[str], metadata: dict[str, str]) -> str:
+    h, w = grid.shape
+    a = grid.geobox.affine
+    return "\n".join(
+        [
+            f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}">',
+            f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(grid.geobox.crs.to_wkt())}</SRS>',
+            f"  <GeoTransform>{a.c!r}, {a.a!r}, {a.b!r}, {a.f!r}, {a.d!r}, {a.e!r}</GeoTransform>",
+            _metadata_xml(metadata),
+            *bands_xml,
+            "</VRTDataset>",
+        ]
+    )
+
+
+def _classes_band_extra(class_names: Sequence[str], colors: Sequence[Any]) -> str:
+    entries = []
+    for v in range(256):
+        if v < len(colors):
+            r, g, b = parse_color(colors[v])
+            entries.append(f'<Entry c1="{r}" c2="{g}" c3="{b}" c4="255"/>')
+        else:
+            entries.append('<Entry c1="0" c2="0" c3="0" c4="0"/>')
+    cats = "".join(f"<Category>{escape(str(n))}</Category>" for n in class_names)
+    tags = {f"CLASS_{i}": str(n) for i, n in enumerate(class_names)}
+    return "\n".join(
+        [
+            "    <ColorInterp>Palette</ColorInterp>",
+            f"    <CategoryNames>{cats}</CategoryNames>",
+            f"    <ColorTable>{''.join(entries)}</ColorTable>",
+            _metadata_xml(tags, indent="    "),
+        ]
+    )
+
+
+def _overview_count(grid: TileGrid) -> int:
+    """Levels down to <= 256 px, and at least one (small maps get an overview too)."""
+    n, size = 0, max(grid.shape)
+    while size / 2**n > _BLOCK:
+        n += 1
+    return max(1, min(n, int(math.log2(max(2, min(grid.shape))))))
+
+
+def build_cogs(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    grid: TileGrid,
+    class_names: Sequence[str],
+    colors: Sequence[Any],
+) -> dict[str, Path]:
+    """Mosaic per-tile GeoTIFFs (a folder of ``<tile id>/`` folders) or a map store into COGs.
+
+    :param source: the tiles folder (as passed to :func:`write_tile_rasters`'s parent) or the
+        Zarr map store.
+    :returns: ``{"classes": out_dir/classes.tif, "confidence": ..., "valid_obs": ...}``.
+    """
+    import rasterio
+    import rasterio.shutil
+
+    source, out_dir = Path(source), Path(out_dir)
+    if len(colors) < len(class_names):
+        raise ValueError(f"{len(class_names)} classes but {len(colors)} colours")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, Path] = {}
+    for name in LAYERS:
+        sources, descriptions = _sources(source, grid, name)
+        dtype, nodata = _DTYPE[name], _NODATA[name]
+        metadata: dict[str, str] = {}
+        if name == "classes":
+            metadata["class_names"] = json.dumps(list(map(str, class_names)))
+            metadata["nodata_class"] = str(CLASS_NODATA)
+            bands = [
+                _band_xml(1, dtype, sources, 1, grid, nodata, "land-cover class",
+                          _classes_band_extra(class_names, colors))
+            ]  # fmt: skip
+        elif name == "confidence":
+            bands = [_band_xml(1, dtype, sources, 1, grid, nodata, "probability of the class")]
+        elif sources and sources[0][2] is None:  # valid_obs from the store: (period, y, x)
+            n = sources[0][1]
+            bands = [_sum_band_xml(1, sources, grid)]
+            if n > 1:
+                bands += [
+                    _band_xml(i + 2, dtype, sources, i + 1, grid, None, descriptions[i])
+                    for i in range(n)
+                ]
+        else:  # valid_obs from tiles: band 1 total, then one band per period
+            n = sources[0][1] if sources else 1
+            descs = descriptions or ["total"]
+            bands = [
+                _band_xml(
+                    i + 1, dtype, sources, i + 1, grid, None, descs[i] if i < len(descs) else ""
+                )
+                for i in range(n)
+            ]
+        if name == "valid_obs":
+            metadata["valid_obs"] = "band 1: total valid observations; bands 2..: per period"
+        final = out_dir / f"{name}.tif"
+        with atomic_path(final) as tmp:
+            vrt_path = tmp.with_name(tmp.name + ".vrt")
+            try:
+                vrt_path.write_text(_vrt(grid, bands, metadata))
+                opts = {
+                    "compress": "deflate",
+                    "predictor": "yes",
+                    "blocksize": _BLOCK,
+                    "overview_resampling": _RESAMPLING[name],
+                    "overview_count": _overview_count(grid),
+                    "bigtiff": "if_safer",
+                    "num_threads": "all_cpus",
+                }
+                pam = "YES" if name == "classes" else "NO"
+                with rasterio.Env(GDAL_PAM_ENABLED=pam):
+                    rasterio.shutil.copy(str(vrt_path), str(tmp), driver="COG", **opts)
+                aux = tmp.with_name(tmp.name + ".aux.xml")
+                if aux.exists():  # category names (GeoTIFF keeps them only in the sidecar)
+                    os.replace(aux, final.with_name(final.name + ".aux.xml"))
+            finally:
+                remove_path(vrt_path)
+                remove_path(tmp.with_name(tmp.name + ".aux.xml"))
+        outputs[name] = final
+    return outputs

@@ -1,0 +1,90 @@
+"""What a tile task hands to the writers: one tile's layers as plain numpy arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["CLASS_NODATA", "TileResult"]
+
+#: Class value of pixels without a prediction (no valid observation, outside the AOI).
+CLASS_NODATA = 255
+
+
+@dataclass
+class TileResult:
+    """One tile's map layers, shapes checked on construction.
+
+    Attributes:
+        classes: (h, w) uint8 class index; 255 = nodata.
+        confidence: (h, w) float32 probability of the predicted class; NaN = nodata.
+        topk_classes: (k, h, w) uint8 class indices by decreasing probability; 255 = nodata.
+        topk_probs: (k, h, w) float32 their probabilities; NaN = nodata.
+        valid_obs: (P, h, w) uint16 valid (cloud-free) observations per composite period.
+        composite: (P, B, h, w) float32 reflectance composite, or None.
+        embeddings: (D, h, w) float16 per-pixel embeddings, or None.
+    """
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    topk_classes: np.ndarray
+    topk_probs: np.ndarray
+    valid_obs: np.ndarray
+    composite: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.classes = _as(self.classes, np.uint8, 2, "classes")
+        h, w = self.classes.shape
+        self.confidence = _as(self.confidence, np.float32, 2, "confidence", (h, w))
+        self.topk_classes = _as(self.topk_classes, np.uint8, 3, "topk_classes", (h, w))
+        k = self.topk_classes.shape[0]
+        self.topk_probs = _as(self.topk_probs, np.float32, 3, "topk_probs", (h, w))
+        if self.topk_probs.shape[0] != k:
+            raise ValueError(f"topk_probs has {self.topk_probs.shape[0]} ranks, topk_classes {k}")
+        self.valid_obs = _as(self.valid_obs, np.uint16, 3, "valid_obs", (h, w))
+        if self.composite is not None:
+            self.composite = _as(self.composite, np.float32, 4, "composite", (h, w))
+            if self.composite.shape[0] != self.valid_obs.shape[0]:
+                raise ValueError(
+                    f"composite has {self.composite.shape[0]} periods, "
+                    f"valid_obs {self.valid_obs.shape[0]}"
+                )
+        if self.embeddings is not None:
+            self.embeddings = _as(self.embeddings, np.float16, 3, "embeddings", (h, w))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.classes.shape  # type: ignore[return-value]
+
+    @property
+    def k(self) -> int:
+        return int(self.topk_classes.shape[0])
+
+    @property
+    def n_periods(self) -> int:
+        return int(self.valid_obs.shape[0])
+
+    def total_valid_obs(self) -> np.ndarray:
+        """(h, w) uint16 valid observations summed over all periods (saturating at 65535)."""
+        return np.minimum(self.valid_obs.sum(axis=0, dtype=np.uint64), 65535).astype(np.uint16)
+
+
+def _as(
+    a: np.ndarray,
+    dtype: type,
+    ndim: int,
+    name: str,
+    hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if hw is not None and tuple(a.shape[-2:]) != hw:
+        raise ValueError(f"{name} covers {a.shape[-2:]} pixels, classes {hw}")
+    if a.dtype != dtype:
+        if np.issubdtype(dtype, np.integer) and not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+        a = a.astype(dtype)
+    return a

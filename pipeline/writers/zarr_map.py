@@ -1,0 +1,332 @@
+"""The map store: a Zarr v2 group with one array per layer, chunked on the tile grid.
+
+Layout (dimension names as in ``_ARRAY_DIMENSIONS``)::
+
+    classes       (y, x)                 uint8    255 = nodata
+    confidence    (y, x)                 float32  NaN = nodata
+    topk_classes  (k, y, x)              uint8    255 = nodata
+    topk_probs    (k, y, x)              float32  NaN = nodata
+    valid_obs     (period, y, x)         uint16   0 = no valid observation (no fill value)
+    composite     (period, band, y, x)   float32  NaN = nodata           (optional)
+    embeddings    (embedding, y, x)      float16  NaN = nodata           (optional)
+    x, y, k, period, band, embedding     coordinates (pixel centres for x/y)
+    spatial_ref                          CF grid mapping (crs_wkt, spatial_ref, GeoTransform)
+
+Why Zarr **v2**: the GDAL (3.10) bundled with rasterio cannot read Zarr v3 stores, and the map
+must open in GDAL/QGIS as well as in xarray. The CRS is stored twice so both understand it: the
+CF ``grid_mapping`` -> ``spatial_ref`` variable (xarray with ``decode_coords="all"``, rioxarray,
+odc-geo) and GDAL's own ``_CRS`` attribute on every array; GDAL derives the geotransform from the
+``x``/``y`` coordinate arrays. Read it back with ``xr.open_zarr(path, decode_coords="all")`` or
+``rasterio.open('ZARR:"path":/classes')``.
+
+Concurrency: every spatial chunk is ``tile_size`` square and the tile lattice starts at the
+grid's first pixel (:mod:`pipeline.tiling`), so each chunk belongs to exactly one tile and
+concurrent :func:`write_tile` calls for different tiles never touch the same chunk file (and
+zarr's local store writes each chunk file atomically). Metadata is written once, atomically, by
+:func:`create_map_store`; tile writes never change it, so the consolidated metadata stays valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.tiling import Tile, TileGrid
+from pipeline.writers.atomic import atomic_path, to_json_safe
+from pipeline.writers.tile_result import CLASS_NODATA, TileResult
+
+__all__ = ["create_map_store", "open_map", "write_tile"]
+
+_EMBED_CHUNK_BYTES = 64 * 2**20
+_CRS_VAR = "spatial_ref"
+
+
+def _compressor() -> Any:
+    import numcodecs
+
+    return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+
+
+def _layout(
+    grid: TileGrid,
+    class_names: Sequence[str],
+    k: int,
+    period_labels: Sequence[str],
+    band_names: Sequence[str] | None,
+    embed_dim: int | None,
+) -> dict[str, Any]:
+    a = grid.geobox.affine
+    return {
+        "crs": str(grid.geobox.crs),
+        "transform": [a.a, a.b, a.c, a.d, a.e, a.f],
+        "shape": list(grid.shape),
+        "tile_size": grid.tile_size,
+        "class_names": list(class_names),
+        "k": k,
+        "periods": list(period_labels),
+        "bands": None if band_names is None else list(band_names),
+        "embed_dim": embed_dim,
+    }
+
+
+def _layout_hash(layout: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def create_map_store(
+    path: str | os.PathLike[str],
+    grid: TileGrid,
+    *,
+    class_names: Sequence[str],
+    k: int,
+    period_labels: Sequence[str],
+    band_names: Sequence[str] | None = None,
+    embed_dim: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Create the (empty) map store at ``path``, or reopen it if it already matches.
+
+    The store is built in a temporary sibling folder and renamed into place, so a crash never
+    leaves a half-made store. If ``path`` exists with the same layout (grid, classes, k, periods,
+    bands, embedding size) and the same ``attrs["config_hash"]``, it is kept as it is (resume);
+    otherwise this is a :class:`UserError`. Unwritten chunks read as nodata.
+    """
+    path = Path(path)
+    attrs = dict(attrs or {})
+    names = [str(n) for n in class_names]
+    if not 1 <= len(names) <= 254:
+        raise UserError(f"a map needs 1 to 254 classes (255 is nodata), got {len(names)}")
+    if not 1 <= k <= len(names):
+        raise UserError(f"top-k must be between 1 and the number of classes, got k={k}")
+    if not period_labels:
+        raise UserError("a map needs at least one composite period")
+    if embed_dim is not None and embed_dim < 1:
+        raise UserError(f"embed_dim must be positive, got {embed_dim}")
+    layout = _layout(grid, names, k, [str(p) for p in period_labels], band_names, embed_dim)
+    layout_hash = _layout_hash(layout)
+
+    if path.exists():
+        _check_existing(path, layout_hash, attrs.get("config_hash"))
+        return path
+    try:
+        with atomic_path(path, replace=False) as tmp:
+            _build_store(tmp, grid, layout, layout_hash, attrs)
+    except FileExistsError:  # another process created it first: it must match too
+        _check_existing(path, layout_hash, attrs.get("config_hash"))
+    return path
+
+
+def _check_existing(path: Path, layout_hash: str, config_hash: Any) -> None:
+    try:
+        found = _read_attrs(path)
+    except Exception:  # not a zarr group, unreadable metadata
+        raise UserError(
+            f"{path} exists and is not a map store; remove it or use --overwrite"
+        ) from None
+    if found.get("s2lc:layout_hash") != layout_hash:
+        raise UserError(
+            f"{path} holds a map store with another grid or layers; remove it or use --overwrite"
+        )
+    if config_hash is not None and found.get("config_hash") != config_hash:
+        raise UserError(
+            f"{path} holds a map store made with other settings (config_hash "
+            f"{found.get('config_hash')} != {config_hash}); remove it or use --overwrite"
+        )
+
+
+def _read_attrs(path: Path) -> dict[str, Any]:
+    return json.loads((path / ".zattrs").read_text())
+
+
+def _crs_attrs(grid: TileGrid) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(spatial_ref variable attrs for CF/xarray, GDAL ``_CRS`` attribute value)."""
+    from odc.geo.xr import xr_coords
+
+    coords = xr_coords(grid.geobox, crs_coord_name=_CRS_VAR)
+    cf = {k: to_json_safe(v) for k, v in coords[_CRS_VAR].attrs.items()}
+    crs = grid.geobox.crs
+    gdal_crs: dict[str, Any] = {"wkt": crs.to_wkt()}
+    if crs.epsg is not None:
+        gdal_crs["url"] = f"http://www.opengis.net/def/crs/EPSG/0/{crs.epsg}"
+    return cf, gdal_crs
+
+
+def _build_store(
+    root: Path,
+    grid: TileGrid,
+    layout: dict[str, Any],
+    layout_hash: str,
+    attrs: dict[str, Any],
+) -> None:
+    import zarr
+    from odc.geo.xr import xr_coords
+
+    h, w = grid.shape
+    ts = grid.tile_size
+    names, k, periods = layout["class_names"], layout["k"], layout["periods"]
+    bands, embed_dim = layout["bands"], layout["embed_dim"]
+    cf_crs, gdal_crs = _crs_attrs(grid)
+    comp = _compressor()
+    g = zarr.open_group(str(root), mode="w-", zarr_format=2)
+    g.attrs.update(
+        to_json_safe(
+            {
+                **attrs,
+                "title": attrs.get("title", "land-cover map"),
+                "Conventions": "CF-1.8",
+                "class_names": names,
+                "s2lc:layout": layout,
+                "s2lc:layout_hash": layout_hash,
+            }
+        )
+    )
+
+    def coord(name: str, values: np.ndarray, extra: Mapping[str, Any] | None = None) -> None:
+        a = g.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=values.shape or None,
+            fill_value=None,
+            compressors=comp,
+            attributes={"_ARRAY_DIMENSIONS": [name], **(extra or {})},
+        )
+        a[...] = values
+
+    xy = xr_coords(grid.geobox, crs_coord_name=_CRS_VAR)
+    for dim in ("y", "x"):
+        cf = {"standard_name": f"projection_{dim}_coordinate", "axis": dim.upper()}
+        coord(dim, xy[dim].values.astype(np.float64), {**to_json_safe(xy[dim].attrs), **cf})
+    coord("k", np.arange(1, k + 1, dtype=np.int16), {"long_name": "rank of the class probability"})
+    coord("period", np.array(periods, dtype=str), {"long_name": "composite period"})
+    if bands is not None:
+        coord("band", np.array(bands, dtype=str), {"long_name": "spectral band"})
+    if embed_dim is not None:
+        coord("embedding", np.arange(embed_dim, dtype=np.int32), {"long_name": "embedding dim"})
+    sref = g.create_array(
+        _CRS_VAR,
+        shape=(),
+        dtype=np.int32,
+        fill_value=None,
+        attributes={"_ARRAY_DIMENSIONS": [], **cf_crs},
+    )
+    sref[...] = int(grid.geobox.crs.epsg or 0)
+
+    common = {"grid_mapping": _CRS_VAR, "coordinates": _CRS_VAR, "_CRS": gdal_crs}
+
+    def layer(name, dims, dtype, fill, chunks_lead, **meta):
+        shape = tuple(len(_dim_values(d, layout)) for d in dims[:-2]) + (h, w)
+        g.create_array(
+            name,
+            shape=shape,
+            dtype=dtype,
+            chunks=tuple(chunks_lead) + (ts, ts),
+            fill_value=fill,
+            compressors=comp,
+            attributes={"_ARRAY_DIMENSIONS": list(dims), **common, **meta},
+        )
+
+    flag_meanings = " ".join(_cf_word(n) for n in names)
+    layer(
+        "classes", ("y", "x"), np.uint8, CLASS_NODATA, (),
+        long_name="land-cover class", flag_values=list(range(len(names))),
+        flag_meanings=flag_meanings, class_names=names,
+    )  # fmt: skip
+    layer(
+        "confidence", ("y", "x"), np.float32, np.nan, (),
+        long_name="probability of the predicted class", units="1", valid_min=0.0, valid_max=1.0,
+    )  # fmt: skip
+    layer(
+        "topk_classes", ("k", "y", "x"), np.uint8, CLASS_NODATA, (k,),
+        long_name="classes by decreasing probability", flag_values=list(range(len(names))),
+        flag_meanings=flag_meanings, class_names=names,
+    )  # fmt: skip
+    layer(
+        "topk_probs", ("k", "y", "x"), np.float32, np.nan, (k,),
+        long_name="probabilities of topk_classes", units="1",
+    )  # fmt: skip
+    layer(
+        "valid_obs", ("period", "y", "x"), np.uint16, None, (len(periods),),
+        long_name="number of valid (cloud-free) observations", units="1",
+    )  # fmt: skip
+    if bands is not None:
+        layer(
+            "composite", ("period", "band", "y", "x"), np.float32, np.nan, (1, len(bands)),
+            long_name="surface reflectance composite", units="1",
+        )  # fmt: skip
+    if embed_dim is not None:
+        dchunk = max(1, min(embed_dim, _EMBED_CHUNK_BYTES // (2 * ts * ts)))
+        layer(
+            "embeddings", ("embedding", "y", "x"), np.float16, np.nan, (dchunk,),
+            long_name="per-pixel embedding",
+        )  # fmt: skip
+    zarr.consolidate_metadata(str(root), zarr_format=2)
+
+
+def _dim_values(dim: str, layout: Mapping[str, Any]) -> Sequence[Any]:
+    return {
+        "k": range(layout["k"]),
+        "period": layout["periods"],
+        "band": layout["bands"] or (),
+        "embedding": range(layout["embed_dim"] or 0),
+    }[dim]
+
+
+def _cf_word(name: str) -> str:
+    """A class name as one CF flag_meanings word."""
+    word = "_".join(str(name).split())
+    return "".join(c if c.isalnum() or c in "_-.+@" else "_" for c in word) or "class"
+
+
+def open_map(path: str | os.PathLike[str]) -> Any:
+    """The store as an xarray Dataset (lazy), with its CRS decoded (``spatial_ref``)."""
+    import odc.geo.xr  # noqa: F401  (registers .odc: ds.odc.geobox)
+    import xarray as xr
+
+    return xr.open_zarr(str(path), decode_coords="all", consolidated=True)
+
+
+def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> None:
+    """Write one tile's layers into its window of every array of the store at ``path``.
+
+    Safe to call concurrently for different tiles (each chunk belongs to one tile) and to repeat
+    for the same tile (it overwrites). Optional layers the store has but the result lacks are
+    an error; optional layers the result has but the store lacks are ignored.
+    """
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    ys, xs = tile.window
+    if result.shape != tile.shape:
+        raise ValueError(f"tile {tile.id} is {tile.shape} pixels, the result {result.shape}")
+    ts = g["classes"].chunks[-1]
+    if ys.start % ts or xs.start % ts:
+        raise ValueError(f"tile {tile.id} at {ys.start}, {xs.start} is not on the {ts} chunk grid")
+    layers: dict[str, np.ndarray | None] = {
+        "classes": result.classes,
+        "confidence": result.confidence,
+        "topk_classes": result.topk_classes,
+        "topk_probs": result.topk_probs,
+        "valid_obs": result.valid_obs,
+        "composite": result.composite,
+        "embeddings": result.embeddings,
+    }
+    present = set(g.array_keys())
+    for name, data in layers.items():
+        if name not in present:
+            continue
+        arr = g[name]
+        if data is None:
+            raise ValueError(f"the store has {name!r} but tile {tile.id}'s result does not")
+        want = tuple(arr.shape[:-2]) + tile.shape
+        if data.shape != want:
+            raise ValueError(f"tile {tile.id}: {name} has shape {data.shape}, the store {want}")
+        lead = (slice(None),) * (data.ndim - 2)
+        arr[(*lead, ys, xs)] = data
