@@ -18,6 +18,7 @@ cluster (``pg_ctl stop -m fast``) and deletes the temporary folder.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -156,6 +157,8 @@ class LocalPgstac:
             except KeyError:
                 raise Unavailable("running as root but there is no 'postgres' user") from None
         self.timings["venv_s"] = ensure_server_venv(self.venv)
+        # Safety net: stop the daemons even if the test session dies without teardown.
+        atexit.register(self.stop)
         t1 = time.monotonic()
         try:
             self._init_cluster()
@@ -275,6 +278,7 @@ class LocalPgstac:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+        atexit.unregister(self.stop)
 
     def logs(self) -> list[Path]:
         if self.root is None:

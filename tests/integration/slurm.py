@@ -14,6 +14,7 @@ munged or slurmd (if any) is left alone.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -104,6 +105,8 @@ class LocalSlurm:
         for tool in ("slurmctld", "slurmd", "munged", "sinfo", "sbatch", "scontrol"):
             if not shutil.which(tool):
                 raise Unavailable(f"'{tool}' is not on PATH even after installing {PACKAGES}")
+        # Safety net: stop the daemons even if the test session dies without teardown.
+        atexit.register(self.stop)
         t1 = time.monotonic()
         try:
             self._write_config()
@@ -159,6 +162,7 @@ class LocalSlurm:
             else:
                 os.environ[key] = old
         self._old_env.clear()
+        atexit.unregister(self.stop)
 
     def logs(self) -> list[Path]:
         return [
