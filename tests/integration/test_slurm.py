@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,8 @@ def test_map_on_slurm(
             processes: 1
             memory: 3GB
             walltime: "00:20:00"
+            interface: lo
+            local_directory: {tmp_path / "dask-scratch"}
             job_extra_directives:
               - "--output={job_logs}/job-%j.out"
             """
@@ -186,6 +189,7 @@ def test_map_on_slurm(
         str(profile),
         "--workers",
         "2",
+        "--no-progress",
         "--out",
         str(out),
     ]
@@ -208,3 +212,8 @@ def test_map_on_slurm(
     outs = list(job_logs.glob("job-*.out"))
     assert outs, "no Slurm job output: the workers did not run as Slurm jobs"
     assert any("distributed" in p.read_text() or "worker" in p.read_text().lower() for p in outs)
+    # The run closed its cluster: its Slurm jobs are gone (cancelled, not left to walltime).
+    deadline = time.monotonic() + 60
+    while _squeue_ids() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _squeue_ids(), "the map run left Slurm jobs behind"
