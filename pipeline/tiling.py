@@ -382,11 +382,12 @@ def blend(chip_probs: np.ndarray, plan: ChipPlan, weights: np.ndarray | None = N
         raise ValueError(f"weights must be ({win}, {win}), got {wts.shape}")
     ys, xs = plan.tile_window
     h, w = ys.stop - ys.start, xs.stop - xs.start
-    n_cls = probs.shape[1]
-    acc = np.zeros((n_cls, h, w), dtype=np.float64)
-    wsum = np.zeros((h, w), dtype=np.float64)
+    # Accumulate in place in the float32 output: memory is the output plus one (h, w) plane,
+    # also for wide inputs such as embeddings. Every pixel sums its chips in the same (global)
+    # order in any tiling, so results are bit-identical across tilings.
+    out = np.zeros((probs.shape[1], h, w), dtype=np.float32)
+    wsum = np.zeros((h, w), dtype=np.float32)
     finite = np.isfinite(probs).all(axis=1)
-    wts64 = wts.astype(np.float64)
     for k, (r, c) in enumerate(plan.offsets):
         if not finite[k]:
             continue
@@ -395,11 +396,11 @@ def blend(chip_probs: np.ndarray, plan: ChipPlan, weights: np.ndarray | None = N
         c0, c1 = max(c, xs.start), min(c + win, xs.stop)
         if r0 >= r1 or c0 >= c1:
             continue
-        ww = wts64[r0 - r : r1 - r, c0 - c : c1 - c]
+        ww = wts[r0 - r : r1 - r, c0 - c : c1 - c]
         dst = (slice(r0 - ys.start, r1 - ys.start), slice(c0 - xs.start, c1 - xs.start))
-        acc[(slice(None), *dst)] += probs[k].astype(np.float64)[:, None, None] * ww
+        out[(slice(None), *dst)] += probs[k].astype(np.float32)[:, None, None] * ww
         wsum[dst] += ww
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = acc / wsum
-    out[:, wsum == 0] = np.nan
-    return out.astype(np.float32)
+    covered = wsum > 0
+    np.divide(out, wsum, out=out, where=covered)
+    out[:, ~covered] = np.nan
+    return out

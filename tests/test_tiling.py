@@ -166,11 +166,28 @@ def test_blending_two_tilings_gives_the_same_map(seed):
     a = _map(grid_a, window, stride, seed)
     b = _map(grid_b, window, stride, seed)
     assert np.isfinite(a).all()  # every pixel covered
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # Bit-identical, not just within 1e-6: every pixel sums the same chips in the same order.
+    np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a.sum(axis=0), 1.0, atol=1e-5)
     # And the whole grid as a single "tile" agrees too.
     whole = chip_plan(grid_a.geobox, window, stride)
-    np.testing.assert_allclose(blend(_chip_probs(whole, seed), whole), a, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(blend(_chip_probs(whole, seed), whole), a)
+
+
+def test_overlapping_regions_share_chips_and_values():
+    other = to_crs(box(702_001.2, 5_361_500.0, 705_000.0, 5_363_000.0), "EPSG:4326", src=UTM)
+    ga, gb = make_grid(AOI, UTM, 10, 64), make_grid(other, UTM, 10, 40)
+    a, b = _map(ga, 16, 8, seed=7), _map(gb, 16, 8, seed=7)
+    # Pixels on the shared lattice get the same values, whichever region mapped them.
+    _, ra, ca = grid_offset(ga.geobox)
+    _, rb, cb = grid_offset(gb.geobox)
+    r0, c0 = max(ra, rb), max(ca, cb)
+    r1 = min(ra + ga.shape[0], rb + gb.shape[0])
+    c1 = min(ca + ga.shape[1], cb + gb.shape[1])
+    assert r1 - r0 > 20 and c1 - c0 > 20
+    np.testing.assert_array_equal(
+        a[:, r0 - ra : r1 - ra, c0 - ca : c1 - ca], b[:, r0 - rb : r1 - rb, c0 - cb : c1 - cb]
+    )
 
 
 def test_chip_plan_geometry():

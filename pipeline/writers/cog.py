@@ -46,6 +46,7 @@ _NODATA: dict[str, float | None] = {
 }
 _RESAMPLING = {"classes": "NEAREST", "confidence": "AVERAGE", "valid_obs": "AVERAGE"}
 _BLOCK = 256
+_CACHE_MB = 256  # GDAL block cache while mosaicking (rasterio reads small ints as MB)
 
 
 def parse_color(color: Any) -> tuple[int, int, int]:
@@ -330,8 +331,11 @@ def build_cogs(
                     "bigtiff": "if_safer",
                     "num_threads": "all_cpus",
                 }
-                pam = "YES" if name == "classes" else "NO"
-                with rasterio.Env(GDAL_PAM_ENABLED=pam):
+                # PAM only for classes: its category names go to the .aux.xml sidecar.
+                env: dict[str, Any] = {"GDAL_PAM_ENABLED": "YES" if name == "classes" else "NO"}
+                if "GDAL_CACHEMAX" not in os.environ:  # bounded memory, whatever the map size
+                    env["GDAL_CACHEMAX"] = _CACHE_MB
+                with rasterio.Env(**env):
                     rasterio.shutil.copy(str(vrt_path), str(tmp), driver="COG", **opts)
                 aux = tmp.with_name(tmp.name + ".aux.xml")
                 if aux.exists():  # category names (GeoTIFF keeps them only in the sidecar)
