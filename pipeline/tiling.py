@@ -68,6 +68,9 @@ class Tile:
     geobox: GeoBox
     window: tuple[slice, slice]
 
+    def __hash__(self) -> int:  # slices are unhashable before Python 3.12
+        return hash((self.row, self.col, self.geobox))
+
     @property
     def id(self) -> str:
         """Stable name, e.g. ``r0003_c0012``; used for task keys, manifests and tile folders."""
@@ -279,6 +282,9 @@ class ChipPlan:
     stride: int
     first_chip: tuple[int, int]
     chips_shape: tuple[int, int]
+
+    def __hash__(self) -> int:  # slices are unhashable before Python 3.12
+        return hash((self.geobox, self.tile_geobox, self.window, self.stride))
 
     @property
     def n_chips(self) -> int:

@@ -65,7 +65,7 @@ def test_output_grid_is_independent_of_tile_size_and_tiles_partition_it(aoi):
         assert cov.max() == 1  # no overlaps
         assert (cov[inside] == 1).all()  # every AOI pixel lies in exactly one tile
         ids = [t.id for t in g.tiles]
-        assert len(set(ids)) == len(ids) == len(g)
+        assert len(set(ids)) == len(ids) == len(g) == len(set(g.tiles))  # tiles are hashable
         assert ids == sorted(ids)
         for t in g.tiles:
             assert t.geobox == g.geobox[t.window]
@@ -196,6 +196,7 @@ def test_chip_plan_geometry():
     _, gy, gx = grid_offset(plan.geobox)
     assert gy % 8 == 0 and gx % 8 == 0  # chips sit on the global stride lattice
     assert plan.geobox[plan.tile_window] == g
+    assert hash(plan) == hash(chip_plan(g, 16, 8)) and plan == chip_plan(g, 16, 8)
     assert plan.n_chips == len(plan.offsets) == len(plan.chip_ids)
     # Every chip touches the tile, and every chip that touches the tile is included.
     ys, xs = plan.tile_window
