@@ -28,6 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # Nothing is downloaded in tests: Hugging Face and torch hubs stay offline.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # affine 3 deprecates `*` for matrix products; odc-geo still uses it (thousands of lines)
+    config.addinivalue_line("filterwarnings", "ignore:Use `@` matmul:PendingDeprecationWarning")
     if importlib.util.find_spec("torch") is not None:
         import torch
 

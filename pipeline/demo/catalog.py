@@ -6,7 +6,7 @@ Two layouts:
   scale 0.0001, offset -0.1, nodata 0; ``earthsearch:boa_offset_applied: true`` and DN without the
   baseline-04.00 offset (DN = 10000 * reflectance), exactly like Earth Search v1.
 - ``planetary-computer`` (tests): asset keys ``B02`` ... ``B12``, ``SCL``; no ``raster:bands``;
-  DN still carry the offset (DN = 10000 * reflectance + 1000).
+  DN still carry the offset (DN = 10000 * reflectance + 1000) when the baseline is >= 04.00.
 
 Asset hrefs are absolute ``file://`` URLs. Alongside: ``truth.tif`` (COG, uint8 class index, class
 names in its tags), ``truth.json`` (class names and the generation parameters).
@@ -151,7 +151,9 @@ def generate_catalog(
         sp = specs[i]
         specs[i] = SceneSpec(sp.cloud_fraction, sp.cirrus, sp.snow, True, sp.defects)
     keys = EARTH_SEARCH_V1_KEYS if layout == "earth-search-v1" else PC_KEYS
-    dn_offset = 0 if layout == "earth-search-v1" else 1000
+    # DN carry BOA_ADD_OFFSET from baseline 04.00 on, unless the catalogue removed it (ES v1)
+    new_baseline = tuple(int(v) for v in baseline.split(".")) >= (4, 0)
+    dn_offset = 1000 if layout == "planetary-computer" and new_baseline else 0
     items = []
     for k, (when, spec) in enumerate(zip(dates, specs, strict=True)):
         doy = when.timetuple().tm_yday
@@ -308,7 +310,8 @@ def _item(layout, item_id, platform, when, scl, hrefs, keys, bounds, epsg, basel
                 "mgrs:grid_square": MGRS_TILE[3:],
                 "grid:code": f"MGRS-{MGRS_TILE}",
                 "s2:sequence": "0",
-                "earthsearch:boa_offset_applied": True,
+                # Earth Search v1 removes the 04.00 offset from the DN and says so
+                "earthsearch:boa_offset_applied": tuple(map(int, baseline.split("."))) >= (4, 0),
                 "processing:software": {"s2lc-demo-generator": "1"},
             }
         )
