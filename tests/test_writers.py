@@ -83,7 +83,10 @@ def written(tmp_path_factory):
     def one(tile):
         r = _result(tile, mask, seed=tile.row * 100 + tile.col)
         write_tile(store, tile, r)
-        write_tile_rasters(tiles_dir / tile.id, tile, r, period_labels=PERIODS)
+        # Half the tiles without labels: build_cogs(period_labels=...) names the bands then.
+        write_tile_rasters(
+            tiles_dir / tile.id, tile, r, period_labels=PERIODS if tile.col else None
+        )
         expected[tile.id] = r
 
     with ThreadPoolExecutor(4) as pool:
@@ -238,7 +241,7 @@ def test_map_store_create_is_atomic_and_idempotent(written, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
 
 
-def test_write_tile_rejects_mismatched_results(written, tmp_path):
+def test_write_tile_checks_shapes_and_fills_missing_optional_layers(written, tmp_path):
     grid = written["grid"]
     store = create_map_store(
         tmp_path / "s.zarr", grid, class_names=NAMES, k=2, period_labels=PERIODS, embed_dim=8,
@@ -246,7 +249,11 @@ def test_write_tile_rejects_mismatched_results(written, tmp_path):
     tile = grid.tiles[0]
     r = _result(tile, aoi_mask(grid.geobox, AOI), 0)
     with pytest.raises(ValueError, match="embeddings"):
-        write_tile(store, tile, TileResult(**{**r.__dict__, "embeddings": None}))
+        write_tile(store, tile, TileResult(**{**r.__dict__, "embeddings": r.embeddings[:3]}))
+    # A tile without embeddings (no valid pixel) writes nodata there.
+    write_tile(store, tile, r)
+    write_tile(store, tile, TileResult(**{**r.__dict__, "embeddings": np.zeros((0, *tile.shape))}))
+    assert np.isnan(open_map(store).embeddings[:, tile.window[0], tile.window[1]].values).all()
     small = TileResult(**{k: None if v is None else v[..., :-1] for k, v in r.__dict__.items()})
     with pytest.raises(ValueError, match="pixels"):
         write_tile(store, tile, small)
@@ -261,7 +268,7 @@ def test_write_tile_rejects_mismatched_results(written, tmp_path):
 @pytest.fixture(scope="module")
 def cogs(written):
     out = written["root"] / "out"
-    return build_cogs(written["tiles"], out, written["grid"], NAMES, COLORS)
+    return build_cogs(written["tiles"], out, written["grid"], NAMES, COLORS, period_labels=PERIODS)
 
 
 def test_cogs_validate_with_colours_names_overviews_and_nodata(written, cogs):

@@ -270,11 +270,14 @@ def build_cogs(
     grid: TileGrid,
     class_names: Sequence[str],
     colors: Sequence[Any],
+    period_labels: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Mosaic per-tile GeoTIFFs (a folder of ``<tile id>/`` folders) or a map store into COGs.
 
-    :param source: the tiles folder (as passed to :func:`write_tile_rasters`'s parent) or the
-        Zarr map store.
+    :param source: the folder holding the ``<tile id>/`` folders of :func:`write_tile_rasters`,
+        or the Zarr map store (read through GDAL's Zarr driver).
+    :param period_labels: descriptions of the per-period ``valid_obs`` bands (default: those
+        stored in the tile files or the store).
     :returns: ``{"classes": out_dir/classes.tif, "confidence": ..., "valid_obs": ...}``.
     """
     import rasterio
@@ -309,6 +312,8 @@ def build_cogs(
         else:  # valid_obs from tiles: band 1 total, then one band per period
             n = sources[0][1] if sources else 1
             descs = descriptions or ["total"]
+            if period_labels and n == len(period_labels) + 1:
+                descs = ["total", *map(str, period_labels)]
             bands = [
                 _band_xml(
                     i + 1, dtype, sources, i + 1, grid, None, descs[i] if i < len(descs) else ""

@@ -297,8 +297,9 @@ def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> 
     """Write one tile's layers into its window of every array of the store at ``path``.
 
     Safe to call concurrently for different tiles (each chunk belongs to one tile) and to repeat
-    for the same tile (it overwrites). Optional layers the store has but the result lacks are
-    an error; optional layers the result has but the store lacks are ignored.
+    for the same tile (it overwrites). An optional layer the store has but the result lacks
+    (``None`` or empty, e.g. embeddings of a tile without valid pixels) is written as nodata;
+    optional layers the result has but the store lacks are ignored.
     """
     import zarr
 
@@ -323,9 +324,9 @@ def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> 
         if name not in present:
             continue
         arr = g[name]
-        if data is None:
-            raise ValueError(f"the store has {name!r} but tile {tile.id}'s result does not")
         want = tuple(arr.shape[:-2]) + tile.shape
+        if data is None or data.size == 0:  # e.g. no embeddings for a tile without valid pixels
+            data = np.full(want, arr.fill_value, dtype=arr.dtype)
         if data.shape != want:
             raise ValueError(f"tile {tile.id}: {name} has shape {data.shape}, the store {want}")
         lead = (slice(None),) * (data.ndim - 2)
