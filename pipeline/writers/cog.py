@@ -144,10 +144,9 @@ def _sources(
         import zarr
 
         g = zarr.open_group(str(source), mode="r")
-        array = "valid_obs" if name == "valid_obs" else name
-        n = g[array].shape[0] if g[array].ndim == 3 else 1
+        n = g[name].shape[0] if g[name].ndim == 3 else 1
         periods = [str(p) for p in g["period"][...]] if "period" in g else []
-        return [(f'ZARR:"{source.resolve()}":/{array}', n, None)], periods
+        return [(f'ZARR:"{source.resolve()}":/{name}', n, None)], periods
     out = []
     descriptions: list[str] = []
     for tile in grid.tiles:
