@@ -175,8 +175,9 @@ class PairedData:
 
     def subset(self, idx: np.ndarray) -> PairedData:
         t = torch.as_tensor(idx, dtype=torch.long)
+        take = getattr(self.inputs, "take", None)  # lazy inputs (chip folders) stay lazy
         return PairedData(
-            inputs=self.inputs[t],
+            inputs=take(np.asarray(idx)) if take else self.inputs[t],
             ground=self.ground[t],
             ground_mask=self.ground_mask[t],
             ids=[self.ids[i] for i in idx] if self.ids else [],
@@ -460,7 +461,7 @@ def fit(
             if cfg.learn_temperature:
                 loss_fn.clamp_()
             loss_fn.enqueue(F.normalize(g.detach().float(), dim=-1))
-            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for k in ("batch_top1", "positive_cosine"):
                 sums[k] = sums.get(k, 0.0) + info[k]
         row: dict[str, Any] = {"epoch": epoch + 1}
@@ -556,7 +557,11 @@ def _save_epoch(
     path = ckdir / f"epoch_{epoch:03d}.pt"
     _atomic_save({"state_dict": weights, **meta, "train_state": train_state}, path)
     tmp = ckdir / ".last.pt.tmp"
-    shutil.copyfile(path, tmp)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)  # same bytes, no copy
+    except OSError:
+        shutil.copyfile(path, tmp)
     os.replace(tmp, ckdir / "last.pt")
     if improved:
         # best.pt: weights and metadata only (no optimiser state): the file to ship.

@@ -220,7 +220,7 @@ def fit_linear_head(
         loss.backward()
         return loss
 
-    final = float(opt.step(closure))
+    final = float(opt.step(closure).detach())
     with torch.no_grad():
         bias = b.detach().clone()
         bias[absent] = -1e4
