@@ -444,11 +444,11 @@ def execute(cfg: RunConfig) -> int:
         area_km2,
     )
     if errors:
-        from pipeline.workspace import write_json_atomic
+        from pipeline.writers import write_json
 
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - t0
-        write_json_atomic(ws.out / "run.json", report)
+        write_json(ws.out / "run.json", report)
         raise UserError(
             f"{len(errors)} of {len(plan.grid.tiles)} tiles failed (listed in "
             f"{ws.out / 'run.json'}); finished tiles are kept: rerun to retry them"
@@ -457,9 +457,9 @@ def execute(cfg: RunConfig) -> int:
     publish(cfg, plan, ws, report, labels)
     seconds["publish"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - t0
-    from pipeline.workspace import write_json_atomic
+    from pipeline.writers import write_json
 
-    write_json_atomic(ws.out / "run.json", report)
+    write_json(ws.out / "run.json", report)
     _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])
     return 0
 
@@ -538,7 +538,8 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     """Mosaic COGs, move the Zarr into place, write legend, quicklook and STAC item."""
     from pipeline.writers import build_cogs, write_legend_json, write_quicklook, write_stac_item
 
-    cogs = build_cogs(ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors))
+    cogs = build_cogs(ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors),
+                      period_labels=labels)
     zarr_path = ws.publish_store()
     ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
     write_legend_json(
@@ -584,4 +585,5 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
             "s2lc:periods": labels,
             "s2lc:output_hash": report["output_hash"],
         },
+        item_id=f"s2lc-{plan.region_name}-{cfg.start}-{cfg.end}-{cfg.period}-{cfg.model}",
     )

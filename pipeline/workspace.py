@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.writers.atomic import write_json
 
 PRODUCTS = (
     "map.zarr",
@@ -35,21 +36,8 @@ PRODUCTS = (
     "item.json",
     "run.json",
 )
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Sidecars of the products (GDAL category names for QGIS), cleared with them.
+SIDECARS = ("classes.tif.aux.xml",)
 
 
 class Workspace:
@@ -115,7 +103,7 @@ class Workspace:
         return existing is not None and not overwrite
 
     def clear(self) -> None:
-        for name in PRODUCTS:
+        for name in PRODUCTS + SIDECARS:
             p = self.out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -125,7 +113,7 @@ class Workspace:
             shutil.rmtree(self.work)
 
     def save_manifest(self, data: dict[str, Any]) -> None:
-        write_json_atomic(self.manifest_path, data)
+        write_json(self.manifest_path, data)
 
     # -- tiles ------------------------------------------------------------------------------
     def tile_dir(self, tile_id: str) -> Path:
@@ -145,7 +133,7 @@ class Workspace:
         return done
 
     def mark_done(self, tile_id: str, stats: dict[str, Any]) -> None:
-        write_json_atomic(self.marker(tile_id), stats)
+        write_json(self.marker(tile_id), stats)
 
     def drop_tile_rasters(self) -> None:
         """Remove the per-tile GeoTIFFs once the COG mosaics exist (markers are kept)."""
