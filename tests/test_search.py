@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -247,3 +250,48 @@ def test_planetary_computer_signing_with_a_token_api():
     assert item.assets["other"].href == "https://example.org/B02.tif"
     assert again.assets["B02"].href.endswith("B03.tif?st=1&se=2&sig=abc")
     assert calls == ["/api/sas/v1/token/sentinel-2-l2a"]  # the token is cached
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "S2LC_CACHE_DIR": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "search", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_search_command_prints_count_dates_and_cloud(demo_catalog, session_cache_dir):
+    out = _cli("--region", "demo", "--start", "2023-03-01", "--end", "2023-03-31",
+               "--max-cloud", "100", cache=session_cache_dir)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["date", "time", "cloud"]
+    assert [ln.split()[0] for ln in lines[1:-1]] == [
+        f"2023-03-{d:02d}" for d in (2, 7, 12, 17, 22, 27)
+    ]
+    assert lines[-1].startswith("6 scene(s) from sentinel-2-l2a (demo), 2023-03-02 .. 2023-03-27")
+    assert "cloud cover min" in lines[-1]
+
+
+def test_search_command_with_an_api_url_and_bbox(demo_stac_url, demo_geometry, session_cache_dir):
+    w, s, e, n = demo_geometry.bounds
+    out = _cli("--stac-url", demo_stac_url, "--bbox", str(w), str(s), str(e), str(n),
+               "--year", "2023", "--max-cloud", "10", cache=session_cache_dir)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "(custom)" in out.stdout.splitlines()[-1]
+    clouds = [float(ln.split()[2]) for ln in out.stdout.splitlines()[1:-1]]
+    assert clouds and max(clouds) <= 10
+
+
+def test_search_command_nothing_found_is_one_line(demo_catalog, session_cache_dir):
+    out = _cli("--region", "demo", "--year", "2021", cache=session_cache_dir)
+    assert out.returncode == 2
+    err = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "no Sentinel-2 scenes" in err[0] and "Traceback" not in out.stderr

@@ -1,0 +1,97 @@
+"""``search``: list the Sentinel-2 L2A scenes a STAC API has for a region and period."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "search"
+HELP = "search a STAC API for Sentinel-2 L2A scenes over a region and period (count, dates, cloud)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--region", help="named region or vector file (default: demo unless --bbox is given)"
+    )
+    where.add_argument(
+        "--bbox",
+        nargs=4,
+        type=float,
+        metavar=("W", "S", "E", "N"),
+        help="lon/lat bounding box (EPSG:4326) instead of a region",
+    )
+    parser.add_argument("--start", help="first day YYYY-MM-DD (default: the region's period)")
+    parser.add_argument("--end", help="last day YYYY-MM-DD (inclusive)")
+    parser.add_argument(
+        "--year", type=int, help="shorthand for --start YEAR-01-01 --end YEAR-12-31"
+    )
+    parser.add_argument(
+        "--profile",
+        help="STAC profile: earth-search, planetary-computer, demo, custom "
+        "(default: the region's; custom when only --stac-url is given)",
+    )
+    parser.add_argument("--stac-url", help="STAC API root URL (any STAC API)")
+    parser.add_argument("--collection", help="collection id (default: sentinel-2-l2a)")
+    parser.add_argument(
+        "--max-cloud", type=float, default=60.0, help="maximum scene cloud cover %% (default 60)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from aoi import load_region, validate_geometry
+    from pipeline.config import parse_date
+    from pipeline.errors import UserError
+    from pipeline.search import SearchConfig, search_items
+
+    if args.bbox:
+        from shapely.geometry import box
+
+        w, s, e, n = args.bbox
+        if not (w < e and s < n):
+            raise UserError(f"--bbox must be W S E N with W < E and S < N, got {args.bbox}")
+        geometry = box(w, s, e, n)
+        validate_geometry(geometry, "bbox")
+        last_year = dt.date.today().year - 1
+        start, end = dt.date(last_year, 1, 1), dt.date(last_year, 12, 31)
+        profile = "earth-search"
+    else:
+        region = load_region(args.region or "demo")
+        geometry, start, end, profile = region.geometry, region.start, region.end, region.stac
+    if args.year:
+        start, end = dt.date(args.year, 1, 1), dt.date(args.year, 12, 31)
+    if args.start:
+        start = parse_date(args.start, "--start")
+    if args.end:
+        end = parse_date(args.end, "--end")
+    if args.profile:
+        profile = args.profile
+    elif args.stac_url:
+        profile = "custom"
+    cfg = SearchConfig(
+        profile=profile,
+        stac_url=args.stac_url,
+        collection=args.collection,
+        max_cloud=args.max_cloud,
+    )
+    items = search_items(geometry, start, end, cfg)
+    print(f"{'date':<10}  {'time':<8}  {'cloud %':>7}  {'platform':<12}  id")
+    for it in items:
+        when = it.datetime
+        cc = it.properties.get("eo:cloud_cover")
+        cloud = f"{float(cc):7.1f}" if cc is not None else f"{'?':>7}"
+        platform = str(it.properties.get("platform", "?"))
+        print(f"{when:%Y-%m-%d}  {when:%H:%M:%S}  {cloud}  {platform:<12}  {it.id}")
+    covers = sorted(
+        float(c) for it in items if (c := it.properties.get("eo:cloud_cover")) is not None
+    )
+    summary = (
+        f"{len(items)} scene(s) from {cfg.resolved_collection} ({profile}), "
+        f"{items[0].datetime:%Y-%m-%d} .. {items[-1].datetime:%Y-%m-%d}"
+    )
+    if covers:
+        mid = covers[len(covers) // 2]
+        summary += f", cloud cover min {covers[0]:.1f} / median {mid:.1f} / max {covers[-1]:.1f} %"
+    print(summary)
+    return 0
