@@ -180,8 +180,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         obj: Any = _safetensors_load(p)
     else:
         obj = _torch_load(p)
-    state, meta = _unwrap(obj, p)
-    return Checkpoint(path=p, sha256=sha256_file(p), state_dict=state, meta=meta)
+    return from_object(obj, p, sha256_file(p))
+
+
+def from_object(obj: Any, path: str | Path = "<memory>", sha256: str = "") -> Checkpoint:
+    """Unwrap an already loaded checkpoint object (what ``torch.load`` returned)."""
+    state, meta = _unwrap(obj, Path(path))
+    return Checkpoint(path=Path(path), sha256=sha256, state_dict=state, meta=meta)
 
 
 def find_prefix(keys: Iterable[str], anchor: str, preferred: Sequence[str] = ("",)) -> str | None:

@@ -108,9 +108,32 @@ def clip_state_from_checkpoint(ckpt: Checkpoint, net: torch.nn.Module, arch: str
     return match_keys(state, net.state_dict(), where=str(ckpt.path), what=what)
 
 
+def _empty_clip(arch: str) -> torch.nn.Module | None:
+    """``arch`` with uninitialised weights (built on the meta device: no slow random init).
+
+    Only for loading a full state dict right after. Non-persistent buffers are not in state
+    dicts, so they are rebuilt here; None if the model has one this function does not know.
+    """
+    import open_clip
+
+    with _BUILD_LOCK, torch.device("meta"), _quiet_open_clip():
+        net = open_clip.create_model(open_clip_name(arch), pretrained=None, device="meta")
+    net = net.to_empty(device="cpu")
+    persistent = set(net.state_dict())
+    for name, buf in list(net.named_buffers()):
+        if name in persistent:
+            continue
+        if name.split(".")[-1] != "attn_mask" or buf.dim() != 2:
+            return None
+        mask = torch.full(tuple(buf.shape), float("-inf")).triu_(1)  # open_clip's causal mask
+        owner = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+        owner.register_buffer(name.split(".")[-1], mask, persistent=False)
+    return net
+
+
 def load_clip(ckpt: Checkpoint, arch: str) -> torch.nn.Module:
     """Build ``arch`` and load the CLIP weights from ``ckpt`` strictly."""
-    net = build_clip(arch)
+    net = _empty_clip(arch) or build_clip(arch)
     state = clip_state_from_checkpoint(ckpt, net, arch)
     net.load_state_dict(state, strict=True)
     net.eval()
