@@ -108,6 +108,25 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _reachable(timeout: float = 5.0) -> str | None:
+    """None if the Hub's host accepts a connection, else the reason (skipped behind a proxy)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = (
+        url.hostname or "huggingface.co",
+        url.port or (443 if url.scheme == "https" else 80),
+    )
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"cannot reach {host}:{port} ({exc.strerror or exc})"
+    return None
+
+
 def fetch(name: str, force: bool = False) -> Path:
     """Download a named checkpoint into ``cache_dir("weights")`` (no-op when already there).
 
@@ -122,6 +141,9 @@ def fetch(name: str, force: bool = False) -> Path:
             f"cannot download {name}: offline (HF_HUB_OFFLINE=1); unset it, or copy "
             f"{spec.filename} from huggingface.co/{spec.repo_id} to {spec.path}"
         )
+    unreachable = _reachable()
+    if unreachable:
+        raise UserError(f"cannot download {name}: offline, {unreachable}")
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - pinned in requirements.txt
