@@ -161,7 +161,7 @@ def test_map_on_slurm(
             queue: {slurm.partition}
             cores: 1
             processes: 1
-            memory: 3GB
+            memory: 6GB
             walltime: "00:20:00"
             interface: lo
             local_directory: {tmp_path / "dask-scratch"}
@@ -195,7 +195,14 @@ def test_map_on_slurm(
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SLURM_CONF": str(slurm.conf)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1100, cwd=REPO, env=env)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    job_tails = "\n".join(
+        f"--- {p.name} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+        for p in sorted(job_logs.glob("job-*.out"))
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}\n"
+        f"Slurm job logs:\n{job_tails[-6000:]}"
+    )
 
     classes = list(out.rglob("classes.tif"))
     assert classes, sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
