@@ -175,7 +175,7 @@ class PairedData:
 
     def subset(self, idx: np.ndarray) -> PairedData:
         t = torch.as_tensor(idx, dtype=torch.long)
-        take = getattr(self.inputs, "take", None)  # lazy inputs (chip folders) stay lazy
+        take = getattr(self.inputs, "take_rows", None)  # lazy inputs (chip folders) stay lazy
         return PairedData(
             inputs=take(np.asarray(idx)) if take else self.inputs[t],
             ground=self.ground[t],
@@ -466,7 +466,7 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + info[k]
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({f"train_{k}": v / max(steps_per_epoch, 1) for k, v in sums.items()})
-        row["temperature"] = float(1.0 / loss_fn.logit_scale.exp())
+        row["temperature"] = float(1.0 / loss_fn.logit_scale.detach().exp())
         row["lr"] = float(sched.get_last_lr()[0])
         if val is not None and len(val) >= 2:
             row.update(evaluate_pairs(task, val, pool, loss_fn, device, cfg, zeroshot))

@@ -148,7 +148,7 @@ class ChipArray:
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         return self.chips[idx]
 
-    def take(self, rows: np.ndarray) -> ChipArray:
+    def take_rows(self, rows: np.ndarray) -> ChipArray:
         return ChipArray([self.ids[i] for i in rows], self.chips[torch.as_tensor(rows)].numpy())
 
 
@@ -190,7 +190,7 @@ class ChipFolder:
         rows = [int(i) for i in torch.as_tensor(idx).reshape(-1)]
         return torch.from_numpy(np.stack([self._read(self.paths[i]) for i in rows]))
 
-    def take(self, rows: np.ndarray) -> ChipFolder:
+    def take_rows(self, rows: np.ndarray) -> ChipFolder:
         return ChipFolder(
             [self.paths[i] for i in rows],
             [self.ids[i] for i in rows],
