@@ -10,7 +10,7 @@ accuracy where labels and a classifier exist).
 Checkpoint layout (``<out>/checkpoints/epoch_NNN.pt``, copied to ``last.pt``, and ``best.pt``)::
 
     {"state_dict": <task.export_state_dict()>,   # what model.load reads
-     "model_name": "timesenclip", "epoch": 3, "format": "s2lc-train-v1",
+     "model_name": "timesenclip", "epoch": 3, "train_format": "s2lc-train-v1",
      "config_json": "...", "metrics_json": "...",
      "train_state": {"modules": {...}, "optimizer": ..., "scheduler": ..., "rng": ...}}
 
@@ -364,6 +364,36 @@ def fit(
     from ``out_dir/checkpoints/last.pt`` when it exists (same config except ``epochs``).
     ``progress`` gets each epoch's metrics dict.
     """
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    # Dropout draws from torch's global RNG: seed it for reproducible runs (and restore it on
+    # resume) without changing what the caller's random numbers would have been.
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(cfg.seed)
+        return _fit(
+            task,
+            data,
+            cfg,
+            out_dir,
+            val=val,
+            zeroshot=zeroshot,
+            resume=resume,
+            extra_meta=extra_meta,
+            progress=progress,
+        )
+
+
+def _fit(
+    task: ContrastiveTask,
+    data: PairedData,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    val: PairedData | None = None,
+    zeroshot: ZeroShotEval | None = None,
+    resume: bool = True,
+    extra_meta: dict[str, Any] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
     out = Path(out_dir)
     ckdir = out / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -535,7 +565,7 @@ def _save_epoch(
 ) -> None:
     weights = {k: v.detach().cpu().contiguous() for k, v in task.export_state_dict().items()}
     meta = {
-        "format": FORMAT,
+        "train_format": FORMAT,
         "model_name": task.name,
         "epoch": epoch,
         "config_json": config_json,
