@@ -257,3 +257,36 @@ def test_missing_text_encoder_is_explained(trained_like, tmp_path):
     with pytest.raises(UserError, match="clip_checkpoint"):
         model.load("timesenclip", checkpoint=path)
     assert encoder_from_checkpoint is not None
+
+
+_FINGERPRINT = """
+import hashlib, model
+m = model.load("timesenclip", untrained=True, seed=4, device="cpu")
+h = hashlib.sha256()
+for name, t in list(m.encoder.state_dict().items()) + list(m.text.net.state_dict().items()):
+    h.update(name.encode()); h.update(t.contiguous().numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_untrained_is_identical_across_processes():
+    """Two Dask workers must build the same random model (and so the same map)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _FINGERPRINT],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONHASHSEED": str(i)},
+        )
+        for i in (1, 2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert runs[0].stdout.strip() == runs[1].stdout.strip() != ""

@@ -264,6 +264,10 @@ def test_embed_pixels_batches_and_matches_model(tsc):
     quarterly = series.reshape(9, 4, 3, 10).mean(2).astype("float32")
     assert engine.embed_pixels(tsc, quarterly).shape == (9, 512)
     assert engine.embed_pixels(tsc, series[:0]).shape == (0, 512)
+    w = F.normalize(torch.randn(6, 512, generator=torch.Generator().manual_seed(0)), dim=-1)
+    cal = fit_calibration(out, w)
+    p = engine.pixel_probabilities(tsc, series, w, cal, batch_size=4)
+    np.testing.assert_allclose(p, probabilities(out, w, cal), atol=1e-5)
     assert engine.inference_dtype("cpu") == torch.float32
     assert engine.pixel_batch_size("cuda") >= 65536
     with pytest.raises(UserError):
@@ -279,4 +283,28 @@ def test_embed_chips_matches_model():
     out = engine.embed_chips(m, chips, batch_size=1)
     assert out.shape == (2, 512)
     np.testing.assert_allclose(out, m.image_embed(m.preprocess(chips)).numpy(), atol=1e-5)
+    w = F.normalize(torch.randn(4, 512, generator=torch.Generator().manual_seed(0)), dim=-1)
+    p = engine.chip_probabilities(m, chips, w)
+    np.testing.assert_allclose(p, probabilities(out, w), atol=1e-5)
     model.clear_cache()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_engine_on_cuda_matches_cpu(tsc):
+    gpu = model.load("timesenclip", untrained=True, seed=0, device="cuda")
+    assert engine.inference_dtype(gpu.device) in (torch.bfloat16, torch.float16)
+    series = np.random.default_rng(0).uniform(0, 5000, (300, 12, 10)).astype("float32")
+    a = engine.embed_pixels(gpu, series, batch_size=128)  # several pinned batches
+    b = engine.embed_pixels(tsc, series)
+    assert (a * b).sum(1).min() > 0.99  # bf16 vs fp32
+    w = F.normalize(torch.randn(6, 512, generator=torch.Generator().manual_seed(0)), dim=-1)
+    p = engine.pixel_probabilities(gpu, series, w, batch_size=128)
+    np.testing.assert_allclose(p, probabilities(a, w), atol=2e-3)
+    s_gpu = model.load("senclip", untrained=True, seed=0, device="cuda")
+    s_cpu = model.load("senclip", untrained=True, seed=0, device="cpu")
+    chips = np.random.default_rng(1).uniform(0, 0.4, (3, 3, 40, 40)).astype("float32")
+    pre = s_gpu.preprocess(torch.from_numpy(chips).cuda()).cpu()
+    assert (pre - s_cpu.preprocess(chips)).abs().max() < 0.035  # <= two 8-bit levels
+    e = engine.embed_chips(s_gpu, chips, batch_size=2)
+    assert (e * engine.embed_chips(s_cpu, chips)).sum(1).min() > 0.99
