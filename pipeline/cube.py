@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.bands import BANDS, SCL, asset_keys, reflectance_scale_offset, scl_masked_classes
+from pipeline.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ class MaskConfig:
     """Resampling of the reflectance bands that are not on the target grid (SCL: nearest)."""
 
     def __post_init__(self) -> None:
-        from pipeline.errors import UserError
-
         if self.resampling not in ("nearest", "bilinear", "cubic", "average"):
             raise UserError(f"unknown resampling {self.resampling!r}")
 
