@@ -91,7 +91,7 @@ def _clip_text_from_spec(spec: str) -> tuple[Any, str]:
 
 def _clip_text_from_embedded(ckpt) -> tuple[Any, str] | None:
     """The frozen CLIP a reference TimeSenCLIP checkpoint carries under ``clip_model.*``."""
-    from model.clip import ClipText, build_clip
+    from model.clip import ClipText, _empty_clip, build_clip
 
     state = {
         k[len("clip_model.") :]: v
@@ -100,7 +100,7 @@ def _clip_text_from_embedded(ckpt) -> tuple[Any, str] | None:
     }
     if "text_projection" not in state:
         return None
-    net = build_clip("ViT-B-32")
+    net = _empty_clip("ViT-B-32") or build_clip("ViT-B-32")
     expected = net.state_dict()
     text_keys = [k for k in expected if not k.startswith("visual.")]
     if any(k not in state or state[k].shape != expected[k].shape for k in text_keys):

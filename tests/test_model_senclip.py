@@ -46,10 +46,15 @@ def vit(tmp_path_factory):
     return ref, state, path
 
 
-def test_released_format_parity_with_open_clip(vit):
+@pytest.fixture(scope="module")
+def plain(vit):
+    return model.load("senclip", checkpoint=vit[2], arch="ViT-B-32", device="cpu")
+
+
+def test_released_format_parity_with_open_clip(vit, plain):
     ref, state, path = vit
     assert len(state) == 302 and "visual.class_embedding" in state  # OpenAI layout, no prefix
-    m = model.load("senclip", checkpoint=path, arch="ViT-B-32", device="cpu")
+    m = plain
     assert m.name == "senclip" and m.embed_dim == 512 and not m.untrained
     assert m.checkpoint_sha256 == read_checkpoint(path).sha256
     assert m.identity == f"senclip:ViT-B-32:{m.checkpoint_sha256}"
@@ -69,7 +74,7 @@ def test_released_format_parity_with_open_clip(vit):
     assert (txt - txt_ref).abs().max() <= 1e-5
 
 
-def test_wrapped_variants_unwrap_to_the_same_weights(vit, tmp_path):
+def test_wrapped_variants_unwrap_to_the_same_weights(vit, plain, tmp_path):
     _, state, _ = vit
     net = build_clip("ViT-B-32")
     head = {"projection.weight": torch.zeros(512, 512)}
@@ -91,13 +96,14 @@ def test_wrapped_variants_unwrap_to_the_same_weights(vit, tmp_path):
     for name, payload in variants.items():  # unwrapped in memory: saving 600 MB each is slow
         got = clip_state_from_checkpoint(from_object(payload, name), net, "ViT-B-32")
         assert set(got) == set(state), name
-        for k, v in state.items():
-            tol = 1e-2 if name == "fp16" else 0.0
-            assert torch.allclose(got[k].float(), v.float(), atol=tol, rtol=tol), (name, k)
+        if name == "fp16":  # widened back to float32
+            assert all(got[k].dtype == v.dtype for k, v in state.items())
+            assert torch.allclose(got["text_projection"], state["text_projection"], atol=1e-3)
+        else:  # the very same tensors, only renamed
+            assert all(got[k].data_ptr() == v.data_ptr() for k, v in state.items()), name
     # the Lightning file through model.load gives the same embeddings as the plain file
     torch.save(variants["lightning"], tmp_path / "lightning.ckpt")
     m = model.load("senclip", checkpoint=tmp_path / "lightning.ckpt")
-    plain = model.load("senclip", checkpoint=vit[2])
     txt = m.text_embed(PROMPTS[:1])
     assert torch.equal(txt, plain.text_embed(PROMPTS[:1]))
     x = torch.randn(1, 3, 224, 224)

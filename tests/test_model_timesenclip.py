@@ -277,16 +277,44 @@ def test_untrained_is_identical_across_processes():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    runs = [
-        subprocess.run(
+    procs = [  # run side by side
+        subprocess.Popen(
             [sys.executable, "-c", _FINGERPRINT],
             cwd=root,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=300,
             env={**os.environ, "PYTHONHASHSEED": str(i)},
         )
         for i in (1, 2)
     ]
+    runs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        runs.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
     assert runs[0].stdout.strip() == runs[1].stdout.strip() != ""
+
+
+def test_reference_checkpoint_with_frozen_clip_gives_the_text_tower(trained_like):
+    """A reference Lightning checkpoint carries the frozen CLIP under clip_model.*: the encoder
+    ignores it, and with no clip_checkpoint its text tower encodes the prompts."""
+    from model.api import _clip_text_from_embedded
+    from model.checkpoints import from_object
+    from model.clip import ClipText, build_clip
+
+    clip = build_clip("ViT-B-32", seed=7)
+    payload = {
+        "state_dict": {
+            **{f"TS_ViT.{k}": v for k, v in trained_like.state_dict().items()},
+            **{f"clip_model.{k}": v for k, v in clip.state_dict().items()},
+        }
+    }
+    ckpt = from_object(payload, "ref.ckpt", "0" * 64)
+    enc = encoder_from_checkpoint(ckpt)
+    assert torch.equal(enc.time_pos_encoding, trained_like.time_pos_encoding)
+    text, ident = _clip_text_from_embedded(ckpt)
+    assert ident.startswith("ViT-B-32:embedded:")
+    prompts = ["a pine forest", "a harbour"]
+    expect = ClipText(clip, "ViT-B-32").embed(prompts, torch.device("cpu"))
+    assert torch.allclose(text.embed(prompts, torch.device("cpu")), expect, atol=1e-6)
