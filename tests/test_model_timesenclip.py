@@ -192,6 +192,12 @@ def test_half_precision_checkpoint_loads(trained_like, tmp_path):
     torch.save({k: v.half() for k, v in trained_like.state_dict().items()}, path)
     enc, _ = load_encoder(path)
     assert enc.spectral_embedding[1].weight.dtype == torch.float32
+    from safetensors.torch import save_file
+
+    st = tmp_path / "enc.safetensors"
+    save_file({k: v.contiguous() for k, v in trained_like.state_dict().items()}, str(st))
+    enc, ckpt = load_encoder(st)
+    assert torch.equal(enc.class_token, trained_like.class_token) and len(ckpt.sha256) == 64
 
 
 def test_smaller_variant_is_read_off_the_shapes(tmp_path):
