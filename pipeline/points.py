@@ -367,7 +367,7 @@ def plan_windows(
     pixels (plus ``margin``). ``block_tiles`` x ``block_tiles`` tiles share one STAC search.
     """
     from pyproj import Transformer
-    from shapely.geometry import MultiPolygon, box
+    from shapely.geometry import box
 
     from pipeline.tiling import make_grid
 
@@ -383,17 +383,11 @@ def plan_windows(
         x, y = np.asarray(x), np.asarray(y)
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             raise UserError(f"some points cannot be projected to {zone_crs}")
-        # The AOI for make_grid: a tiny square per distinct cluster cell (keeps only tiles that
-        # hold points; the grid's extent is the points' extent).
+        # The AOI for make_grid: the points' lon/lat box (a simple polygon keeps the tile
+        # search cheap; tiles without points are simply never visited).
         d = 1e-5
-        cells = {}
-        for i, (lo, la) in enumerate(zip(points.lon[sel], points.lat[sel], strict=True)):
-            cells.setdefault((round(lo, 3), round(la, 3)), i)
-        squares = [
-            box(lo - d, la - d, lo + d, la + d)
-            for lo, la in ((points.lon[sel][i], points.lat[sel][i]) for i in cells.values())
-        ]
-        aoi = squares[0] if len(squares) == 1 else MultiPolygon(squares)
+        lon_s, lat_s = points.lon[sel], points.lat[sel]
+        aoi = box(lon_s.min() - d, lat_s.min() - d, lon_s.max() + d, lat_s.max() + d)
         grid = make_grid(aoi, zone_crs, resolution, tile_size)
         a = grid.geobox.affine
         col = np.floor((x - a.c) / a.a).astype(np.int64)
@@ -407,8 +401,9 @@ def plan_windows(
         keys = np.stack([trow, tcol, crow, ccol], axis=1)
         uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
         inverse = inverse.ravel()
-        for k, (tr_, tc_, _, _) in enumerate(uniq):
-            members = np.flatnonzero(inverse == k)
+        order = np.argsort(inverse, kind="stable")
+        groups = np.split(order, np.searchsorted(inverse[order], np.arange(1, len(uniq))))
+        for (tr_, tc_, _, _), members in zip(uniq, groups, strict=True):
             r0 = max(int(row[members].min()) - margin, 0)
             r1 = min(int(row[members].max()) + margin + 1, h)
             c0 = max(int(col[members].min()) - margin, 0)
