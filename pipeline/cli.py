@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from types import ModuleType
@@ -62,6 +63,9 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
         stream=sys.stderr,
     )
     if verbose < 2:
+        # distributed configures its own loggers from dask's config when first imported (here
+        # and in spawned workers, which inherit the environment): quiet them at the source.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         for noisy in ("distributed", "rasterio", "urllib3", "numba", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 

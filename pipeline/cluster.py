@@ -217,7 +217,7 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
             local_directory=p.local_directory,
             interface=p.interface,
             python=p.python or sys.executable,
-            dashboard_address=":0",
+            scheduler_options={"dashboard_address": ":0"},
         )
     except Exception as exc:  # sbatch missing, bad directives
         raise UserError(f"cannot start a Slurm cluster: {str(exc).splitlines()[0]}") from None

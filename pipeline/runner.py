@@ -29,6 +29,7 @@ LOCAL_CPU_LIMIT_KM2 = 100.0
 LOCAL_GPU_LIMIT_KM2 = 20_000.0
 #: Reference sample for calibration: tiles spread over the region, pixels (or chips) per tile.
 CALIBRATION_TILES = 4
+CALIBRATION_TILE_SIZE = 128
 CALIBRATION_SAMPLES_PER_TILE = 2048
 
 
@@ -213,11 +214,17 @@ def _calibration_tiles(tiles: tuple, n: int) -> list:
 
 
 def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]) -> np.ndarray:
-    """Fit the class-mean calibration once on a fixed reference sample of the region."""
+    """Fit the class-mean calibration once on a fixed reference sample of the region.
+
+    The sample comes from a reference grid of its own (``CALIBRATION_TILE_SIZE``), not the run's
+    tiles, so the calibration, and therefore the map, does not depend on ``--tile-size``.
+    """
     from model.zeroshot import fit_calibration
     from pipeline.tile_task import sample_embeddings
+    from pipeline.tiling import make_grid
 
-    tiles = _calibration_tiles(plan.grid.tiles, CALIBRATION_TILES)
+    ref_grid = make_grid(plan.geometry, plan.crs, plan.resolution, CALIBRATION_TILE_SIZE)
+    tiles = _calibration_tiles(ref_grid.tiles, CALIBRATION_TILES)
     futures = [
         client.submit(
             sample_embeddings,
@@ -321,6 +328,11 @@ def execute(cfg: RunConfig) -> int:
     out = Path(cfg.out) if cfg.out else default_output_dir(cfg, region.name)
     ws = Workspace(out)
     ws.check_writable()
+    output_hash = cfg.output_hash()
+    if not cfg.overwrite and _up_to_date(ws, output_hash):
+        _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
+        return 0
+    ws.check_conflict(output_hash, cfg.overwrite)
     from aoi import to_crs
 
     area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
@@ -347,10 +359,6 @@ def execute(cfg: RunConfig) -> int:
     plan = make_plan(cfg)
     seconds["plan"] = time.perf_counter() - t0
 
-    output_hash = cfg.output_hash()
-    if not cfg.overwrite and _up_to_date(ws, output_hash):
-        _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
-        return 0
     previous = ws.manifest()
     resumable = (
         previous is not None and previous.get("output_hash") == output_hash and not cfg.overwrite
@@ -477,8 +485,11 @@ def _up_to_date(ws: Workspace, output_hash: str) -> bool:
         return False
     from pipeline.workspace import PRODUCTS
 
-    return (report.get("status") == "complete" and report.get("output_hash") == output_hash
-            and all((ws.out / p).exists() for p in PRODUCTS))
+    return (
+        report.get("status") == "complete"
+        and report.get("output_hash") == output_hash
+        and all((ws.out / p).exists() for p in PRODUCTS)
+    )
 
 
 def _bands() -> list[str]:
@@ -538,8 +549,9 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     """Mosaic COGs, move the Zarr into place, write legend, quicklook and STAC item."""
     from pipeline.writers import build_cogs, write_legend_json, write_quicklook, write_stac_item
 
-    cogs = build_cogs(ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors),
-                      period_labels=labels)
+    cogs = build_cogs(
+        ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors), period_labels=labels
+    )
     zarr_path = ws.publish_store()
     ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
     write_legend_json(

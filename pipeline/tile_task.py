@@ -192,7 +192,9 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         comp_values = comp_full.values[:, :, ys, xs]
     else:
         counts, comp_values = comp_full.counts, comp_full.values
-    valid = (counts.sum(axis=0) > 0) & aoi_mask(tile.geobox, geom)
+    inside = aoi_mask(tile.geobox, geom)
+    counts = np.where(inside, counts, 0)  # outside the region everything is nodata
+    valid = (counts.sum(axis=0) > 0) & inside
 
     if plan is None:
         probs, emb = _pixel_model(job, m, comp_full, valid)

@@ -79,6 +79,21 @@ class Workspace:
         except (OSError, json.JSONDecodeError):
             return None
 
+    def check_conflict(self, output_hash: str, overwrite: bool) -> None:
+        """Refuse (read-only, before any work) to mix outputs of different settings."""
+        if overwrite:
+            return
+        existing = self.manifest()
+        if existing is not None and existing.get("output_hash") != output_hash:
+            raise UserError(
+                f"{self.out} holds a map made with other settings (hash {existing.get('output_hash')}"
+                f" != {output_hash}); use --overwrite or another --out"
+            )
+        if existing is None and any((self.out / p).exists() for p in PRODUCTS):
+            raise UserError(
+                f"{self.out} already holds map products; use --overwrite or another --out"
+            )
+
     def prepare(self, output_hash: str, overwrite: bool) -> bool:
         """Make the folder ready for a run with ``output_hash``; True if resuming earlier work.
 
@@ -86,21 +101,12 @@ class Workspace:
         removes the products and the staging area (nothing else in the folder).
         """
         self.check_writable()
-        existing = self.manifest()
-        has_products = any((self.out / p).exists() for p in PRODUCTS)
+        self.check_conflict(output_hash, overwrite)
+        resuming = self.manifest() is not None and not overwrite
         if overwrite:
             self.clear()
-        elif existing is not None and existing.get("output_hash") != output_hash:
-            raise UserError(
-                f"{self.out} holds a map made with other settings (hash {existing.get('output_hash')}"
-                f" != {output_hash}); use --overwrite or another --out"
-            )
-        elif existing is None and has_products:
-            raise UserError(
-                f"{self.out} already holds map products; use --overwrite or another --out"
-            )
         self.tiles.mkdir(parents=True, exist_ok=True)
-        return existing is not None and not overwrite
+        return resuming
 
     def clear(self) -> None:
         for name in PRODUCTS + SIDECARS:
