@@ -22,6 +22,7 @@ do not are reported with NaN uncertainties and a warning.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -167,7 +168,7 @@ def accuracy_assessment(
     oa, oa_se = est["overall_accuracy"], est["overall_accuracy_se"]
     return {
         "method": "Olofsson et al. 2014 stratified estimators (strata = map classes)",
-        "confidence_level": 0.95 if abs(z - Z95) < 1e-9 else None,
+        "confidence_level": round(math.erf(z / math.sqrt(2)), 6),
         "z": z,
         "area_unit": area_unit,
         "n_samples": int(cm.sum()),

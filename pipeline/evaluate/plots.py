@@ -107,7 +107,8 @@ def area_png(report: dict[str, Any], path: str | Path, *, title: str = "") -> Pa
     ax.set_ylabel(f"area ({report.get('area_unit', '')})")
     ax.legend()
     ax.set_title(
-        title or f"area estimates, {int(round(100 * report['confidence_level'] or 95))} % CI",
+        title
+        or f"area estimates, {int(round(100 * (report.get('confidence_level') or 0.95)))} % CI",
         fontsize=10,
     )
     fig.tight_layout()
