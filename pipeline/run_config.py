@@ -44,14 +44,14 @@ class RunConfig:
     bbox: tuple[float, float, float, float] | None = None
     checkpoint: str | None = None
     clip_checkpoint: str | None = None
-    arch: str = "ViT-B-32"
+    arch: str | None = None
     untrained: bool = False
     seed: int = 0
     legend: str = "lucas-lc8"
     style: str = "aerial"
     head: str | None = None
     period: Literal["monthly", "quarterly", "annual"] = "monthly"
-    calibration: Literal["reference", "none"] = "reference"
+    calibration: Literal["reference", "none"] = "none"
     profile: str = "earth-search"
     stac_url: str | None = None
     collection: str | None = None

@@ -148,7 +148,7 @@ def make_plan(cfg: RunConfig) -> Plan:
         "checkpoint_sha256": m.checkpoint_sha256,
         "untrained": m.untrained,
         "embed_dim": m.embed_dim,
-        "arch": cfg.arch if cfg.model == "senclip" else None,
+        "arch": getattr(m, "arch", cfg.arch),
     }
     return Plan(
         region.name,

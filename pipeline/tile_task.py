@@ -30,7 +30,7 @@ class ModelSpec:
     name: str
     checkpoint: str | None
     clip_checkpoint: str | None
-    arch: str
+    arch: str | None
     untrained: bool
     seed: int
 
@@ -118,6 +118,11 @@ def _pixel_model(job: TileJob, m: Any, comp: Any, valid: np.ndarray):
 
     series = comp.values[:, :, valid]  # (P, B, N)
     series = np.ascontiguousarray(np.transpose(series, (2, 0, 1))) * np.float32(1e4)
+    if not job.head and not job.save_embeddings:
+        # Classify on the device: only (N, C) probabilities come back, not 512-wide embeddings.
+        from model.engine import pixel_probabilities
+
+        return pixel_probabilities(m, series, job.classifier, job.calibration), None
     emb = embed_pixels(m, series) if series.shape[0] else np.zeros((0, m.embed_dim), np.float32)
     return _probabilities(job, emb), emb
 

@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--calibration",
         choices=("reference", "none"),
-        help="class-mean calibration on a fixed reference sample (default) or none",
+        help="class-mean calibration on a fixed reference sample (default for senclip zero-shot) "
+        "or none (default otherwise)",
     )
     g.add_argument("--top-k", type=int, help="probabilities kept per pixel (default 3)")
     g.add_argument("--window", type=int, help="SenCLIP chip size in pixels (default 64)")
@@ -117,8 +118,12 @@ def resolve(args: argparse.Namespace):
         or base.get("profile")
         or ("custom" if (args.stac_url or base.get("stac_url")) else region.stac)
     )
+    head = args.head or base.get("head")
     defaults = {
         "period": "monthly" if model == "timesenclip" else "annual",
+        # The reference's class-mean calibration is SenCLIP's zero-shot practice; it hurts
+        # trained pixel models and few-shot heads (measured on the planted-signal demo).
+        "calibration": "reference" if model == "senclip" and not head else "none",
         "legend": "demo" if region.stac == "demo" else "lucas-lc8",
     }
     cli = {
