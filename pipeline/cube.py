@@ -85,6 +85,19 @@ def canonical_item(item: Any) -> Any:
     return clone
 
 
+def usable_items(items: Iterable[Any]) -> list[Any]:
+    """The items that have every band and SCL; a scene missing an asset is logged and skipped."""
+    keep = []
+    for it in items:
+        try:
+            asset_keys(it)
+        except UserError as exc:
+            _log.warning("skipping scene %s: %s", it.id, exc)
+            continue
+        keep.append(it)
+    return keep
+
+
 def load_cube(
     items: Iterable[Any],
     geobox: Any,
@@ -114,6 +127,16 @@ def load_cube(
     items = [it if isinstance(it, pystac.Item) else pystac.Item.from_dict(it) for it in items]
     if not items:
         raise ValueError("load_cube needs at least one item")
+    items = usable_items(items)
+    if not items:
+        ny, nx = geobox.shape
+        empty = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
+        return xr.DataArray(
+            empty,
+            dims=("time", "band", "y", "x"),
+            coords={"time": np.array([], "datetime64[ns]"), "band": list(BANDS)},
+            name="reflectance",
+        )
     canon = [canonical_item(it) for it in items]
     harm = {it.id: reflectance_scale_offset(it) for it in items}
     keys_seen: set[tuple[Any, float, float]] = set()
@@ -134,6 +157,9 @@ def load_cube(
         resampling=resampling,
         stac_cfg=STAC_CFG,
         pool=pool,
+        # A corrupt or unreachable file is logged by odc-stac and read as nodata: that scene's
+        # band is NaN (so the observation does not count in the composite), the map goes on.
+        fail_on_error=False,
     )
     keys = sorted(keys_seen)
     if len(keys) != ds.sizes["time"]:  # odc-stac changed its grouping: fail loudly

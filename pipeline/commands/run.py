@@ -164,7 +164,24 @@ def resolve(args: argparse.Namespace):
     return from_mapping(RunConfig, merged(merged(defaults, base), cli), where="run")
 
 
+#: Errors of the output filesystem, reported as one line (nothing is published on them).
+_WRITE_ERRNOS = {"ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EACCES", "EIO", "EPERM"}
+
+
 def run(args: argparse.Namespace) -> int:
+    import errno
+
+    from pipeline.errors import UserError
     from pipeline.runner import execute
 
-    return execute(resolve(args))
+    cfg = resolve(args)
+    try:
+        return execute(cfg)
+    except OSError as exc:
+        if errno.errorcode.get(exc.errno or 0) not in _WRITE_ERRNOS:
+            raise
+        where = exc.filename or cfg.out or "the output folder"
+        raise UserError(
+            f"writing {where} failed: {exc.strerror}; nothing was published, finished tiles are "
+            "kept: free space (or fix the folder) and rerun"
+        ) from None
