@@ -40,7 +40,7 @@ test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac
 	$(PY) -m pytest -m integration -o addopts="" --timeout=1800
 
 map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=timesenclip OUT=dir
-	$(PY) -m pipeline run --region $(REGION) --model $(MODEL) $(if $(YEAR),--year $(YEAR)) $(if $(OUT),--out $(OUT)) $(if $(filter demo,$(REGION)),--untrained) $(ARGS)
+	$(PY) -m pipeline run --region $(REGION) --model $(MODEL) $(if $(YEAR),--year $(YEAR)) $(if $(OUT),--out $(OUT)) $(if $(filter demo,$(REGION)),--untrained --tile-size 100) $(ARGS)
 
 bench: $(STAMP) ## Benchmarks against same-run baselines -> bench/results.json
 	$(PY) -m pipeline bench $(ARGS)

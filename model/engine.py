@@ -45,7 +45,7 @@ GPU_PIXEL_BATCH = 131_072
 #: Peak GPU memory per item of a batch, measured on an H100 (bf16, see _fast_encoder), rounded up.
 GPU_BYTES_PER_PIXEL = 128 * 1024  # measured 116 KB (TimeSenCLIP, T = 12)
 GPU_BYTES_PER_CHIP = 5 * 512 * 1024  # measured 1.9 MB (ViT-B/32, 224 px)
-CPU_PIXEL_BATCH = 8_192
+CPU_PIXEL_BATCH = 2_048  # 2k x 13 tokens keeps GEMMs large; 8k tripled worker RSS (3 GB)
 GPU_CHIP_BATCH = 512
 CPU_CHIP_BATCH = 16
 

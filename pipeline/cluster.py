@@ -152,19 +152,15 @@ def open_client(cfg: ClusterConfig) -> Iterator[object]:
             silence_logs=logging.WARNING,
         )
         client = Client(cluster)
-        client.register_plugin(TorchThreads(threads))
-        _log.info(
-            "local cluster: %d worker processes x %d torch threads%s; dashboard %s",
-            workers,
-            threads,
-            f", {gpus} GPU(s)" if gpus else "",
-            client.dashboard_link,
-        )
-        try:
+        with _serving(client, cluster, threads):
+            _log.info(
+                "local cluster: %d worker processes x %d torch threads%s; dashboard %s",
+                workers,
+                threads,
+                f", {gpus} GPU(s)" if gpus else "",
+                client.dashboard_link,
+            )
             yield client
-        finally:
-            client.close()
-            cluster.close()
         return
     if cfg.kind == "slurm":
         with _slurm_client(cfg) as client:
@@ -225,15 +221,22 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
     _log.info("Slurm job script:\n%s", cluster.job_script())
     cluster.scale(jobs=jobs)
     client = Client(cluster)
-    client.register_plugin(TorchThreads(threads))
-    _log.info(
-        "Slurm cluster: %d job(s) x %d worker(s); dashboard %s",
-        jobs,
-        p.processes,
-        client.dashboard_link,
-    )
-    try:
+    with _serving(client, cluster, threads):
+        _log.info(
+            "Slurm cluster: %d job(s) x %d worker(s); dashboard %s",
+            jobs,
+            p.processes,
+            client.dashboard_link,
+        )
         yield client
+
+
+@contextlib.contextmanager
+def _serving(client, cluster, threads: int) -> Iterator[None]:
+    """Pin torch threads on every worker; close the client and the cluster we started."""
+    try:
+        client.register_plugin(TorchThreads(threads))
+        yield
     finally:
         client.close()
         cluster.close()

@@ -125,19 +125,12 @@ def _sha256(path: Path) -> str:
 
 def make_plan(cfg: RunConfig) -> Plan:
     """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
-    import model
+    from pipeline.tile_task import ModelSpec
     from pipeline.tiling import make_grid
 
     region, geometry = resolve_region(cfg)
     grid = make_grid(geometry, region.crs, region.resolution, cfg.tile_size)
-    m = model.get_model(
-        cfg.model,
-        cfg.checkpoint,
-        arch=cfg.arch,
-        clip_checkpoint=cfg.clip_checkpoint,
-        untrained=cfg.untrained,
-        seed=cfg.seed,
-    )
+    m = ModelSpec.of(cfg).load()
     names, colors, legend_info, w = _legend_and_classifier(cfg, m)
     if len(names) > 254:
         raise UserError(f"the legend has {len(names)} classes; at most 254 fit a uint8 map")
@@ -185,9 +178,7 @@ def _job(cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, cal
         tile=tile,
         items=_items_for(items, window_box),
         geometry_wkb=plan.geometry.wkb,
-        model=ModelSpec(
-            cfg.model, cfg.checkpoint, cfg.clip_checkpoint, cfg.arch, cfg.untrained, cfg.seed
-        ),
+        model=ModelSpec.of(cfg),
         classifier=plan.classifier,
         calibration=calibration,
         head=cfg.head,
@@ -463,7 +454,7 @@ def execute(cfg: RunConfig) -> int:
         )
     t = time.perf_counter()
     publish(cfg, plan, ws, report, labels)
-    seconds["publish"] = time.perf_counter() - t
+    report["seconds"]["publish"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - t0
     from pipeline.writers import write_json
 

@@ -34,6 +34,13 @@ class ModelSpec:
     untrained: bool
     seed: int
 
+    @classmethod
+    def of(cls, cfg: Any) -> ModelSpec:
+        """The spec of a :class:`~pipeline.run_config.RunConfig`."""
+        return cls(
+            cfg.model, cfg.checkpoint, cfg.clip_checkpoint, cfg.arch, cfg.untrained, cfg.seed
+        )
+
     def load(self) -> Any:
         import model
 
@@ -135,7 +142,7 @@ def _patch_model(job: TileJob, m: Any, comp: Any, plan: Any, valid: np.ndarray):
     into pixels with :func:`pipeline.tiling.blend`. Chips with no data at all stay NaN and do not
     count; gaps inside a chip take the chip's per-band mean before the min-max stretch.
     """
-    from model.engine import embed_chips
+    from model.engine import chip_probabilities, embed_chips
     from pipeline.tiling import blend
 
     rgb_idx = [BANDS.index(b) for b in RGB]
@@ -151,13 +158,18 @@ def _patch_model(job: TileJob, m: Any, comp: Any, plan: Any, valid: np.ndarray):
         with np.errstate(invalid="ignore"):
             fill = np.nanmean(sel, axis=(2, 3), keepdims=True)
         sel = np.where(np.isnan(sel), fill, sel)
-        emb = embed_chips(m, sel)
-        probs = _probabilities(job, emb)
+        if job.head or job.save_embeddings:
+            emb = embed_chips(m, sel)
+            probs = _probabilities(job, emb)
+        else:  # classify on the device; embeddings are not needed
+            emb = None
+            probs = chip_probabilities(m, sel, job.classifier, job.calibration)
         if probs_sum is None:
             probs_sum = np.zeros((n_chips, probs.shape[1]), np.float64)
-            emb_sum = np.zeros((n_chips, emb.shape[1]), np.float64)
+            emb_sum = np.zeros((n_chips, m.embed_dim), np.float64)
         probs_sum[ok] += probs
-        emb_sum[ok] += emb
+        if emb is not None:
+            emb_sum[ok] += emb
         used[ok] += 1
     if probs_sum is None:
         return None, None, np.zeros_like(valid)

@@ -31,6 +31,8 @@ def demo_entries(model_name: str = "timesenclip", workers: int = 2) -> list[Entr
                 "--workers",
                 str(workers),
                 "--no-progress",
+                "--tile-size",
+                "100",  # as `make map`: the demo's 200 x 200 px in 4 tiles for 2 workers
                 "--calibration",
                 "none",
             ]

@@ -62,17 +62,16 @@ def _reference_text_classifier(m, prompts_per_class) -> torch.Tensor:
 
 def timesenclip_entries(device: str, n_pixels: int, threads: int) -> list[Entry]:
     import model
-    from model.engine import embed_pixels
-    from model.zeroshot import build_classifier, classify
+    from model.engine import pixel_probabilities
+    from model.zeroshot import build_classifier
 
     m = model.load("timesenclip", untrained=True, device=device)
     prompts, legend = _prompts()
     series = _series(n_pixels)
     w = build_classifier(m, legend)
 
-    def ours() -> int:
-        emb = embed_pixels(m, series)
-        classify(emb, w)
+    def ours() -> int:  # the map's path: numpy series in, class probabilities out
+        pixel_probabilities(m, series, w)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return len(series)
@@ -153,8 +152,8 @@ def _reference_chip_preprocess(chips: np.ndarray) -> torch.Tensor:
 
 def senclip_entries(device: str, n_chips: int, threads: int) -> list[Entry]:
     import model
-    from model.engine import chip_batch_size, embed_chips, inference_dtype
-    from model.zeroshot import build_classifier, classify
+    from model.engine import chip_batch_size, chip_probabilities, inference_dtype
+    from model.zeroshot import build_classifier
 
     m = model.load("senclip", untrained=True, device=device)
     _, legend = _prompts()
@@ -162,7 +161,7 @@ def senclip_entries(device: str, n_chips: int, threads: int) -> list[Entry]:
     chips = _chips(n_chips)
 
     def ours() -> int:
-        classify(embed_chips(m, chips), w)
+        chip_probabilities(m, chips, w)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return len(chips)
