@@ -7,7 +7,7 @@ import argparse
 NAME = "bench"
 HELP = "benchmarks vs same-run baselines (models, composite, demo end to end) -> bench/results.json"
 
-SECTIONS = ("models", "composite", "demo", "projection")
+SECTIONS = ("models", "composite", "demo", "stages", "projection")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if "demo" in sections:
         log.info("demo end to end")
         entries += demo_entries()
+    if "stages" in sections:
+        from pipeline.bench.stages import data_path_entry
+
+        log.info("data path per-pixel CPU cost")
+        entries.append(data_path_entry())
     if "projection" in sections:
         import json
 
