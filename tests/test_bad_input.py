@@ -35,7 +35,9 @@ def test_invalid_empty_and_self_intersecting_regions(capsys, tmp_path):
     from shapely.geometry import Polygon
 
     out = tmp_path / "out"
-    bowtie = _vector(tmp_path, "bowtie.geojson", [Polygon([(10, 48), (10.1, 48.1), (10.1, 48), (10, 48.1)])])
+    bowtie = _vector(
+        tmp_path, "bowtie.geojson", [Polygon([(10, 48), (10.1, 48.1), (10.1, 48), (10, 48.1)])]
+    )
     _fails(capsys, out, "--region", str(bowtie), "--untrained", expect="invalid geometry")
     empty = tmp_path / "empty.geojson"
     empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
@@ -90,12 +92,22 @@ def test_checkpoint_of_wrong_architecture_or_not_a_checkpoint(capsys, tmp_path):
 
     ts = tmp_path / "timesenclip.pt"
     torch.save(build_encoder(seed=0, dim=32, depth=1, heads=2, mlp_dim=16).state_dict(), ts)
-    _fails(capsys, tmp_path / "out", "--region", "demo", "--model", "senclip", "--checkpoint",
-           str(ts), expect="missing")
+    _fails(
+        capsys,
+        tmp_path / "out",
+        "--region",
+        "demo",
+        "--model",
+        "senclip",
+        "--checkpoint",
+        str(ts),
+        expect="missing",
+    )
     text = tmp_path / "notes.pt"
     text.write_text("these are not weights\n")
-    _fails(capsys, tmp_path / "out", "--region", "demo", "--checkpoint", str(text),
-           expect="checkpoint")
+    _fails(
+        capsys, tmp_path / "out", "--region", "demo", "--checkpoint", str(text), expect="checkpoint"
+    )
     _fails(capsys, tmp_path / "out", "--region", "demo", expect="--untrained")
 
 
@@ -110,5 +122,13 @@ def test_output_path_not_writable(capsys, tmp_path):
 
 
 def test_large_region_needs_confirmation_on_a_local_cluster(capsys, tmp_path):
-    _fails(capsys, tmp_path / "out", "--region", "netherlands", "--year", "2023", "--untrained",
-           expect="--allow-large")
+    _fails(
+        capsys,
+        tmp_path / "out",
+        "--region",
+        "netherlands",
+        "--year",
+        "2023",
+        "--untrained",
+        expect="--allow-large",
+    )
