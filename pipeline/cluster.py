@@ -198,7 +198,13 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
         if p.lifetime_stagger:
             extra_args += ["--lifetime-stagger", p.lifetime_stagger]
     threads = max(1, p.cores // p.processes)
-    prologue = [*p.job_script_prologue, f"export OMP_NUM_THREADS={threads}"]
+    prologue = [
+        *p.job_script_prologue,
+        f"export OMP_NUM_THREADS={threads}",
+        # Job logs are files for later reading: keep the workers' INFO lines there even though
+        # the driver's terminal is quieted (sbatch exports the driver's environment).
+        "export DASK_LOGGING__DISTRIBUTED=info",
+    ]
     try:
         cluster = SLURMCluster(
             queue=p.queue,
