@@ -18,6 +18,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    plt = _pyplot()
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
 def _short(name: str, n: int = 28) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
@@ -74,12 +85,7 @@ def confusion_png(
     )
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
 
 
 def area_png(report: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
@@ -111,12 +117,7 @@ def area_png(report: dict[str, Any], path: str | Path, *, title: str = "") -> Pa
         or f"area estimates, {int(round(100 * (report.get('confidence_level') or 0.95)))} % CI",
         fontsize=10,
     )
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
 
 
 def ap_png(report: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
@@ -137,9 +138,4 @@ def ap_png(report: dict[str, Any], path: str | Path, *, title: str = "") -> Path
     ax.set_xlim(0, 1)
     ax.set_xlabel("average precision")
     ax.set_title(title or f"mAP {report['macro_map'] or float('nan'):.3f}", fontsize=10)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
