@@ -9,6 +9,7 @@ Memory is bounded by the tile size: one tile's cube, composite and predictions a
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +101,18 @@ def load_composite(job: TileJob, geobox) -> tuple[Any, int, float]:
     return comp, values.shape[0], t_load
 
 
+@functools.lru_cache(maxsize=4)
+def _head(path: str) -> Any:
+    """The few-shot head, read once per worker process (like the model)."""
+    from model.train.probe import load_head
+
+    return load_head(path)
+
+
 def _probabilities(job: TileJob, emb: np.ndarray) -> np.ndarray:
     """(N, C) class probabilities from embeddings: the few-shot head or zero-shot text classifier."""
     if job.head:
-        from model.train.probe import load_head
-
-        return np.asarray(load_head(job.head).predict(emb), dtype=np.float32)
+        return np.asarray(_head(job.head).predict(emb), dtype=np.float32)
     from model.zeroshot import probabilities
 
     return np.asarray(probabilities(emb, job.classifier, job.calibration), dtype=np.float32)

@@ -10,8 +10,6 @@ MGRS_PIXELS = 10980 * 10980  # 109.8 km at 10 m
 def projection_entry(
     entries: list[Entry],
     node_cores: int = 16,
-    gpu_rate: float | None = None,
-    gpu_name: str | None = None,
 ) -> Entry | None:
     """Combine the measured per-pixel CPU costs and the TimeSenCLIP rate into a tile-year estimate.
 
@@ -34,8 +32,8 @@ def projection_entry(
         ),
         None,
     )
-    rate = gpu_rate or (px.value if px else None)
-    source = "measured on " + (gpu_name or (px.notes.get("machine", "cuda") if px else "cpu"))
+    rate = px.value if px else None
+    source = "measured on " + (px.notes.get("machine", "cuda") if px else "cpu")
     if rate is None:
         cpu = next((e for e in entries if e.name == "timesenclip_pixels_per_s"), None)
         if cpu is None:
