@@ -1,0 +1,71 @@
+"""The read path: STAC items -> masked reflectance of one window, at the decode floor.
+
+:func:`load_reflectance` is what a tile task calls. On the scenes' own 10 m lattice it takes the
+native-grid fast path (:mod:`pipeline.reading.native`: block-aligned reads through a per-worker
+dataset and block cache, compiled 2x upsampling and one compiled scale/mask pass); on any other
+grid it falls back to :func:`pipeline.cube.load_cube` (odc-stac's warp). Both report assets that
+could not be read (:class:`ReadFailure`) apart from pixels without a clear observation (NaN).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from pipeline.bands import BANDS
+from pipeline.reading.blocks import BlockReader, ReadFailure, block_reader, gdal_options
+from pipeline.reading.native import UPSAMPLE_TOLERANCE_DN, NotNative, Reflectance, load_native
+
+__all__ = [
+    "UPSAMPLE_TOLERANCE_DN",
+    "BlockReader",
+    "NotNative",
+    "ReadFailure",
+    "Reflectance",
+    "block_reader",
+    "gdal_options",
+    "load_native",
+    "load_reflectance",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def load_reflectance(
+    items: Iterable[Any], geobox: Any, *, mask: Any = None, reader: BlockReader | None = None
+) -> Reflectance:
+    """Masked float32 reflectance (time, band, y, x) of ``items`` on ``geobox``.
+
+    Args:
+        items: pystac Items or item dicts of any provider layout; scenes missing an asset are
+            logged and skipped (:func:`pipeline.cube.usable_items`).
+        geobox: the target window (``odc.geo`` GeoBox, any CRS).
+        mask: :class:`pipeline.cube.MaskConfig` (default masking when None).
+        reader: the block reader of the fast path (default: this process's).
+
+    Returns:
+        :class:`Reflectance` (``native`` says which path ran).
+    """
+    import pystac
+
+    from pipeline.cube import MaskConfig, canonical_item, load_cube, usable_items
+
+    mask = mask or MaskConfig()
+    items = [it if isinstance(it, pystac.Item) else pystac.Item.from_dict(it) for it in items]
+    items = usable_items(items)
+    ny, nx = geobox.shape
+    if not items:
+        empty = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
+        return Reflectance(empty, np.array([], "datetime64[ns]"))
+    canon = [canonical_item(it) for it in items]
+    try:
+        return load_native(canon, geobox, mask=mask, reader=reader)
+    except NotNative as exc:
+        _log.debug("general warp (odc-stac): %s", exc)
+    cube = load_cube(items, geobox, mask=mask)
+    return Reflectance(
+        np.asarray(cube.values, np.float32), cube["time"].values, failures=[], native=False
+    )

@@ -1,0 +1,183 @@
+"""Native-grid fast path: a 10 m window on the scenes' own UTM lattice, read without a warper.
+
+When the target GeoBox is the scenes' own lattice (same CRS, 10 m pixels, origin a whole number
+of 10 m pixels from each asset's origin: the usual case, a window of an MGRS tile), the 10 m bands
+are read as they are, and the 20 m bands and SCL are upsampled on the exact 2x lattice in compiled
+code (:mod:`pipeline.reading.kernels`: bands bilinear, SCL nearest), from blocks decoded once per
+worker (:mod:`pipeline.reading.blocks`). Scenes of one solar day are fused as odc-stac fuses them
+(sorted by time then id, the first valid pixel wins), and scaling, harmonisation and masking run in
+one compiled pass over the integer DN.
+
+Same result as :func:`pipeline.cube.load_cube`: the 10 m bands and SCL are bit-identical, the 20 m
+bands within :data:`UPSAMPLE_TOLERANCE_DN` DN (GDAL's warper computes its weights in a different
+order; pinned by ``tests/test_reading.py``). Any other grid raises :class:`NotNative`, and
+:func:`load_reflectance` falls back to the general warp (odc-stac).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.bands import BANDS, NATIVE_RESOLUTION, SCL, reflectance_scale_offset
+from pipeline.reading.blocks import BlockReader, ReadFailure, block_reader
+
+_log = logging.getLogger(__name__)
+
+UPSAMPLE_TOLERANCE_DN = 1
+"""Largest difference (DN) of an upsampled 20 m band from GDAL's bilinear warp."""
+
+_TOL = 1e-6  # metres: how close a GeoBox origin must be to an asset's lattice
+
+
+class NotNative(Exception):
+    """The target GeoBox is not on the scenes' own 10 m lattice (use the general warp)."""
+
+
+@dataclass
+class Reflectance:
+    """Masked reflectance of one window and what could not be read."""
+
+    values: np.ndarray
+    """(time, band, y, x) float32 reflectance (0-1), NaN where nodata or masked."""
+    times: np.ndarray
+    """(time,) datetime64[ns]: the first scene's acquisition time of each solar day."""
+    failures: list[ReadFailure] = field(default_factory=list)
+    """Assets that failed to read (their pixels are nodata in ``values``)."""
+    native: bool = True
+    """Whether the native-grid fast path was used (else odc-stac's warp)."""
+
+
+def _lattice_offset(geobox: Any, info: Any) -> tuple[int, int]:
+    """(row, col) of the GeoBox's first pixel on the asset's origin-anchored 10 m lattice."""
+    from odc.geo.geobox import GeoBox  # noqa: F401 (type only)
+
+    gt = geobox.transform
+    at = info.transform
+    if geobox.crs is None or info.crs is None or not geobox.crs == info.crs:
+        raise NotNative(f"CRS {geobox.crs} vs asset {info.crs}")
+    if not (abs(gt.a - 10.0) < _TOL and abs(gt.e + 10.0) < _TOL and gt.b == 0 and gt.d == 0):
+        raise NotNative(f"target pixels {gt.a} x {gt.e} m, not 10 m north-up")
+    if at.b != 0 or at.d != 0 or abs(at.a + at.e) > _TOL or round(at.a) not in (10, 20):
+        raise NotNative(f"asset pixels {at.a} x {at.e} m")
+    col = (gt.c - at.c) / 10.0
+    row = (at.f - gt.f) / 10.0
+    if abs(col - round(col)) > _TOL or abs(row - round(row)) > _TOL:
+        raise NotNative("target origin is not on the asset's 10 m lattice")
+    return int(round(row)), int(round(col))
+
+
+def _read_asset(reader: BlockReader, href: str, band: str, geobox: Any) -> np.ndarray:
+    """One asset's DN on ``geobox`` (uint16, SCL uint8); 0 outside the raster."""
+    from pipeline.reading.kernels import upsample2x_bilinear, upsample2x_nearest
+
+    info = reader.info(href)
+    row, col = _lattice_offset(geobox, info)
+    ny, nx = geobox.shape
+    res = int(round(info.transform.a))
+    if res != NATIVE_RESOLUTION[band]:
+        raise NotNative(f"{band} at {res} m, expected {NATIVE_RESOLUTION[band]} m")
+    if res == 10:
+        return reader.read(href, row, col, ny, nx)
+    # 20 m: the source pixels whose bilinear footprint touches the window, one pixel of margin.
+    sr0, sc0 = row // 2 - 1, col // 2 - 1
+    sh, sw = (row + ny - 1) // 2 + 1 - sr0 + 1, (col + nx - 1) // 2 + 1 - sc0 + 1
+    src = reader.read(href, sr0, sc0, sh, sw)
+    out = np.empty((ny, nx), dtype=src.dtype)
+    if band == SCL:
+        upsample2x_nearest(src, sr0, sc0, row, col, out)
+    else:
+        if src.dtype != np.uint16:
+            raise NotNative(f"{band} is {src.dtype}, the compiled path reads uint16")
+        upsample2x_bilinear(src, sr0, sc0, row, col, out)
+    return out
+
+
+def group_items(items: list[Any]) -> list[tuple[tuple[Any, float, float], list[tuple[Any, Any]]]]:
+    """Items grouped as :func:`pipeline.cube.load_cube` groups them (solar day, scale, offset).
+
+    Groups are sorted by key and each group's (nominal time, item) pairs by (time, id):
+    odc-stac's order, so the first valid pixel of a day comes from the same scene.
+    """
+    import odc.stac
+
+    from pipeline.cube import STAC_CFG
+
+    parsed = list(odc.stac.parse_items(items, cfg=STAC_CFG))
+    keyed = []
+    for it, p in zip(items, parsed, strict=True):
+        h = reflectance_scale_offset(it)
+        keyed.append(((p.solar_date.date(), h.scale, h.offset), p.nominal_datetime, p.id, it))
+    keyed.sort(key=lambda k: k[:3])
+    groups: list[tuple[tuple[Any, float, float], list[tuple[Any, Any]]]] = []
+    for key, when, _, it in keyed:
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append((when, it))
+        else:
+            groups.append((key, [(when, it)]))
+    return groups
+
+
+def load_native(
+    items: Iterable[Any],
+    geobox: Any,
+    *,
+    mask: Any = None,
+    reader: BlockReader | None = None,
+) -> Reflectance:
+    """Masked reflectance of canonical items on a native-lattice ``geobox``.
+
+    Args:
+        items: pystac Items whose assets are the canonical bands
+            (:func:`pipeline.cube.canonical_item`), all with every band and SCL.
+        geobox: the target window: 10 m pixels on the scenes' UTM lattice.
+        mask: :class:`pipeline.cube.MaskConfig` (default masking when None).
+        reader: the block reader (default: this process's :func:`block_reader`).
+
+    Returns:
+        :class:`Reflectance`; an asset that cannot be read is logged, listed in ``failures`` and
+        left as nodata.
+
+    Raises:
+        NotNative: the grid needs a warp (different CRS, resolution or sub-pixel origin).
+    """
+    from pipeline.cube import MaskConfig
+    from pipeline.reading.kernels import fill_nodata, reflectance
+
+    mask = mask or MaskConfig()
+    if mask.resampling != "bilinear":
+        raise NotNative(f"{mask.resampling} resampling (the fast path upsamples bilinearly)")
+    reader = reader or block_reader()
+    items = list(items)
+    groups = group_items(items)
+    ny, nx = geobox.shape
+    nt = len(groups)
+    dn = np.zeros((nt, len(BANDS), ny, nx), np.uint16)
+    scl = np.zeros((nt, ny, nx), np.uint8)
+    failures: list[ReadFailure] = []
+    for t, (_, members) in enumerate(groups):
+        for _, it in members:
+            for k, band in enumerate((*BANDS, SCL)):
+                href = it.assets[band].href
+                try:
+                    arr = _read_asset(reader, href, band, geobox)
+                except ReadFailure as exc:
+                    _log.warning("scene %s band %s: %s", it.id, band, exc)
+                    failures.append(exc)
+                    continue
+                fill_nodata(scl[t] if band == SCL else dn[t, k], arr)
+    scale = np.array([k[1] for k, _ in groups], np.float32)
+    offset = np.array([k[2] for k, _ in groups], np.float32)
+    masked = np.zeros(256, np.bool_)
+    if mask.use_scl:
+        masked[list(mask.scl_classes)] = True
+    values = np.empty(dn.shape, np.float32)
+    reflectance(dn, scl, scale, offset, masked, values)
+    times = np.array(
+        [members[0][0].replace(tzinfo=None) for _, members in groups], "datetime64[ns]"
+    )
+    return Reflectance(values, times, failures, native=True)
