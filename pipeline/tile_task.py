@@ -80,19 +80,23 @@ class TileJob:
 
 
 def load_composite(job: TileJob, geobox) -> tuple[Any, int, float]:
-    """The window's composite (eager, inside the task), its scene count and the load seconds."""
+    """The window's composite (eager, inside the task), its scene count and the load seconds.
+
+    Reads through :func:`pipeline.reading.load_reflectance` (the native-grid fast path on the
+    scenes' own lattice, odc-stac's warp elsewhere).
+    """
     import pystac
 
     from pipeline.composite import composite
-    from pipeline.cube import MaskConfig, load_cube
+    from pipeline.cube import MaskConfig
+    from pipeline.reading import load_reflectance
 
     t0 = time.perf_counter()
     items = [pystac.Item.from_dict(d) for d in job.items]
     ny, nx = geobox.shape
     if items:
-        cube = load_cube(items, geobox, mask=MaskConfig(mask_snow=job.mask_snow))
-        values = np.asarray(cube.values, dtype=np.float32)
-        times = cube["time"].values
+        refl = load_reflectance(items, geobox, mask=MaskConfig(mask_snow=job.mask_snow))
+        values, times = refl.values, refl.times
     else:  # no scene touches this window: everything is nodata
         values = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
         times = np.array([], dtype="datetime64[ns]")

@@ -5,7 +5,8 @@
   ``g`` sits at 20 m pixel coordinate ``g / 2 - 0.25``, so bilinear weights are always 0.75/0.25).
   Like GDAL's bilinear kernel with a source nodata value, nodata (and off-raster) neighbours get
   no weight and the remaining weights are renormalised; the result is rounded half up to uint16
-  (GDAL's ``GWKRoundValueT``). A pixel with no valid neighbour is nodata (0).
+  (GDAL's ``GWKRoundValueT``). A pixel whose valid weights sum to less than 0.5 (its nearest
+  source pixel is nodata) is nodata (0), as in GDAL 3.10 (measured: ``tests/test_reading.py``).
 * :func:`reflectance`: scaling, harmonisation and masking in one pass over the integer DN:
   ``DN * scale + offset`` in float32 (the same two float32 operations, in the same order, as
   :func:`pipeline.cube.load_cube`), NaN where the DN is 0 or the SCL class is masked.
@@ -61,7 +62,7 @@ def upsample2x_bilinear(src, src_row0, src_col0, g_row0, g_col0, out):  # pragma
                     wgt = wy * (fx if dx == 1 else 1.0 - fx)
                     acc += wgt * v
                     wsum += wgt
-            if wsum > 0.0:
+            if wsum >= 0.5:
                 out[i, j] = np.uint16(np.floor(acc / wsum + 0.5))
             else:
                 out[i, j] = 0
