@@ -10,9 +10,13 @@
   back through a pinned buffer, and preprocessing (normalisation, min-max stretch, resize) runs on
   the GPU. :func:`pixel_probabilities` / :func:`chip_probabilities` also apply the text classifier
   on the GPU, so only (N, C) probabilities cross the bus.
-- CPU: float32. bf16 autocast was measured on the 2-core development machine and was 2-4x
-  *slower* there (:data:`CPU_DTYPE_NOTE`); ``S2LC_CPU_DTYPE=bfloat16`` opts in anyway, e.g. on
-  CPUs with AMX / AVX512-BF16, where it may pay off (measure with ``python -m pipeline bench``).
+- CPU: the model's precision (:func:`set_precision`, from ``run --precision auto|fp32|bf16``;
+  ``auto`` is decided per machine by :mod:`model.precision`). bf16 runs a bf16-weight copy of the
+  TimeSenCLIP encoder (SenCLIP: bf16 autocast). Whether bf16 pays off depends on the CPU: on a
+  2-core Xeon without AVX512-BF16 it was 2-4x *slower* (:data:`CPU_DTYPE_NOTE`), on this project's
+  current machines (AVX-512 with bf16) 3.2-4.4x faster at >= 99 % argmax agreement. Without a
+  precision set, ``S2LC_CPU_DTYPE=bfloat16`` still opts in. CPU batches are
+  :data:`CPU_PIXEL_BATCH` pixels (cache-sized; results are bit-identical across batch sizes).
 
 Measured on one H100 (torch 2.11, untrained weights, 524,288 pixels / 4,096 64-px chips, numpy
 in and out, 2026-11-22): ``embed_pixels`` 394k px/s (T = 12), 500k (T = 4), 620k (T = 1);
@@ -45,7 +49,9 @@ GPU_PIXEL_BATCH = 131_072
 #: Peak GPU memory per item of a batch, measured on an H100 (bf16, see _fast_encoder), rounded up.
 GPU_BYTES_PER_PIXEL = 128 * 1024  # measured 116 KB (TimeSenCLIP, T = 12)
 GPU_BYTES_PER_CHIP = 5 * 512 * 1024  # measured 1.9 MB (ViT-B/32, 224 px)
-CPU_PIXEL_BATCH = 2_048  # 2k x 13 tokens keeps GEMMs large; 8k tripled worker RSS (3 GB)
+#: 256 x 13 tokens x 512 wide activations stay in L2; measured 2026-11-29 on the 2-core AVX-512
+#: machine (fp32, 1 thread): 1.33x the px/s of 2,048 and bit-identical (tests/test_precision.py).
+CPU_PIXEL_BATCH = 256
 GPU_CHIP_BATCH = 512
 CPU_CHIP_BATCH = 16
 
@@ -60,12 +66,39 @@ def _dtype_from_env() -> torch.dtype | None:
     return table[name]
 
 
-def inference_dtype(device: torch.device | str) -> torch.dtype:
-    """The compute dtype used on ``device`` (autocast dtype; float32 means no autocast)."""
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Values of ``run --precision`` (``auto`` is resolved by :func:`model.precision.resolve`)."""
+
+
+def inference_dtype(device: torch.device | str, precision: str | None = None) -> torch.dtype:
+    """The compute dtype used on ``device`` (float32 means no autocast).
+
+    Args:
+        device: the model's device.
+        precision: ``"fp32"`` or ``"bf16"`` (fp16 on GPUs without bf16); None: the default
+            (bf16 on CUDA, ``S2LC_CPU_DTYPE`` or float32 on CPU).
+    """
     dev = torch.device(device)
+    if precision not in (None, "fp32", "bf16"):
+        raise UserError(f"precision {precision!r}: use fp32 or bf16 (auto is resolved first)")
+    if precision == "fp32":
+        return torch.float32
     if dev.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
     return _dtype_from_env() or torch.float32
+
+
+def set_precision(m, precision: str) -> None:
+    """Run ``m``'s inference in ``precision`` (``"fp32"`` or ``"bf16"``) from now on."""
+    inference_dtype(m.device, precision)  # validates
+    m.precision = precision
+
+
+def model_dtype(m) -> torch.dtype:
+    """The compute dtype of model ``m`` (its :func:`set_precision`, else the device default)."""
+    return inference_dtype(m.device, getattr(m, "precision", None))
 
 
 def _fit_to_memory(device: torch.device, target: int, bytes_per_item: int, floor: int) -> int:
@@ -94,8 +127,7 @@ def chip_batch_size(device: torch.device | str) -> int:
     return _fit_to_memory(dev, GPU_CHIP_BATCH, GPU_BYTES_PER_CHIP, 16)
 
 
-def _autocast(device: torch.device):
-    dtype = inference_dtype(device)
+def _autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=dtype)
@@ -134,7 +166,7 @@ def _run_batches(
     device: torch.device,
     out_dim: int,
     fn: Callable[[torch.Tensor], torch.Tensor],
-    autocast: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """``fn`` over batches of ``x`` -> (N, out_dim) float32 numpy (pinned D2H on CUDA)."""
     n = x.shape[0]
@@ -148,7 +180,7 @@ def _run_batches(
         if device.type == "cuda"
         else None
     )
-    ctx = _autocast(device) if autocast else torch.autocast(device.type, enabled=False)
+    ctx = _autocast(device, dtype)
     with torch.inference_mode(), ctx:
         for i in range(0, n, b):
             xb = stage(x[i : i + b])
@@ -169,10 +201,11 @@ def _fast_encoder(m) -> tuple[torch.nn.Module, torch.dtype]:
     On CUDA, a copy with bf16 *weights*: PyTorch's fused transformer-encoder kernel then applies
     (autocast turns it off). Measured on an H100 (untrained weights, 131,072-pixel batches,
     torch 2.11): 635k px/s vs 378k with bf16 autocast and 156k in fp32; embeddings within
-    cosine 0.99996 of fp32 (autocast: 0.99998). Elsewhere the fp32 encoder itself.
+    cosine 0.99996 of fp32 (autocast: 0.99998). The same bf16 copy on CPU when the model's
+    precision is bf16 (3.2-4.4x fp32 on AVX-512 with bf16). Otherwise the fp32 encoder itself.
     """
-    dtype = inference_dtype(m.device)
-    if m.device.type != "cuda" or dtype == torch.float32:
+    dtype = model_dtype(m)
+    if dtype == torch.float32:
         return m.encoder, torch.float32
     cached = getattr(m, "_engine_encoder", None)
     if cached is None or cached[1] != dtype:
@@ -184,17 +217,17 @@ def _fast_encoder(m) -> tuple[torch.nn.Module, torch.dtype]:
     return cached
 
 
-def _pixel_fn(m) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
-    """(batch -> L2-normalised embeddings, whether to wrap it in autocast)."""
+def _pixel_fn(m) -> Callable[[torch.Tensor], torch.Tensor]:
+    """batch -> L2-normalised embeddings (fp32 encoder, or its bf16-weight copy; no autocast)."""
     enc, dtype = _fast_encoder(m)
     if dtype == torch.float32:
-        return (lambda b: m.pixel_embed(m.preprocess(b))), True
+        return lambda b: m.pixel_embed(m.preprocess(b))
 
     def fn(b: torch.Tensor) -> torch.Tensor:
         x = m.preprocess(b).to(dtype)
         return F.normalize(enc.inference(x).float(), dim=-1)
 
-    return fn, False
+    return fn
 
 
 def _check_pixels(m, series_x1e4) -> np.ndarray:
@@ -229,8 +262,7 @@ def embed_pixels(m, series_x1e4: np.ndarray, batch_size: int | None = None) -> n
     """
     x = _check_pixels(m, series_x1e4)
     batch = int(batch_size or pixel_batch_size(m.device))
-    fn, autocast = _pixel_fn(m)
-    return _run_batches(x, batch, m.device, m.embed_dim, fn, autocast)
+    return _run_batches(x, batch, m.device, m.embed_dim, _pixel_fn(m))
 
 
 def embed_chips(m, rgb: np.ndarray, batch_size: int | None = None) -> np.ndarray:
@@ -246,7 +278,8 @@ def embed_chips(m, rgb: np.ndarray, batch_size: int | None = None) -> np.ndarray
     """
     x = _check_chips(m, rgb)
     batch = int(batch_size or chip_batch_size(m.device))
-    return _run_batches(x, batch, m.device, m.embed_dim, lambda b: m.image_embed(m.preprocess(b)))
+    fn = lambda b: m.image_embed(m.preprocess(b))  # noqa: E731
+    return _run_batches(x, batch, m.device, m.embed_dim, fn, model_dtype(m))
 
 
 def _probability_fn(embed, w, calibration, mode, logit_scale, device):
@@ -278,9 +311,8 @@ def pixel_probabilities(
     """
     x = _check_pixels(m, series_x1e4)
     batch = int(batch_size or pixel_batch_size(m.device))
-    embed, autocast = _pixel_fn(m)
-    fn = _probability_fn(embed, w, calibration, mode, logit_scale, m.device)
-    return _run_batches(x, batch, m.device, int(torch.as_tensor(w).shape[0]), fn, autocast)
+    fn = _probability_fn(_pixel_fn(m), w, calibration, mode, logit_scale, m.device)
+    return _run_batches(x, batch, m.device, int(torch.as_tensor(w).shape[0]), fn)
 
 
 def chip_probabilities(
@@ -298,4 +330,5 @@ def chip_probabilities(
     batch = int(batch_size or chip_batch_size(m.device))
     embed = lambda b: m.image_embed(m.preprocess(b))  # noqa: E731
     fn = _probability_fn(embed, w, calibration, mode, logit_scale, m.device)
-    return _run_batches(x, batch, m.device, int(torch.as_tensor(w).shape[0]), fn)
+    n_classes = int(torch.as_tensor(w).shape[0])
+    return _run_batches(x, batch, m.device, n_classes, fn, model_dtype(m))

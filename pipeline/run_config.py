@@ -71,6 +71,7 @@ class RunConfig:
     allow_large: bool = False
     retries: int = 2
     progress: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -93,6 +94,8 @@ class RunConfig:
                 raise UserError(f"--window must be between 8 and 512 pixels, got {self.window}")
             if not 1 <= self.stride <= self.window:
                 raise UserError(f"--stride must be between 1 and --window ({self.window})")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UserError(f"--precision {self.precision!r}: choose one of auto, fp32, bf16")
         if not 1 <= self.top_k <= 10:
             raise UserError(f"--top-k must be between 1 and 10, got {self.top_k}")
         if not 0 <= self.max_cloud <= 100:

@@ -123,6 +123,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
+    """``cfg`` with ``--precision auto`` resolved for this machine (:mod:`model.precision`).
+
+    Runs before the output hash, so the hash covers the precision the pixels are computed in.
+    """
+    if cfg.precision != "auto":
+        return cfg, {"requested": cfg.precision, "resolved": cfg.precision}
+    from model.precision import resolve
+    from pipeline.tile_task import ModelSpec
+
+    m = ModelSpec.of(cfg).load()
+    w = _legend_and_classifier(cfg, m)[3]
+    resolved, info = resolve(m, "auto", np.asarray(w, np.float32))
+    return cfg.with_(precision=resolved), info
+
+
 def make_plan(cfg: RunConfig) -> Plan:
     """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
     from pipeline.tile_task import ModelSpec
@@ -319,6 +335,7 @@ def execute(cfg: RunConfig) -> int:
     out = Path(cfg.out) if cfg.out else default_output_dir(cfg, region.name)
     ws = Workspace(out)
     ws.check_writable()
+    cfg, precision_info = resolve_precision(cfg)
     output_hash = cfg.output_hash()
     if not cfg.overwrite and _up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
@@ -442,6 +459,7 @@ def execute(cfg: RunConfig) -> int:
         errors,
         area_km2,
     )
+    report["precision"] = precision_info
     if errors:
         from pipeline.writers import write_json
 

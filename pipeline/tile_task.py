@@ -34,15 +34,32 @@ class ModelSpec:
     arch: str | None
     untrained: bool
     seed: int
+    precision: str = "auto"
+    """``fp32`` or ``bf16`` once resolved (:func:`pipeline.runner.resolve_precision`)."""
 
     @classmethod
     def of(cls, cfg: Any) -> ModelSpec:
         """The spec of a :class:`~pipeline.run_config.RunConfig`."""
         return cls(
-            cfg.model, cfg.checkpoint, cfg.clip_checkpoint, cfg.arch, cfg.untrained, cfg.seed
+            cfg.model,
+            cfg.checkpoint,
+            cfg.clip_checkpoint,
+            cfg.arch,
+            cfg.untrained,
+            cfg.seed,
+            getattr(cfg, "precision", "auto"),
         )
 
     def load(self) -> Any:
+
+        m = self._get()
+        if self.precision != "auto":
+            from model.engine import set_precision
+
+            set_precision(m, self.precision)
+        return m
+
+    def _get(self) -> Any:
         import model
 
         return model.get_model(

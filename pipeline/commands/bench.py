@@ -7,7 +7,7 @@ import argparse
 NAME = "bench"
 HELP = "benchmarks vs same-run baselines (models, composite, demo end to end) -> bench/results.json"
 
-SECTIONS = ("models", "composite", "demo", "stages", "projection")
+SECTIONS = ("models", "composite", "demo", "stages", "reading", "projection")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
         log.info("data path per-pixel CPU cost")
         entries.append(data_path_entry())
+    if "reading" in sections:
+        from pipeline.bench.reading import reading_entries
+
+        log.info("read path vs decode floor, HTTP bytes, CPU precision (generated COGs)")
+        entries += reading_entries(node_cores=args.node_cores)
     if "projection" in sections:
         import json
 

@@ -68,7 +68,8 @@ def gdal_options(threads: int | None = None) -> dict[str, Any]:
     * ``GDAL_CACHEMAX`` 64 MB: decoded blocks are cached by :class:`BlockCache`, not twice.
     * ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``, ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS``: no
       directory listing or side-car probing over HTTP.
-    * ``GDAL_HTTP_MERGE_CONSECUTIVE_RANGES``, ``GDAL_HTTP_MULTIPLEX``: fewer range requests.
+    * ``GDAL_HTTP_MERGE_CONSECUTIVE_RANGES``, ``GDAL_HTTP_MULTIPLEX``: fewer range requests;
+      ``GDAL_HTTP_MULTIRANGE=SERIAL``: one plain range per request (what every object store serves).
     * ``GDAL_HTTP_MAX_RETRY=3``, ``GDAL_HTTP_RETRY_DELAY=1``: transient 429/5xx are retried before
       a read counts as failed.
     """
@@ -78,6 +79,7 @@ def gdal_options(threads: int | None = None) -> dict[str, Any]:
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
         "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
         "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+        "GDAL_HTTP_MULTIRANGE": "SERIAL",
         "GDAL_HTTP_MULTIPLEX": "YES",
         "GDAL_HTTP_MAX_RETRY": "3",
         "GDAL_HTTP_RETRY_DELAY": "1",

@@ -1,0 +1,350 @@
+"""The read path against its decode floor, HTTP bytes against the blocks needed, CPU precision.
+
+All times are process CPU time (``time.process_time``: every thread of this process, nothing
+else), warm (files in the page cache, compiled kernels), because the machines running the bench
+are shared and wall time would measure the neighbours. Data: :func:`pipeline.bench.cogs.
+provider_scenes`, laid out like Earth Search's COGs (uint16 DEFLATE predictor 2, 1024 px blocks).
+
+* ``decode_floor_core_s_per_mpx``: decoding every source block the region needs, once, through
+  open datasets; nothing else (the least any reader can spend).
+* ``load_core_s_per_mpx``: the product's :func:`pipeline.reading.load_reflectance` (open, decode,
+  2x upsample, fuse, scale, harmonise, mask), one worker process reading the region tile by tile
+  at the default tile size (256 px) in read-unit order, and per read unit (1024 px); ratio to
+  the floor.
+* ``http_bytes_per_needed``: bytes and range requests fetched from a loopback HTTP server for one
+  1024 px read unit at 256 px tiles, against the compressed size of the blocks it needs.
+* ``timesenclip_cpu_{fp32,bf16}_px_per_core_s``: TimeSenCLIP pixels per CPU-second at each
+  precision on :func:`model.precision.fixed_sample`, with the argmax agreement.
+* ``mgrs_tile_year_cpu_min``: the CPU stages of one MGRS tile-year (load, mask, composite, tile
+  writes) on a 16-core node, from these rates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.bench.results import Entry
+
+_log = logging.getLogger(__name__)
+
+SIZE, ACQUISITIONS, BLOCK = 4096, 12, 1024
+TILE, UNIT = 256, 1024
+#: Acquisitions of one MGRS tile in a year (S2A + S2B, 5-day revisit, no cloud filter).
+YEAR_ACQUISITIONS = 73
+MGRS_PIXELS = 10980 * 10980
+
+
+def _geobox(row: int, col: int, h: int, w: int):
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from pipeline.bench.cogs import EPSG, ORIGIN
+
+    t = Affine(10, 0, ORIGIN[0] + col * 10, 0, -10, ORIGIN[1] - row * 10)
+    return GeoBox((h, w), t, f"EPSG:{EPSG}")
+
+
+def windows(size: int, tile: int, group: int) -> list[tuple[int, int]]:
+    """Tile origins of a ``size`` square in read-unit order: ``group`` px squares, row-major."""
+    out = []
+    for gr in range(0, size, group):
+        for gc in range(0, size, group):
+            for r in range(gr, min(gr + group, size), tile):
+                for c in range(gc, min(gc + group, size), tile):
+                    out.append((r, c))
+    return out
+
+
+def _hrefs(items: list[dict]) -> list[str]:
+    return [a["href"] for it in items for a in it["assets"].values()]
+
+
+def decode_floor(items: list[dict], region: tuple[int, int, int, int] | None = None) -> dict:
+    """CPU seconds to decode each full-resolution block the region needs, once."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from pipeline.reading import gdal_options
+
+    env = gdal_options(threads=1)
+    blocks = 0
+    with rasterio.Env(**env):
+        dss = [rasterio.open(h) for h in _hrefs(items)]
+        t = time.process_time()
+        for ds in dss:
+            bh, bw = ds.block_shapes[0]
+            f = ds.transform.a / 10.0
+            r0, c0, h, w = region or (0, 0, SIZE, SIZE)
+            rows = range(int(r0 / f) // bh, (int((r0 + h) / f) - 1) // bh + 1)
+            cols = range(int(c0 / f) // bw, (int((c0 + w) / f) - 1) // bw + 1)
+            for br in rows:
+                for bc in cols:
+                    y, x = br * bh, bc * bw
+                    ds.read(1, window=Window(x, y, min(bw, ds.width - x), min(bh, ds.height - y)))
+                    blocks += 1
+        cpu = time.process_time() - t
+        for ds in dss:
+            ds.close()
+    return {"cpu_s": cpu, "blocks": blocks}
+
+
+def product_load(items: list[dict], tile: int, group: int, composite: bool = False) -> dict:
+    """CPU seconds of :func:`load_reflectance` over the whole scene, tile by tile, one process."""
+    from pipeline.composite import composite as make_composite
+    from pipeline.reading import BlockReader, load_reflectance
+
+    reader = BlockReader()
+    load = comp = 0.0
+    for r, c in windows(SIZE, tile, group):
+        t = time.process_time()
+        refl = load_reflectance(items, _geobox(r, c, tile, tile), reader=reader)
+        load += time.process_time() - t
+        assert refl.native and not refl.failures
+        if composite:
+            t = time.process_time()
+            make_composite(
+                refl.values, refl.times, dt.date(2023, 1, 1), dt.date(2023, 12, 31), "monthly"
+            )
+            comp += time.process_time() - t
+    out = {"cpu_s": load, "decoded": reader.decoded, "hits": reader.hits, "opens": reader.opens}
+    if composite:
+        out["composite_cpu_s"] = comp
+    return out
+
+
+def _needed_bytes(paths: list[Path], region: tuple[int, int, int, int]) -> tuple[int, int]:
+    """(compressed bytes, count) of the full-resolution blocks ``region`` needs (TIFF tags)."""
+    import rasterio
+
+    total = n = 0
+    r0, c0, h, w = region
+    for p in paths:
+        with rasterio.open(p) as ds:
+            bh, bw = ds.block_shapes[0]
+            if ds.transform.a == 10:
+                ya, yb, xa, xb = r0, r0 + h - 1, c0, c0 + w - 1
+            else:  # bilinear 2x needs one 20 m pixel of margin, clipped to the raster
+                ya, yb = max(r0 // 2 - 1, 0), min((r0 + h - 1) // 2 + 1, ds.height - 1)
+                xa, xb = max(c0 // 2 - 1, 0), min((c0 + w - 1) // 2 + 1, ds.width - 1)
+            for br in range(ya // bh, yb // bh + 1):
+                for bc in range(xa // bw, xb // bw + 1):
+                    total += int(ds.get_tag_item(f"BLOCK_SIZE_{bc}_{br}", "TIFF", bidx=1))
+                    n += 1
+    return total, n
+
+
+def http_reads(items: list[dict], root: Path, tile: int, unit: int) -> dict:
+    """Bytes and requests for one read unit (the scene's first) at ``tile`` px tiles, over HTTP."""
+    import copy
+
+    from pipeline.bench.http_range import serve_ranges
+    from pipeline.reading import BlockReader, load_reflectance
+
+    region = (0, 0, unit, unit)
+    paths = [Path(h.removeprefix("file://")) for h in _hrefs(items)]
+    needed, n_blocks = _needed_bytes(paths, region)
+    with serve_ranges(root) as (url, counter):
+        remote = copy.deepcopy(items)
+        for it in remote:
+            for a in it["assets"].values():
+                rel = Path(a["href"].removeprefix("file://")).relative_to(root)
+                a["href"] = f"{url}/{rel.as_posix()}"
+        reader = BlockReader()
+        for r, c in windows(unit, tile, unit):
+            refl = load_reflectance(remote, _geobox(r, c, tile, tile), reader=reader)
+            assert refl.native and not refl.failures
+        reader.clear()
+        return {
+            "bytes": counter.bytes,
+            "requests": counter.requests,
+            "range_requests": counter.range_requests,
+            "needed_bytes": needed,
+            "needed_blocks": n_blocks,
+            "mpx": unit * unit / 1e6,
+        }
+
+
+def _write_cpu_s_per_mpx() -> float:
+    """CPU seconds per Mpx of per-tile raster writes + the COG mosaic (a synthetic 2048 px map)."""
+    from pipeline.bench.stages import _mosaic_seconds
+
+    t = time.process_time()
+    _, px = _mosaic_seconds()
+    return (time.process_time() - t) / px * 1e6
+
+
+def precision_entries(n_pixels: int = 1024) -> list[Entry]:
+    """TimeSenCLIP px per CPU-second at fp32 and bf16, batch 256 vs 2048, on the fixed sample."""
+    import torch
+
+    import model
+    from model import engine
+    from model.precision import fixed_sample, measure
+
+    m = model.get_model("timesenclip", untrained=True, seed=0, device="cpu")
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, m.embed_dim)).astype(np.float32)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    meas = measure(m, w)
+    x = fixed_sample(n_pixels)
+    rates, outs = {}, {}
+    engine.set_precision(m, "fp32")
+    for b in (2048, engine.CPU_PIXEL_BATCH):
+        engine.embed_pixels(m, x[:64], batch_size=b)
+        t = time.process_time()
+        outs[b] = engine.embed_pixels(m, x, batch_size=b)
+        rates[b] = len(x) / (time.process_time() - t)
+    threads = torch.get_num_threads()
+    common = {
+        "sample": "model.precision.fixed_sample (seeded endmember series, T = 12)",
+        "model": "TimeSenCLIP, untrained weights (seed 0), 8 random unit class vectors",
+        "cpu_time": "process CPU time (all threads)",
+    }
+    return [
+        Entry(
+            "timesenclip_cpu_fp32_px_per_core_s",
+            meas["fp32_items_per_cpu_s"],
+            "pixels per CPU-second",
+            dtype="float32",
+            batch=engine.CPU_PIXEL_BATCH,
+            threads=threads,
+            notes=common,
+        ),
+        Entry(
+            "timesenclip_cpu_bf16_px_per_core_s",
+            meas["bf16_items_per_cpu_s"],
+            "pixels per CPU-second",
+            baseline=meas["fp32_items_per_cpu_s"],
+            dtype="bfloat16",
+            batch=engine.CPU_PIXEL_BATCH,
+            threads=threads,
+            notes={
+                **common,
+                "argmax_agreement": meas["agreement"],
+                "cosine_min": meas["cosine_min"],
+                "auto_picks": "bf16"
+                if meas["speedup"] >= 1.1 and meas["agreement"] >= 0.99
+                else "fp32",
+            },
+        ),
+        Entry(
+            "timesenclip_cpu_batch_px_per_core_s",
+            rates[engine.CPU_PIXEL_BATCH],
+            "pixels per CPU-second",
+            baseline=rates[2048],
+            dtype="float32",
+            batch=engine.CPU_PIXEL_BATCH,
+            threads=threads,
+            notes={
+                **common,
+                "baseline": "batch 2048 (the previous CPU default)",
+                "bit_identical": bool(np.array_equal(outs[2048], outs[engine.CPU_PIXEL_BATCH])),
+            },
+        ),
+    ]
+
+
+def reading_entries(node_cores: int = 16) -> list[Entry]:
+    """The read-path entries (see the module docstring); generates the scenes on first use."""
+    from pipeline.bench.cogs import provider_scenes
+    from pipeline.paths import cache_dir
+
+    root = cache_dir("bench", "cogs")
+    t = time.perf_counter()
+    items = provider_scenes(root, SIZE, ACQUISITIONS, BLOCK)
+    _log.info("scenes ready (%.0f s)", time.perf_counter() - t)
+    mpx = SIZE * SIZE / 1e6
+    decode_floor(items)  # warm the page cache
+    product_load(items, UNIT, 2 * BLOCK)  # warm the kernels
+    floor = decode_floor(items)
+    at_tile = product_load(items, TILE, 2 * BLOCK, composite=True)
+    at_unit = product_load(items, UNIT, 2 * BLOCK)
+    floor_mpx = floor["cpu_s"] / mpx
+    scene = {
+        "scenes": f"{ACQUISITIONS} acquisitions x 11 assets, {SIZE} px at 10 m, uint16 DEFLATE "
+        f"predictor 2, {BLOCK} px blocks (pipeline.bench.cogs)",
+        "cpu_time": "process CPU time, warm (page cache, compiled kernels), one process",
+    }
+    entries = [
+        Entry(
+            "decode_floor_core_s_per_mpx",
+            floor_mpx,
+            "core-seconds per Mpx of 10 m output",
+            threads=1,
+            notes={**scene, "blocks": floor["blocks"]},
+        )
+    ]
+    for name, tile, res in (("", TILE, at_tile), ("_read_unit", UNIT, at_unit)):
+        entries.append(
+            Entry(
+                f"load_core_s_per_mpx{name}",
+                res["cpu_s"] / mpx,
+                "core-seconds per Mpx of 10 m output",
+                baseline=floor_mpx,
+                threads=1,
+                notes={
+                    **scene,
+                    "tile_px": tile,
+                    "order": f"{2 * BLOCK} px groups of tiles (one worker's read units)",
+                    "blocks_decoded": res["decoded"],
+                    "blocks_needed": floor["blocks"],
+                    "block_cache_hits": res["hits"],
+                    "datasets_opened": res["opens"],
+                    "ratio_is": "load / decode floor (target <= 3, goal 2)",
+                },
+            )
+        )
+    http = http_reads(items, root / f"es-like-{SIZE}-{ACQUISITIONS}-{BLOCK}-0", TILE, UNIT)
+    entries.append(
+        Entry(
+            "http_bytes_per_needed",
+            http["bytes"] / http["needed_bytes"],
+            "bytes fetched / compressed bytes of the blocks needed",
+            notes={
+                **http,
+                "bytes_per_mpx": http["bytes"] / http["mpx"],
+                "range_requests_per_mpx": http["range_requests"] / http["mpx"],
+                "tile_px": TILE,
+                "server": "pipeline.bench.http_range on 127.0.0.1 (single byte ranges, 206)",
+                "target": "<= 1.2",
+            },
+        )
+    )
+    entries += precision_entries()
+    write_mpx = _write_cpu_s_per_mpx()
+    per_acq_load = at_tile["cpu_s"] / mpx / ACQUISITIONS
+    per_acq_comp = at_tile["composite_cpu_s"] / mpx / ACQUISITIONS
+    cpu_mpx = (per_acq_load + per_acq_comp) * YEAR_ACQUISITIONS + write_mpx
+    mgrs_mpx = MGRS_PIXELS / 1e6
+    entries.append(
+        Entry(
+            "mgrs_tile_year_cpu_min",
+            cpu_mpx * mgrs_mpx / node_cores / 60,
+            "minutes",
+            device="projection",
+            notes={
+                "node_cores": node_cores,
+                "acquisitions": YEAR_ACQUISITIONS,
+                "core_s_per_mpx": cpu_mpx,
+                "load_core_s_per_mpx_per_acquisition": per_acq_load,
+                "composite_core_s_per_mpx_per_acquisition": per_acq_comp,
+                "write_core_s_per_mpx": write_mpx,
+                "target": "< 1 minute",
+                "assumptions": [
+                    f"{YEAR_ACQUISITIONS} acquisitions (5-day revisit, no cloud filter: an "
+                    "upper bound; --max-cloud 60 keeps fewer)",
+                    "load and composite scale linearly with acquisitions (measured at "
+                    f"{ACQUISITIONS}, 256 px tiles, monthly composite)",
+                    "write = per-tile rasters + COG mosaic of a synthetic 2048 px map, CPU time "
+                    "(the mosaic runs after the tiles, in one process)",
+                    f"{node_cores} single-core workers; object storage keeps up (in-region S3)",
+                ],
+            },
+        )
+    )
+    return entries
