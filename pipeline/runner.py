@@ -272,12 +272,18 @@ def run_tiles(client, cfg, plan, ws, items, calibration, todo, progress=None) ->
     """Run ``todo`` tiles, a bounded number in flight; returns (stats by tile, errors by tile)."""
     from distributed import as_completed
 
+    from pipeline.reading import read_order
     from pipeline.tile_task import process_tile
 
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    workers = sorted(client.scheduler_info().get("workers", {}))
+    n_workers = max(1, len(workers))
     max_in_flight = max(4, 3 * n_workers)
     resources = _resources(client)
-    pending = list(todo)
+    # Tiles of one read group run on one worker (others may still steal them), so the worker's
+    # block cache decodes each source block once (pipeline.reading.read_order).
+    order = read_order(todo, n_workers)
+    home = {t.id: w for t, w in order}
+    pending = [t for t, _ in order]
     stats: dict[str, dict] = {}
     errors: dict[str, str] = {}
 
@@ -291,6 +297,11 @@ def run_tiles(client, cfg, plan, ws, items, calibration, todo, progress=None) ->
             retries=cfg.retries,
             resources=resources,
             pure=False,
+            **(
+                {"workers": [workers[home[tile.id]]], "allow_other_workers": True}
+                if len(workers) > 1
+                else {}
+            ),
         )
         tile_of[fut.key] = tile.id
         return fut

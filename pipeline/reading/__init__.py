@@ -29,9 +29,44 @@ __all__ = [
     "gdal_options",
     "load_native",
     "load_reflectance",
+    "read_group",
+    "read_order",
+    "READ_GROUP_PX",
 ]
 
 _log = logging.getLogger(__name__)
+
+READ_GROUP_PX = 2048
+"""Tiles are grouped into squares of this many 10 m pixels for scheduling: one 1024 px block of
+the 20 m bands and SCL (4 blocks of the 10 m bands). The runner sends a group's tiles to one
+worker in a row, so that worker's block cache decodes each source block once."""
+
+
+def read_group(tile: Any, px: int = READ_GROUP_PX) -> tuple[int, int]:
+    """(row, col) of the ``px`` square of the output grid that holds ``tile``'s first pixel."""
+    rows, cols = tile.window
+    return rows.start // px, cols.start // px
+
+
+def read_order(
+    tiles: Iterable[Any], n_workers: int, px: int = READ_GROUP_PX
+) -> list[tuple[Any, int]]:
+    """(tile, worker index) in submission order: each read group's tiles on one worker.
+
+    Groups are taken ``n_workers`` at a time, each on its own worker, and their tiles interleaved,
+    so every worker has its own group in flight; within a group tiles keep their order.
+    """
+    by_group: dict[tuple[int, int], list[Any]] = {}
+    for t in tiles:
+        by_group.setdefault(read_group(t, px), []).append(t)
+    groups = [by_group[g] for g in sorted(by_group)]
+    n = max(1, n_workers)
+    out: list[tuple[Any, int]] = []
+    for b in range(0, len(groups), n):
+        batch = groups[b : b + n]
+        for k in range(max(len(g) for g in batch)):
+            out += [(g[k], w) for w, g in enumerate(batch) if k < len(g)]
+    return out
 
 
 def load_reflectance(
