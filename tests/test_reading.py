@@ -198,3 +198,26 @@ def test_item_times_are_datetime64(es_scenes):
 
     got = load_reflectance(es_scenes, _geobox(0, 0, 16, 16), reader=BlockReader())
     assert got.times[0] == np.datetime64(dt.datetime(2023, 1, 5, 10, 30))
+
+
+def test_read_order_keeps_each_group_on_one_worker():
+    """Tiles of one 2048 px read group go to one worker; groups in flight use every worker."""
+    from odc.geo.geobox import GeoBox
+
+    from pipeline.reading import read_group, read_order
+    from pipeline.tiling import Tile
+
+    gb = GeoBox((256, 256), Affine(10, 0, 0, 0, -10, 0), "EPSG:32632")
+    tiles = [
+        Tile(r, c, gb, (slice(r * 256, r * 256 + 256), slice(c * 256, c * 256 + 256)))
+        for r in range(16)
+        for c in range(16)
+    ]  # a 4096 px grid: 4 read groups of 64 tiles
+    order = read_order(tiles, n_workers=2)
+    assert sorted(t.id for t, _ in order) == sorted(t.id for t in tiles)
+    worker_of: dict = {}
+    for t, w in order:
+        assert worker_of.setdefault(read_group(t), w) == w
+    assert {w for _, w in order[:2]} == {0, 1}  # both workers start at once
+    first = [t for t, w in order if w == 0][:64]
+    assert len({read_group(t) for t in first}) == 1  # a worker finishes its group first

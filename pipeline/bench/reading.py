@@ -259,8 +259,9 @@ def reading_entries(node_cores: int = 16) -> list[Entry]:
     items = provider_scenes(root, SIZE, ACQUISITIONS, BLOCK)
     _log.info("scenes ready (%.0f s)", time.perf_counter() - t)
     mpx = SIZE * SIZE / 1e6
-    decode_floor(items)  # warm the page cache
-    product_load(items, UNIT, 2 * BLOCK)  # warm the kernels
+    from pipeline.reading import BlockReader, load_reflectance
+
+    load_reflectance(items, _geobox(0, 0, 64, 64), reader=BlockReader())  # compiled kernels
     floor = decode_floor(items)
     at_tile = product_load(items, TILE, 2 * BLOCK, composite=True)
     at_unit = product_load(items, UNIT, 2 * BLOCK)

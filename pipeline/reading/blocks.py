@@ -229,5 +229,13 @@ def block_reader() -> BlockReader:
     with _READER_LOCK:
         if _READER is None:
             env = os.environ.get(CACHE_ENV, "").strip()
-            _READER = BlockReader(float(env) if env else DEFAULT_CACHE_MB)
+            try:
+                mb = float(env) if env else DEFAULT_CACHE_MB
+            except ValueError:
+                mb = -1.0
+            if not mb >= 0:
+                from pipeline.errors import UserError
+
+                raise UserError(f"{CACHE_ENV}={env!r}: give the block cache size in MiB (>= 0)")
+            _READER = BlockReader(mb)
         return _READER
