@@ -184,9 +184,18 @@ def search_scenes(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
         )
     import pystac
 
-    items = [pystac.Item.from_dict(dict(d)) for d in kept]
+    # Links to the API's root would be resolved (over HTTP) whenever an item is serialised.
+    items = [
+        pystac.Item.from_dict(
+            {**d, "links": [lk for lk in d.get("links", []) if lk.get("rel") not in _API_LINKS]}
+        )
+        for d in kept
+    ]
     _log.info("%d scene(s) from %s (%s) for %s..%s", len(items), url, collection, start, end)
     return SearchResult(items, ledger, url, matched)
+
+
+_API_LINKS = ("root", "parent")
 
 
 def _search(
