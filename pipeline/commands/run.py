@@ -12,14 +12,14 @@ HELP = "map a region: STAC search -> composites -> SenCLIP/TimeSenCLIP per tile 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what and when")
     g.add_argument(
-        "--region", required=True, help="a named region (see 'regions') or a vector file"
+        "--region", help="a named region (see 'regions') or a vector file (or give only --bbox)"
     )
     g.add_argument(
         "--bbox",
         nargs=4,
         type=float,
         metavar=("W", "S", "E", "N"),
-        help="clip the region to this lon/lat box",
+        help="clip the region to this lon/lat box; alone, the box is the region",
     )
     g.add_argument("--year", type=int, help="map this calendar year (sets --start/--end)")
     g.add_argument("--start", help="first date, YYYY-MM-DD (default: the region's period)")
@@ -94,6 +94,13 @@ def resolve(args: argparse.Namespace):
 
     base = load_yaml(args.config) if args.config else {}
     region_name = args.region or base.get("region")
+    bbox = args.bbox or base.get("bbox")
+    if not region_name and bbox:  # --bbox alone defines the region
+        from aoi import BBOX_PREFIX
+
+        region_name = BBOX_PREFIX + ",".join(f"{float(v):g}" for v in bbox)
+    if not region_name:
+        raise UserError("give a region: --region NAME|FILE, or --bbox W S E N")
     region = load_region(region_name)
     model = args.model or base.get("model", "timesenclip")
     if args.year is not None:
