@@ -184,8 +184,10 @@ def test_map_store_reads_back_in_xarray_with_its_crs(written):
     assert ds.composite.dims == ("period", "band", "y", "x") and list(ds.band.values) == BANDS
     assert ds.embeddings.dims == ("embedding", "y", "x") and ds.embeddings.dtype == np.float16
     assert ds.classes.encoding["chunks"] == (32, 32)
-    classes = ds.classes.values  # masked: nodata (255) -> NaN
-    np.testing.assert_array_equal(np.where(np.isnan(classes), 255, classes), full["classes"])
+    # classes stay uint8 (nodata 255 is a CF flag value, not a _FillValue decoded to NaN)
+    assert ds.classes.dtype == np.uint8 and ds.topk_classes.dtype == np.uint8
+    assert ds.classes.attrs["flag_values"][-1] == 255 and ds.classes.attrs["nodata"] == 255
+    np.testing.assert_array_equal(ds.classes.values, full["classes"])
     np.testing.assert_array_equal(ds.confidence.values, full["confidence"])
     np.testing.assert_array_equal(ds.valid_obs.values, full["valid_obs"])  # counts stay integers
     assert ds.valid_obs.dtype == np.uint16
@@ -201,7 +203,7 @@ def test_map_store_reads_in_gdal(written):
     with rasterio.open(f'ZARR:"{store}":/classes') as src:
         assert src.crs == grid.geobox.crs
         assert src.transform.almost_equals(grid.geobox.affine)
-        assert src.nodata == 255
+        # no Zarr fill_value (so xarray keeps uint8): GDAL sees the values, classes.tif the nodata
         np.testing.assert_array_equal(src.read(1), full["classes"])
     with rasterio.open(f'ZARR:"{store}":/confidence') as src:
         assert src.crs == grid.geobox.crs and np.isnan(src.nodata)
