@@ -653,6 +653,12 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     write_quicklook(
         ws.out / "quicklook.png", cogs["classes"], list(plan.class_names), list(plan.colors), title
     )
+    if "composite_rgb" in cogs:  # the true-colour composite the map was made from
+        from pipeline.writers import write_rgb_quicklook
+
+        cogs["composite_quicklook"] = write_rgb_quicklook(
+            ws.out / "composite_rgb.png", cogs["composite_rgb"]
+        )
     assets = {
         **cogs,
         "zarr": zarr_path,
