@@ -249,3 +249,104 @@ def test_demo_truth_and_sample_points_commands(capsys, tmp_path, demo_catalog):
     assert (a["stratum"] == a["label"]).all()  # strata and labels from the same raster
     assert not set(zip(a.geometry.x, a.geometry.y)) & set(zip(b.geometry.x, b.geometry.y))
     assert str(a.crs) == "EPSG:32632"
+
+
+# --- evaluate map: what the numbers mean -----------------------------------------------------------
+
+
+def _class_map(folder: Path, classes: np.ndarray, names: list[str], untrained: bool) -> Path:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        folder / "classes.tif", "w", driver="GTiff", height=classes.shape[0],
+        width=classes.shape[1], count=1, dtype="uint8", crs="EPSG:32632", nodata=255,
+        transform=from_origin(600000, 5340000, 10, 10),
+    ) as dst:  # fmt: skip
+        dst.write(classes[None])
+    legend = {"nodata": 255, "untrained": untrained,
+              "classes": [{"value": i, "name": n} for i, n in enumerate(names)]}  # fmt: skip
+    (folder / "legend.json").write_text(json.dumps(legend))
+    return folder
+
+
+def _points_csv(path: Path, rows, cols, labels, extra: dict | None = None) -> Path:
+    from pyproj import Transformer
+
+    x = 600000 + (np.asarray(cols) + 0.5) * 10
+    y = 5340000 - (np.asarray(rows) + 0.5) * 10
+    lon, lat = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True).transform(x, y)
+    cols_extra = list(extra or {})
+    lines = ["id,lon,lat,lc" + "".join(f",{c}" for c in cols_extra)]
+    for i in range(len(labels)):
+        more = "".join(f",{extra[c][i]}" for c in cols_extra)
+        lines.append(f"r{i},{lon[i]:.10f},{lat[i]:.10f},{labels[i]}{more}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_evaluate_map_reports_drops_clips_cis_and_warns(tmp_path, capsys):
+    names = ["forest", "crop"]
+    cmap = np.zeros((30, 30), np.uint8)
+    cmap[:, 15:] = 1
+    cmap[0, :3] = 255
+    folder = _class_map(tmp_path / "map", cmap, names, untrained=True)
+    # all points in the forest half (not stratified, not SRS), all correct: UA 1.0 (CI [1, 1]);
+    # one on nodata, one label that matches nothing
+    rows = [*range(5, 29), 0, 29]
+    cols = [*(r % 14 for r in range(5, 29)), 0, 9]
+    labels = ["forest"] * 25 + ["wetland"]
+    csv = _points_csv(tmp_path / "ref.csv", rows, cols, labels)
+    out = tmp_path / "eval"
+    argv = [
+        "evaluate",
+        "map",
+        "--map",
+        str(folder),
+        "--reference",
+        str(csv),
+        "--label-column",
+        "lc",
+    ]
+    assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    dropped = summary["reference_points"]["dropped"]
+    assert summary["reference_points"]["used"] == 24
+    assert dropped["on nodata pixels"] == 1 and dropped["label matching no map class"] == 1
+    text = " ".join(summary["warnings"])
+    assert "UNTRAINED" in text and "--label-map" in text and "stratified" in text
+    rep = json.loads((out / "metrics.json").read_text())
+    for c in rep["classes"].values():
+        for key in ("users_accuracy_ci", "producers_accuracy_ci"):
+            assert all(v is None or 0.0 <= v <= 1.0 for v in c[key]), (key, c[key])
+        lo = c["estimated_area_ci"][0]
+        assert lo is None or lo >= 0
+    assert all(0.0 <= v <= 1.0 for v in rep["overall_accuracy_ci"])
+
+
+def test_evaluate_map_stratified_sample_has_no_design_warning_and_label_hint(tmp_path, capsys):
+    names = ["forest", "crop"]
+    cmap = np.zeros((30, 30), np.uint8)
+    cmap[:, 15:] = 1
+    folder = _class_map(tmp_path / "map", cmap, names, untrained=False)
+    rows = [1, 2, 3, 4, 5, 6]
+    cols = [1, 2, 3, 20, 21, 22]
+    strata = ["forest"] * 3 + ["crop"] * 3
+    csv = _points_csv(tmp_path / "ref.csv", rows, cols, strata, {"stratum": strata})
+    argv = [
+        "evaluate",
+        "map",
+        "--map",
+        str(folder),
+        "--reference",
+        str(csv),
+        "--label-column",
+        "lc",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "e")]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == []
+    bad = _points_csv(tmp_path / "bad.csv", rows, cols, ["Wald"] * 6)
+    argv[argv.index(str(csv))] = str(bad)
+    msg = _error(capsys, [*argv, "--out", str(tmp_path / "e2")])
+    assert "--label-map" in msg and "Wald" in msg
