@@ -294,6 +294,19 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
         )
         for t in tiles
     ]
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    with tqdm(
+        total=len(futures),
+        unit="tile",
+        desc="calibration sample",
+        disable=not cfg.progress,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
+        for _ in as_completed(futures):
+            bar.update(1)
     samples = [f.result() for f in futures]
     emb = (
         np.concatenate([s for s in samples if len(s)], axis=0)
@@ -357,8 +370,9 @@ def run_tiles(client, cfg, plan, ws, items, calibration, todo, progress=None) ->
             errors[tid] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             _log.error("tile %s failed after %d retries: %s", tid, cfg.retries, errors[tid])
         fut.release()
-        if progress is not None:
-            progress.update(1)
+        if progress is not None:  # counts pixels (tiles done: in the postfix)
+            progress.update(plan.grid[tid].shape[0] * plan.grid[tid].shape[1])
+            progress.set_postfix_str(f"{len(stats) + len(errors)}/{len(todo)} tiles", refresh=False)
         if pending:
             ac.add(submit(pending.pop(0)))
     return stats, errors
@@ -501,10 +515,12 @@ def execute(cfg: RunConfig) -> int:
         if todo:
             from tqdm import tqdm
 
+            # Pixels, not tiles: a few large tiles still move the bar and give an ETA.
             with tqdm(
-                total=len(todo),
-                unit="tile",
-                desc="tiles",
+                total=sum(tl.shape[0] * tl.shape[1] for tl in todo),
+                unit="px",
+                unit_scale=True,
+                desc=f"{len(todo)} tiles",
                 disable=not cfg.progress,
                 mininterval=1.0,
                 dynamic_ncols=True,
