@@ -119,6 +119,11 @@ class RunConfig:
             from model.checkpoints import sha256_file
 
             plain["head_sha256"] = sha256_file(Path(self.head).expanduser())
+        if self.checkpoint and Path(self.checkpoint).expanduser().is_file():
+            # weights replaced under the same path make another map (memoised: hashed once)
+            from model.checkpoints import sha256_file
+
+            plain["checkpoint_sha256"] = sha256_file(Path(self.checkpoint).expanduser())
         blob = json.dumps(plain, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -350,3 +350,53 @@ def test_evaluate_map_stratified_sample_has_no_design_warning_and_label_hint(tmp
     argv[argv.index(str(csv))] = str(bad)
     msg = _error(capsys, [*argv, "--out", str(tmp_path / "e2")])
     assert "--label-map" in msg and "Wald" in msg
+
+
+def test_classifier_cache_entry_of_another_model_is_rebuilt(tmp_path, monkeypatch):
+    """A cache file is trusted for what it records, not for its name."""
+    import shutil
+
+    import torch
+
+    from model.legends import load_legend
+    from model.zeroshot import build_classifier, classifier_key, clear_memory_cache
+
+    monkeypatch.setenv("S2LC_CACHE_DIR", str(tmp_path / "cache"))
+
+    class TextModel:  # deterministic text embeddings, counts calls (as in test_model_zeroshot)
+        name, embed_dim = "fake", 8
+
+        def __init__(self, identity):
+            self.identity, self.calls = identity, 0
+
+        def text_embed(self, prompts):
+            self.calls += 1
+            g = torch.Generator().manual_seed(len(self.identity))
+            return torch.nn.functional.normalize(torch.randn(len(prompts), 8, generator=g), dim=-1)
+
+    lg = load_legend("demo")
+    a = TextModel("fake:a")
+    wa = build_classifier(a, lg)
+    d = tmp_path / "cache" / "classifiers"
+    # the entry of model a placed under model b's key (a copied or stale cache)
+    shutil.copy(d / f"{classifier_key('fake:a', lg.prompt_hash)}.pt",
+                d / f"{classifier_key('fake:bb', lg.prompt_hash)}.pt")  # fmt: skip
+    clear_memory_cache()
+    b = TextModel("fake:bb")
+    wb = build_classifier(b, lg)
+    assert b.calls == 1 and not torch.equal(wa, wb)
+
+
+def test_replaced_checkpoint_changes_the_output_hash(tmp_path):
+    import argparse
+
+    from pipeline.commands.run import add_arguments, resolve
+
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"one")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--region", "demo", "--checkpoint", str(ckpt)])
+    before = resolve(args).output_hash()
+    ckpt.write_bytes(b"two!")  # same path, other weights
+    assert resolve(args).output_hash() != before
