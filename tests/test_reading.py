@@ -1,4 +1,4 @@
-"""The native-grid read path: same numbers as odc-stac, each block decoded once, failures named."""
+"""The native-grid read path: same numbers as odc-stac, each block decoded once, failures raised."""
 
 from __future__ import annotations
 
@@ -36,22 +36,25 @@ def _items(folder: Path):
     return [pystac.Item.from_dict(f) for f in (doc["features"] if isinstance(doc, dict) else doc)]
 
 
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
 @pytest.mark.parametrize(
     "window",
     [(0, 0, 512, 512), (3, 5, 100, 77), (130, 131, 120, 140), (490, 480, 40, 50), (-7, -3, 40, 50)],
 )
-def test_fast_path_is_bit_identical_to_odc_stac(es_scenes, window):
+def test_fast_path_is_bit_identical_to_odc_stac(es_scenes, window, resampling):
     """Whole scene, odd offsets, windows across blocks and beyond the raster (nodata there)."""
-    from pipeline.cube import load_cube
+    from pipeline.cube import MaskConfig, load_cube
     from pipeline.reading import BlockReader, load_reflectance
 
     gb = _geobox(*window)
-    ref = load_cube(es_scenes, gb)
-    got = load_reflectance(es_scenes, gb, reader=BlockReader())
-    assert got.native and not got.failures
+    mask = MaskConfig(resampling=resampling)
+    ref = load_cube(es_scenes, gb, mask=mask)
+    got = load_reflectance(es_scenes, gb, mask=mask, reader=BlockReader())
+    assert got.native
+    assert got.offset_warnings == ref.attrs["offset_warnings"]
     np.testing.assert_array_equal(got.times, ref["time"].values)
     assert got.values.dtype == np.float32
-    # the 20 m bands too: UPSAMPLE_TOLERANCE_DN is 0 (the kernel reproduces GDAL's bilinear warp)
+    # the 20 m bands too: UPSAMPLE_TOLERANCE_DN is 0 (the kernels reproduce GDAL's warp)
     np.testing.assert_array_equal(got.values, ref.values)
     assert np.isfinite(got.values).any()
 
@@ -130,10 +133,11 @@ def test_block_cache_stays_bounded(es_scenes):
     assert reader.cached_mb <= 0.1 + 128 * 128 * 2 / 2**20  # at most one block over
 
 
-def test_read_failure_is_reported_not_nodata(es_scenes, tmp_path, caplog):
-    """A corrupt COG is a named failure (its pixels nodata); a nodata corner is not a failure."""
+def test_read_failure_is_raised_not_nodata(es_scenes, tmp_path):
+    """A corrupt COG fails the load, naming its scene; a nodata corner is not a failure."""
     import shutil
 
+    from pipeline.cube import ReadFailure
     from pipeline.reading import BlockReader, load_reflectance
 
     items = copy.deepcopy(es_scenes)
@@ -145,14 +149,12 @@ def test_read_failure_is_reported_not_nodata(es_scenes, tmp_path, caplog):
         fh.write(b"\xff" * 65536)
     items[1]["assets"]["red"]["href"] = bad.as_uri()
     gb = _geobox(0, 0, 512, 512)
-    with caplog.at_level("WARNING"):
-        got = load_reflectance(items, gb, reader=BlockReader())
-    assert [f.href for f in got.failures] == [bad.as_uri()]
-    assert "cannot read" in caplog.text
-    red = 2  # B4
-    assert np.isnan(got.values[1, red]).sum() > np.isnan(got.values[1, 0]).sum()
+    with pytest.raises(ReadFailure) as info:
+        load_reflectance(items, gb, reader=BlockReader())
+    assert info.value.scenes == (items[1]["id"],)
+    assert info.value.kind in ("corrupt", "io")
     clean = load_reflectance(es_scenes, gb, reader=BlockReader())
-    assert not clean.failures and np.isnan(clean.values[0]).any()  # scene 0's swath edge
+    assert np.isnan(clean.values[0]).any()  # scene 0's swath edge: nodata, no failure
 
 
 def test_upsample_kernel_matches_gdal_bilinear_with_nodata():

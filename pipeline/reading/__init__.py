@@ -3,8 +3,9 @@
 :func:`load_reflectance` is what a tile task calls. On the scenes' own 10 m lattice it takes the
 native-grid fast path (:mod:`pipeline.reading.native`: block-aligned reads through a per-worker
 dataset and block cache, compiled 2x upsampling and one compiled scale/mask pass); on any other
-grid it falls back to :func:`pipeline.cube.load_cube` (odc-stac's warp). Both report assets that
-could not be read (:class:`ReadFailure`) apart from pixels without a clear observation (NaN).
+grid it falls back to :func:`pipeline.cube.load_cube` (odc-stac's warp). Both raise
+:class:`pipeline.cube.ReadFailure` for input that cannot be read, never NaN ("no clear
+observation"), and re-sign signed URLs once on HTTP 403.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.bands import BANDS
-from pipeline.reading.blocks import BlockReader, ReadFailure, block_reader, gdal_options
+from pipeline.reading.blocks import BlockReader, block_reader, gdal_options
 from pipeline.reading.native import UPSAMPLE_TOLERANCE_DN, NotNative, Reflectance, load_native
 
 __all__ = [
     "UPSAMPLE_TOLERANCE_DN",
     "BlockReader",
     "NotNative",
-    "ReadFailure",
     "Reflectance",
     "block_reader",
     "gdal_options",
@@ -86,7 +86,14 @@ def load_reflectance(
     """
     import pystac
 
-    from pipeline.cube import MaskConfig, canonical_item, load_cube, usable_items
+    from pipeline.cube import (
+        MaskConfig,
+        ReadFailure,
+        _resign,
+        canonical_item,
+        load_cube,
+        usable_items,
+    )
 
     mask = mask or MaskConfig()
     items = [it if isinstance(it, pystac.Item) else pystac.Item.from_dict(it) for it in items]
@@ -96,11 +103,24 @@ def load_reflectance(
         empty = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
         return Reflectance(empty, np.array([], "datetime64[ns]"))
     canon = [canonical_item(it) for it in items]
-    try:
-        return load_native(canon, geobox, mask=mask, reader=reader)
-    except NotNative as exc:
-        _log.debug("general warp (odc-stac): %s", exc)
+    reader = reader or block_reader()
+    for attempt in (1, 2):
+        try:
+            return load_native(canon, geobox, mask=mask, reader=reader)
+        except NotNative as exc:
+            _log.debug("general warp (odc-stac): %s", exc)
+            break
+        except ReadFailure as exc:
+            # An expired signature (403) is re-signed once with a fresh token, as load_cube does.
+            if attempt == 1 and exc.status == 403 and _resign(canon):
+                _log.warning("HTTP 403 reading %s: re-signing and retrying", exc.scenes)
+                reader.clear()
+                continue
+            raise
     cube = load_cube(items, geobox, mask=mask)
     return Reflectance(
-        np.asarray(cube.values, np.float32), cube["time"].values, failures=[], native=False
+        np.asarray(cube.values, np.float32),
+        cube["time"].values,
+        dict(cube.attrs.get("offset_warnings") or {}),
+        native=False,
     )

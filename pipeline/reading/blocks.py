@@ -8,7 +8,8 @@ bytes), so neighbouring tiles on the same worker reuse them; windows are assembl
 blocks, so over HTTP every request is one block's byte range (GDAL merges consecutive ranges).
 
 A file that cannot be opened or decoded (HTTP 4xx/5xx after GDAL's retries, a corrupt or
-truncated file) raises :class:`ReadFailure`: the caller decides, it is never silently nodata.
+truncated file) raises :class:`pipeline.cube.ReadFailure` (classified by
+:func:`pipeline.cube.classify_read_error`): lost input, never silently nodata.
 """
 
 from __future__ import annotations
@@ -28,15 +29,6 @@ CACHE_ENV = "S2LC_BLOCK_CACHE_MB"
 DEFAULT_CACHE_MB = 768
 #: At most this many datasets stay open per worker process.
 DEFAULT_MAX_OPEN = 512
-
-
-class ReadFailure(Exception):
-    """A source file could not be read (not the same as nodata: no observation was made)."""
-
-    def __init__(self, href: str, reason: str) -> None:
-        super().__init__(f"cannot read {href}: {reason}")
-        self.href = href
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -104,7 +96,7 @@ class BlockReader:
         self.opens = self.decoded = self.hits = 0
 
     # -- datasets -------------------------------------------------------------------------
-    def _dataset(self, href: str) -> Any:
+    def _dataset(self, href: str, url: str | None = None) -> Any:
         import rasterio
 
         ds = self._datasets.get(href)
@@ -113,12 +105,14 @@ class BlockReader:
             return ds
         try:
             with rasterio.Env(**self._env):
-                ds = rasterio.open(href)
-        except Exception as exc:  # noqa: BLE001 - every GDAL/IO error is a read failure
-            raise ReadFailure(href, _reason(exc)) from exc
+                ds = rasterio.open(url or href)
+        except Exception as exc:  # noqa: BLE001 - classified, others re-raised
+            _raise_read_failure(exc, href)
         if ds.count < 1:
             ds.close()
-            raise ReadFailure(href, "no raster band")
+            from pipeline.cube import ReadFailure
+
+            raise ReadFailure(f"unreadable file: {href} has no raster band", "corrupt")
         self.opens += 1
         self._datasets[href] = ds
         while len(self._datasets) > self.max_open:
@@ -126,10 +120,11 @@ class BlockReader:
             old.close()
         return ds
 
-    def info(self, href: str) -> RasterInfo:
-        """CRS, transform, shape, block shape and dtype of ``href`` (opens it once)."""
+    def info(self, href: str, url: str | None = None) -> RasterInfo:
+        """CRS, transform, shape, block shape and dtype of ``href`` (opened once, from ``url``
+        if given: e.g. a signed URL, while the cache key stays the unsigned ``href``)."""
         with self._lock:
-            ds = self._dataset(href)
+            ds = self._dataset(href, url)
             return RasterInfo(ds.crs, ds.transform, ds.shape, ds.block_shapes[0], ds.dtypes[0])
 
     # -- blocks ---------------------------------------------------------------------------
@@ -148,8 +143,8 @@ class BlockReader:
         try:
             with self._env_ctx():
                 blk = ds.read(1, window=win)
-        except Exception as exc:  # noqa: BLE001 - a block that fails to decode is a read failure
-            raise ReadFailure(href, _reason(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - classified, others re-raised
+            _raise_read_failure(exc, href)
         self.decoded += 1
         self._blocks[key] = blk
         self._nbytes += blk.nbytes
@@ -163,13 +158,15 @@ class BlockReader:
 
         return rasterio.Env(**self._env)
 
-    def read(self, href: str, row0: int, col0: int, height: int, width: int) -> np.ndarray:
+    def read(
+        self, href: str, row0: int, col0: int, height: int, width: int, url: str | None = None
+    ) -> np.ndarray:
         """Full-resolution pixels [row0, row0 + height) x [col0, col0 + width) of band 1.
 
-        Pixels outside the raster are 0 (nodata). Raises :class:`ReadFailure`.
+        Pixels outside the raster are 0 (nodata). Raises :class:`pipeline.cube.ReadFailure`.
         """
         with self._lock:
-            ds = self._dataset(href)
+            ds = self._dataset(href, url)
             out = np.zeros((height, width), dtype=ds.dtypes[0])
             h, w = ds.shape
             r_lo, r_hi = max(row0, 0), min(row0 + height, h)
@@ -185,8 +182,8 @@ class BlockReader:
                         out[r_lo - row0 : r_hi - row0, c_lo - col0 : c_hi - col0] = ds.read(
                             1, window=Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
                         )
-                except Exception as exc:  # noqa: BLE001
-                    raise ReadFailure(href, _reason(exc)) from exc
+                except Exception as exc:  # noqa: BLE001 - classified, others re-raised
+                    _raise_read_failure(exc, href)
                 self.decoded += 1
                 return out
             for br in range(r_lo // bh, (r_hi - 1) // bh + 1):
@@ -214,9 +211,16 @@ class BlockReader:
         return self._nbytes / 2**20
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+def _raise_read_failure(exc: Exception, href: str) -> None:
+    """Raise ``exc`` as a classified :class:`pipeline.cube.ReadFailure` (others as they are)."""
+    from pipeline.cube import classify_read_error
+
+    failure = classify_read_error(exc)
+    if failure is None:
+        raise exc
+    if href.split("?")[0] not in failure.message:
+        failure.message = f"{failure.message} ({href.split('?')[0]})"
+    raise failure from None
 
 
 _READER: BlockReader | None = None

@@ -2,15 +2,19 @@
 
 When the target GeoBox is the scenes' own lattice (same CRS, 10 m pixels, origin a whole number
 of 10 m pixels from each asset's origin: the usual case, a window of an MGRS tile), the 10 m bands
-are read as they are, and the 20 m bands and SCL are upsampled on the exact 2x lattice in compiled
-code (:mod:`pipeline.reading.kernels`: bands bilinear, SCL nearest), from blocks decoded once per
-worker (:mod:`pipeline.reading.blocks`). Scenes of one solar day are fused as odc-stac fuses them
-(sorted by time then id, the first valid pixel wins), and scaling, harmonisation and masking run in
-one compiled pass over the integer DN.
+are read as they are, and the 20 m bands and SCL are replicated on the exact 2x lattice in
+compiled code (:mod:`pipeline.reading.kernels`; nearest, the default of
+:class:`pipeline.cube.MaskConfig`, or bilinear), from blocks decoded once per worker
+(:mod:`pipeline.reading.blocks`). Scenes of one group are fused as odc-stac fuses them (sorted by
+time then id, the first valid pixel wins); scaling, harmonisation and masking run in one compiled
+pass over the integer DN; groups of one solar day are then fused as
+:func:`pipeline.cube.load_cube` fuses them.
 
 Same result as :func:`pipeline.cube.load_cube`, bit for bit (:data:`UPSAMPLE_TOLERANCE_DN` is 0,
-pinned by ``tests/test_reading.py``, including GDAL's nodata rule of the bilinear kernel). Any other grid raises :class:`NotNative`, and
-:func:`load_reflectance` falls back to the general warp (odc-stac).
+pinned by ``tests/test_reading.py``, including GDAL's nodata rule of the bilinear kernel), and the
+same offset warnings and :class:`pipeline.cube.ReadFailure` on unreadable input. Any other grid
+raises :class:`NotNative`, and :func:`pipeline.reading.load_reflectance` falls back to the
+general warp (odc-stac).
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bands import BANDS, NATIVE_RESOLUTION, SCL, reflectance_scale_offset
-from pipeline.reading.blocks import BlockReader, ReadFailure, block_reader
+from pipeline.bands import BANDS, NATIVE_RESOLUTION, SCL, offset_contradiction
+from pipeline.bands import reflectance_scale_offset as _harmonisation
+from pipeline.reading.blocks import BlockReader, block_reader
 
 _log = logging.getLogger(__name__)
 
 UPSAMPLE_TOLERANCE_DN = 0
-"""Largest difference (DN) of an upsampled 20 m band from GDAL 3.10's bilinear warp (measured)."""
+"""Largest difference (DN) of a 2x-replicated 20 m band from GDAL 3.10's warp (measured)."""
 
 _TOL = 1e-6  # metres: how close a GeoBox origin must be to an asset's lattice
+_KERNELS = ("nearest", "bilinear")
 
 
 class NotNative(Exception):
@@ -39,22 +45,20 @@ class NotNative(Exception):
 
 @dataclass
 class Reflectance:
-    """Masked reflectance of one window and what could not be read."""
+    """Masked reflectance of one window."""
 
     values: np.ndarray
     """(time, band, y, x) float32 reflectance (0-1), NaN where nodata or masked."""
     times: np.ndarray
     """(time,) datetime64[ns]: the first scene's acquisition time of each solar day."""
-    failures: list[ReadFailure] = field(default_factory=list)
-    """Assets that failed to read (their pixels are nodata in ``values``)."""
+    offset_warnings: dict[str, str] = field(default_factory=dict)
+    """Scene id -> why its DN contradict the offset applied (:func:`offset_contradiction`)."""
     native: bool = True
     """Whether the native-grid fast path was used (else odc-stac's warp)."""
 
 
 def _lattice_offset(geobox: Any, info: Any) -> tuple[int, int]:
     """(row, col) of the GeoBox's first pixel on the asset's origin-anchored 10 m lattice."""
-    from odc.geo.geobox import GeoBox  # noqa: F401 (type only)
-
     gt = geobox.transform
     at = info.transform
     if geobox.crs is None or info.crs is None or not geobox.crs == info.crs:
@@ -70,24 +74,28 @@ def _lattice_offset(geobox: Any, info: Any) -> tuple[int, int]:
     return int(round(row)), int(round(col))
 
 
-def _read_asset(reader: BlockReader, href: str, band: str, geobox: Any) -> np.ndarray:
+def _read_asset(
+    reader: BlockReader, href: str, band: str, geobox: Any, resampling: str
+) -> np.ndarray:
     """One asset's DN on ``geobox`` (uint16, SCL uint8); 0 outside the raster."""
+    from pipeline.cube import sign_on_read
     from pipeline.reading.kernels import upsample2x_bilinear, upsample2x_nearest
 
-    info = reader.info(href)
+    url = sign_on_read(href)
+    info = reader.info(href, url)
     row, col = _lattice_offset(geobox, info)
     ny, nx = geobox.shape
     res = int(round(info.transform.a))
     if res != NATIVE_RESOLUTION[band]:
         raise NotNative(f"{band} at {res} m, expected {NATIVE_RESOLUTION[band]} m")
     if res == 10:
-        return reader.read(href, row, col, ny, nx)
-    # 20 m: the source pixels whose bilinear footprint touches the window, one pixel of margin.
+        return reader.read(href, row, col, ny, nx, url)
+    # 20 m: the source pixels under the window, one pixel of margin for the bilinear kernel.
     sr0, sc0 = row // 2 - 1, col // 2 - 1
     sh, sw = (row + ny - 1) // 2 + 1 - sr0 + 1, (col + nx - 1) // 2 + 1 - sc0 + 1
-    src = reader.read(href, sr0, sc0, sh, sw)
+    src = reader.read(href, sr0, sc0, sh, sw, url)
     out = np.empty((ny, nx), dtype=src.dtype)
-    if band == SCL:
+    if band == SCL or resampling == "nearest":
         upsample2x_nearest(src, sr0, sc0, row, col, out)
     else:
         if src.dtype != np.uint16:
@@ -100,7 +108,7 @@ def group_items(items: list[Any]) -> list[tuple[tuple[Any, float, float], list[t
     """Items grouped as :func:`pipeline.cube.load_cube` groups them (solar day, scale, offset).
 
     Groups are sorted by key and each group's (nominal time, item) pairs by (time, id):
-    odc-stac's order, so the first valid pixel of a day comes from the same scene.
+    odc-stac's order, so the first valid pixel of a group comes from the same scene.
     """
     import odc.stac
 
@@ -109,7 +117,7 @@ def group_items(items: list[Any]) -> list[tuple[tuple[Any, float, float], list[t
     parsed = list(odc.stac.parse_items(items, cfg=STAC_CFG))
     keyed = []
     for it, p in zip(items, parsed, strict=True):
-        h = reflectance_scale_offset(it)
+        h = _harmonisation(it)
         keyed.append(((p.solar_date.date(), h.scale, h.offset), p.nominal_datetime, p.id, it))
     keyed.sort(key=lambda k: k[:3])
     groups: list[tuple[tuple[Any, float, float], list[tuple[Any, Any]]]] = []
@@ -119,6 +127,37 @@ def group_items(items: list[Any]) -> list[tuple[tuple[Any, float, float], list[t
         else:
             groups.append((key, [(when, it)]))
     return groups
+
+
+def _offset_warnings(dn, scl, masked, groups) -> dict[str, str]:
+    """Scene id -> reason, for groups whose clear DN contradict their offset (as load_cube)."""
+    out: dict[str, str] = {}
+    for t, (key, members) in enumerate(groups):
+        clear = (dn[t] != 0).all(axis=0) & ~masked[scl[t]]
+        reason = offset_contradiction(dn[t][:, clear], key[2], key[1])
+        if reason:
+            ids = [it.id for _, it in members]
+            for sid in ids:
+                out[sid] = reason
+            _log.warning("scenes %s: %s", ", ".join(ids), reason)
+    return out
+
+
+def _fuse_same_day(values: np.ndarray, groups: list) -> tuple[np.ndarray, list[int]]:
+    """One step per solar day: later groups of a day fill the first group's NaN (as load_cube)."""
+    days = [key[0] for key, _ in groups]
+    if len(set(days)) == len(days):
+        return values, list(range(len(days)))
+    first: dict[Any, int] = {}
+    keep: list[int] = []
+    for t, day in enumerate(days):
+        if day in first:
+            dst = values[first[day]]
+            np.copyto(dst, values[t], where=np.isnan(dst))
+        else:
+            first[day] = t
+            keep.append(t)
+    return values[keep], keep
 
 
 def load_native(
@@ -138,18 +177,19 @@ def load_native(
         reader: the block reader (default: this process's :func:`block_reader`).
 
     Returns:
-        :class:`Reflectance`; an asset that cannot be read is logged, listed in ``failures`` and
-        left as nodata.
+        :class:`Reflectance`.
 
     Raises:
-        NotNative: the grid needs a warp (different CRS, resolution or sub-pixel origin).
+        NotNative: the grid needs a warp (different CRS, resolution or sub-pixel origin), or a
+            resampling other than nearest/bilinear.
+        pipeline.cube.ReadFailure: a scene's file cannot be read (its id in ``scenes``).
     """
-    from pipeline.cube import MaskConfig
+    from pipeline.cube import MaskConfig, ReadFailure
     from pipeline.reading.kernels import fill_nodata, reflectance
 
     mask = mask or MaskConfig()
-    if mask.resampling != "bilinear":
-        raise NotNative(f"{mask.resampling} resampling (the fast path upsamples bilinearly)")
+    if mask.resampling not in _KERNELS:
+        raise NotNative(f"{mask.resampling} resampling")
     reader = reader or block_reader()
     items = list(items)
     groups = group_items(items)
@@ -157,17 +197,13 @@ def load_native(
     nt = len(groups)
     dn = np.zeros((nt, len(BANDS), ny, nx), np.uint16)
     scl = np.zeros((nt, ny, nx), np.uint8)
-    failures: list[ReadFailure] = []
     for t, (_, members) in enumerate(groups):
         for _, it in members:
             for k, band in enumerate((*BANDS, SCL)):
-                href = it.assets[band].href
                 try:
-                    arr = _read_asset(reader, href, band, geobox)
+                    arr = _read_asset(reader, it.assets[band].href, band, geobox, mask.resampling)
                 except ReadFailure as exc:
-                    _log.warning("scene %s band %s: %s", it.id, band, exc)
-                    failures.append(exc)
-                    continue
+                    raise ReadFailure(exc.message, exc.kind, exc.status, [it.id]) from None
                 fill_nodata(scl[t] if band == SCL else dn[t, k], arr)
     scale = np.array([k[1] for k, _ in groups], np.float32)
     offset = np.array([k[2] for k, _ in groups], np.float32)
@@ -176,7 +212,7 @@ def load_native(
         masked[list(mask.scl_classes)] = True
     values = np.empty(dn.shape, np.float32)
     reflectance(dn, scl, scale, offset, masked, values)
-    times = np.array(
-        [members[0][0].replace(tzinfo=None) for _, members in groups], "datetime64[ns]"
-    )
-    return Reflectance(values, times, failures, native=True)
+    warnings = _offset_warnings(dn, scl, masked, groups)
+    values, keep = _fuse_same_day(values, groups)
+    times = np.array([groups[t][1][0][0].replace(tzinfo=None) for t in keep], "datetime64[ns]")
+    return Reflectance(values, times, warnings, native=True)
