@@ -30,7 +30,7 @@ MIN_AGREEMENT = 0.99
 """Smallest argmax agreement of bf16 with fp32 on the fixed sample for ``auto`` to take bf16."""
 MIN_SPEEDUP = 1.1
 """bf16 must be at least this much faster (CPU time) for ``auto`` to take it."""
-SAMPLE_PIXELS = 1024
+SAMPLE_PIXELS = 512
 SAMPLE_CHIPS = 8
 
 # Endmember spectra (reflectance x 1e4, bands B2 B3 B4 B5 B6 B7 B8 B8A B11 B12), rounded from
