@@ -106,17 +106,16 @@ def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str
     when a scene cannot be read: lost input fails the tile, it is never composited as "no
     observation".
     """
-    import pystac
 
     from pipeline.composite import composite
     from pipeline.cube import MaskConfig
     from pipeline.reading import load_reflectance
 
     t0 = time.perf_counter()
-    items = [pystac.Item.from_dict(d) for d in job.items]
     ny, nx = geobox.shape
-    if items:
-        refl = load_reflectance(items, geobox, mask=MaskConfig(mask_snow=job.mask_snow))
+    if job.items:
+        # the item dicts themselves: the reader converts a worker's scenes once, not per tile
+        refl = load_reflectance(job.items, geobox, mask=MaskConfig(mask_snow=job.mask_snow))
         values, times, warnings = refl.values, refl.times, dict(refl.offset_warnings)
     else:  # no scene touches this window: everything is nodata
         values = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)

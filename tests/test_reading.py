@@ -114,15 +114,17 @@ def test_each_block_is_decoded_once_across_tiles(es_scenes):
     for r in range(0, 512, 128):
         for c in range(0, 512, 128):
             load_reflectance(es_scenes, _geobox(r, c, 128, 128), reader=reader)
-    blocks = 0
+    blocks = blocks_20m = 0
     for it in es_scenes:
         for a in it["assets"].values():
             with rasterio.open(a["href"]) as ds:
                 bh, bw = ds.block_shapes[0]
-                blocks += -(-ds.height // bh) * -(-ds.width // bw)
+                n = -(-ds.height // bh) * -(-ds.width // bw)
+                blocks += n
+                blocks_20m += n if ds.transform.a == 20 else 0
     assert reader.decoded == blocks
     assert reader.opens == sum(len(it["assets"]) for it in es_scenes)
-    assert reader.hits > reader.decoded
+    assert reader.hits == 3 * blocks_20m  # a 20 m block covers 4 tiles: decoded once, hit 3x
 
 
 def test_block_cache_stays_bounded(es_scenes):

@@ -96,14 +96,22 @@ def load_reflectance(
     )
 
     mask = mask or MaskConfig()
-    items = [it if isinstance(it, pystac.Item) else pystac.Item.from_dict(it) for it in items]
-    items = usable_items(items)
+    reader = reader or block_reader()
+    items = list(items)
+    key = tuple(_fingerprint(it) for it in items)
+    cached = reader.items.get(key)
+    if cached is None:  # a worker's tiles share their scenes: convert them once
+        items = [it if isinstance(it, pystac.Item) else pystac.Item.from_dict(it) for it in items]
+        items = usable_items(items)
+        cached = (items, [canonical_item(it) for it in items])
+        reader.items[key] = cached
+        while len(reader.items) > 64:
+            reader.items.popitem(last=False)
+    items, canon = cached
     ny, nx = geobox.shape
     if not items:
         empty = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
         return Reflectance(empty, np.array([], "datetime64[ns]"))
-    canon = [canonical_item(it) for it in items]
-    reader = reader or block_reader()
     for attempt in (1, 2):
         try:
             return load_native(canon, geobox, mask=mask, reader=reader)
@@ -124,3 +132,14 @@ def load_reflectance(
         dict(cube.attrs.get("offset_warnings") or {}),
         native=False,
     )
+
+
+def _fingerprint(item: Any) -> tuple:
+    """What identifies an item's pixels: id, collection, time and asset hrefs (dict or Item)."""
+    if isinstance(item, dict):
+        assets = item.get("assets", {})
+        hrefs = tuple(sorted((k, a.get("href")) for k, a in assets.items()))
+        props = item.get("properties", {})
+        return (item.get("id"), item.get("collection"), str(props.get("datetime")), hrefs)
+    hrefs = tuple(sorted((k, a.href) for k, a in item.assets.items()))
+    return (item.id, item.collection_id, str(item.datetime), hrefs)

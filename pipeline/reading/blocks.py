@@ -94,6 +94,16 @@ class BlockReader:
         self._lock = threading.RLock()
         self._env = gdal_options()
         self.opens = self.decoded = self.hits = 0
+        self.offset_checks: dict = {}
+        self.items: OrderedDict[tuple, tuple[list, list]] = OrderedDict()
+        """Converted STAC items per item set (pipeline.reading.load_reflectance), LRU."""
+        self.groups: OrderedDict[tuple, list] = OrderedDict()
+        """Solar-day groups per converted item set (pipeline.reading.native), LRU."""
+        """Per (scene ids, group key), the offset-plausibility verdict (pipeline.reading.native)."""
+
+    def is_open(self, href: str) -> bool:
+        """Whether ``href`` is among the open datasets."""
+        return href in self._datasets
 
     # -- datasets -------------------------------------------------------------------------
     def _dataset(self, href: str, url: str | None = None) -> Any:

@@ -81,7 +81,7 @@ def _read_asset(
     from pipeline.cube import sign_on_read
     from pipeline.reading.kernels import upsample2x_bilinear, upsample2x_nearest
 
-    url = sign_on_read(href)
+    url = None if reader.is_open(href) else sign_on_read(href)  # signed when opened
     info = reader.info(href, url)
     row, col = _lattice_offset(geobox, info)
     ny, nx = geobox.shape
@@ -90,9 +90,11 @@ def _read_asset(
         raise NotNative(f"{band} at {res} m, expected {NATIVE_RESOLUTION[band]} m")
     if res == 10:
         return reader.read(href, row, col, ny, nx, url)
-    # 20 m: the source pixels under the window, one pixel of margin for the bilinear kernel.
-    sr0, sc0 = row // 2 - 1, col // 2 - 1
-    sh, sw = (row + ny - 1) // 2 + 1 - sr0 + 1, (col + nx - 1) // 2 + 1 - sc0 + 1
+    # 20 m: the source pixels under the window (bilinear: one pixel of margin, which may sit in
+    # the neighbouring block; nearest needs none, so no neighbour block is decoded for it).
+    m = 0 if (band == SCL or resampling == "nearest") else 1
+    sr0, sc0 = row // 2 - m, col // 2 - m
+    sh, sw = (row + ny - 1) // 2 + m - sr0 + 1, (col + nx - 1) // 2 + m - sc0 + 1
     src = reader.read(href, sr0, sc0, sh, sw, url)
     out = np.empty((ny, nx), dtype=src.dtype)
     if band == SCL or resampling == "nearest":
@@ -129,17 +131,28 @@ def group_items(items: list[Any]) -> list[tuple[tuple[Any, float, float], list[t
     return groups
 
 
-def _offset_warnings(dn, scl, masked, groups) -> dict[str, str]:
-    """Scene id -> reason, for groups whose clear DN contradict their offset (as load_cube)."""
+def _offset_warnings(dn, scl, masked, groups, seen: dict) -> dict[str, str]:
+    """Scene id -> reason, for groups whose clear DN contradict their offset (as load_cube).
+
+    A group is checked on the first window a reader loads it for; ``seen`` (the reader's) keeps
+    the verdict, so a worker's later tiles of the same scenes reuse it (the check is about the
+    scene's DN encoding, and over all clear pixels it cost more than the decode).
+    """
     out: dict[str, str] = {}
     for t, (key, members) in enumerate(groups):
-        clear = (dn[t] != 0).all(axis=0) & ~masked[scl[t]]
-        reason = offset_contradiction(dn[t][:, clear], key[2], key[1])
+        ids = tuple(it.id for _, it in members)
+        if (ids, key) not in seen:
+            clear = (dn[t] != 0).all(axis=0) & ~masked[scl[t]]
+            reason = offset_contradiction(dn[t][:, clear], key[2], key[1])
+            if reason:
+                _log.warning("scenes %s: %s", ", ".join(ids), reason)
+            if clear.any():  # an all-cloud window says nothing: check again on the next one
+                seen[(ids, key)] = reason
+        else:
+            reason = seen[(ids, key)]
         if reason:
-            ids = [it.id for _, it in members]
             for sid in ids:
                 out[sid] = reason
-            _log.warning("scenes %s: %s", ", ".join(ids), reason)
     return out
 
 
@@ -192,7 +205,17 @@ def load_native(
         raise NotNative(f"{mask.resampling} resampling")
     reader = reader or block_reader()
     items = list(items)
-    groups = group_items(items)
+    # The reader's converted items are the same objects tile after tile (load_reflectance):
+    # group them once. The cached entry holds the items, so their ids cannot be reused.
+    gkey = tuple(id(it) for it in items)
+    hit = reader.groups.get(gkey)
+    if hit is not None and all(a is b for a, b in zip(hit[0], items, strict=True)):
+        groups = hit[1]
+    else:
+        groups = group_items(items)
+        reader.groups[gkey] = (items, groups)
+        while len(reader.groups) > 64:
+            reader.groups.popitem(last=False)
     ny, nx = geobox.shape
     nt = len(groups)
     dn = np.zeros((nt, len(BANDS), ny, nx), np.uint16)
@@ -212,7 +235,7 @@ def load_native(
         masked[list(mask.scl_classes)] = True
     values = np.empty(dn.shape, np.float32)
     reflectance(dn, scl, scale, offset, masked, values)
-    warnings = _offset_warnings(dn, scl, masked, groups)
+    warnings = _offset_warnings(dn, scl, masked, groups, reader.offset_checks)
     values, keep = _fuse_same_day(values, groups)
     times = np.array([groups[t][1][0][0].replace(tzinfo=None) for t in keep], "datetime64[ns]")
     return Reflectance(values, times, warnings, native=True)
