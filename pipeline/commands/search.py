@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     while cur <= end:
         m = months.get(f"{cur:%Y-%m}", {"scenes": 0, "clear_equivalent": 0.0})
         flag = "  <- no scene" if not m["scenes"] else ""
-        print(f"  {cur:%Y-%m}  {int(m['scenes']):4d} scene(s)  {m['clear_equivalent']:6.1f} clear{flag}")
+        print(
+            f"  {cur:%Y-%m}  {int(m['scenes']):4d} scene(s)  {m['clear_equivalent']:6.1f} clear{flag}"
+        )
         cur = (cur + dt.timedelta(days=32)).replace(day=1)
     print()
     for line in result.ledger.summary_lines():
