@@ -80,25 +80,91 @@ def check_size(cfg: RunConfig, area_km2: float) -> None:
         )
 
 
+def preflight(cfg: RunConfig, n_periods: int) -> None:
+    """Cheap checks of the legend and the few-shot head, before any model is built.
+
+    Raises UserError for an unknown legend, an unreadable head, or a head fitted on another model
+    kind, composite period or number of periods T than this run makes.
+    """
+    from model.legends import load_legend
+
+    if not cfg.head:
+        load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
+        return
+    from model.train.probe import check_head_matches, load_head
+
+    head = load_head(cfg.head)
+    check_head_matches(
+        head, {"name": cfg.model, "period": cfg.period, "periods": n_periods}, where=cfg.head
+    )
+    fitted = head.model_identity
+    if fitted.get("start") and str(fitted["start"]) != str(cfg.start):
+        _log.warning(
+            "the head was fitted on composites of %s..%s and maps %s..%s: a head transfers "
+            "between years only as far as the land cover's seasonal signal does",
+            fitted["start"],
+            fitted.get("end"),
+            cfg.start,
+            cfg.end,
+        )
+    legend = _head_legend(cfg, head)
+    if legend is not None and tuple(legend.names) != tuple(head.class_names):
+        raise UserError(
+            f"--legend {cfg.legend} has classes {', '.join(legend.names)}; the head "
+            f"{cfg.head} predicts {', '.join(head.class_names)}"
+        )
+
+
+def _head_legend(cfg: RunConfig, head: Any):
+    """The legend whose colours a head's map takes: --legend, else the one the head was fitted
+    with (``probe --legend``), else None (a generic palette)."""
+    from model.legends import load_legend
+
+    name = cfg.legend if cfg.legend is not None else head.meta.get("legend")
+    if not name:
+        return None
+    try:
+        return load_legend(name, style=cfg.style)
+    except UserError:
+        if cfg.legend is not None:
+            raise
+        return None  # the head's legend file moved: fall back to a palette
+
+
 def _legend_and_classifier(cfg: RunConfig, m: Any):
     """Class names, colours, legend facts for legend.json, and the (C, D) text classifier."""
     if cfg.head:
-        from model.train.probe import load_head
+        from model.train.probe import check_head_matches, load_head
 
         head = load_head(cfg.head)
+        check_head_matches(
+            head,
+            {
+                "name": m.name,
+                "identity": m.identity,
+                "dim": int(m.embed_dim),
+                "checkpoint_sha256": m.checkpoint_sha256,
+            },
+            where=cfg.head,
+        )
         names = tuple(head.class_names)
-        colors = tuple(_palette(len(names)))
+        legend = _head_legend(cfg, head)
+        if legend is not None and tuple(legend.names) == names:
+            colors = tuple(legend.colors)
+        else:
+            colors = tuple(_palette(len(names)))
         info = {
-            "name": Path(cfg.head).name,
+            "name": legend.name if legend is not None else Path(cfg.head).name,
             "style": "few-shot head",
             "prompt_hash": None,
+            "head": Path(cfg.head).name,
             "head_sha256": _sha256(Path(cfg.head)),
         }
         return names, colors, info, np.zeros((len(names), m.embed_dim), np.float32)
     from model.legends import load_legend
     from model.zeroshot import build_classifier
 
-    legend = load_legend(cfg.legend, style=cfg.style)
+    legend = load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
     w = build_classifier(m, legend)
     w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w, np.float32)
     names = tuple(c.name for c in legend.classes)
@@ -229,8 +295,21 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
         )
         for t in tiles
     ]
+    from distributed import as_completed
+    from tqdm import tqdm
+
     from pipeline.cube import ReadFailure
 
+    with tqdm(
+        total=len(futures),
+        unit="tile",
+        desc="calibration sample",
+        disable=not cfg.progress,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
+        for _ in as_completed(futures):
+            bar.update(1)
     try:
         samples = [f.result() for f in futures]
     except ReadFailure as exc:
@@ -337,8 +416,11 @@ def run_tiles(
                 failures[tid].message,
             )
         fut.release()
-        if progress is not None:
-            progress.update(1)
+        if progress is not None:  # counts pixels (tiles done: in the postfix)
+            progress.update(plan.grid[tid].shape[0] * plan.grid[tid].shape[1])
+            progress.set_postfix_str(
+                f"{len(stats) + len(failures)}/{len(todo)} tiles", refresh=False
+            )
         if pending:
             ac.add(submit(pending.pop(0)))
     return stats, failures
@@ -360,7 +442,14 @@ def _search_scenes(cfg: RunConfig, geometry, profile: str) -> tuple[list[dict], 
         collection=getattr(cfg, "collection", None),
         max_cloud=getattr(cfg, "max_cloud", 60.0),
     )
-    result = search_scenes(geometry, cfg.start, cfg.end, scfg)
+    try:
+        result = search_scenes(geometry, cfg.start, cfg.end, scfg)
+    except UserError as exc:
+        if profile != "demo" and _inside_demo(geometry):
+            raise UserError(
+                f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
+            ) from None
+        raise
     items = []
     for it in result.items:
         d = it.to_dict()
@@ -368,6 +457,16 @@ def _search_scenes(cfg: RunConfig, geometry, profile: str) -> tuple[list[dict], 
             asset["href"] = unsigned_href(asset["href"])
         items.append(d)
     return items, result.ledger
+
+
+def _inside_demo(geometry) -> bool:
+    """True when ``geometry`` (EPSG:4326) lies inside the bundled demo catalog's footprint."""
+    from shapely.geometry import box
+
+    from aoi import to_crs
+    from pipeline.demo import DEMO_BOUNDS, DEMO_EPSG
+
+    return box(*DEMO_BOUNDS).contains(to_crs(geometry, f"EPSG:{DEMO_EPSG}"))
 
 
 def execute(cfg: RunConfig) -> int:
@@ -407,12 +506,13 @@ def execute(cfg: RunConfig) -> int:
     if cfg.untrained:
         _log.warning(
             "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
-            "the pipeline working, not land cover",
+            "the pipeline working, not land cover%s",
             cfg.model,
+            " until a few-shot head classifies it" if cfg.head else "",
         )
-    plan = make_plan(cfg)
-    seconds["plan"] = time.perf_counter() - t0
-
+    # Cheap checks first (legend, head, then the STAC search): bad input fails in seconds,
+    # before any model is built or any tile runs.
+    preflight(cfg, len(labels))
     previous = ws.manifest()
     resumable = (
         previous is not None and previous.get("output_hash") == output_hash and not cfg.overwrite
@@ -426,6 +526,10 @@ def execute(cfg: RunConfig) -> int:
         items, ledger = _search_scenes(cfg, geometry, cfg.profile)
         _log.info("%d scenes found", len(items))
     seconds["search"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    plan = make_plan(cfg)
+    seconds["plan"] = time.perf_counter() - t
 
     ws.prepare(output_hash, cfg.overwrite)
     from pipeline.config import to_plain
@@ -478,10 +582,12 @@ def execute(cfg: RunConfig) -> int:
         if todo:
             from tqdm import tqdm
 
+            # Pixels, not tiles: a few large tiles still move the bar and give an ETA.
             with tqdm(
-                total=len(todo),
-                unit="tile",
-                desc="tiles",
+                total=sum(tl.shape[0] * tl.shape[1] for tl in todo),
+                unit="px",
+                unit_scale=True,
+                desc=f"{len(todo)} tiles",
                 disable=not cfg.progress,
                 mininterval=1.0,
                 dynamic_ncols=True,
@@ -708,6 +814,12 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     write_quicklook(
         ws.out / "quicklook.png", cogs["classes"], list(plan.class_names), list(plan.colors), title
     )
+    if "composite_rgb" in cogs:  # the true-colour composite the map was made from
+        from pipeline.writers import write_rgb_quicklook
+
+        cogs["composite_quicklook"] = write_rgb_quicklook(
+            ws.out / "composite_rgb.png", cogs["composite_rgb"]
+        )
     assets = {
         **cogs,
         "zarr": zarr_path,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,20 @@ def _patch_model(job: TileJob, m: Any, comp: Any, plan: Any, valid: np.ndarray):
     return pix_probs, pix_emb, covered
 
 
+def _true_colour(comp_values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(3, h, w) uint8 true-colour image of the tile: the median over the composite periods of
+    B4, B3, B2 (TCI scaling), nodata where the map has no class."""
+    from pipeline.writers.tile_result import true_colour
+
+    rgb_idx = [BANDS.index(b) for b in RGB]
+    rgb = comp_values[:, rgb_idx]  # (P, 3, h, w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: no observation
+        med = rgb[0] if rgb.shape[0] == 1 else np.nanmedian(rgb, axis=0)
+    med = np.where(valid, med, np.nan)
+    return true_colour(med)
+
+
 def process_tile(job: TileJob) -> dict[str, Any]:
     """Load, composite, infer and write one tile; returns its stats (seconds per stage, counts)."""
     from shapely import wkb
@@ -264,6 +279,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         valid_obs=counts.astype(np.uint16),
         composite=comp_values.astype(np.float32) if job.save_composite else None,
         embeddings=embeddings,
+        rgb=_true_colour(comp_values, valid),
     )
     write_tile(job.store, tile, result)
     write_tile_rasters(Path(job.tile_dir), tile, result)
