@@ -25,6 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,10 +183,10 @@ def test_make_map_is_the_few_shot_demo(tmp_path, demo_catalog):
     # the log shows each step as a command to rerun
     assert run.stderr.count("python -m pipeline ") >= 7
     map_dir = out / "monthly" / "timesenclip"
+    assert f"{map_dir}/" in run.stdout
     for f in ("classes.tif", "confidence.tif", "valid_obs.tif", "quicklook.png", "item.json",
-              "legend.json", "run.json", "map.zarr"):  # fmt: skip
+              "legend.json", "run.json", "map.zarr", "composite_rgb.tif", "composite_rgb.png"):  # fmt: skip
         assert (map_dir / f).exists(), f
-        assert str(map_dir / f).split("/")[-2] in run.stdout
     ref = out / "reference"
     for f in ("truth.tif", "training_points.gpkg", "validation_points.gpkg", "head.npz"):
         assert (ref / f).is_file() and str(ref / f) in run.stdout, f
@@ -201,3 +202,10 @@ def test_make_map_is_the_few_shot_demo(tmp_path, demo_catalog):
         cmap = src.colormap(1)
         assert json.loads(src.tags()["class_names"]) == list(legend.names)
     assert [cmap[i][:3] for i in range(len(legend))] == [parse_color(c) for c in legend.colors]
+    # the Zarr store: classes as uint8 in xarray, equal to the COG
+    import xarray as xr
+
+    ds = xr.open_zarr(map_dir / "map.zarr")
+    assert ds["classes"].dtype == np.uint8
+    with rasterio.open(map_dir / "classes.tif") as src:
+        np.testing.assert_array_equal(ds["classes"].values, src.read(1))
