@@ -174,7 +174,7 @@ def test_make_map_is_the_few_shot_demo(tmp_path, demo_catalog):
     lines = [ln for ln in proc.stdout.splitlines() if _pipeline_argv(ln)]
     assert len(lines) == 1 and _pipeline_argv(lines[0])[:2] == ["demo", "map"], proc.stdout
     argv = [sys.executable, "-m", "pipeline", *_pipeline_argv(lines[0]), "--no-progress"]
-    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=3000)
     assert run.returncode == 0, run.stderr[-4000:]
     m = re.search(r"Overall accuracy on (\d+) held-out validation points: ([0-9.]+)", run.stdout)
     assert m, run.stdout
