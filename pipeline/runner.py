@@ -20,7 +20,8 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.run_config import RunConfig, default_output_dir
-from pipeline.workspace import Workspace
+from pipeline.scenes import SceneLedger
+from pipeline.workspace import TileFailure, Workspace
 
 _log = logging.getLogger(__name__)
 
@@ -297,6 +298,8 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
     from distributed import as_completed
     from tqdm import tqdm
 
+    from pipeline.cube import ReadFailure
+
     with tqdm(
         total=len(futures),
         unit="tile",
@@ -307,7 +310,13 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
     ) as bar:
         for _ in as_completed(futures):
             bar.update(1)
-    samples = [f.result() for f in futures]
+    try:
+        samples = [f.result() for f in futures]
+    except ReadFailure as exc:
+        raise UserError(
+            f"calibration sample: reading scenes {', '.join(exc.scenes[:3])} failed ({exc}); "
+            "nothing was mapped: rerun when the data is readable"
+        ) from None
     emb = (
         np.concatenate([s for s in samples if len(s)], axis=0)
         if any(len(s) for s in samples)
@@ -331,8 +340,31 @@ def _resources(client) -> dict[str, int] | None:
     return None
 
 
-def run_tiles(client, cfg, plan, ws, items, calibration, todo, progress=None) -> tuple[dict, dict]:
-    """Run ``todo`` tiles, a bounded number in flight; returns (stats by tile, errors by tile)."""
+def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure:
+    """The failure record of a tile whose last attempt raised ``exc``."""
+    import datetime as dt
+
+    from pipeline.cube import ReadFailure
+
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if isinstance(exc, ReadFailure):
+        return TileFailure(
+            tile_id, "read_failure", text, attempts, http_status=exc.status,
+            scenes=exc.scenes, time=when,
+        )  # fmt: skip
+    return TileFailure(tile_id, "error", f"{type(exc).__name__}: {text}", attempts, time=when)
+
+
+def run_tiles(
+    client, cfg, plan, ws, items, calibration, todo, progress=None
+) -> tuple[dict, dict[str, TileFailure]]:
+    """Run ``todo`` tiles, a bounded number in flight; returns (stats, failures) by tile id.
+
+    A tile that raises is resubmitted up to ``cfg.retries`` times; one that still fails gets a
+    :class:`~pipeline.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
+    and no done marker, so the next run redoes it.
+    """
     from distributed import as_completed
 
     from pipeline.tile_task import process_tile
@@ -342,56 +374,89 @@ def run_tiles(client, cfg, plan, ws, items, calibration, todo, progress=None) ->
     resources = _resources(client)
     pending = list(todo)
     stats: dict[str, dict] = {}
-    errors: dict[str, str] = {}
+    failures: dict[str, TileFailure] = {}
+    earlier = ws.failed_tiles()
+    tile_of: dict[str, tuple[Any, int]] = {}
 
-    tile_of: dict[str, str] = {}
-
-    def submit(tile):
+    def submit(tile, attempt: int = 1):
         fut = client.submit(
             process_tile,
             _job(cfg, plan, ws, items, tile, calibration),
-            key=f"tile-{tile.id}-{cfg.output_hash()}",
-            retries=cfg.retries,
+            key=f"tile-{tile.id}-{cfg.output_hash()}-{attempt}",
+            retries=0,  # retried here, so attempts are counted and recorded
             resources=resources,
             pure=False,
         )
-        tile_of[fut.key] = tile.id
+        tile_of[fut.key] = (tile, attempt)
         return fut
 
     ac = as_completed([submit(pending.pop(0)) for _ in range(min(max_in_flight, len(pending)))])
     for fut in ac:
-        tid = tile_of.pop(fut.key)
+        tile, attempt = tile_of.pop(fut.key)
+        tid = tile.id
         if fut.status == "finished":
             s = fut.result()
             ws.mark_done(tid, s)
             stats[tid] = s
         else:
             exc = fut.exception()
-            errors[tid] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            _log.error("tile %s failed after %d retries: %s", tid, cfg.retries, errors[tid])
+            if attempt <= cfg.retries:
+                _log.warning("tile %s attempt %d failed (%s); retrying", tid, attempt, exc)
+                fut.release()
+                ac.add(submit(tile, attempt + 1))
+                continue
+            before = earlier[tid].attempts if tid in earlier else 0
+            failures[tid] = tile_failure(tid, exc, before + attempt)
+            ws.record_failure(failures[tid])
+            _log.error(
+                "tile %s failed after %d attempt(s): %s: %s",
+                tid,
+                attempt,
+                failures[tid].error_kind,
+                failures[tid].message,
+            )
         fut.release()
         if progress is not None:  # counts pixels (tiles done: in the postfix)
             progress.update(plan.grid[tid].shape[0] * plan.grid[tid].shape[1])
-            progress.set_postfix_str(f"{len(stats) + len(errors)}/{len(todo)} tiles", refresh=False)
+            progress.set_postfix_str(
+                f"{len(stats) + len(failures)}/{len(todo)} tiles", refresh=False
+            )
         if pending:
             ac.add(submit(pending.pop(0)))
-    return stats, errors
+    return stats, failures
 
 
 def _search(cfg: RunConfig, geometry, profile: str) -> list[dict]:
-    from pipeline.search import SearchConfig, search_items
+    """The usable scenes (item dicts, unsigned hrefs) for the run's region and period."""
+    return _search_scenes(cfg, geometry, profile)[0]
+
+
+def _search_scenes(cfg: RunConfig, geometry, profile: str) -> tuple[list[dict], SceneLedger]:
+    """The usable scenes (item dicts with unsigned hrefs) and the ledger of all returned."""
+    from pipeline.search import SearchConfig, search_scenes
+    from pipeline.stac_profiles import unsigned_href
 
     scfg = SearchConfig(
-        profile=profile, stac_url=cfg.stac_url, collection=cfg.collection, max_cloud=cfg.max_cloud
+        profile=profile,
+        stac_url=getattr(cfg, "stac_url", None),
+        collection=getattr(cfg, "collection", None),
+        max_cloud=getattr(cfg, "max_cloud", 60.0),
     )
     try:
-        return [it.to_dict() for it in search_items(geometry, cfg.start, cfg.end, scfg)]
+        result = search_scenes(geometry, cfg.start, cfg.end, scfg)
     except UserError as exc:
         if profile != "demo" and _inside_demo(geometry):
             raise UserError(
                 f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
             ) from None
         raise
+    items = []
+    for it in result.items:
+        d = it.to_dict()
+        for asset in d.get("assets", {}).values():  # signatures expire: signed when read
+            asset["href"] = unsigned_href(asset["href"])
+        items.append(d)
+    return items, result.ledger
 
 
 def _inside_demo(geometry) -> bool:
@@ -455,9 +520,10 @@ def execute(cfg: RunConfig) -> int:
     t = time.perf_counter()
     if resumable:
         items = previous["items"]
+        ledger = SceneLedger.from_dict(previous.get("ledger"))
         _log.info("resuming %s: %d scenes from the manifest", out, len(items))
     else:
-        items = _search(cfg, geometry, cfg.profile)
+        items, ledger = _search_scenes(cfg, geometry, cfg.profile)
         _log.info("%d scenes found", len(items))
     seconds["search"] = time.perf_counter() - t
 
@@ -475,6 +541,7 @@ def execute(cfg: RunConfig) -> int:
             "output_hash": output_hash,
             "config": to_plain(cfg),
             "items": items,
+            "ledger": ledger.to_dict(),
             "calibration": None,
         }
     )
@@ -500,7 +567,7 @@ def execute(cfg: RunConfig) -> int:
         "%d tiles: %d done earlier, %d to run", len(plan.grid.tiles), len(done_before), len(todo)
     )
 
-    errors: dict[str, str] = {}
+    failures: dict[str, TileFailure] = {}
     stats: dict[str, dict] = {}
     with open_client(cluster_cfg) as client:
         calibration = manifest.get("calibration")
@@ -525,10 +592,13 @@ def execute(cfg: RunConfig) -> int:
                 mininterval=1.0,
                 dynamic_ncols=True,
             ) as bar:
-                stats, errors = run_tiles(client, cfg, plan, ws, items, calib, todo, bar)
+                stats, failures = run_tiles(client, cfg, plan, ws, items, calib, todo, bar)
         seconds["tiles_wall"] = time.perf_counter() - t
 
     all_stats = {**done_before, **stats}
+    _ledger_from_tiles(ledger, stats, failures)
+    for line in ledger.summary_lines():
+        _log.info("%s", line)
     for stage in ("load", "composite", "infer", "write"):
         seconds[f"{stage}_worker_sum"] = float(
             sum(s["seconds"].get(stage, 0.0) for s in stats.values())
@@ -543,19 +613,20 @@ def execute(cfg: RunConfig) -> int:
         seconds,
         all_stats,
         done_before,
-        errors,
+        failures,
         area_km2,
     )
-    if errors:
+    report["scene_ledger"] = ledger.to_dict()
+    report["coverage"] = coverage_report(all_stats, labels)
+    for line in report["coverage"]["warnings"]:
+        _log.warning("%s", line)
+    if failures:
         from pipeline.writers import write_json
 
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - t0
         write_json(ws.out / "run.json", report)
-        raise UserError(
-            f"{len(errors)} of {len(plan.grid.tiles)} tiles failed (listed in "
-            f"{ws.out / 'run.json'}); finished tiles are kept: rerun to retry them"
-        )
+        raise UserError(failure_summary(failures, len(plan.grid.tiles), ws.out / "run.json"))
     t = time.perf_counter()
     publish(cfg, plan, ws, report, labels)
     report["seconds"]["publish"] = time.perf_counter() - t
@@ -565,6 +636,79 @@ def execute(cfg: RunConfig) -> int:
     write_json(ws.out / "run.json", report)
     _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])
     return 0
+
+
+def failure_summary(failures: dict[str, TileFailure], total: int, where: Path) -> str:
+    """One line: how many tiles failed, the first few with their reason, where the list is."""
+    shown = []
+    for tid in sorted(failures)[:3]:
+        f = failures[tid]
+        scenes = f" (scenes {', '.join(f.scenes[:3])})" if f.scenes else ""
+        shown.append(f"{tid}: {f.error_kind}, {f.message[:160]}{scenes}")
+    more = f"; +{len(failures) - 3} more" if len(failures) > 3 else ""
+    return (
+        f"{len(failures)} of {total} tiles failed: {'; '.join(shown)}{more}. The map is not "
+        f"published; all failures are listed in {where}; finished tiles are kept: rerun to redo "
+        "only the failed ones"
+    )
+
+
+def _ledger_from_tiles(ledger: SceneLedger, stats: dict, failures: dict[str, TileFailure]) -> None:
+    """Add the tiles' read failures and offset warnings to the scene ledger."""
+    for tid, f in failures.items():
+        if f.error_kind == "read_failure":
+            for sid in f.scenes:
+                ledger.read_failure(sid, f.message, tid)
+    for s in stats.values():
+        for sid, text in (s.get("offset_warnings") or {}).items():
+            ledger.warn(sid, text)
+
+
+#: A period gap-filled (no clear observation) over more than this share of the region warns.
+GAP_FILLED_WARN_FRACTION = 0.10
+
+
+def coverage_report(all_stats: dict[str, dict], labels: list[str]) -> dict[str, Any]:
+    """Per period, the share of the region's pixels without a clear observation in it (gap-filled
+    from other periods), the share with no observation in any period (nodata), and warnings.
+
+    Tiles from before coverage was recorded are left out (``pixels_counted`` says how many count).
+    """
+    inside = 0
+    no_data = 0
+    gap = np.zeros(len(labels), np.int64)
+    for s in all_stats.values():
+        cov = s.get("coverage")
+        if not cov or len(cov.get("gap_filled", [])) != len(labels):
+            continue
+        inside += int(cov["inside"])
+        no_data += int(cov["no_data"])
+        gap += np.asarray(cov["gap_filled"], np.int64)
+    periods = {
+        lab: {"gap_filled_fraction": float(g / inside) if inside else 0.0}
+        for lab, g in zip(labels, gap, strict=True)
+    }
+    warnings = []
+    frac_none = no_data / inside if inside else 0.0
+    for lab, v in periods.items():
+        f = v["gap_filled_fraction"]
+        if f > GAP_FILLED_WARN_FRACTION:
+            warnings.append(
+                f"period {lab}: no clear observation over {f:.0%} of the region; those pixels "
+                "were gap-filled from neighbouring periods"
+            )
+    if no_data:
+        warnings.append(
+            f"{frac_none:.1%} of the region ({no_data} px) has no clear observation in any "
+            "period: nodata in the map"
+        )
+    return {
+        "pixels_counted": inside,
+        "no_data_fraction": frac_none,
+        "gap_filled_warn_fraction": GAP_FILLED_WARN_FRACTION,
+        "periods": periods,
+        "warnings": warnings,
+    }
 
 
 def _up_to_date(ws: Workspace, output_hash: str) -> bool:
@@ -603,7 +747,7 @@ def _report(
     seconds,
     all_stats,
     done_before,
-    errors,
+    failures,
     area_km2,
 ) -> dict[str, Any]:
     from pipeline.config import to_plain
@@ -629,8 +773,9 @@ def _report(
             "total": len(plan.grid.tiles),
             "done": len(all_stats),
             "resumed": len(done_before),
-            "failed": sorted(errors),
-            "errors": errors,
+            "failed": sorted(failures),
+            "errors": {k: f"{f.error_kind}: {f.message}" for k, f in failures.items()},
+            "failures": {k: failures[k].to_dict() for k in sorted(failures)},
             "tile_size": cfg.tile_size,
         },
         "seconds": dict(seconds),

@@ -80,8 +80,13 @@ class TileJob:
     tile_dir: str
 
 
-def load_composite(job: TileJob, geobox) -> tuple[Any, int, float]:
-    """The window's composite (eager, inside the task), its scene count and the load seconds."""
+def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str]]:
+    """The window's composite (eager, inside the task), its observation count (acquisition days),
+    the load seconds and the scenes whose DN contradict their offset (id -> reason).
+
+    Raises :class:`pipeline.cube.ReadFailure` when a scene cannot be read: lost input fails
+    the tile, it is never composited as "no observation".
+    """
     import pystac
 
     from pipeline.composite import composite
@@ -94,12 +99,14 @@ def load_composite(job: TileJob, geobox) -> tuple[Any, int, float]:
         cube = load_cube(items, geobox, mask=MaskConfig(mask_snow=job.mask_snow))
         values = np.asarray(cube.values, dtype=np.float32)
         times = cube["time"].values
+        warnings = dict(cube.attrs.get("offset_warnings") or {})
     else:  # no scene touches this window: everything is nodata
         values = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
         times = np.array([], dtype="datetime64[ns]")
+        warnings = {}
     t_load = time.perf_counter() - t0
     comp = composite(values, times, job.start, job.end, job.period, gap_fill=True)
-    return comp, values.shape[0], t_load
+    return comp, values.shape[0], t_load, warnings
 
 
 @functools.lru_cache(maxsize=4)
@@ -220,7 +227,9 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     t["model"] = time.perf_counter()
     geom = wkb.loads(job.geometry_wkb)
     plan = chip_plan(tile.geobox, job.window, job.stride) if job.model.name == "senclip" else None
-    comp_full, n_scenes, t_load = load_composite(job, plan.geobox if plan else tile.geobox)
+    comp_full, n_scenes, t_load, offset_warnings = load_composite(
+        job, plan.geobox if plan else tile.geobox
+    )
     t["composite"] = time.perf_counter()
 
     # The tile's own pixels inside the (possibly halo'd) composite.
@@ -283,6 +292,8 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         "scenes": int(n_scenes),
         "pixels": int(ny * nx),
         "valid_pixels": int(valid.sum()),
+        "coverage": coverage_counts(counts, inside),
+        "offset_warnings": offset_warnings,
         "seconds": {
             "model": t["model"] - t["start"],
             "load": t_load,
@@ -290,6 +301,22 @@ def process_tile(job: TileJob) -> dict[str, Any]:
             "infer": t["infer"] - t["composite"],
             "write": t["write"] - t["infer"],
         },
+    }
+
+
+def coverage_counts(counts: np.ndarray, inside: np.ndarray) -> dict[str, Any]:
+    """Pixels of the region in a tile, those without any clear observation, and per period those
+    gap-filled (no clear observation in that period, some in another). Pure.
+
+    Args:
+        counts: (P, y, x) clear observations per period and pixel.
+        inside: (y, x) bool, the pixel centre lies in the region.
+    """
+    any_obs = counts.sum(axis=0) > 0
+    return {
+        "inside": int(inside.sum()),
+        "no_data": int((inside & ~any_obs).sum()),
+        "gap_filled": [int(((c == 0) & any_obs & inside).sum()) for c in counts],
     }
 
 
@@ -305,7 +332,7 @@ def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if job.model.name == "senclip":
         plan = chip_plan(job.tile.geobox, job.window, job.stride)
-        comp, _, _ = load_composite(job, plan.geobox)
+        comp, _, _, _ = load_composite(job, plan.geobox)
         rgb_idx = [BANDS.index(b) for b in RGB]
         chips = np.concatenate(
             [plan.extract(comp.values[p, rgb_idx]) for p in range(comp.values.shape[0])]
@@ -315,7 +342,7 @@ def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
             return np.zeros((0, m.embed_dim), np.float32)
         pick = np.sort(rng.permutation(full)[:n])
         return embed_chips(m, np.ascontiguousarray(chips[pick], dtype=np.float32))
-    comp, _, _ = load_composite(job, job.tile.geobox)
+    comp, _, _, _ = load_composite(job, job.tile.geobox)
     valid = (comp.counts.sum(axis=0) > 0) & aoi_mask(job.tile.geobox, geom)
     idx = np.flatnonzero(valid.ravel())
     if idx.size == 0:

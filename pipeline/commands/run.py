@@ -14,14 +14,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what and when")
     g.add_argument(
         "--region",
-        help="a named region (see 'regions') or a vector file (required, or in --config)",
+        help="a named region (see 'regions') or a vector file (or give only --bbox; or in --config)",
     )
     g.add_argument(
         "--bbox",
         nargs=4,
         type=float,
         metavar=("W", "S", "E", "N"),
-        help="clip the region to this lon/lat box",
+        help="clip the region to this lon/lat box; alone, the box is the region",
     )
     g.add_argument("--year", type=int, help="map this calendar year (sets --start/--end)")
     g.add_argument("--start", help="first date, YYYY-MM-DD (default: the region's period)")
@@ -177,8 +177,15 @@ def resolve(args: argparse.Namespace):
     if args.config:
         args, base = apply_config(args, load_yaml(args.config))
     region_name = args.region
+    if not region_name and args.bbox:  # --bbox alone defines the region
+        from aoi import BBOX_PREFIX
+
+        region_name = BBOX_PREFIX + ",".join(f"{float(v):g}" for v in args.bbox)
     if not region_name:
-        raise UserError("give the region: --region NAME|FILE (see 'python -m pipeline regions')")
+        raise UserError(
+            "give the region: --region NAME|FILE (see 'python -m pipeline regions'), "
+            "or --bbox W S E N"
+        )
     region = load_region(region_name)
     model = args.model or "timesenclip"
     if args.year is not None:
