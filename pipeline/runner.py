@@ -809,7 +809,9 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
         },
     )
     title = f"{plan.region_name} {cfg.start}..{cfg.end} | {cfg.model} | {plan.legend_info['name']}"
-    if cfg.untrained:
+    if cfg.untrained and cfg.head:
+        title += "\nUNTRAINED encoder (demo), classes from a few-shot head"
+    elif cfg.untrained:
         title += "\nUNTRAINED WEIGHTS (demo): not a land-cover map"
     write_quicklook(
         ws.out / "quicklook.png", cogs["classes"], list(plan.class_names), list(plan.colors), title
