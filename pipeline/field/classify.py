@@ -131,7 +131,7 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
         UserError: neither or both of legend and head, a model or head that is not the field's,
             a region whose grid is not the field's, an output folder holding another map.
     """
-    from pipeline.runner import make_plan, publish
+    from pipeline.runner import _up_to_date, make_plan, publish
     from pipeline.workspace import Workspace
     from pipeline.writers import create_map_store, write_json
 
@@ -155,6 +155,9 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
     ws = Workspace(Path(cfg.out))
     ws.check_writable()
     output_hash = _output_hash(f, cfg)
+    if not cfg.overwrite and _up_to_date(ws, output_hash):
+        _log.info("%s is complete and up to date; nothing to do", ws.out)
+        return ws.out
     ws.prepare(output_hash, cfg.overwrite)
     calibration = _calibration(f, cfg, plan)
     calib = None if calibration is None else np.asarray(calibration, np.float32)

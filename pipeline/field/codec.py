@@ -6,7 +6,7 @@ embedding. The recipe (:func:`fit_codec`, :meth:`FieldCodec.encode`, :meth:`Fiel
 
 1. **Projection** (optional): ``z = B^T (e - mu)`` with ``mu`` (D,) the mean and ``B`` (D, d) the
    first ``d`` principal axes (orthonormal columns) of a reference sample of the run's embeddings
-   (principal component analysis via the SVD of the centred sample). ``d = D`` keeps every
+   (principal component analysis: eigenvectors of the centred sample's scatter matrix). ``d = D`` keeps every
    dimension (``B`` = identity, ``mu`` = 0).
 2. **Quantisation**: ``s = max_i |z_i| / 127`` rounded to float16, ``q = round(z / s)`` clipped to
    [-127, 127] as int8 (symmetric absmax quantisation, one scale per pixel).
@@ -109,8 +109,9 @@ def identity_codec(embed_dim: int) -> FieldCodec:
 def fit_codec(sample: np.ndarray, dims: int) -> FieldCodec:
     """Fit the projection on a reference sample (N, D) of embeddings; ``dims >= D`` keeps all.
 
-    Principal axes from the SVD of the centred sample (float64); their signs are fixed (largest
-    loading positive) so that the same sample always gives the same basis.
+    Principal axes from the eigendecomposition of the centred sample's scatter matrix (float64);
+    their signs are fixed (largest loading positive) so that the same sample always gives the
+    same basis. With fewer samples than ``dims``, the trailing axes span the rest of the space.
 
     Raises:
         ValueError: an empty sample, non-finite values, or ``dims < 1``.
@@ -126,13 +127,13 @@ def fit_codec(sample: np.ndarray, dims: int) -> FieldCodec:
     if dims >= d_full:
         return identity_codec(d_full)
     mean = x.mean(axis=0)
-    _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
-    basis = vt[:dims].T  # (D, d); fewer samples than dims: pad with orthonormal completions
-    if basis.shape[1] < dims:
-        q, _ = np.linalg.qr(np.concatenate([basis, np.eye(d_full)], axis=1))
-        basis = q[:, :dims]
+    xc = x - mean
+    # Principal axes = eigenvectors of the (D, D) scatter matrix, largest eigenvalues first
+    # (cheaper than the SVD of the (N, D) sample for N >> D; the same axes).
+    var, vecs = np.linalg.eigh(xc.T @ xc)
+    order = np.argsort(var)[::-1]
+    var, basis = np.clip(var[order], 0.0, None), vecs[:, order[:dims]]
     signs = np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(dims)])
     basis = basis * np.where(signs == 0, 1.0, signs)
-    var = sv**2
     explained = float(var[:dims].sum() / var.sum()) if var.sum() > 0 else 1.0
     return FieldCodec(mean.astype(np.float32), basis.astype(np.float32), explained)
