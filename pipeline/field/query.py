@@ -125,7 +125,7 @@ def query_field(
     finally:
         for tmp in tmps:
             remove_path(tmp)
-    write_quicklook(out / "quicklook.png", texts, finals, band=2 if with_prob else 1)
+    write_quicklook(out / "quicklook.png", texts, finals, bands)
     write_json(
         out / "queries.json",
         {
@@ -141,8 +141,9 @@ def query_field(
     return finals
 
 
-def write_quicklook(path: Path, texts: list[str], files: dict[str, Path], band: int) -> Path:
-    """A PNG of every query's heat map side by side (read from the COGs' overviews)."""
+def write_quicklook(path: Path, texts: list[str], files: dict[str, Path], bands: int) -> Path:
+    """A PNG of every query's heat maps side by side: similarity (row 1, stretched to its 2-98 %
+    range) and probability (row 2, 0-1) when written; read from the COGs' overviews."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -151,26 +152,28 @@ def write_quicklook(path: Path, texts: list[str], files: dict[str, Path], band: 
     from rasterio.enums import Resampling
 
     n = len(texts)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4), dpi=100, squeeze=False)
-    label = "probability" if band == 2 else "cosine similarity"
+    fig, axes = plt.subplots(bands, n, figsize=(4.2 * n, 4.0 * bands), dpi=90, squeeze=False)
+    cmap = matplotlib.colormaps["magma"].copy()
+    cmap.set_bad("white")
     try:
-        for ax, text in zip(axes[0], texts, strict=True):
+        for col, text in enumerate(texts):
             with rasterio.open(files[text]) as src:
                 scale = max(1.0, max(src.height, src.width) / QUICKLOOK_MAX_PX)
                 shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
-                data = src.read(band, out_shape=shape, resampling=Resampling.average)
+                data = src.read(out_shape=(bands, *shape), resampling=Resampling.average)
                 b = src.bounds
-            cmap = matplotlib.colormaps["magma"].copy()
-            cmap.set_bad("white")
-            vmin, vmax = (0.0, 1.0) if band == 2 else _limits(data)
-            im = ax.imshow(
-                np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax,
-                extent=(b.left, b.right, b.bottom, b.top), interpolation="nearest",
-            )  # fmt: skip
-            ax.set_title(f"'{text}'", fontsize=10)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=label)
+            for row in range(bands):
+                ax = axes[row][col]
+                label = "probability" if row == 1 else "cosine similarity"
+                vmin, vmax = (0.0, 1.0) if row == 1 else _limits(data[row])
+                im = ax.imshow(
+                    np.ma.masked_invalid(data[row]), cmap=cmap, vmin=vmin, vmax=vmax,
+                    extent=(b.left, b.right, b.bottom, b.top), interpolation="nearest",
+                )  # fmt: skip
+                ax.set_title(f"'{text}': {label}", fontsize=9)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1)
     finally:
@@ -185,7 +188,3 @@ def _limits(data: np.ndarray) -> tuple[float, float]:
     lo, hi = np.percentile(finite, [2, 98])
     return (float(lo), float(hi)) if hi > lo else (float(lo) - 1e-3, float(lo) + 1e-3)
 
-
-def describe(files: dict[str, Any]) -> str:
-    """One line per written heat map (for the command's output)."""
-    return "\n".join(str(p) for p in files.values())
