@@ -14,7 +14,6 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -187,4 +186,3 @@ def _limits(data: np.ndarray) -> tuple[float, float]:
         return -1.0, 1.0
     lo, hi = np.percentile(finite, [2, 98])
     return (float(lo), float(hi)) if hi > lo else (float(lo) - 1e-3, float(lo) + 1e-3)
-
