@@ -65,6 +65,7 @@ class RunConfig:
     top_k: int = 3
     save_composite: bool = False
     save_embeddings: bool = False
+    field_dims: int = 62
     out: Path | None = None
     overwrite: bool = False
     cluster: str = "local"
@@ -95,6 +96,8 @@ class RunConfig:
                 raise UserError(f"--window must be between 8 and 512 pixels, got {self.window}")
             if not 1 <= self.stride <= self.window:
                 raise UserError(f"--stride must be between 1 and --window ({self.window})")
+        if not 1 <= self.field_dims <= 4096:
+            raise UserError(f"--field-dims must be between 1 and 4096, got {self.field_dims}")
         if not 1 <= self.top_k <= 10:
             raise UserError(f"--top-k must be between 1 and 10, got {self.top_k}")
         if not 0 <= self.max_cloud <= 100:
@@ -114,6 +117,8 @@ class RunConfig:
     def output_hash(self) -> str:
         """A short hash of every setting that changes output pixels."""
         plain = {k: v for k, v in to_plain(self).items() if k not in _NOT_IN_HASH}
+        if not self.save_embeddings:
+            plain.pop("field_dims", None)  # no field, no effect on the outputs
         if self.head and Path(self.head).expanduser().is_file():
             # the head's content, not only its path: a refitted head makes another map
             from model.checkpoints import sha256_file
