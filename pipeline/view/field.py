@@ -1,0 +1,92 @@
+"""Free-text queries for the viewer, on top of the field API (:mod:`pipeline.field`).
+
+A query's heat map covers the whole map grid: ``(h, w)`` float32 (cosine similarity of every
+pixel's embedding with the text's, or its probability against the map's legend), NaN where the
+field has no value. The field's model is loaded once, in the background, when the viewer starts,
+so the first query does not pay for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+__all__ = ["FieldQuery", "HeatMap", "open_field"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeatMap:
+    """A query's scores on the map grid: ``values`` ``(h, w)`` float32, placed by crs/transform."""
+
+    values: np.ndarray
+    crs: Any
+    transform: Any
+    kind: str
+
+
+class FieldQuery:
+    """Answers free-text queries from a map's embedding field (see :func:`open_field`)."""
+
+    def __init__(self, field: Any) -> None:
+        self._field = field
+        self._ready = threading.Event()
+        self._error: str | None = None
+        threading.Thread(target=self._warm, name="s2lc-view-model", daemon=True).start()
+
+    def _warm(self) -> None:
+        from pipeline.field import load_model
+
+        try:
+            load_model(self._field)
+        except UserError as exc:
+            self._error = str(exc)
+        except Exception as exc:  # reported on the first query
+            log.exception("loading the field's model failed")
+            self._error = f"the field's model could not be loaded ({exc})"
+        finally:
+            self._ready.set()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        from pipeline.field import KINDS
+
+        return tuple(KINDS)
+
+    def heat(self, text: str, kind: str = "similarity") -> HeatMap:
+        """The heat map of ``text`` over the whole map.
+
+        :raises ValueError: empty text, an unknown ``kind``, or the model cannot encode text.
+        """
+        from pipeline.field import query_window
+
+        self._ready.wait()
+        if self._error:
+            raise ValueError(self._error)
+        f = self._field
+        try:
+            values = query_window(f, [text], f.full_window, kind=kind)[0]
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        gb = f.geobox
+        return HeatMap(values, str(gb.crs), gb.affine, kind)
+
+
+def open_field(map_dir: Path) -> tuple[FieldQuery | None, str]:
+    """The query engine for the field in ``map_dir``, or ``(None, why not)``."""
+    try:
+        from pipeline.field import open_field as _open
+    except ImportError:
+        return None, "this installation has no field API (pipeline.field)"
+    try:
+        return FieldQuery(_open(map_dir)), ""
+    except UserError as exc:
+        return None, str(exc)
