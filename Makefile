@@ -19,7 +19,7 @@ ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help env test test-integration map bench lint clean
+.PHONY: help env test test-integration test-browser map bench lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +38,11 @@ test: $(STAMP) ## Run the test suite (offline, no GPU needed)
 
 test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac, faults)
 	$(PY) -m pytest -m integration -o addopts="" --timeout=1800
+
+test-browser: $(STAMP) ## Browser test of the map viewer (installs Debian's chromium + Playwright)
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/browser/requirements.txt
+	S2LC_REQUIRE_BROWSER=1 $(PY) -m pytest -m browser -o addopts="" -p no:cacheprovider -q --timeout=1800 tests/browser
 
 map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=timesenclip OUT=dir
 	$(PY) -m pipeline run --region $(REGION) --model $(MODEL) $(if $(YEAR),--year $(YEAR)) $(if $(OUT),--out $(OUT)) $(if $(filter demo,$(REGION)),--untrained --tile-size 100) $(ARGS)

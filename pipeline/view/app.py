@@ -290,6 +290,9 @@ def create_app(state: ViewerState) -> Any:
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     async def meta(request: Request) -> Response:
         return JSONResponse(state.meta())
 
@@ -338,6 +341,7 @@ def create_app(state: ViewerState) -> Any:
 
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/api/meta", meta),
         Route("/api/pixel", pixel),
         Route("/api/query", query, methods=["POST"]),

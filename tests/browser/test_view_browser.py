@@ -1,0 +1,201 @@
+"""The map viewer in a real browser: headless Debian Chromium, driven by Playwright, over a demo run.
+
+``make test-browser`` installs Chromium (Debian's package) and the Playwright client, then runs
+this file. It makes a small demo run (600 m x 600 m, untrained weights, with the embedding
+field), serves it with ``python -m pipeline view``, and checks what a person would see: the class
+layer drawn in the legend's colours, a class toggled off disappearing, a free-text query drawing
+its heat map. Screenshots are saved under ``$S2LC_TEST_ARTEFACTS`` (default
+``outputs/test-artefacts/browser``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("S2LC_CHROMIUM", "/usr/bin/chromium")
+# How Chromium must start on these machines (no sandbox as root, no background network calls).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# A 600 m x 600 m window inside the demo region (EPSG:32632).
+WINDOW_UTM = (600500.0, 5340500.0, 601100.0, 5341100.0)
+VIEWPORT = {"width": 1200, "height": 760}
+
+
+def _artefacts() -> Path:
+    d = Path(os.environ.get("S2LC_TEST_ARTEFACTS", ROOT / "outputs" / "test-artefacts" / "browser"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("S2LC_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing (make test-browser installs Debian's chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed; run 'make test-browser'")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"s2lc-chromium-{os.getpid()}"
+    shutil.rmtree(profile, ignore_errors=True)
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport=VIEWPORT,
+        )
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo_map(demo_catalog, tmp_path_factory) -> Path:
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
+    (w, s), (e, n) = tr.transform(*WINDOW_UTM[:2]), tr.transform(*WINDOW_UTM[2:])
+    d = 2e-5
+    bbox = [f"{v:.7f}" for v in (w + d, s + d, e - d, n - d)]
+    out = tmp_path_factory.mktemp("viewdemo") / "map"
+    cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--workers", "2",
+           "--region", "demo", "--bbox", *bbox, "--untrained", "--model", "timesenclip",
+           "--tile-size", "32", "--save-embeddings", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def viewer(demo_map):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "view", str(demo_map), "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), proc.stderr.read()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _hex_to_rgb(c: str) -> np.ndarray:
+    return np.array([int(c[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
+
+
+def _map_pixels(page, name: str) -> np.ndarray:
+    """Screenshot of the map element (saved as an artefact) -> (h, w, 3) int16."""
+    import io
+
+    from PIL import Image
+
+    path = _artefacts() / f"{name}.png"
+    page.locator("#map").screenshot(path=str(path))
+    page.screenshot(path=str(_artefacts() / f"{name}-page.png"))
+    return np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB")).astype(np.int16)
+
+
+def _count(px: np.ndarray, color: str, tol: int = 3) -> int:
+    return int((np.abs(px - _hex_to_rgb(color)).max(axis=-1) <= tol).sum())
+
+
+def _wait_idle(page, timeout_ms: int = 120_000) -> None:
+    page.wait_for_function("window.s2lcView && window.s2lcView.idle()", timeout=timeout_ms)
+    page.wait_for_timeout(300)  # one more frame for the last tile's fade-in
+
+
+def test_viewer_in_chromium(browser, viewer):
+    page = browser.new_page()
+    errors: list[str] = []
+    outside: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on(
+        "request",
+        lambda r: None if r.url.startswith(viewer) else outside.append(r.url),
+    )
+    page.goto(viewer)
+    _wait_idle(page)
+    meta = page.evaluate("window.s2lcView.state.meta")
+    classes = {c["value"]: c for c in meta["classes"]}
+    # Opaque classes over nothing else, so the screenshot shows the legend's exact colours.
+    page.fill("#opacity-classes", "100")
+    page.dispatch_event("#opacity-classes", "input")
+    if meta["layers"]["rgb"]:
+        page.uncheck("#layer-rgb")
+    _wait_idle(page)
+    px = _map_pixels(page, "1-classes")
+    counts = {v: _count(px, c["color"]) for v, c in classes.items()}
+    background = _count(px, "#3a3a3a", tol=0)
+    drawn = px.shape[0] * px.shape[1] - background
+    assert drawn > 0.2 * px.shape[0] * px.shape[1], "the class layer did not render"
+    # Nearly every drawn pixel is a legend colour (the rest: scale bar, zoom buttons, edges).
+    assert sum(counts.values()) > 0.9 * drawn, counts
+    for v, c in classes.items():
+        if c["share"] > 0.02:
+            assert counts[v] > 0, f"class {c['name']} ({c['share']:.1%}) not drawn"
+
+    # Toggle the largest class off: its colour disappears, the others stay.
+    big = max(classes, key=lambda v: counts[v])
+    page.uncheck(f'input[data-class="{big}"]')
+    _wait_idle(page)
+    px2 = _map_pixels(page, "2-class-off")
+    assert _count(px2, classes[big]["color"]) == 0
+    others = [v for v in classes if v != big and counts[v] > 100]
+    assert all(_count(px2, classes[v]["color"]) > 0 for v in others)
+    page.check(f'input[data-class="{big}"]')
+    _wait_idle(page)
+
+    # A pixel's top-k at a click in the middle of the map.
+    page.locator("#map").click()
+    page.wait_for_selector("#topk tr")
+    assert page.locator("#topk tr").count() >= 1
+    page.evaluate("window.s2lcView.state.map.closePopup()")
+
+    # A free-text query draws its heat map.
+    assert meta["query"]["available"], meta["query"]["reason"]
+    t0 = time.perf_counter()
+    page.fill("#query-text", "a lake")
+    page.click("#query-run")
+    page.wait_for_function(
+        "document.getElementById('query-status').dataset.seconds !== undefined", timeout=60_000
+    )
+    seconds = time.perf_counter() - t0
+    _wait_idle(page)
+    page.uncheck("#layer-classes")
+    _wait_idle(page)
+    px3 = _map_pixels(page, "3-query")
+    heat = px.shape[0] * px.shape[1] - _count(px3, "#3a3a3a", tol=0)
+    assert heat > 0.2 * px.shape[0] * px.shape[1], "the query heat map did not render"
+    status = page.inner_text("#query-status")
+    assert "a lake" in status
+    (_artefacts() / "query-seconds.txt").write_text(f"{seconds:.3f} (page: {status})\n")
+
+    assert not errors, errors
+    assert not outside, f"the page fetched from outside the viewer: {outside}"
