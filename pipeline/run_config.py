@@ -63,6 +63,7 @@ class RunConfig:
     top_k: int = 3
     save_composite: bool = False
     save_embeddings: bool = False
+    field_dims: int = 62
     out: Path | None = None
     overwrite: bool = False
     cluster: str = "local"
@@ -93,6 +94,8 @@ class RunConfig:
                 raise UserError(f"--window must be between 8 and 512 pixels, got {self.window}")
             if not 1 <= self.stride <= self.window:
                 raise UserError(f"--stride must be between 1 and --window ({self.window})")
+        if not 1 <= self.field_dims <= 4096:
+            raise UserError(f"--field-dims must be between 1 and 4096, got {self.field_dims}")
         if not 1 <= self.top_k <= 10:
             raise UserError(f"--top-k must be between 1 and 10, got {self.top_k}")
         if not 0 <= self.max_cloud <= 100:
@@ -112,6 +115,8 @@ class RunConfig:
     def output_hash(self) -> str:
         """A short hash of every setting that changes output pixels."""
         plain = {k: v for k, v in to_plain(self).items() if k not in _NOT_IN_HASH}
+        if not self.save_embeddings:
+            plain.pop("field_dims", None)  # no field, no effect on the outputs
         blob = json.dumps(plain, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -142,6 +142,7 @@ def make_plan(cfg: RunConfig) -> Plan:
         "untrained": m.untrained,
         "embed_dim": m.embed_dim,
         "arch": getattr(m, "arch", cfg.arch),
+        "embedding_identity": getattr(m, "embedding_identity", m.identity),
     }
     return Plan(
         region.name,
@@ -165,7 +166,9 @@ def _items_for(items: list[dict], geobox) -> tuple[dict, ...]:
     return tuple(d for d in items if shape(d["geometry"]).intersects(footprint))
 
 
-def _job(cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, calibration):
+def _job(
+    cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, calibration, field=None
+):
     from pipeline.tile_task import ModelSpec, TileJob
     from pipeline.tiling import chip_plan
 
@@ -193,6 +196,7 @@ def _job(cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, cal
         save_embeddings=cfg.save_embeddings,
         store=str(ws.store),
         tile_dir=str(ws.tile_dir(tile.id)),
+        field=field,
     )
 
 
@@ -211,6 +215,46 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
     tiles, so the calibration, and therefore the map, does not depend on ``--tile-size``.
     """
     from model.zeroshot import fit_calibration
+
+    emb = reference_sample(client, cfg, plan, ws, items)
+    vec = np.asarray(fit_calibration(emb, plan.classifier), dtype=np.float64)
+    _log.info("calibration fitted on %d samples", len(emb))
+    return vec
+
+
+def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]):
+    """The compact field's codec: read back from the store (resume) or fitted and written once.
+
+    Fitted on the same fixed reference sample as the calibration, so it does not depend on
+    ``--tile-size`` either.
+    """
+    from pipeline.field.codec import fit_codec
+    from pipeline.writers.field import read_codec, write_codec
+
+    codec = read_codec(ws.store)
+    if codec is not None:
+        return codec
+    emb = reference_sample(client, cfg, plan, ws, items)
+    codec = fit_codec(emb, cfg.field_dims)
+    write_codec(ws.store, codec)
+    _log.info(
+        "embedding field: %d -> %d dims (%.2f%% of the sample's variance), %d bytes/pixel",
+        codec.embed_dim,
+        codec.dims,
+        100 * codec.explained_variance,
+        codec.bytes_per_pixel,
+    )
+    return codec
+
+
+_SAMPLES: dict[str, np.ndarray] = {}
+
+
+def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]):
+    """Embeddings of a fixed reference sample of the region (computed once per run)."""
+    key = str(ws.out.resolve()) + cfg.output_hash()
+    if key in _SAMPLES:
+        return _SAMPLES[key]
     from pipeline.tile_task import sample_embeddings
     from pipeline.tiling import make_grid
 
@@ -239,9 +283,10 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
             "no valid observation in the calibration sample: the region has no usable "
             "scenes (check --start/--end and --max-cloud)"
         )
-    vec = np.asarray(fit_calibration(emb, plan.classifier), dtype=np.float64)
-    _log.info("calibration fitted on %d samples from %d tiles", len(emb), len(tiles))
-    return vec
+    _log.info("reference sample: %d embeddings from %d tiles", len(emb), len(tiles))
+    _SAMPLES.clear()
+    _SAMPLES[key] = emb
+    return emb
 
 
 def _resources(client) -> dict[str, int] | None:
@@ -252,7 +297,9 @@ def _resources(client) -> dict[str, int] | None:
     return None
 
 
-def run_tiles(client, cfg, plan, ws, items, calibration, todo, progress=None) -> tuple[dict, dict]:
+def run_tiles(
+    client, cfg, plan, ws, items, calibration, todo, progress=None, field=None
+) -> tuple[dict, dict]:
     """Run ``todo`` tiles, a bounded number in flight; returns (stats by tile, errors by tile)."""
     from distributed import as_completed
 
@@ -270,7 +317,7 @@ def run_tiles(client, cfg, plan, ws, items, calibration, todo, progress=None) ->
     def submit(tile):
         fut = client.submit(
             process_tile,
-            _job(cfg, plan, ws, items, tile, calibration),
+            _job(cfg, plan, ws, items, tile, calibration, field),
             key=f"tile-{tile.id}-{cfg.output_hash()}",
             retries=cfg.retries,
             resources=resources,
@@ -385,11 +432,13 @@ def execute(cfg: RunConfig) -> int:
         period_labels=labels,
         band_names=_bands() if cfg.save_composite else None,
         embed_dim=plan.model_info["embed_dim"] if cfg.save_embeddings else None,
+        field_dims=_field_dims(cfg, plan),
         attrs={
             "config_hash": output_hash,
             "region": plan.region_name,
             "model": cfg.model,
             "untrained": cfg.untrained,
+            **_field_attrs(cfg, plan),
         },
     )
     done_before = ws.done_tiles()
@@ -407,6 +456,8 @@ def execute(cfg: RunConfig) -> int:
             calibration = calibrate(client, cfg, plan, ws, items).tolist()
             manifest["calibration"] = calibration
             ws.save_manifest(manifest)
+        field = fit_field(client, cfg, plan, ws, items) if cfg.save_embeddings else None
+        _SAMPLES.clear()
         seconds["calibrate"] = time.perf_counter() - t
         calib = None if calibration is None else np.asarray(calibration, np.float32)
         t = time.perf_counter()
@@ -421,7 +472,9 @@ def execute(cfg: RunConfig) -> int:
                 mininterval=1.0,
                 dynamic_ncols=True,
             ) as bar:
-                stats, errors = run_tiles(client, cfg, plan, ws, items, calib, todo, bar)
+                stats, errors = run_tiles(
+                    client, cfg, plan, ws, items, calib, todo, bar, field=field
+                )
         seconds["tiles_wall"] = time.perf_counter() - t
 
     all_stats = {**done_before, **stats}
@@ -442,6 +495,11 @@ def execute(cfg: RunConfig) -> int:
         errors,
         area_km2,
     )
+    if field is not None:
+        report["field"] = {
+            **_field_attrs(cfg, plan)["s2lc:field"],
+            "explained_variance": field.explained_variance,
+        }
     if errors:
         from pipeline.writers import write_json
 
@@ -461,6 +519,37 @@ def execute(cfg: RunConfig) -> int:
     write_json(ws.out / "run.json", report)
     _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])
     return 0
+
+
+def _field_dims(cfg: RunConfig, plan: Plan) -> int | None:
+    """Components of the compact field (None without ``--save-embeddings``)."""
+    if not cfg.save_embeddings:
+        return None
+    return min(int(cfg.field_dims), int(plan.model_info["embed_dim"]))
+
+
+def _field_attrs(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
+    """The field's metadata in the store (``s2lc:field``): model identity and decoding recipe."""
+    if not cfg.save_embeddings:
+        return {}
+    from pipeline.field.api import FIELD_ATTR
+    from pipeline.field.codec import ENCODING, ENCODING_VERSION
+
+    dims = _field_dims(cfg, plan)
+    return {
+        FIELD_ATTR: {
+            "encoding": ENCODING,
+            "version": ENCODING_VERSION,
+            "model": plan.model_info["identity"],
+            "embedding_identity": plan.model_info.get("embedding_identity"),
+            "model_name": plan.model_info["name"],
+            "embed_dim": plan.model_info["embed_dim"],
+            "dims": dims,
+            "bytes_per_pixel": dims + 2,
+            "decode": "e = normalise(field_mean + field_basis @ (field_codes * field_scale)); "
+            "field_scale NaN = nodata (pipeline.field.codec)",
+        }
+    }
 
 
 def _up_to_date(ws: Workspace, output_hash: str) -> bool:
@@ -543,6 +632,11 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     cogs = build_cogs(
         ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors), period_labels=labels
     )
+    field_cogs = {}
+    if cfg.save_embeddings:
+        from pipeline.writers.field import build_field_cogs
+
+        field_cogs = build_field_cogs(ws.store, ws.out, _field_attrs(cfg, plan)["s2lc:field"])
     zarr_path = ws.publish_store()
     ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
     write_legend_json(
@@ -567,6 +661,7 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     )
     assets = {
         **cogs,
+        **field_cogs,
         "zarr": zarr_path,
         "legend": ws.out / "legend.json",
         "quicklook": ws.out / "quicklook.png",

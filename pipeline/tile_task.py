@@ -77,6 +77,8 @@ class TileJob:
     save_embeddings: bool
     store: str
     tile_dir: str
+    field: Any = None
+    """The compact field's :class:`~pipeline.field.codec.FieldCodec` (with ``save_embeddings``)."""
 
 
 def load_composite(job: TileJob, geobox) -> tuple[Any, int, float]:
@@ -229,6 +231,16 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         emb = pix_emb[:, valid].T if pix_emb is not None else None
     t["infer"] = time.perf_counter()
 
+    field_codes = field_scale = None
+    if job.save_embeddings and job.field is not None and emb is not None:
+        # The map is made from the stored field, so 'classify --field' reproduces it exactly.
+        codes, scale = job.field.encode(emb)
+        emb = job.field.decode(codes, scale)
+        probs = _probabilities(job, emb) if emb.shape[0] else probs
+        field_codes = np.zeros((job.field.dims, ny, nx), np.int8)
+        field_scale = np.full((ny, nx), np.nan, np.float16)
+        field_codes[:, valid] = codes.T
+        field_scale[valid] = scale
     k = job.top_k
     n_classes = job.classifier.shape[0] if probs is None else probs.shape[1]
     k = min(k, n_classes)
@@ -243,7 +255,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         topk_c[:, valid] = tc.T.astype(np.uint8)
         topk_p[:, valid] = tp.T
     embeddings = None
-    if job.save_embeddings and emb is not None:
+    if job.save_embeddings and job.field is None and emb is not None:
         embeddings = np.full((emb.shape[1] if emb.size else 0, ny, nx), np.nan, np.float16)
         if valid.any():
             embeddings[:, valid] = emb.T.astype(np.float16)
@@ -255,6 +267,8 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         valid_obs=counts.astype(np.uint16),
         composite=comp_values.astype(np.float32) if job.save_composite else None,
         embeddings=embeddings,
+        field_codes=field_codes,
+        field_scale=field_scale,
     )
     write_tile(job.store, tile, result)
     write_tile_rasters(Path(job.tile_dir), tile, result)

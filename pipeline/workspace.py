@@ -38,6 +38,8 @@ PRODUCTS = (
 )
 #: Sidecars of the products (GDAL category names for QGIS), cleared with them.
 SIDECARS = ("classes.tif.aux.xml",)
+#: Products only some runs make (``--save-embeddings``), cleared with the others.
+OPTIONAL_PRODUCTS = ("field.tif", "field_scale.tif")
 
 
 class Workspace:
@@ -109,7 +111,7 @@ class Workspace:
         return resuming
 
     def clear(self) -> None:
-        for name in PRODUCTS + SIDECARS:
+        for name in PRODUCTS + SIDECARS + OPTIONAL_PRODUCTS:
             p = self.out / name
             if p.is_dir():
                 shutil.rmtree(p)

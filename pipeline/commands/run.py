@@ -80,7 +80,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("--out", help="output folder (default outputs/<region>/<period>/<model>/)")
     g.add_argument("--save-composite", action="store_true", help="add the composites to map.zarr")
-    g.add_argument("--save-embeddings", action="store_true", help="add embeddings to map.zarr")
+    g.add_argument(
+        "--save-embeddings",
+        action="store_true",
+        help="store the compact embedding field (map.zarr, field.tif) for 'classify --field' "
+        "and 'query --field'",
+    )
+    g.add_argument(
+        "--field-dims",
+        type=int,
+        help="components of the embedding field (default 62: 64 bytes/pixel)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--config", help="YAML with any of the options above (CLI options win)")
 
@@ -153,6 +163,7 @@ def resolve(args: argparse.Namespace):
         "top_k": args.top_k,
         "save_composite": args.save_composite or None,
         "save_embeddings": args.save_embeddings or None,
+        "field_dims": args.field_dims,
         "out": args.out,
         "overwrite": args.overwrite or None,
         "cluster": args.cluster,
