@@ -46,7 +46,8 @@ class FieldQuery:
         from pipeline.field import load_model
 
         try:
-            load_model(self._field)
+            # The text tower loads on first use: one prompt now, so the first query is fast.
+            load_model(self._field).text_embed(["warm-up"])
         except UserError as exc:
             self._error = str(exc)
         except Exception as exc:  # reported on the first query
