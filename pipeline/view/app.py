@@ -251,6 +251,7 @@ class ViewerState:
             "id": qid,
             "text": text,
             "kind": kind,
+            "step": heat.step,
             "vmin": vmin,
             "vmax": vmax,
             "score_seconds": round(t1 - t0, 3),

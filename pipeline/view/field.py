@@ -9,18 +9,24 @@ so the first query does not pay for it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 
 from pipeline.errors import UserError
 
 __all__ = ["FieldQuery", "HeatMap", "open_field"]
 
 log = logging.getLogger(__name__)
+
+# Largest heat map computed per query; larger maps are queried on every n-th pixel (n x n fewer),
+# which keeps a query interactive on a continental map.
+MAX_QUERY_PX = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -31,13 +37,16 @@ class HeatMap:
     crs: Any
     transform: Any
     kind: str
+    step: int = 1
+    """Pixels of the map per heat-map pixel along each axis (1: full resolution)."""
 
 
 class FieldQuery:
     """Answers free-text queries from a map's embedding field (see :func:`open_field`)."""
 
-    def __init__(self, field: Any) -> None:
+    def __init__(self, field: Any, max_px: int = MAX_QUERY_PX) -> None:
         self._field = field
+        self.max_px = max_px
         self._ready = threading.Event()
         self._error: str | None = None
         threading.Thread(target=self._warm, name="s2lc-view-model", daemon=True).start()
@@ -63,7 +72,7 @@ class FieldQuery:
         return tuple(KINDS)
 
     def heat(self, text: str, kind: str = "similarity") -> HeatMap:
-        """The heat map of ``text`` over the whole map.
+        """The heat map of ``text`` over the whole map (every ``step``-th pixel on large maps).
 
         :raises ValueError: empty text, an unknown ``kind``, or the model cannot encode text.
         """
@@ -73,20 +82,30 @@ class FieldQuery:
         if self._error:
             raise ValueError(self._error)
         f = self._field
+        h, w = f.shape
+        step = max(1, math.ceil(math.sqrt(h * w / self.max_px)))
+        values = np.full((-(-h // step), -(-w // step)), np.nan, np.float32)
         try:
-            values = query_window(f, [text], f.full_window, kind=kind)[0]
+            for ys, xs in f.windows():  # tile by tile: memory bounded by the store's tile size
+                r0 = ys.start + (-ys.start) % step
+                c0 = xs.start + (-xs.start) % step
+                if r0 >= ys.stop or c0 >= xs.stop:
+                    continue
+                win = (slice(r0, ys.stop, step), slice(c0, xs.stop, step))
+                q = query_window(f, [text], win, kind=kind)[0]
+                values[
+                    r0 // step : r0 // step + q.shape[0], c0 // step : c0 // step + q.shape[1]
+                ] = q
         except UserError as exc:
             raise ValueError(str(exc)) from None
         gb = f.geobox
-        return HeatMap(values, str(gb.crs), gb.affine, kind)
+        return HeatMap(values, str(gb.crs), gb.affine * Affine.scale(step), kind, step)
 
 
 def open_field(map_dir: Path) -> tuple[FieldQuery | None, str]:
     """The query engine for the field in ``map_dir``, or ``(None, why not)``."""
-    try:
-        from pipeline.field import open_field as _open
-    except ImportError:
-        return None, "this installation has no field API (pipeline.field)"
+    from pipeline.field import open_field as _open
+
     try:
         return FieldQuery(_open(map_dir)), ""
     except UserError as exc:
