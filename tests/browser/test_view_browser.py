@@ -199,3 +199,35 @@ def test_viewer_in_chromium(browser, viewer):
 
     assert not errors, errors
     assert not outside, f"the page fetched from outside the viewer: {outside}"
+
+
+def test_query_heat_map_is_the_fields_answer(demo_map, viewer):
+    """The served heat map holds the field API's scores (full resolution and strided)."""
+    import requests
+    from pyproj import Transformer
+
+    from pipeline.field import open_field, query_window
+    from pipeline.view.field import FieldQuery
+
+    f = open_field(demo_map)
+    expected = query_window(f, ["a river"], f.full_window)[0]
+    res = requests.post(viewer + "api/query", json={"text": "a river"}, timeout=300).json()
+    assert res["step"] == 1
+    gb = f.geobox
+    rows, cols = np.nonzero(np.isfinite(expected))
+    for i in np.linspace(0, len(rows) - 1, 5).astype(int):
+        r, c = int(rows[i]), int(cols[i])
+        x, y = gb.affine * (c + 0.5, r + 0.5)
+        lon, lat = Transformer.from_crs(gb.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(
+            x, y
+        )
+        px = requests.get(
+            viewer + "api/pixel", params={"lon": lon, "lat": lat, "query": res["id"]}, timeout=60
+        ).json()
+        assert px["query"]["score"] == pytest.approx(float(expected[r, c]), abs=1e-4)
+    # A map larger than the query budget is answered on every n-th pixel.
+    h, w = f.shape
+    q = FieldQuery(f, max_px=int(h * w / 8.9))
+    heat = q.heat("a river")
+    assert heat.step == 3 and heat.values.shape == (-(-h // 3), -(-w // 3))
+    assert np.allclose(heat.values, expected[::3, ::3], equal_nan=True, atol=1e-6)
