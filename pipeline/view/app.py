@@ -55,6 +55,10 @@ class ViewerState:
         self._luts = {name: render.ramp_lut(name) for name in render.RAMPS}
         self.valid_obs_max = self._valid_obs_max()
         self._rgb_mem: reading.MemRaster | None = None
+        h, w = self.info["shape"]
+        self.has_rgb = sources.rgb is not None or (
+            sources.store_has_composite and h * w <= reading.RGB_FROM_STORE_MAX_PX
+        )
         self._rgb_lock = Lock()
         self.queries: OrderedDict[str, tuple[reading.MemRaster, dict[str, Any]]] = OrderedDict()
         self._q_lock = Lock()
@@ -80,7 +84,7 @@ class ViewerState:
         s = self.sources
         if s.rgb is not None:
             return str(s.rgb)
-        if not s.store_has_composite or s.store is None:
+        if not self.has_rgb or s.store is None:
             return None
         with self._rgb_lock:
             if self._rgb_mem is None:
@@ -93,7 +97,7 @@ class ViewerState:
             "classes": True,
             "confidence": s.confidence is not None,
             "valid_obs": s.valid_obs is not None,
-            "rgb": s.rgb_source is not None,
+            "rgb": self.has_rgb,
         }
         return {
             "title": s.title,
@@ -113,7 +117,7 @@ class ViewerState:
             ],
             "shares_exact": self.shares_exact,
             "layers": layers,
-            "rgb_source": s.rgb_source,
+            "rgb_source": s.rgb_source if self.has_rgb else None,
             "valid_obs_max": self.valid_obs_max,
             "topk": s.store is not None,
             "query": {

@@ -33,6 +33,8 @@ __all__ = [
 TILE_SIZE = 256
 # Class shares are counted on at most this many pixels (read from the overviews, nearest).
 SHARE_SAMPLE_PX = 4_000_000
+# Largest map whose true-colour layer is built in memory from the store's saved composite.
+RGB_FROM_STORE_MAX_PX = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def read_tile(
 
 
 def layer_info(path: str | Path) -> dict[str, Any]:
-    """Bounds (lon/lat), zoom range, band count, dtype and nodata of a raster."""
+    """Bounds (lon/lat), zoom range, band count, shape (rows, cols), dtype and nodata of a raster."""
     from rio_tiler.io import Reader
 
     with Reader(str(path)) as src:
@@ -89,6 +91,7 @@ def layer_info(path: str | Path) -> dict[str, Any]:
             "minzoom": int(src.minzoom),
             "maxzoom": int(src.maxzoom),
             "count": int(src.dataset.count),
+            "shape": (int(src.dataset.height), int(src.dataset.width)),
             "dtype": str(src.dataset.dtypes[0]),
             "nodata": src.dataset.nodata,
             "descriptions": [d or "" for d in src.dataset.descriptions],
@@ -222,7 +225,7 @@ class MemRaster:
 
 
 def composite_rgb_from_store(
-    store: Path, max_px: int = 64_000_000, max_reflectance: float = 0.2
+    store: Path, max_px: int = RGB_FROM_STORE_MAX_PX, max_reflectance: float = 0.2
 ) -> MemRaster | None:
     """A uint8 true-colour image from the store's saved composite (``run --save-composite``).
 
