@@ -184,9 +184,12 @@ def test_viewer_in_chromium(browser, viewer):
     page.fill("#query-text", "a lake")
     page.click("#query-run")
     page.wait_for_function(
-        "document.getElementById('query-status').dataset.seconds !== undefined", timeout=60_000
+        "(s => s.dataset.seconds !== undefined || s.textContent.startsWith('query failed'))"
+        "(document.getElementById('query-status'))",
+        timeout=300_000,  # the first query waits for the model, loaded in the background
     )
     seconds = time.perf_counter() - t0
+    assert page.get_attribute("#query-status", "data-seconds"), page.inner_text("#query-status")
     _wait_idle(page)
     page.uncheck("#layer-classes")
     _wait_idle(page)
