@@ -222,6 +222,24 @@ def test_view_command_reports_a_bad_folder_in_one_line(tmp_path):
     assert out.stderr.strip().count("\n") == 0 and "not a folder" in out.stderr
 
 
+def test_view_command_reports_a_taken_port_in_one_line(map_dir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline", "view", str(map_dir["root"]), "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().count("\n") == 0 and f"127.0.0.1:{port}" in out.stderr
+
+
 # --- the server --------------------------------------------------------------------------------
 
 

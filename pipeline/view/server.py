@@ -54,8 +54,12 @@ def serve(
     from pipeline.view.sources import find_sources
 
     sources = find_sources(map_dir)
-    state = ViewerState(sources)
-    sock = bind(port)
+    sock = bind(port)  # before the slower set-up: a taken port fails at once
+    try:
+        state = ViewerState(sources)
+    except BaseException:
+        sock.close()
+        raise
     url = f"http://{HOST}:{sock.getsockname()[1]}/"
     config = uvicorn.Config(
         create_app(state), log_level="warning", access_log=False, lifespan="off"
