@@ -41,8 +41,8 @@ test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac
 
 test-browser: $(STAMP) ## Browser test of the map viewer (installs Debian's chromium + Playwright)
 	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
-	$(PY) -m pip install -q --disable-pip-version-check -r tests/browser/requirements.txt
-	S2LC_REQUIRE_BROWSER=1 $(PY) -m pytest -m browser -o addopts="" -p no:cacheprovider -q --timeout=1800 tests/browser
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements-browser.txt
+	S2LC_REQUIRE_BROWSER=1 $(PY) -m pytest -m browser -o addopts="" -p no:cacheprovider -q --timeout=1800 tests/test_view_browser.py
 
 map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=timesenclip OUT=dir
 	$(PY) -m pipeline run --region $(REGION) --model $(MODEL) $(if $(YEAR),--year $(YEAR)) $(if $(OUT),--out $(OUT)) $(if $(filter demo,$(REGION)),--untrained --tile-size 100) $(ARGS)

@@ -2,7 +2,7 @@
 
 The map folder is written by the project's own writers (Zarr store, COGs, legend) from a seeded,
 planted class pattern, so every answer the server gives can be checked against known pixels.
-The browser test (headless Chromium over a demo run) is ``make test-browser``.
+The browser tests (headless Chromium) are in ``test_view_browser.py`` (``make test-browser``).
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ def _planted(shape: tuple[int, int]) -> np.ndarray:
     return cls
 
 
-@pytest.fixture(scope="module")
-def map_dir(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("viewmap")
+def write_view_map(root: Path) -> dict:
+    """A finished 3-class map in ``root`` (store, COGs, legend); returns the grid and its arrays."""
     grid = make_grid(AOI, UTM, 10, 32)
     store = root / "map.zarr"
     create_map_store(store, grid, class_names=NAMES, k=2, period_labels=PERIODS)
@@ -95,6 +94,11 @@ def map_dir(tmp_path_factory) -> dict:
         untrained=True,
     )
     return {"root": root, "grid": grid, "classes": full, "confidence": conf_full}
+
+
+@pytest.fixture(scope="module")
+def map_dir(tmp_path_factory) -> dict:
+    return write_view_map(tmp_path_factory.mktemp("viewmap"))
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,13 @@
-"""The map viewer in a real browser: headless Debian Chromium, driven by Playwright, over a demo run.
+"""The map viewer in a real browser: headless Debian Chromium, driven by Playwright.
 
 ``make test-browser`` installs Chromium (Debian's package) and the Playwright client, then runs
-this file. It makes a small demo run (600 m x 600 m, untrained weights, with the embedding
-field), serves it with ``python -m pipeline view``, and checks what a person would see: the class
-layer drawn in the legend's colours, a class toggled off disappearing, a free-text query drawing
-its heat map. Screenshots are saved under ``$S2LC_TEST_ARTEFACTS`` (default
+this file. Over the planted 3-class map of ``test_view.py``: the classes are drawn in exactly
+the legend's colours in their planted proportions, a class switched off or made transparent
+disappears and the others stay. Over a small demo run (600 m x 600 m, untrained weights, with
+the embedding field), served by ``python -m pipeline view``: the class layer renders in legend
+colours, a toggled class disappears, a click shows the pixel's top-k, a free-text query draws
+its heat map (and the heat map holds the field API's scores), and the page fetches nothing from
+outside the viewer. Screenshots are saved under ``$S2LC_TEST_ARTEFACTS`` (default
 ``outputs/test-artefacts/browser``).
 """
 
@@ -16,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +92,11 @@ def demo_map(demo_catalog, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def viewer(demo_map):
+@contextmanager
+def _serve(map_dir: Path) -> Iterator[str]:
+    """``python -m pipeline view MAP_DIR --port 0`` in a subprocess; yields its URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "view", str(demo_map), "--port", "0"],
+        [sys.executable, "-m", "pipeline", "view", str(map_dir), "--port", "0"],
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
@@ -104,6 +110,22 @@ def viewer(demo_map):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def viewer(demo_map) -> Iterator[str]:
+    with _serve(demo_map) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def planted_viewer(tmp_path_factory) -> Iterator[tuple[str, dict]]:
+    """The viewer over the 3-class planted map of test_view.py (written by the project's writers)."""
+    from test_view import write_view_map
+
+    m = write_view_map(tmp_path_factory.mktemp("planted"))
+    with _serve(m["root"]) as url:
+        yield url, m
 
 
 def _hex_to_rgb(c: str) -> np.ndarray:
@@ -131,25 +153,57 @@ def _wait_idle(page, timeout_ms: int = 120_000) -> None:
     page.wait_for_timeout(300)  # one more frame for the last tile's fade-in
 
 
-def test_viewer_in_chromium(browser, viewer):
+def _open(browser, url: str) -> tuple:
+    """A page on ``url`` with its errors and any request outside the viewer recorded."""
     page = browser.new_page()
     errors: list[str] = []
     outside: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on(
-        "request",
-        lambda r: None if r.url.startswith(viewer) else outside.append(r.url),
-    )
-    page.goto(viewer)
+    page.on("request", lambda r: None if r.url.startswith(url) else outside.append(r.url))
+    page.goto(url)
     _wait_idle(page)
-    meta = page.evaluate("window.s2lcView.state.meta")
-    classes = {c["value"]: c for c in meta["classes"]}
     # Opaque classes over nothing else, so the screenshot shows the legend's exact colours.
     page.fill("#opacity-classes", "100")
     page.dispatch_event("#opacity-classes", "input")
-    if meta["layers"]["rgb"]:
+    if page.locator("#layer-rgb").count():
         page.uncheck("#layer-rgb")
     _wait_idle(page)
+    return page, errors, outside
+
+
+def test_planted_classes_render_in_legend_colours_and_toggle(browser, planted_viewer):
+    from test_view import COLORS
+
+    url, m = planted_viewer
+    page, errors, outside = _open(browser, url)
+    px = _map_pixels(page, "0-planted")
+    counts = [_count(px, c) for c in COLORS]
+    drawn = px.shape[0] * px.shape[1] - _count(px, "#3a3a3a", tol=0)
+    assert min(counts) > 1000 and sum(counts) > 0.9 * drawn, counts
+    # Thirds of the map, so about equal areas on screen too.
+    assert max(counts) < 1.3 * min(counts), counts
+    page.uncheck('input[data-class="1"]')
+    _wait_idle(page)
+    px = _map_pixels(page, "0-planted-class-1-off")
+    assert (
+        _count(px, COLORS[1]) == 0 and _count(px, COLORS[0]) > 1000 and _count(px, COLORS[2]) > 1000
+    )
+    page.fill('input[data-class-opacity="2"]', "0")
+    page.dispatch_event('input[data-class-opacity="2"]', "change")
+    _wait_idle(page)
+    px = _map_pixels(page, "0-planted-class-2-transparent")
+    assert _count(px, COLORS[2]) == 0 and _count(px, COLORS[0]) > 1000
+    page.click("#all-on")
+    _wait_idle(page)
+    px = _map_pixels(page, "0-planted-all-on")
+    assert _count(px, COLORS[1]) > 1000 and _count(px, COLORS[2]) == 0  # class 2 still at opacity 0
+    assert not errors and not outside, (errors, outside)
+
+
+def test_demo_run_in_chromium(browser, viewer):
+    page, errors, outside = _open(browser, viewer)
+    meta = page.evaluate("window.s2lcView.state.meta")
+    classes = {c["value"]: c for c in meta["classes"]}
     px = _map_pixels(page, "1-classes")
     counts = {v: _count(px, c["color"]) for v, c in classes.items()}
     background = _count(px, "#3a3a3a", tol=0)
