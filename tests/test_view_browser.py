@@ -28,7 +28,7 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("S2LC_CHROMIUM", "/usr/bin/chromium")
 # How Chromium must start on these machines (no sandbox as root, no background network calls).
 CHROMIUM_ARGS = [
