@@ -191,6 +191,11 @@ def _region_from_doc(doc: dict[str, Any], name: str, source: str) -> Region:
     )
 
 
+def _yaml_load(text: str) -> Any:
+    """YAML through libyaml when available (country outlines are large)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+
+
 def list_regions() -> list[Region]:
     """All named regions in the catalogue, sorted by name."""
     return [load_region(p.stem) for p in sorted(REGIONS_DIR.glob("*.yaml"))]
@@ -210,7 +215,7 @@ def load_region(name_or_path: str | Path) -> Region:
     text = str(name_or_path)
     named = REGIONS_DIR / f"{text}.yaml"
     if named.is_file():
-        return _region_from_doc(yaml.safe_load(named.read_text()), text, str(named))
+        return _region_from_doc(_yaml_load(named.read_text()), text, str(named))
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(
@@ -218,7 +223,7 @@ def load_region(name_or_path: str | Path) -> Region:
             "nor an existing vector file"
         )
     if path.suffix.lower() in (".yaml", ".yml"):
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = _yaml_load(path.read_text()) or {}
         if not isinstance(doc, dict):
             raise UserError(f"region file {path}: expected a mapping")
         return _region_from_doc(doc, doc.get("name", path.stem), str(path))

@@ -125,11 +125,11 @@ def _sha256(path: Path) -> str:
 
 def make_plan(cfg: RunConfig) -> Plan:
     """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
+    from pipeline.cells import output_grid
     from pipeline.tile_task import ModelSpec
-    from pipeline.tiling import make_grid
 
     region, geometry = resolve_region(cfg)
-    grid = make_grid(geometry, region.crs, region.resolution, cfg.tile_size)
+    grid = output_grid(geometry, region.crs, region.resolution, cfg.tile_size)
     m = ModelSpec.of(cfg).load()
     names, colors, legend_info, w = _legend_and_classifier(cfg, m)
     if len(names) > 254:

@@ -126,6 +126,10 @@ def resolve(args: argparse.Namespace):
         "calibration": "reference" if model == "senclip" and not head else "none",
         "legend": "demo" if region.stac == "demo" else "lucas-lc8",
     }
+    from pipeline.cells import GRIDDED_TILE_SIZE, is_gridded
+
+    if is_gridded(region.crs):  # tiles must divide the 100 km output cells
+        defaults["tile_size"] = GRIDDED_TILE_SIZE
     cli = {
         "region": region_name,
         "start": start,
