@@ -19,7 +19,7 @@ ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help env test test-integration map bench lint clean
+.PHONY: help env test test-integration map bench bench-scale lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=tim
 
 bench: $(STAMP) ## Benchmarks against same-run baselines -> bench/results.json
 	$(PY) -m pipeline bench $(ARGS)
+
+bench-scale: $(STAMP) ## Search/plan/scheduling at EU-27 scale on pgstac, no pixels (integration, minutes)
+	$(PY) -m tests.integration.bench_scale $(ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(PY) -m ruff check pipeline model aoi tests

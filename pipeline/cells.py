@@ -50,8 +50,8 @@ class Cell:
 
     Attributes:
         code: EEA grid code, e.g. ``100kmE43N32``.
-        grid: the cell's pixels (its full 100 km extent) and the run's tiles inside it, their
-            windows relative to the cell.
+        grid: the cell's published pixels (the bounding box of its tiles, inside the 100 km
+            cell) and the run's tiles inside it, their windows relative to that box.
         window: the cell's (rows, cols) in the run's output grid.
     """
 
@@ -83,7 +83,10 @@ def cells_of(grid: TileGrid, size_m: int = CELL_M) -> dict[str, Cell]:
         groups.setdefault((t.window[0].start // c, t.window[1].start // c), []).append(t)
     out: dict[str, Cell] = {}
     for (cr, cc), tiles in sorted(groups.items()):
-        ys, xs = slice(cr * c, (cr + 1) * c), slice(cc * c, (cc + 1) * c)
+        # The cell's published extent: its tiles' bounding box (a whole cell inland, less on a
+        # coast or a border), always inside the cell and on the tile lattice.
+        ys = slice(min(t.window[0].start for t in tiles), max(t.window[0].stop for t in tiles))
+        xs = slice(min(t.window[1].start for t in tiles), max(t.window[1].stop for t in tiles))
         gbox = grid.geobox[ys, xs]
         local = tuple(
             Tile(
@@ -97,8 +100,9 @@ def cells_of(grid: TileGrid, size_m: int = CELL_M) -> dict[str, Cell]:
             )
             for t in tiles
         )
-        x0, _, _, y1 = gbox.boundingbox
-        code = cell_code(x0 + res / 2, y1 - size_m + res / 2, size_m)
+        x0 = gx0 + cc * size_m
+        y0 = gy1 - (cr + 1) * size_m
+        code = cell_code(x0 + res / 2, y0 + res / 2, size_m)
         out[code] = Cell(code, TileGrid(gbox, grid.tile_size, local), (ys, xs))
     return out
 
