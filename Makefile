@@ -19,7 +19,7 @@ ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help env test test-integration map bench bench-scale lint clean
+.PHONY: help env test test-integration map demo-zeroshot bench bench-scale lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -39,8 +39,19 @@ test: $(STAMP) ## Run the test suite (offline, no GPU needed)
 test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac, faults)
 	$(PY) -m pytest -m integration -o addopts="" --timeout=1800
 
+# Plain `make map` (the demo region, TimeSenCLIP, no YEAR/ARGS) runs the demo's whole few-shot
+# workflow (`python -m pipeline demo map`); anything else is one `python -m pipeline run`.
+DEMO_WORKFLOW := $(and $(filter demo,$(REGION)),$(filter timesenclip,$(MODEL)),$(if $(YEAR)$(ARGS),,yes))
+
 map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=timesenclip OUT=dir
+ifneq ($(DEMO_WORKFLOW),)
+	$(PY) -m pipeline demo map $(if $(OUT),--out $(OUT))
+else
 	$(PY) -m pipeline run --region $(REGION) --model $(MODEL) $(if $(YEAR),--year $(YEAR)) $(if $(OUT),--out $(OUT)) $(if $(filter demo,$(REGION)),--untrained --tile-size 100) $(ARGS)
+endif
+
+demo-zeroshot: $(STAMP) ## The demo mapped zero-shot from prompts with untrained weights (mechanics only)
+	$(PY) -m pipeline run --region demo --model $(MODEL) --untrained --tile-size 100 --out $(or $(OUT),outputs/demo-zeroshot) $(ARGS)
 
 bench: $(STAMP) ## Benchmarks against same-run baselines -> bench/results.json
 	$(PY) -m pipeline bench $(ARGS)

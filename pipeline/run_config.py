@@ -47,7 +47,9 @@ class RunConfig:
     arch: str | None = None
     untrained: bool = False
     seed: int = 0
-    legend: str = "lucas-lc8"
+    legend: str | None = None
+    """Zero-shot: the classes and prompts (default lucas-lc8). With a head: only the colours
+    (default: the legend the head was fitted with, ``probe --legend``)."""
     style: str = "aerial"
     head: str | None = None
     period: Literal["monthly", "quarterly", "annual"] = "monthly"
@@ -112,6 +114,16 @@ class RunConfig:
     def output_hash(self) -> str:
         """A short hash of every setting that changes output pixels."""
         plain = {k: v for k, v in to_plain(self).items() if k not in _NOT_IN_HASH}
+        if self.head and Path(self.head).expanduser().is_file():
+            # the head's content, not only its path: a refitted head makes another map
+            from model.checkpoints import sha256_file
+
+            plain["head_sha256"] = sha256_file(Path(self.head).expanduser())
+        if self.checkpoint and Path(self.checkpoint).expanduser().is_file():
+            # weights replaced under the same path make another map (memoised: hashed once)
+            from model.checkpoints import sha256_file
+
+            plain["checkpoint_sha256"] = sha256_file(Path(self.checkpoint).expanduser())
         blob = json.dumps(plain, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.run_config import RunConfig, default_output_dir
-from pipeline.workspace import Workspace
+from pipeline.scenes import SceneLedger
+from pipeline.workspace import TileFailure, Workspace
 
 _log = logging.getLogger(__name__)
 
@@ -79,25 +80,91 @@ def check_size(cfg: RunConfig, area_km2: float) -> None:
         )
 
 
+def preflight(cfg: RunConfig, n_periods: int) -> None:
+    """Cheap checks of the legend and the few-shot head, before any model is built.
+
+    Raises UserError for an unknown legend, an unreadable head, or a head fitted on another model
+    kind, composite period or number of periods T than this run makes.
+    """
+    from model.legends import load_legend
+
+    if not cfg.head:
+        load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
+        return
+    from model.train.probe import check_head_matches, load_head
+
+    head = load_head(cfg.head)
+    check_head_matches(
+        head, {"name": cfg.model, "period": cfg.period, "periods": n_periods}, where=cfg.head
+    )
+    fitted = head.model_identity
+    if fitted.get("start") and str(fitted["start"]) != str(cfg.start):
+        _log.warning(
+            "the head was fitted on composites of %s..%s and maps %s..%s: a head transfers "
+            "between years only as far as the land cover's seasonal signal does",
+            fitted["start"],
+            fitted.get("end"),
+            cfg.start,
+            cfg.end,
+        )
+    legend = _head_legend(cfg, head)
+    if legend is not None and tuple(legend.names) != tuple(head.class_names):
+        raise UserError(
+            f"--legend {cfg.legend} has classes {', '.join(legend.names)}; the head "
+            f"{cfg.head} predicts {', '.join(head.class_names)}"
+        )
+
+
+def _head_legend(cfg: RunConfig, head: Any):
+    """The legend whose colours a head's map takes: --legend, else the one the head was fitted
+    with (``probe --legend``), else None (a generic palette)."""
+    from model.legends import load_legend
+
+    name = cfg.legend if cfg.legend is not None else head.meta.get("legend")
+    if not name:
+        return None
+    try:
+        return load_legend(name, style=cfg.style)
+    except UserError:
+        if cfg.legend is not None:
+            raise
+        return None  # the head's legend file moved: fall back to a palette
+
+
 def _legend_and_classifier(cfg: RunConfig, m: Any):
     """Class names, colours, legend facts for legend.json, and the (C, D) text classifier."""
     if cfg.head:
-        from model.train.probe import load_head
+        from model.train.probe import check_head_matches, load_head
 
         head = load_head(cfg.head)
+        check_head_matches(
+            head,
+            {
+                "name": m.name,
+                "identity": m.identity,
+                "dim": int(m.embed_dim),
+                "checkpoint_sha256": m.checkpoint_sha256,
+            },
+            where=cfg.head,
+        )
         names = tuple(head.class_names)
-        colors = tuple(_palette(len(names)))
+        legend = _head_legend(cfg, head)
+        if legend is not None and tuple(legend.names) == names:
+            colors = tuple(legend.colors)
+        else:
+            colors = tuple(_palette(len(names)))
         info = {
-            "name": Path(cfg.head).name,
+            "name": legend.name if legend is not None else Path(cfg.head).name,
             "style": "few-shot head",
             "prompt_hash": None,
+            "head": Path(cfg.head).name,
             "head_sha256": _sha256(Path(cfg.head)),
         }
         return names, colors, info, np.zeros((len(names), m.embed_dim), np.float32)
     from model.legends import load_legend
     from model.zeroshot import build_classifier
 
-    legend = load_legend(cfg.legend, style=cfg.style)
+    legend = load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
     w = build_classifier(m, legend)
     w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w, np.float32)
     names = tuple(c.name for c in legend.classes)
@@ -246,7 +313,28 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
         )
         for t in tiles
     ]
-    samples = [f.result() for f in futures]
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from pipeline.cube import ReadFailure
+
+    with tqdm(
+        total=len(futures),
+        unit="tile",
+        desc="calibration sample",
+        disable=not cfg.progress,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
+        for _ in as_completed(futures):
+            bar.update(1)
+    try:
+        samples = [f.result() for f in futures]
+    except ReadFailure as exc:
+        raise UserError(
+            f"calibration sample: reading scenes {', '.join(exc.scenes[:3])} failed ({exc}); "
+            "nothing was mapped: rerun when the data is readable"
+        ) from None
     emb = (
         np.concatenate([s for s in samples if len(s)], axis=0)
         if any(len(s) for s in samples)
@@ -270,12 +358,32 @@ def _resources(client) -> dict[str, int] | None:
     return None
 
 
+def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure:
+    """The failure record of a tile whose last attempt raised ``exc``."""
+    import datetime as dt
+
+    from pipeline.cube import ReadFailure
+
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if isinstance(exc, ReadFailure):
+        return TileFailure(
+            tile_id, "read_failure", text, attempts, http_status=exc.status,
+            scenes=exc.scenes, time=when,
+        )  # fmt: skip
+    return TileFailure(tile_id, "error", f"{type(exc).__name__}: {text}", attempts, time=when)
+
+
 def run_tiles(
     client, cfg, plan, ws, items, calibration, todo, progress=None, task=None
-) -> tuple[dict, dict]:
-    """Run ``todo`` tiles, a bounded number in flight; returns (stats by tile, errors by tile).
+) -> tuple[dict, dict[str, TileFailure]]:
+    """Run ``todo`` tiles, a bounded number in flight; returns (stats, failures) by tile id.
 
     ``task`` replaces :func:`pipeline.tile_task.process_tile` (the scale benchmark's stand-in).
+
+    A tile that raises is resubmitted up to ``cfg.retries`` times; one that still fails gets a
+    :class:`~pipeline.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
+    and no done marker, so the next run redoes it.
     """
     from distributed import as_completed
 
@@ -289,48 +397,99 @@ def run_tiles(
     resources = _resources(client)
     pending = list(todo)
     stats: dict[str, dict] = {}
-    errors: dict[str, str] = {}
+    failures: dict[str, TileFailure] = {}
+    earlier = ws.failed_tiles()
+    tile_of: dict[str, tuple[Any, int]] = {}
 
-    tile_of: dict[str, str] = {}
-
-    def submit(tile):
+    def submit(tile, attempt: int = 1):
         fut = client.submit(
             task,
             _job(cfg, plan, ws, items, tile, calibration),
-            key=f"tile-{tile.id}-{cfg.output_hash()}",
-            retries=cfg.retries,
+            key=f"tile-{tile.id}-{cfg.output_hash()}-{attempt}",
+            retries=0,  # retried here, so attempts are counted and recorded
             resources=resources,
             pure=False,
         )
-        tile_of[fut.key] = tile.id
+        tile_of[fut.key] = (tile, attempt)
         return fut
 
     ac = as_completed([submit(pending.pop(0)) for _ in range(min(max_in_flight, len(pending)))])
     for fut in ac:
-        tid = tile_of.pop(fut.key)
+        tile, attempt = tile_of.pop(fut.key)
+        tid = tile.id
         if fut.status == "finished":
             s = fut.result()
             ws.mark_done(tid, s)
             stats[tid] = s
         else:
             exc = fut.exception()
-            errors[tid] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            _log.error("tile %s failed after %d retries: %s", tid, cfg.retries, errors[tid])
+            if attempt <= cfg.retries:
+                _log.warning("tile %s attempt %d failed (%s); retrying", tid, attempt, exc)
+                fut.release()
+                ac.add(submit(tile, attempt + 1))
+                continue
+            before = earlier[tid].attempts if tid in earlier else 0
+            failures[tid] = tile_failure(tid, exc, before + attempt)
+            ws.record_failure(failures[tid])
+            _log.error(
+                "tile %s failed after %d attempt(s): %s: %s",
+                tid,
+                attempt,
+                failures[tid].error_kind,
+                failures[tid].message,
+            )
         fut.release()
-        if progress is not None:
-            progress.update(1)
+        if progress is not None:  # counts pixels (tiles done: in the postfix)
+            progress.update(plan.grid[tid].shape[0] * plan.grid[tid].shape[1])
+            progress.set_postfix_str(
+                f"{len(stats) + len(failures)}/{len(todo)} tiles", refresh=False
+            )
         if pending:
             ac.add(submit(pending.pop(0)))
-    return stats, errors
+    return stats, failures
 
 
 def _search(cfg: RunConfig, geometry, profile: str) -> list[dict]:
-    from pipeline.search import SearchConfig, search_items
+    """The usable scenes (item dicts, unsigned hrefs) for the run's region and period."""
+    return _search_scenes(cfg, geometry, profile)[0]
+
+
+def _search_scenes(cfg: RunConfig, geometry, profile: str) -> tuple[list[dict], SceneLedger]:
+    """The usable scenes (item dicts with unsigned hrefs) and the ledger of all returned."""
+    from pipeline.search import SearchConfig, search_scenes
+    from pipeline.stac_profiles import unsigned_href
 
     scfg = SearchConfig(
-        profile=profile, stac_url=cfg.stac_url, collection=cfg.collection, max_cloud=cfg.max_cloud
+        profile=profile,
+        stac_url=getattr(cfg, "stac_url", None),
+        collection=getattr(cfg, "collection", None),
+        max_cloud=getattr(cfg, "max_cloud", 60.0),
     )
-    return [it.to_dict() for it in search_items(geometry, cfg.start, cfg.end, scfg)]
+    try:
+        result = search_scenes(geometry, cfg.start, cfg.end, scfg)
+    except UserError as exc:
+        if profile != "demo" and _inside_demo(geometry):
+            raise UserError(
+                f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
+            ) from None
+        raise
+    items = []
+    for it in result.items:
+        d = it.to_dict()
+        for asset in d.get("assets", {}).values():  # signatures expire: signed when read
+            asset["href"] = unsigned_href(asset["href"])
+        items.append(d)
+    return items, result.ledger
+
+
+def _inside_demo(geometry) -> bool:
+    """True when ``geometry`` (EPSG:4326) lies inside the bundled demo catalog's footprint."""
+    from shapely.geometry import box
+
+    from aoi import to_crs
+    from pipeline.demo import DEMO_BOUNDS, DEMO_EPSG
+
+    return box(*DEMO_BOUNDS).contains(to_crs(geometry, f"EPSG:{DEMO_EPSG}"))
 
 
 def execute(cfg: RunConfig) -> int:
@@ -370,12 +529,13 @@ def execute(cfg: RunConfig) -> int:
     if cfg.untrained:
         _log.warning(
             "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
-            "the pipeline working, not land cover",
+            "the pipeline working, not land cover%s",
             cfg.model,
+            " until a few-shot head classifies it" if cfg.head else "",
         )
-    plan = make_plan(cfg)
-    seconds["plan"] = time.perf_counter() - t0
-
+    # Cheap checks first (legend, head, then the STAC search): bad input fails in seconds,
+    # before any model is built or any tile runs.
+    preflight(cfg, len(labels))
     previous = ws.manifest()
     resumable = (
         previous is not None and previous.get("output_hash") == output_hash and not cfg.overwrite
@@ -383,11 +543,16 @@ def execute(cfg: RunConfig) -> int:
     t = time.perf_counter()
     if resumable:
         items = previous["items"]
+        ledger = SceneLedger.from_dict(previous.get("ledger"))
         _log.info("resuming %s: %d scenes from the manifest", out, len(items))
     else:
-        items = _search(cfg, geometry, cfg.profile)
+        items, ledger = _search_scenes(cfg, geometry, cfg.profile)
         _log.info("%d scenes found", len(items))
     seconds["search"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    plan = make_plan(cfg)
+    seconds["plan"] = time.perf_counter() - t
 
     ws.prepare(output_hash, cfg.overwrite)
     from pipeline.config import to_plain
@@ -399,6 +564,7 @@ def execute(cfg: RunConfig) -> int:
             "output_hash": output_hash,
             "config": to_plain(cfg),
             "items": items,
+            "ledger": ledger.to_dict(),
             "calibration": None,
         }
     )
@@ -426,7 +592,7 @@ def execute(cfg: RunConfig) -> int:
         "%d tiles: %d done earlier, %d to run", len(plan.grid.tiles), len(done_before), len(todo)
     )
 
-    errors: dict[str, str] = {}
+    failures: dict[str, TileFailure] = {}
     stats: dict[str, dict] = {}
     with open_client(cluster_cfg) as client:
         calibration = manifest.get("calibration")
@@ -441,18 +607,23 @@ def execute(cfg: RunConfig) -> int:
         if todo:
             from tqdm import tqdm
 
+            # Pixels, not tiles: a few large tiles still move the bar and give an ETA.
             with tqdm(
-                total=len(todo),
-                unit="tile",
-                desc="tiles",
+                total=sum(tl.shape[0] * tl.shape[1] for tl in todo),
+                unit="px",
+                unit_scale=True,
+                desc=f"{len(todo)} tiles",
                 disable=not cfg.progress,
                 mininterval=1.0,
                 dynamic_ncols=True,
             ) as bar:
-                stats, errors = run_tiles(client, cfg, plan, ws, items, calib, todo, bar)
+                stats, failures = run_tiles(client, cfg, plan, ws, items, calib, todo, bar)
         seconds["tiles_wall"] = time.perf_counter() - t
 
     all_stats = {**done_before, **stats}
+    _ledger_from_tiles(ledger, stats, failures)
+    for line in ledger.summary_lines():
+        _log.info("%s", line)
     for stage in ("load", "composite", "infer", "write"):
         seconds[f"{stage}_worker_sum"] = float(
             sum(s["seconds"].get(stage, 0.0) for s in stats.values())
@@ -467,9 +638,13 @@ def execute(cfg: RunConfig) -> int:
         seconds,
         all_stats,
         done_before,
-        errors,
+        failures,
         area_km2,
     )
+    report["scene_ledger"] = ledger.to_dict()
+    report["coverage"] = coverage_report(all_stats, labels)
+    for line in report["coverage"]["warnings"]:
+        _log.warning("%s", line)
     from pipeline.cells import is_gridded
 
     gridded = is_gridded(plan.crs)
@@ -479,16 +654,13 @@ def execute(cfg: RunConfig) -> int:
         t = time.perf_counter()
         report["cells"] = publish_cells(cfg, plan, ws, report, labels, all_stats)
         report["seconds"]["publish_cells"] = time.perf_counter() - t
-    if errors:
+    if failures:
         from pipeline.writers import write_json
 
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - t0
         write_json(ws.out / "run.json", report)
-        raise UserError(
-            f"{len(errors)} of {len(plan.grid.tiles)} tiles failed (listed in "
-            f"{ws.out / 'run.json'}); finished tiles are kept: rerun to retry them"
-        )
+        raise UserError(failure_summary(failures, len(plan.grid.tiles), ws.out / "run.json"))
     t = time.perf_counter()
     if gridded:
         from pipeline.continental import publish_gridded
@@ -503,6 +675,79 @@ def execute(cfg: RunConfig) -> int:
     write_json(ws.out / "run.json", report)
     _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])
     return 0
+
+
+def failure_summary(failures: dict[str, TileFailure], total: int, where: Path) -> str:
+    """One line: how many tiles failed, the first few with their reason, where the list is."""
+    shown = []
+    for tid in sorted(failures)[:3]:
+        f = failures[tid]
+        scenes = f" (scenes {', '.join(f.scenes[:3])})" if f.scenes else ""
+        shown.append(f"{tid}: {f.error_kind}, {f.message[:160]}{scenes}")
+    more = f"; +{len(failures) - 3} more" if len(failures) > 3 else ""
+    return (
+        f"{len(failures)} of {total} tiles failed: {'; '.join(shown)}{more}. The map is not "
+        f"published; all failures are listed in {where}; finished tiles are kept: rerun to redo "
+        "only the failed ones"
+    )
+
+
+def _ledger_from_tiles(ledger: SceneLedger, stats: dict, failures: dict[str, TileFailure]) -> None:
+    """Add the tiles' read failures and offset warnings to the scene ledger."""
+    for tid, f in failures.items():
+        if f.error_kind == "read_failure":
+            for sid in f.scenes:
+                ledger.read_failure(sid, f.message, tid)
+    for s in stats.values():
+        for sid, text in (s.get("offset_warnings") or {}).items():
+            ledger.warn(sid, text)
+
+
+#: A period gap-filled (no clear observation) over more than this share of the region warns.
+GAP_FILLED_WARN_FRACTION = 0.10
+
+
+def coverage_report(all_stats: dict[str, dict], labels: list[str]) -> dict[str, Any]:
+    """Per period, the share of the region's pixels without a clear observation in it (gap-filled
+    from other periods), the share with no observation in any period (nodata), and warnings.
+
+    Tiles from before coverage was recorded are left out (``pixels_counted`` says how many count).
+    """
+    inside = 0
+    no_data = 0
+    gap = np.zeros(len(labels), np.int64)
+    for s in all_stats.values():
+        cov = s.get("coverage")
+        if not cov or len(cov.get("gap_filled", [])) != len(labels):
+            continue
+        inside += int(cov["inside"])
+        no_data += int(cov["no_data"])
+        gap += np.asarray(cov["gap_filled"], np.int64)
+    periods = {
+        lab: {"gap_filled_fraction": float(g / inside) if inside else 0.0}
+        for lab, g in zip(labels, gap, strict=True)
+    }
+    warnings = []
+    frac_none = no_data / inside if inside else 0.0
+    for lab, v in periods.items():
+        f = v["gap_filled_fraction"]
+        if f > GAP_FILLED_WARN_FRACTION:
+            warnings.append(
+                f"period {lab}: no clear observation over {f:.0%} of the region; those pixels "
+                "were gap-filled from neighbouring periods"
+            )
+    if no_data:
+        warnings.append(
+            f"{frac_none:.1%} of the region ({no_data} px) has no clear observation in any "
+            "period: nodata in the map"
+        )
+    return {
+        "pixels_counted": inside,
+        "no_data_fraction": frac_none,
+        "gap_filled_warn_fraction": GAP_FILLED_WARN_FRACTION,
+        "periods": periods,
+        "warnings": warnings,
+    }
 
 
 def _up_to_date(ws: Workspace, output_hash: str) -> bool:
@@ -542,7 +787,7 @@ def _report(
     seconds,
     all_stats,
     done_before,
-    errors,
+    failures,
     area_km2,
 ) -> dict[str, Any]:
     from pipeline.config import to_plain
@@ -568,8 +813,9 @@ def _report(
             "total": len(plan.grid.tiles),
             "done": len(all_stats),
             "resumed": len(done_before),
-            "failed": sorted(errors),
-            "errors": errors,
+            "failed": sorted(failures),
+            "errors": {k: f"{f.error_kind}: {f.message}" for k, f in failures.items()},
+            "failures": {k: failures[k].to_dict() for k in sorted(failures)},
             "tile_size": cfg.tile_size,
         },
         "seconds": dict(seconds),
@@ -608,6 +854,12 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     write_quicklook(
         ws.out / "quicklook.png", cogs["classes"], list(plan.class_names), list(plan.colors), title
     )
+    if "composite_rgb" in cogs:  # the true-colour composite the map was made from
+        from pipeline.writers import write_rgb_quicklook
+
+        cogs["composite_quicklook"] = write_rgb_quicklook(
+            ws.out / "composite_rgb.png", cogs["composite_rgb"]
+        )
     assets = {
         **cogs,
         "zarr": zarr_path,

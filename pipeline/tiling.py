@@ -3,8 +3,10 @@
 Three lattices, all in pixel units of the output resolution:
 
 * **Pixels** are anchored at the CRS origin: every output pixel edge lies on a multiple of the
-  resolution. The output grid is the AOI's bounds snapped *outward* to that lattice, so it does
-  not depend on the tile size, and two runs of overlapping regions share pixels exactly.
+  resolution. The output grid is the AOI's bounds snapped *outward* to that lattice
+  (``odc.geo.geobox.GeoBox.from_geopolygon``, which forgives float noise: a 2 km square is
+  200 px at 10 m, the MGRS tile 32UPU 10980 px), so it does not depend on the tile size, and two
+  runs of overlapping regions share pixels exactly.
 * **Tiles** (units of Dask work and of Zarr chunks) are ``tile_size`` squares anchored at the
   output grid's top-left pixel. They are *not* anchored at the CRS origin: Zarr chunks start at
   array index 0, and only a tile lattice anchored there makes every chunk belong to exactly one
@@ -193,8 +195,12 @@ def make_grid(
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
         raise UserError(f"the area of interest is outside the valid area of {crs}")
 
-    col0, col1 = _snap(x0 / res, up=False), _snap(x1 / res, up=True)
-    row0, row1 = _snap(-y1 / res, up=False), _snap(-y0 / res, up=True)
+    # odc-geo snaps the bounds outward to the pixel lattice anchored at the CRS origin, forgiving
+    # sub-pixel float noise of the reprojection (a 2 km square is 200 px, not 201).
+    snapped = GeoBox.from_geopolygon(geom, resolution=res, crs=crs)
+    col0 = _snap(snapped.affine.c / res, up=False)
+    row0 = _snap(-snapped.affine.f / res, up=False)
+    height, width = (max(1, int(v)) for v in snapped.shape.yx)
     if snap is not None:
         cell_px = snap / res
         if abs(cell_px - round(cell_px)) > _SNAP_TOL or round(cell_px) % tile_size:
@@ -203,9 +209,10 @@ def make_grid(
                 f"{res:g}), e.g. 500 or 1000 at 10 m"
             )
         c = round(cell_px)
+        col1, row1 = col0 + width, row0 + height
         col0, col1 = (col0 // c) * c, -(-col1 // c) * c
         row0, row1 = (row0 // c) * c, -(-row1 // c) * c
-    width, height = max(1, col1 - col0), max(1, row1 - row0)
+        width, height = col1 - col0, row1 - row0
     n_tiles = -(-width // tile_size) * -(-height // tile_size)
     if n_tiles > MAX_TILES:
         raise UserError(

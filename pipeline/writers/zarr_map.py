@@ -2,9 +2,9 @@
 
 Layout (dimension names as in ``_ARRAY_DIMENSIONS``)::
 
-    classes       (y, x)                 uint8    255 = nodata
+    classes       (y, x)                 uint8    255 = nodata (a CF flag value; xarray keeps uint8)
     confidence    (y, x)                 float32  NaN = nodata
-    topk_classes  (k, y, x)              uint8    255 = nodata
+    topk_classes  (k, y, x)              uint8    255 = nodata (as classes)
     topk_probs    (k, y, x)              float32  NaN = nodata
     valid_obs     (period, y, x)         uint16   0 = no valid observation (no fill value)
     composite     (period, band, y, x)   float32  NaN = nodata           (optional)
@@ -233,20 +233,24 @@ def _build_store(
             attributes={"_ARRAY_DIMENSIONS": list(dims), **common, **meta},
         )
 
-    flag_meanings = " ".join(_cf_word(n) for n in names)
+    # Class layers have no Zarr fill_value: xarray would take it as a CF _FillValue and decode
+    # the classes to float32 with NaN. They stay uint8; 255 (nodata) is a CF flag value, and
+    # every chunk is written (below), so no chunk reads as zarr's default 0.
+    flag_values = [*range(len(names)), CLASS_NODATA]
+    flag_meanings = " ".join([*(_cf_word(n) for n in names), "nodata"])
     layer(
-        "classes", ("y", "x"), np.uint8, CLASS_NODATA, (),
-        long_name="land-cover class", flag_values=list(range(len(names))),
-        flag_meanings=flag_meanings, class_names=names,
+        "classes", ("y", "x"), np.uint8, None, (),
+        long_name="land-cover class", flag_values=flag_values,
+        flag_meanings=flag_meanings, class_names=names, nodata=CLASS_NODATA,
     )  # fmt: skip
     layer(
         "confidence", ("y", "x"), np.float32, np.nan, (),
         long_name="probability of the predicted class", units="1", valid_min=0.0, valid_max=1.0,
     )  # fmt: skip
     layer(
-        "topk_classes", ("k", "y", "x"), np.uint8, CLASS_NODATA, (k,),
-        long_name="classes by decreasing probability", flag_values=list(range(len(names))),
-        flag_meanings=flag_meanings, class_names=names,
+        "topk_classes", ("k", "y", "x"), np.uint8, None, (k,),
+        long_name="classes by decreasing probability", flag_values=flag_values,
+        flag_meanings=flag_meanings, class_names=names, nodata=CLASS_NODATA,
     )  # fmt: skip
     layer(
         "topk_probs", ("k", "y", "x"), np.float32, np.nan, (k,),
@@ -267,7 +271,29 @@ def _build_store(
             "embeddings", ("embedding", "y", "x"), np.float16, np.nan, (dchunk,),
             long_name="per-pixel embedding",
         )  # fmt: skip
+    _fill_uncovered_chunks(g, grid, ("classes", "topk_classes"), CLASS_NODATA)
     zarr.consolidate_metadata(str(root), zarr_format=2)
+
+
+def _fill_uncovered_chunks(g: Any, grid: TileGrid, names: Sequence[str], value: int) -> None:
+    """Write ``value`` into the chunks no tile covers (outside the AOI), once, at creation.
+
+    Arrays without a fill_value read unwritten chunks as 0; the tiles write the others. An
+    all-``value`` chunk compresses to a few bytes.
+    """
+    ts = grid.tile_size
+    covered = {(t.window[0].start // ts, t.window[1].start // ts) for t in grid.tiles}
+    nr, nc = grid.lattice_shape
+    h, w = grid.shape
+    for r in range(nr):
+        for c in range(nc):
+            if (r, c) in covered:
+                continue
+            ys, xs = slice(r * ts, min(h, (r + 1) * ts)), slice(c * ts, min(w, (c + 1) * ts))
+            for name in names:
+                arr = g[name]
+                lead = (slice(None),) * (arr.ndim - 2)
+                arr[(*lead, ys, xs)] = value
 
 
 def _dim_values(dim: str, layout: Mapping[str, Any]) -> Sequence[Any]:
@@ -326,7 +352,10 @@ def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> 
         arr = g[name]
         want = tuple(arr.shape[:-2]) + tile.shape
         if data is None or data.size == 0:  # e.g. no embeddings for a tile without valid pixels
-            data = np.full(want, arr.fill_value, dtype=arr.dtype)
+            fill = arr.fill_value
+            if fill is None:  # class layers: nodata 255; counts: 0 observations
+                fill = CLASS_NODATA if arr.dtype == np.uint8 else 0
+            data = np.full(want, fill, dtype=arr.dtype)
         if data.shape != want:
             raise ValueError(f"tile {tile.id}: {name} has shape {data.shape}, the store {want}")
         lead = (slice(None),) * (data.ndim - 2)
