@@ -587,9 +587,14 @@ def execute(cfg: RunConfig) -> int:
         },
     )
     done_before = ws.done_tiles()
-    todo = [tl for tl in plan.grid.tiles if tl.id not in done_before]
+    todo, dead_before = select_tiles(plan.grid.tiles, done_before, ws.failed_tiles(), cfg)
     _log.info(
-        "%d tiles: %d done earlier, %d to run", len(plan.grid.tiles), len(done_before), len(todo)
+        "%d tiles: %d done earlier, %d to run, %d left in the dead-letter list%s",
+        len(plan.grid.tiles),
+        len(done_before),
+        len(todo),
+        len(dead_before),
+        " (--retry-failed redoes them)" if dead_before else "",
     )
 
     failures: dict[str, TileFailure] = {}
@@ -654,13 +659,22 @@ def execute(cfg: RunConfig) -> int:
         t = time.perf_counter()
         report["cells"] = publish_cells(cfg, plan, ws, report, labels, all_stats)
         report["seconds"]["publish_cells"] = time.perf_counter() - t
-    if failures:
+    dead = {**dead_before, **{t: f for t, f in failures.items() if f.attempts >= cfg.max_attempts}}
+    report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
+    if failures or dead:
         from pipeline.writers import write_json
 
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - t0
         write_json(ws.out / "run.json", report)
-        raise UserError(failure_summary(failures, len(plan.grid.tiles), ws.out / "run.json"))
+        every = {**dead, **failures}
+        msg = failure_summary(every, len(plan.grid.tiles), ws.out / "run.json")
+        if dead:
+            msg += (
+                f"; {len(dead)} tile(s) failed {cfg.max_attempts} times or more and are in the "
+                "dead-letter list (run.json): plain reruns leave them, --retry-failed redoes them"
+            )
+        raise TilesFailed(msg)
     t = time.perf_counter()
     if gridded:
         from pipeline.continental import publish_gridded
@@ -675,6 +689,26 @@ def execute(cfg: RunConfig) -> int:
     write_json(ws.out / "run.json", report)
     _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])
     return 0
+
+
+class TilesFailed(UserError):
+    """Some tiles failed (or are dead-lettered): the rest of the run finished, nothing published
+    over them. Exit code 3, so scripts tell it from bad input (2)."""
+
+    exit_code = 3
+
+
+def select_tiles(tiles, done: dict, failed: dict[str, TileFailure], cfg: RunConfig):
+    """(tiles to run, dead-lettered failures left alone) for this run.
+
+    A plain run (or rerun) runs every tile not done except those that failed ``max_attempts``
+    times or more (the dead-letter list); ``--retry-failed`` runs only the tiles that failed.
+    """
+    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.max_attempts}
+    if cfg.retry_failed:
+        return [tl for tl in tiles if tl.id in failed and tl.id not in done], {}
+    todo = [tl for tl in tiles if tl.id not in done and tl.id not in dead]
+    return todo, {t: f for t, f in dead.items() if t not in done}
 
 
 def failure_summary(failures: dict[str, TileFailure], total: int, where: Path) -> str:
