@@ -15,7 +15,7 @@ MEMBERS = (
 ).split()
 
 
-def test_every_member_state_loads_and_grids():
+def test_every_member_state_loads_grids_and_plans(tmp_path, capsys):
     from aoi import load_region
     from pipeline.cells import cells_of, is_gridded, output_grid
 
@@ -26,11 +26,17 @@ def test_every_member_state_loads_and_grids():
         # crs auto: one UTM zone -> that zone; several -> LAEA Europe on 100 km cells
         assert r.crs == "EPSG:3035" or r.crs.startswith("EPSG:326")
         # a coarse tile size keeps this fast; the grid and its cells are the run's
-        grid = output_grid(r.geometry, r.crs, r.resolution, 5000 if is_gridded(r.crs) else 4096)
+        ts = 5000 if is_gridded(r.crs) else 4096
+        grid = output_grid(r.geometry, r.crs, r.resolution, ts)
         assert len(grid.tiles) > 0
         if is_gridded(r.crs):
             cells = cells_of(grid)
             assert sum(len(c.grid.tiles) for c in cells.values()) == len(grid.tiles)
+        out = tmp_path / f"{name}.json"
+        args = ["plan", "--region", name, "--year", "2023", "--offline", "--tile-size", str(ts)]
+        assert main([*args, "--plan-out", str(out)]) == 0, capsys.readouterr().err
+        p = json.loads(out.read_text())
+        assert p["output"]["tiles"] == len(grid.tiles) and p["input"]["scenes"] > 0
         total += r.area_km2()
     eu = load_region("eu27")
     assert eu.crs == "EPSG:3035"
