@@ -19,7 +19,7 @@ ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help env test test-integration test-browser map demo-zeroshot bench lint clean
+.PHONY: help env test test-integration test-browser map demo-zeroshot bench bench-scale lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ demo-zeroshot: $(STAMP) ## The demo mapped zero-shot from prompts with untrained
 
 bench: $(STAMP) ## Benchmarks against same-run baselines -> bench/results.json
 	$(PY) -m pipeline bench $(ARGS)
+
+bench-scale: $(STAMP) ## Search/plan/scheduling at EU-27 scale on pgstac, no pixels (integration, minutes)
+	$(PY) -m tests.integration.bench_scale $(ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(PY) -m ruff check pipeline model aoi tests

@@ -29,6 +29,8 @@ _NOT_IN_HASH = {
     "cluster_config",
     "allow_large",
     "retries",
+    "max_attempts",
+    "retry_failed",
     "progress",
 }
 
@@ -73,6 +75,11 @@ class RunConfig:
     cluster_config: str | None = None
     allow_large: bool = False
     retries: int = 2
+    max_attempts: int = 3
+    """Attempts (over all runs) after which a failing tile goes to the dead-letter list: plain
+    reruns leave it alone, ``--retry-failed`` redoes it."""
+    retry_failed: bool = False
+    """Run only the tiles that failed earlier (dead-lettered or not)."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -98,6 +105,8 @@ class RunConfig:
                 raise UserError(f"--stride must be between 1 and --window ({self.window})")
         if not 1 <= self.field_dims <= 4096:
             raise UserError(f"--field-dims must be between 1 and 4096, got {self.field_dims}")
+        if self.max_attempts < 1:
+            raise UserError(f"--max-attempts must be at least 1, got {self.max_attempts}")
         if not 1 <= self.top_k <= 10:
             raise UserError(f"--top-k must be between 1 and 10, got {self.top_k}")
         if not 0 <= self.max_cloud <= 100:

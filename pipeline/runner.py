@@ -192,11 +192,11 @@ def _sha256(path: Path) -> str:
 
 def make_plan(cfg: RunConfig) -> Plan:
     """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
+    from pipeline.cells import output_grid
     from pipeline.tile_task import ModelSpec
-    from pipeline.tiling import make_grid
 
     region, geometry = resolve_region(cfg)
-    grid = make_grid(geometry, region.crs, region.resolution, cfg.tile_size)
+    grid = output_grid(geometry, region.crs, region.resolution, cfg.tile_size)
     m = ModelSpec.of(cfg).load()
     names, colors, legend_info, w = _legend_and_classifier(cfg, m)
     if len(names) > 254:
@@ -225,12 +225,30 @@ def make_plan(cfg: RunConfig) -> Plan:
     )
 
 
-def _items_for(items: list[dict], geobox) -> tuple[dict, ...]:
-    """The STAC items whose footprint touches a window (so each task gets only its own)."""
-    from shapely.geometry import shape
+class ItemIndex:
+    """The run's STAC items with an R-tree over their footprints, built once per run.
 
-    footprint = geobox.extent.to_crs("EPSG:4326").geom
-    return tuple(d for d in items if shape(d["geometry"]).intersects(footprint))
+    ``for_window`` is what each tile's work order gets: only the items touching its window,
+    found in O(log n) instead of testing every item of a continent for every tile.
+    """
+
+    def __init__(self, items: list[dict]) -> None:
+        import shapely
+        from shapely.geometry import shape
+
+        self.items = items
+        self._tree = shapely.STRtree([shape(d["geometry"]) for d in items])
+
+    def for_window(self, geobox) -> tuple[dict, ...]:
+        footprint = geobox.extent.to_crs("EPSG:4326").geom
+        hits = sorted(int(i) for i in self._tree.query(footprint, predicate="intersects"))
+        return tuple(self.items[i] for i in hits)
+
+
+def _items_for(items: list[dict] | ItemIndex, geobox) -> tuple[dict, ...]:
+    """The STAC items whose footprint touches a window (so each task gets only its own)."""
+    index = items if isinstance(items, ItemIndex) else ItemIndex(items)
+    return index.for_window(geobox)
 
 
 def _job(
@@ -402,9 +420,11 @@ def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure
 
 
 def run_tiles(
-    client, cfg, plan, ws, items, calibration, todo, progress=None, field=None
+    client, cfg, plan, ws, items, calibration, todo, progress=None, task=None, field=None
 ) -> tuple[dict, dict[str, TileFailure]]:
     """Run ``todo`` tiles, a bounded number in flight; returns (stats, failures) by tile id.
+
+    ``task`` replaces :func:`pipeline.tile_task.process_tile` (the scale benchmark's stand-in).
 
     A tile that raises is resubmitted up to ``cfg.retries`` times; one that still fails gets a
     :class:`~pipeline.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
@@ -413,6 +433,9 @@ def run_tiles(
     from distributed import as_completed
 
     from pipeline.tile_task import process_tile
+
+    task = task or process_tile
+    items = items if isinstance(items, ItemIndex) else ItemIndex(items)
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     max_in_flight = max(4, 3 * n_workers)
@@ -425,7 +448,7 @@ def run_tiles(
 
     def submit(tile, attempt: int = 1):
         fut = client.submit(
-            process_tile,
+            task,
             _job(cfg, plan, ws, items, tile, calibration, field),
             key=f"tile-{tile.id}-{cfg.output_hash()}-{attempt}",
             retries=0,  # retried here, so attempts are counted and recorded
@@ -591,6 +614,8 @@ def execute(cfg: RunConfig) -> int:
         }
     )
     ws.save_manifest(manifest)
+    if resumable:
+        ws.reclaim_store()
     create_map_store(
         ws.store,
         plan.grid,
@@ -609,9 +634,14 @@ def execute(cfg: RunConfig) -> int:
         },
     )
     done_before = ws.done_tiles()
-    todo = [tl for tl in plan.grid.tiles if tl.id not in done_before]
+    todo, dead_before = select_tiles(plan.grid.tiles, done_before, ws.failed_tiles(), cfg)
     _log.info(
-        "%d tiles: %d done earlier, %d to run", len(plan.grid.tiles), len(done_before), len(todo)
+        "%d tiles: %d done earlier, %d to run, %d left in the dead-letter list%s",
+        len(plan.grid.tiles),
+        len(done_before),
+        len(todo),
+        len(dead_before),
+        " (--retry-failed redoes them)" if dead_before else "",
     )
 
     failures: dict[str, TileFailure] = {}
@@ -676,15 +706,38 @@ def execute(cfg: RunConfig) -> int:
     report["coverage"] = coverage_report(all_stats, labels)
     for line in report["coverage"]["warnings"]:
         _log.warning("%s", line)
-    if failures:
+    from pipeline.cells import is_gridded
+
+    gridded = is_gridded(plan.crs)
+    if gridded:  # cells whose tiles are all done are published now, failed tiles or not
+        from pipeline.continental import publish_cells
+
+        t = time.perf_counter()
+        report["cells"] = publish_cells(cfg, plan, ws, report, labels, all_stats)
+        report["seconds"]["publish_cells"] = time.perf_counter() - t
+    dead = {**dead_before, **{t: f for t, f in failures.items() if f.attempts >= cfg.max_attempts}}
+    report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
+    if failures or dead:
         from pipeline.writers import write_json
 
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - t0
         write_json(ws.out / "run.json", report)
-        raise UserError(failure_summary(failures, len(plan.grid.tiles), ws.out / "run.json"))
+        every = {**dead, **failures}
+        msg = failure_summary(every, len(plan.grid.tiles), ws.out / "run.json")
+        if dead:
+            msg += (
+                f"; {len(dead)} tile(s) failed {cfg.max_attempts} times or more and are in the "
+                "dead-letter list (run.json): plain reruns leave them, --retry-failed redoes them"
+            )
+        raise TilesFailed(msg)
     t = time.perf_counter()
-    publish(cfg, plan, ws, report, labels)
+    if gridded:
+        from pipeline.continental import publish_gridded
+
+        publish_gridded(cfg, plan, ws, report, labels)
+    else:
+        publish(cfg, plan, ws, report, labels)
     report["seconds"]["publish"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - t0
     from pipeline.writers import write_json
@@ -723,6 +776,26 @@ def _field_attrs(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
             "field_scale NaN = nodata (pipeline.field.codec)",
         }
     }
+
+
+class TilesFailed(UserError):
+    """Some tiles failed (or are dead-lettered): the rest of the run finished, nothing published
+    over them. Exit code 3, so scripts tell it from bad input (2)."""
+
+    exit_code = 3
+
+
+def select_tiles(tiles, done: dict, failed: dict[str, TileFailure], cfg: RunConfig):
+    """(tiles to run, dead-lettered failures left alone) for this run.
+
+    A plain run (or rerun) runs every tile not done except those that failed ``max_attempts``
+    times or more (the dead-letter list); ``--retry-failed`` runs only the tiles that failed.
+    """
+    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.max_attempts}
+    if cfg.retry_failed:
+        return [tl for tl in tiles if tl.id in failed and tl.id not in done], {}
+    todo = [tl for tl in tiles if tl.id not in done and tl.id not in dead]
+    return todo, {t: f for t, f in dead.items() if t not in done}
 
 
 def failure_summary(failures: dict[str, TileFailure], total: int, where: Path) -> str:
@@ -809,12 +882,13 @@ def _up_to_date(ws: Workspace, output_hash: str) -> bool:
         report = json.loads(run_json.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    from pipeline.workspace import PRODUCTS
+    from pipeline.workspace import GRIDDED_PRODUCTS, PRODUCTS
 
+    products = GRIDDED_PRODUCTS if "cells" in report else PRODUCTS
     return (
         report.get("status") == "complete"
         and report.get("output_hash") == output_hash
-        and all((ws.out / p).exists() for p in PRODUCTS)
+        and all((ws.out / p).exists() for p in products)
     )
 
 

@@ -259,10 +259,16 @@ def _build_store(
     # Class layers have no Zarr fill_value: xarray would take it as a CF _FillValue and decode
     # the classes to float32 with NaN. They stay uint8; 255 (nodata) is a CF flag value, and
     # every chunk is written (below), so no chunk reads as zarr's default 0.
+    # A continental grid has ~10^5..10^6 chunks outside the AOI: writing each would take hours,
+    # so there the class layers carry fill_value 255 instead (xarray then decodes them with
+    # NaN for nodata; ``mask_and_scale=False`` keeps uint8).
+    nr, nc = grid.lattice_shape
+    sparse = nr * nc - len(grid.tiles) > MAX_FILLED_CHUNKS
+    class_fill = CLASS_NODATA if sparse else None
     flag_values = [*range(len(names)), CLASS_NODATA]
     flag_meanings = " ".join([*(_cf_word(n) for n in names), "nodata"])
     layer(
-        "classes", ("y", "x"), np.uint8, None, (),
+        "classes", ("y", "x"), np.uint8, class_fill, (),
         long_name="land-cover class", flag_values=flag_values,
         flag_meanings=flag_meanings, class_names=names, nodata=CLASS_NODATA,
     )  # fmt: skip
@@ -271,7 +277,7 @@ def _build_store(
         long_name="probability of the predicted class", units="1", valid_min=0.0, valid_max=1.0,
     )  # fmt: skip
     layer(
-        "topk_classes", ("k", "y", "x"), np.uint8, None, (k,),
+        "topk_classes", ("k", "y", "x"), np.uint8, class_fill, (k,),
         long_name="classes by decreasing probability", flag_values=flag_values,
         flag_meanings=flag_meanings, class_names=names, nodata=CLASS_NODATA,
     )  # fmt: skip
@@ -296,7 +302,8 @@ def _build_store(
             "embeddings", ("embedding", "y", "x"), np.float16, np.nan, (dchunk,),
             long_name="per-pixel embedding",
         )  # fmt: skip
-    _fill_uncovered_chunks(g, grid, ("classes", "topk_classes"), CLASS_NODATA)
+    if not sparse:
+        _fill_uncovered_chunks(g, grid, ("classes", "topk_classes"), CLASS_NODATA)
     zarr.consolidate_metadata(str(root), zarr_format=2)
 
 
@@ -323,6 +330,11 @@ def _field_arrays(g: Any, layer: Any, embed_dim: int, dims: int, comp: Any) -> N
             compressors=comp,
             attributes={"_ARRAY_DIMENSIONS": dimnames},
         )
+
+
+#: Above this many chunks outside the AOI, class layers use a fill value instead of written
+#: nodata chunks (see ``_build_store``).
+MAX_FILLED_CHUNKS = 2_000
 
 
 def _fill_uncovered_chunks(g: Any, grid: TileGrid, names: Sequence[str], value: int) -> None:
