@@ -19,7 +19,7 @@ ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help env test test-integration map bench lint clean
+.PHONY: help env test test-integration test-real map bench lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +38,13 @@ test: $(STAMP) ## Run the test suite (offline, no GPU needed)
 
 test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac, faults)
 	$(PY) -m pytest -m integration -o addopts="" --timeout=1800
+
+test-real: $(STAMP) ## Validate on real Sentinel-2 samples in $$S2LC_REAL_DATA (skips without them)
+	@if [ -z "$$S2LC_REAL_DATA" ] || [ ! -d "$$S2LC_REAL_DATA" ]; then \
+		echo "test-real: skipped (S2LC_REAL_DATA is not set to a folder of real samples)"; \
+	else \
+		$(PY) -m pytest tests/real -m real -o addopts="" -p no:cacheprovider --timeout=900 -q; \
+	fi
 
 map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=timesenclip OUT=dir
 	$(PY) -m pipeline run --region $(REGION) --model $(MODEL) $(if $(YEAR),--year $(YEAR)) $(if $(OUT),--out $(OUT)) $(if $(filter demo,$(REGION)),--untrained --tile-size 100) $(ARGS)
