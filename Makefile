@@ -43,7 +43,7 @@ test-real: $(STAMP) ## Validate on real Sentinel-2 samples in $$S2LC_REAL_DATA (
 	@if [ -z "$$S2LC_REAL_DATA" ] || [ ! -d "$$S2LC_REAL_DATA" ]; then \
 		echo "test-real: skipped (S2LC_REAL_DATA is not set to a folder of real samples)"; \
 	else \
-		$(PY) -m pytest tests/real -m real -o addopts="" -p no:cacheprovider --timeout=900 -q; \
+		$(PY) -m pytest tests/real -m real -o addopts="" -p no:cacheprovider --timeout=1800 -q; \
 	fi
 
 map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=timesenclip OUT=dir

@@ -63,7 +63,7 @@ def regions(real_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     }
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     """``python -m pipeline ARGS`` from the repository root; fails the test on a non-zero exit."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "pipeline", *args]
