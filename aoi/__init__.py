@@ -2,13 +2,22 @@
 
 A named region is a YAML file in ``aoi/regions/`` with its geometry (EPSG:4326, either a GeoJSON
 ``geometry``, a lon/lat ``bbox``, or ``bounds`` in a given ``bounds_crs``), a default period, the
-output CRS (``auto`` picks the UTM zone of the centroid) and resolution, and the STAC profile it is
-usually mapped from. ``load_region`` accepts a name or a path; ``list_regions`` lists the catalogue.
+output CRS (``auto``: the UTM zone of a region inside one zone, EPSG:3035 for a European region
+across several zones, see :func:`auto_crs_for`) and resolution, and the STAC profile it is
+usually mapped from. ``load_region`` accepts a name, a path or ``bbox:W,S,E,N`` (a lon/lat box);
+``list_regions`` lists the catalogue.
+
+Every geometry is normalised once, here (:func:`normalise_geometry`): Z/M values are dropped,
+multi-part geometries and holes are kept, and an outline given in a projected CRS (region
+``bounds`` in ``bounds_crs``, a vector file in UTM) is densified before it is reprojected to
+EPSG:4326 (odc-geo's resolution-aware ``to_crs``), so a UTM square stays that square when the
+output grid projects it back: the shipped ``mgrs-32UPU`` grids to exactly 10980 x 10980 px.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +27,13 @@ import yaml
 
 from pipeline.errors import UserError
 
+_log = logging.getLogger(__name__)
+
 REGIONS_DIR = Path(__file__).parent / "regions"
+#: Segment length (CRS units, metres) at which projected outlines are densified before they are
+#: reprojected to EPSG:4326; with it a 110 km UTM edge comes back straight to within 1e-8 m.
+DENSIFY_M = 100.0
+BBOX_PREFIX = "bbox:"
 VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".shp", ".parquet", ".fgb", ".kml", ".gml"}
 
 
@@ -85,6 +100,33 @@ def validate_geometry(geom: Any, name: str) -> None:
         )
 
 
+def normalise_geometry(geom: Any, src_crs: Any = "EPSG:4326") -> Any:
+    """A shapely geometry in EPSG:4326 (lon, lat), 2D, from one in ``src_crs``.
+
+    Z/M values are dropped; parts and holes are kept. A projected source is densified every
+    :data:`DENSIFY_M` metres before reprojection (odc-geo ``to_crs(resolution=...)``) so its
+    straight edges stay straight when projected back.
+    """
+    import shapely
+    from odc.geo.geom import Geometry
+    from pyproj import CRS
+
+    geom = shapely.force_2d(geom)
+    crs = CRS.from_user_input(src_crs)
+    if crs.equals(CRS.from_epsg(4326)):
+        return geom
+    resolution = DENSIFY_M if crs.is_projected else "auto"
+    return Geometry(geom, crs).to_crs("EPSG:4326", resolution=resolution).geom
+
+
+def bbox_region(w: float, s: float, e: float, n: float) -> Region:
+    """A region that is just a lon/lat box (``--bbox W S E N`` without ``--region``)."""
+    if not (w < e and s < n):
+        raise UserError(f"--bbox must be W S E N with W < E and S < N, got {[w, s, e, n]}")
+    name = f"bbox_{w:g}_{s:g}_{e:g}_{n:g}"
+    return _region_from_doc({"name": name, "bbox": [w, s, e, n]}, name, BBOX_PREFIX)
+
+
 def to_crs(geom: Any, crs: str, src: str = "EPSG:4326") -> Any:
     """Reproject a shapely geometry."""
     import shapely
@@ -115,14 +157,48 @@ def utm_crs_for(geom: Any) -> str:
     return f"EPSG:{32600 + zone if c.y >= 0 else 32700 + zone}"
 
 
+#: LAEA Europe, the CRS of the EEA reference grid; regions spanning several UTM zones inside its
+#: area of use are mapped in it, on 100 km grid cells (see :mod:`pipeline.cells`).
+LAEA_EUROPE = "EPSG:3035"
+#: lon/lat box inside the area of use of EPSG:3035 (Europe, Macaronesia included).
+LAEA_EUROPE_BOX = (-35.0, 24.0, 45.0, 84.0)
+
+
+def utm_zone_of(lon: float) -> int:
+    """The UTM zone number (1-60) of a longitude (the plain 6-degree zones)."""
+    return min(60, max(1, int(math.floor((lon + 180) / 6)) + 1))
+
+
+def auto_crs_for(geom: Any) -> str:
+    """The output CRS for ``crs: auto``: the UTM zone of a region inside one zone; EPSG:3035
+    (LAEA Europe) for a European region spanning several zones; else the centroid's zone.
+    """
+    w, s, e, n = geom.bounds
+    if utm_zone_of(w) == utm_zone_of(e):
+        return utm_crs_for(geom)
+    bw, bs, be, bn = LAEA_EUROPE_BOX
+    if bw <= w and e <= be and bs <= s and n <= bn:
+        return LAEA_EUROPE
+    return utm_crs_for(geom)
+
+
 def _geometry_from(doc: dict[str, Any], name: str) -> Any:
     from shapely.geometry import box, shape
 
+    if "union_of" in doc:  # a region made of named regions (eu27: the member states)
+        import shapely
+
+        members = doc["union_of"]
+        if not isinstance(members, list) or not members:
+            raise UserError(f"region {name}: union_of must be a non-empty list of region names")
+        return shapely.union_all([load_region(str(m)).geometry for m in members])
+
     if "geometry" in doc:
         try:
-            return shape(doc["geometry"])
+            geom = shape(doc["geometry"])
         except Exception as exc:  # shapely raises several types for bad GeoJSON
             raise UserError(f"region {name}: bad geometry ({exc})") from None
+        return normalise_geometry(geom, doc.get("geometry_crs", "EPSG:4326"))
     if "bbox" in doc:
         w, s, e, n = (float(v) for v in doc["bbox"])
         if not (w < e and s < n):
@@ -132,7 +208,9 @@ def _geometry_from(doc: dict[str, Any], name: str) -> Any:
         return box(w, s, e, n)
     if "bounds" in doc:
         x0, y0, x1, y1 = (float(v) for v in doc["bounds"])
-        return to_crs(box(x0, y0, x1, y1), "EPSG:4326", src=doc.get("bounds_crs", "EPSG:4326"))
+        if not (x0 < x1 and y0 < y1):
+            raise UserError(f"region {name}: bounds must be [xmin, ymin, xmax, ymax]")
+        return normalise_geometry(box(x0, y0, x1, y1), doc.get("bounds_crs", "EPSG:4326"))
     raise UserError(f"region {name}: needs one of geometry, bbox or bounds")
 
 
@@ -149,12 +227,17 @@ def _region_from_doc(doc: dict[str, Any], name: str, source: str) -> Region:
         geometry=geom,
         start=parse_date(period.get("start", f"{year}-01-01"), f"region {name} period.start"),
         end=parse_date(period.get("end", f"{year}-12-31"), f"region {name} period.end"),
-        crs=utm_crs_for(geom) if crs == "auto" else crs,
+        crs=auto_crs_for(geom) if crs == "auto" else crs,
         resolution=float(doc.get("resolution", 10.0)),
         stac=str(doc.get("stac", "earth-search")),
         description=str(doc.get("description", "")),
         source=source,
     )
+
+
+def _yaml_load(text: str) -> Any:
+    """YAML through libyaml when available (country outlines are large)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
 
 
 def list_regions() -> list[Region]:
@@ -170,13 +253,20 @@ def load_region(name_or_path: str | Path) -> Region:
     """A named region from the catalogue, or a region read from a vector file or region YAML.
 
     A vector file (anything geopandas reads) becomes a region named after the file, with all its
-    features dissolved, reprojected to EPSG:4326, the UTM zone of its centroid and the last full
+    features dissolved, normalised to EPSG:4326 (:func:`normalise_geometry`; a file without a CRS
+    is assumed EPSG:4326, with a warning), the UTM zone of its centroid and the last full
     calendar year as the default period.
     """
     text = str(name_or_path)
+    if text.startswith(BBOX_PREFIX):
+        try:
+            w, s, e, n = (float(v) for v in text[len(BBOX_PREFIX) :].split(","))
+        except ValueError:
+            raise UserError(f"region {text!r}: expected bbox:W,S,E,N in degrees") from None
+        return bbox_region(w, s, e, n)
     named = REGIONS_DIR / f"{text}.yaml"
     if named.is_file():
-        return _region_from_doc(yaml.safe_load(named.read_text()), text, str(named))
+        return _region_from_doc(_yaml_load(named.read_text()), text, str(named))
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(
@@ -184,7 +274,7 @@ def load_region(name_or_path: str | Path) -> Region:
             "nor an existing vector file"
         )
     if path.suffix.lower() in (".yaml", ".yml"):
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = _yaml_load(path.read_text()) or {}
         if not isinstance(doc, dict):
             raise UserError(f"region file {path}: expected a mapping")
         return _region_from_doc(doc, doc.get("name", path.stem), str(path))
@@ -201,12 +291,13 @@ def _region_from_vector(path: Path) -> Region:
     if gdf.empty:
         raise UserError(f"region file {path}: it has no features")
     if gdf.crs is None:
-        raise UserError(f"region file {path}: it has no CRS; set one (e.g. EPSG:4326)")
+        _log.warning("region file %s has no CRS: assuming EPSG:4326 (lon/lat)", path)
+        gdf = gdf.set_crs("EPSG:4326")
     invalid = ~gdf.geometry.is_valid
     if invalid.any():
         from shapely.validation import explain_validity
 
         bad = gdf.geometry[invalid].iloc[0]
         raise UserError(f"region file {path}: invalid geometry ({explain_validity(bad)})")
-    geom = gdf.to_crs("EPSG:4326").geometry.union_all()
+    geom = normalise_geometry(gdf.geometry.union_all(), gdf.crs)
     return _region_from_doc({"geometry": geom.__geo_interface__}, path.stem, str(path))

@@ -95,10 +95,21 @@ def _compute(m, legend: Legend) -> torch.Tensor:
     return class_embeddings(emb, [len(c.prompts) for c in legend.classes])
 
 
-def _read_cached(path: Path, legend: Legend) -> torch.Tensor | None:
+def _read_cached(path: Path, legend: Legend, m=None) -> torch.Tensor | None:
+    """The cached classifier, only if it was built by this model, prompt set and recipe (the
+    entry's own record, not only its file name); otherwise None (it is rebuilt)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         w = obj["weights"]
+        made_by = (obj.get("identity"), obj.get("prompt_hash"), obj.get("version"))
+        wanted = (getattr(m, "identity", made_by[0]), legend.prompt_hash, CLASSIFIER_VERSION)
+        if made_by != wanted:
+            _log.warning(
+                "classifier cache %s was built for %s, not %s; rebuilding it", path, made_by, wanted
+            )
+            return None
+        if m is not None and w.shape[1] != m.embed_dim:
+            return None
         if tuple(obj["names"]) == legend.names and w.shape[0] == len(legend):
             return w.float()
     except Exception as exc:  # noqa: BLE001 - a bad cache entry is rebuilt, never fatal
@@ -137,7 +148,7 @@ def build_classifier(m, legend: Legend, cache: bool = True) -> torch.Tensor:
         if key in _MEMO:
             return _MEMO[key].clone()
     path = cache_dir("classifiers") / f"{key}.pt"
-    w = _read_cached(path, legend) if path.is_file() else None
+    w = _read_cached(path, legend, m) if path.is_file() else None
     if w is None:
         w = _compute(m, legend)
         _write_cached(path, w, m, legend)

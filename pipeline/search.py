@@ -1,11 +1,19 @@
 """Sentinel-2 L2A scene search: the only module that talks to a STAC API (pystac-client).
 
-``search_items(geometry, start, end, cfg)`` searches a profile's API (see
-:mod:`pipeline.stac_profiles`) by ``intersects`` and datetime, pages through all results, filters
-cloud cover server-side where the API conforms to the filter (or query) extension and always
-client-side as well (many servers, rustac among them, ignore filters), retries 5xx responses,
-connection errors and timeouts with exponential backoff, signs Planetary Computer asset URLs, and
-raises :class:`~pipeline.errors.UserError` when the API is unreachable or nothing matches.
+``search_scenes(geometry, start, end, cfg)`` searches a profile's API (see
+:mod:`pipeline.stac_profiles`) by ``intersects`` and datetime and pages through *everything* the
+API matched: the count is checked against ``numberMatched`` (or ``context.matched``) where the API
+gives it, and a short count is an error; a search matching more than ``split_above`` items is split
+per calendar month (then by halves of the period) so large and continental searches stay within
+API limits. Cloud cover is filtered server-side where the API conforms to the filter (or query)
+extension and always client-side as well (many servers, rustac among them, ignore filters). 5xx
+responses, connection errors and timeouts are retried with exponential backoff.
+
+Every returned item lands in a :class:`~pipeline.scenes.SceneLedger`: used, or dropped with its
+reason (outside the period, cloud filter, unknown asset layout, missing band, superseded
+duplicate). No URL is signed here: signing happens when pixels are read (:mod:`pipeline.cube`).
+:func:`search_items` returns the usable items only. A :class:`~pipeline.errors.UserError` says
+when the API is unreachable, nothing matches, or no returned scene is usable.
 The ``demo`` profile generates the bundled catalog if needed and serves it on loopback for the
 duration of the search.
 """
@@ -20,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.stac_profiles import PROFILES, StacProfile, get_profile, sign_planetary_computer
+from pipeline.scenes import REASONS, SceneLedger, select_scenes
+from pipeline.stac_profiles import PROFILES, StacProfile, get_profile
 
 _log = logging.getLogger(__name__)
 
@@ -42,16 +51,17 @@ class SearchConfig:
     """Maximum scene cloud cover (``eo:cloud_cover``, percent)."""
     page_size: int = 100
     """Items per page requested from the API."""
-    max_items: int | None = 10_000
-    """Stop after this many items (None: no limit)."""
+    max_items: int | None = None
+    """Stop after this many items (None: everything the API matched). A search stopped by it
+    logs a WARNING saying the result was cut."""
+    split_above: int = 5_000
+    """A search the API says matches more items than this is split per month (then in halves)."""
     retries: int = 5
     """Retries per request on 5xx/429, connection errors and timeouts."""
     backoff: float = 0.5
     """Exponential backoff factor in seconds (0.5, 1, 2, ... between retries)."""
     timeout: float = 60.0
     """Seconds to wait for a response."""
-    sign: bool = True
-    """Sign asset URLs where the profile needs it (Planetary Computer)."""
 
     def __post_init__(self) -> None:
         get_profile(self.profile)
@@ -61,6 +71,8 @@ class SearchConfig:
             raise UserError(f"max_cloud must be within 0..100 percent, got {self.max_cloud}")
         if self.page_size < 1 or (self.max_items is not None and self.max_items < 1):
             raise UserError("page_size and max_items must be >= 1")
+        if self.split_above < 1:
+            raise UserError("split_above must be >= 1")
         if self.retries < 0 or self.backoff < 0 or self.timeout <= 0:
             raise UserError("retries and backoff must be >= 0 and timeout > 0")
         if self.stac_url and not self.stac_url.startswith(("http://", "https://")):
@@ -121,40 +133,80 @@ def _datetime_range(start: dt.date, end: dt.date) -> str:
     return f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59.999Z"
 
 
+@dataclass(frozen=True)
+class SearchResult:
+    """A search's usable items and the ledger of everything it returned."""
+
+    items: list[Any]
+    """Usable pystac Items, sorted by datetime and id (one per acquisition)."""
+    ledger: SceneLedger
+    """Every returned item: used, or dropped with its reason."""
+    url: str
+    """The API searched."""
+    matched: int | None
+    """What the API said it matched (summed over split searches), None where it does not say."""
+
+
 def search_items(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig) -> list[Any]:
+    """The usable Sentinel-2 L2A items of :func:`search_scenes` (pystac Items)."""
+    return search_scenes(geometry, start, end, cfg).items
+
+
+def search_scenes(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig) -> SearchResult:
     """Sentinel-2 L2A items intersecting ``geometry`` (shapely, EPSG:4326) from start to end.
 
-    Items are sorted by datetime, unique by id, and have ``eo:cloud_cover <= cfg.max_cloud``
-    (items without cloud cover are kept). Raises UserError when nothing matches or the API
-    cannot be reached.
+    Items are sorted by datetime, unique by id and by acquisition (the newest processing baseline
+    of each), inside the period, with ``eo:cloud_cover <= cfg.max_cloud`` (items without cloud
+    cover are kept) and a known asset layout. Raises UserError when nothing matches, no returned
+    scene is usable (naming the reasons and, for unknown layouts, the keys found), or the API
+    cannot be reached or returns fewer items than it matched.
     """
     if end < start:
         raise UserError(f"the period ends ({end}) before it starts ({start})")
     with api_url(cfg) as url:
-        items, before_cloud = _search(url, geometry, start, end, cfg)
+        found, matched = _search(url, geometry, start, end, cfg)
     collection = cfg.resolved_collection
-    if not items:
+    kept, ledger = select_scenes(found, start, end, cfg.max_cloud)
+    for line in ledger.summary_lines():
+        _log.info("%s", line)
+    if not kept:
+        counts = ledger.counts()
+        if not found or counts.get("cloud", 0) == len(found):
+            raise UserError(
+                f"no Sentinel-2 scenes in {collection} at {url} intersect the area between {start} "
+                f"and {end} with cloud cover <= {cfg.max_cloud:g}% ({len(found)} before the cloud "
+                "filter); widen the period, raise --max-cloud or check the area"
+            )
+        reasons = ", ".join(f"{REASONS[r]}: {n}" for r, n in counts.items() if r in REASONS)
+        first = next(v.get("detail") for v in ledger.scenes.values() if v.get("detail"))
         raise UserError(
-            f"no Sentinel-2 scenes in {collection} at {url} intersect the area between {start} "
-            f"and {end} with cloud cover <= {cfg.max_cloud:g}% ({before_cloud} before the cloud "
-            "filter); widen the period, raise --max-cloud or check the area"
+            f"none of the {len(found)} scenes {url} returned is usable ({reasons}); e.g. {first}"
         )
-    profile = cfg.resolved_profile
-    if cfg.sign and profile.sas_url and not cfg.stac_url:
-        sign_planetary_computer(items, profile.sas_url, timeout=cfg.timeout)
+    import pystac
+
+    # Links to the API's root would be resolved (over HTTP) whenever an item is serialised.
+    items = [
+        pystac.Item.from_dict(
+            {**d, "links": [lk for lk in d.get("links", []) if lk.get("rel") not in _API_LINKS]}
+        )
+        for d in kept
+    ]
     _log.info("%d scene(s) from %s (%s) for %s..%s", len(items), url, collection, start, end)
-    return items
+    return SearchResult(items, ledger, url, matched)
+
+
+_API_LINKS = ("root", "parent")
 
 
 def _search(
     url: str, geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
-) -> tuple[list[Any], int]:
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Every item dict the API matched (unique by id) and what it said it matched."""
     import requests
     from pystac_client import Client
     from pystac_client.conformance import ConformanceClasses
     from pystac_client.exceptions import APIError
 
-    collection = cfg.resolved_collection
     try:
         client = Client.open(url, stac_io=stac_io(cfg))
         if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
@@ -164,15 +216,7 @@ def _search(
             kwargs = {"filter": cloud_filter(cfg.max_cloud), "filter_lang": "cql2-json"}
         elif client.conforms_to(ConformanceClasses.QUERY):
             kwargs = {"query": {"eo:cloud_cover": {"lte": cfg.max_cloud}}}
-        search = client.search(
-            collections=[collection],
-            intersects=geometry.__geo_interface__,
-            datetime=_datetime_range(start, end),
-            limit=cfg.page_size,
-            max_items=cfg.max_items,
-            **kwargs,
-        )
-        found = list(search.items())
+        found, matched = _fetch(client, geometry, start, end, cfg, kwargs, url)
     except UserError:
         raise
     except APIError as exc:
@@ -185,16 +229,84 @@ def _search(
         raise UserError(
             f"cannot reach the STAC API at {url} after {cfg.retries} retries: {_first_line(exc)}"
         ) from None
-    unique = {it.id: it for it in found}
-    kept = [it for it in unique.values() if _cloud_ok(it, cfg.max_cloud)]
-    kept.sort(key=lambda it: (it.datetime or dt.datetime.min.replace(tzinfo=dt.UTC), it.id))
-    _log.debug("%d found, %d within %g%% cloud", len(unique), len(kept), cfg.max_cloud)
-    return kept, len(unique)
+    unique = {str(f["id"]): f for f in found}
+    _log.debug("%d found (%d unique), %s matched", len(found), len(unique), matched)
+    return list(unique.values()), matched
 
 
-def _cloud_ok(item: Any, max_cloud: float) -> bool:
-    cc = item.properties.get("eo:cloud_cover")
-    return cc is None or float(cc) <= max_cloud
+def _matched(page: dict[str, Any]) -> int | None:
+    """``numberMatched`` (STAC API 1.0) or ``context.matched`` (the context extension)."""
+    value = page.get("numberMatched")
+    if value is None:
+        value = (page.get("context") or {}).get("matched")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def split_period(start: dt.date, end: dt.date) -> list[tuple[dt.date, dt.date]]:
+    """Calendar months of ``[start, end]``; a period within one month: its two halves."""
+    parts = []
+    cur = start
+    while cur <= end:
+        nxt = (cur.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+        parts.append((cur, min(end, nxt - dt.timedelta(days=1))))
+        cur = nxt
+    if len(parts) > 1:
+        return parts
+    mid = start + (end - start) // 2
+    return [(start, mid), (mid + dt.timedelta(days=1), end)] if mid < end else [(start, end)]
+
+
+def _fetch(client, geometry, start, end, cfg, kwargs, url) -> tuple[list[dict], int | None]:
+    search = client.search(
+        collections=[cfg.resolved_collection],
+        intersects=geometry.__geo_interface__,
+        datetime=_datetime_range(start, end),
+        limit=cfg.page_size,
+        max_items=None,
+        **kwargs,
+    )
+    pages = search.pages_as_dicts()
+    first = next(pages, None) or {}
+    matched = _matched(first)
+    if matched is not None and matched > cfg.split_above and start < end:
+        parts = split_period(start, end)
+        if len(parts) > 1:
+            _log.info(
+                "%d scenes matched %s..%s: searching in %d parts", matched, start, end, len(parts)
+            )
+            found: list[dict] = []
+            total: int | None = 0
+            for a, b in parts:
+                part, n = _fetch(client, geometry, a, b, cfg, kwargs, url)
+                found.extend(part)
+                total = None if total is None or n is None else total + n
+            return found, total
+    found = list(first.get("features", []))
+    for page in pages:
+        if cfg.max_items is not None and len(found) >= cfg.max_items:
+            break
+        found.extend(page.get("features", []))
+    if cfg.max_items is not None and len(found) >= cfg.max_items:
+        if matched is None or matched > cfg.max_items:
+            _log.warning(
+                "search result cut at max_items=%d of %s matched scenes (%s..%s): the map would "
+                "miss scenes; raise or remove the limit",
+                cfg.max_items,
+                matched if matched is not None else "more",
+                start,
+                end,
+            )
+        return found[: cfg.max_items], matched
+    if matched is not None and len(found) < matched:
+        raise UserError(
+            f"the STAC API at {url} matched {matched} scenes for {start}..{end} but paging returned "
+            f"only {len(found)}: the result is truncated (an API cap?); retry, or search a shorter "
+            "period or a smaller area"
+        )
+    return found, matched
 
 
 def _first_line(exc: BaseException) -> str:

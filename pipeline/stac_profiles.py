@@ -9,9 +9,13 @@ profile                  API                                                 col
 ``custom``               any STAC API (``stac_url`` required)                sentinel-2-l2a
 =======================  ==================================================  ================
 
-Planetary Computer serves its blobs only with a SAS token: :func:`sign_planetary_computer` asks
-the token endpoint (``/api/sas/v1/token/<collection>``) once per collection, caches the token
-until shortly before it expires and appends it to every ``*.blob.core.windows.net`` asset href.
+Planetary Computer serves its blobs only with a SAS token (valid about 45-60 minutes). Hrefs are
+signed when pixels are read (:func:`sign_href`, called by :mod:`pipeline.cube`), never at search
+time, so manifests hold unsigned hrefs (:func:`unsigned_href`) and long or resumed runs keep
+reading: tokens come from the token endpoint (``/api/sas/v1/token/<account>/<container>``), are
+cached until 5 minutes before they expire, and are dropped (:func:`forget_tokens`) on an HTTP 403.
+:func:`sign_planetary_computer` signs whole items with the per-collection token
+(``/api/sas/v1/token/<collection>``).
 """
 
 from __future__ import annotations
@@ -114,11 +118,62 @@ def sas_token(sas_url: str, collection: str, *, timeout: float = 30.0, session: 
     return token
 
 
-def _signable(href: str) -> bool:
+def signable(href: str) -> bool:
+    """True for an Azure blob-storage URL (``https://<account>.blob.core.windows.net/...``)."""
     from urllib.parse import urlparse
 
     u = urlparse(href)
     return u.scheme in ("http", "https") and u.netloc.endswith(".blob.core.windows.net")
+
+
+_signable = signable
+
+
+def forget_tokens() -> None:
+    """Drop every cached SAS token (after a 403: the next signature asks for a fresh one)."""
+    with _tokens_lock:
+        _tokens.clear()
+
+
+def unsigned_href(href: str) -> str:
+    """A blob-storage href without its SAS query (what a manifest stores); others unchanged."""
+    if not signable(href) or "?" not in href:
+        return href
+    return href.split("?", 1)[0]
+
+
+def _valid_signature(href: str) -> bool:
+    """True when the href carries a SAS signature whose ``se=`` expiry is > 5 minutes away."""
+    from urllib.parse import parse_qs, urlparse
+
+    q = parse_qs(urlparse(href).query)
+    if "sig" not in q or "se" not in q:
+        return False
+    try:
+        se = dt.datetime.fromisoformat(q["se"][0].replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if se.tzinfo is None:
+        se = se.replace(tzinfo=dt.UTC)
+    return se - dt.datetime.now(dt.UTC) > dt.timedelta(minutes=5)
+
+
+def sign_href(href: str, sas_url: str, **kwargs: Any) -> str:
+    """``href`` with a fresh SAS token for its storage account/container (blob URLs only).
+
+    An href that already carries a signature valid for more than 5 minutes is kept; an expired or
+    missing one is replaced by a (cached) token from ``<sas_url>/<account>/<container>``.
+    """
+    from urllib.parse import urlparse
+
+    if not signable(href) or _valid_signature(href):
+        return href
+    base = unsigned_href(href)
+    u = urlparse(base)
+    account = u.netloc.split(".", 1)[0]
+    container = u.path.lstrip("/").split("/", 1)[0]
+    token = sas_token(sas_url, f"{account}/{container}", **kwargs)
+    return f"{base}?{token.lstrip('?')}"
 
 
 def sign_planetary_computer(items: list[Any], sas_url: str, **kwargs: Any) -> list[Any]:
@@ -127,7 +182,7 @@ def sign_planetary_computer(items: list[Any], sas_url: str, **kwargs: Any) -> li
         collection = item.collection_id or "sentinel-2-l2a"
         token = None
         for asset in item.assets.values():
-            if not _signable(asset.href) or "sig=" in asset.href:
+            if not signable(asset.href) or "sig=" in asset.href:
                 continue
             token = token or sas_token(sas_url, collection, **kwargs)
             sep = "&" if "?" in asset.href else "?"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,10 +78,17 @@ class TileJob:
     save_embeddings: bool
     store: str
     tile_dir: str
+    field: Any = None
+    """The compact field's :class:`~pipeline.field.codec.FieldCodec` (with ``save_embeddings``)."""
 
 
-def load_composite(job: TileJob, geobox) -> tuple[Any, int, float]:
-    """The window's composite (eager, inside the task), its scene count and the load seconds."""
+def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str]]:
+    """The window's composite (eager, inside the task), its observation count (acquisition days),
+    the load seconds and the scenes whose DN contradict their offset (id -> reason).
+
+    Raises :class:`pipeline.cube.ReadFailure` when a scene cannot be read: lost input fails
+    the tile, it is never composited as "no observation".
+    """
     import pystac
 
     from pipeline.composite import composite
@@ -93,12 +101,14 @@ def load_composite(job: TileJob, geobox) -> tuple[Any, int, float]:
         cube = load_cube(items, geobox, mask=MaskConfig(mask_snow=job.mask_snow))
         values = np.asarray(cube.values, dtype=np.float32)
         times = cube["time"].values
+        warnings = dict(cube.attrs.get("offset_warnings") or {})
     else:  # no scene touches this window: everything is nodata
         values = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
         times = np.array([], dtype="datetime64[ns]")
+        warnings = {}
     t_load = time.perf_counter() - t0
     comp = composite(values, times, job.start, job.end, job.period, gap_fill=True)
-    return comp, values.shape[0], t_load
+    return comp, values.shape[0], t_load, warnings
 
 
 @functools.lru_cache(maxsize=4)
@@ -192,6 +202,20 @@ def _patch_model(job: TileJob, m: Any, comp: Any, plan: Any, valid: np.ndarray):
     return pix_probs, pix_emb, covered
 
 
+def _true_colour(comp_values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(3, h, w) uint8 true-colour image of the tile: the median over the composite periods of
+    B4, B3, B2 (TCI scaling), nodata where the map has no class."""
+    from pipeline.writers.tile_result import true_colour
+
+    rgb_idx = [BANDS.index(b) for b in RGB]
+    rgb = comp_values[:, rgb_idx]  # (P, 3, h, w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: no observation
+        med = rgb[0] if rgb.shape[0] == 1 else np.nanmedian(rgb, axis=0)
+    med = np.where(valid, med, np.nan)
+    return true_colour(med)
+
+
 def process_tile(job: TileJob) -> dict[str, Any]:
     """Load, composite, infer and write one tile; returns its stats (seconds per stage, counts)."""
     from shapely import wkb
@@ -205,7 +229,9 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     t["model"] = time.perf_counter()
     geom = wkb.loads(job.geometry_wkb)
     plan = chip_plan(tile.geobox, job.window, job.stride) if job.model.name == "senclip" else None
-    comp_full, n_scenes, t_load = load_composite(job, plan.geobox if plan else tile.geobox)
+    comp_full, n_scenes, t_load, offset_warnings = load_composite(
+        job, plan.geobox if plan else tile.geobox
+    )
     t["composite"] = time.perf_counter()
 
     # The tile's own pixels inside the (possibly halo'd) composite.
@@ -229,6 +255,16 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         emb = pix_emb[:, valid].T if pix_emb is not None else None
     t["infer"] = time.perf_counter()
 
+    field_codes = field_scale = None
+    if job.save_embeddings and job.field is not None and emb is not None:
+        # The map is made from the stored field, so 'classify --field' reproduces it exactly.
+        codes, scale = job.field.encode(emb)
+        emb = job.field.decode(codes, scale)
+        probs = _probabilities(job, emb) if emb.shape[0] else probs
+        field_codes = np.zeros((job.field.dims, ny, nx), np.int8)
+        field_scale = np.full((ny, nx), np.nan, np.float16)
+        field_codes[:, valid] = codes.T
+        field_scale[valid] = scale
     k = job.top_k
     n_classes = job.classifier.shape[0] if probs is None else probs.shape[1]
     k = min(k, n_classes)
@@ -243,7 +279,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         topk_c[:, valid] = tc.T.astype(np.uint8)
         topk_p[:, valid] = tp.T
     embeddings = None
-    if job.save_embeddings and emb is not None:
+    if job.save_embeddings and job.field is None and emb is not None:
         embeddings = np.full((emb.shape[1] if emb.size else 0, ny, nx), np.nan, np.float16)
         if valid.any():
             embeddings[:, valid] = emb.T.astype(np.float16)
@@ -255,6 +291,9 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         valid_obs=counts.astype(np.uint16),
         composite=comp_values.astype(np.float32) if job.save_composite else None,
         embeddings=embeddings,
+        field_codes=field_codes,
+        field_scale=field_scale,
+        rgb=_true_colour(comp_values, valid),
     )
     write_tile(job.store, tile, result)
     write_tile_rasters(Path(job.tile_dir), tile, result)
@@ -267,6 +306,8 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         "scenes": int(n_scenes),
         "pixels": int(ny * nx),
         "valid_pixels": int(valid.sum()),
+        "coverage": coverage_counts(counts, inside),
+        "offset_warnings": offset_warnings,
         "seconds": {
             "model": t["model"] - t["start"],
             "load": t_load,
@@ -274,6 +315,22 @@ def process_tile(job: TileJob) -> dict[str, Any]:
             "infer": t["infer"] - t["composite"],
             "write": t["write"] - t["infer"],
         },
+    }
+
+
+def coverage_counts(counts: np.ndarray, inside: np.ndarray) -> dict[str, Any]:
+    """Pixels of the region in a tile, those without any clear observation, and per period those
+    gap-filled (no clear observation in that period, some in another). Pure.
+
+    Args:
+        counts: (P, y, x) clear observations per period and pixel.
+        inside: (y, x) bool, the pixel centre lies in the region.
+    """
+    any_obs = counts.sum(axis=0) > 0
+    return {
+        "inside": int(inside.sum()),
+        "no_data": int((inside & ~any_obs).sum()),
+        "gap_filled": [int(((c == 0) & any_obs & inside).sum()) for c in counts],
     }
 
 
@@ -289,7 +346,7 @@ def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if job.model.name == "senclip":
         plan = chip_plan(job.tile.geobox, job.window, job.stride)
-        comp, _, _ = load_composite(job, plan.geobox)
+        comp, _, _, _ = load_composite(job, plan.geobox)
         rgb_idx = [BANDS.index(b) for b in RGB]
         chips = np.concatenate(
             [plan.extract(comp.values[p, rgb_idx]) for p in range(comp.values.shape[0])]
@@ -299,7 +356,7 @@ def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
             return np.zeros((0, m.embed_dim), np.float32)
         pick = np.sort(rng.permutation(full)[:n])
         return embed_chips(m, np.ascontiguousarray(chips[pick], dtype=np.float32))
-    comp, _, _ = load_composite(job, job.tile.geobox)
+    comp, _, _, _ = load_composite(job, job.tile.geobox)
     valid = (comp.counts.sum(axis=0) > 0) & aoi_mask(job.tile.geobox, geom)
     idx = np.flatnonzero(valid.ravel())
     if idx.size == 0:

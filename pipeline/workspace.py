@@ -8,6 +8,7 @@ Layout of ``OUT/``::
     .s2lc/map.zarr           the store tiles write into, moved to OUT/map.zarr when complete
     .s2lc/tiles/<id>.json    written (atomically) only after a tile's results are fully written
     .s2lc/tiles/<id>/        per-tile GeoTIFFs, mosaicked into the COGs
+    .s2lc/failed/<id>.json   a tile that failed (:class:`TileFailure`), removed once it is done
 
 Nothing appears under a final name until it is complete: tiles write into the staging area and
 the products are moved into place by :meth:`Workspace.publish`. A rerun with the same output hash
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,60 @@ PRODUCTS = (
     "item.json",
     "run.json",
 )
+#: Products of a gridded run (EPSG:3035, 100 km cells; see pipeline.writers.gridded).
+GRIDDED_PRODUCTS = (
+    "map.zarr",
+    "cells",
+    "classes.vrt",
+    "confidence.vrt",
+    "valid_obs.vrt",
+    "collection.json",
+    "legend.json",
+    "quicklook.png",
+    "run.json",
+)
 #: Sidecars of the products (GDAL category names for QGIS), cleared with them.
 SIDECARS = ("classes.tif.aux.xml",)
+#: Products only some runs make (``--save-embeddings``), cleared with the others.
+OPTIONAL_PRODUCTS = ("field.tif", "field_scale.tif")
+
+
+@dataclass(frozen=True)
+class TileFailure:
+    """Why a tile is not done: the record kept per failed tile (run.json, ``.s2lc/failed/``).
+
+    A tile with a failure is never counted as done; a rerun redoes it (and only the tiles
+    without a done marker).
+    """
+
+    tile: str
+    """Tile id (``r0003_c0012``)."""
+    error_kind: str
+    """``read_failure`` (input pixels could not be read: HTTP error after retries, corrupt file;
+    see :class:`pipeline.cube.ReadFailure`) or ``error`` (anything else, e.g. a lost worker)."""
+    message: str
+    """One line: the exception's type and first line."""
+    attempts: int
+    """Attempts made so far, over all runs of this output (1 + retries per run)."""
+    status: str = "failed"
+    """Always ``failed`` here (a done tile has no failure record)."""
+    http_status: int | None = None
+    """HTTP status of a read failure, where there was one."""
+    scenes: tuple[str, ...] = ()
+    """Scenes whose read failed (read failures)."""
+    time: str = ""
+    """UTC time of the last attempt (ISO 8601)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scenes"] = list(self.scenes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TileFailure:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known["scenes"] = tuple(known.get("scenes", ()))
+        return cls(**known)
 
 
 class Workspace:
@@ -49,6 +103,8 @@ class Workspace:
         self.manifest_path = self.work / "manifest.json"
         self.store = self.work / "map.zarr"
         self.tiles = self.work / "tiles"
+        self.cells = self.out / "cells"
+        self.failed = self.work / "failed"
 
     # -- checks that must happen before anything is written -------------------------------
     def check_writable(self) -> None:
@@ -89,7 +145,7 @@ class Workspace:
                 f"{self.out} holds a map made with other settings (hash {existing.get('output_hash')}"
                 f" != {output_hash}); use --overwrite or another --out"
             )
-        if existing is None and any((self.out / p).exists() for p in PRODUCTS):
+        if existing is None and any((self.out / p).exists() for p in PRODUCTS + GRIDDED_PRODUCTS):
             raise UserError(
                 f"{self.out} already holds map products; use --overwrite or another --out"
             )
@@ -109,7 +165,7 @@ class Workspace:
         return resuming
 
     def clear(self) -> None:
-        for name in PRODUCTS + SIDECARS:
+        for name in dict.fromkeys(PRODUCTS + GRIDDED_PRODUCTS + SIDECARS + OPTIONAL_PRODUCTS):
             p = self.out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -140,6 +196,26 @@ class Workspace:
 
     def mark_done(self, tile_id: str, stats: dict[str, Any]) -> None:
         write_json(self.marker(tile_id), stats)
+        self.failure_path(tile_id).unlink(missing_ok=True)
+
+    def failure_path(self, tile_id: str) -> Path:
+        return self.failed / f"{tile_id}.json"
+
+    def record_failure(self, failure: TileFailure) -> None:
+        """Keep why a tile failed (atomically); the tile stays not done."""
+        write_json(self.failure_path(failure.tile), failure.to_dict())
+
+    def failed_tiles(self) -> dict[str, TileFailure]:
+        """The failure record of every tile that failed and is not done since, by tile id."""
+        out = {}
+        for p in sorted(self.failed.glob("*.json")) if self.failed.exists() else ():
+            if self.marker(p.stem).exists():
+                continue
+            try:
+                out[p.stem] = TileFailure.from_dict(json.loads(p.read_text()))
+            except (OSError, json.JSONDecodeError, TypeError):
+                continue
+        return out
 
     def drop_tile_rasters(self) -> None:
         """Remove the per-tile GeoTIFFs once the COG mosaics exist (markers are kept)."""
@@ -148,6 +224,15 @@ class Workspace:
                 shutil.rmtree(d)
 
     # -- publishing -------------------------------------------------------------------------
+    def reclaim_store(self) -> bool:
+        """Move a published store back to staging when the run is being redone (resumed after
+        its completion record was lost); True if it was moved. Tiles then add to it again."""
+        final = self.out / "map.zarr"
+        if final.exists() and not self.store.exists():
+            os.replace(final, self.store)
+            return True
+        return False
+
     def publish_store(self) -> Path:
         """Move the staging Zarr store under its final name (atomic rename on one filesystem)."""
         final = self.out / "map.zarr"

@@ -1,4 +1,4 @@
-"""Faults inside the data: a corrupt COG and a missing asset cost their scene, not the map."""
+"""Faults inside the data: a corrupt COG is a read failure; a missing asset costs its scene."""
 
 from __future__ import annotations
 
@@ -28,31 +28,50 @@ def damaged_catalog(small_catalog, tmp_path) -> tuple[Path, str, str]:
     return root, corrupt["id"], missing["id"]
 
 
-def test_corrupt_cog_and_missing_asset_skip_their_scene(damaged_catalog, small_catalog, caplog):
+def _items(folder):
     import pystac
+
+    doc = json.loads((folder / "items.json").read_text())
+    return [pystac.Item.from_dict(f) for f in (doc["features"] if isinstance(doc, dict) else doc)]
+
+
+def _geobox():
     from conftest import SMALL_BOUNDS
     from odc.geo.geobox import GeoBox
 
+    return GeoBox.from_bbox(SMALL_BOUNDS, "EPSG:32632", resolution=10)
+
+
+def test_corrupt_cog_is_a_read_failure_naming_its_scene(damaged_catalog):
+    """A file that cannot be read is lost input, never "no clear observation" (issue 11)."""
+    import pickle
+
+    from pipeline.cube import ReadFailure, load_cube
+
+    root, corrupt_id, missing_id = damaged_catalog
+    with pytest.raises(ReadFailure) as info:
+        load_cube(_items(root), _geobox())
+    fail = info.value
+    assert fail.kind == "corrupt" and fail.status is None
+    assert fail.scenes == (corrupt_id,)
+    again = pickle.loads(pickle.dumps(fail))  # crosses Dask process boundaries intact
+    assert (again.kind, again.scenes, again.message) == (fail.kind, fail.scenes, fail.message)
+
+
+def test_missing_asset_skips_its_scene_and_valid_obs_shows_it(
+    damaged_catalog, small_catalog, caplog
+):
     from pipeline.composite import composite
     from pipeline.cube import load_cube
 
     root, corrupt_id, missing_id = damaged_catalog
-
-    def items(folder):
-        doc = json.loads((folder / "items.json").read_text())
-        return [
-            pystac.Item.from_dict(f) for f in (doc["features"] if isinstance(doc, dict) else doc)
-        ]
-
-    gb = GeoBox.from_bbox(SMALL_BOUNDS, "EPSG:32632", resolution=10)
+    readable = [it for it in _items(root) if it.id != corrupt_id]
+    good_items = [it for it in _items(small_catalog) if it.id != corrupt_id]
     with caplog.at_level("WARNING"):
-        bad = load_cube(items(root), gb)
-    good = load_cube(items(small_catalog), gb)
+        bad = load_cube(readable, _geobox())
+    good = load_cube(good_items, _geobox())
     assert missing_id in caplog.text and "skipping scene" in caplog.text
     assert bad.sizes["time"] == good.sizes["time"] - 1  # the scene without SCL is gone
-    red = list(bad["band"].values).index("B4")
-    red_nan = np.isnan(bad.values[:, red]).all(axis=(1, 2))
-    assert red_nan.sum() >= 1  # the corrupt band reads as nodata for its scene
     cb = composite(bad.values, bad["time"].values, *_period())
     cg = composite(good.values, good["time"].values, *_period())
     assert cb.counts.sum() < cg.counts.sum()  # valid_obs shows what was lost

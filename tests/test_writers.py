@@ -63,6 +63,7 @@ def _result(tile, mask, seed):
         valid_obs=np.where(m, rng.integers(1, 6, (len(PERIODS), h, w)), 0),
         composite=rng.random((len(PERIODS), len(BANDS), h, w)).astype(np.float32),
         embeddings=rng.standard_normal((8, h, w)).astype(np.float16),
+        rgb=np.where(m, rng.integers(1, 256, (3, h, w)), 0).astype(np.uint8),
     )
 
 
@@ -95,8 +96,10 @@ def written(tmp_path_factory):
         "classes": np.full(grid.shape, 255, np.uint8),
         "confidence": np.full(grid.shape, np.nan, np.float32),
         "valid_obs": np.zeros((len(PERIODS), *grid.shape), np.uint16),
+        "rgb": np.zeros((3, *grid.shape), np.uint8),
     }
     for t in grid.tiles:
+        full["rgb"][(slice(None), *t.window)] = expected[t.id].rgb
         full["classes"][t.window] = expected[t.id].classes
         full["confidence"][t.window] = expected[t.id].confidence
         full["valid_obs"][(slice(None), *t.window)] = expected[t.id].valid_obs
@@ -184,8 +187,10 @@ def test_map_store_reads_back_in_xarray_with_its_crs(written):
     assert ds.composite.dims == ("period", "band", "y", "x") and list(ds.band.values) == BANDS
     assert ds.embeddings.dims == ("embedding", "y", "x") and ds.embeddings.dtype == np.float16
     assert ds.classes.encoding["chunks"] == (32, 32)
-    classes = ds.classes.values  # masked: nodata (255) -> NaN
-    np.testing.assert_array_equal(np.where(np.isnan(classes), 255, classes), full["classes"])
+    # classes stay uint8 (nodata 255 is a CF flag value, not a _FillValue decoded to NaN)
+    assert ds.classes.dtype == np.uint8 and ds.topk_classes.dtype == np.uint8
+    assert ds.classes.attrs["flag_values"][-1] == 255 and ds.classes.attrs["nodata"] == 255
+    np.testing.assert_array_equal(ds.classes.values, full["classes"])
     np.testing.assert_array_equal(ds.confidence.values, full["confidence"])
     np.testing.assert_array_equal(ds.valid_obs.values, full["valid_obs"])  # counts stay integers
     assert ds.valid_obs.dtype == np.uint16
@@ -201,7 +206,7 @@ def test_map_store_reads_in_gdal(written):
     with rasterio.open(f'ZARR:"{store}":/classes') as src:
         assert src.crs == grid.geobox.crs
         assert src.transform.almost_equals(grid.geobox.affine)
-        assert src.nodata == 255
+        # no Zarr fill_value (so xarray keeps uint8): GDAL sees the values, classes.tif the nodata
         np.testing.assert_array_equal(src.read(1), full["classes"])
     with rasterio.open(f'ZARR:"{store}":/confidence') as src:
         assert src.crs == grid.geobox.crs and np.isnan(src.nodata)
@@ -275,7 +280,7 @@ def test_cogs_validate_with_colours_names_overviews_and_nodata(written, cogs):
     from rio_cogeo.cogeo import cog_validate
 
     grid, full = written["grid"], written["full"]
-    assert set(cogs) == {"classes", "confidence", "valid_obs"}
+    assert set(cogs) == {"classes", "confidence", "valid_obs", "composite_rgb"}
     for path in cogs.values():
         valid, errors, _ = cog_validate(str(path))
         assert valid, errors
@@ -296,12 +301,40 @@ def test_cogs_validate_with_colours_names_overviews_and_nodata(written, cogs):
         assert src.dtypes[0] == "float32" and np.isnan(src.nodata)
         np.testing.assert_array_equal(src.read(1), full["confidence"])
     with rasterio.open(cogs["valid_obs"]) as src:
-        assert src.dtypes[0] == "uint16" and src.nodata is None
+        assert src.dtypes[0] == "uint16" and src.nodata == 0  # 0 = no valid observation
         assert src.descriptions == ("total", *PERIODS)
         np.testing.assert_array_equal(src.read(1), full["valid_obs"].sum(axis=0))
         np.testing.assert_array_equal(src.read()[1:], full["valid_obs"])
+    with rasterio.open(cogs["composite_rgb"]) as src:
+        from rasterio.enums import ColorInterp
+
+        assert src.count == 3 and src.dtypes[0] == "uint8" and src.nodata == 0
+        assert src.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+        np.testing.assert_array_equal(src.read(), full["rgb"])
+    assert cogs["composite_rgb"].name == "composite_rgb.tif"
     leftovers = [p.name for p in cogs["classes"].parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_true_colour_scaling_and_nodata():
+    from pipeline.writers.tile_result import true_colour
+
+    x = np.array([[[0.0, 0.1, 0.2, 0.5, np.nan]]] * 3, np.float32).reshape(3, 1, 5)
+    x[1, 0, 0] = np.nan  # one band missing: the pixel is nodata in all bands
+    out = true_colour(x)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, 0], [0, 128, 255, 255, 0])
+
+
+def test_rgb_quicklook(cogs, tmp_path):
+    import matplotlib.image
+
+    from pipeline.writers import write_rgb_quicklook
+
+    png = write_rgb_quicklook(tmp_path / "c.png", cogs["composite_rgb"], max_px=40)
+    img = matplotlib.image.imread(png)
+    assert img.shape[2] == 4 and max(img.shape[:2]) <= 40
+    assert (img[..., 3] == 0).any() and (img[..., 3] == 1).any()  # nodata is transparent
 
 
 def test_cogs_from_the_store_equal_cogs_from_tiles(written, cogs, tmp_path):

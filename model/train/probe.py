@@ -132,7 +132,9 @@ def check_head_matches(head: LinearHead, identity: dict[str, Any], *, where: str
     """Raise UserError if ``head`` was fitted on another model than ``identity`` describes.
 
     Compares the model name, the embedding size (if given as ``dim``) and, when both sides know
-    it, the checkpoint hash.
+    them, the checkpoint hash, the full model identity (untrained weights: their seed; the CLIP
+    text side), the composite period kind (``period``: monthly/quarterly/annual) and the number of
+    composites ``periods`` (T). A head whose identity lacks a key (older heads) is not checked on it.
     """
     mine = head.model_identity
     if mine.get("name") and identity.get("name") and mine["name"] != identity["name"]:
@@ -147,6 +149,23 @@ def check_head_matches(head: LinearHead, identity: dict[str, Any], *, where: str
     if a and b and a != b:
         raise UserError(
             f"{where}: fitted on checkpoint {a[:12]}, but the model's checkpoint is {b[:12]}"
+        )
+    a, b = mine.get("identity"), identity.get("identity")
+    if a and b and a != b:
+        raise UserError(
+            f"{where}: fitted on model {a}, but this run's model is {b}; refit it with 'probe' "
+            "on the same weights (and --seed for --untrained)"
+        )
+    a, b = mine.get("period"), identity.get("period")
+    if a and b and a != b:
+        raise UserError(
+            f"{where}: fitted on {a} composites, but this run makes {b} composites; use "
+            f"--period {a} or refit the head on points extracted with --period {b}"
+        )
+    a, b = mine.get("periods"), identity.get("periods")
+    if a and b and int(a) != int(b):
+        raise UserError(
+            f"{where}: fitted on series of T = {a} composites, but this run gives T = {b}"
         )
 
 

@@ -210,11 +210,21 @@ def _run_map(args: argparse.Namespace) -> int:
     area_png(rep, out / "area_estimates.png")
     rep["plots"] = ["confusion_matrix.png", "area_estimates.png"]
     (out / "metrics.json").write_text(json.dumps(rep, indent=1, allow_nan=False))
+    ref = rep["reference"]
     summary = {
         "metrics": str(out / "metrics.json"),
         "overall_accuracy": rep["overall_accuracy"],
         "overall_accuracy_ci": rep["overall_accuracy_ci"],
         "n": rep["n_samples"],
+        "reference_points": {
+            "total": ref["total"],
+            "used": ref["used"],
+            "dropped": {
+                "outside the map": ref["outside_map"],
+                "on nodata pixels": ref["on_nodata"],
+                "label matching no map class": ref["unmatched_labels"],
+            },
+        },
         "warnings": rep["warnings"],
     }
     print(json.dumps(summary, indent=1))

@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint_sha256": m.checkpoint_sha256,
         "dim": int(m.embed_dim),
         "periods": int(table.n_periods),
+        # the composites the head learnt from: run --head refuses another period kind or T
+        "period": table.meta.get("period"),
+        "start": table.meta.get("start"),
+        "end": table.meta.get("end"),
     }
     head = fit_linear_head(
         emb[tr],
@@ -123,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         summary["test_overall_accuracy"] = rep["overall_accuracy"]
         summary["test_macro_f1"] = rep["macro_f1"]
         head.meta["test"] = {k: rep[k] for k in ("n", "overall_accuracy", "macro_f1")}
+    if args.legend:  # maps made with this head take the legend's colours
+        head.meta["legend"] = str(args.legend)
     path = head.save(args.out)
     summary["head"] = str(path)
     print(json.dumps(summary, indent=1))

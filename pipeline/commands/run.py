@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 
 NAME = "run"
 HELP = "map a region: STAC search -> composites -> SenCLIP/TimeSenCLIP per tile -> Zarr + COGs"
@@ -12,14 +13,15 @@ HELP = "map a region: STAC search -> composites -> SenCLIP/TimeSenCLIP per tile 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what and when")
     g.add_argument(
-        "--region", required=True, help="a named region (see 'regions') or a vector file"
+        "--region",
+        help="a named region (see 'regions') or a vector file (or give only --bbox; or in --config)",
     )
     g.add_argument(
         "--bbox",
         nargs=4,
         type=float,
         metavar=("W", "S", "E", "N"),
-        help="clip the region to this lon/lat box",
+        help="clip the region to this lon/lat box; alone, the box is the region",
     )
     g.add_argument("--year", type=int, help="map this calendar year (sets --start/--end)")
     g.add_argument("--start", help="first date, YYYY-MM-DD (default: the region's period)")
@@ -30,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="composite period (default: monthly for timesenclip, annual for senclip)",
     )
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=("timesenclip", "senclip"), default="timesenclip")
+    g.add_argument(
+        "--model", choices=("timesenclip", "senclip"), help="the model (default timesenclip)"
+    )
     g.add_argument("--checkpoint", help="weights: a file, or a cached name (see 'weights list')")
     g.add_argument(
         "--untrained",
@@ -41,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", default=None, choices=("ViT-B-32", "RN50"), help="SenCLIP backbone")
     g.add_argument(
         "--legend",
-        help="legend name (see 'legends') or a YAML/JSON/NPZ file "
-        "(default: demo for the demo region, else lucas-lc8)",
+        help="legend name (see 'legends') or a YAML/JSON/NPZ file (default: demo for the demo "
+        "region, else lucas-lc8; with --head only its colours, default the head's legend)",
     )
     g.add_argument("--style", choices=("aerial", "ground", "generic"), help="prompt style")
     g.add_argument("--head", help="a few-shot head from 'probe' instead of zero-shot prompts")
@@ -77,12 +81,109 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="allow a local run over a large region (hours of CPU)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="redo only the tiles that failed before, including the dead-letter list",
+    )
+    g.add_argument(
+        "--max-attempts",
+        type=int,
+        help="attempts over all runs before a failing tile is dead-lettered (default 3)",
+    )
     g = p.add_argument_group("outputs")
     g.add_argument("--out", help="output folder (default outputs/<region>/<period>/<model>/)")
     g.add_argument("--save-composite", action="store_true", help="add the composites to map.zarr")
-    g.add_argument("--save-embeddings", action="store_true", help="add embeddings to map.zarr")
+    g.add_argument(
+        "--save-embeddings",
+        action="store_true",
+        help="store the compact embedding field (map.zarr, field.tif) for 'classify --field' "
+        "and 'query --field'",
+    )
+    g.add_argument(
+        "--field-dims",
+        type=int,
+        help="components of the embedding field (default 62: 64 bytes/pixel)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--config", help="YAML with any of the options above (CLI options win)")
+    p.add_argument(
+        "--config",
+        help="YAML mapping with any of the options above, spelt as on the command line without "
+        "'--' (e.g. region: freising, year: 2023, bbox: [11.6, 48.3, 11.8, 48.45]); CLI options win",
+    )
+
+
+#: RunConfig fields a config file may set that are not spelt as a CLI option.
+_CONFIG_ONLY = {"mask_snow", "progress", "retries"}
+
+
+def _parser_actions() -> dict[str, argparse.Action]:
+    """The ``run`` options by destination (a fresh parser: this command's single source of truth)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_arguments(p)
+    return {a.dest: a for a in p._actions if a.dest not in ("config", "help")}
+
+
+def _config_value(action: argparse.Action, value: object, where: str):
+    """A YAML value checked like the CLI checks it: type, number of values, choices."""
+    from pipeline.errors import UserError
+
+    if action.nargs == 0:  # store_true flags
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {value!r}")
+        return value
+    values = value if action.nargs else [value]
+    if action.nargs:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list of {action.nargs} values, got {value!r}")
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            raise UserError(f"{where}: expected {action.nargs} values, got {len(value)}")
+    out = []
+    for v in values:
+        if action.type is not None:
+            try:
+                v = action.type(v)
+            except (TypeError, ValueError):
+                raise UserError(f"{where}: invalid value {v!r}") from None
+        elif not isinstance(v, str):
+            v = str(v)
+        if action.choices is not None and v not in action.choices:
+            raise UserError(f"{where}: {v!r} is not one of {', '.join(map(str, action.choices))}")
+        out.append(v)
+    return out if action.nargs else out[0]
+
+
+def apply_config(args: argparse.Namespace, doc: dict) -> tuple[argparse.Namespace, dict]:
+    """Fill the options not given on the command line from a ``--config`` mapping.
+
+    Keys are the CLI option names without ``--`` (``-`` or ``_``), or the RunConfig-only fields
+    ``mask_snow``, ``progress``, ``retries`` (returned separately). An unknown key is a one-line
+    UserError naming the nearest valid key.
+    """
+    import difflib
+
+    from pipeline.errors import UserError
+
+    actions = _parser_actions()
+    out = argparse.Namespace(**vars(args))
+    extra: dict = {}
+    valid = sorted({k.replace("_", "-") for k in actions} | _CONFIG_ONLY)
+    for raw, value in doc.items():
+        key = str(raw).lstrip("-").replace("-", "_")
+        where = f"{args.config}: {raw}"
+        if key in _CONFIG_ONLY:
+            extra[key] = value
+            continue
+        action = actions.get(key)
+        if action is None:
+            near = difflib.get_close_matches(str(raw).lstrip("-").replace("_", "-"), valid, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(valid)}"
+            raise UserError(f"{args.config}: unknown key {raw!r}{hint}")
+        if value is None:
+            continue
+        if getattr(out, key, None) in (None, False, action.default):
+            setattr(out, key, _config_value(action, value, where))
+    return out, extra
 
 
 def resolve(args: argparse.Namespace):
@@ -92,10 +193,21 @@ def resolve(args: argparse.Namespace):
     from pipeline.errors import UserError
     from pipeline.run_config import RunConfig
 
-    base = load_yaml(args.config) if args.config else {}
-    region_name = args.region or base.get("region")
+    base: dict = {}
+    if args.config:
+        args, base = apply_config(args, load_yaml(args.config))
+    region_name = args.region
+    if not region_name and args.bbox:  # --bbox alone defines the region
+        from aoi import BBOX_PREFIX
+
+        region_name = BBOX_PREFIX + ",".join(f"{float(v):g}" for v in args.bbox)
+    if not region_name:
+        raise UserError(
+            "give the region: --region NAME|FILE (see 'python -m pipeline regions'), "
+            "or --bbox W S E N"
+        )
     region = load_region(region_name)
-    model = args.model or base.get("model", "timesenclip")
+    model = args.model or "timesenclip"
     if args.year is not None:
         if args.start or args.end:
             raise UserError("--year cannot be combined with --start/--end")
@@ -103,29 +215,29 @@ def resolve(args: argparse.Namespace):
             raise UserError(f"--year {args.year} is outside the Sentinel-2 era (2015 onwards)")
         start, end = dt.date(args.year, 1, 1), dt.date(args.year, 12, 31)
     else:
-        start = (
-            parse_date(args.start, "--start")
-            if args.start
-            else parse_date(base.get("start", region.start), "start")
-        )
-        end = (
-            parse_date(args.end, "--end")
-            if args.end
-            else parse_date(base.get("end", region.end), "end")
-        )
-    profile = (
-        args.profile
-        or base.get("profile")
-        or ("custom" if (args.stac_url or base.get("stac_url")) else region.stac)
-    )
-    head = args.head or base.get("head")
+        start = parse_date(args.start, "--start") if args.start else region.start
+        end = parse_date(args.end, "--end") if args.end else region.end
+        if not (args.start or args.end) and not str(region.source).endswith((".yaml", ".yml")):
+            logging.getLogger(__name__).info(
+                "no --year or --start/--end: mapping %s..%s, the last full year (a vector file "
+                "has no period of its own); pass --year to choose",
+                start,
+                end,
+            )
+    profile = args.profile or ("custom" if args.stac_url else region.stac)
+    head = args.head
     defaults = {
         "period": "monthly" if model == "timesenclip" else "annual",
         # The reference's class-mean calibration is SenCLIP's zero-shot practice; it hurts
         # trained pixel models and few-shot heads (measured on the planted-signal demo).
         "calibration": "reference" if model == "senclip" and not head else "none",
-        "legend": "demo" if region.stac == "demo" else "lucas-lc8",
+        # a head brings its classes (and the legend it was fitted with, for the colours)
+        "legend": None if head else ("demo" if region.stac == "demo" else "lucas-lc8"),
     }
+    from pipeline.cells import GRIDDED_TILE_SIZE, is_gridded
+
+    if is_gridded(region.crs):  # tiles must divide the 100 km output cells
+        defaults["tile_size"] = GRIDDED_TILE_SIZE
     cli = {
         "region": region_name,
         "start": start,
@@ -153,6 +265,7 @@ def resolve(args: argparse.Namespace):
         "top_k": args.top_k,
         "save_composite": args.save_composite or None,
         "save_embeddings": args.save_embeddings or None,
+        "field_dims": args.field_dims,
         "out": args.out,
         "overwrite": args.overwrite or None,
         "cluster": args.cluster,
@@ -160,6 +273,8 @@ def resolve(args: argparse.Namespace):
         "cluster_config": args.cluster_config,
         "allow_large": args.allow_large or None,
         "progress": False if args.no_progress else None,
+        "retry_failed": args.retry_failed or None,
+        "max_attempts": args.max_attempts,
     }
     return from_mapping(RunConfig, merged(merged(defaults, base), cli), where="run")
 

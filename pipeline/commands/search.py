@@ -42,16 +42,13 @@ def run(args: argparse.Namespace) -> int:
 
     from aoi import load_region, validate_geometry
     from pipeline.config import parse_date
-    from pipeline.errors import UserError
-    from pipeline.search import SearchConfig, search_items
+    from pipeline.scenes import monthly_coverage
+    from pipeline.search import SearchConfig, search_scenes
 
     if args.bbox:
-        from shapely.geometry import box
+        from aoi import bbox_region
 
-        w, s, e, n = args.bbox
-        if not (w < e and s < n):
-            raise UserError(f"--bbox must be W S E N with W < E and S < N, got {args.bbox}")
-        geometry = box(w, s, e, n)
+        geometry = bbox_region(*args.bbox).geometry
         validate_geometry(geometry, "bbox")
         last_year = dt.date.today().year - 1
         start, end = dt.date(last_year, 1, 1), dt.date(last_year, 12, 31)
@@ -75,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         collection=args.collection,
         max_cloud=args.max_cloud,
     )
-    items = search_items(geometry, start, end, cfg)
+    result = search_scenes(geometry, start, end, cfg)
+    items = result.items
     print(f"{'date':<10}  {'time':<8}  {'cloud %':>7}  {'platform':<12}  id")
     for it in items:
         when = it.datetime
@@ -94,4 +92,18 @@ def run(args: argparse.Namespace) -> int:
         mid = covers[len(covers) // 2]
         summary += f", cloud cover min {covers[0]:.1f} / median {mid:.1f} / max {covers[-1]:.1f} %"
     print(summary)
+    print()
+    print("clear scenes per month (clear-sky equivalent = sum of 1 - cloud cover):")
+    months = monthly_coverage(it.to_dict() for it in items)
+    cur = start.replace(day=1)
+    while cur <= end:
+        m = months.get(f"{cur:%Y-%m}", {"scenes": 0, "clear_equivalent": 0.0})
+        flag = "  <- no scene" if not m["scenes"] else ""
+        print(
+            f"  {cur:%Y-%m}  {int(m['scenes']):4d} scene(s)  {m['clear_equivalent']:6.1f} clear{flag}"
+        )
+        cur = (cur + dt.timedelta(days=32)).replace(day=1)
+    print()
+    for line in result.ledger.summary_lines():
+        print(line)
     return 0

@@ -144,7 +144,8 @@ def accuracy_assessment(
         return None if np.isnan(x) else x
 
     def ci(v: float, se: float) -> list[float | None]:
-        return [num(v - z * se), num(v + z * se)]
+        """Normal-approximation interval of a proportion, clipped to [0, 1]."""
+        return [num(max(0.0, v - z * se)), num(min(1.0, v + z * se))]
 
     cm = np.asarray(cm)
     classes = {}
@@ -155,7 +156,7 @@ def accuracy_assessment(
             "mapped_area": num(est["mapped_area"][i]),
             "estimated_area": num(est["area"][i]),
             "estimated_area_se": num(est["area_se"][i]),
-            "estimated_area_ci": [num(v) for v in est["area_ci"][i]],
+            "estimated_area_ci": [num(max(0.0, est["area_ci"][i][0])), num(est["area_ci"][i][1])],
             "users_accuracy": num(est["users_accuracy"][i]),
             "users_accuracy_se": num(est["users_accuracy_se"][i]),
             "users_accuracy_ci": ci(est["users_accuracy"][i], est["users_accuracy_se"][i]),

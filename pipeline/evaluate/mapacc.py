@@ -115,6 +115,45 @@ def sample_map(tif: Path, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray,
     return out, inside
 
 
+def _design_warnings(leg, points, use, mapped, names, areas, truth) -> list[str]:
+    """Warnings about what the numbers mean: untrained weights, the sampling design, dropped
+    labels."""
+    out = []
+    if leg is not None:
+        try:
+            doc = json.loads(Path(leg).read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if doc.get("untrained"):
+            out.append(
+                "the map was made with UNTRAINED (random) weights: the accuracy measures a demo"
+                + (" head on random features" if doc.get("style") == "few-shot head" else "")
+            )
+    n_unmatched = int((truth < 0).sum())
+    if n_unmatched:
+        out.append(
+            f"{n_unmatched} reference label(s) match no map class and were dropped; map them with "
+            "--label-map FILE ({label: class})"
+        )
+    m = mapped[use]
+    strata = points.attrs.get("stratum")
+    if strata is not None and all(
+        str(s) == names[int(c)] for s, c in zip(np.asarray(strata)[use], m, strict=True)
+    ):
+        return out  # stratified by the map's classes (e.g. 'sample-points --strata classes.tif')
+    n = len(m)
+    w = np.asarray(areas, np.float64) / max(float(np.sum(areas)), 1e-300)
+    p = np.bincount(m, minlength=len(names)) / max(n, 1)
+    tol = 3 * np.sqrt(w * (1 - w) / max(n, 1)) + 1.0 / max(n, 1)
+    if np.any(np.abs(p - w) > tol):
+        out.append(
+            "the sample is neither stratified by the map's classes (no 'stratum' column naming "
+            "them) nor distributed like a simple random sample of the map: the area-adjusted "
+            "estimates assume one of these designs (draw one with 'sample-points --strata')"
+        )
+    return out
+
+
 def evaluate_map(
     map_path: str | Path,
     points: Any,
@@ -150,8 +189,16 @@ def evaluate_map(
     truth = match_labels(labels, names, label_map)
     use = inside & (mapped >= 0) & (truth >= 0)
     if not use.any():
+        hint = ""
+        if (truth < 0).all():
+            seen = sorted({str(v) for v in labels.tolist()})[:5]
+            hint = (
+                f": no label matches a map class (labels {', '.join(seen)}; classes "
+                f"{', '.join(names[:5])}); translate them with --label-map FILE ({{label: class}})"
+            )
         raise UserError(
             "no reference point lies on a mapped pixel with a label matching the map's classes"
+            + hint
         )
     from pipeline.evaluate.metrics import confusion_matrix
 
@@ -165,6 +212,9 @@ def evaluate_map(
     if not areas.sum() > 0:
         raise UserError(f"{tif}: no mapped pixel of any legend class")
     rep = accuracy_assessment(cm, areas, names, area_unit=area_unit)
+    rep["warnings"] = list(rep["warnings"]) + _design_warnings(
+        leg, points, use, mapped, names, areas, truth
+    )
     rep["map"] = str(tif)
     rep["legend"] = str(leg) if leg else None
     rep["pixel_area_m2"] = pixel_area

@@ -9,7 +9,12 @@ tiles and :func:`build_cogs`, :func:`write_legend_json`, :func:`write_quicklook`
 
 from pipeline.writers.atomic import atomic_path, to_json_safe, write_json
 from pipeline.writers.cog import LAYERS, build_cogs, parse_color, write_tile_rasters
-from pipeline.writers.products import write_legend_json, write_quicklook, write_stac_item
+from pipeline.writers.products import (
+    write_legend_json,
+    write_quicklook,
+    write_rgb_quicklook,
+    write_stac_item,
+)
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 from pipeline.writers.zarr_map import create_map_store, open_map, write_tile
 
@@ -26,6 +31,7 @@ __all__ = [
     "write_json",
     "write_legend_json",
     "write_quicklook",
+    "write_rgb_quicklook",
     "write_stac_item",
     "write_tile",
     "write_tile_rasters",

@@ -13,9 +13,12 @@ Products:
   legends GDAL category names in a ``classes.tif.aux.xml`` sidecar (GeoTIFF cannot hold them
   in-file). Nearest-neighbour overviews.
 * ``confidence.tif``: float32, nodata NaN, average overviews.
-* ``valid_obs.tif``: uint16, no nodata (0 means no valid observation). Band 1 is the total over
-  the whole period; with several composite periods, bands 2.. hold each period's count (band
+* ``valid_obs.tif``: uint16, nodata 0 (no valid observation). Band 1 is the total over the
+  whole period; with several composite periods, bands 2.. hold each period's count (band
   descriptions name them). Average overviews.
+* ``composite_rgb.tif`` (when the tiles wrote ``rgb.tif``): uint8 true-colour composite, bands
+  red, green, blue (B4, B3, B2, median over the periods, TCI scaling), nodata 0, average
+  overviews.
 """
 
 from __future__ import annotations
@@ -37,14 +40,22 @@ from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 __all__ = ["LAYERS", "build_cogs", "parse_color", "write_tile_rasters"]
 
 LAYERS = ("classes", "confidence", "valid_obs")
+#: Optional layer: tile file name -> published COG name.
+RGB_LAYER, RGB_PRODUCT = "rgb", "composite_rgb"
 _GDT = {"uint8": "Byte", "uint16": "UInt16", "float32": "Float32"}
-_DTYPE = {"classes": "uint8", "confidence": "float32", "valid_obs": "uint16"}
+_DTYPE = {"classes": "uint8", "confidence": "float32", "valid_obs": "uint16", "rgb": "uint8"}
 _NODATA: dict[str, float | None] = {
     "classes": CLASS_NODATA,
     "confidence": math.nan,
-    "valid_obs": None,
+    "valid_obs": 0,
+    "rgb": 0,
 }
-_RESAMPLING = {"classes": "NEAREST", "confidence": "AVERAGE", "valid_obs": "AVERAGE"}
+_RESAMPLING = {
+    "classes": "NEAREST",
+    "confidence": "AVERAGE",
+    "valid_obs": "AVERAGE",
+    "rgb": "AVERAGE",
+}
 _BLOCK = 256
 _CACHE_MB = 256  # GDAL block cache while mosaicking (rasterio reads small ints as MB)
 
@@ -114,6 +125,8 @@ def write_tile_rasters(
         "confidence": result.confidence[None],
         "valid_obs": obs,
     }
+    if result.rgb is not None:
+        layers[RGB_LAYER] = result.rgb
     with atomic_path(tile_dir) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"):
         tmp.mkdir()
         for name, data in layers.items():
@@ -124,7 +137,7 @@ def write_tile_rasters(
                     descs = ["total"] + (labels if result.n_periods > 1 else [])
                     for i, d in enumerate(descs, start=1):
                         dst.set_band_description(i, d)
-    return {name: tile_dir / f"{name}.tif" for name in LAYERS}
+    return {name: tile_dir / f"{name}.tif" for name in layers}
 
 
 # --- mosaic -------------------------------------------------------------------------------------
@@ -210,6 +223,7 @@ def _sum_band_xml(band: int, sources: list[tuple[str, int, Tile | None]], grid: 
     return (
         f'  <VRTRasterBand dataType="UInt16" band="{band}" subClass="VRTDerivedRasterBand">\n'
         f"    <Description>total</Description>\n"
+        f"    <NoDataValue>0</NoDataValue>\n"
         f"    <PixelFunctionType>sum</PixelFunctionType>\n"
         f"    <SourceTransferType>Float64</SourceTransferType>\n{srcs}\n  </VRTRasterBand>"
     )
@@ -277,7 +291,8 @@ def build_cogs(
         or the Zarr map store (read through GDAL's Zarr driver).
     :param period_labels: descriptions of the per-period ``valid_obs`` bands (default: those
         stored in the tile files or the store).
-    :returns: ``{"classes": out_dir/classes.tif, "confidence": ..., "valid_obs": ...}``.
+    :returns: ``{"classes": out_dir/classes.tif, "confidence": ..., "valid_obs": ...}``, plus
+        ``"composite_rgb"`` when the tiles wrote a true-colour composite.
     """
     import rasterio
     import rasterio.shutil
@@ -287,7 +302,8 @@ def build_cogs(
         raise ValueError(f"{len(class_names)} classes but {len(colors)} colours")
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, Path] = {}
-    for name in LAYERS:
+    optional = [RGB_LAYER] if not _is_zarr(source) and _sources(source, grid, RGB_LAYER)[0] else []
+    for name in (*LAYERS, *optional):
         sources, descriptions = _sources(source, grid, name)
         dtype, nodata = _DTYPE[name], _NODATA[name]
         metadata: dict[str, str] = {}
@@ -300,12 +316,19 @@ def build_cogs(
             ]  # fmt: skip
         elif name == "confidence":
             bands = [_band_xml(1, dtype, sources, 1, grid, nodata, "probability of the class")]
+        elif name == RGB_LAYER:
+            metadata["composite"] = "B4, B3, B2 median over the periods; reflectance 0-0.2 -> 1-255"
+            bands = [
+                _band_xml(i + 1, dtype, sources, i + 1, grid, nodata, desc,
+                          f"    <ColorInterp>{desc.capitalize()}</ColorInterp>")
+                for i, desc in enumerate(("red", "green", "blue"))
+            ]  # fmt: skip
         elif sources and sources[0][2] is None:  # valid_obs from the store: (period, y, x)
             n = sources[0][1]
             bands = [_sum_band_xml(1, sources, grid)]
             if n > 1:
                 bands += [
-                    _band_xml(i + 2, dtype, sources, i + 1, grid, None, descriptions[i])
+                    _band_xml(i + 2, dtype, sources, i + 1, grid, nodata, descriptions[i])
                     for i in range(n)
                 ]
         else:  # valid_obs from tiles: band 1 total, then one band per period
@@ -315,13 +338,13 @@ def build_cogs(
                 descs = ["total", *map(str, period_labels)]
             bands = [
                 _band_xml(
-                    i + 1, dtype, sources, i + 1, grid, None, descs[i] if i < len(descs) else ""
+                    i + 1, dtype, sources, i + 1, grid, nodata, descs[i] if i < len(descs) else ""
                 )
                 for i in range(n)
             ]
         if name == "valid_obs":
             metadata["valid_obs"] = "band 1: total valid observations; bands 2..: per period"
-        final = out_dir / f"{name}.tif"
+        final = out_dir / f"{RGB_PRODUCT if name == RGB_LAYER else name}.tif"
         with atomic_path(final) as tmp:
             vrt_path = tmp.with_name(tmp.name + ".vrt")
             try:
@@ -335,6 +358,8 @@ def build_cogs(
                     "bigtiff": "if_safer",
                     "num_threads": "all_cpus",
                 }
+                if name == RGB_LAYER:
+                    opts["photometric"] = "RGB"
                 # PAM only for classes: its category names go to the .aux.xml sidecar.
                 env: dict[str, Any] = {"GDAL_PAM_ENABLED": "YES" if name == "classes" else "NO"}
                 if "GDAL_CACHEMAX" not in os.environ:  # bounded memory, whatever the map size
@@ -347,5 +372,5 @@ def build_cogs(
             finally:
                 remove_path(vrt_path)
                 remove_path(tmp.with_name(tmp.name + ".aux.xml"))
-        outputs[name] = final
+        outputs[RGB_PRODUCT if name == RGB_LAYER else name] = final
     return outputs

@@ -18,7 +18,13 @@ from pipeline.writers.atomic import atomic_path, to_json_safe, write_json
 from pipeline.writers.cog import parse_color
 from pipeline.writers.tile_result import CLASS_NODATA
 
-__all__ = ["write_json", "write_legend_json", "write_quicklook", "write_stac_item"]
+__all__ = [
+    "write_json",
+    "write_legend_json",
+    "write_quicklook",
+    "write_rgb_quicklook",
+    "write_stac_item",
+]
 
 QUICKLOOK_MAX_PX = 1200
 _NODATA_RGBA = (1.0, 1.0, 1.0, 1.0)
@@ -130,6 +136,30 @@ def write_quicklook(
     return path
 
 
+def write_rgb_quicklook(
+    path: str | os.PathLike[str], rgb_tif: str | os.PathLike[str], max_px: int = QUICKLOOK_MAX_PX
+) -> Path:
+    """A PNG of a 3-band uint8 composite COG (nodata 0 -> transparent), at most ``max_px`` on its
+    long side, read from the COG's overviews (never the full raster)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import rasterio
+    from rasterio.enums import Resampling
+
+    path = Path(path)
+    with rasterio.open(rgb_tif) as src:
+        scale = max(1.0, max(src.height, src.width) / max_px)
+        shape = (3, max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+        data = src.read((1, 2, 3), out_shape=shape, resampling=Resampling.average)
+    alpha = np.where((data == 0).all(axis=0), 0, 255).astype(np.uint8)
+    rgba = np.concatenate([data, alpha[None]], axis=0).transpose(1, 2, 0)
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, np.ascontiguousarray(rgba), format="png")
+    return path
+
+
 def _utc(d: dt.date | dt.datetime | str, end: bool) -> dt.datetime:
     if isinstance(d, str):
         d = dt.date.fromisoformat(d[:10]) if len(d) <= 10 else dt.datetime.fromisoformat(d)
@@ -147,6 +177,8 @@ _ASSET_META: dict[str, tuple[str, list[str], str]] = {
     "zarr": ("Map store (classes, confidence, top-k, valid observations)", ["data"], ""),
     "legend": ("Legend", ["metadata"], ""),
     "quicklook": ("Quicklook", ["overview", "visual"], ""),
+    "composite_rgb": ("True-colour composite (B4, B3, B2, median)", ["visual"], ""),
+    "composite_quicklook": ("True-colour composite, quicklook", ["overview"], ""),
     "run": ("Run provenance", ["metadata"], ""),
 }
 
@@ -229,7 +261,8 @@ def write_stac_item(
     raster_bands = {
         "classes": [RasterBand.create(nodata=CLASS_NODATA, data_type=DataType.UINT8)],
         "confidence": [RasterBand.create(nodata="nan", data_type=DataType.FLOAT32, unit="1")],
-        "valid_obs": [RasterBand.create(data_type=DataType.UINT16)],
+        "valid_obs": [RasterBand.create(nodata=0, data_type=DataType.UINT16)],
+        "composite_rgb": [RasterBand.create(nodata=0, data_type=DataType.UINT8)] * 3,
     }
     for name, p in assets.items():
         p = Path(p)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CLASS_NODATA", "TileResult"]
+__all__ = ["CLASS_NODATA", "TCI_MAX_REFLECTANCE", "TileResult", "true_colour"]
 
 #: Class value of pixels without a prediction (no valid observation, outside the AOI).
 CLASS_NODATA = 255
@@ -24,6 +24,10 @@ class TileResult:
         valid_obs: (P, h, w) uint16 valid (cloud-free) observations per composite period.
         composite: (P, B, h, w) float32 reflectance composite, or None.
         embeddings: (D, h, w) float16 per-pixel embeddings, or None.
+        field_codes: (d, h, w) int8 codes of the compact embedding field, or None.
+        field_scale: (h, w) float16 their per-pixel scale (NaN = nodata), or None.
+        rgb: (3, h, w) uint8 true-colour composite (B4, B3, B2; see :func:`true_colour`); 0 =
+            nodata. None: not written.
     """
 
     classes: np.ndarray
@@ -33,6 +37,9 @@ class TileResult:
     valid_obs: np.ndarray
     composite: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    field_codes: np.ndarray | None = None
+    field_scale: np.ndarray | None = None
+    rgb: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.classes = _as(self.classes, np.uint8, 2, "classes")
@@ -53,6 +60,14 @@ class TileResult:
                 )
         if self.embeddings is not None:
             self.embeddings = _as(self.embeddings, np.float16, 3, "embeddings", (h, w))
+        if self.field_codes is not None:
+            self.field_codes = _as(self.field_codes, np.int8, 3, "field_codes", (h, w))
+        if self.field_scale is not None:
+            self.field_scale = _as(self.field_scale, np.float16, 2, "field_scale", (h, w))
+        if self.rgb is not None:
+            self.rgb = _as(self.rgb, np.uint8, 3, "rgb", (h, w))
+            if self.rgb.shape[0] != 3:
+                raise ValueError(f"rgb must have 3 bands, got {self.rgb.shape[0]}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -69,6 +84,26 @@ class TileResult:
     def total_valid_obs(self) -> np.ndarray:
         """(h, w) uint16 valid observations summed over all periods (saturating at 65535)."""
         return np.minimum(self.valid_obs.sum(axis=0, dtype=np.uint64), 65535).astype(np.uint16)
+
+
+#: Reflectance shown as full brightness (255) in the true-colour composite, as in Sentinel-2's
+#: own true-colour image (TCI: B4, B3, B2 BOA reflectance 0..2000 DN -> 1..255, ESA Sentinel-2
+#: Products Specification Document, S2-PDGS-TAS-DI-PSD, section on the TCI product).
+TCI_MAX_REFLECTANCE = 0.2
+
+
+def true_colour(rgb_reflectance: np.ndarray) -> np.ndarray:
+    """(3, h, w) reflectance (0-1, NaN = no data; e.g. B4, B3, B2) -> (3, h, w) uint8, TCI-style.
+
+    Reflectance 0..TCI_MAX_REFLECTANCE maps linearly to 1..255 (brighter saturates); a pixel
+    with any band NaN is 0 (nodata) in every band.
+    """
+    x = np.asarray(rgb_reflectance, dtype=np.float32)
+    missing = np.isnan(x).any(axis=0)
+    scaled = np.clip(np.nan_to_num(x, nan=0.0) / TCI_MAX_REFLECTANCE, 0.0, 1.0) * 254.0 + 1.0
+    out = np.rint(scaled).astype(np.uint8)
+    out[:, missing] = 0
+    return out
 
 
 def _as(
