@@ -86,7 +86,7 @@ def test_gridded_outputs_open_as_one_layer(gridded_run):
         with rasterio.open(cell / "classes.tif") as src:
             assert src.crs.to_epsg() == 3035
             # inside its 100 km cell
-            e, n = int(code[5:7]), int(code[8:10])
+            e, n = int(code[6:8]), int(code[9:11])
             assert src.bounds.left >= e * 1e5 and src.bounds.right <= (e + 1) * 1e5
             assert src.bounds.bottom >= n * 1e5 and src.bounds.top <= (n + 1) * 1e5
     col = json.loads((out / "collection.json").read_text())
