@@ -220,7 +220,8 @@ def test_refused_reads_fail_their_tiles_and_a_rerun_redoes_only_those(tmp_path, 
     assert not list((out / ".s2lc" / "failed").glob("*.json"))
     with rasterio.open(out / "valid_obs.tif") as src:
         obs = src.read(1)
-    assert (obs[:, :64] == 3).all() and (obs[:, 96:] == 3).all()  # both sides observed 3 times
+    # both sides observed (west: 3 clear scenes; east: 3 partly cloudy ones), at most 3 times
+    assert (obs[:, :64] == 3).all() and (obs[:, 96:] >= 1).all() and obs.max() <= 3
     # the 320 m gap between the footprints has no data: reported, not hidden
     cov = rep2["coverage"]
     assert cov["no_data_fraction"] == pytest.approx(32 / 160, abs=0.01)
