@@ -271,13 +271,16 @@ def test_search_command_prints_count_dates_and_cloud(demo_catalog, session_cache
     out = _cli("--region", "demo", "--start", "2023-03-01", "--end", "2023-03-31",
                "--max-cloud", "100", cache=session_cache_dir)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
+    table, months, ledger = out.stdout.strip().split("\n\n")
+    lines = table.splitlines()
     assert lines[0].split()[:3] == ["date", "time", "cloud"]
     assert [ln.split()[0] for ln in lines[1:-1]] == [
         f"2023-03-{d:02d}" for d in (2, 7, 12, 17, 22, 27)
     ]
     assert lines[-1].startswith("6 scene(s) from sentinel-2-l2a (demo), 2023-03-02 .. 2023-03-27")
     assert "cloud cover min" in lines[-1]
+    assert months.splitlines()[1].split()[:3] == ["2023-03", "6", "scene(s)"]  # per month
+    assert ledger.splitlines()[0] == "scene ledger: 6 returned, 6 used"
 
 
 def test_search_command_with_an_api_url_and_bbox(demo_stac_url, demo_geometry, session_cache_dir):
@@ -285,9 +288,11 @@ def test_search_command_with_an_api_url_and_bbox(demo_stac_url, demo_geometry, s
     out = _cli("--stac-url", demo_stac_url, "--bbox", str(w), str(s), str(e), str(n),
                "--year", "2023", "--max-cloud", "10", cache=session_cache_dir)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "(custom)" in out.stdout.splitlines()[-1]
-    clouds = [float(ln.split()[2]) for ln in out.stdout.splitlines()[1:-1]]
+    table, _, ledger = out.stdout.strip().split("\n\n")
+    assert "(custom)" in table.splitlines()[-1]
+    clouds = [float(ln.split()[2]) for ln in table.splitlines()[1:-1]]
     assert clouds and max(clouds) <= 10
+    assert f"{len(clouds)} used" in ledger.splitlines()[0] and "cloud filter" in ledger
 
 
 def test_search_command_nothing_found_is_one_line(demo_catalog, session_cache_dir):
