@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,7 @@ def view_entries(map_dir: str | Path | None = None) -> list[Entry]:
                     "first_query_s": round(first, 2),
                     "map_px": meta.get("shape"),
                     "goal_s": 2.0,
+                    "load_average_1min": round(os.getloadavg()[0], 1),
                 },
             )
         ]
