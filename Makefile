@@ -19,7 +19,7 @@ ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help env test test-integration test-browser map demo-zeroshot bench bench-scale lint clean
+.PHONY: help env test test-integration test-real test-browser map demo-zeroshot bench bench-scale lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test: $(STAMP) ## Run the test suite (offline, no GPU needed)
 
 test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac, faults)
 	$(PY) -m pytest -m integration -o addopts="" --timeout=1800
+
+test-real: $(STAMP) ## Validate on real Sentinel-2 samples in $$S2LC_REAL_DATA (skips without them)
+	@if [ -d "$$S2LC_REAL_DATA" ]; then $(PY) -m pytest tests/real -m real -o addopts="" -p no:cacheprovider --timeout=1800 -q; else echo "test-real: skipped (S2LC_REAL_DATA is not set to a folder of real samples)"; fi
 
 # Plain `make map` (the demo region, TimeSenCLIP, no YEAR/ARGS) runs the demo's whole few-shot
 # workflow (`python -m pipeline demo map`); anything else is one `python -m pipeline run`.

@@ -151,6 +151,24 @@ def _pixel_model(job: TileJob, m: Any, comp: Any, valid: np.ndarray):
     return _probabilities(job, emb), emb
 
 
+def usable_chips(chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chips the patch model sees, for the map and for its calibration sample alike.
+
+    Args:
+        chips: (n, 3, win, win) reflectance, NaN where unobserved.
+
+    Returns:
+        ok: (n,) bool, the chip has at least one observed pixel;
+        filled: (ok.sum(), 3, win, win) float32, those chips with their gaps set to the chip's
+        per-band mean.
+    """
+    ok = ~np.all(np.isnan(chips), axis=(1, 2, 3))
+    sel = np.ascontiguousarray(chips[ok], dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        fill = np.nanmean(sel, axis=(2, 3), keepdims=True)
+    return ok, np.where(np.isnan(sel), fill, sel)
+
+
 def _patch_model(job: TileJob, m: Any, comp: Any, plan: Any, valid: np.ndarray):
     """SenCLIP: sliding RGB chips per period -> chip probabilities -> smooth blend per pixel.
 
@@ -168,13 +186,9 @@ def _patch_model(job: TileJob, m: Any, comp: Any, plan: Any, valid: np.ndarray):
     used = np.zeros(n_chips, np.float32)
     for p in range(comp.values.shape[0]):
         chips = plan.extract(comp.values[p, rgb_idx])  # (n, 3, win, win) view
-        ok = ~np.all(np.isnan(chips), axis=(1, 2, 3))
+        ok, sel = usable_chips(chips)
         if not ok.any():
             continue
-        sel = np.ascontiguousarray(chips[ok], dtype=np.float32)
-        with np.errstate(invalid="ignore"):
-            fill = np.nanmean(sel, axis=(2, 3), keepdims=True)
-        sel = np.where(np.isnan(sel), fill, sel)
         if job.head or job.save_embeddings:
             emb = embed_chips(m, sel)
             probs = _probabilities(job, emb)
@@ -351,11 +365,13 @@ def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
         chips = np.concatenate(
             [plan.extract(comp.values[p, rgb_idx]) for p in range(comp.values.shape[0])]
         )
-        full = np.flatnonzero(~np.isnan(chips).any(axis=(1, 2, 3)))
-        if full.size == 0:
+        # the chips the map classifies: any observed pixel, gaps filled (a sample of gap-free
+        # chips only was empty wherever every chip reaches past the data, e.g. a small region)
+        ok, filled = usable_chips(chips)
+        if not ok.any():
             return np.zeros((0, m.embed_dim), np.float32)
-        pick = np.sort(rng.permutation(full)[:n])
-        return embed_chips(m, np.ascontiguousarray(chips[pick], dtype=np.float32))
+        pick = np.sort(rng.permutation(int(ok.sum()))[:n])
+        return embed_chips(m, np.ascontiguousarray(filled[pick]))
     comp, _, _, _ = load_composite(job, job.tile.geobox)
     valid = (comp.counts.sum(axis=0) > 0) & aoi_mask(job.tile.geobox, geom)
     idx = np.flatnonzero(valid.ravel())

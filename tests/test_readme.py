@@ -159,6 +159,7 @@ def test_readme_shell_commands(tmp_path):
         shutil.copy(src, tmp_path / Path(words[2]).name)
 
 
+@pytest.mark.timeout(1800)  # about 3 min on 2 free cores; shared CI machines are much slower
 def test_make_map_is_the_few_shot_demo(tmp_path, demo_catalog):
     """``make map`` as the README shows it: the few-shot workflow, accuracy >= 0.85 on held-out
     points, every output it lists. The Makefile is expanded with ``make -n`` (so the test runs
