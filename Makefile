@@ -19,7 +19,7 @@ ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help env test test-integration map demo-zeroshot bench lint clean
+.PHONY: help env test test-integration test-real test-browser map demo-zeroshot bench bench-scale lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -39,9 +39,17 @@ test: $(STAMP) ## Run the test suite (offline, no GPU needed)
 test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac, faults)
 	$(PY) -m pytest -m integration -o addopts="" --timeout=1800
 
+test-real: $(STAMP) ## Validate on real Sentinel-2 samples in $$S2LC_REAL_DATA (skips without them)
+	@if [ -d "$$S2LC_REAL_DATA" ]; then $(PY) -m pytest tests/real -m real -o addopts="" -p no:cacheprovider --timeout=1800 -q; else echo "test-real: skipped (S2LC_REAL_DATA is not set to a folder of real samples)"; fi
+
 # Plain `make map` (the demo region, TimeSenCLIP, no YEAR/ARGS) runs the demo's whole few-shot
 # workflow (`python -m pipeline demo map`); anything else is one `python -m pipeline run`.
 DEMO_WORKFLOW := $(and $(filter demo,$(REGION)),$(filter timesenclip,$(MODEL)),$(if $(YEAR)$(ARGS),,yes))
+
+test-browser: $(STAMP) ## Browser test of the map viewer (installs Debian's chromium + Playwright)
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements-browser.txt
+	S2LC_REQUIRE_BROWSER=1 $(PY) -m pytest -m browser -o addopts="" -p no:cacheprovider -q --timeout=1800 tests/test_view_browser.py
 
 map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=timesenclip OUT=dir
 ifneq ($(DEMO_WORKFLOW),)
@@ -55,6 +63,9 @@ demo-zeroshot: $(STAMP) ## The demo mapped zero-shot from prompts with untrained
 
 bench: $(STAMP) ## Benchmarks against same-run baselines -> bench/results.json
 	$(PY) -m pipeline bench $(ARGS)
+
+bench-scale: $(STAMP) ## Search/plan/scheduling at EU-27 scale on pgstac, no pixels (integration, minutes)
+	$(PY) -m tests.integration.bench_scale $(ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(PY) -m ruff check pipeline model aoi tests

@@ -2,7 +2,8 @@
 
 A named region is a YAML file in ``aoi/regions/`` with its geometry (EPSG:4326, either a GeoJSON
 ``geometry``, a lon/lat ``bbox``, or ``bounds`` in a given ``bounds_crs``), a default period, the
-output CRS (``auto`` picks the UTM zone of the centroid) and resolution, and the STAC profile it is
+output CRS (``auto``: the UTM zone of a region inside one zone, EPSG:3035 for a European region
+across several zones, see :func:`auto_crs_for`) and resolution, and the STAC profile it is
 usually mapped from. ``load_region`` accepts a name, a path or ``bbox:W,S,E,N`` (a lon/lat box);
 ``list_regions`` lists the catalogue.
 
@@ -156,8 +157,41 @@ def utm_crs_for(geom: Any) -> str:
     return f"EPSG:{32600 + zone if c.y >= 0 else 32700 + zone}"
 
 
+#: LAEA Europe, the CRS of the EEA reference grid; regions spanning several UTM zones inside its
+#: area of use are mapped in it, on 100 km grid cells (see :mod:`pipeline.cells`).
+LAEA_EUROPE = "EPSG:3035"
+#: lon/lat box inside the area of use of EPSG:3035 (Europe, Macaronesia included).
+LAEA_EUROPE_BOX = (-35.0, 24.0, 45.0, 84.0)
+
+
+def utm_zone_of(lon: float) -> int:
+    """The UTM zone number (1-60) of a longitude (the plain 6-degree zones)."""
+    return min(60, max(1, int(math.floor((lon + 180) / 6)) + 1))
+
+
+def auto_crs_for(geom: Any) -> str:
+    """The output CRS for ``crs: auto``: the UTM zone of a region inside one zone; EPSG:3035
+    (LAEA Europe) for a European region spanning several zones; else the centroid's zone.
+    """
+    w, s, e, n = geom.bounds
+    if utm_zone_of(w) == utm_zone_of(e):
+        return utm_crs_for(geom)
+    bw, bs, be, bn = LAEA_EUROPE_BOX
+    if bw <= w and e <= be and bs <= s and n <= bn:
+        return LAEA_EUROPE
+    return utm_crs_for(geom)
+
+
 def _geometry_from(doc: dict[str, Any], name: str) -> Any:
     from shapely.geometry import box, shape
+
+    if "union_of" in doc:  # a region made of named regions (eu27: the member states)
+        import shapely
+
+        members = doc["union_of"]
+        if not isinstance(members, list) or not members:
+            raise UserError(f"region {name}: union_of must be a non-empty list of region names")
+        return shapely.union_all([load_region(str(m)).geometry for m in members])
 
     if "geometry" in doc:
         try:
@@ -193,12 +227,17 @@ def _region_from_doc(doc: dict[str, Any], name: str, source: str) -> Region:
         geometry=geom,
         start=parse_date(period.get("start", f"{year}-01-01"), f"region {name} period.start"),
         end=parse_date(period.get("end", f"{year}-12-31"), f"region {name} period.end"),
-        crs=utm_crs_for(geom) if crs == "auto" else crs,
+        crs=auto_crs_for(geom) if crs == "auto" else crs,
         resolution=float(doc.get("resolution", 10.0)),
         stac=str(doc.get("stac", "earth-search")),
         description=str(doc.get("description", "")),
         source=source,
     )
+
+
+def _yaml_load(text: str) -> Any:
+    """YAML through libyaml when available (country outlines are large)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
 
 
 def list_regions() -> list[Region]:
@@ -227,7 +266,7 @@ def load_region(name_or_path: str | Path) -> Region:
         return bbox_region(w, s, e, n)
     named = REGIONS_DIR / f"{text}.yaml"
     if named.is_file():
-        return _region_from_doc(yaml.safe_load(named.read_text()), text, str(named))
+        return _region_from_doc(_yaml_load(named.read_text()), text, str(named))
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(
@@ -235,7 +274,7 @@ def load_region(name_or_path: str | Path) -> Region:
             "nor an existing vector file"
         )
     if path.suffix.lower() in (".yaml", ".yml"):
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = _yaml_load(path.read_text()) or {}
         if not isinstance(doc, dict):
             raise UserError(f"region file {path}: expected a mapping")
         return _region_from_doc(doc, doc.get("name", path.stem), str(path))

@@ -111,10 +111,54 @@ def _clip_text_from_embedded(ckpt) -> tuple[Any, str] | None:
     return ClipText(net.eval(), "ViT-B-32"), f"ViT-B-32:embedded:{ckpt.sha256}"
 
 
+#: Text towers tried, in order, for a TimeSenCLIP checkpoint that names none: OpenAI CLIP
+#: ViT-B/32 (what the ground-photo embeddings were made with), then a SenCLIP ViT-B/32 release
+#: (SenCLIP kept CLIP's text tower frozen, so it is the same).
+TEXT_TOWERS = ("openai-clip-vitb32", "senclip-vitb32-avgpool", "senclip-vitb32-attpool")
+
+
+def _text_identity(spec: str) -> str:
+    """Identity of a text-tower spec without loading it (the file's hash for a file)."""
+    from model.checkpoints import sha256_file
+
+    m = _UNTRAINED_RE.match(str(spec))
+    if m:
+        return f"untrained-seed{m.group(1)}"
+    return f"ViT-B-32:{sha256_file(_checkpoint_file(spec))}"
+
+
+def _text_source(clip_checkpoint, ckpt, seed):
+    """(eager text tower or None, lazy loader or None, identity) for a TimeSenCLIP.
+
+    Order: ``clip_checkpoint``; the untrained tower of ``seed`` for an untrained model; the
+    ``clip`` a project checkpoint records; a ``clip_model.*`` CLIP inside the checkpoint (already
+    in memory, so taken at once); a fetched text tower (:data:`TEXT_TOWERS`). None of them: no
+    text tower (embeddings and few-shot heads still work).
+    """
+    from model.weights import REGISTRY
+
+    if clip_checkpoint is not None:
+        spec = str(clip_checkpoint)
+    elif ckpt is None:
+        spec = f"untrained-seed{seed}"
+    elif ckpt.meta.get("clip"):
+        spec = str(ckpt.meta["clip"])
+    else:
+        embedded = _clip_text_from_embedded(ckpt)
+        if embedded is not None:
+            return embedded[0], None, embedded[1]
+        cached = [n for n in TEXT_TOWERS if n in REGISTRY and REGISTRY[n].cached]
+        if not cached:
+            return None, None, "none"
+        spec = cached[0]
+        _log.debug("TimeSenCLIP text encoder: CLIP text tower of %s", spec)
+    ident = _text_identity(spec)
+    return None, (lambda: _clip_text_from_spec(spec)[0]), ident
+
+
 def _load_timesenclip(checkpoint, clip_checkpoint, untrained, device, seed):
     from model.checkpoints import read_checkpoint
     from model.timesenclip import TimeSenCLIP, build_encoder, encoder_from_checkpoint
-    from model.weights import REGISTRY
 
     if checkpoint is None:
         encoder, ckpt, enc_id = build_encoder(seed=seed), None, f"untrained-seed{seed}"
@@ -122,34 +166,22 @@ def _load_timesenclip(checkpoint, clip_checkpoint, untrained, device, seed):
         ckpt = read_checkpoint(_checkpoint_file(checkpoint))
         encoder, enc_id = encoder_from_checkpoint(ckpt), ckpt.sha256
 
-    text = None
-    if clip_checkpoint is not None:
-        text = _clip_text_from_spec(str(clip_checkpoint))
-    elif ckpt is None:
-        text = _clip_text_from_spec(f"untrained-seed{seed}")
-    elif ckpt.meta.get("clip"):
-        text = _clip_text_from_spec(str(ckpt.meta["clip"]))
-    else:
-        text = _clip_text_from_embedded(ckpt)
-        if text is None:
-            cached = [s for s in REGISTRY.values() if s.arch == "ViT-B-32" and s.cached]
-            if not cached:
-                raise UserError(
-                    f"{ckpt.path}: TimeSenCLIP needs the CLIP ViT-B/32 text encoder it was "
-                    "aligned with; pass clip_checkpoint=PATH, or run: python -m pipeline weights "
-                    "fetch senclip-vitb32-avgpool (SenCLIP kept CLIP's text tower frozen)"
-                )
-            _log.info("TimeSenCLIP text encoder: CLIP text tower of %s", cached[0].name)
-            text = _clip_text_from_spec(cached[0].name)
-    clip_text, clip_id = text
+    text, loader, clip_id = _text_source(clip_checkpoint, ckpt, seed)
+    missing = (
+        f"{getattr(ckpt, 'path', checkpoint)}: TimeSenCLIP needs the CLIP ViT-B/32 text tower it "
+        "was aligned with to encode prompts; run: python -m pipeline weights fetch "
+        "openai-clip-vitb32 (or pass clip_checkpoint / --clip-checkpoint)"
+    )
     return TimeSenCLIP(
         encoder,
-        clip_text,
+        text,
         device=device,
         identity=f"timesenclip:{enc_id}:clip={clip_id}",
         checkpoint_sha256=None if ckpt is None else ckpt.sha256,
         untrained=ckpt is None,
         clip_identity=clip_id,
+        text_loader=loader,
+        missing_text=missing,
     )
 
 
@@ -173,8 +205,11 @@ def load(
             weights registry or the checkpoint's keys (default ViT-B-32).
         clip_checkpoint: TimeSenCLIP only: the CLIP ViT-B/32 (SenCLIP or OpenAI-format) whose text
             tower encodes prompts, or ``"untrained-seed<k>"``. None uses, in order: the ``clip``
-            recorded in the checkpoint, a ``clip_model.*`` CLIP inside it, a fetched SenCLIP
-            ViT-B/32 release (its text tower is OpenAI CLIP's, kept frozen in training).
+            recorded in the checkpoint, a ``clip_model.*`` CLIP inside it, a fetched OpenAI CLIP
+            ViT-B/32 (``openai-clip-vitb32``) or SenCLIP ViT-B/32 release (its text tower is
+            OpenAI CLIP's, kept frozen in training). The tower is loaded only when prompts are
+            first encoded; an encoder-only checkpoint without any of these still embeds pixels
+            and runs few-shot heads (encoding prompts is then a UserError naming the fetch).
         untrained: build a deterministic random init from ``seed`` instead (offline demo and
             tests only; identical in every process).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.

@@ -113,6 +113,8 @@ class SenCLIP:
         self.text = ClipText(self.net, self.arch)
         self.device = device
         self.identity = identity
+        #: The embedding space (the whole CLIP image tower).
+        self.embedding_identity = identity
         self.checkpoint_sha256 = checkpoint_sha256
         self.untrained = untrained
         self.embed_dim = int(self.net.text_projection.shape[1])

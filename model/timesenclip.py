@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -299,19 +300,27 @@ class TimeSenCLIP:
     def __init__(
         self,
         encoder: TimeSenCLIPEncoder,
-        text: ClipText,
+        text: ClipText | None,
         *,
         device: torch.device,
         identity: str,
         checkpoint_sha256: str | None,
         untrained: bool,
         clip_identity: str,
+        text_loader: Callable[[], ClipText] | None = None,
+        missing_text: str = "",
     ) -> None:
         self.encoder = encoder.to(device).eval()
-        self.text = text
-        self.text.net.to(device)
+        self._text = text
+        if text is not None:
+            text.net.to(device)
+        self._text_loader = text_loader
+        self._text_lock = threading.Lock()
+        self._missing_text = missing_text
         self.device = device
         self.identity = identity
+        #: The embedding space alone (the encoder); the text tower is not part of it.
+        self.embedding_identity = identity.split(":clip=")[0]
         self.checkpoint_sha256 = checkpoint_sha256
         self.untrained = untrained
         self.clip_identity = clip_identity
@@ -320,6 +329,29 @@ class TimeSenCLIP:
 
     def __repr__(self) -> str:
         return f"TimeSenCLIP(identity={self.identity!r}, device={self.device})"
+
+    @property
+    def has_text(self) -> bool:
+        """Whether prompts can be encoded (a text tower is loaded or known where to load)."""
+        return self._text is not None or self._text_loader is not None
+
+    @property
+    def text(self) -> ClipText:
+        """The CLIP ViT-B/32 text tower, loaded on first use (embeddings never need it).
+
+        Raises:
+            UserError: no text tower is known (an encoder-only checkpoint and none fetched); the
+                message names the ``weights fetch`` command.
+        """
+        if self._text is None:
+            with self._text_lock:
+                if self._text is None:
+                    if self._text_loader is None:
+                        raise UserError(self._missing_text or "TimeSenCLIP has no text tower")
+                    text = self._text_loader()
+                    text.net.to(self.device)
+                    self._text = text
+        return self._text
 
     @property
     def logit_scale(self) -> float:

@@ -7,7 +7,19 @@ unless :func:`fetch` is called.
 The SenCLIP authors publish four checkpoints (RN50 and ViT-B/32, average and attention pooling)
 in the Hugging Face repository ``pallavijainpj/SenCLIP`` (REFERENCE_MODELS.md 1.7). Only the two
 ViT-B/32 file names were seen in the authors' code; the RN50 names follow the same pattern and are
-marked unconfirmed. TimeSenCLIP weights are not released.
+marked unconfirmed.
+
+The TimeSenCLIP authors publish ``TimeSenCLIP_1x1.ckpt`` in ``pallavijainpj/TimeSenCLIP`` (their
+README: a strict ``load_state_dict`` into ``TimeSenCLIPEncoder(image_size=1, time_frames=12,
+dim=512, depth=6, heads=8, mlp_dim=256, spectral_bands=10, dim_head=64)``; plain or Lightning
+``state_dict``-wrapped, both read by :func:`model.timesenclip.encoder_from_checkpoint`). It holds
+the pixel encoder only. Prompts need the text tower of the CLIP the LUCAS ground-photo embeddings
+were made with, OpenAI CLIP ViT-B/32: ``openai-clip-vitb32`` is the file open_clip itself fetches
+for ``create_model("ViT-B-32-quickgelu", pretrained="openai")`` (the Hugging Face mirror
+``timm/vit_base_patch32_clip_224.openai``, an open_clip state dict with OpenAI's key names).
+
+Licences (the ``licence`` column of ``weights list``) say only what was seen: the file listings
+and model cards of the Hugging Face repositories could not be checked from here.
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ class WeightsSpec:
     confirmed: bool = True
     """False where the file name is inferred, not seen in the authors' code."""
     repo_id: str = HF_REPO
+    licence: str = "unknown"
+    """What is known of the licence, and what is not."""
 
     @property
     def path(self) -> Path:
@@ -58,6 +72,7 @@ REGISTRY: dict[str, WeightsSpec] = {
             "ViT-B-32",
             "SenCLIP_AvgPool_ViTB32.ckpt",
             "SenCLIP ViT-B/32, average pooling of the ground photos",
+            licence="not stated (no LICENSE in the SenCLIP code; model card not seen)",
         ),
         WeightsSpec(
             "senclip-vitb32-attpool",
@@ -65,6 +80,7 @@ REGISTRY: dict[str, WeightsSpec] = {
             "ViT-B-32",
             "SenCLIP_AttPoolPerImg_ViTB32.ckpt",
             "SenCLIP ViT-B/32, attention pooling (per image)",
+            licence="not stated (no LICENSE in the SenCLIP code; model card not seen)",
         ),
         WeightsSpec(
             "senclip-rn50-avgpool",
@@ -73,6 +89,7 @@ REGISTRY: dict[str, WeightsSpec] = {
             "SenCLIP_AvgPool_RN50.ckpt",
             "SenCLIP RN50, average pooling (file name unconfirmed)",
             confirmed=False,
+            licence="not stated (no LICENSE in the SenCLIP code; model card not seen)",
         ),
         WeightsSpec(
             "senclip-rn50-attpool",
@@ -81,6 +98,26 @@ REGISTRY: dict[str, WeightsSpec] = {
             "SenCLIP_AttPoolPerImg_RN50.ckpt",
             "SenCLIP RN50, attention pooling (file name unconfirmed)",
             confirmed=False,
+            licence="not stated (no LICENSE in the SenCLIP code; model card not seen)",
+        ),
+        WeightsSpec(
+            "timesenclip-1x1",
+            "timesenclip",
+            "TimeSenCLIP-P1",
+            "TimeSenCLIP_1x1.ckpt",
+            "TimeSenCLIP 1x1 pixel encoder (12 months x 10 bands), encoder only",
+            repo_id="pallavijainpj/TimeSenCLIP",
+            licence="code MIT (TimeSenCLIP repo LICENSE); the weights' own terms not seen",
+        ),
+        WeightsSpec(
+            "openai-clip-vitb32",
+            "clip",
+            "ViT-B-32",
+            "open_clip_pytorch_model.bin",
+            "OpenAI CLIP ViT-B/32 (open_clip ViT-B-32-quickgelu, pretrained=openai): "
+            "TimeSenCLIP's text tower",
+            repo_id="timm/vit_base_patch32_clip_224.openai",
+            licence="MIT (openai/CLIP); its model card limits intended uses",
         ),
     )
 }

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return UserError.exit_code
+        return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

@@ -29,6 +29,8 @@ _NOT_IN_HASH = {
     "cluster_config",
     "allow_large",
     "retries",
+    "max_attempts",
+    "retry_failed",
     "progress",
 }
 
@@ -65,6 +67,7 @@ class RunConfig:
     top_k: int = 3
     save_composite: bool = False
     save_embeddings: bool = False
+    field_dims: int = 62
     out: Path | None = None
     overwrite: bool = False
     cluster: str = "local"
@@ -72,6 +75,12 @@ class RunConfig:
     cluster_config: str | None = None
     allow_large: bool = False
     retries: int = 2
+    max_attempts: int = 6
+    """Attempts (over all runs) after which a failing tile goes to the dead-letter list: plain
+    reruns leave it alone, ``--retry-failed`` redoes it. The default is two runs' attempts with
+    the default 2 retries, so one plain rerun still redoes a failed tile."""
+    retry_failed: bool = False
+    """Run only the tiles that failed earlier (dead-lettered or not)."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -95,6 +104,10 @@ class RunConfig:
                 raise UserError(f"--window must be between 8 and 512 pixels, got {self.window}")
             if not 1 <= self.stride <= self.window:
                 raise UserError(f"--stride must be between 1 and --window ({self.window})")
+        if not 1 <= self.field_dims <= 4096:
+            raise UserError(f"--field-dims must be between 1 and 4096, got {self.field_dims}")
+        if self.max_attempts < 1:
+            raise UserError(f"--max-attempts must be at least 1, got {self.max_attempts}")
         if not 1 <= self.top_k <= 10:
             raise UserError(f"--top-k must be between 1 and 10, got {self.top_k}")
         if not 0 <= self.max_cloud <= 100:
@@ -114,6 +127,8 @@ class RunConfig:
     def output_hash(self) -> str:
         """A short hash of every setting that changes output pixels."""
         plain = {k: v for k, v in to_plain(self).items() if k not in _NOT_IN_HASH}
+        if not self.save_embeddings:
+            plain.pop("field_dims", None)  # no field, no effect on the outputs
         if self.head and Path(self.head).expanduser().is_file():
             # the head's content, not only its path: a refitted head makes another map
             from model.checkpoints import sha256_file

@@ -192,11 +192,11 @@ def _sha256(path: Path) -> str:
 
 def make_plan(cfg: RunConfig) -> Plan:
     """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
+    from pipeline.cells import output_grid
     from pipeline.tile_task import ModelSpec
-    from pipeline.tiling import make_grid
 
     region, geometry = resolve_region(cfg)
-    grid = make_grid(geometry, region.crs, region.resolution, cfg.tile_size)
+    grid = output_grid(geometry, region.crs, region.resolution, cfg.tile_size)
     m = ModelSpec.of(cfg).load()
     names, colors, legend_info, w = _legend_and_classifier(cfg, m)
     if len(names) > 254:
@@ -209,6 +209,7 @@ def make_plan(cfg: RunConfig) -> Plan:
         "untrained": m.untrained,
         "embed_dim": m.embed_dim,
         "arch": getattr(m, "arch", cfg.arch),
+        "embedding_identity": getattr(m, "embedding_identity", m.identity),
     }
     return Plan(
         region.name,
@@ -224,15 +225,35 @@ def make_plan(cfg: RunConfig) -> Plan:
     )
 
 
-def _items_for(items: list[dict], geobox) -> tuple[dict, ...]:
+class ItemIndex:
+    """The run's STAC items with an R-tree over their footprints, built once per run.
+
+    ``for_window`` is what each tile's work order gets: only the items touching its window,
+    found in O(log n) instead of testing every item of a continent for every tile.
+    """
+
+    def __init__(self, items: list[dict]) -> None:
+        import shapely
+        from shapely.geometry import shape
+
+        self.items = items
+        self._tree = shapely.STRtree([shape(d["geometry"]) for d in items])
+
+    def for_window(self, geobox) -> tuple[dict, ...]:
+        footprint = geobox.extent.to_crs("EPSG:4326").geom
+        hits = sorted(int(i) for i in self._tree.query(footprint, predicate="intersects"))
+        return tuple(self.items[i] for i in hits)
+
+
+def _items_for(items: list[dict] | ItemIndex, geobox) -> tuple[dict, ...]:
     """The STAC items whose footprint touches a window (so each task gets only its own)."""
-    from shapely.geometry import shape
-
-    footprint = geobox.extent.to_crs("EPSG:4326").geom
-    return tuple(d for d in items if shape(d["geometry"]).intersects(footprint))
+    index = items if isinstance(items, ItemIndex) else ItemIndex(items)
+    return index.for_window(geobox)
 
 
-def _job(cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, calibration):
+def _job(
+    cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, calibration, field=None
+):
     from pipeline.tile_task import ModelSpec, TileJob
     from pipeline.tiling import chip_plan
 
@@ -260,6 +281,7 @@ def _job(cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, cal
         save_embeddings=cfg.save_embeddings,
         store=str(ws.store),
         tile_dir=str(ws.tile_dir(tile.id)),
+        field=field,
     )
 
 
@@ -278,6 +300,46 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
     tiles, so the calibration, and therefore the map, does not depend on ``--tile-size``.
     """
     from model.zeroshot import fit_calibration
+
+    emb = reference_sample(client, cfg, plan, ws, items)
+    vec = np.asarray(fit_calibration(emb, plan.classifier), dtype=np.float64)
+    _log.info("calibration fitted on %d samples", len(emb))
+    return vec
+
+
+def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]):
+    """The compact field's codec: read back from the store (resume) or fitted and written once.
+
+    Fitted on the same fixed reference sample as the calibration, so it does not depend on
+    ``--tile-size`` either.
+    """
+    from pipeline.field.codec import fit_codec
+    from pipeline.writers.field import read_codec, write_codec
+
+    codec = read_codec(ws.store)
+    if codec is not None:
+        return codec
+    emb = reference_sample(client, cfg, plan, ws, items)
+    codec = fit_codec(emb, cfg.field_dims)
+    write_codec(ws.store, codec)
+    _log.info(
+        "embedding field: %d -> %d dims (%.2f%% of the sample's variance), %d bytes/pixel",
+        codec.embed_dim,
+        codec.dims,
+        100 * codec.explained_variance,
+        codec.bytes_per_pixel,
+    )
+    return codec
+
+
+_SAMPLES: dict[str, np.ndarray] = {}
+
+
+def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]):
+    """Embeddings of a fixed reference sample of the region (computed once per run)."""
+    key = str(ws.out.resolve()) + cfg.output_hash()
+    if key in _SAMPLES:
+        return _SAMPLES[key]
     from pipeline.tile_task import sample_embeddings
     from pipeline.tiling import make_grid
 
@@ -327,9 +389,10 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
             "no valid observation in the calibration sample: the region has no usable "
             "scenes (check --start/--end and --max-cloud)"
         )
-    vec = np.asarray(fit_calibration(emb, plan.classifier), dtype=np.float64)
-    _log.info("calibration fitted on %d samples from %d tiles", len(emb), len(tiles))
-    return vec
+    _log.info("reference sample: %d embeddings from %d tiles", len(emb), len(tiles))
+    _SAMPLES.clear()
+    _SAMPLES[key] = emb
+    return emb
 
 
 def _resources(client) -> dict[str, int] | None:
@@ -357,9 +420,11 @@ def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure
 
 
 def run_tiles(
-    client, cfg, plan, ws, items, calibration, todo, progress=None
+    client, cfg, plan, ws, items, calibration, todo, progress=None, task=None, field=None
 ) -> tuple[dict, dict[str, TileFailure]]:
     """Run ``todo`` tiles, a bounded number in flight; returns (stats, failures) by tile id.
+
+    ``task`` replaces :func:`pipeline.tile_task.process_tile` (the scale benchmark's stand-in).
 
     A tile that raises is resubmitted up to ``cfg.retries`` times; one that still fails gets a
     :class:`~pipeline.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
@@ -368,6 +433,9 @@ def run_tiles(
     from distributed import as_completed
 
     from pipeline.tile_task import process_tile
+
+    task = task or process_tile
+    items = items if isinstance(items, ItemIndex) else ItemIndex(items)
 
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     max_in_flight = max(4, 3 * n_workers)
@@ -380,8 +448,8 @@ def run_tiles(
 
     def submit(tile, attempt: int = 1):
         fut = client.submit(
-            process_tile,
-            _job(cfg, plan, ws, items, tile, calibration),
+            task,
+            _job(cfg, plan, ws, items, tile, calibration, field),
             key=f"tile-{tile.id}-{cfg.output_hash()}-{attempt}",
             retries=0,  # retried here, so attempts are counted and recorded
             resources=resources,
@@ -546,6 +614,8 @@ def execute(cfg: RunConfig) -> int:
         }
     )
     ws.save_manifest(manifest)
+    if resumable:
+        ws.reclaim_store()
     create_map_store(
         ws.store,
         plan.grid,
@@ -554,17 +624,24 @@ def execute(cfg: RunConfig) -> int:
         period_labels=labels,
         band_names=_bands() if cfg.save_composite else None,
         embed_dim=plan.model_info["embed_dim"] if cfg.save_embeddings else None,
+        field_dims=_field_dims(cfg, plan),
         attrs={
             "config_hash": output_hash,
             "region": plan.region_name,
             "model": cfg.model,
             "untrained": cfg.untrained,
+            **_field_attrs(cfg, plan),
         },
     )
     done_before = ws.done_tiles()
-    todo = [tl for tl in plan.grid.tiles if tl.id not in done_before]
+    todo, dead_before = select_tiles(plan.grid.tiles, done_before, ws.failed_tiles(), cfg)
     _log.info(
-        "%d tiles: %d done earlier, %d to run", len(plan.grid.tiles), len(done_before), len(todo)
+        "%d tiles: %d done earlier, %d to run, %d left in the dead-letter list%s",
+        len(plan.grid.tiles),
+        len(done_before),
+        len(todo),
+        len(dead_before),
+        " (--retry-failed redoes them)" if dead_before else "",
     )
 
     failures: dict[str, TileFailure] = {}
@@ -576,6 +653,8 @@ def execute(cfg: RunConfig) -> int:
             calibration = calibrate(client, cfg, plan, ws, items).tolist()
             manifest["calibration"] = calibration
             ws.save_manifest(manifest)
+        field = fit_field(client, cfg, plan, ws, items) if cfg.save_embeddings else None
+        _SAMPLES.clear()
         seconds["calibrate"] = time.perf_counter() - t
         calib = None if calibration is None else np.asarray(calibration, np.float32)
         t = time.perf_counter()
@@ -592,7 +671,9 @@ def execute(cfg: RunConfig) -> int:
                 mininterval=1.0,
                 dynamic_ncols=True,
             ) as bar:
-                stats, failures = run_tiles(client, cfg, plan, ws, items, calib, todo, bar)
+                stats, failures = run_tiles(
+                    client, cfg, plan, ws, items, calib, todo, bar, field=field
+                )
         seconds["tiles_wall"] = time.perf_counter() - t
 
     all_stats = {**done_before, **stats}
@@ -616,19 +697,47 @@ def execute(cfg: RunConfig) -> int:
         failures,
         area_km2,
     )
+    if field is not None:
+        report["field"] = {
+            **_field_attrs(cfg, plan)["s2lc:field"],
+            "explained_variance": field.explained_variance,
+        }
     report["scene_ledger"] = ledger.to_dict()
     report["coverage"] = coverage_report(all_stats, labels)
     for line in report["coverage"]["warnings"]:
         _log.warning("%s", line)
-    if failures:
+    from pipeline.cells import is_gridded
+
+    gridded = is_gridded(plan.crs)
+    if gridded:  # cells whose tiles are all done are published now, failed tiles or not
+        from pipeline.continental import publish_cells
+
+        t = time.perf_counter()
+        report["cells"] = publish_cells(cfg, plan, ws, report, labels, all_stats)
+        report["seconds"]["publish_cells"] = time.perf_counter() - t
+    dead = {**dead_before, **{t: f for t, f in failures.items() if f.attempts >= cfg.max_attempts}}
+    report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
+    if failures or dead:
         from pipeline.writers import write_json
 
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - t0
         write_json(ws.out / "run.json", report)
-        raise UserError(failure_summary(failures, len(plan.grid.tiles), ws.out / "run.json"))
+        every = {**dead, **failures}
+        msg = failure_summary(every, len(plan.grid.tiles), ws.out / "run.json")
+        if dead:
+            msg += (
+                f"; {len(dead)} tile(s) failed {cfg.max_attempts} times or more and are in the "
+                "dead-letter list (run.json): plain reruns leave them, --retry-failed redoes them"
+            )
+        raise TilesFailed(msg)
     t = time.perf_counter()
-    publish(cfg, plan, ws, report, labels)
+    if gridded:
+        from pipeline.continental import publish_gridded
+
+        publish_gridded(cfg, plan, ws, report, labels)
+    else:
+        publish(cfg, plan, ws, report, labels)
     report["seconds"]["publish"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - t0
     from pipeline.writers import write_json
@@ -636,6 +745,57 @@ def execute(cfg: RunConfig) -> int:
     write_json(ws.out / "run.json", report)
     _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])
     return 0
+
+
+def _field_dims(cfg: RunConfig, plan: Plan) -> int | None:
+    """Components of the compact field (None without ``--save-embeddings``)."""
+    if not cfg.save_embeddings:
+        return None
+    return min(int(cfg.field_dims), int(plan.model_info["embed_dim"]))
+
+
+def _field_attrs(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
+    """The field's metadata in the store (``s2lc:field``): model identity and decoding recipe."""
+    if not cfg.save_embeddings:
+        return {}
+    from pipeline.field.api import FIELD_ATTR
+    from pipeline.field.codec import ENCODING, ENCODING_VERSION
+
+    dims = _field_dims(cfg, plan)
+    return {
+        FIELD_ATTR: {
+            "encoding": ENCODING,
+            "version": ENCODING_VERSION,
+            "model": plan.model_info["identity"],
+            "embedding_identity": plan.model_info.get("embedding_identity"),
+            "model_name": plan.model_info["name"],
+            "embed_dim": plan.model_info["embed_dim"],
+            "dims": dims,
+            "bytes_per_pixel": dims + 2,
+            "decode": "e = normalise(field_mean + field_basis @ (field_codes * field_scale)); "
+            "field_scale NaN = nodata (pipeline.field.codec)",
+        }
+    }
+
+
+class TilesFailed(UserError):
+    """Some tiles failed (or are dead-lettered): the rest of the run finished, nothing published
+    over them. Exit code 3, so scripts tell it from bad input (2)."""
+
+    exit_code = 3
+
+
+def select_tiles(tiles, done: dict, failed: dict[str, TileFailure], cfg: RunConfig):
+    """(tiles to run, dead-lettered failures left alone) for this run.
+
+    A plain run (or rerun) runs every tile not done except those that failed ``max_attempts``
+    times or more (the dead-letter list); ``--retry-failed`` runs only the tiles that failed.
+    """
+    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.max_attempts}
+    if cfg.retry_failed:
+        return [tl for tl in tiles if tl.id in failed and tl.id not in done], {}
+    todo = [tl for tl in tiles if tl.id not in done and tl.id not in dead]
+    return todo, {t: f for t, f in dead.items() if t not in done}
 
 
 def failure_summary(failures: dict[str, TileFailure], total: int, where: Path) -> str:
@@ -722,12 +882,13 @@ def _up_to_date(ws: Workspace, output_hash: str) -> bool:
         report = json.loads(run_json.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    from pipeline.workspace import PRODUCTS
+    from pipeline.workspace import GRIDDED_PRODUCTS, PRODUCTS
 
+    products = GRIDDED_PRODUCTS if "cells" in report else PRODUCTS
     return (
         report.get("status") == "complete"
         and report.get("output_hash") == output_hash
-        and all((ws.out / p).exists() for p in PRODUCTS)
+        and all((ws.out / p).exists() for p in products)
     )
 
 
@@ -792,6 +953,11 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     cogs = build_cogs(
         ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors), period_labels=labels
     )
+    field_cogs = {}
+    if cfg.save_embeddings:
+        from pipeline.writers.field import build_field_cogs
+
+        field_cogs = build_field_cogs(ws.store, ws.out, _field_attrs(cfg, plan)["s2lc:field"])
     zarr_path = ws.publish_store()
     ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
     write_legend_json(
@@ -809,7 +975,9 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
         },
     )
     title = f"{plan.region_name} {cfg.start}..{cfg.end} | {cfg.model} | {plan.legend_info['name']}"
-    if cfg.untrained:
+    if cfg.untrained and cfg.head:
+        title += "\nUNTRAINED encoder (demo), classes from a few-shot head"
+    elif cfg.untrained:
         title += "\nUNTRAINED WEIGHTS (demo): not a land-cover map"
     write_quicklook(
         ws.out / "quicklook.png", cogs["classes"], list(plan.class_names), list(plan.colors), title
@@ -822,6 +990,7 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
         )
     assets = {
         **cogs,
+        **field_cogs,
         "zarr": zarr_path,
         "legend": ws.out / "legend.json",
         "quicklook": ws.out / "quicklook.png",

@@ -78,6 +78,8 @@ class TileJob:
     save_embeddings: bool
     store: str
     tile_dir: str
+    field: Any = None
+    """The compact field's :class:`~pipeline.field.codec.FieldCodec` (with ``save_embeddings``)."""
 
 
 def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str]]:
@@ -149,6 +151,24 @@ def _pixel_model(job: TileJob, m: Any, comp: Any, valid: np.ndarray):
     return _probabilities(job, emb), emb
 
 
+def usable_chips(chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chips the patch model sees, for the map and for its calibration sample alike.
+
+    Args:
+        chips: (n, 3, win, win) reflectance, NaN where unobserved.
+
+    Returns:
+        ok: (n,) bool, the chip has at least one observed pixel;
+        filled: (ok.sum(), 3, win, win) float32, those chips with their gaps set to the chip's
+        per-band mean.
+    """
+    ok = ~np.all(np.isnan(chips), axis=(1, 2, 3))
+    sel = np.ascontiguousarray(chips[ok], dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        fill = np.nanmean(sel, axis=(2, 3), keepdims=True)
+    return ok, np.where(np.isnan(sel), fill, sel)
+
+
 def _patch_model(job: TileJob, m: Any, comp: Any, plan: Any, valid: np.ndarray):
     """SenCLIP: sliding RGB chips per period -> chip probabilities -> smooth blend per pixel.
 
@@ -166,13 +186,9 @@ def _patch_model(job: TileJob, m: Any, comp: Any, plan: Any, valid: np.ndarray):
     used = np.zeros(n_chips, np.float32)
     for p in range(comp.values.shape[0]):
         chips = plan.extract(comp.values[p, rgb_idx])  # (n, 3, win, win) view
-        ok = ~np.all(np.isnan(chips), axis=(1, 2, 3))
+        ok, sel = usable_chips(chips)
         if not ok.any():
             continue
-        sel = np.ascontiguousarray(chips[ok], dtype=np.float32)
-        with np.errstate(invalid="ignore"):
-            fill = np.nanmean(sel, axis=(2, 3), keepdims=True)
-        sel = np.where(np.isnan(sel), fill, sel)
         if job.head or job.save_embeddings:
             emb = embed_chips(m, sel)
             probs = _probabilities(job, emb)
@@ -253,6 +269,16 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         emb = pix_emb[:, valid].T if pix_emb is not None else None
     t["infer"] = time.perf_counter()
 
+    field_codes = field_scale = None
+    if job.save_embeddings and job.field is not None and emb is not None:
+        # The map is made from the stored field, so 'classify --field' reproduces it exactly.
+        codes, scale = job.field.encode(emb)
+        emb = job.field.decode(codes, scale)
+        probs = _probabilities(job, emb) if emb.shape[0] else probs
+        field_codes = np.zeros((job.field.dims, ny, nx), np.int8)
+        field_scale = np.full((ny, nx), np.nan, np.float16)
+        field_codes[:, valid] = codes.T
+        field_scale[valid] = scale
     k = job.top_k
     n_classes = job.classifier.shape[0] if probs is None else probs.shape[1]
     k = min(k, n_classes)
@@ -267,7 +293,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         topk_c[:, valid] = tc.T.astype(np.uint8)
         topk_p[:, valid] = tp.T
     embeddings = None
-    if job.save_embeddings and emb is not None:
+    if job.save_embeddings and job.field is None and emb is not None:
         embeddings = np.full((emb.shape[1] if emb.size else 0, ny, nx), np.nan, np.float16)
         if valid.any():
             embeddings[:, valid] = emb.T.astype(np.float16)
@@ -279,6 +305,8 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         valid_obs=counts.astype(np.uint16),
         composite=comp_values.astype(np.float32) if job.save_composite else None,
         embeddings=embeddings,
+        field_codes=field_codes,
+        field_scale=field_scale,
         rgb=_true_colour(comp_values, valid),
     )
     write_tile(job.store, tile, result)
@@ -337,11 +365,13 @@ def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
         chips = np.concatenate(
             [plan.extract(comp.values[p, rgb_idx]) for p in range(comp.values.shape[0])]
         )
-        full = np.flatnonzero(~np.isnan(chips).any(axis=(1, 2, 3)))
-        if full.size == 0:
+        # the chips the map classifies: any observed pixel, gaps filled (a sample of gap-free
+        # chips only was empty wherever every chip reaches past the data, e.g. a small region)
+        ok, filled = usable_chips(chips)
+        if not ok.any():
             return np.zeros((0, m.embed_dim), np.float32)
-        pick = np.sort(rng.permutation(full)[:n])
-        return embed_chips(m, np.ascontiguousarray(chips[pick], dtype=np.float32))
+        pick = np.sort(rng.permutation(int(ok.sum()))[:n])
+        return embed_chips(m, np.ascontiguousarray(filled[pick]))
     comp, _, _, _ = load_composite(job, job.tile.geobox)
     valid = (comp.counts.sum(axis=0) > 0) & aoi_mask(job.tile.geobox, geom)
     idx = np.flatnonzero(valid.ravel())

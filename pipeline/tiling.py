@@ -163,13 +163,18 @@ def _snap(v: float, up: bool) -> int:
     return int(math.ceil(v) if up else math.floor(v))
 
 
-def make_grid(geometry: Any, crs: str, resolution: float, tile_size: int) -> TileGrid:
+def make_grid(
+    geometry: Any, crs: str, resolution: float, tile_size: int, snap: float | None = None
+) -> TileGrid:
     """The output grid of an AOI and the tiles of it that intersect the AOI.
 
     :param geometry: shapely (Multi)Polygon in EPSG:4326 (lon, lat).
     :param crs: output CRS, e.g. ``"EPSG:32632"``.
     :param resolution: pixel size in CRS units.
     :param tile_size: tile edge in pixels (>= 16).
+    :param snap: when given (CRS units, e.g. 100 km grid cells), the grid's bounds are snapped
+        outward to multiples of it and ``tile_size`` must divide ``snap / resolution``, so every
+        tile lies inside one cell. Raises UserError otherwise.
     """
     tile_size = _check_int(tile_size, "tile_size", MIN_TILE_SIZE, MAX_TILE_SIZE)
     try:
@@ -196,6 +201,18 @@ def make_grid(geometry: Any, crs: str, resolution: float, tile_size: int) -> Til
     col0 = _snap(snapped.affine.c / res, up=False)
     row0 = _snap(-snapped.affine.f / res, up=False)
     height, width = (max(1, int(v)) for v in snapped.shape.yx)
+    if snap is not None:
+        cell_px = snap / res
+        if abs(cell_px - round(cell_px)) > _SNAP_TOL or round(cell_px) % tile_size:
+            raise UserError(
+                f"tile_size {tile_size} must divide the {snap:g} grid cell ({cell_px:g} px at "
+                f"{res:g}), e.g. 500 or 1000 at 10 m"
+            )
+        c = round(cell_px)
+        col1, row1 = col0 + width, row0 + height
+        col0, col1 = (col0 // c) * c, -(-col1 // c) * c
+        row0, row1 = (row0 // c) * c, -(-row1 // c) * c
+        width, height = col1 - col0, row1 - row0
     n_tiles = -(-width // tile_size) * -(-height // tile_size)
     if n_tiles > MAX_TILES:
         raise UserError(
@@ -218,11 +235,60 @@ def make_grid(geometry: Any, crs: str, resolution: float, tile_size: int) -> Til
     # every tile with a pixel centre inside (see aoi_mask) and drops sub-pixel slivers.
     half = res / 2
     boxes = shapely.box(left + half, bottom + half, right - half, top - half)
-    aoi = geom.geom
-    shapely.prepare(aoi)
-    keep = shapely.intersects(boxes, aoi)
-    tiles = tuple(grid.tile(int(r), int(c)) for r, c in zip(rows[keep], cols[keep], strict=True))
+    keep = _intersecting(boxes, rows, cols, geom.geom)
+    tiles = tuple(
+        _tile(gbox, tile_size, int(r), int(c)) for r, c in zip(rows[keep], cols[keep], strict=True)
+    )
     return TileGrid(geobox=gbox, tile_size=tile_size, tiles=tiles)
+
+
+#: Tiles per block edge in the two-level AOI test of :func:`_intersecting`.
+_BLOCK_TILES = 16
+
+
+def _intersecting(boxes: np.ndarray, rows: np.ndarray, cols: np.ndarray, aoi: Any) -> np.ndarray:
+    """``shapely.intersects(boxes, aoi)``, fast for large detailed AOIs (a continent's coast).
+
+    Blocks of tiles are tested first: a block outside the AOI drops its tiles, one inside keeps
+    them, and only tiles of blocks on the boundary are tested, against the AOI clipped to their
+    block. The result is the same as testing every box against the whole AOI.
+    """
+    import shapely
+
+    if len(boxes) <= 4 * _BLOCK_TILES**2:
+        shapely.prepare(aoi)
+        return shapely.intersects(boxes, aoi)
+    keep = np.zeros(len(boxes), dtype=bool)
+    block = (rows // _BLOCK_TILES) * (int(cols.max()) + 1) + cols // _BLOCK_TILES
+    order = np.argsort(block, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(block[order]) != 0])
+    groups = np.split(order, starts[1:])
+    shapely.prepare(aoi)
+    for idx in groups:
+        env = shapely.box(*shapely.total_bounds(boxes[idx]))
+        if not shapely.intersects(aoi, env):
+            continue
+        if shapely.contains(aoi, env):
+            keep[idx] = True
+            continue
+        part = shapely.intersection(aoi, env)
+        shapely.prepare(part)
+        keep[idx] = shapely.intersects(boxes[idx], part)
+    return keep
+
+
+def _tile(gbox: GeoBox, tile_size: int, row: int, col: int) -> Tile:
+    """``TileGrid.tile`` without slicing the GeoBox (a continent has ~10^5 tiles)."""
+    h, w = gbox.shape
+    a = gbox.affine
+    ys = slice(row * tile_size, min(h, (row + 1) * tile_size))
+    xs = slice(col * tile_size, min(w, (col + 1) * tile_size))
+    sub = GeoBox(
+        (ys.stop - ys.start, xs.stop - xs.start),
+        Affine(a.a, 0.0, a.c + xs.start * a.a, 0.0, a.e, a.f + ys.start * a.e),
+        gbox.crs,
+    )
+    return Tile(row=row, col=col, geobox=sub, window=(ys, xs))
 
 
 def halo_geobox(geobox: GeoBox, halo_px: int) -> GeoBox:

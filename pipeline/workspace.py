@@ -38,8 +38,22 @@ PRODUCTS = (
     "item.json",
     "run.json",
 )
+#: Products of a gridded run (EPSG:3035, 100 km cells; see pipeline.writers.gridded).
+GRIDDED_PRODUCTS = (
+    "map.zarr",
+    "cells",
+    "classes.vrt",
+    "confidence.vrt",
+    "valid_obs.vrt",
+    "collection.json",
+    "legend.json",
+    "quicklook.png",
+    "run.json",
+)
 #: Sidecars of the products (GDAL category names for QGIS), cleared with them.
 SIDECARS = ("classes.tif.aux.xml",)
+#: Products only some runs make (``--save-embeddings``), cleared with the others.
+OPTIONAL_PRODUCTS = ("field.tif", "field_scale.tif")
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,7 @@ class Workspace:
         self.manifest_path = self.work / "manifest.json"
         self.store = self.work / "map.zarr"
         self.tiles = self.work / "tiles"
+        self.cells = self.out / "cells"
         self.failed = self.work / "failed"
 
     # -- checks that must happen before anything is written -------------------------------
@@ -130,7 +145,7 @@ class Workspace:
                 f"{self.out} holds a map made with other settings (hash {existing.get('output_hash')}"
                 f" != {output_hash}); use --overwrite or another --out"
             )
-        if existing is None and any((self.out / p).exists() for p in PRODUCTS):
+        if existing is None and any((self.out / p).exists() for p in PRODUCTS + GRIDDED_PRODUCTS):
             raise UserError(
                 f"{self.out} already holds map products; use --overwrite or another --out"
             )
@@ -150,7 +165,7 @@ class Workspace:
         return resuming
 
     def clear(self) -> None:
-        for name in PRODUCTS + SIDECARS:
+        for name in dict.fromkeys(PRODUCTS + GRIDDED_PRODUCTS + SIDECARS + OPTIONAL_PRODUCTS):
             p = self.out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -209,6 +224,15 @@ class Workspace:
                 shutil.rmtree(d)
 
     # -- publishing -------------------------------------------------------------------------
+    def reclaim_store(self) -> bool:
+        """Move a published store back to staging when the run is being redone (resumed after
+        its completion record was lost); True if it was moved. Tiles then add to it again."""
+        final = self.out / "map.zarr"
+        if final.exists() and not self.store.exists():
+            os.replace(final, self.store)
+            return True
+        return False
+
     def publish_store(self) -> Path:
         """Move the staging Zarr store under its final name (atomic rename on one filesystem)."""
         final = self.out / "map.zarr"

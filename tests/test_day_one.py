@@ -226,6 +226,7 @@ def test_demo_truth_and_sample_points_commands(capsys, tmp_path, demo_catalog):
 
     truth = tmp_path / "truth.tif"
     assert main(["demo", "truth", "--out", str(truth)]) == 0
+    assert capsys.readouterr().out.strip() == str(truth)
     with rasterio.open(truth) as src:
         data, tags, cmap = src.read(1), src.tags(), src.colormap(1)
         bounds = src.bounds

@@ -194,8 +194,8 @@ def test_refused_reads_fail_their_tiles_and_a_rerun_redoes_only_those(tmp_path, 
         handler.refused.clear()  # the storage answers again
         second = _run(region, url, out, "2023-05-01", "2023-06-30", "--tile-size", "32")
 
-    # run 1: not complete, non-zero, one line naming the failed tiles and why
-    assert first.returncode == 2, first.stderr[-2000:]
+    # run 1: not complete, exit 3 (failed tiles), one line naming the failed tiles and why
+    assert first.returncode == 3, first.stderr[-2000:]
     last = first.stderr.strip().splitlines()[-1]
     assert "tiles failed" in last and "read_failure" in last and "HTTP 403" in last
     assert rep1["status"] == "incomplete" and handler.log

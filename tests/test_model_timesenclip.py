@@ -257,12 +257,17 @@ def test_untrained_is_deterministic_and_required():
     assert not torch.equal(build_encoder(seed=6).mlp_head[1].weight, a.mlp_head[1].weight)
 
 
-def test_missing_text_encoder_is_explained(trained_like, tmp_path):
+def test_missing_text_encoder_is_explained(trained_like, tmp_path, monkeypatch):
+    """An encoder-only checkpoint loads and embeds; only encoding prompts needs the text tower,
+    and then the error names the fetch command."""
+    monkeypatch.setenv("S2LC_CACHE_DIR", str(tmp_path / "cache"))  # no fetched text tower
     path = tmp_path / "bare.pt"
     torch.save(trained_like.state_dict(), path)
-    with pytest.raises(UserError, match="clip_checkpoint"):
-        model.load("timesenclip", checkpoint=path)
-    assert encoder_from_checkpoint is not None
+    t = model.load("timesenclip", checkpoint=path, device="cpu")
+    assert not t.has_text and t.identity.endswith(":clip=none")
+    assert t.pixel_embed(torch.rand(3, 12, 10)).shape == (3, 512)
+    with pytest.raises(UserError, match="weights fetch openai-clip-vitb32"):
+        t.text_embed(["a lake"])
 
 
 _FINGERPRINT = """

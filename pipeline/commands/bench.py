@@ -7,7 +7,7 @@ import argparse
 NAME = "bench"
 HELP = "benchmarks vs same-run baselines (models, composite, demo end to end) -> bench/results.json"
 
-SECTIONS = ("models", "composite", "demo", "stages", "projection")
+SECTIONS = ("models", "composite", "demo", "stages", "projection", "field", "view")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chips", type=int, help="SenCLIP chips per timing (default by device)")
     p.add_argument("--cube-size", type=int, default=192, help="composite cube edge in pixels")
     p.add_argument("--node-cores", type=int, default=16, help="cores of the projected GPU node")
+    p.add_argument(
+        "--field-map", help="field and view sections: an existing --save-embeddings demo map"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +63,16 @@ def run(args: argparse.Namespace) -> int:
 
         log.info("data path per-pixel CPU cost")
         entries.append(data_path_entry())
+    if "field" in sections:
+        from pipeline.bench.field import field_entries
+
+        log.info("embedding field")
+        entries += field_entries(args.field_map)
+    if "view" in sections:
+        from pipeline.bench.view import view_entries
+
+        log.info("map viewer: query to heat map")
+        entries += view_entries(args.field_map)
     if "projection" in sections:
         import json
 

@@ -140,6 +140,8 @@ def run_map(args: argparse.Namespace) -> int:
         "",
         f"  map (COGs, Zarr, quicklook, STAC item)  {map_dir}/",
         f"  quicklook                               {map_dir / 'quicklook.png'}",
+        f"  true-colour composite (COG, quicklook)  {map_dir / 'composite_rgb.tif'}, "
+        f"{map_dir / 'composite_rgb.png'}",
         f"  reference map (demo truth)              {truth}",
         f"  training points / their composites      {train}, {table}",
         f"  few-shot head                           {head}",

@@ -81,10 +81,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="allow a local run over a large region (hours of CPU)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="redo only the tiles that failed before, including the dead-letter list",
+    )
+    g.add_argument(
+        "--max-attempts",
+        type=int,
+        help="attempts over all runs before a failing tile is dead-lettered (default 6: two "
+        "runs with 2 retries each)",
+    )
     g = p.add_argument_group("outputs")
     g.add_argument("--out", help="output folder (default outputs/<region>/<period>/<model>/)")
     g.add_argument("--save-composite", action="store_true", help="add the composites to map.zarr")
-    g.add_argument("--save-embeddings", action="store_true", help="add embeddings to map.zarr")
+    g.add_argument(
+        "--save-embeddings",
+        action="store_true",
+        help="store the compact embedding field (map.zarr, field.tif) for 'classify --field' "
+        "and 'query --field'",
+    )
+    g.add_argument(
+        "--field-dims",
+        type=int,
+        help="components of the embedding field (default 62: 64 bytes/pixel)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
         "--config",
@@ -214,6 +235,10 @@ def resolve(args: argparse.Namespace):
         # a head brings its classes (and the legend it was fitted with, for the colours)
         "legend": None if head else ("demo" if region.stac == "demo" else "lucas-lc8"),
     }
+    from pipeline.cells import GRIDDED_TILE_SIZE, is_gridded
+
+    if is_gridded(region.crs):  # tiles must divide the 100 km output cells
+        defaults["tile_size"] = GRIDDED_TILE_SIZE
     cli = {
         "region": region_name,
         "start": start,
@@ -241,6 +266,7 @@ def resolve(args: argparse.Namespace):
         "top_k": args.top_k,
         "save_composite": args.save_composite or None,
         "save_embeddings": args.save_embeddings or None,
+        "field_dims": args.field_dims,
         "out": args.out,
         "overwrite": args.overwrite or None,
         "cluster": args.cluster,
@@ -248,6 +274,8 @@ def resolve(args: argparse.Namespace):
         "cluster_config": args.cluster_config,
         "allow_large": args.allow_large or None,
         "progress": False if args.no_progress else None,
+        "retry_failed": args.retry_failed or None,
+        "max_attempts": args.max_attempts,
     }
     return from_mapping(RunConfig, merged(merged(defaults, base), cli), where="run")
 

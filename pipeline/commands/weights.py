@@ -31,14 +31,19 @@ def run(args: argparse.Namespace) -> int:
             s.arch,
             "yes" if s.cached else "no",
             f"{s.repo_id}/{s.filename}",
+            s.licence,
             s.description,
         )
         for s in REGISTRY.values()
     ]
-    head = ("name", "arch", "cached", "source (huggingface.co)", "description")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    head = ("name", "arch", "cached", "source (huggingface.co)", "licence", "description")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
     for r in [head, *rows]:
-        print("  ".join(v.ljust(w) for v, w in zip(r[:4], widths)) + "  " + r[4])
+        print("  ".join(v.ljust(w) for v, w in zip(r[:5], widths)) + "  " + r[5])
     print(f"\ncache: {next(iter(REGISTRY.values())).path.parent}")
     print("use: model.load('senclip', checkpoint=NAME) or --checkpoint NAME")
+    print(
+        "TimeSenCLIP: --checkpoint timesenclip-1x1; its prompts use openai-clip-vitb32 "
+        "(fetch it too, or pass --clip-checkpoint)"
+    )
     return 0

@@ -15,6 +15,7 @@ names in its tags), ``truth.json`` (class names and the generation parameters).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,6 +109,7 @@ def generate_catalog(
     cloud_fractions: Sequence[float] | None = None,
     partial_swath: int | None = -1,
     baseline: str = BASELINE,
+    mgrs_tile: str = MGRS_TILE,
 ) -> Path:
     """Write a synthetic Sentinel-2 L2A catalog into ``root`` and return ``root``.
 
@@ -124,6 +126,7 @@ def generate_catalog(
         partial_swath: index of the date with a corner outside the swath (-1: pick one in
             spring; None: none).
         baseline: ``s2:processing_baseline`` of every item.
+        mgrs_tile: the Sentinel-2 tile the items name (ids, ``s2:mgrs_tile``, ``grid:code``).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -159,7 +162,7 @@ def generate_catalog(
         doy = when.timetuple().tm_yday
         scene = render(land, doy, spec, np.random.default_rng([seed, 3, k]), resolution)
         platform = "sentinel-2a" if k % 2 == 0 else "sentinel-2b"
-        item_id = _item_id(layout, platform, when, k)
+        item_id = _item_id(layout, platform, when, k, mgrs_tile)
         folder = root / "items" / item_id
         folder.mkdir(parents=True, exist_ok=True)
         hrefs: dict[str, tuple[str, tuple[int, int], float]] = {}
@@ -189,6 +192,7 @@ def generate_catalog(
                 (w, s, e, n),
                 epsg,
                 baseline,
+                mgrs_tile,
             )  # fmt: skip
         )
     _write_json(root / "items.json", {"type": "FeatureCollection", "features": items})
@@ -197,11 +201,13 @@ def generate_catalog(
     return root
 
 
-def _item_id(layout: str, platform: str, when: dt.datetime, k: int) -> str:
+def _item_id(
+    layout: str, platform: str, when: dt.datetime, k: int, mgrs_tile: str = MGRS_TILE
+) -> str:
     sat = "S2A" if platform.endswith("a") else "S2B"
     if layout == "earth-search-v1":
-        return f"{sat}_{MGRS_TILE}_{when:%Y%m%d}_0_L2A"
-    return f"{sat}_MSIL2A_{when:%Y%m%dT%H%M%S}_R065_T{MGRS_TILE}_{when:%Y%m%dT}150000"
+        return f"{sat}_{mgrs_tile}_{when:%Y%m%d}_0_L2A"
+    return f"{sat}_MSIL2A_{when:%Y%m%dT%H%M%S}_R065_T{mgrs_tile}_{when:%Y%m%dT}150000"
 
 
 def _write_cog(path: Path, data: np.ndarray, origin: tuple[float, float], res: float, epsg: int):
@@ -232,10 +238,15 @@ def _write_json(path: Path, doc: Any) -> None:
     tmp.replace(path)
 
 
-def _footprint(bounds: Sequence[float], epsg: int) -> tuple[dict[str, Any], list[float]]:
+@functools.lru_cache(maxsize=64)
+def _to_lonlat(epsg: int) -> Any:
     from pyproj import Transformer
 
-    tr = Transformer.from_crs(epsg, 4326, always_xy=True)
+    return Transformer.from_crs(epsg, 4326, always_xy=True)
+
+
+def _footprint(bounds: Sequence[float], epsg: int) -> tuple[dict[str, Any], list[float]]:
+    tr = _to_lonlat(epsg)
     w, s, e, n = bounds
     ring = [tr.transform(x, y) for x, y in [(w, s), (e, s), (e, n), (w, n), (w, s)]]
     ring = [[round(x, 7), round(y, 7)] for x, y in ring]
@@ -266,12 +277,14 @@ def _scl_stats(scl: np.ndarray) -> dict[str, float]:
     }
 
 
-def _item(layout, item_id, platform, when, scl, hrefs, keys, bounds, epsg, baseline) -> dict:
+def _item(
+    layout, item_id, platform, when, scl, hrefs, keys, bounds, epsg, baseline, mgrs_tile=MGRS_TILE
+) -> dict:
     geometry, bbox = _footprint(bounds, epsg)
     st = _scl_stats(scl)
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     sat = "S2A" if platform.endswith("a") else "S2B"
-    product = f"{sat}_MSIL2A_{when:%Y%m%dT%H%M%S}_N{baseline.replace('.', '')}_R065_T{MGRS_TILE}_{when:%Y%m%dT}150000"
+    product = f"{sat}_MSIL2A_{when:%Y%m%dT%H%M%S}_N{baseline.replace('.', '')}_R065_T{mgrs_tile}_{when:%Y%m%dT}150000"
     props: dict[str, Any] = {
         "datetime": stamp,
         "platform": platform,
@@ -282,7 +295,7 @@ def _item(layout, item_id, platform, when, scl, hrefs, keys, bounds, epsg, basel
         "s2:processing_baseline": baseline,
         "s2:product_type": "S2MSI2A",
         "s2:product_uri": f"{product}.SAFE",
-        "s2:mgrs_tile": MGRS_TILE,
+        "s2:mgrs_tile": mgrs_tile,
         "s2:nodata_pixel_percentage": st["nodata"],
         "s2:high_proba_clouds_percentage": st["high"],
         "s2:medium_proba_clouds_percentage": st["medium"],
@@ -305,10 +318,10 @@ def _item(layout, item_id, platform, when, scl, hrefs, keys, bounds, epsg, basel
     if layout == "earth-search-v1":
         props.update(
             {
-                "mgrs:utm_zone": int(MGRS_TILE[:2]),
-                "mgrs:latitude_band": MGRS_TILE[2],
-                "mgrs:grid_square": MGRS_TILE[3:],
-                "grid:code": f"MGRS-{MGRS_TILE}",
+                "mgrs:utm_zone": int(mgrs_tile[:2]),
+                "mgrs:latitude_band": mgrs_tile[2],
+                "mgrs:grid_square": mgrs_tile[3:],
+                "grid:code": f"MGRS-{mgrs_tile}",
                 "s2:sequence": "0",
                 # Earth Search v1 removes the 04.00 offset from the DN and says so
                 "earthsearch:boa_offset_applied": tuple(map(int, baseline.split("."))) >= (4, 0),

@@ -291,11 +291,21 @@ def ben_bands(names: Sequence[str]) -> list[int]:
 
 def bigearthnet(root: str | Path, split: str = "test") -> BigEarthNetDataset:
     """BigEarthNet-S2 v1 in torchgeo's layout; ``split`` from ``bigearthnet-<split>.csv`` (or
-    ``all``: every patch folder). Patches without a 19-class label are kept (all-zero target)."""
+    ``all``: every patch folder). Patches without a 19-class label are kept (all-zero target).
+
+    ``root`` may also be the folder of patch folders itself (what the released
+    ``BigEarthNet-S2-v1.0.tar.gz`` unpacks to, or any subset of it), read with ``split="all"``
+    or a split CSV inside it.
+    """
     r = Path(root).expanduser()
     base = r / "BigEarthNet-v1.0"
     if not base.is_dir():
-        raise UserError(f"{r}: no BigEarthNet-v1.0 folder (torchgeo's layout)")
+        if not any(r.glob("*/*_labels_metadata.json")):
+            raise UserError(
+                f"{r}: no BigEarthNet-v1.0 folder (torchgeo's layout) and no patch folders "
+                "(<patch>/<patch>_labels_metadata.json)"
+            )
+        base = r
     if split == "all":
         folders = sorted(d for d in base.iterdir() if d.is_dir())
     else:

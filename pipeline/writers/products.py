@@ -261,7 +261,8 @@ def write_stac_item(
     raster_bands = {
         "classes": [RasterBand.create(nodata=CLASS_NODATA, data_type=DataType.UINT8)],
         "confidence": [RasterBand.create(nodata="nan", data_type=DataType.FLOAT32, unit="1")],
-        "valid_obs": [RasterBand.create(data_type=DataType.UINT16)],
+        "valid_obs": [RasterBand.create(nodata=0, data_type=DataType.UINT16)],
+        "composite_rgb": [RasterBand.create(nodata=0, data_type=DataType.UINT8)] * 3,
     }
     for name, p in assets.items():
         p = Path(p)

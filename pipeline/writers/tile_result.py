@@ -24,6 +24,8 @@ class TileResult:
         valid_obs: (P, h, w) uint16 valid (cloud-free) observations per composite period.
         composite: (P, B, h, w) float32 reflectance composite, or None.
         embeddings: (D, h, w) float16 per-pixel embeddings, or None.
+        field_codes: (d, h, w) int8 codes of the compact embedding field, or None.
+        field_scale: (h, w) float16 their per-pixel scale (NaN = nodata), or None.
         rgb: (3, h, w) uint8 true-colour composite (B4, B3, B2; see :func:`true_colour`); 0 =
             nodata. None: not written.
     """
@@ -35,6 +37,8 @@ class TileResult:
     valid_obs: np.ndarray
     composite: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    field_codes: np.ndarray | None = None
+    field_scale: np.ndarray | None = None
     rgb: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -56,6 +60,10 @@ class TileResult:
                 )
         if self.embeddings is not None:
             self.embeddings = _as(self.embeddings, np.float16, 3, "embeddings", (h, w))
+        if self.field_codes is not None:
+            self.field_codes = _as(self.field_codes, np.int8, 3, "field_codes", (h, w))
+        if self.field_scale is not None:
+            self.field_scale = _as(self.field_scale, np.float16, 2, "field_scale", (h, w))
         if self.rgb is not None:
             self.rgb = _as(self.rgb, np.uint8, 3, "rgb", (h, w))
             if self.rgb.shape[0] != 3:

@@ -9,7 +9,11 @@ Layout (dimension names as in ``_ARRAY_DIMENSIONS``)::
     valid_obs     (period, y, x)         uint16   0 = no valid observation (no fill value)
     composite     (period, band, y, x)   float32  NaN = nodata           (optional)
     embeddings    (embedding, y, x)      float16  NaN = nodata           (optional)
-    x, y, k, period, band, embedding     coordinates (pixel centres for x/y)
+    field_codes   (component, y, x)      int8     the compact embedding field (optional, see
+    field_scale   (y, x)                 float16  NaN = nodata            pipeline.field.codec)
+    field_mean    (embedding,)           float32  its decoding recipe: mean and
+    field_basis   (embedding, component) float32  projection basis
+    x, y, k, period, band, embedding, component   coordinates (pixel centres for x/y)
     spatial_ref                          CF grid mapping (crs_wkt, spatial_ref, GeoTransform)
 
 Why Zarr **v2**: the GDAL (3.10) bundled with rasterio cannot read Zarr v3 stores, and the map
@@ -61,6 +65,7 @@ def _layout(
     period_labels: Sequence[str],
     band_names: Sequence[str] | None,
     embed_dim: int | None,
+    field_dims: int | None = None,
 ) -> dict[str, Any]:
     a = grid.geobox.affine
     return {
@@ -73,6 +78,7 @@ def _layout(
         "periods": list(period_labels),
         "bands": None if band_names is None else list(band_names),
         "embed_dim": embed_dim,
+        **({"field_dims": field_dims} if field_dims is not None else {}),
     }
 
 
@@ -89,6 +95,7 @@ def create_map_store(
     period_labels: Sequence[str],
     band_names: Sequence[str] | None = None,
     embed_dim: int | None = None,
+    field_dims: int | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Create the (empty) map store at ``path``, or reopen it if it already matches.
@@ -97,6 +104,9 @@ def create_map_store(
     leaves a half-made store. If ``path`` exists with the same layout (grid, classes, k, periods,
     bands, embedding size) and the same ``attrs["config_hash"]``, it is kept as it is (resume);
     otherwise this is a :class:`UserError`. Unwritten chunks read as nodata.
+
+    With ``field_dims`` (and ``embed_dim``), the embeddings are stored as the compact field
+    (``field_*`` arrays, :mod:`pipeline.field.codec`) instead of the float16 ``embeddings``.
     """
     path = Path(path)
     attrs = dict(attrs or {})
@@ -109,7 +119,13 @@ def create_map_store(
         raise UserError("a map needs at least one composite period")
     if embed_dim is not None and embed_dim < 1:
         raise UserError(f"embed_dim must be positive, got {embed_dim}")
-    layout = _layout(grid, names, k, [str(p) for p in period_labels], band_names, embed_dim)
+    if field_dims is not None and (embed_dim is None or not 1 <= field_dims <= embed_dim):
+        raise UserError(
+            f"field_dims must be between 1 and embed_dim ({embed_dim}), got {field_dims}"
+        )
+    layout = _layout(
+        grid, names, k, [str(p) for p in period_labels], band_names, embed_dim, field_dims
+    )
     layout_hash = _layout_hash(layout)
 
     if path.exists():
@@ -210,6 +226,13 @@ def _build_store(
         coord("band", np.array(bands, dtype=str), {"long_name": "spectral band"})
     if embed_dim is not None:
         coord("embedding", np.arange(embed_dim, dtype=np.int32), {"long_name": "embedding dim"})
+    field_dims = layout.get("field_dims")
+    if field_dims is not None:
+        coord(
+            "component",
+            np.arange(field_dims, dtype=np.int32),
+            {"long_name": "component of the compact embedding field"},
+        )
     sref = g.create_array(
         _CRS_VAR,
         shape=(),
@@ -236,10 +259,16 @@ def _build_store(
     # Class layers have no Zarr fill_value: xarray would take it as a CF _FillValue and decode
     # the classes to float32 with NaN. They stay uint8; 255 (nodata) is a CF flag value, and
     # every chunk is written (below), so no chunk reads as zarr's default 0.
+    # A continental grid has ~10^5..10^6 chunks outside the AOI: writing each would take hours,
+    # so there the class layers carry fill_value 255 instead (xarray then decodes them with
+    # NaN for nodata; ``mask_and_scale=False`` keeps uint8).
+    nr, nc = grid.lattice_shape
+    sparse = nr * nc - len(grid.tiles) > MAX_FILLED_CHUNKS
+    class_fill = CLASS_NODATA if sparse else None
     flag_values = [*range(len(names)), CLASS_NODATA]
     flag_meanings = " ".join([*(_cf_word(n) for n in names), "nodata"])
     layer(
-        "classes", ("y", "x"), np.uint8, None, (),
+        "classes", ("y", "x"), np.uint8, class_fill, (),
         long_name="land-cover class", flag_values=flag_values,
         flag_meanings=flag_meanings, class_names=names, nodata=CLASS_NODATA,
     )  # fmt: skip
@@ -248,7 +277,7 @@ def _build_store(
         long_name="probability of the predicted class", units="1", valid_min=0.0, valid_max=1.0,
     )  # fmt: skip
     layer(
-        "topk_classes", ("k", "y", "x"), np.uint8, None, (k,),
+        "topk_classes", ("k", "y", "x"), np.uint8, class_fill, (k,),
         long_name="classes by decreasing probability", flag_values=flag_values,
         flag_meanings=flag_meanings, class_names=names, nodata=CLASS_NODATA,
     )  # fmt: skip
@@ -265,14 +294,47 @@ def _build_store(
             "composite", ("period", "band", "y", "x"), np.float32, np.nan, (1, len(bands)),
             long_name="surface reflectance composite", units="1",
         )  # fmt: skip
-    if embed_dim is not None:
+    if field_dims is not None:
+        _field_arrays(g, layer, embed_dim, field_dims, comp)
+    elif embed_dim is not None:
         dchunk = max(1, min(embed_dim, _EMBED_CHUNK_BYTES // (2 * ts * ts)))
         layer(
             "embeddings", ("embedding", "y", "x"), np.float16, np.nan, (dchunk,),
             long_name="per-pixel embedding",
         )  # fmt: skip
-    _fill_uncovered_chunks(g, grid, ("classes", "topk_classes"), CLASS_NODATA)
+    if not sparse:
+        _fill_uncovered_chunks(g, grid, ("classes", "topk_classes"), CLASS_NODATA)
     zarr.consolidate_metadata(str(root), zarr_format=2)
+
+
+def _field_arrays(g: Any, layer: Any, embed_dim: int, dims: int, comp: Any) -> None:
+    """The compact field's arrays: per-pixel codes and scale, and the decoding recipe."""
+    layer(
+        "field_codes", ("component", "y", "x"), np.int8, 0, (dims,),
+        long_name="compact embedding field: int8 codes",
+    )  # fmt: skip
+    layer(
+        "field_scale", ("y", "x"), np.float16, np.nan, (),
+        long_name="compact embedding field: per-pixel scale of the codes",
+    )  # fmt: skip
+    for name, shape, dimnames in (
+        ("field_mean", (embed_dim,), ["embedding"]),
+        ("field_basis", (embed_dim, dims), ["embedding", "component"]),
+    ):
+        g.create_array(
+            name,
+            shape=shape,
+            dtype=np.float32,
+            chunks=shape,
+            fill_value=np.nan,
+            compressors=comp,
+            attributes={"_ARRAY_DIMENSIONS": dimnames},
+        )
+
+
+#: Above this many chunks outside the AOI, class layers use a fill value instead of written
+#: nodata chunks (see ``_build_store``).
+MAX_FILLED_CHUNKS = 2_000
 
 
 def _fill_uncovered_chunks(g: Any, grid: TileGrid, names: Sequence[str], value: int) -> None:
@@ -302,6 +364,7 @@ def _dim_values(dim: str, layout: Mapping[str, Any]) -> Sequence[Any]:
         "period": layout["periods"],
         "band": layout["bands"] or (),
         "embedding": range(layout["embed_dim"] or 0),
+        "component": range(layout.get("field_dims") or 0),
     }[dim]
 
 
@@ -344,6 +407,8 @@ def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> 
         "valid_obs": result.valid_obs,
         "composite": result.composite,
         "embeddings": result.embeddings,
+        "field_codes": result.field_codes,
+        "field_scale": result.field_scale,
     }
     present = set(g.array_keys())
     for name, data in layers.items():

@@ -1,0 +1,209 @@
+"""The compact embedding field: bytes per pixel, what it keeps, and re-mapping speed.
+
+On the demo (untrained TimeSenCLIP, as every offline figure here), a map made once with
+``--save-embeddings --save-composite``:
+
+- ``field_bytes_per_pixel``: the encoding's bytes per pixel (int8 codes + float16 scale) against
+  the float16 embeddings ``--save-embeddings`` stored before (1024 B); notes give the compressed
+  bytes on disk (Zarr arrays and COGs) per mapped pixel.
+- ``field_agreement``: class agreement of maps decoded from the field vs from full-precision
+  (float32, 512-d) embeddings of the same pixels, recomputed from the stored composite: zero-shot
+  (the demo and lucas-lc8 legends) and few-shot (a linear head fitted on full-precision
+  embeddings of the demo's truth classes). The value is the lowest of them; notes give each,
+  and the same for other field sizes (codecs refitted on the same reference sample).
+- ``classify_s_per_100km2`` / ``query_s_per_100km2``: ``classify --field`` (new legend) and
+  ``query --field`` (three texts) on that field, tiles only (model and text encoding, a one-off
+  per process and cached on disk, are in the notes), scaled to 100 km².
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.bench.results import Entry
+
+_log = logging.getLogger(__name__)
+
+SAMPLE = 4096
+DIMS = (8, 16, 32, 62, 128, 512)
+QUERIES = ("a lake", "a village", "a forest")
+
+
+def _make_demo_field(out: Path) -> None:
+    cmd = [sys.executable, "-m", "pipeline", "run", "--region", "demo", "--untrained"]
+    cmd += ["--tile-size", "100", "--no-progress", "--save-embeddings", "--save-composite"]
+    subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True, text=True)
+
+
+def _truth_at(valid_rc: np.ndarray, f) -> np.ndarray | None:
+    """Demo truth classes at map pixels (N, 2) row/col, or None if the truth is not there."""
+    from pipeline.demo import demo_catalog_dir, load_truth
+
+    try:
+        truth, _, gb = load_truth(demo_catalog_dir())
+    except OSError:
+        return None
+    a = f.geobox.affine
+    xs = a.c + (valid_rc[:, 1] + 0.5) * a.a
+    ys = a.f + (valid_rc[:, 0] + 0.5) * a.e
+    col, row = ~gb.affine * (xs, ys)
+    row = np.clip(np.floor(row).astype(int), 0, truth.shape[0] - 1)
+    col = np.clip(np.floor(col).astype(int), 0, truth.shape[1] - 1)
+    return truth[row, col]
+
+
+def _agreement(full: np.ndarray, dec: np.ndarray, score) -> float:
+    return float((score(full).argmax(1) == score(dec).argmax(1)).mean())
+
+
+def field_entries(map_dir: str | Path | None = None) -> list[Entry]:
+    import torch
+
+    import model
+    from model.engine import embed_pixels
+    from model.legends import load_legend
+    from model.train.probe import fit_linear_head
+    from model.zeroshot import build_classifier, probabilities
+    from pipeline.field import fit_codec, open_field
+    from pipeline.field.api import _group, decode_valid
+    from pipeline.field.classify import ClassifyConfig, classify_field
+    from pipeline.field.query import query_field
+
+    tmp = tempfile.TemporaryDirectory(prefix="s2lc-bench-field-")
+    try:
+        if map_dir is None:
+            map_dir = Path(tmp.name) / "demo"
+            _log.info("demo map with --save-embeddings --save-composite")
+            _make_demo_field(map_dir)
+        f = open_field(map_dir)
+        g = _group(f)
+        valid, dec_all = decode_valid(f, f.full_window)
+        rc = np.argwhere(valid)
+        rng = np.random.default_rng(0)
+        pick = np.sort(rng.permutation(len(rc))[:SAMPLE])
+        rc, dec = rc[pick], dec_all[pick]
+        comp = np.asarray(g["composite"][...])  # (period, band, y, x)
+        series = np.transpose(comp[:, :, rc[:, 0], rc[:, 1]], (2, 0, 1)) * np.float32(1e4)
+        cfg = f.run["config"]
+        m = model.load(cfg["model"], untrained=True, seed=int(cfg.get("seed") or 0), device="cpu")
+        full = embed_pixels(m, np.ascontiguousarray(series))
+        cos = (full * dec).sum(axis=1)
+
+        scores = {}
+        for name in ("demo", "lucas-lc8"):
+            w = build_classifier(m, load_legend(name))
+            scores[f"zero-shot {name}"] = lambda e, w=w: probabilities(e, w)
+        truth = _truth_at(rc, f)
+        if truth is not None:
+            half = len(full) // 2
+            head = fit_linear_head(
+                full[:half], truth[:half], [str(i) for i in range(truth.max() + 1)]
+            )
+            scores["few-shot head (demo truth)"] = lambda e: head.predict(e)
+        agree = {k: _agreement(full, dec, s) for k, s in scores.items()}
+        # other field sizes, refitted on a reference sample of full-precision embeddings
+        ref, test = full[: len(full) // 2], full[len(full) // 2 :]
+        by_dims = {}
+        for d in DIMS:
+            rt = fit_codec(ref, d).roundtrip(test)
+            by_dims[str(d + 2)] = {k: round(_agreement(test, rt, s), 4) for k, s in scores.items()}
+
+        store_bytes = sum(
+            p.stat().st_size
+            for a in ("field_codes", "field_scale")
+            for p in (f.store / a).rglob("*")
+            if p.is_file()
+        )
+        cog_bytes = sum((f.map_dir / n).stat().st_size for n in ("field.tif", "field_scale.tif"))
+        n_valid = int(valid.sum())
+        area_km2 = float(f.run["region"]["area_km2"])
+        threads = torch.get_num_threads()
+
+        t = time.perf_counter()
+        out = classify_field(
+            f, ClassifyConfig(legend="lucas-lc8", out=Path(tmp.name) / "c1", progress=False)
+        )
+        first = time.perf_counter() - t
+        tiles_s = json.loads((out / "run.json").read_text())["seconds"]["tiles"]
+        t = time.perf_counter()
+        classify_field(
+            f, ClassifyConfig(legend="lucas-lc8", out=Path(tmp.name) / "c2", progress=False)
+        )
+        again = time.perf_counter() - t
+        t = time.perf_counter()
+        query_field(f, list(QUERIES), Path(tmp.name) / "q1")
+        q_first = time.perf_counter() - t
+        t = time.perf_counter()
+        query_field(f, list(QUERIES), Path(tmp.name) / "q2")
+        q_again = time.perf_counter() - t
+    finally:
+        tmp.cleanup()
+    bpp = f.codec.bytes_per_pixel
+    per100 = 100.0 / area_km2
+    return [
+        Entry(
+            "field_bytes_per_pixel",
+            float(bpp),
+            "B/px",
+            baseline=1024.0,
+            notes={
+                "what": f"{f.codec.dims} int8 codes + float16 scale per pixel; baseline: the "
+                "float16 512-d embeddings --save-embeddings stored before",
+                "goal": "<= 64",
+                "zarr_compressed_bytes_per_valid_pixel": round(store_bytes / n_valid, 1),
+                "cogs_bytes_per_valid_pixel": round(cog_bytes / n_valid, 1),
+                "full_precision_bytes_per_pixel": 2048,
+            },
+        ),
+        Entry(
+            "field_agreement",
+            min(agree.values()),
+            "fraction",
+            notes={
+                "goal": ">= 0.99 at <= 64 B/px",
+                "by_map": agree,
+                "pixels": len(full),
+                "cosine_to_full_precision": {
+                    "median": float(np.median(cos)),
+                    "p01": float(np.percentile(cos, 1)),
+                    "min": float(cos.min()),
+                },
+                "by_bytes_per_pixel": by_dims,
+                "model": "untrained TimeSenCLIP (demo); trained weights were not available here",
+            },
+        ),
+        Entry(
+            "classify_s_per_100km2",
+            tiles_s * per100,
+            "s/100km2",
+            threads=threads,
+            notes={
+                "area_km2": area_km2,
+                "first_call_s": first,
+                "second_call_s": again,
+                "what": "classify --field, new legend (lucas-lc8), decode + classify + write per "
+                "tile; first call includes model load and text encoding, second is cached",
+            },
+        ),
+        Entry(
+            "query_s_per_100km2",
+            q_again * per100,
+            "s/100km2",
+            threads=threads,
+            notes={
+                "area_km2": area_km2,
+                "queries": list(QUERIES),
+                "first_call_s": q_first,
+                "what": "query --field, 3 texts, COGs + quicklook; value from a second call "
+                "(text embeddings cached), first call in notes",
+            },
+        ),
+    ]

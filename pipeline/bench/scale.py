@@ -1,0 +1,110 @@
+"""Scale without pixels: the driver's scheduling of every tile of a region, with a stand-in task.
+
+:func:`schedule_only` runs the real driver path of ``run`` (the plan, the item index, one work
+order per tile, bounded submission, completion markers) on a LocalCluster, with a tile task that
+reads nothing and returns at once, and reports tasks per second, the driver's peak memory and
+the size of a work order. ``python -m pipeline.bench.scale REGION ITEMS_JSON`` runs it in a
+process of its own, so the peak is that region's (``make bench-scale`` runs one country and
+EU-27 and compares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["schedule_only", "standin_tile"]
+
+
+def standin_tile(job: Any) -> dict[str, Any]:
+    """A tile task that reads nothing: what scheduling alone costs (returns real-shaped stats)."""
+    return {"tile": job.tile.id, "scenes": len(job.items), "seconds": {}, "standin": True}
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def schedule_only(
+    region: str, items: list[dict], *, year: int, tile_size: int, workers: int = 2
+) -> dict[str, Any]:
+    """Schedule every tile of ``region`` with :func:`standin_tile`; returns the measurements."""
+    import datetime as dt
+
+    from pipeline.cluster import ClusterConfig, open_client
+    from pipeline.run_config import RunConfig
+    from pipeline.runner import ItemIndex, _job, make_plan, run_tiles
+    from pipeline.workspace import Workspace
+
+    cfg = RunConfig(
+        region=region,
+        start=dt.date(year, 1, 1),
+        end=dt.date(year, 12, 31),
+        untrained=True,
+        legend="lucas-lc8",
+        tile_size=tile_size,
+        workers=workers,
+        progress=False,
+        allow_large=True,
+    )
+    t = time.perf_counter()
+    plan = make_plan(cfg)
+    plan_s = time.perf_counter() - t
+    t = time.perf_counter()
+    index = ItemIndex(items)
+    index_s = time.perf_counter() - t
+    with tempfile.TemporaryDirectory(prefix="s2lc-scale-") as tmp:
+        ws = Workspace(Path(tmp))
+        ws.prepare(cfg.output_hash(), False)
+        tiles = list(plan.grid.tiles)
+        sample = tiles[:: max(1, len(tiles) // 50)]
+        orders = [len(pickle.dumps(_job(cfg, plan, ws, index, tl, None))) for tl in sample]
+        with open_client(ClusterConfig(kind="local", workers=workers)) as client:
+            t = time.perf_counter()
+            stats, errors = run_tiles(client, cfg, plan, ws, index, None, tiles, task=standin_tile)
+            run_s = time.perf_counter() - t
+    return {
+        "region": region,
+        "tiles": len(tiles),
+        "tile_size": tile_size,
+        "items": len(items),
+        "done": len(stats),
+        "failed": len(errors),
+        "plan_s": plan_s,
+        "index_s": index_s,
+        "schedule_s": run_s,
+        "tasks_per_s": len(stats) / run_s if run_s else float("nan"),
+        "driver_peak_mb": _peak_mb(),
+        "work_order_bytes_mean": sum(orders) / len(orders),
+        "work_order_bytes_max": max(orders),
+        "items_per_order_mean": sum(len(_job(cfg, plan, ws, index, tl, None).items)
+                                    for tl in sample[:10]) / min(10, len(sample)),
+        "workers": workers,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("region")
+    p.add_argument("items", type=Path, help="items.json (FeatureCollection) of the search")
+    p.add_argument("--year", type=int, default=2023)
+    p.add_argument("--tile-size", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args(argv)
+    doc = json.loads(a.items.read_text())
+    items = doc["features"] if isinstance(doc, dict) else doc
+    del doc
+    out = schedule_only(a.region, items, year=a.year, tile_size=a.tile_size, workers=a.workers)
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""``plan``: what a ``run`` with the same arguments will read, compute and cost, without pixels."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+NAME = "plan"
+HELP = (
+    "estimate a run before starting it (same options as 'run'): tiles, scenes, input bytes, "
+    "core-/GPU-hours, wall time, cost -> plan.json"
+)
+DEFAULT_RATES = Path(__file__).resolve().parents[2] / "bench" / "results.json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline.commands.run import add_arguments as run_arguments
+
+    run_arguments(p)
+    g = p.add_argument_group("plan")
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="no STAC search: estimate scenes from the Sentinel-2 revisit over the MGRS tiles",
+    )
+    g.add_argument(
+        "--clear-fraction",
+        type=float,
+        default=0.5,
+        help="with --offline: share of acquisitions passing --max-cloud (assumption, default 0.5)",
+    )
+    g.add_argument(
+        "--worker-kind", choices=("gpu", "cpu"), default="gpu", help="kind of worker (node)"
+    )
+    g.add_argument("--worker-cores", type=int, default=16, help="CPU cores per worker")
+    g.add_argument("--worker-gpus", type=int, default=1, help="GPUs per gpu worker")
+    g.add_argument("--price-core-hour", type=float, default=0.0, help="price of a core-hour")
+    g.add_argument("--price-gpu-hour", type=float, default=0.0, help="price of a GPU-hour")
+    g.add_argument("--rates", type=Path, default=DEFAULT_RATES, help="bench results JSON")
+    g.add_argument("--plan-out", type=Path, help="where to write plan.json (default OUT/plan.json)")
+
+
+def _scenes_offline(geometry, cfg, clear_fraction: float) -> dict:
+    from pipeline.mgrs import acquisitions_per_year, observations_per_year, s2_tiles
+
+    days = (cfg.end - cfg.start).days + 1
+    tiles = s2_tiles(geometry)
+    if not tiles:
+        return {"mgrs_tiles": 0, "items": 0, "scenes_per_pixel": 0.0}
+    acq = sum(acquisitions_per_year(t.lat, days) for t in tiles)
+    obs = sum(observations_per_year(t.lat, days) for t in tiles) / len(tiles)
+    return {
+        "source": "offline: Sentinel-2 revisit over the region's MGRS tiles (pipeline.mgrs)",
+        "mgrs_tiles": len(tiles),
+        "acquisitions": acq,
+        "clear_fraction": clear_fraction,
+        "items": acq * clear_fraction,
+        "scenes_per_pixel": obs * clear_fraction,
+    }
+
+
+def _scenes_searched(geometry, cfg, crs: str) -> dict:
+    import shapely
+    from shapely.geometry import shape
+
+    from aoi import to_crs
+    from pipeline.runner import _search
+
+    t = time.perf_counter()
+    items = _search(cfg, geometry, cfg.profile)
+    seconds = time.perf_counter() - t
+    region = to_crs(geometry, crs)
+    if items:
+        feet = to_crs(shapely.GeometryCollection([shape(d["geometry"]) for d in items]), crs)
+        covered = float(sum(shapely.area(shapely.intersection(list(feet.geoms), region))))
+    else:
+        covered = 0.0
+    tiles = {(d.get("properties") or {}).get("s2:mgrs_tile") for d in items} - {None}
+    return {
+        "source": f"STAC search ({cfg.profile}), {seconds:.1f} s",
+        "mgrs_tiles": len(tiles),
+        "items": len(items),
+        "scenes_per_pixel": covered / region.area if region.area else 0.0,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.cells import cells_of, is_gridded, output_grid
+    from pipeline.commands.run import resolve
+    from pipeline.errors import UserError
+    from pipeline.planning import Workers, estimate, load_rates
+    from pipeline.run_config import default_output_dir
+    from pipeline.runner import resolve_region
+    from pipeline.writers import write_json
+
+    t0 = time.perf_counter()
+    if not 0 < args.clear_fraction <= 1:
+        raise UserError(f"--clear-fraction must be in (0, 1], got {args.clear_fraction}")
+    if not (args.checkpoint or args.untrained or args.head):
+        args.untrained = True  # the plan reads no weights
+    cfg = resolve(args)
+    workers = Workers(
+        count=cfg.workers or 1,
+        kind=args.worker_kind,
+        cores=args.worker_cores,
+        gpus=args.worker_gpus,
+        price_core_hour=args.price_core_hour,
+        price_gpu_hour=args.price_gpu_hour,
+    )
+    rates = load_rates(args.rates, cfg.model)
+    region, geometry = resolve_region(cfg)
+    grid = output_grid(geometry, region.crs, region.resolution, cfg.tile_size)
+    cells = len(cells_of(grid)) if is_gridded(region.crs) else 0
+    tile_pixels = float(sum(t.shape[0] * t.shape[1] for t in grid.tiles))
+    from aoi import to_crs
+
+    area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
+    scenes = (
+        _scenes_offline(geometry, cfg, args.clear_fraction)
+        if args.offline
+        else _scenes_searched(geometry, cfg, region.crs)
+    )
+    plan = estimate(
+        tiles=len(grid.tiles),
+        tile_pixels=tile_pixels,
+        area_km2=area_km2,
+        scenes_per_pixel=scenes["scenes_per_pixel"],
+        items=round(scenes["items"]),
+        cells=cells,
+        model=cfg.model,
+        stride=cfg.stride,
+        rates=rates,
+        workers=workers,
+    )
+    plan = {
+        "region": region.name,
+        "period": [str(cfg.start), str(cfg.end)],
+        "model": cfg.model,
+        "crs": region.crs,
+        "resolution": region.resolution,
+        "tile_size": cfg.tile_size,
+        "layout": "100 km EEA grid cells" if cells else "single files",
+        "scenes": scenes,
+        **plan,
+        "plan_seconds": time.perf_counter() - t0,
+    }
+    out = args.plan_out or (
+        (Path(cfg.out) if cfg.out else default_output_dir(cfg, region.name)) / "plan.json"
+    )
+    write_json(out, plan)
+    print(_summary(plan, out))
+    return 0
+
+
+def _gb(b: float) -> str:
+    return f"{b / 1e12:,.1f} TB" if b >= 1e12 else f"{b / 1e9:,.1f} GB"
+
+
+def _summary(p: dict, out: Path) -> str:
+    w = p["workers"]
+    kind = f"{w['cores']} cores" + (f" + {w['gpus']} GPU" if w["kind"] == "gpu" else "")
+    lines = [
+        f"plan for {p['region']} {p['period'][0]}..{p['period'][1]} ({p['model']}, {p['crs']}, "
+        f"{p['layout']})",
+        f"  area            {p['area_km2']:,.0f} km2",
+        f"  output          {p['output']['tiles']:,} tiles of {p['tile_size']} px, "
+        f"{p['output']['pixels'] / 1e9:,.2f} Gpx"
+        + (f", {p['output']['cells']} cells" if p["output"]["cells"] else ""),
+        f"  scenes          {p['input']['scenes']:,} over {p['scenes']['mgrs_tiles']} MGRS tiles, "
+        f"{p['input']['scenes_per_pixel']:.1f} per pixel ({p['scenes']['source']})",
+        f"  input           {_gb(p['input']['compressed_bytes'])} compressed, "
+        f"{_gb(p['input']['decoded_bytes'])} decoded",
+        "  core-hours      " + ", ".join(f"{k} {v:,.0f}" for k, v in p["core_hours"].items()),
+        f"  GPU-hours       {p['gpu_hours']:,.0f}",
+        f"  wall time       {p['wall_hours']:,.1f} h on {w['count']} worker(s) of {kind}",
+        f"  cost            {p['cost']['total']:,.2f} ({p['cost']['per_km2'] * 100:.4f} cents/km2) "
+        f"at {w['price_core_hour']:g}/core-h, {w['price_gpu_hour']:g}/GPU-h",
+        "  rates           " + "; ".join(f"{k}: {v}" for k, v in p["rates"]["sources"].items()),
+        f"  written to      {out} ({p['plan_seconds']:.1f} s)",
+    ]
+    return "\n".join(lines)

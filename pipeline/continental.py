@@ -1,0 +1,124 @@
+"""Publishing a gridded run (EPSG:3035, 100 km EEA cells): cells as they complete, then the mosaics.
+
+:func:`publish_cells` publishes every cell whose tiles are all done and that is not published
+yet (a rerun skips finished cells; a cell with a failed tile waits for the rerun), and
+:func:`publish_gridded` writes what covers the whole run once every cell is published: a VRT per
+layer, the STAC collection, the Zarr store, legend, quicklook and STAC item.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from pipeline.cells import Cell, cells_of
+from pipeline.workspace import Workspace
+
+_log = logging.getLogger(__name__)
+
+__all__ = ["publish_cells", "publish_gridded"]
+
+
+def _item_kwargs(cfg, plan, cell: Cell, report: dict, labels: list[str]) -> dict[str, Any]:
+    from shapely.geometry import box
+
+    from aoi import to_crs
+
+    x0, y0, x1, y1 = cell.grid.geobox.boundingbox
+    footprint = to_crs(box(x0, y0, x1, y1).segmentize(10_000), "EPSG:4326", plan.crs)
+    return {
+        "geometry_4326": footprint.intersection(plan.geometry),
+        "start": cfg.start,
+        "end": cfg.end,
+        "class_names": list(plan.class_names),
+        "colors": list(plan.colors),
+        "properties": {
+            "s2lc:model": plan.model_info["identity"],
+            "s2lc:untrained": cfg.untrained,
+            "s2lc:period": cfg.period,
+            "s2lc:periods": labels,
+            "s2lc:output_hash": report["output_hash"],
+            "grid:code": f"EEA-{cell.code}",
+        },
+        "item_id": f"s2lc-{plan.region_name}-{cfg.start}-{cfg.end}-{cfg.period}-{cfg.model}",
+    }
+
+
+def publish_cells(
+    cfg, plan, ws: Workspace, report: dict, labels: list[str], done: Iterable[str]
+) -> dict[str, list[str]]:
+    """Publish the complete cells not yet published; returns codes by state.
+
+    States: ``published`` (now), ``skipped`` (published earlier), ``waiting`` (a tile not done).
+    """
+    from pipeline.writers.gridded import cell_is_published, publish_cell
+
+    done = set(done)
+    state: dict[str, list[str]] = {"published": [], "skipped": [], "waiting": []}
+    for code, cell in cells_of(plan.grid).items():
+        if cell_is_published(ws.cells, code, report["output_hash"]):
+            state["skipped"].append(code)
+        elif all(t in done for t in cell.tile_ids):
+            publish_cell(
+                ws.tiles,
+                ws.cells,
+                cell,
+                class_names=list(plan.class_names),
+                colors=list(plan.colors),
+                period_labels=labels,
+                output_hash=report["output_hash"],
+                item=_item_kwargs(cfg, plan, cell, report, labels),
+            )
+            state["published"].append(code)
+        else:
+            state["waiting"].append(code)
+    _log.info(
+        "cells: %d published, %d done earlier, %d waiting for tiles",
+        *(len(state[k]) for k in ("published", "skipped", "waiting")),
+    )
+    return state
+
+
+def publish_gridded(cfg, plan, ws: Workspace, report: dict, labels: list[str]) -> None:
+    """VRT per layer, STAC collection, Zarr store, legend, quicklook and item over all cells."""
+    from pipeline.writers import write_legend_json, write_quicklook
+    from pipeline.writers.gridded import write_collection, write_layer_vrts
+
+    cells = cells_of(plan.grid)
+    vrts = write_layer_vrts(
+        ws.out, plan.grid, cells, ws.cells, list(plan.class_names), list(plan.colors)
+    )
+    write_collection(
+        ws.out / "collection.json",
+        ws.cells,
+        list(cells),
+        collection_id=f"s2lc-{plan.region_name}-{cfg.start}-{cfg.end}-{cfg.period}-{cfg.model}",
+        description=(
+            f"s2lc land-cover map of {plan.region_name}, {cfg.start}..{cfg.end}, {cfg.model}: "
+            f"one item per 100 km EEA grid cell (EPSG:3035)"
+            + (" (UNTRAINED WEIGHTS: not a land-cover map)" if cfg.untrained else "")
+        ),
+    )
+    ws.publish_store()
+    ws.drop_tile_rasters()
+    write_legend_json(
+        ws.out / "legend.json",
+        class_names=list(plan.class_names),
+        colors=list(plan.colors),
+        legend_name=plan.legend_info["name"],
+        style=plan.legend_info["style"],
+        prompt_hash=plan.legend_info["prompt_hash"],
+        untrained=cfg.untrained,
+        extra={
+            "model": plan.model_info["identity"],
+            "nodata": 255,
+            "calibration": report["calibration"],
+        },
+    )
+    title = f"{plan.region_name} {cfg.start}..{cfg.end} | {cfg.model} | {plan.legend_info['name']}"
+    if cfg.untrained:
+        title += "\nUNTRAINED WEIGHTS (demo): not a land-cover map"
+    write_quicklook(
+        ws.out / "quicklook.png", vrts["classes"], list(plan.class_names), list(plan.colors), title
+    )

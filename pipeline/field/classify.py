@@ -1,0 +1,252 @@
+"""``classify --field``: a new class map from a stored embedding field, reading no imagery.
+
+Tile by tile on the field's own grid (one tile's decoded embeddings in memory at a time), the
+same per-tile products as ``run`` (:class:`~pipeline.writers.TileResult` into a map store and
+per-tile GeoTIFFs), then the run's own publishing step (:func:`pipeline.runner.publish`: COGs,
+legend, quicklook, STAC item). Classification is the run's too: the zero-shot text classifier
+with the optional class-mean calibration (:func:`model.zeroshot.probabilities`) or a few-shot
+head, and :func:`pipeline.tile_task.predict`. Because a ``--save-embeddings`` run classifies the
+decoded field, the run's own legend reproduces the run's class map exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.field.api import Field, decode_valid, load_model, model_spec
+
+_log = logging.getLogger(__name__)
+
+#: Pixels sampled from the field to fit the class-mean calibration of a new legend.
+CALIBRATION_SAMPLES = 8192
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """What ``classify --field`` makes (all optional but one of ``legend`` / ``head``)."""
+
+    legend: str | None = None
+    style: str | None = None
+    head: str | None = None
+    calibration: str | None = None
+    """``reference``, ``none``, or None: the run's setting."""
+    top_k: int | None = None
+    checkpoint: str | None = None
+    clip_checkpoint: str | None = None
+    out: Path | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+def run_config_of(f: Field) -> Any:
+    """The :class:`~pipeline.run_config.RunConfig` of the run that made the field."""
+    from pipeline.config import from_mapping
+    from pipeline.run_config import RunConfig
+
+    plain = dict(f.run.get("config") or {})
+    if not plain:
+        raise UserError(f"{f.map_dir}: run.json is missing; cannot tell how the field was made")
+    known = {x.name for x in dataclasses.fields(RunConfig)}
+    return from_mapping(RunConfig, {k: v for k, v in plain.items() if k in known}, where="run.json")
+
+
+def default_out(f: Field, c: ClassifyConfig) -> Path:
+    """``MAP_DIR/maps/<legend or head name>``."""
+    name = Path(c.head).stem if c.head else Path(str(c.legend)).stem
+    return f.map_dir / "maps" / name
+
+
+def _new_config(f: Field, c: ClassifyConfig) -> Any:
+    if bool(c.legend) == bool(c.head):
+        raise UserError("give exactly one of --legend FILE|NAME or --head FILE")
+    base = run_config_of(f)
+    spec = model_spec(f, c.checkpoint, c.clip_checkpoint)
+    calibration = c.calibration or ("none" if c.head else base.calibration)
+    return base.with_(
+        legend=c.legend or base.legend,
+        style=c.style or base.style,
+        head=c.head,
+        calibration=calibration,
+        top_k=c.top_k or base.top_k,
+        checkpoint=spec.checkpoint,
+        clip_checkpoint=spec.clip_checkpoint,
+        untrained=spec.untrained,
+        save_embeddings=False,
+        save_composite=False,
+        out=Path(c.out) if c.out else default_out(f, c),
+        overwrite=c.overwrite,
+        progress=c.progress,
+    )
+
+
+def _calibration(f: Field, cfg: Any, plan: Any) -> list[float] | None:
+    """The run's vector for its own legend; for another legend, fitted on a sample of the field."""
+    if cfg.calibration != "reference" or cfg.head:
+        return None
+    if plan.legend_info.get("prompt_hash") == (f.run.get("legend") or {}).get("prompt_hash"):
+        if f.run.get("calibration") is not None:
+            return list(f.run["calibration"])
+    from model.zeroshot import fit_calibration
+
+    rng = np.random.default_rng(cfg.seed)
+    parts = []
+    per_tile = max(1, CALIBRATION_SAMPLES // max(1, len(plan.grid.tiles)))
+    for tile in plan.grid.tiles:
+        _, emb = decode_valid(f, tile.window)
+        if len(emb):
+            parts.append(emb[np.sort(rng.permutation(len(emb))[:per_tile])])
+    if not parts:
+        raise UserError(f"{f.map_dir}: the field has no valid pixel to calibrate on")
+    return np.asarray(fit_calibration(np.concatenate(parts), plan.classifier)).tolist()
+
+
+def _output_hash(f: Field, cfg: Any) -> str:
+    import hashlib
+    import json
+
+    key = {
+        "field": f.meta,
+        "field_config_hash": f.run.get("output_hash"),
+        "legend": cfg.legend if not cfg.head else None,
+        "style": cfg.style,
+        "head": cfg.head,
+        "calibration": cfg.calibration,
+        "top_k": cfg.top_k,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def classify_field(f: Field, c: ClassifyConfig) -> Path:
+    """Write a new class map from the field ``f``; returns the output folder.
+
+    Raises:
+        UserError: neither or both of legend and head, a model or head that is not the field's,
+            an output folder holding another map.
+    """
+    from pipeline.runner import _up_to_date, make_plan, publish
+    from pipeline.workspace import Workspace
+    from pipeline.writers import create_map_store, write_json
+
+    t0 = time.perf_counter()
+    cfg = _new_config(f, c)
+    m = load_model(f, cfg.checkpoint, cfg.clip_checkpoint)
+    plan = make_plan(cfg)
+    if cfg.head:
+        from model.train.probe import check_head_matches, load_head
+
+        check_head_matches(
+            load_head(cfg.head),
+            {"name": m.name, "dim": m.embed_dim, "checkpoint_sha256": m.checkpoint_sha256},
+            where=str(cfg.head),
+        )
+    # The field's own grid, not the region's re-derived one: no imagery and no region code.
+    plan = dataclasses.replace(plan, grid=f.grid)
+    ws = Workspace(Path(cfg.out))
+    ws.check_writable()
+    output_hash = _output_hash(f, cfg)
+    if not cfg.overwrite and _up_to_date(ws, output_hash):
+        _log.info("%s is complete and up to date; nothing to do", ws.out)
+        return ws.out
+    ws.prepare(output_hash, cfg.overwrite)
+    calibration = _calibration(f, cfg, plan)
+    calib = None if calibration is None else np.asarray(calibration, np.float32)
+    ws.save_manifest({"output_hash": output_hash, "source_field": str(f.map_dir)})
+    labels = [str(p) for p in f.layout.get("periods", [])]
+    k = min(cfg.top_k, len(plan.class_names))
+    create_map_store(
+        ws.store,
+        plan.grid,
+        class_names=list(plan.class_names),
+        k=k,
+        period_labels=labels,
+        attrs={
+            "config_hash": output_hash,
+            "region": plan.region_name,
+            "model": cfg.model,
+            "untrained": cfg.untrained,
+            "source_field": str(f.map_dir),
+        },
+    )
+    done = ws.done_tiles()
+    todo = [t for t in plan.grid.tiles if t.id not in done]
+    from tqdm import tqdm
+
+    for tile in tqdm(todo, unit="tile", desc="classify", disable=not cfg.progress):
+        ws.mark_done(tile.id, _classify_tile(f, ws, tile, cfg, plan, calib, k))
+    report = {
+        "status": "complete",
+        "untrained": cfg.untrained,
+        "output_hash": output_hash,
+        "source_field": str(f.map_dir),
+        "field": f.meta,
+        "config": _plain(cfg),
+        "region": f.run.get("region"),
+        "model": plan.model_info,
+        "legend": {**plan.legend_info, "classes": list(plan.class_names)},
+        "calibration": calibration,
+        "tiles": {"total": len(plan.grid.tiles), "done": len(plan.grid.tiles)},
+        "seconds": {"tiles": time.perf_counter() - t0},
+    }
+    t = time.perf_counter()
+    publish(cfg, plan, ws, report, labels)
+    report["seconds"]["publish"] = time.perf_counter() - t
+    report["seconds"]["total"] = time.perf_counter() - t0
+    write_json(ws.out / "run.json", report)
+    _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])
+    return ws.out
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    from pipeline.config import to_plain
+
+    return to_plain(cfg)
+
+
+def _valid_obs(f: Field, tile: Any) -> np.ndarray:
+    """The source map's valid-observation counts of a tile (the field's input coverage)."""
+    from pipeline.field.api import _group
+
+    ys, xs = tile.window
+    return np.asarray(_group(f)["valid_obs"][:, ys, xs])
+
+
+def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, plan: Any, calib, k: int) -> dict:
+    from model.zeroshot import probabilities
+    from pipeline.tile_task import _head, predict
+    from pipeline.writers import TileResult, write_tile, write_tile_rasters
+
+    t = time.perf_counter()
+    valid, emb = decode_valid(f, tile.window)
+    ny, nx = tile.shape
+    classes = np.full((ny, nx), 255, np.uint8)
+    conf = np.full((ny, nx), np.nan, np.float32)
+    topk_c = np.full((k, ny, nx), 255, np.uint8)
+    topk_p = np.full((k, ny, nx), np.nan, np.float32)
+    if len(emb):
+        if cfg.head:
+            probs = np.asarray(_head(cfg.head).predict(emb), dtype=np.float32)
+        else:
+            probs = np.asarray(probabilities(emb, plan.classifier, calib), dtype=np.float32)
+        cls, cf, tc, tp = predict(probs, k)
+        classes[valid] = cls.astype(np.uint8)
+        conf[valid] = cf
+        topk_c[:, valid] = tc.T.astype(np.uint8)
+        topk_p[:, valid] = tp.T
+    result = TileResult(
+        classes=classes,
+        confidence=conf,
+        topk_classes=topk_c,
+        topk_probs=topk_p,
+        valid_obs=_valid_obs(f, tile),
+    )
+    write_tile(ws.store, tile, result)
+    write_tile_rasters(ws.tile_dir(tile.id), tile, result)
+    return {"tile": tile.id, "valid_pixels": int(valid.sum()), "seconds": time.perf_counter() - t}

@@ -1,0 +1,206 @@
+"""What a run will cost before it starts: inputs, core-hours, GPU-hours, wall time and price.
+
+Pure arithmetic over three things: what the run reads (scenes per output pixel, from the STAC
+search or from the Sentinel-2 revisit, :mod:`pipeline.mgrs`), the output grid (tiles, pixels,
+cells) and per-stage rates measured by ``make bench`` (``bench/results.json``: each rate is named
+with the machine it was measured on, and the plan repeats it). :func:`load_rates` reads the
+rates; :func:`estimate` turns them into the plan's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+__all__ = ["BYTES_PER_SCENE_PIXEL", "Rates", "Workers", "estimate", "load_rates"]
+
+#: Decoded bytes read per 10 m output pixel and scene: B02/B03/B04/B08 at 10 m (4 x 2 B), six
+#: 20 m bands (6 x 2 B / 4) and the 20 m SCL (1 B / 4).
+BYTES_PER_SCENE_PIXEL = 4 * 2 + 6 * 2 / 4 + 1 / 4
+#: Decoded / compressed size of Sentinel-2 L2A COGs (assumption: deflate-compressed uint16
+#: reflectances shrink by about a fifth; JPEG2000 archives are similar).
+COMPRESSION_RATIO = 1.25
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Per-stage rates, each with the machine it was measured on.
+
+    Attributes:
+        load_core_s_per_mpx_scene: read + decode + reproject, core-seconds per Mpx per scene.
+        composite_core_s_per_mpx_scene: NaN-aware compositing, core-seconds per Mpx per scene.
+        publish_core_s_per_mpx: COG mosaic, core-seconds per output Mpx.
+        infer_gpu_px_per_s: model pixels (TimeSenCLIP) or chips (SenCLIP) per second per GPU.
+        infer_cpu_px_per_core_s: the same per CPU core.
+        sources: for each rate, the ``bench/results.json`` entry and machine it came from.
+    """
+
+    load_core_s_per_mpx_scene: float
+    composite_core_s_per_mpx_scene: float
+    publish_core_s_per_mpx: float
+    infer_gpu_px_per_s: float | None
+    infer_cpu_px_per_core_s: float
+    sources: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The cluster the wall time and price are for: ``count`` workers (nodes) of one kind."""
+
+    count: int = 1
+    kind: str = "gpu"
+    cores: int = 16
+    gpus: int = 1
+    price_core_hour: float = 0.0
+    price_gpu_hour: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.cores < 1:
+            raise UserError("--workers and --worker-cores must be at least 1")
+        if self.kind not in ("cpu", "gpu"):
+            raise UserError(f"--worker-kind must be cpu or gpu, got {self.kind!r}")
+        if self.price_core_hour < 0 or self.price_gpu_hour < 0:
+            raise UserError("prices must be >= 0")
+
+    @property
+    def gpus_each(self) -> int:
+        return self.gpus if self.kind == "gpu" else 0
+
+
+def _machine(entry: dict[str, Any]) -> str:
+    notes = entry.get("notes") or {}
+    where = notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
+    return (
+        f"{entry['name']} ({entry.get('device')}) measured {entry.get('date', '?')[:10]} on {where}"
+    )
+
+
+def load_rates(path: Path, model: str) -> Rates:
+    """Rates for ``model`` from a ``bench/results.json``; UserError names what is missing."""
+    try:
+        entries = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"cannot read benchmark rates from {path}: {exc}; run 'make bench'"
+        ) from None
+
+    def find(name: str, device: str | None = None) -> dict[str, Any] | None:
+        for e in entries:
+            if e.get("name") == name and (
+                device is None or str(e.get("device")).startswith(device)
+            ):
+                return e
+        return None
+
+    data = find("data_path_cpu_s_per_mpx")
+    if data is None:
+        raise UserError(f"{path} has no data_path_cpu_s_per_mpx entry; run 'make bench'")
+    notes = data["notes"]
+    scenes = float(notes["scenes"])
+    infer_name = "timesenclip_pixels_per_s" if model == "timesenclip" else "senclip_chips_per_s"
+    gpu, cpu = find(infer_name, "cuda"), find(infer_name, "cpu")
+    if cpu is None and gpu is None:
+        raise UserError(f"{path} has no {infer_name} entry; run 'make bench'")
+    sources = {
+        "load": _machine(data) + f", {notes['scenes']:g} scenes",
+        "composite": _machine(data),
+        "publish": _machine(data),
+    }
+    if gpu is not None:
+        sources["infer_gpu"] = _machine(gpu)
+    if cpu is not None:
+        sources["infer_cpu"] = _machine(cpu)
+    cpu_rate = float(cpu["value"]) / max(1, int(cpu.get("threads") or 1)) if cpu else float("nan")
+    return Rates(
+        load_core_s_per_mpx_scene=float(notes["load_s_per_mpx"]) / scenes,
+        composite_core_s_per_mpx_scene=float(notes["composite_s_per_mpx"]) / scenes,
+        publish_core_s_per_mpx=float(notes["mosaic_s_per_mpx"]),
+        infer_gpu_px_per_s=float(gpu["value"]) if gpu else None,
+        infer_cpu_px_per_core_s=cpu_rate,
+        sources=sources,
+    )
+
+
+def estimate(
+    *,
+    tiles: int,
+    tile_pixels: float,
+    area_km2: float,
+    scenes_per_pixel: float,
+    items: int,
+    cells: int,
+    model: str,
+    stride: int,
+    rates: Rates,
+    workers: Workers,
+) -> dict[str, Any]:
+    """The plan's figures.
+
+    :param tile_pixels: output pixels in all tiles (what the tile tasks load and classify).
+    :param scenes_per_pixel: scenes read per output pixel (after the cloud filter).
+    :param items: scenes (STAC items) the search finds or is expected to find.
+    :param cells: published grid cells (0 for a single-file map).
+    :returns: a JSON-ready dict: inputs, core-/GPU-hours per stage, wall time and cost.
+    """
+    mpx = tile_pixels / 1e6
+    scene_mpx = mpx * scenes_per_pixel
+    decoded = tile_pixels * scenes_per_pixel * BYTES_PER_SCENE_PIXEL
+    units = tile_pixels if model == "timesenclip" else tile_pixels / stride**2
+    core_h = {
+        "load": scene_mpx * rates.load_core_s_per_mpx_scene / 3600,
+        "composite": scene_mpx * rates.composite_core_s_per_mpx_scene / 3600,
+        "publish": mpx * rates.publish_core_s_per_mpx / 3600,
+    }
+    gpu_h = 0.0
+    if workers.kind == "gpu":
+        if rates.infer_gpu_px_per_s is None:
+            raise UserError("bench/results.json has no GPU inference rate; use --worker-kind cpu")
+        gpu_h = units / rates.infer_gpu_px_per_s / 3600
+    else:
+        core_h["infer"] = units / rates.infer_cpu_px_per_core_s / 3600
+    cores = workers.count * workers.cores
+    gpus = workers.count * workers.gpus_each
+    # Tiles: CPU stages on all cores, GPU inference of one tile overlapping the CPU stages of
+    # others, so the slower of the two; publishing runs afterwards, one cell (or map) per core.
+    tiles_h = sum(v for k, v in core_h.items() if k != "publish") / cores
+    if gpus:
+        tiles_h = max(tiles_h, gpu_h / gpus)
+    publish_h = core_h["publish"] / max(1, min(cores, cells or 1))
+    wall_h = tiles_h + publish_h
+    node_price = (
+        workers.cores * workers.price_core_hour + workers.gpus_each * workers.price_gpu_hour
+    )
+    cost = wall_h * workers.count * node_price
+    return {
+        "area_km2": area_km2,
+        "output": {"tiles": tiles, "pixels": tile_pixels, "cells": cells},
+        "input": {
+            "scenes": items,
+            "scenes_per_pixel": scenes_per_pixel,
+            "decoded_bytes": decoded,
+            "compressed_bytes": decoded / COMPRESSION_RATIO,
+        },
+        "core_hours": {**core_h, "total": sum(core_h.values())},
+        "gpu_hours": gpu_h,
+        "workers": asdict(workers),
+        "wall_hours": wall_h,
+        "cost": {
+            "total": cost,
+            "per_km2": cost / area_km2 if area_km2 else math.nan,
+            "node_hours": wall_h * workers.count,
+        },
+        "rates": {**asdict(rates)},
+        "assumptions": [
+            f"decoded input {BYTES_PER_SCENE_PIXEL:g} B per output pixel and scene; compressed "
+            f"= decoded / {COMPRESSION_RATIO:g}",
+            "load/decode and composite cost scale with scenes x pixels as measured (the rates' "
+            "machine); reads from object storage keep up",
+            "GPU inference of one tile overlaps the CPU stages of others; publishing follows",
+            "cost = workers x wall hours x (cores x --price-core-hour + GPUs x --price-gpu-hour)",
+        ],
+    }

@@ -1,0 +1,357 @@
+"""The viewer's web application (Starlette): the page, its static files, tiles and a small JSON API.
+
+Routes::
+
+    GET  /                                   the map page (static/index.html)
+    GET  /static/...                         JavaScript, CSS, the vendored Leaflet
+    GET  /api/meta                           title, bounds, zooms, legend with class shares, layers
+    GET  /tiles/{layer}/{z}/{x}/{y}.png      classes | confidence | valid_obs | rgb
+         classes takes ?alpha=a0,a1,...      per-class opacity in [0, 1] (0 hides the class)
+    GET  /api/pixel?lon=..&lat=..            top-k classes and probabilities, confidence, counts
+    POST /api/query {"text": "..."}          a free-text heat map from the embedding field
+    GET  /tiles/query/{qid}/{z}/{x}/{y}.png  that heat map's tiles
+
+Nothing is fetched from outside the process: the page's scripts and styles come from
+``pipeline/view/static`` and every tile from the map's rasters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from threading import Lock
+from typing import Any
+
+import numpy as np
+
+from pipeline.view import reading, render
+from pipeline.view.field import FieldQuery, open_field
+from pipeline.view.sources import MapSources
+
+__all__ = ["ViewerState", "create_app"]
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+_QUERY_CACHE = 8  # heat maps kept in memory (most recent first)
+_EMPTY_PNG = render.encode_png(np.zeros((reading.TILE_SIZE, reading.TILE_SIZE, 4), np.uint8))
+
+
+class ViewerState:
+    """What the app serves: the map's sources, derived layers and recent query heat maps."""
+
+    def __init__(self, sources: MapSources, *, load_field: bool = True) -> None:
+        self.sources = sources
+        self.info = reading.layer_info(sources.classes)
+        n = len(sources.classes_legend)
+        self.n_values = max(c.value for c in sources.classes_legend) + 1 if n else 0
+        shares, self.shares_exact = reading.class_shares(sources.classes, self.n_values)
+        self.shares = shares
+        self.lut_colors = ["#808080"] * self.n_values
+        for c in sources.classes_legend:
+            self.lut_colors[c.value] = c.color
+        self._luts = {name: render.ramp_lut(name) for name in render.RAMPS}
+        self.valid_obs_max = self._valid_obs_max()
+        self._rgb_mem: reading.MemRaster | None = None
+        h, w = self.info["shape"]
+        self.has_rgb = sources.rgb is not None or (
+            sources.store_has_composite and h * w <= reading.RGB_FROM_STORE_MAX_PX
+        )
+        self._rgb_lock = Lock()
+        self.queries: OrderedDict[str, tuple[reading.MemRaster, dict[str, Any]]] = OrderedDict()
+        self._q_lock = Lock()
+        self.field: FieldQuery | None = None
+        self.field_reason = "this run saved no embedding field (run --save-embeddings)"
+        if load_field and sources.field is not None:
+            self.field, self.field_reason = open_field(sources.field)
+
+    def _valid_obs_max(self) -> float:
+        p = self.sources.valid_obs
+        if p is None:
+            return 1.0
+        import rasterio
+
+        with rasterio.open(p) as src:
+            scale = max(1.0, (src.height * src.width / 1_000_000) ** 0.5)
+            shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+            data = src.read(1, out_shape=shape)
+        return float(max(1, np.max(data)))
+
+    def rgb_path(self) -> str | None:
+        """The RGB layer's raster: the run's composite COG, or one built from the saved composite."""
+        s = self.sources
+        if s.rgb is not None:
+            return str(s.rgb)
+        if not self.has_rgb or s.store is None:
+            return None
+        with self._rgb_lock:
+            if self._rgb_mem is None:
+                self._rgb_mem = reading.composite_rgb_from_store(s.store)
+        return None if self._rgb_mem is None else self._rgb_mem.path
+
+    def meta(self) -> dict[str, Any]:
+        s = self.sources
+        layers = {
+            "classes": True,
+            "confidence": s.confidence is not None,
+            "valid_obs": s.valid_obs is not None,
+            "rgb": self.has_rgb,
+        }
+        return {
+            "title": s.title,
+            "warning": s.warning,
+            "untrained": s.untrained,
+            "bounds": self.info["bounds"],
+            "minzoom": self.info["minzoom"],
+            "maxzoom": self.info["maxzoom"],
+            "classes": [
+                {
+                    "value": c.value,
+                    "name": c.name,
+                    "color": c.color,
+                    "share": float(self.shares[c.value]) if c.value < len(self.shares) else 0.0,
+                }
+                for c in s.classes_legend
+            ],
+            "shares_exact": self.shares_exact,
+            "layers": layers,
+            "rgb_source": s.rgb_source if self.has_rgb else None,
+            "valid_obs_max": self.valid_obs_max,
+            "topk": s.store is not None,
+            "query": {
+                "available": self.field is not None,
+                "reason": None if self.field else self.field_reason,
+                "kinds": list(self.field.kinds) if self.field else [],
+            },
+        }
+
+    # --- tiles -------------------------------------------------------------------------------
+
+    def tile(self, layer: str, z: int, x: int, y: int, alpha: str | None) -> bytes | None:
+        """PNG bytes of one tile; None for an unknown layer (404)."""
+        s = self.sources
+        if layer == "classes":
+            lut = render.class_lut(self.lut_colors, _parse_alpha(alpha, self.n_values))
+            t = reading.read_tile(s.classes, z, x, y, resampling="nearest")
+            return (
+                _EMPTY_PNG
+                if t is None
+                else render.encode_png(render.colorize_classes(t.data[0], t.valid, lut))
+            )
+        if layer == "confidence" and s.confidence is not None:
+            t = reading.read_tile(s.confidence, z, x, y, resampling="average")
+            return (
+                _EMPTY_PNG
+                if t is None
+                else render.encode_png(
+                    render.colorize_ramp(t.data[0], t.valid, 0.0, 1.0, self._luts["viridis"])
+                )
+            )
+        if layer == "valid_obs" and s.valid_obs is not None:
+            t = reading.read_tile(s.valid_obs, z, x, y, indexes=[1], resampling="average")
+            return (
+                _EMPTY_PNG
+                if t is None
+                else render.encode_png(
+                    render.colorize_ramp(
+                        t.data[0], t.valid, 0.0, self.valid_obs_max, self._luts["cividis"]
+                    )
+                )
+            )
+        if layer == "rgb":
+            path = self.rgb_path()
+            if path is None:
+                return None
+            t = reading.read_tile(path, z, x, y, indexes=[1, 2, 3], resampling="average")
+            if t is None:
+                return _EMPTY_PNG
+            valid = t.valid & (t.data != 0).any(axis=0)
+            return render.encode_png(render.stretch_rgb(t.data, valid, 0.0, 255.0))
+        return None
+
+    def query_tile(self, qid: str, z: int, x: int, y: int) -> bytes | None:
+        with self._q_lock:
+            entry = self.queries.get(qid)
+        if entry is None:
+            return None
+        mem, stats = entry
+        t = reading.read_tile(mem.path, z, x, y, resampling="average")
+        if t is None:
+            return _EMPTY_PNG
+        return render.encode_png(
+            render.colorize_ramp(
+                t.data[0], t.valid, stats["vmin"], stats["vmax"], self._luts["magma"]
+            )
+        )
+
+    # --- pixel and query ---------------------------------------------------------------------
+
+    def pixel(self, lon: float, lat: float, qid: str | None = None) -> dict[str, Any]:
+        s = self.sources
+        names = {c.value: c for c in s.classes_legend}
+        out: dict[str, Any] = {"lon": lon, "lat": lat, "topk": []}
+        pairs: list[tuple[int, float]] | None = None
+        if s.store is not None:
+            pairs = reading.topk_at(s.store, lon, lat)
+        if pairs is None:
+            v = reading.point_values(s.classes, lon, lat)
+            conf = reading.point_values(s.confidence, lon, lat) if s.confidence else None
+            if v is not None:
+                pairs = [(int(v[0]), conf[0] if conf else float("nan"))]
+        for value, prob in pairs or []:
+            c = names.get(value)
+            out["topk"].append(
+                {
+                    "value": value,
+                    "name": c.name if c else str(value),
+                    "color": c.color if c else "#808080",
+                    "prob": None if not np.isfinite(prob) else round(prob, 4),
+                }
+            )
+        if s.confidence is not None:
+            conf = reading.point_values(s.confidence, lon, lat)
+            out["confidence"] = (
+                None if conf is None or not np.isfinite(conf[0]) else round(conf[0], 4)
+            )
+        if s.valid_obs is not None:
+            obs = reading.point_values(s.valid_obs, lon, lat)
+            out["valid_obs"] = None if obs is None else int(obs[0])
+        if qid is not None:
+            with self._q_lock:
+                entry = self.queries.get(qid)
+            if entry is not None:
+                q = reading.point_values(entry[0].path, lon, lat)
+                out["query"] = {
+                    "text": entry[1]["text"],
+                    "score": None if q is None or not np.isfinite(q[0]) else round(q[0], 4),
+                }
+        return out
+
+    def query(self, text: str, kind: str = "similarity") -> dict[str, Any]:
+        """Run a free-text query on the field; returns its id, colour range and timing.
+
+        :raises LookupError: the map has no usable field.
+        :raises ValueError: the field API refused the query (empty text, unknown kind, ...).
+        """
+        if self.field is None:
+            raise LookupError(self.field_reason)
+        t0 = time.perf_counter()
+        heat = self.field.heat(text, kind)
+        t1 = time.perf_counter()
+        finite = heat.values[np.isfinite(heat.values)]
+        if finite.size:
+            vmin, vmax = (float(v) for v in np.percentile(finite, [2, 98]))
+            if vmax <= vmin:
+                vmin, vmax = float(finite.min()), float(finite.max()) + 1e-6
+        else:
+            vmin, vmax = 0.0, 1.0
+        mem = reading.MemRaster(
+            heat.values.astype(np.float32), heat.crs, heat.transform, nodata=float("nan")
+        )
+        qid = f"q{int(time.time() * 1000) % 10**9}{len(self.queries)}"
+        stats = {
+            "id": qid,
+            "text": text,
+            "kind": kind,
+            "step": heat.step,
+            "vmin": vmin,
+            "vmax": vmax,
+            "score_seconds": round(t1 - t0, 3),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        with self._q_lock:
+            self.queries[qid] = (mem, stats)
+            while len(self.queries) > _QUERY_CACHE:
+                _, (old, _) = self.queries.popitem(last=False)
+                old.close()
+        return stats
+
+
+def _parse_alpha(alpha: str | None, n: int) -> dict[int, float] | None:
+    if not alpha:
+        return None
+    out: dict[int, float] = {}
+    for i, a in enumerate(alpha.split(",")[:n]):
+        try:
+            out[i] = float(a)
+        except ValueError:
+            continue
+    return out
+
+
+def create_app(state: ViewerState) -> Any:
+    """The Starlette application serving ``state``."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    png_headers = {"Cache-Control": "no-cache"}
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
+    async def meta(request: Request) -> Response:
+        return JSONResponse(state.meta())
+
+    async def tile(request: Request) -> Response:
+        p = request.path_params
+        png = await run_in_threadpool(
+            state.tile, p["layer"], p["z"], p["x"], p["y"], request.query_params.get("alpha")
+        )
+        if png is None:
+            return Response(status_code=404)
+        return Response(png, media_type="image/png", headers=png_headers)
+
+    async def query_tile(request: Request) -> Response:
+        p = request.path_params
+        png = await run_in_threadpool(state.query_tile, p["qid"], p["z"], p["x"], p["y"])
+        if png is None:
+            return Response(status_code=404)
+        return Response(png, media_type="image/png", headers=png_headers)
+
+    async def pixel(request: Request) -> Response:
+        try:
+            lon = float(request.query_params["lon"])
+            lat = float(request.query_params["lat"])
+        except (KeyError, ValueError):
+            return JSONResponse({"error": "lon and lat (degrees) are required"}, status_code=400)
+        qid = request.query_params.get("query")
+        return JSONResponse(await run_in_threadpool(state.pixel, lon, lat, qid))
+
+    async def query(request: Request) -> Response:
+        try:
+            body = await request.json()
+            text = str(body["text"]).strip()
+            kind = str(body.get("kind") or "similarity")
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'send JSON {"text": "..."}'}, status_code=400)
+        if not text:
+            return JSONResponse({"error": "the query text is empty"}, status_code=400)
+        try:
+            stats = await run_in_threadpool(state.query, text, kind)
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        log.info("query %r: %.2f s", text, stats["seconds"])
+        return JSONResponse(stats)
+
+    routes = [
+        Route("/", index),
+        Route("/favicon.ico", favicon),
+        Route("/api/meta", meta),
+        Route("/api/pixel", pixel),
+        Route("/api/query", query, methods=["POST"]),
+        Route("/tiles/query/{qid:str}/{z:int}/{x:int}/{y:int}.png", query_tile),
+        Route("/tiles/{layer:str}/{z:int}/{x:int}/{y:int}.png", tile),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes)

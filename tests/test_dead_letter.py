@@ -1,0 +1,128 @@
+"""Faults at scale: a tile that keeps failing is dead-lettered, the rest of the run finishes, the
+exit code says so, plain reruns leave it, and ``run --retry-failed`` redoes only it.
+
+A real run (local STAC API, LocalCluster of two processes) over the small catalog plus one extra
+scene whose footprint touches only the top-left tile and whose red band is corrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_select_tiles_dead_letter_and_retry_failed():
+    from pipeline.run_config import RunConfig
+    from pipeline.runner import select_tiles
+    from pipeline.workspace import TileFailure
+
+    class T:
+        def __init__(self, i):
+            self.id = i
+
+    tiles = [T(i) for i in ("a", "b", "c", "d")]
+    done = {"a": {}}
+    failed = {"b": TileFailure("b", "error", "x", 3), "c": TileFailure("c", "error", "y", 1)}
+    cfg = RunConfig(region="demo", start=__import__("datetime").date(2023, 1, 1),
+                    end=__import__("datetime").date(2023, 12, 31), untrained=True)  # fmt: skip
+    todo, dead = select_tiles(tiles, done, failed, cfg)  # default: 6 attempts
+    assert [t.id for t in todo] == ["b", "c", "d"] and dead == {}
+    todo, dead = select_tiles(tiles, done, failed, cfg.with_(max_attempts=3))
+    assert [t.id for t in todo] == ["c", "d"] and set(dead) == {"b"}
+    todo, dead = select_tiles(tiles, done, failed, cfg.with_(retry_failed=True, max_attempts=3))
+    assert [t.id for t in todo] == ["b", "c"] and dead == {}
+
+
+@pytest.fixture()
+def one_bad_tile_catalog(small_catalog, tmp_path):
+    """The small catalog plus a scene covering only the first 32 px tile, with a corrupt COG."""
+    from conftest import SMALL_BOUNDS
+    from pyproj import Transformer
+
+    root = tmp_path / "cat"
+    shutil.copytree(small_catalog, root)
+    doc = json.loads((root / "items.json").read_text())
+    feats = doc["features"]
+    for f in feats:
+        for a in f["assets"].values():
+            a["href"] = a["href"].replace(str(small_catalog), str(root))
+    bad = json.loads(json.dumps(feats[3]))
+    bad["id"] = bad["id"] + "-damaged"
+    w, _, _, n = SMALL_BOUNDS
+    tr = Transformer.from_crs(32632, 4326, always_xy=True)
+    ring = [tr.transform(x, y) for x, y in [(w + 40, n - 280), (w + 280, n - 280),
+                                             (w + 280, n - 40), (w + 40, n - 40), (w + 40, n - 280)]]  # fmt: skip
+    bad["geometry"] = {"type": "Polygon", "coordinates": [[list(p) for p in ring]]}
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    bad["bbox"] = [min(xs), min(ys), max(xs), max(ys)]
+    good_red = Path(bad["assets"]["red"]["href"].removeprefix("file://"))
+    corrupt = root / "damaged-red.tif"
+    corrupt.write_bytes(b"\0garbage")
+    bad["assets"]["red"]["href"] = corrupt.as_uri()
+    feats.append(bad)
+    (root / "items.json").write_text(json.dumps(doc))
+    return root, corrupt, good_red
+
+
+def _bbox():
+    from conftest import SMALL_BOUNDS
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(32632, 4326, always_xy=True)
+    w, s, e, n = SMALL_BOUNDS
+    (x0, y0), (x1, y1) = tr.transform(w + 0.5, s + 0.5), tr.transform(e - 0.5, n - 0.5)
+    return [f"{v:.7f}" for v in (x0, y0, x1, y1)]
+
+
+def test_dead_letter_then_retry_failed(one_bad_tile_catalog, tmp_path):
+    from pipeline.stac_server import serve
+
+    root, corrupt, good_red = one_bad_tile_catalog
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with serve(root) as url:
+        base = [
+            sys.executable, "-m", "pipeline", "run", "--bbox", *_bbox(), "--start", "2023-05-01",
+            "--end", "2023-06-30", "--period", "annual", "--untrained", "--stac-url", url,
+            "--tile-size", "32", "--workers", "2", "--no-progress", "--out", str(out),
+            "--max-attempts", "3",
+        ]  # fmt: skip
+
+        def run(*extra):
+            return subprocess.run(
+                [*base, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+            )
+
+        first = run()
+        assert first.returncode == 3, first.stderr[-2000:]
+        last = first.stderr.strip().splitlines()[-1]  # one line (workers log their own errors)
+        assert last.startswith("error: 1 of 6 tiles failed") and "dead-letter" in last
+        report = json.loads((out / "run.json").read_text())
+        assert report["status"] == "incomplete"
+        dead = report["dead_letter"]
+        assert [d["tile"] for d in dead] == ["r0000_c0000"]
+        assert dead[0]["attempts"] == 3 and dead[0]["error_kind"] == "read_failure"
+        assert report["tiles"]["done"] == report["tiles"]["total"] - 1  # the rest finished
+        assert not (out / "classes.tif").exists()  # nothing published over a lost tile
+
+        again = run()  # a plain rerun leaves the dead-lettered tile alone
+        assert again.returncode == 3 and "--retry-failed" in again.stderr
+        assert (
+            "0 to run" in again.stderr or json.loads((out / "run.json").read_text())["dead_letter"]
+        )
+
+        shutil.copyfile(good_red, corrupt)  # the input is fixed
+        retried = run("--retry-failed")
+        assert retried.returncode == 0, retried.stderr[-2000:]
+        report = json.loads((out / "run.json").read_text())
+        assert report["status"] == "complete" and report["dead_letter"] == []
+        assert report["tiles"]["resumed"] == report["tiles"]["total"] - 1
+        assert (out / "classes.tif").is_file()

@@ -1,0 +1,136 @@
+"""Continental planning: member-state regions, MGRS tiles and revisit, the EEA cell grid, ``plan``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+
+MEMBERS = (
+    "austria belgium bulgaria croatia cyprus czechia denmark estonia finland france germany "
+    "greece hungary ireland italy latvia lithuania luxembourg malta netherlands poland portugal "
+    "romania slovakia slovenia spain sweden"
+).split()
+
+
+def test_every_member_state_loads_grids_and_plans(tmp_path, capsys):
+    from aoi import load_region
+    from pipeline.cells import cells_of, is_gridded, output_grid
+
+    total = 0.0
+    for name in MEMBERS:
+        r = load_region(name)
+        assert r.name == name and r.geometry.is_valid
+        # crs auto: one UTM zone -> that zone; several -> LAEA Europe on 100 km cells
+        assert r.crs == "EPSG:3035" or r.crs.startswith("EPSG:326")
+        # a coarse tile size keeps this fast; the grid and its cells are the run's
+        ts = 5000 if is_gridded(r.crs) else 4096
+        grid = output_grid(r.geometry, r.crs, r.resolution, ts)
+        assert len(grid.tiles) > 0
+        if is_gridded(r.crs):
+            cells = cells_of(grid)
+            assert sum(len(c.grid.tiles) for c in cells.values()) == len(grid.tiles)
+        out = tmp_path / f"{name}.json"
+        args = ["plan", "--region", name, "--year", "2023", "--offline", "--tile-size", str(ts)]
+        assert main([*args, "--plan-out", str(out)]) == 0, capsys.readouterr().err
+        p = json.loads(out.read_text())
+        assert p["output"]["tiles"] == len(grid.tiles) and p["input"]["scenes"] > 0
+        total += r.area_km2()
+    eu = load_region("eu27")
+    assert eu.crs == "EPSG:3035"
+    # Natural Earth 1:10m, simplified: EU-27 in Europe is about 4.1-4.2 million km2
+    assert 4.0e6 < eu.area_km2() < 4.3e6
+    assert abs(total - eu.area_km2()) / total < 0.01
+    assert load_region("germany").crs == "EPSG:3035"  # zones 32 and 33
+    assert load_region("malta").crs == "EPSG:32633"  # one zone keeps UTM
+    assert 2000 < load_region("luxembourg").area_km2() < 3000
+
+
+def test_mgrs_tiles_and_revisit():
+    from shapely.geometry import Point
+
+    from pipeline.mgrs import acquisitions_per_year, observations_per_year, s2_tiles
+
+    # Known tiles: Munich, Utrecht, Madrid, Helsinki, and the 32/33 zone edge near 12 E
+    for (lon, lat), codes in [
+        ((11.58, 48.14), {"32UPU"}),
+        ((5.0, 52.0), {"31UFT"}),
+        ((-3.7, 40.4), {"30TVK"}),
+        ((24.9, 60.2), {"35VLG"}),
+        ((12.0, 48.5), {"32UQU", "33UTP"}),
+    ]:
+        assert {t.code for t in s2_tiles(Point(lon, lat).buffer(0.001))} == codes
+    # two satellites, 5-day repeat: about 73 passes at the equator, more towards the poles
+    assert 70 < observations_per_year(0.0) < 80
+    assert observations_per_year(60.0) == pytest.approx(2 * observations_per_year(0.0))
+    assert acquisitions_per_year(48.0) > observations_per_year(48.0)
+
+
+def test_eea_cells_are_named_and_tiles_stay_inside():
+    from shapely.geometry import box
+
+    from aoi import to_crs
+    from pipeline.cells import cell_code, cells_of, output_grid
+
+    assert cell_code(4_321_000, 3_210_000) == "100kmE43N32"
+    # a 3 x 3 km box straddling the 4,400 km easting line -> two cells
+    lonlat = to_crs(box(4_398_500, 2_850_500, 4_401_500, 2_853_500), "EPSG:4326", "EPSG:3035")
+    grid = output_grid(lonlat, "EPSG:3035", 10.0, 100)
+    cells = cells_of(grid)
+    assert set(cells) == {"100kmE43N28", "100kmE44N28"}
+    for c in cells.values():
+        h, w = c.grid.geobox.shape
+        assert h <= 10_000 and w <= 10_000 and h % 100 == 0 and w % 100 == 0
+        for t in c.grid.tiles:  # windows relative to the cell's box, inside it
+            assert 0 <= t.window[0].start < t.window[0].stop <= h
+            assert c.grid.geobox[t.window].affine == t.geobox.affine
+    with pytest.raises(Exception, match="must divide"):
+        output_grid(lonlat, "EPSG:3035", 10.0, 256)
+
+
+def test_plan_offline_writes_a_full_plan(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    code = main(
+        ["plan", "--region", "luxembourg", "--year", "2023", "--offline", "--workers", "4",
+         "--price-core-hour", "0.05", "--price-gpu-hour", "2.5", "--plan-out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "MGRS tiles" in text and "GPU-hours" in text and "cents/km2" in text
+    p = json.loads(out.read_text())
+    assert p["crs"] == "EPSG:3035" and p["layout"] == "100 km EEA grid cells"
+    assert p["output"]["cells"] >= 2 and p["tile_size"] == 500
+    # Luxembourg (2,600 km2) straddles UTM zones 31/32: tiles of both (31UGQ, 32ULA, ...), each
+    # pixel seen ~120 times a year, half of them under the cloud limit
+    assert 4 <= p["scenes"]["mgrs_tiles"] <= 10
+    assert 40 < p["input"]["scenes_per_pixel"] < 100
+    assert p["input"]["decoded_bytes"] > p["input"]["compressed_bytes"] > 0
+    assert p["core_hours"]["load"] > 0 and p["gpu_hours"] > 0
+    w = p["workers"]
+    expect = p["wall_hours"] * 4 * (16 * 0.05 + 1 * 2.5)
+    assert p["cost"]["total"] == pytest.approx(expect) and w["count"] == 4
+    assert "measured" in p["rates"]["sources"]["load"]
+
+
+def test_plan_searches_the_stac_api(demo_stac_url, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    code = main(
+        ["plan", "--region", "demo", "--stac-url", demo_stac_url, "--worker-kind", "cpu",
+         "--plan-out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    p = json.loads(out.read_text())
+    assert p["layout"] == "single files" and p["output"]["cells"] == 0
+    # the demo catalog: 73 dates, some above --max-cloud 60; every scene covers the whole AOI
+    assert 10 < p["input"]["scenes"] <= 73
+    assert p["input"]["scenes_per_pixel"] == pytest.approx(p["input"]["scenes"], rel=1e-6)
+    assert p["gpu_hours"] == 0 and p["core_hours"]["infer"] > 0
+
+
+def test_plan_refuses_bad_options(tmp_path, capsys):
+    code = main(["plan", "--region", "demo", "--offline", "--clear-fraction", "2"])
+    assert code == 2 and "--clear-fraction" in capsys.readouterr().err
+    code = main(["plan", "--region", "demo", "--offline", "--rates", str(tmp_path / "none.json")])
+    assert code == 2 and "make bench" in capsys.readouterr().err
