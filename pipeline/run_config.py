@@ -75,9 +75,10 @@ class RunConfig:
     cluster_config: str | None = None
     allow_large: bool = False
     retries: int = 2
-    max_attempts: int = 3
+    max_attempts: int = 6
     """Attempts (over all runs) after which a failing tile goes to the dead-letter list: plain
-    reruns leave it alone, ``--retry-failed`` redoes it."""
+    reruns leave it alone, ``--retry-failed`` redoes it. The default is two runs' attempts with
+    the default 2 retries, so one plain rerun still redoes a failed tile."""
     retry_failed: bool = False
     """Run only the tiles that failed earlier (dead-lettered or not)."""
     progress: bool = True

@@ -33,12 +33,12 @@ def test_select_tiles_dead_letter_and_retry_failed():
     failed = {"b": TileFailure("b", "error", "x", 3), "c": TileFailure("c", "error", "y", 1)}
     cfg = RunConfig(region="demo", start=__import__("datetime").date(2023, 1, 1),
                     end=__import__("datetime").date(2023, 12, 31), untrained=True)  # fmt: skip
-    todo, dead = select_tiles(tiles, done, failed, cfg)
-    assert [t.id for t in todo] == ["c", "d"] and set(dead) == {"b"}
-    todo, dead = select_tiles(tiles, done, failed, cfg.with_(retry_failed=True))
-    assert [t.id for t in todo] == ["b", "c"] and dead == {}
-    todo, dead = select_tiles(tiles, done, failed, cfg.with_(max_attempts=5))
+    todo, dead = select_tiles(tiles, done, failed, cfg)  # default: 6 attempts
     assert [t.id for t in todo] == ["b", "c", "d"] and dead == {}
+    todo, dead = select_tiles(tiles, done, failed, cfg.with_(max_attempts=3))
+    assert [t.id for t in todo] == ["c", "d"] and set(dead) == {"b"}
+    todo, dead = select_tiles(tiles, done, failed, cfg.with_(retry_failed=True, max_attempts=3))
+    assert [t.id for t in todo] == ["b", "c"] and dead == {}
 
 
 @pytest.fixture()
@@ -93,6 +93,7 @@ def test_dead_letter_then_retry_failed(one_bad_tile_catalog, tmp_path):
             sys.executable, "-m", "pipeline", "run", "--bbox", *_bbox(), "--start", "2023-05-01",
             "--end", "2023-06-30", "--period", "annual", "--untrained", "--stac-url", url,
             "--tile-size", "32", "--workers", "2", "--no-progress", "--out", str(out),
+            "--max-attempts", "3",
         ]  # fmt: skip
 
         def run(*extra):

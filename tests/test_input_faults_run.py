@@ -193,8 +193,8 @@ def test_refused_reads_fail_their_tiles_and_a_rerun_redoes_only_those(tmp_path, 
         handler.refused.clear()  # the storage answers again
         second = _run(region, url, out, "2023-05-01", "2023-06-30", "--tile-size", "32")
 
-    # run 1: not complete, non-zero, one line naming the failed tiles and why
-    assert first.returncode == 2, first.stderr[-2000:]
+    # run 1: not complete, exit 3 (failed tiles), one line naming the failed tiles and why
+    assert first.returncode == 3, first.stderr[-2000:]
     last = first.stderr.strip().splitlines()[-1]
     assert "tiles failed" in last and "read_failure" in last and "HTTP 403" in last
     assert rep1["status"] == "incomplete" and handler.log
@@ -220,7 +220,8 @@ def test_refused_reads_fail_their_tiles_and_a_rerun_redoes_only_those(tmp_path, 
     assert not list((out / ".s2lc" / "failed").glob("*.json"))
     with rasterio.open(out / "valid_obs.tif") as src:
         obs = src.read(1)
-    assert (obs[:, :64] == 3).all() and (obs[:, 96:] == 3).all()  # both sides observed 3 times
+    # both sides observed (west: 3 clear scenes; east: 3 partly cloudy ones), at most 3 times
+    assert (obs[:, :64] == 3).all() and (obs[:, 96:] >= 1).all() and obs.max() <= 3
     # the 320 m gap between the footprints has no data: reported, not hidden
     cov = rep2["coverage"]
     assert cov["no_data_fraction"] == pytest.approx(32 / 160, abs=0.01)

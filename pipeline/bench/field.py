@@ -32,7 +32,7 @@ from pipeline.bench.results import Entry
 
 _log = logging.getLogger(__name__)
 
-SAMPLE = 8192
+SAMPLE = 4096
 DIMS = (8, 16, 32, 62, 128, 512)
 QUERIES = ("a lake", "a village", "a forest")
 

@@ -89,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-attempts",
         type=int,
-        help="attempts over all runs before a failing tile is dead-lettered (default 3)",
+        help="attempts over all runs before a failing tile is dead-lettered (default 6: two "
+        "runs with 2 retries each)",
     )
     g = p.add_argument_group("outputs")
     g.add_argument("--out", help="output folder (default outputs/<region>/<period>/<model>/)")

@@ -93,6 +93,20 @@ class Field:
         """Classes of the map the field came with."""
         return tuple(c["name"] for c in self.legend.get("classes", ()))
 
+    @property
+    def grid(self) -> Any:
+        """The field's :class:`~pipeline.tiling.TileGrid`: its own grid and every tile of the
+        lattice (tiles outside the map's region read as nodata)."""
+        from pipeline.tiling import TileGrid
+
+        empty = TileGrid(self.geobox, self.tile_size, ())
+        nr, nc = empty.lattice_shape
+        return TileGrid(
+            self.geobox,
+            self.tile_size,
+            tuple(empty.tile(r, c) for r in range(nr) for c in range(nc)),
+        )
+
     def windows(self) -> list[Window]:
         """Chunk-aligned windows covering the grid, row by row (for tile-by-tile work)."""
         h, w = self.shape

@@ -129,7 +129,7 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
 
     Raises:
         UserError: neither or both of legend and head, a model or head that is not the field's,
-            a region whose grid is not the field's, an output folder holding another map.
+            an output folder holding another map.
     """
     from pipeline.runner import _up_to_date, make_plan, publish
     from pipeline.workspace import Workspace
@@ -147,11 +147,8 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
             {"name": m.name, "dim": m.embed_dim, "checkpoint_sha256": m.checkpoint_sha256},
             where=str(cfg.head),
         )
-    if (
-        tuple(plan.grid.shape) != f.shape
-        or list(plan.grid.geobox.affine)[:6] != list(f.layout.get("transform", []))[:6]
-    ):
-        raise UserError(f"{f.map_dir}: the region's grid no longer matches the field's grid")
+    # The field's own grid, not the region's re-derived one: no imagery and no region code.
+    plan = dataclasses.replace(plan, grid=f.grid)
     ws = Workspace(Path(cfg.out))
     ws.check_writable()
     output_hash = _output_hash(f, cfg)
