@@ -153,7 +153,7 @@ def utm_crs_for(geom: Any) -> str:
             "crs: EPSG:3035 (Europe, LAEA) or another equal-area CRS in a region YAML file"
         )
     c = geom.centroid
-    zone = min(60, max(1, int(math.floor((c.x + 180) / 6)) + 1))
+    zone = utm_zone_of(c.x)
     return f"EPSG:{32600 + zone if c.y >= 0 else 32700 + zone}"
 
 

@@ -154,6 +154,7 @@ def blob_server(tmp_path):
     httpd.server_close()
 
 
+@pytest.mark.timeout(1500)  # two runs; each takes minutes on a loaded 2-core machine
 def test_refused_reads_fail_their_tiles_and_a_rerun_redoes_only_those(tmp_path, blob_server):
     """Case expired-sas-token-empty-map, as a 403 mid-run: scenes west of a gap read, scenes east
     of it are refused. The run must not end complete; a rerun redoes only the failed tiles."""

@@ -87,7 +87,7 @@ def demo_map(demo_catalog, tmp_path_factory) -> Path:
     cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--workers", "2",
            "--region", "demo", "--bbox", *bbox, "--untrained", "--model", "timesenclip",
            "--tile-size", "32", "--save-embeddings", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

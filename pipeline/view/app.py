@@ -104,6 +104,7 @@ class ViewerState:
             "warning": s.warning,
             "untrained": s.untrained,
             "bounds": self.info["bounds"],
+            "shape": list(self.info["shape"]),
             "minzoom": self.info["minzoom"],
             "maxzoom": self.info["maxzoom"],
             "classes": [
