@@ -139,6 +139,10 @@ def _cli(args, env, check=True, timeout=900):
     return out
 
 
+#: The end-to-end tests make a map first (a few minutes on a busy 2-core machine).
+e2e = pytest.mark.timeout(1800)
+
+
 @pytest.fixture(scope="module")
 def env(demo_catalog):
     return {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -154,6 +158,7 @@ def field_map(env, tmp_path_factory):
     return out
 
 
+@e2e
 def test_run_writes_the_field(field_map):
     import rasterio
     import zarr
@@ -187,6 +192,7 @@ def test_run_writes_the_field(field_map):
     assert np.median(cos) > 0.99 and cos.min() > 0.9
 
 
+@e2e
 def test_classify_with_the_runs_legend_reproduces_the_map(field_map, env, tmp_path):
     import rasterio
 
@@ -206,6 +212,7 @@ def test_classify_with_the_runs_legend_reproduces_the_map(field_map, env, tmp_pa
     assert run["status"] == "complete" and run["source_field"] == str(field_map)
 
 
+@e2e
 def test_classify_another_legend_and_a_head(field_map, env, tmp_path):
     import rasterio
 
@@ -244,6 +251,7 @@ def test_classify_another_legend_and_a_head(field_map, env, tmp_path):
     assert (got[~valid] == 255).all()
 
 
+@e2e
 def test_query_heat_maps_on_the_map_grid(field_map, env, tmp_path):
     import rasterio
 
@@ -272,6 +280,7 @@ def test_query_heat_maps_on_the_map_grid(field_map, env, tmp_path):
     assert np.allclose(api, cog, atol=1e-6, equal_nan=True)
 
 
+@e2e
 def test_another_model_is_refused(field_map, env, tmp_path):
     from model.timesenclip import build_encoder, save_checkpoint
 
