@@ -12,10 +12,13 @@ sets its own); a read that still fails after them is a read failure.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: GDAL retries of HTTP 429/502/503/504 (and the seconds between them) unless the environment
 #: sets its own; a read that still fails after them is a :class:`ReadFailure`.
@@ -94,3 +97,24 @@ def classify_read_error(exc: BaseException, scenes: Iterable[str] = ()) -> ReadF
     if _CORRUPT.search(text):
         return ReadFailure(f"unreadable file: {text[:300]}", "corrupt", None, scenes)
     return ReadFailure(f"read error: {text[:300]}", "io", None, scenes)
+
+
+def detached_read_failures(task: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a Dask task so a :class:`ReadFailure` leaves it without its chained exceptions.
+
+    A ReadFailure raised while GDAL's error is being handled carries that error as
+    ``__context__``; Dask pickles the chain (tblib), rasterio's ``CPLE_*`` errors do not unpickle,
+    and Dask then sends a plain ``Exception(repr(...))`` instead: the driver could no longer tell
+    a read failure from a bug. The message, kind, status and scenes are what the driver needs.
+    """
+
+    @functools.wraps(task)
+    def run(*args: Any, **kwargs: Any) -> T:
+        try:
+            return task(*args, **kwargs)
+        except ReadFailure as exc:
+            failure = exc
+        failure.__context__ = failure.__cause__ = None
+        raise failure  # outside the except block: nothing is chained again
+
+    return run

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.bands import BANDS
+from pipeline.read_failure import detached_read_failures
 from pipeline.tiling import Tile
 
 #: Bands the patch model sees, in its order (red, green, blue).
@@ -247,6 +248,7 @@ def _true_colour(comp_values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return true_colour(med)
 
 
+@detached_read_failures
 def process_tile(job: TileJob) -> dict[str, Any]:
     """Load, composite, infer and write one tile; returns its stats (seconds per stage, counts)."""
     from shapely import wkb
@@ -365,6 +367,7 @@ def coverage_counts(counts: np.ndarray, inside: np.ndarray) -> dict[str, Any]:
     }
 
 
+@detached_read_failures
 def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
     """Embeddings of up to ``n`` valid pixels (or chips) of a tile: the calibration sample."""
     from shapely import wkb

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flanders import YEARS
+
+from .flanders import YEARS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +38,7 @@ def real_root() -> Path:
 
 @pytest.fixture(scope="session")
 def flanders_catalog(real_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import flanders
+    from . import flanders
 
     return flanders.write_site_catalog(real_root, tmp_path_factory.mktemp("flanders-catalog"))
 
@@ -52,7 +53,7 @@ def flanders_stac(flanders_catalog: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def regions(real_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    import flanders
+    from . import flanders
 
     folder = tmp_path_factory.mktemp("regions")
     return {

@@ -18,7 +18,8 @@ import warnings
 
 import numpy as np
 import pytest
-from flanders import YEARS
+
+from .flanders import YEARS
 
 SCL_MASKED = (0, 1, 3, 8, 9, 10, 11)
 pytestmark = pytest.mark.real
@@ -33,7 +34,7 @@ def _up(a: np.ndarray) -> np.ndarray:
 
 def independent_composite(real_root, tile: str, year: int) -> tuple[np.ndarray, np.ndarray]:
     """(12, 10, 64, 64) monthly NaN medians of reflectance and (12, 64, 64) clear counts."""
-    import flanders
+    from . import flanders
 
     ds10, ds20, _ = flanders.Site.find(real_root, tile).open()
     t = ds10["timestamp"].values

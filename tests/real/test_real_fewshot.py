@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flanders import EPSG, YEARS
+
+from .flanders import EPSG, YEARS
 
 pytestmark = pytest.mark.real
 
@@ -30,8 +31,9 @@ MAX_TRAIN_PER_CLASS = 150
 
 def _label_points(real_root, tile: str, per_class: int | None, seed: int) -> list[dict]:
     """Pixel centres of the site's parcels of :data:`CLASSES` (at most ``per_class`` each)."""
-    import flanders
     from pyproj import Transformer
+
+    from . import flanders
 
     _, _, labels = flanders.Site.find(real_root, tile).open()
     ct = np.asarray(labels["CT"].values)

@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from flanders import YEARS
+
+from .flanders import YEARS
 
 pytestmark = pytest.mark.real
 
@@ -23,8 +24,9 @@ def senclip_maps(map_args, cli, tmp_path_factory) -> dict:
 
 
 def _check_map(out, tile: str, real_root, scenes_in_year: int) -> None:
-    import flanders
     import rasterio
+
+    from . import flanders
 
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["untrained"] is True
@@ -63,7 +65,7 @@ def test_senclip_map_completes(tile, senclip_maps, real_root):
 
 
 def _scenes(real_root, tile: str) -> int:
-    import flanders
+    from . import flanders
 
     ds10, _, _ = flanders.Site.find(real_root, tile).open()
     years = ds10["timestamp"].values.astype("datetime64[Y]").astype(np.int64) + 1970
