@@ -155,6 +155,10 @@ def test_read_failure_is_raised_not_nodata(es_scenes, tmp_path):
         load_reflectance(items, gb, reader=BlockReader())
     assert info.value.scenes == (items[1]["id"],)
     assert info.value.kind in ("corrupt", "io")
+    items[2]["assets"]["red"]["href"] = bad.as_uri()  # a second unreadable scene is named too
+    with pytest.raises(ReadFailure) as info:
+        load_reflectance(items, gb, reader=BlockReader())
+    assert set(info.value.scenes) == {items[1]["id"], items[2]["id"]}
     clean = load_reflectance(es_scenes, gb, reader=BlockReader())
     assert np.isnan(clean.values[0]).any()  # scene 0's swath edge: nodata, no failure
 

@@ -220,14 +220,20 @@ def load_native(
     nt = len(groups)
     dn = np.zeros((nt, len(BANDS), ny, nx), np.uint16)
     scl = np.zeros((nt, ny, nx), np.uint8)
+    failed: dict[str, ReadFailure] = {}  # every unreadable scene is named, not only the first
     for t, (_, members) in enumerate(groups):
         for _, it in members:
             for k, band in enumerate((*BANDS, SCL)):
                 try:
                     arr = _read_asset(reader, it.assets[band].href, band, geobox, mask.resampling)
                 except ReadFailure as exc:
-                    raise ReadFailure(exc.message, exc.kind, exc.status, [it.id]) from None
+                    failed[it.id] = exc
+                    break
                 fill_nodata(scl[t] if band == SCL else dn[t, k], arr)
+    if failed:
+        first = next(iter(failed.values()))
+        more = f" (and {len(failed) - 1} more scene(s))" if len(failed) > 1 else ""
+        raise ReadFailure(first.message + more, first.kind, first.status, list(failed))
     scale = np.array([k[1] for k, _ in groups], np.float32)
     offset = np.array([k[2] for k, _ in groups], np.float32)
     masked = np.zeros(256, np.bool_)
