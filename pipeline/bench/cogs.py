@@ -16,34 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, SCL
+from pipeline.demo.catalog import write_provider_cog
 
 EPSG = 32632
 ORIGIN = (600000.0, 5400000.0)
 """Upper-left corner (UTM 32N) of every generated scene (a 10 m and 20 m lattice point)."""
-
-
-def _write(path: Path, data: np.ndarray, res: float, block: int) -> None:
-    import rasterio
-    from affine import Affine
-
-    profile = {
-        "driver": "COG",
-        "height": data.shape[0],
-        "width": data.shape[1],
-        "count": 1,
-        "dtype": data.dtype.name,
-        "crs": f"EPSG:{EPSG}",
-        "transform": Affine(res, 0, ORIGIN[0], 0, -res, ORIGIN[1]),
-        "nodata": 0,
-        "compress": "DEFLATE",
-        "predictor": 2,
-        "blocksize": block,
-        "overview_resampling": "nearest",
-    }
-    tmp = path.with_suffix(".tmp.tif")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(data, 1)
-    tmp.replace(path)
 
 
 def _scene(rng: np.random.Generator, size: int, k: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -99,7 +76,7 @@ def provider_scenes(
             data = scl if band == SCL else bands[band]
             res = 20.0 if band == SCL else float(NATIVE_RESOLUTION[band])
             path = folder / f"{item_id}_{EARTH_SEARCH_V1_KEYS[band]}.tif"
-            _write(path, data, res, block)
+            write_provider_cog(path, data, ORIGIN, res, EPSG, blocksize=block)
             hrefs[band] = (path.as_uri(), data.shape, res)
         platform = "sentinel-2b"
         items.append(

@@ -175,10 +175,10 @@ def generate_catalog(
             dn[nod] = 0
             path = folder / f"{keys[band]}.tif"
             res = resolution * f
-            _write_cog(path, dn, (w, n), res, epsg)
+            write_provider_cog(path, dn, (w, n), res, epsg)
             hrefs[band] = (path.as_uri(), dn.shape, res)
         path = folder / f"{keys[SCL]}.tif"
-        _write_cog(path, scene.scl, (w, n), 2 * resolution, epsg)
+        write_provider_cog(path, scene.scl, (w, n), 2 * resolution, epsg)
         hrefs[SCL] = (path.as_uri(), scene.scl.shape, 2 * resolution)
         items.append(
             _item(
@@ -210,7 +210,18 @@ def _item_id(
     return f"{sat}_MSIL2A_{when:%Y%m%dT%H%M%S}_R065_T{mgrs_tile}_{when:%Y%m%dT}150000"
 
 
-def _write_cog(path: Path, data: np.ndarray, origin: tuple[float, float], res: float, epsg: int):
+def write_provider_cog(
+    path: Path,
+    data: np.ndarray,
+    origin: tuple[float, float],
+    res: float,
+    epsg: int,
+    blocksize: int = 256,
+) -> None:
+    """One band as a provider writes it (Earth Search's sentinel-cogs): a COG with DEFLATE,
+    predictor 2, nodata 0 and nearest overviews; ``origin`` is the upper-left corner (x, y) in
+    metres of EPSG:``epsg``, ``res`` the pixel size in metres, ``blocksize`` the internal tile
+    edge (the providers use 1024 px). Written to a temporary name, then renamed into place."""
     import rasterio
     from affine import Affine
 
@@ -225,11 +236,13 @@ def _write_cog(path: Path, data: np.ndarray, origin: tuple[float, float], res: f
         "nodata": 0,
         "compress": "DEFLATE",
         "predictor": 2,
-        "blocksize": 256,
+        "blocksize": blocksize,
         "overview_resampling": "nearest",
     }
-    with rasterio.open(path, "w", **profile) as dst:
+    tmp = path.with_name(path.stem + ".tmp.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data, 1)
+    tmp.replace(path)
 
 
 def _write_json(path: Path, doc: Any) -> None:

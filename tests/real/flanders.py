@@ -121,27 +121,11 @@ def check_grid(ds: Any, bounds: tuple[float, float, float, float], res: float) -
 
 
 def write_cog(path: Path, data: np.ndarray, bounds: tuple[float, float, float, float], res: float):
-    """A single-band COG the way sentinel-cogs writes them: DEFLATE, predictor 2, 1024 px
-    blocks, nodata 0 (GDAL's COG driver)."""
-    import rasterio
-    from affine import Affine
+    """A single-band COG the way sentinel-cogs writes them: 1024 px blocks (the project's
+    provider-shaped writer, :func:`pipeline.demo.catalog.write_provider_cog`)."""
+    from pipeline.demo.catalog import write_provider_cog
 
-    profile = {
-        "driver": "COG",
-        "height": data.shape[0],
-        "width": data.shape[1],
-        "count": 1,
-        "dtype": data.dtype.name,
-        "crs": f"EPSG:{EPSG}",
-        "transform": Affine(res, 0, bounds[0], 0, -res, bounds[3]),
-        "nodata": 0,
-        "compress": "DEFLATE",
-        "predictor": 2,
-        "blocksize": 1024,
-        "overview_resampling": "nearest",
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
+    write_provider_cog(path, data, (bounds[0], bounds[3]), res, EPSG, blocksize=1024)
 
 
 def write_catalog(site: Site, root: Path) -> list[dict]:
