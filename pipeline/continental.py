@@ -82,7 +82,7 @@ def publish_cells(
 
 def publish_gridded(cfg, plan, ws: Workspace, report: dict, labels: list[str]) -> None:
     """VRT per layer, STAC collection, Zarr store, legend, quicklook and item over all cells."""
-    from pipeline.writers import write_legend_json, write_quicklook
+    from pipeline.runner import write_legend_and_quicklook
     from pipeline.writers.gridded import write_collection, write_layer_vrts
 
     cells = cells_of(plan.grid)
@@ -102,23 +102,4 @@ def publish_gridded(cfg, plan, ws: Workspace, report: dict, labels: list[str]) -
     )
     ws.publish_store()
     ws.drop_tile_rasters()
-    write_legend_json(
-        ws.out / "legend.json",
-        class_names=list(plan.class_names),
-        colors=list(plan.colors),
-        legend_name=plan.legend_info["name"],
-        style=plan.legend_info["style"],
-        prompt_hash=plan.legend_info["prompt_hash"],
-        untrained=cfg.untrained,
-        extra={
-            "model": plan.model_info["identity"],
-            "nodata": 255,
-            "calibration": report["calibration"],
-        },
-    )
-    title = f"{plan.region_name} {cfg.start}..{cfg.end} | {cfg.model} | {plan.legend_info['name']}"
-    if cfg.untrained:
-        title += "\nUNTRAINED WEIGHTS (demo): not a land-cover map"
-    write_quicklook(
-        ws.out / "quicklook.png", vrts["classes"], list(plan.class_names), list(plan.colors), title
-    )
+    write_legend_and_quicklook(cfg, plan, ws, report, vrts["classes"])

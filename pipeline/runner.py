@@ -975,20 +975,13 @@ def _report(
     }
 
 
-def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: list[str]) -> None:
-    """Mosaic COGs, move the Zarr into place, write legend, quicklook and STAC item."""
-    from pipeline.writers import build_cogs, write_legend_json, write_quicklook, write_stac_item
+def write_legend_and_quicklook(
+    cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, classes: Path
+) -> None:
+    """``legend.json`` and ``quicklook.png`` (of the ``classes`` raster: a COG or a VRT), with
+    what the map is made from in both (model identity, untrained weights, a few-shot head)."""
+    from pipeline.writers import write_legend_json, write_quicklook
 
-    cogs = build_cogs(
-        ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors), period_labels=labels
-    )
-    field_cogs = {}
-    if cfg.save_embeddings:
-        from pipeline.writers.field import build_field_cogs
-
-        field_cogs = build_field_cogs(ws.store, ws.out, _field_attrs(cfg, plan)["s2lc:field"])
-    zarr_path = ws.publish_store()
-    ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
     write_legend_json(
         ws.out / "legend.json",
         class_names=list(plan.class_names),
@@ -1009,8 +1002,25 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     elif cfg.untrained:
         title += "\nUNTRAINED WEIGHTS (demo): not a land-cover map"
     write_quicklook(
-        ws.out / "quicklook.png", cogs["classes"], list(plan.class_names), list(plan.colors), title
+        ws.out / "quicklook.png", classes, list(plan.class_names), list(plan.colors), title
     )
+
+
+def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: list[str]) -> None:
+    """Mosaic COGs, move the Zarr into place, write legend, quicklook and STAC item."""
+    from pipeline.writers import build_cogs, write_stac_item
+
+    cogs = build_cogs(
+        ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors), period_labels=labels
+    )
+    field_cogs = {}
+    if cfg.save_embeddings:
+        from pipeline.writers.field import build_field_cogs
+
+        field_cogs = build_field_cogs(ws.store, ws.out, _field_attrs(cfg, plan)["s2lc:field"])
+    zarr_path = ws.publish_store()
+    ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
+    write_legend_and_quicklook(cfg, plan, ws, report, cogs["classes"])
     if "composite_rgb" in cogs:  # the true-colour composite the map was made from
         from pipeline.writers import write_rgb_quicklook
 
