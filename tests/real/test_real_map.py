@@ -54,7 +54,8 @@ def test_timesenclip_map_completes(tile, tsc_maps, real_root):
 @pytest.mark.parametrize("tile", list(YEARS))
 def test_senclip_map_completes(tile, senclip_maps, real_root):
     import rasterio
-    from test_real_composite import independent_composite
+
+    from .test_real_composite import independent_composite
 
     out = senclip_maps[tile]
     _check_map(out, tile, real_root, _scenes(real_root, tile))
