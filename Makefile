@@ -36,7 +36,7 @@ env: $(STAMP) ## Create/refresh .venv from the pinned requirements (no-op when u
 test: $(STAMP) ## Run the test suite (offline, no GPU needed)
 	$(PY) -m pytest
 
-test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac, faults)
+test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac, faults, the full make map demo)
 	$(PY) -m pytest -m integration -o addopts="" --timeout=1800
 
 test-real: $(STAMP) ## Validate on real Sentinel-2 samples in $$S2LC_REAL_DATA (skips without them)

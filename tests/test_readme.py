@@ -4,7 +4,8 @@ Each command of every ``bash`` block is classified and exercised offline:
 
 - ``make TARGET ...``: ``make -n`` expands it (the target and its variables exist); each
   ``python -m pipeline`` line it expands to parses with the real CLI parser. Plain ``make map``
-  runs for real in ``test_make_map_is_the_few_shot_demo`` (the README's first promise).
+  runs for real in ``test_make_map_is_the_few_shot_demo`` (the README's first promise; in
+  ``make test-integration``, for its 3 minutes).
 - ``.venv/bin/python -m pipeline ...``: parses with the real parser; offline commands (no comment
   saying what they *need*: the network, a cluster, your data) run for real in a scratch folder;
   marked ``run`` commands resolve to a valid configuration and pass the local size check (no
@@ -187,7 +188,10 @@ def test_readme_shell_commands(tmp_path):
         shutil.copy(src, tmp_path / Path(words[2]).name)
 
 
-@pytest.mark.timeout(1800)  # about 3 min on 2 free cores; shared CI machines are much slower
+# About 3 min on 2 free cores: in `make test-integration` (CI runs it), so `make test` stays
+# near 10 minutes.
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_make_map_is_the_few_shot_demo(tmp_path, demo_catalog):
     """``make map`` as the README shows it: the few-shot workflow, accuracy >= 0.85 on held-out
     points, every output it lists. The Makefile is expanded with ``make -n`` (so the test runs
