@@ -287,6 +287,20 @@ def _points_csv(path: Path, rows, cols, labels, extra: dict | None = None) -> Pa
     return path
 
 
+def _evaluate_map_argv(folder, csv) -> list[str]:
+    """``evaluate map`` of the class map in ``folder`` against the points in ``csv`` (column lc)."""
+    return [
+        "evaluate",
+        "map",
+        "--map",
+        str(folder),
+        "--reference",
+        str(csv),
+        "--label-column",
+        "lc",
+    ]
+
+
 def test_evaluate_map_reports_drops_clips_cis_and_warns(tmp_path, capsys):
     names = ["forest", "crop"]
     cmap = np.zeros((30, 30), np.uint8)
@@ -300,16 +314,7 @@ def test_evaluate_map_reports_drops_clips_cis_and_warns(tmp_path, capsys):
     labels = ["forest"] * 25 + ["wetland"]
     csv = _points_csv(tmp_path / "ref.csv", rows, cols, labels)
     out = tmp_path / "eval"
-    argv = [
-        "evaluate",
-        "map",
-        "--map",
-        str(folder),
-        "--reference",
-        str(csv),
-        "--label-column",
-        "lc",
-    ]
+    argv = _evaluate_map_argv(folder, csv)
     assert main([*argv, "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     dropped = summary["reference_points"]["dropped"]
@@ -335,16 +340,7 @@ def test_evaluate_map_stratified_sample_has_no_design_warning_and_label_hint(tmp
     cols = [1, 2, 3, 20, 21, 22]
     strata = ["forest"] * 3 + ["crop"] * 3
     csv = _points_csv(tmp_path / "ref.csv", rows, cols, strata, {"stratum": strata})
-    argv = [
-        "evaluate",
-        "map",
-        "--map",
-        str(folder),
-        "--reference",
-        str(csv),
-        "--label-column",
-        "lc",
-    ]
+    argv = _evaluate_map_argv(folder, csv)
     assert main([*argv, "--out", str(tmp_path / "e")]) == 0
     assert json.loads(capsys.readouterr().out)["warnings"] == []
     bad = _points_csv(tmp_path / "bad.csv", rows, cols, ["Wald"] * 6)
