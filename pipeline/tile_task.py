@@ -37,7 +37,7 @@ class ModelSpec:
     untrained: bool
     seed: int
     precision: str = "auto"
-    """``fp32`` or ``bf16`` once resolved (:func:`pipeline.runner.resolve_precision`)."""
+    """``fp32`` or ``bf16`` once resolved (:func:`pipeline.run.plan.resolve_precision`)."""
 
     @classmethod
     def of(cls, cfg: Any) -> ModelSpec:
