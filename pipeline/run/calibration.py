@@ -75,6 +75,11 @@ def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
 _SAMPLES: dict[str, np.ndarray] = {}
 
 
+def clear_reference_sample() -> None:
+    """Forget the reference sample kept for the run (once calibration and field are fitted)."""
+    _SAMPLES.clear()
+
+
 def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]):
     """Embeddings of a fixed reference sample of the region (computed once per run)."""
     key = str(ws.out.resolve()) + cfg.output_hash()

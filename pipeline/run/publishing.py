@@ -12,12 +12,6 @@ from pipeline.run_config import RunConfig
 from pipeline.workspace import Workspace
 
 
-def _bands() -> list[str]:
-    from pipeline.bands import BANDS
-
-    return list(BANDS)
-
-
 def field_dims(cfg: RunConfig, plan: Plan) -> int | None:
     """Components of the compact field (None without ``--save-embeddings``)."""
     if not cfg.save_embeddings:
