@@ -465,17 +465,8 @@ def _block_geometry(windows: Sequence[Window]):
     return unary_union(parts).envelope if len(parts) > 1 else parts[0]
 
 
-def _items_for(items: Sequence[dict], geobox) -> list[dict]:
-    from shapely.geometry import shape
-
-    footprint = geobox.extent.to_crs("EPSG:4326").geom
-    return [
-        it for it in items if it.get("geometry") and shape(it["geometry"]).intersects(footprint)
-    ]
-
-
 def _search_block(cfg: ExtractConfig, geometry) -> list[dict]:
-    from pipeline.search import SearchConfig, search_items
+    from pipeline.search import NoScenesError, SearchConfig, search_items
 
     scfg = SearchConfig(
         profile=cfg.profile,
@@ -485,45 +476,26 @@ def _search_block(cfg: ExtractConfig, geometry) -> list[dict]:
     )
     try:
         return [it.to_dict() for it in search_items(geometry, cfg.start, cfg.end, scfg)]
-    except UserError as exc:
-        if str(exc).startswith("no Sentinel-2 scenes"):  # e.g. points at sea: empty series
-            _log.warning("%s", exc)
-            return []
-        raise
-
-
-def composite_window(cfg: ExtractConfig, items: Sequence[dict], geobox):
-    """The window's composite with the map run's code: ``Composite(values, counts, ...)``."""
-    import pystac
-
-    from pipeline.bands import BANDS
-    from pipeline.composite import composite
-    from pipeline.cube import MaskConfig, load_cube
-
-    ny, nx = geobox.shape
-    if items:
-        cube = load_cube(
-            [pystac.Item.from_dict(d) for d in items],
-            geobox,
-            mask=MaskConfig(mask_snow=cfg.mask_snow),
-        )
-        values = np.asarray(cube.values, dtype=np.float32)
-        times = cube["time"].values
-    else:
-        values = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
-        times = np.array([], dtype="datetime64[ns]")
-    return composite(values, times, cfg.start, cfg.end, cfg.period, gap_fill=cfg.gap_fill)
+    except NoScenesError as exc:  # e.g. points at sea: empty series
+        _log.warning("%s", exc)
+        return []
 
 
 def _extract_block(
     cfg: ExtractConfig, points: Points, windows: Sequence[Window], pool: cf.Executor
 ) -> PointTable:
     from pipeline.bands import BANDS
+    from pipeline.window import ItemIndex, composite_window
 
     items = _search_block(cfg, _block_geometry(windows))
+    index = ItemIndex(items)
 
     def one(w: Window):
-        comp = composite_window(cfg, _items_for(items, w.geobox), w.geobox)
+        # odc-stac's warp on every grid (native=False), as point extraction always read
+        comp = composite_window(
+            index.for_window(w.geobox), w.geobox, start=cfg.start, end=cfg.end,
+            period=cfg.period, mask_snow=cfg.mask_snow, gap_fill=cfg.gap_fill, native=False,
+        ).composite  # fmt: skip
         vals = np.asarray(comp.values)[:, :, w.rows, w.cols]  # (P, B, n)
         cnts = np.asarray(comp.counts)[:, w.rows, w.cols]  # (P, n)
         return w, np.transpose(vals, (2, 0, 1)), cnts.T, np.asarray(comp.period_starts)

@@ -39,9 +39,10 @@ def schedule_only(
     import datetime as dt
 
     from pipeline.cluster import ClusterConfig, open_client
-    from pipeline.run.plan import ItemIndex, make_plan, tile_job
+    from pipeline.run.plan import make_plan, tile_job
     from pipeline.run.scheduling import run_tiles
     from pipeline.run_config import RunConfig
+    from pipeline.window import ItemIndex
     from pipeline.workspace import Workspace
 
     cfg = RunConfig(

@@ -15,6 +15,7 @@ from pipeline.errors import UserError
 from pipeline.run.plan import Plan, tile_job
 from pipeline.run.scheduling import task_resources
 from pipeline.run_config import RunConfig
+from pipeline.search import NoScenesError
 from pipeline.workspace import Workspace
 
 _log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: l
         else None
     )
     if emb is None:
-        raise UserError(
+        raise NoScenesError(
             "no valid observation in the calibration sample: the region has no usable "
             "scenes (check --start/--end and --max-cloud)"
         )

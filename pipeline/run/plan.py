@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.run_config import RunConfig
 from pipeline.scenes import SceneLedger
+from pipeline.window import items_for
 from pipeline.workspace import TileFailure, Workspace
 
 _log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def search_run_scenes(cfg: RunConfig, geometry, profile: str) -> tuple[list[dict
         result = search_scenes(geometry, cfg.start, cfg.end, scfg)
     except UserError as exc:
         if profile != "demo" and _inside_demo(geometry):
-            raise UserError(
+            raise type(exc)(  # the same kind of error (NoScenesError stays one), with the hint
                 f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
             ) from None
         raise
@@ -273,32 +274,6 @@ def _inside_demo(geometry) -> bool:
     from pipeline.demo import DEMO_BOUNDS, DEMO_EPSG
 
     return box(*DEMO_BOUNDS).contains(to_crs(geometry, f"EPSG:{DEMO_EPSG}"))
-
-
-class ItemIndex:
-    """The run's STAC items with an R-tree over their footprints, built once per run.
-
-    ``for_window`` is what each tile's work order gets: only the items touching its window,
-    found in O(log n) instead of testing every item of a continent for every tile.
-    """
-
-    def __init__(self, items: list[dict]) -> None:
-        import shapely
-        from shapely.geometry import shape
-
-        self.items = items
-        self._tree = shapely.STRtree([shape(d["geometry"]) for d in items])
-
-    def for_window(self, geobox) -> tuple[dict, ...]:
-        footprint = geobox.extent.to_crs("EPSG:4326").geom
-        hits = sorted(int(i) for i in self._tree.query(footprint, predicate="intersects"))
-        return tuple(self.items[i] for i in hits)
-
-
-def items_for(items: list[dict] | ItemIndex, geobox) -> tuple[dict, ...]:
-    """The STAC items whose footprint touches a window (so each task gets only its own)."""
-    index = items if isinstance(items, ItemIndex) else ItemIndex(items)
-    return index.for_window(geobox)
 
 
 def tile_job(

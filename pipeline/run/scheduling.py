@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.run.plan import ItemIndex, tile_job
+from pipeline.run.plan import tile_job
+from pipeline.window import ItemIndex
 from pipeline.workspace import TileFailure
 
 _log = logging.getLogger(__name__)
