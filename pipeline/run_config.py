@@ -15,11 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from pipeline import adapters
+from pipeline.composite import PERIODS
 from pipeline.config import to_plain
 from pipeline.errors import UserError
 
-MODELS = ("timesenclip", "senclip")
-PERIODS = ("monthly", "quarterly", "annual")
 #: Settings that do not change any output pixel (where and how fast it runs).
 _NOT_IN_HASH = {
     "out",
@@ -42,7 +42,8 @@ class RunConfig:
     region: str
     start: dt.date
     end: dt.date
-    model: Literal["timesenclip", "senclip"] = "timesenclip"
+    model: str = adapters.DEFAULT
+    """A registered model kind (:func:`pipeline.adapters.names`)."""
     bbox: tuple[float, float, float, float] | None = None
     checkpoint: str | None = None
     clip_checkpoint: str | None = None
@@ -85,8 +86,7 @@ class RunConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise UserError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        adapter = adapters.get(self.model)  # UserError naming the known models
         if self.period not in PERIODS:
             raise UserError(f"unknown period {self.period!r}; choose one of {', '.join(PERIODS)}")
         if self.end < self.start:
@@ -100,7 +100,7 @@ class RunConfig:
             raise UserError("--checkpoint and --untrained are mutually exclusive")
         if not 16 <= self.tile_size <= 8192:
             raise UserError(f"--tile-size must be between 16 and 8192 pixels, got {self.tile_size}")
-        if self.model == "senclip":
+        if adapter.input == "patch":
             if not 8 <= self.window <= 512:
                 raise UserError(f"--window must be between 8 and 512 pixels, got {self.window}")
             if not 1 <= self.stride <= self.window:
@@ -124,8 +124,8 @@ class RunConfig:
 
     @property
     def halo(self) -> int:
-        """Extra pixels loaded around each tile: half a window for the patch model, none per pixel."""
-        return self.window if self.model == "senclip" else 0
+        """Extra pixels loaded around each tile: a window for a patch model, none per pixel."""
+        return adapters.get(self.model).halo(self.window)
 
     def output_hash(self) -> str:
         """A short hash of every setting that changes output pixels."""

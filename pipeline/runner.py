@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import adapters
 from pipeline.errors import UserError
 from pipeline.run_config import RunConfig, default_output_dir
 from pipeline.scenes import SceneLedger
@@ -271,13 +272,9 @@ def _job(
     cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, calibration, field=None
 ):
     from pipeline.tile_task import ModelSpec, TileJob
-    from pipeline.tiling import chip_plan
 
-    window_box = (
-        chip_plan(tile.geobox, cfg.window, cfg.stride).geobox
-        if cfg.model == "senclip"
-        else tile.geobox
-    )
+    chips = adapters.get(cfg.model).chip_plan(tile.geobox, cfg.window, cfg.stride)
+    window_box = chips.geobox if chips else tile.geobox
     return TileJob(
         tile=tile,
         items=_items_for(items, window_box),
@@ -587,11 +584,7 @@ def execute(cfg: RunConfig) -> int:
     area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
     check_size(cfg, area_km2)
     labels = list(period_labels(cfg.start, cfg.end, cfg.period))
-    if cfg.model == "timesenclip" and len(labels) not in (1, 4, 12):
-        raise UserError(
-            f"TimeSenCLIP takes 12 monthly, 4 quarterly or 1 annual composite(s); {cfg.start} to "
-            f"{cfg.end} gives {len(labels)} {cfg.period} periods: map one year at a time"
-        )
+    adapters.get(cfg.model).check_periods(len(labels), cfg.start, cfg.end, cfg.period)
     cluster_cfg = ClusterConfig(
         kind=cfg.cluster,
         workers=cfg.workers,

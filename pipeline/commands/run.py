@@ -6,6 +6,8 @@ import argparse
 import datetime as dt
 import logging
 
+from pipeline import adapters
+
 NAME = "run"
 HELP = "map a region: STAC search -> composites -> SenCLIP/TimeSenCLIP per tile -> Zarr + COGs"
 
@@ -29,11 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--period",
         choices=("monthly", "quarterly", "annual"),
-        help="composite period (default: monthly for timesenclip, annual for senclip)",
+        help="composite period (default: the model's own, e.g. monthly for timesenclip)",
     )
     g = p.add_argument_group("model")
     g.add_argument(
-        "--model", choices=("timesenclip", "senclip"), help="the model (default timesenclip)"
+        "--model", choices=adapters.names(), help=f"the model (default {adapters.DEFAULT})"
     )
     g.add_argument("--checkpoint", help="weights: a file, or a cached name (see 'weights list')")
     g.add_argument(
@@ -53,8 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--calibration",
         choices=("reference", "none"),
-        help="class-mean calibration on a fixed reference sample (default for senclip zero-shot) "
-        "or none (default otherwise)",
+        help="class-mean calibration on a fixed reference sample or none (default: the model's "
+        "own, e.g. reference for senclip zero-shot, none with a head)",
     )
     g.add_argument("--top-k", type=int, help="probabilities kept per pixel (default 3)")
     g.add_argument("--window", type=int, help="SenCLIP chip size in pixels (default 64)")
@@ -214,7 +216,8 @@ def resolve(args: argparse.Namespace):
             "or --bbox W S E N"
         )
     region = load_region(region_name)
-    model = args.model or "timesenclip"
+    model = args.model or adapters.DEFAULT
+    adapter = adapters.get(model)
     if args.year is not None:
         if args.start or args.end:
             raise UserError("--year cannot be combined with --start/--end")
@@ -234,10 +237,8 @@ def resolve(args: argparse.Namespace):
     profile = args.profile or ("custom" if args.stac_url else region.stac)
     head = args.head
     defaults = {
-        "period": "monthly" if model == "timesenclip" else "annual",
-        # The reference's class-mean calibration is SenCLIP's zero-shot practice; it hurts
-        # trained pixel models and few-shot heads (measured on the planted-signal demo).
-        "calibration": "reference" if model == "senclip" and not head else "none",
+        "period": adapter.default_period,
+        "calibration": adapter.default_calibration(head),
         # a head brings its classes (and the legend it was fitted with, for the colours)
         "legend": None if head else ("demo" if region.stac == "demo" else "lucas-lc8"),
     }

@@ -220,7 +220,8 @@ def _valid_obs(f: Field, tile: Any) -> np.ndarray:
 
 def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, plan: Any, calib, k: int) -> dict:
     from model.zeroshot import probabilities
-    from pipeline.tile_task import _head, predict
+    from pipeline.adapters.base import cached_head
+    from pipeline.tile_task import predict
     from pipeline.writers import TileResult, write_tile, write_tile_rasters
 
     t = time.perf_counter()
@@ -232,7 +233,7 @@ def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, plan: Any, calib, k: 
     topk_p = np.full((k, ny, nx), np.nan, np.float32)
     if len(emb):
         if cfg.head:
-            probs = np.asarray(_head(cfg.head).predict(emb), dtype=np.float32)
+            probs = np.asarray(cached_head(cfg.head).predict(emb), dtype=np.float32)
         else:
             probs = np.asarray(probabilities(emb, plan.classifier, calib), dtype=np.float32)
         cls, cf, tc, tp = predict(probs, k)
