@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 
 from pipeline import adapters
+from pipeline.commands._options import add_data, add_when
 
 NAME = "run"
 HELP = "map a region: STAC search -> composites -> SenCLIP/TimeSenCLIP per tile -> Zarr + COGs"
@@ -25,14 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar=("W", "S", "E", "N"),
         help="clip the region to this lon/lat box; alone, the box is the region",
     )
-    g.add_argument("--year", type=int, help="map this calendar year (sets --start/--end)")
-    g.add_argument("--start", help="first date, YYYY-MM-DD (default: the region's period)")
-    g.add_argument("--end", help="last date, YYYY-MM-DD (inclusive)")
-    g.add_argument(
-        "--period",
-        choices=("monthly", "quarterly", "annual"),
-        help="composite period (default: the model's own, e.g. monthly for timesenclip)",
-    )
+    add_when(g, period_help="composite period (default: the model's own, e.g. monthly for "
+             "timesenclip)")  # fmt: skip
     g = p.add_argument_group("model")
     g.add_argument(
         "--model", choices=adapters.names(), help=f"the model (default {adapters.DEFAULT})"
@@ -69,11 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "agrees with fp32 on >= 99 %% of a fixed sample; recorded in run.json)",
     )
     g = p.add_argument_group("data")
-    g.add_argument("--profile", help="STAC profile: earth-search, planetary-computer, demo, custom")
-    g.add_argument("--stac-url", help="any STAC API (implies --profile custom unless given)")
-    g.add_argument("--collection", help="STAC collection (default: the profile's)")
-    g.add_argument("--max-cloud", type=float, help="maximum scene cloud cover in %% (default 60)")
-    g.add_argument("--keep-snow", action="store_true", help="do not mask SCL snow/ice")
+    add_data(g)
     g = p.add_argument_group("execution")
     g.add_argument("--tile-size", type=int, help="tile size in pixels (default 256)")
     g.add_argument(
@@ -198,7 +188,7 @@ def apply_config(args: argparse.Namespace, doc: dict) -> tuple[argparse.Namespac
 def resolve(args: argparse.Namespace):
     """Build the RunConfig from defaults, the optional YAML file and the CLI options."""
     from aoi import load_region
-    from pipeline.config import from_mapping, load_yaml, merged, parse_date
+    from pipeline.config import from_mapping, load_yaml, merged, period_dates, stac_profile
     from pipeline.errors import UserError
     from pipeline.run_config import RunConfig
 
@@ -218,15 +208,8 @@ def resolve(args: argparse.Namespace):
     region = load_region(region_name)
     model = args.model or adapters.DEFAULT
     adapter = adapters.get(model)
-    if args.year is not None:
-        if args.start or args.end:
-            raise UserError("--year cannot be combined with --start/--end")
-        if not 2015 <= args.year <= dt.date.today().year:
-            raise UserError(f"--year {args.year} is outside the Sentinel-2 era (2015 onwards)")
-        start, end = dt.date(args.year, 1, 1), dt.date(args.year, 12, 31)
-    else:
-        start = parse_date(args.start, "--start") if args.start else region.start
-        end = parse_date(args.end, "--end") if args.end else region.end
+    start, end = period_dates(args.year, args.start, args.end, (region.start, region.end))
+    if args.year is None:
         if not (args.start or args.end) and not str(region.source).endswith((".yaml", ".yml")):
             logging.getLogger(__name__).info(
                 "no --year or --start/--end: mapping %s..%s, the last full year (a vector file "
@@ -234,7 +217,7 @@ def resolve(args: argparse.Namespace):
                 start,
                 end,
             )
-    profile = args.profile or ("custom" if args.stac_url else region.stac)
+    profile = stac_profile(args.profile, args.stac_url, region.stac)
     head = args.head
     defaults = {
         "period": adapter.default_period,
