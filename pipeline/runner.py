@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import adapters
 from pipeline.errors import UserError
 from pipeline.run_config import RunConfig, default_output_dir
 from pipeline.scenes import SceneLedger
@@ -68,7 +67,7 @@ def resolve_region(cfg: RunConfig):
 
 def check_size(cfg: RunConfig, area_km2: float) -> None:
     """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed."""
-    if cfg.cluster != "local" or cfg.allow_large:
+    if cfg.execution.cluster != "local" or cfg.execution.allow_large:
         return
     from pipeline.cluster import _cuda_devices
 
@@ -89,30 +88,32 @@ def preflight(cfg: RunConfig, n_periods: int) -> None:
     """
     from model.legends import load_legend
 
-    if not cfg.head:
-        load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
+    if not cfg.model.head:
+        load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
         return
     from model.train.probe import check_head_matches, load_head
 
-    head = load_head(cfg.head)
+    head = load_head(cfg.model.head)
     check_head_matches(
-        head, {"name": cfg.model, "period": cfg.period, "periods": n_periods}, where=cfg.head
+        head,
+        {"name": cfg.model.name, "period": cfg.composite.period, "periods": n_periods},
+        where=cfg.model.head,
     )
     fitted = head.model_identity
-    if fitted.get("start") and str(fitted["start"]) != str(cfg.start):
+    if fitted.get("start") and str(fitted["start"]) != str(cfg.composite.start):
         _log.warning(
             "the head was fitted on composites of %s..%s and maps %s..%s: a head transfers "
             "between years only as far as the land cover's seasonal signal does",
             fitted["start"],
             fitted.get("end"),
-            cfg.start,
-            cfg.end,
+            cfg.composite.start,
+            cfg.composite.end,
         )
     legend = _head_legend(cfg, head)
     if legend is not None and tuple(legend.names) != tuple(head.class_names):
         raise UserError(
-            f"--legend {cfg.legend} has classes {', '.join(legend.names)}; the head "
-            f"{cfg.head} predicts {', '.join(head.class_names)}"
+            f"--legend {cfg.model.legend} has classes {', '.join(legend.names)}; the head "
+            f"{cfg.model.head} predicts {', '.join(head.class_names)}"
         )
 
 
@@ -121,23 +122,23 @@ def _head_legend(cfg: RunConfig, head: Any):
     with (``probe --legend``), else None (a generic palette)."""
     from model.legends import load_legend
 
-    name = cfg.legend if cfg.legend is not None else head.meta.get("legend")
+    name = cfg.model.legend if cfg.model.legend is not None else head.meta.get("legend")
     if not name:
         return None
     try:
-        return load_legend(name, style=cfg.style)
+        return load_legend(name, style=cfg.model.style)
     except UserError:
-        if cfg.legend is not None:
+        if cfg.model.legend is not None:
             raise
         return None  # the head's legend file moved: fall back to a palette
 
 
 def _legend_and_classifier(cfg: RunConfig, m: Any):
     """Class names, colours, legend facts for legend.json, and the (C, D) text classifier."""
-    if cfg.head:
+    if cfg.model.head:
         from model.train.probe import check_head_matches, load_head
 
-        head = load_head(cfg.head)
+        head = load_head(cfg.model.head)
         check_head_matches(
             head,
             {
@@ -146,7 +147,7 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
                 "dim": int(m.embed_dim),
                 "checkpoint_sha256": m.checkpoint_sha256,
             },
-            where=cfg.head,
+            where=cfg.model.head,
         )
         names = tuple(head.class_names)
         legend = _head_legend(cfg, head)
@@ -155,17 +156,17 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
         else:
             colors = tuple(_palette(len(names)))
         info = {
-            "name": legend.name if legend is not None else Path(cfg.head).name,
+            "name": legend.name if legend is not None else Path(cfg.model.head).name,
             "style": "few-shot head",
             "prompt_hash": None,
-            "head": Path(cfg.head).name,
-            "head_sha256": _sha256(Path(cfg.head)),
+            "head": Path(cfg.model.head).name,
+            "head_sha256": _sha256(Path(cfg.model.head)),
         }
         return names, colors, info, np.zeros((len(names), m.embed_dim), np.float32)
     from model.legends import load_legend
     from model.zeroshot import build_classifier
 
-    legend = load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
+    legend = load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
     w = build_classifier(m, legend)
     w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w, np.float32)
     names = tuple(c.name for c in legend.classes)
@@ -196,12 +197,11 @@ def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
 
     Runs before the output hash, so the hash covers the precision the pixels are computed in.
     """
-    if cfg.precision != "auto":
-        return cfg, {"requested": cfg.precision, "resolved": cfg.precision}
+    if cfg.model.precision != "auto":
+        return cfg, {"requested": cfg.model.precision, "resolved": cfg.model.precision}
     from model.precision import resolve
-    from pipeline.tile_task import ModelSpec
 
-    m = ModelSpec.of(cfg).load()
+    m = cfg.model.load()
     w = _legend_and_classifier(cfg, m)[3]
     resolved, info = resolve(m, "auto", np.asarray(w, np.float32))
     return cfg.with_(precision=resolved), info
@@ -210,22 +210,21 @@ def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
 def make_plan(cfg: RunConfig) -> Plan:
     """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
     from pipeline.cells import output_grid
-    from pipeline.tile_task import ModelSpec
 
     region, geometry = resolve_region(cfg)
-    grid = output_grid(geometry, region.crs, region.resolution, cfg.tile_size)
-    m = ModelSpec.of(cfg).load()
+    grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
+    m = cfg.model.load()
     names, colors, legend_info, w = _legend_and_classifier(cfg, m)
     if len(names) > 254:
         raise UserError(f"the legend has {len(names)} classes; at most 254 fit a uint8 map")
     model_info = {
         "name": m.name,
         "identity": m.identity,
-        "checkpoint": cfg.checkpoint,
+        "checkpoint": cfg.model.checkpoint,
         "checkpoint_sha256": m.checkpoint_sha256,
         "untrained": m.untrained,
         "embed_dim": m.embed_dim,
-        "arch": getattr(m, "arch", cfg.arch),
+        "arch": getattr(m, "arch", cfg.model.arch),
         "embedding_identity": getattr(m, "embedding_identity", m.identity),
     }
     return Plan(
@@ -271,27 +270,21 @@ def _items_for(items: list[dict] | ItemIndex, geobox) -> tuple[dict, ...]:
 def _job(
     cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, calibration, field=None
 ):
-    from pipeline.tile_task import ModelSpec, TileJob
+    from pipeline.tile_task import TileJob
 
-    chips = adapters.get(cfg.model).chip_plan(tile.geobox, cfg.window, cfg.stride)
+    chips = cfg.model.adapter.chip_plan(tile.geobox, cfg.chips.window, cfg.chips.stride)
     window_box = chips.geobox if chips else tile.geobox
     return TileJob(
         tile=tile,
         items=_items_for(items, window_box),
         geometry_wkb=plan.geometry.wkb,
-        model=ModelSpec.of(cfg),
+        model=cfg.model,
         classifier=plan.classifier,
         calibration=calibration,
-        head=cfg.head,
-        start=cfg.start,
-        end=cfg.end,
-        period=cfg.period,
-        mask_snow=cfg.mask_snow,
-        window=cfg.window,
-        stride=cfg.stride,
-        top_k=cfg.top_k,
-        save_composite=cfg.save_composite,
-        save_embeddings=cfg.save_embeddings,
+        composite=cfg.composite,
+        mask=cfg.mask,
+        chips=cfg.chips,
+        output=cfg.output,
         store=str(ws.store),
         tile_dir=str(ws.tile_dir(tile.id)),
         field=field,
@@ -333,7 +326,7 @@ def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
     if codec is not None:
         return codec
     emb = reference_sample(client, cfg, plan, ws, items)
-    codec = fit_codec(emb, cfg.field_dims)
+    codec = fit_codec(emb, cfg.output.field_dims)
     write_codec(ws.store, codec)
     _log.info(
         "embedding field: %d -> %d dims (%.2f%% of the sample's variance), %d bytes/pixel",
@@ -363,9 +356,9 @@ def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: l
             sample_embeddings,
             _job(cfg, plan, ws, items, t, None),
             CALIBRATION_SAMPLES_PER_TILE,
-            zlib.crc32(t.id.encode()) + cfg.seed,
+            zlib.crc32(t.id.encode()) + cfg.model.seed,
             pure=False,
-            retries=cfg.retries,
+            retries=cfg.execution.retries,
             resources=_resources(client),
         )
         for t in tiles
@@ -379,7 +372,7 @@ def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: l
         total=len(futures),
         unit="tile",
         desc="calibration sample",
-        disable=not cfg.progress,
+        disable=not cfg.execution.progress,
         mininterval=1.0,
         dynamic_ncols=True,
     ) as bar:
@@ -439,7 +432,7 @@ def run_tiles(
 
     ``task`` replaces :func:`pipeline.tile_task.process_tile` (the scale benchmark's stand-in).
 
-    A tile that raises is resubmitted up to ``cfg.retries`` times; one that still fails gets a
+    A tile that raises is resubmitted up to ``cfg.execution.retries`` times; one that still fails gets a
     :class:`~pipeline.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
     and no done marker, so the next run redoes it.
     """
@@ -492,7 +485,7 @@ def run_tiles(
             stats[tid] = s
         else:
             exc = fut.exception()
-            if attempt <= cfg.retries:
+            if attempt <= cfg.execution.retries:
                 _log.warning("tile %s attempt %d failed (%s); retrying", tid, attempt, exc)
                 fut.release()
                 ac.add(submit(tile, attempt + 1))
@@ -525,17 +518,14 @@ def _search(cfg: RunConfig, geometry, profile: str) -> list[dict]:
 
 def _search_scenes(cfg: RunConfig, geometry, profile: str) -> tuple[list[dict], SceneLedger]:
     """The usable scenes (item dicts with unsigned hrefs) and the ledger of all returned."""
-    from pipeline.search import SearchConfig, search_scenes
+    import dataclasses
+
+    from pipeline.search import search_scenes
     from pipeline.stac_profiles import unsigned_href
 
-    scfg = SearchConfig(
-        profile=profile,
-        stac_url=getattr(cfg, "stac_url", None),
-        collection=getattr(cfg, "collection", None),
-        max_cloud=getattr(cfg, "max_cloud", 60.0),
-    )
+    scfg = dataclasses.replace(cfg.search, profile=profile)
     try:
-        result = search_scenes(geometry, cfg.start, cfg.end, scfg)
+        result = search_scenes(geometry, cfg.composite.start, cfg.composite.end, scfg)
     except UserError as exc:
         if profile != "demo" and _inside_demo(geometry):
             raise UserError(
@@ -570,41 +560,45 @@ def execute(cfg: RunConfig) -> int:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     region, geometry = resolve_region(cfg)
-    out = Path(cfg.out) if cfg.out else default_output_dir(cfg, region.name)
+    out = Path(cfg.execution.out) if cfg.execution.out else default_output_dir(cfg, region.name)
     ws = Workspace(out)
     ws.check_writable()
     cfg, precision_info = resolve_precision(cfg)
     output_hash = cfg.output_hash()
-    if not cfg.overwrite and _up_to_date(ws, output_hash):
+    if not cfg.execution.overwrite and _up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
         return 0
-    ws.check_conflict(output_hash, cfg.overwrite)
+    ws.check_conflict(output_hash, cfg.execution.overwrite)
     from aoi import to_crs
 
     area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
     check_size(cfg, area_km2)
-    labels = list(period_labels(cfg.start, cfg.end, cfg.period))
-    adapters.get(cfg.model).check_periods(len(labels), cfg.start, cfg.end, cfg.period)
+    labels = list(period_labels(cfg.composite.start, cfg.composite.end, cfg.composite.period))
+    cfg.model.adapter.check_periods(
+        len(labels), cfg.composite.start, cfg.composite.end, cfg.composite.period
+    )
     cluster_cfg = ClusterConfig(
-        kind=cfg.cluster,
-        workers=cfg.workers,
-        slurm=load_slurm_profile(cfg.cluster_config)
-        if cfg.cluster == "slurm"
+        kind=cfg.execution.cluster,
+        workers=cfg.execution.workers,
+        slurm=load_slurm_profile(cfg.execution.cluster_config)
+        if cfg.execution.cluster == "slurm"
         else ClusterConfig().slurm,
     )
-    if cfg.untrained:
+    if cfg.model.untrained:
         _log.warning(
             "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
             "the pipeline working, not land cover%s",
-            cfg.model,
-            " until a few-shot head classifies it" if cfg.head else "",
+            cfg.model.name,
+            " until a few-shot head classifies it" if cfg.model.head else "",
         )
     # Cheap checks first (legend, head, then the STAC search): bad input fails in seconds,
     # before any model is built or any tile runs.
     preflight(cfg, len(labels))
     previous = ws.manifest()
     resumable = (
-        previous is not None and previous.get("output_hash") == output_hash and not cfg.overwrite
+        previous is not None
+        and previous.get("output_hash") == output_hash
+        and not cfg.execution.overwrite
     )
     t = time.perf_counter()
     if resumable:
@@ -612,7 +606,7 @@ def execute(cfg: RunConfig) -> int:
         ledger = SceneLedger.from_dict(previous.get("ledger"))
         _log.info("resuming %s: %d scenes from the manifest", out, len(items))
     else:
-        items, ledger = _search_scenes(cfg, geometry, cfg.profile)
+        items, ledger = _search_scenes(cfg, geometry, cfg.search.profile)
         _log.info("%d scenes found", len(items))
     seconds["search"] = time.perf_counter() - t
 
@@ -620,7 +614,7 @@ def execute(cfg: RunConfig) -> int:
     plan = make_plan(cfg)
     seconds["plan"] = time.perf_counter() - t
 
-    ws.prepare(output_hash, cfg.overwrite)
+    ws.prepare(output_hash, cfg.execution.overwrite)
     from pipeline.config import to_plain
 
     manifest = (
@@ -628,7 +622,7 @@ def execute(cfg: RunConfig) -> int:
         if resumable
         else {
             "output_hash": output_hash,
-            "config": to_plain(cfg),
+            "config": to_plain(cfg.flat()),
             "items": items,
             "ledger": ledger.to_dict(),
             "calibration": None,
@@ -641,16 +635,16 @@ def execute(cfg: RunConfig) -> int:
         ws.store,
         plan.grid,
         class_names=list(plan.class_names),
-        k=min(cfg.top_k, len(plan.class_names)),
+        k=min(cfg.output.top_k, len(plan.class_names)),
         period_labels=labels,
-        band_names=_bands() if cfg.save_composite else None,
-        embed_dim=plan.model_info["embed_dim"] if cfg.save_embeddings else None,
+        band_names=_bands() if cfg.output.save_composite else None,
+        embed_dim=plan.model_info["embed_dim"] if cfg.output.save_embeddings else None,
         field_dims=_field_dims(cfg, plan),
         attrs={
             "config_hash": output_hash,
             "region": plan.region_name,
-            "model": cfg.model,
-            "untrained": cfg.untrained,
+            "model": cfg.model.name,
+            "untrained": cfg.model.untrained,
             **_field_attrs(cfg, plan),
         },
     )
@@ -670,11 +664,11 @@ def execute(cfg: RunConfig) -> int:
     with open_client(cluster_cfg) as client:
         calibration = manifest.get("calibration")
         t = time.perf_counter()
-        if cfg.calibration == "reference" and calibration is None and not cfg.head:
+        if cfg.model.calibration == "reference" and calibration is None and not cfg.model.head:
             calibration = calibrate(client, cfg, plan, ws, items).tolist()
             manifest["calibration"] = calibration
             ws.save_manifest(manifest)
-        field = fit_field(client, cfg, plan, ws, items) if cfg.save_embeddings else None
+        field = fit_field(client, cfg, plan, ws, items) if cfg.output.save_embeddings else None
         _SAMPLES.clear()
         seconds["calibrate"] = time.perf_counter() - t
         calib = None if calibration is None else np.asarray(calibration, np.float32)
@@ -688,7 +682,7 @@ def execute(cfg: RunConfig) -> int:
                 unit="px",
                 unit_scale=True,
                 desc=f"{len(todo)} tiles",
-                disable=not cfg.progress,
+                disable=not cfg.execution.progress,
                 mininterval=1.0,
                 dynamic_ncols=True,
             ) as bar:
@@ -737,7 +731,10 @@ def execute(cfg: RunConfig) -> int:
         t = time.perf_counter()
         report["cells"] = publish_cells(cfg, plan, ws, report, labels, all_stats)
         report["seconds"]["publish_cells"] = time.perf_counter() - t
-    dead = {**dead_before, **{t: f for t, f in failures.items() if f.attempts >= cfg.max_attempts}}
+    dead = {
+        **dead_before,
+        **{t: f for t, f in failures.items() if f.attempts >= cfg.execution.max_attempts},
+    }
     report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
     if failures or dead:
         from pipeline.writers import write_json
@@ -749,7 +746,7 @@ def execute(cfg: RunConfig) -> int:
         msg = failure_summary(every, len(plan.grid.tiles), ws.out / "run.json")
         if dead:
             msg += (
-                f"; {len(dead)} tile(s) failed {cfg.max_attempts} times or more and are in the "
+                f"; {len(dead)} tile(s) failed {cfg.execution.max_attempts} times or more and are in the "
                 "dead-letter list (run.json): plain reruns leave them, --retry-failed redoes them"
             )
         raise TilesFailed(msg)
@@ -771,14 +768,14 @@ def execute(cfg: RunConfig) -> int:
 
 def _field_dims(cfg: RunConfig, plan: Plan) -> int | None:
     """Components of the compact field (None without ``--save-embeddings``)."""
-    if not cfg.save_embeddings:
+    if not cfg.output.save_embeddings:
         return None
-    return min(int(cfg.field_dims), int(plan.model_info["embed_dim"]))
+    return min(int(cfg.output.field_dims), int(plan.model_info["embed_dim"]))
 
 
 def _field_attrs(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
     """The field's metadata in the store (``s2lc:field``): model identity and decoding recipe."""
-    if not cfg.save_embeddings:
+    if not cfg.output.save_embeddings:
         return {}
     from pipeline.field.api import FIELD_ATTR
     from pipeline.field.codec import ENCODING, ENCODING_VERSION
@@ -813,8 +810,8 @@ def select_tiles(tiles, done: dict, failed: dict[str, TileFailure], cfg: RunConf
     A plain run (or rerun) runs every tile not done except those that failed ``max_attempts``
     times or more (the dead-letter list); ``--retry-failed`` runs only the tiles that failed.
     """
-    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.max_attempts}
-    if cfg.retry_failed:
+    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.execution.max_attempts}
+    if cfg.execution.retry_failed:
         return [tl for tl in tiles if tl.id in failed and tl.id not in done], {}
     todo = [tl for tl in tiles if tl.id not in done and tl.id not in dead]
     return todo, {t: f for t, f in dead.items() if t not in done}
@@ -938,9 +935,9 @@ def _report(
 
     return {
         "status": "complete",
-        "untrained": cfg.untrained,
+        "untrained": cfg.model.untrained,
         "output_hash": output_hash,
-        "config": to_plain(cfg),
+        "config": to_plain(cfg.flat()),
         "region": {
             "name": plan.region_name,
             "crs": plan.crs,
@@ -959,7 +956,7 @@ def _report(
             "failed": sorted(failures),
             "errors": {k: f"{f.error_kind}: {f.message}" for k, f in failures.items()},
             "failures": {k: failures[k].to_dict() for k in sorted(failures)},
-            "tile_size": cfg.tile_size,
+            "tile_size": cfg.chips.tile_size,
         },
         "seconds": dict(seconds),
         "tile_stats": [all_stats[k] for k in sorted(all_stats)],
@@ -982,17 +979,17 @@ def write_legend_and_quicklook(
         legend_name=plan.legend_info["name"],
         style=plan.legend_info["style"],
         prompt_hash=plan.legend_info["prompt_hash"],
-        untrained=cfg.untrained,
+        untrained=cfg.model.untrained,
         extra={
             "model": plan.model_info["identity"],
             "nodata": 255,
             "calibration": report["calibration"],
         },
     )
-    title = f"{plan.region_name} {cfg.start}..{cfg.end} | {cfg.model} | {plan.legend_info['name']}"
-    if cfg.untrained and cfg.head:
+    title = f"{plan.region_name} {cfg.composite.start}..{cfg.composite.end} | {cfg.model.name} | {plan.legend_info['name']}"
+    if cfg.model.untrained and cfg.model.head:
         title += "\nUNTRAINED encoder (demo), classes from a few-shot head"
-    elif cfg.untrained:
+    elif cfg.model.untrained:
         title += "\nUNTRAINED WEIGHTS (demo): not a land-cover map"
     write_quicklook(
         ws.out / "quicklook.png", classes, list(plan.class_names), list(plan.colors), title
@@ -1007,7 +1004,7 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
         ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors), period_labels=labels
     )
     field_cogs = {}
-    if cfg.save_embeddings:
+    if cfg.output.save_embeddings:
         from pipeline.writers.field import build_field_cogs
 
         field_cogs = build_field_cogs(ws.store, ws.out, _field_attrs(cfg, plan)["s2lc:field"])
@@ -1032,17 +1029,17 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
         ws.out / "item.json",
         grid=plan.grid,
         geometry_4326=plan.geometry,
-        start=cfg.start,
-        end=cfg.end,
+        start=cfg.composite.start,
+        end=cfg.composite.end,
         assets=assets,
         class_names=list(plan.class_names),
         colors=list(plan.colors),
         properties={
             "s2lc:model": plan.model_info["identity"],
-            "s2lc:untrained": cfg.untrained,
-            "s2lc:period": cfg.period,
+            "s2lc:untrained": cfg.model.untrained,
+            "s2lc:period": cfg.composite.period,
             "s2lc:periods": labels,
             "s2lc:output_hash": report["output_hash"],
         },
-        item_id=f"s2lc-{plan.region_name}-{cfg.start}-{cfg.end}-{cfg.period}-{cfg.model}",
+        item_id=f"s2lc-{plan.region_name}-{cfg.composite.start}-{cfg.composite.end}-{cfg.composite.period}-{cfg.model.name}",
     )

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import adapters
 from pipeline.adapters.base import class_probabilities
 from pipeline.bands import BANDS
+from pipeline.cube import MaskConfig
 from pipeline.read_failure import detached_read_failures
+from pipeline.run_config import ChipConfig, CompositeConfig, ModelConfig, OutputConfig
 from pipeline.tiling import Tile
 
 #: True-colour bands of the quicklook, in display order (red, green, blue).
@@ -28,66 +29,22 @@ RGB = ("B4", "B3", "B2")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """How a worker builds (and caches) its model."""
-
-    name: str
-    checkpoint: str | None
-    clip_checkpoint: str | None
-    arch: str | None
-    untrained: bool
-    seed: int
-    precision: str = "auto"
-    """``fp32`` or ``bf16`` once resolved (:func:`pipeline.runner.resolve_precision`)."""
-
-    @classmethod
-    def of(cls, cfg: Any) -> ModelSpec:
-        """The spec of a :class:`~pipeline.run_config.RunConfig`."""
-        return cls(
-            cfg.model,
-            cfg.checkpoint,
-            cfg.clip_checkpoint,
-            cfg.arch,
-            cfg.untrained,
-            cfg.seed,
-            getattr(cfg, "precision", "auto"),
-        )
-
-    @property
-    def adapter(self) -> adapters.ModelAdapter:
-        """What the pipeline knows about this model kind (:mod:`pipeline.adapters`)."""
-        return adapters.get(self.name)
-
-    def load(self) -> Any:
-        """The model (once per process, by its adapter) in the resolved precision."""
-        m = self.adapter.load(self)
-        if self.precision != "auto":
-            from model.engine import set_precision
-
-            set_precision(m, self.precision)
-        return m
-
-
-@dataclass(frozen=True)
 class TileJob:
-    """One tile's work order (small and picklable)."""
+    """One tile's work order (small and picklable): the run's parts plus what the driver made."""
 
     tile: Tile
     items: tuple[dict, ...]
+    """The STAC items whose footprint touches the tile's window."""
     geometry_wkb: bytes
-    model: ModelSpec
-    classifier: np.ndarray  # (C, D) L2-normalised class embeddings (ignored with a head)
+    """The region (EPSG:4326), as WKB."""
+    model: ModelConfig
+    classifier: np.ndarray
+    """(C, D) L2-normalised class embeddings (ignored with a head)."""
     calibration: np.ndarray | None
-    head: str | None
-    start: Any
-    end: Any
-    period: str
-    mask_snow: bool
-    window: int
-    stride: int
-    top_k: int
-    save_composite: bool
-    save_embeddings: bool
+    composite: CompositeConfig
+    mask: MaskConfig
+    chips: ChipConfig
+    output: OutputConfig
     store: str
     tile_dir: str
     field: Any = None
@@ -105,21 +62,21 @@ def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str
     """
 
     from pipeline.composite import composite
-    from pipeline.cube import MaskConfig
     from pipeline.reading import load_reflectance
 
     t0 = time.perf_counter()
     ny, nx = geobox.shape
     if job.items:
         # the item dicts themselves: the reader converts a worker's scenes once, not per tile
-        refl = load_reflectance(job.items, geobox, mask=MaskConfig(mask_snow=job.mask_snow))
+        refl = load_reflectance(job.items, geobox, mask=job.mask)
         values, times, warnings = refl.values, refl.times, dict(refl.offset_warnings)
     else:  # no scene touches this window: everything is nodata
         values = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
         times = np.array([], dtype="datetime64[ns]")
         warnings = {}
     t_load = time.perf_counter() - t0
-    comp = composite(values, times, job.start, job.end, job.period, gap_fill=True)
+    c = job.composite
+    comp = composite(values, times, c.start, c.end, c.period, gap_fill=True)
     return comp, values.shape[0], t_load, warnings
 
 
@@ -159,7 +116,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     t["model"] = time.perf_counter()
     geom = wkb.loads(job.geometry_wkb)
     adapter = job.model.adapter
-    plan = adapter.chip_plan(tile.geobox, job.window, job.stride)
+    plan = adapter.chip_plan(tile.geobox, job.chips.window, job.chips.stride)
     comp_full, n_scenes, t_load, offset_warnings = load_composite(
         job, plan.geobox if plan else tile.geobox
     )
@@ -181,7 +138,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     t["infer"] = time.perf_counter()
 
     field_codes = field_scale = None
-    if job.save_embeddings and job.field is not None and emb is not None:
+    if job.output.save_embeddings and job.field is not None and emb is not None:
         # The map is made from the stored field, so 'classify --field' reproduces it exactly.
         codes, scale = job.field.encode(emb)
         emb = job.field.decode(codes, scale)
@@ -190,7 +147,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         field_scale = np.full((ny, nx), np.nan, np.float16)
         field_codes[:, valid] = codes.T
         field_scale[valid] = scale
-    k = job.top_k
+    k = job.output.top_k
     n_classes = job.classifier.shape[0] if probs is None else probs.shape[1]
     k = min(k, n_classes)
     classes = np.full((ny, nx), 255, np.uint8)
@@ -204,7 +161,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         topk_c[:, valid] = tc.T.astype(np.uint8)
         topk_p[:, valid] = tp.T
     embeddings = None
-    if job.save_embeddings and job.field is None and emb is not None:
+    if job.output.save_embeddings and job.field is None and emb is not None:
         embeddings = np.full((emb.shape[1] if emb.size else 0, ny, nx), np.nan, np.float16)
         if valid.any():
             embeddings[:, valid] = emb.T.astype(np.float16)
@@ -214,7 +171,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         topk_classes=topk_c,
         topk_probs=topk_p,
         valid_obs=counts.astype(np.uint16),
-        composite=comp_values.astype(np.float32) if job.save_composite else None,
+        composite=comp_values.astype(np.float32) if job.output.save_composite else None,
         embeddings=embeddings,
         field_codes=field_codes,
         field_scale=field_scale,
@@ -265,6 +222,6 @@ def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
     adapter = job.model.adapter
     m = job.model.load()
     rng = np.random.default_rng(seed)
-    plan = adapter.chip_plan(job.tile.geobox, job.window, job.stride)
+    plan = adapter.chip_plan(job.tile.geobox, job.chips.window, job.chips.stride)
     comp, _, _, _ = load_composite(job, plan.geobox if plan else job.tile.geobox)
     return adapter.sample(job, m, comp, plan, n, rng)

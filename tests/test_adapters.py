@@ -104,15 +104,15 @@ def test_a_third_model_kind_maps_a_tile_through_the_real_tile_path(
     """Registered from this file alone, the toy runs in a RunConfig, a TileJob and process_tile
     (real scenes, real composite, real Zarr and COG writers) and its map is its NDVI rule."""
     from pipeline.run_config import RunConfig
-    from pipeline.tile_task import ModelSpec, TileJob, load_composite, process_tile
+    from pipeline.tile_task import TileJob, load_composite, process_tile
     from pipeline.tiling import make_grid
     from pipeline.writers import create_map_store, open_map
 
     w, s, e, n = SMALL_BOUNDS
     aoi = Geometry(box(w + 40, s + 40, e - 40, n - 40), "EPSG:32632").to_crs("EPSG:4326").geom
-    cfg = RunConfig(region="toy", start=dt.date(2023, 1, 1), end=dt.date(2023, 12, 31),
+    cfg = RunConfig.of(region="toy", start=dt.date(2023, 1, 1), end=dt.date(2023, 12, 31),
                     model="ndvi-toy", period="annual", untrained=True, top_k=2)  # fmt: skip
-    assert cfg.halo == 0 and ModelSpec.of(cfg).adapter is toy_adapter
+    assert cfg.halo == 0 and cfg.model.adapter is toy_adapter
     grid = make_grid(aoi, "EPSG:32632", 10.0, 64)
     items = json.loads((small_catalog / "items.json").read_text())["features"]
     store = create_map_store(
@@ -122,11 +122,10 @@ def test_a_third_model_kind_maps_a_tile_through_the_real_tile_path(
     classes = {}
     for tile in grid.tiles:
         job = TileJob(
-            tile=tile, items=tuple(items), geometry_wkb=aoi.wkb, model=ModelSpec.of(cfg),
-            classifier=np.zeros((2, 2), np.float32), calibration=None, head=None,
-            start=cfg.start, end=cfg.end, period=cfg.period, mask_snow=cfg.mask_snow,
-            window=cfg.window, stride=cfg.stride, top_k=cfg.top_k, save_composite=False,
-            save_embeddings=False, store=str(store), tile_dir=str(tmp_path / "tiles" / tile.id),
+            tile=tile, items=tuple(items), geometry_wkb=aoi.wkb, model=cfg.model,
+            classifier=np.zeros((2, 2), np.float32), calibration=None, composite=cfg.composite,
+            mask=cfg.mask, chips=cfg.chips, output=cfg.output, store=str(store),
+            tile_dir=str(tmp_path / "tiles" / tile.id),
         )  # fmt: skip
         stats = process_tile(job)
         assert stats["valid_pixels"] > 0

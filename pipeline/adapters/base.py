@@ -71,7 +71,7 @@ class ModelAdapter:
         return tile_pixels if self.input == "pixel" else tile_pixels / stride**2
 
     def load(self, spec: Any) -> Any:
-        """The model of a :class:`~pipeline.tile_task.ModelSpec`, once per process.
+        """The model of a :class:`~pipeline.run_config.ModelConfig`, once per process.
 
         The default builds it with ``model.get_model`` (the loaders of :mod:`model.api`).
         """
@@ -127,8 +127,8 @@ def cached_head(path: str) -> Any:
 
 def class_probabilities(job: Any, emb: np.ndarray) -> np.ndarray:
     """(N, C) class probabilities from embeddings: the few-shot head or zero-shot text classifier."""
-    if job.head:
-        return np.asarray(cached_head(job.head).predict(emb), dtype=np.float32)
+    if job.model.head:
+        return np.asarray(cached_head(job.model.head).predict(emb), dtype=np.float32)
     from model.zeroshot import probabilities
 
     return np.asarray(probabilities(emb, job.classifier, job.calibration), dtype=np.float32)

@@ -43,7 +43,7 @@ def schedule_only(
     from pipeline.runner import ItemIndex, _job, make_plan, run_tiles
     from pipeline.workspace import Workspace
 
-    cfg = RunConfig(
+    cfg = RunConfig.of(
         region=region,
         start=dt.date(year, 1, 1),
         end=dt.date(year, 12, 31),

@@ -188,7 +188,7 @@ def apply_config(args: argparse.Namespace, doc: dict) -> tuple[argparse.Namespac
 def resolve(args: argparse.Namespace):
     """Build the RunConfig from defaults, the optional YAML file and the CLI options."""
     from aoi import load_region
-    from pipeline.config import from_mapping, load_yaml, merged, period_dates, stac_profile
+    from pipeline.config import load_yaml, merged, period_dates, stac_profile
     from pipeline.errors import UserError
     from pipeline.run_config import RunConfig
 
@@ -268,7 +268,7 @@ def resolve(args: argparse.Namespace):
         "retry_failed": args.retry_failed or None,
         "max_attempts": args.max_attempts,
     }
-    return from_mapping(RunConfig, merged(merged(defaults, base), cli), where="run")
+    return RunConfig.from_flat(merged(merged(defaults, base), cli), where="run")
 
 
 #: Errors of the output filesystem, reported as one line (nothing is published on them).
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         if errno.errorcode.get(exc.errno or 0) not in _WRITE_ERRNOS:
             raise
-        where = exc.filename or cfg.out or "the output folder"
+        where = exc.filename or cfg.execution.out or "the output folder"
         raise UserError(
             f"writing {where} failed: {exc.strerror}; nothing was published, finished tiles are "
             "kept: free space (or fix the folder) and rerun"
