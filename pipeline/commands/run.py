@@ -112,7 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-#: RunConfig fields a config file may set that are not spelt as a CLI option.
+#: RunConfig keys a config file may set that are not spelt as a CLI option (``mask_snow``,
+#: ``progress``, ``retries``: the CLI spells the first two ``--keep-snow``, ``--no-progress``).
 _CONFIG_ONLY = {"mask_snow", "progress", "retries"}
 
 
@@ -190,7 +191,7 @@ def resolve(args: argparse.Namespace):
     from aoi import load_region
     from pipeline.config import load_yaml, merged, period_dates, stac_profile
     from pipeline.errors import UserError
-    from pipeline.run_config import RunConfig
+    from pipeline.run_config import FLAT_KEYS, RunConfig
 
     base: dict = {}
     if args.config:
@@ -229,45 +230,18 @@ def resolve(args: argparse.Namespace):
 
     if is_gridded(region.crs):  # tiles must divide the 100 km output cells
         defaults["tile_size"] = GRIDDED_TILE_SIZE
-    cli = {
-        "region": region_name,
-        "start": start,
-        "end": end,
-        "model": model,
-        "bbox": args.bbox,
-        "checkpoint": args.checkpoint,
-        "clip_checkpoint": args.clip_checkpoint,
-        "arch": args.arch,
-        "untrained": args.untrained or None,
-        "seed": args.seed,
-        "legend": args.legend,
-        "style": args.style,
-        "head": args.head,
-        "period": args.period,
-        "calibration": args.calibration,
-        "profile": profile,
-        "stac_url": args.stac_url,
-        "collection": args.collection,
-        "max_cloud": args.max_cloud,
-        "mask_snow": False if args.keep_snow else None,
-        "tile_size": args.tile_size,
-        "window": args.window,
-        "stride": args.stride,
-        "top_k": args.top_k,
-        "save_composite": args.save_composite or None,
-        "save_embeddings": args.save_embeddings or None,
-        "field_dims": args.field_dims,
-        "out": args.out,
-        "overwrite": args.overwrite or None,
-        "cluster": args.cluster,
-        "workers": args.workers,
-        "cluster_config": args.cluster_config,
-        "allow_large": args.allow_large or None,
-        "progress": False if args.no_progress else None,
-        "precision": args.precision,
-        "retry_failed": args.retry_failed or None,
-        "max_attempts": args.max_attempts,
-    }
+    # the options spelt like a RunConfig key; an unset flag (False) leaves the key to the YAML
+    # file or the default, like an unset option (None)
+    cli = {k: (None if v is False else v) for k, v in vars(args).items() if k in FLAT_KEYS}
+    cli.update(
+        region=region_name,
+        start=start,
+        end=end,
+        model=model,
+        profile=profile,
+        mask_snow=False if args.keep_snow else None,
+        progress=False if args.no_progress else None,
+    )
     return RunConfig.from_flat(merged(merged(defaults, base), cli), where="run")
 
 
