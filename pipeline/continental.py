@@ -82,7 +82,7 @@ def publish_cells(
 
 def publish_gridded(cfg, plan, ws: Workspace, report: dict, labels: list[str]) -> None:
     """VRT per layer, STAC collection, Zarr store, legend, quicklook and item over all cells."""
-    from pipeline.runner import write_legend_and_quicklook
+    from pipeline.run.publishing import write_legend_and_quicklook
     from pipeline.writers.gridded import write_collection, write_layer_vrts
 
     cells = cells_of(plan.grid)

@@ -12,9 +12,9 @@ import pytest
 from odc.geo.geobox import GeoBox
 
 from pipeline.bands import BANDS
+from pipeline.bench.composite import bench_composite
 from pipeline.composite import (
     PERIODS,
-    bench_composite,
     composite,
     composite_cube,
     period_labels,
