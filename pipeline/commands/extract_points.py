@@ -54,20 +54,23 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pipeline.config import period_dates, stac_profile
+    from pipeline.cube import MaskConfig
     from pipeline.points import ExtractConfig, extract_points, read_points
+    from pipeline.run_config import CompositeConfig
+    from pipeline.search import SearchConfig
 
     log = logging.getLogger(__name__)
     start, end = period_dates(args.year, args.start, args.end)
     profile = stac_profile(args.profile, args.stac_url, "earth-search")
     cfg = ExtractConfig(
-        start=start,
-        end=end,
-        period=args.period,
-        profile=profile,
-        stac_url=args.stac_url,
-        collection=args.collection,
-        max_cloud=args.max_cloud,
-        mask_snow=not args.keep_snow,
+        composite=CompositeConfig(start, end, args.period),
+        search=SearchConfig(
+            profile=profile,
+            stac_url=args.stac_url,
+            collection=args.collection,
+            max_cloud=args.max_cloud,
+        ),
+        mask=MaskConfig(mask_snow=not args.keep_snow),
         resolution=args.resolution,
         crs=args.crs,
         tile_size=args.tile_size,
