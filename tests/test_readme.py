@@ -91,7 +91,7 @@ def _check_network_command(argv: list[str]) -> None:
     from pipeline.run.plan import check_size, resolve_region
 
     cfg = resolve(args)
-    if cfg.cluster == "local":
+    if cfg.execution.cluster == "local":
         region, geometry = resolve_region(cfg)
         check_size(cfg, float(to_crs(geometry, region.crs).area) / 1e6)
 
