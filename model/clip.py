@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoints import Checkpoint, find_prefix, match_keys, strip_prefix
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 

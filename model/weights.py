@@ -28,8 +28,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.paths import cache_dir
+from pipeline.base.errors import UserError
+from pipeline.base.paths import cache_dir
 
 HF_REPO = "pallavijainpj/SenCLIP"
 

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 from types import ModuleType
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 PROG = "python -m pipeline"
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from pipeline.base.errors import UserError
 from pipeline.config import from_mapping, load_yaml
-from pipeline.errors import UserError
 
 _log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -255,9 +255,8 @@ class PointTable:
             arrays[f"attr:{k}"] = v.astype(str)
         meta = {"format": FORMAT, **self.meta}
         arrays["meta"] = np.array(json.dumps(meta, default=str))
-        tmp = p.with_name(f".{p.name}.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, p)
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:  # a file object: no ".npz" appended
+            np.savez_compressed(fh, **arrays)
         return p
 
     @classmethod

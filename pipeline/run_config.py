@@ -9,14 +9,13 @@ rerun with the same hash resumes and a different one refuses to mix outputs.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import json_digest, sha256_file
 from pipeline.config import to_plain
-from pipeline.errors import UserError
 
 MODELS = ("timesenclip", "senclip")
 PERIODS = ("monthly", "quarterly", "annual")
@@ -134,16 +133,11 @@ class RunConfig:
             plain.pop("field_dims", None)  # no field, no effect on the outputs
         if self.head and Path(self.head).expanduser().is_file():
             # the head's content, not only its path: a refitted head makes another map
-            from model.checkpoints import sha256_file
-
             plain["head_sha256"] = sha256_file(Path(self.head).expanduser())
         if self.checkpoint and Path(self.checkpoint).expanduser().is_file():
             # weights replaced under the same path make another map (memoised: hashed once)
-            from model.checkpoints import sha256_file
-
             plain["checkpoint_sha256"] = sha256_file(Path(self.checkpoint).expanduser())
-        blob = json.dumps(plain, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return json_digest(plain)
 
     def with_(self, **changes: object) -> RunConfig:
         return replace(self, **changes)

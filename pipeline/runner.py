@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.colours import palette
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import sha256_file
 from pipeline.run_config import RunConfig, default_output_dir
 from pipeline.scenes import SceneLedger
 from pipeline.workspace import TileFailure, Workspace
@@ -152,13 +154,13 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
         if legend is not None and tuple(legend.names) == names:
             colors = tuple(legend.colors)
         else:
-            colors = tuple(_palette(len(names)))
+            colors = tuple(palette(len(names)))
         info = {
             "name": legend.name if legend is not None else Path(cfg.head).name,
             "style": "few-shot head",
             "prompt_hash": None,
             "head": Path(cfg.head).name,
-            "head_sha256": _sha256(Path(cfg.head)),
+            "head_sha256": sha256_file(Path(cfg.head)),
         }
         return names, colors, info, np.zeros((len(names), m.embed_dim), np.float32)
     from model.legends import load_legend
@@ -171,23 +173,6 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
     colors = tuple(c.color for c in legend.classes)
     info = {"name": legend.name, "style": legend.style, "prompt_hash": legend.prompt_hash}
     return names, colors, info, w
-
-
-def _palette(n: int) -> list[str]:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab20"]
-    return [matplotlib.colors.to_hex(cmap(i % 20)) for i in range(n)]
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
@@ -747,7 +732,7 @@ def execute(cfg: RunConfig) -> int:
     dead = {**dead_before, **{t: f for t, f in failures.items() if f.attempts >= cfg.max_attempts}}
     report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
     if failures or dead:
-        from pipeline.writers import write_json
+        from pipeline.base.jsonio import write_json
 
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - t0
@@ -769,7 +754,7 @@ def execute(cfg: RunConfig) -> int:
         publish(cfg, plan, ws, report, labels)
     report["seconds"]["publish"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - t0
-    from pipeline.writers import write_json
+    from pipeline.base.jsonio import write_json
 
     write_json(ws.out / "run.json", report)
     _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])

@@ -12,7 +12,7 @@ responses, connection errors and timeouts are retried with exponential backoff.
 Every returned item lands in a :class:`~pipeline.scenes.SceneLedger`: used, or dropped with its
 reason (outside the period, cloud filter, unknown asset layout, missing band, superseded
 duplicate). No URL is signed here: signing happens when pixels are read (:mod:`pipeline.cube`).
-:func:`search_items` returns the usable items only. A :class:`~pipeline.errors.UserError` says
+:func:`search_items` returns the usable items only. A :class:`~pipeline.base.errors.UserError` says
 when the API is unreachable, nothing matches, or no returned scene is usable.
 The ``demo`` profile generates the bundled catalog if needed and serves it on loopback for the
 duration of the search.
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.scenes import REASONS, SceneLedger, select_scenes
 from pipeline.stac_profiles import PROFILES, StacProfile, get_profile
 

@@ -196,7 +196,7 @@ def test_config_unknown_key_names_the_nearest(capsys, tmp_path):
 
 
 def test_stratified_sample_counts_exclusion_and_seed():
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
     from pipeline.evaluate.sampling import stratified_sample
 
     strata = np.zeros((50, 60), np.uint8)

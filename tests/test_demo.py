@@ -12,6 +12,7 @@ import rasterio
 import requests
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, PC_KEYS, SCL, asset_keys
+from pipeline.base.errors import UserError
 from pipeline.demo import (
     CLASS_NAMES,
     DEMO_AOI,
@@ -20,7 +21,6 @@ from pipeline.demo import (
     landscape_of,
     load_truth,
 )
-from pipeline.errors import UserError
 from pipeline.stac_server import serve
 
 

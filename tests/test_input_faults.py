@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 CASES = Path(__file__).parent / "data" / "cases"
 SMALL = (600000.0, 5340000.0, 600640.0, 5340640.0)

@@ -19,7 +19,7 @@ import pytest
 from shapely.geometry import Point, box
 
 from aoi import load_region
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.search import SearchConfig, search_items
 from pipeline.stac_profiles import PROFILES, sign_planetary_computer
 

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.colours import to_hex
+from pipeline.base.errors import UserError
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 STYLES = ("generic", "aerial", "ground", "mixed", "name")
@@ -136,7 +137,7 @@ def _color(value: Any, index: int, where: str) -> str:
         except (TypeError, ValueError):
             raise UserError(f"{where}: colour {value!r} is not [r, g, b]") from None
         if all(0 <= v <= 255 for v in (r, g, b)):
-            return f"#{r:02x}{g:02x}{b:02x}"
+            return to_hex((r, g, b))
     if isinstance(value, str) and _COLOR_RE.match(value.strip()):
         return value.strip().lower()
     raise UserError(f"{where}: colour {value!r} is not '#rrggbb' or [r, g, b]")

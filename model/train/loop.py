@@ -20,7 +20,6 @@ file is a usable model. Only tensors and plain containers are stored (``weights_
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -39,7 +38,9 @@ from torch import nn
 
 from model.train.ground import DirectionPool
 from model.train.loss import ContrastiveLoss
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path
+from pipeline.base.errors import UserError
+from pipeline.base.jsonio import to_json_safe, write_json
 
 _log = logging.getLogger(__name__)
 
@@ -246,28 +247,6 @@ def _batch(inputs: Any, idx: torch.Tensor, device: torch.device) -> torch.Tensor
     return _to_device(inputs[idx.cpu()], device)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _json(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (np.floating, np.integer)):
-        return _json(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 @torch.no_grad()
 def embed_all(
     task: ContrastiveTask,
@@ -429,7 +408,7 @@ def _fit(
         opt, lambda s: lr_lambda(s, warm, total, cfg.min_lr_ratio)
     )
 
-    config_json = json.dumps(_json(cfg), sort_keys=True)
+    config_json = json.dumps(to_json_safe(cfg), sort_keys=True)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     best_key, best_val = None, -math.inf
@@ -540,7 +519,7 @@ def _fit(
         )
         if progress:
             progress(row)
-    (out / "history.json").write_text(json.dumps(_json(history), indent=1))
+    write_json(out / "history.json", history)
     return TrainResult(out_dir=out, last=last_path, best=ckdir / "best.pt", history=history)
 
 
@@ -569,11 +548,11 @@ def _save_epoch(
         "model_name": task.name,
         "epoch": epoch,
         "config_json": config_json,
-        "metrics_json": json.dumps(_json(row)),
-        "history_json": json.dumps(_json(history)),
+        "metrics_json": json.dumps(to_json_safe(row)),
+        "history_json": json.dumps(to_json_safe(history)),
     }
     for k, v in (extra_meta or {}).items():
-        meta[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(_json(v))
+        meta[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(to_json_safe(v))
     train_state = {
         "modules": {k: m.state_dict() for k, m in modules.items()},
         "pool": pool.state_dict(),
@@ -585,17 +564,17 @@ def _save_epoch(
         "best_val": float(best_val),
     }
     path = ckdir / f"epoch_{epoch:03d}.pt"
-    _atomic_save({"state_dict": weights, **meta, "train_state": train_state}, path)
-    tmp = ckdir / ".last.pt.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)  # same bytes, no copy
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, ckdir / "last.pt")
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": weights, **meta, "train_state": train_state}, tmp)
+    with atomic_path(ckdir / "last.pt") as tmp:
+        try:
+            os.link(path, tmp)  # same bytes, no copy
+        except OSError:
+            shutil.copyfile(path, tmp)
     if improved:
         # best.pt: weights and metadata only (no optimiser state): the file to ship.
-        _atomic_save({"state_dict": weights, **meta}, ckdir / "best.pt")
+        with atomic_path(ckdir / "best.pt") as tmp:
+            torch.save({"state_dict": weights, **meta}, tmp)
     prev = ckdir / f"epoch_{epoch - 1:03d}.pt"
     if prev.exists() and not (cfg.keep_every and (epoch - 1) % cfg.keep_every == 0):
         prev.unlink()

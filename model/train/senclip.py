@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from model.train.loop import split_decay
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from torch import nn
 from model.train.ground import GroundEmbeddings
 from model.train.loop import PairedData, split_decay
 from model.train.temporal import TemporalAugment, forward_with_positions
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 

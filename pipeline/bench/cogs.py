@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, SCL
+from pipeline.base.jsonio import write_json
 from pipeline.demo.catalog import write_provider_cog
 
 EPSG = 32632
@@ -93,7 +94,5 @@ def provider_scenes(
                 "05.09",
             )  # fmt: skip
         )
-    tmp = index.with_suffix(".tmp")
-    tmp.write_text(json.dumps(items))
-    tmp.replace(index)
+    write_json(index, items)
     return items

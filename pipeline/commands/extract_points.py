@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from pipeline.base.errors import UserError
     from pipeline.config import parse_date
-    from pipeline.errors import UserError
     from pipeline.points import ExtractConfig, extract_points, read_points
 
     log = logging.getLogger(__name__)

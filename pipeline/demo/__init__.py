@@ -58,7 +58,7 @@ _log = logging.getLogger(__name__)
 
 def demo_catalog_dir() -> Path:
     """Where the demo catalog lives: ``cache_dir("demo", "v<GENERATOR_VERSION>")``."""
-    from pipeline.paths import cache_dir
+    from pipeline.base.paths import cache_dir
 
     return cache_dir("demo", f"v{GENERATOR_VERSION}")
 

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, PC_KEYS, SCL
+from pipeline.base.atomic import atomic_path
+from pipeline.base.jsonio import write_json
 from pipeline.demo.landscape import CLASS_NAMES, Landscape, make_landscape
 from pipeline.demo.scenes import SceneSpec, block_mean, draw_specs, render
 
@@ -195,8 +197,8 @@ def generate_catalog(
                 mgrs_tile,
             )  # fmt: skip
         )
-    _write_json(root / "items.json", {"type": "FeatureCollection", "features": items})
-    _write_json(root / "collection.json", _collection(items, layout))
+    write_json(root / "items.json", {"type": "FeatureCollection", "features": items})
+    write_json(root / "collection.json", _collection(items, layout))
     _write_truth(root, land, (w, n), resolution, epsg, seed, (w, s, e, n), aoi, layout)
     return root
 
@@ -239,16 +241,8 @@ def write_provider_cog(
         "blocksize": blocksize,
         "overview_resampling": "nearest",
     }
-    tmp = path.with_name(path.stem + ".tmp.tif")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data, 1)
-    tmp.replace(path)
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
 
 
 @functools.lru_cache(maxsize=64)
@@ -441,7 +435,7 @@ def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout
             class_names=json.dumps(list(CLASS_NAMES)),
             **{f"class_{i}": name for i, name in enumerate(CLASS_NAMES)},
         )
-    _write_json(
+    write_json(
         root / "truth.json",
         {
             "classes": {str(i): name for i, name in enumerate(CLASS_NAMES)},

@@ -31,10 +31,10 @@ def export_truth(out: str | Path, tile_size: int = 256) -> Path:
 
     from aoi import load_region
     from model.legends import load_legend
+    from pipeline.base.atomic import atomic_path
+    from pipeline.base.colours import parse_color
     from pipeline.demo import ensure_demo_catalog, load_truth
     from pipeline.tiling import make_grid
-    from pipeline.writers.atomic import atomic_path
-    from pipeline.writers.cog import parse_color
 
     region = load_region("demo")
     grid = make_grid(region.geometry, region.crs, region.resolution, tile_size)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.evaluate.labels import match_labels, unmatched_summary
 from pipeline.evaluate.metrics import classification_report, multilabel_report
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 LUCAS_LC8 = (
     "Artificial Land",

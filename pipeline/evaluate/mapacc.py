@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.evaluate.area import accuracy_assessment
 from pipeline.evaluate.labels import match_labels, unmatched_summary
 from pipeline.evaluate.metrics import classification_report

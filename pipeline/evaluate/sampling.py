@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 __all__ = ["SampleResult", "class_names_of", "sample_raster", "stratified_sample"]
 
@@ -137,8 +137,8 @@ def sample_raster(
     import geopandas as gpd
     import rasterio
 
+    from pipeline.base.atomic import atomic_path
     from pipeline.points import read_points
-    from pipeline.writers.atomic import atomic_path
 
     strata_path, out = Path(strata_path).expanduser(), Path(out).expanduser()
     if not strata_path.is_file():

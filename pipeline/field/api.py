@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.field.codec import FieldCodec
 
 _log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import json_digest
 from pipeline.field.api import Field, decode_valid, load_model, model_spec
 
 _log = logging.getLogger(__name__)
@@ -109,9 +110,6 @@ def _calibration(f: Field, cfg: Any, plan: Any) -> list[float] | None:
 
 
 def _output_hash(f: Field, cfg: Any) -> str:
-    import hashlib
-    import json
-
     key = {
         "field": f.meta,
         "field_config_hash": f.run.get("output_hash"),
@@ -121,7 +119,7 @@ def _output_hash(f: Field, cfg: Any) -> str:
         "calibration": cfg.calibration,
         "top_k": cfg.top_k,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(key, default=str)
 
 
 def classify_field(f: Field, c: ClassifyConfig) -> Path:
@@ -131,9 +129,10 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
         UserError: neither or both of legend and head, a model or head that is not the field's,
             an output folder holding another map.
     """
+    from pipeline.base.jsonio import write_json
     from pipeline.runner import _up_to_date, make_plan, publish
     from pipeline.workspace import Workspace
-    from pipeline.writers import create_map_store, write_json
+    from pipeline.writers import create_map_store
 
     t0 = time.perf_counter()
     cfg = _new_config(f, c)

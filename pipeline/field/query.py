@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path, remove_path
+from pipeline.base.errors import UserError
+from pipeline.base.jsonio import write_json
 from pipeline.field.api import (
     Field,
     decode_valid,
@@ -27,7 +29,6 @@ from pipeline.field.api import (
     query_probability,
     similarity,
 )
-from pipeline.writers.atomic import atomic_path, remove_path, write_json
 
 _log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 __all__ = ["FieldQuery", "HeatMap", "open_field"]
 

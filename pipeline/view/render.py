@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.writers.cog import parse_color
+from pipeline.base.colours import parse_color
 
 __all__ = [
     "RAMPS",

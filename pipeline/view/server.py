@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 __all__ = ["HOST", "bind", "serve"]
 

@@ -72,8 +72,8 @@ def _child(cmd: list[str]) -> tuple[str, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     from aoi import load_region
+    from pipeline.base.paths import cache_dir
     from pipeline.bench.results import Entry, table, write_results
-    from pipeline.paths import cache_dir
     from pipeline.provenance import host_info
     from pipeline.search import SearchConfig, search_items
     from tests.integration.pgstac import LocalPgstac

@@ -196,7 +196,8 @@ def _as_site(item: dict, site: Site, when: dt.datetime, sat: str, orbit: int) ->
 
 def write_site_catalog(real_root: Path, out: Path, tiles: tuple[str, ...] = tuple(SITES)) -> Path:
     """Convert the sites into one catalog folder (COGs, items.json, collection.json); return it."""
-    from pipeline.demo.catalog import _collection, _write_json
+    from pipeline.base.jsonio import write_json
+    from pipeline.demo.catalog import _collection
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -210,8 +211,8 @@ def write_site_catalog(real_root: Path, out: Path, tiles: tuple[str, ...] = tupl
         "the Earth Search v1 layout for s2lc's real-data tests (tests/real/flanders.py)."
     )
     coll["license"] = "proprietary"  # Copernicus Sentinel data terms
-    _write_json(out / "items.json", {"type": "FeatureCollection", "features": items})
-    _write_json(out / "collection.json", coll)
+    write_json(out / "items.json", {"type": "FeatureCollection", "features": items})
+    write_json(out / "collection.json", coll)
     return out
 
 
