@@ -102,7 +102,7 @@ def _torch_load(path: Path) -> Any:
 
 def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
     try:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # noqa: PLC0415 (optional: safetensors files only)
 
         return load_file(str(path), device="cpu")
     except Exception as exc:  # noqa: BLE001 - any failure means "not a safetensors file"

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from model.checkpoints import _torch_load
 from pipeline.base.colours import to_hex
 from pipeline.base.errors import UserError
 
@@ -229,8 +231,6 @@ def _load_embeddings(path: Path, style: str) -> Legend:
         except Exception as exc:  # noqa: BLE001 - any failure: not a readable npz
             raise UserError(f"{where}: not a readable .npz ({exc})") from None
     else:
-        from model.checkpoints import _torch_load
-
         obj = _torch_load(path)
         if not isinstance(obj, dict):
             raise UserError(f"{where}: expected a dict with 'names' and 'embeddings'")
@@ -295,8 +295,6 @@ def load_legend(name_or_path: str | Path, style: str = "aerial") -> Legend:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     elif suffix in (".yaml", ".yml"):
-        import yaml
-
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

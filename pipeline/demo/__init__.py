@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from odc.geo.geobox import GeoBox
 
+from pipeline.base.paths import cache_dir
 from pipeline.demo.catalog import (
     COLLECTION,
     DEMO_AOI,
@@ -58,7 +61,6 @@ _log = logging.getLogger(__name__)
 
 def demo_catalog_dir() -> Path:
     """Where the demo catalog lives: ``cache_dir("demo", "v<GENERATOR_VERSION>")``."""
-    from pipeline.base.paths import cache_dir
 
     return cache_dir("demo", f"v{GENERATOR_VERSION}")
 
@@ -112,8 +114,6 @@ def ensure_demo_catalog(root: Path | None = None, **params: Any) -> Path:
 
 def load_truth(catalog_dir: Path) -> tuple[np.ndarray, list[str], Any]:
     """The land-cover truth of a generated catalog: (classes uint8 (H, W), class names, GeoBox)."""
-    import rasterio
-    from odc.geo.geobox import GeoBox
 
     catalog_dir = Path(catalog_dir)
     with rasterio.open(catalog_dir / "truth.tif") as src:

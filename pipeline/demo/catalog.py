@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import Transformer
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, PC_KEYS, SCL
 from pipeline.base.atomic import atomic_path
@@ -224,8 +227,6 @@ def write_provider_cog(
     predictor 2, nodata 0 and nearest overviews; ``origin`` is the upper-left corner (x, y) in
     metres of EPSG:``epsg``, ``res`` the pixel size in metres, ``blocksize`` the internal tile
     edge (the providers use 1024 px). Written to a temporary name, then renamed into place."""
-    import rasterio
-    from affine import Affine
 
     profile = {
         "driver": "COG",
@@ -247,7 +248,6 @@ def write_provider_cog(
 
 @functools.lru_cache(maxsize=64)
 def _to_lonlat(epsg: int) -> Any:
-    from pyproj import Transformer
 
     return Transformer.from_crs(epsg, 4326, always_xy=True)
 
@@ -413,8 +413,6 @@ def _collection(items: list[dict], layout: str) -> dict:
 
 
 def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout) -> None:
-    import rasterio
-    from affine import Affine
 
     profile = {
         "driver": "COG",

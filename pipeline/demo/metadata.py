@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, SCL
 from pipeline.demo.catalog import _collection, _item
+from pipeline.mgrs import acquisitions_per_year, s2_tiles
 
 __all__ = ["metadata_collection", "metadata_items"]
 
@@ -59,7 +60,6 @@ def metadata_items(geometry_4326: Any, year: int, seed: int = 0) -> Iterator[dic
     Per tile, one item per cloud class is drawn by the demo generator and its time stamps,
     platform and ids are then set for each acquisition (drawing each item afresh costs 30 ms).
     """
-    from pipeline.mgrs import acquisitions_per_year, s2_tiles
 
     rng = np.random.default_rng(seed)
     start = dt.datetime(year, 1, 1, 10, 30, tzinfo=dt.UTC)

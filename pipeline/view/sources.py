@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import rasterio
+
 from pipeline.base.colours import to_hex
 from pipeline.base.errors import UserError
 from pipeline.writers.tile_result import CLASS_NODATA
@@ -107,7 +109,6 @@ def _legend_from_json(doc: dict[str, Any]) -> tuple[ClassInfo, ...]:
 
 def _legend_from_raster(path: Path) -> tuple[ClassInfo, ...]:
     """Class names and colours embedded in the classes raster (tags and colour table)."""
-    import rasterio
 
     with rasterio.open(path) as src:
         tags = src.tags()
