@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from pipeline.base.dates import parse_date
@@ -129,12 +129,13 @@ def bbox_region(w: float, s: float, e: float, n: float) -> Region:
 
 
 def to_crs(geom: Any, crs: str, src: str = "EPSG:4326") -> Any:
-    """Reproject a shapely geometry."""
-    import shapely
-    from pyproj import Transformer
+    """Reproject a shapely geometry vertex by vertex (odc-geo ``Geometry.to_crs``, no densifying).
 
-    tr = Transformer.from_crs(src, crs, always_xy=True)
-    return shapely.transform(geom, lambda x, y: tr.transform(x, y), interleaved=False)
+    Use :func:`normalise_geometry` for outlines whose straight edges must stay straight.
+    """
+    from odc.geo.geom import Geometry
+
+    return Geometry(geom, src).to_crs(crs).geom
 
 
 #: Widest longitude span (degrees) mapped in one UTM zone: the centroid's zone +- one zone.
@@ -142,7 +143,7 @@ MAX_UTM_SPAN_DEG = 18.0
 
 
 def utm_crs_for(geom: Any) -> str:
-    """The WGS84 UTM zone CRS of a lon/lat geometry's centroid.
+    """The WGS84 UTM zone CRS of a lon/lat geometry's centroid (see :func:`utm_epsg`).
 
     A region reaching into neighbouring zones is mapped in its centroid's zone (UTM stays usable
     a few degrees beyond its zone); one wider than three zones needs an explicit equal-area CRS.
@@ -154,8 +155,7 @@ def utm_crs_for(geom: Any) -> str:
             "crs: EPSG:3035 (Europe, LAEA) or another equal-area CRS in a region YAML file"
         )
     c = geom.centroid
-    zone = utm_zone_of(c.x)
-    return f"EPSG:{32600 + zone if c.y >= 0 else 32700 + zone}"
+    return f"EPSG:{int(utm_epsg(c.x, c.y))}"
 
 
 #: LAEA Europe, the CRS of the EEA reference grid; regions spanning several UTM zones inside its
@@ -167,7 +167,21 @@ LAEA_EUROPE_BOX = (-35.0, 24.0, 45.0, 84.0)
 
 def utm_zone_of(lon: float) -> int:
     """The UTM zone number (1-60) of a longitude (the plain 6-degree zones)."""
-    return min(60, max(1, int(math.floor((lon + 180) / 6)) + 1))
+    return int(_utm_zones(lon))
+
+
+def _utm_zones(lon: Any) -> np.ndarray:
+    return np.clip(np.floor((np.asarray(lon) + 180.0) / 6.0).astype(int) + 1, 1, 60)
+
+
+def utm_epsg(lon: Any, lat: Any) -> np.ndarray:
+    """EPSG code of the WGS84 UTM zone of each lon/lat point (326zz north, 327zz south).
+
+    Plain arithmetic on the 6-degree zones: odc-geo's ``CRS.utm`` gives the same zones but asks
+    the PROJ database each time (~0.2 s a call), too slow for many points. A point exactly on a
+    zone boundary gets the eastern zone; the equator counts as north.
+    """
+    return np.where(np.asarray(lat) >= 0, 32600, 32700) + _utm_zones(lon)
 
 
 def auto_crs_for(geom: Any) -> str:

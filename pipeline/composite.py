@@ -10,13 +10,12 @@ or the nearest valid period at the ends; its count stays 0. A pixel without any 
 observation in the whole period stays NaN.
 
 The kernel is compiled with numba (parallel over image rows, no Python per pixel); see
-:func:`bench_composite` for its speed against xarray's groupby median.
+:func:`pipeline.bench.composite.bench_composite` for its speed against xarray's groupby median.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,35 +284,3 @@ def composite_cube(
         },
     )
     return ds
-
-
-def bench_composite(
-    values: np.ndarray,
-    times: np.ndarray,
-    start: dt.date,
-    end: dt.date,
-    period: str = "monthly",
-    repeats: int = 3,
-) -> dict[str, float]:
-    """Seconds for :func:`composite` and for xarray's resample median on the same stack.
-
-    The baseline is ``DataArray.resample(time=...).median(skipna=True)`` (what one would write
-    with xarray; it computes medians only, no counts and no gap filling). Returns the best of
-    ``repeats`` for each and ``speedup`` = baseline / ours.
-    """
-    import xarray as xr
-
-    freq = {"monthly": "MS", "quarterly": "QS", "annual": "YS"}[period]
-    composite(values[:, :, :4, :4], times, start, end, period)  # compile / load the cache
-    ours = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        composite(values, times, start, end, period, gap_fill=True)
-        ours.append(time.perf_counter() - t0)
-    da = xr.DataArray(values, dims=("time", "band", "y", "x"), coords={"time": times})
-    base = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        da.resample(time=freq).median(skipna=True).values  # noqa: B018 (forces the compute)
-        base.append(time.perf_counter() - t0)
-    return {"ours_s": min(ours), "xarray_s": min(base), "speedup": min(base) / min(ours)}

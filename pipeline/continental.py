@@ -16,7 +16,7 @@ from shapely.geometry import box
 
 from aoi import to_crs
 from pipeline.cells import Cell, cells_of
-from pipeline.runner import write_legend_and_quicklook
+from pipeline.run.publishing import write_legend_and_quicklook
 from pipeline.workspace import Workspace
 from pipeline.writers.gridded import (
     cell_is_published,

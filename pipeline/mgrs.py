@@ -64,6 +64,7 @@ def s2_tiles(geometry_4326: Any) -> list[S2Tile]:
     Each UTM zone contributes the tiles meeting the part of the region inside that zone.
     """
     import shapely
+    from odc.geo.crs import CRS
     from shapely.geometry import box
 
     from aoi import to_crs
@@ -94,11 +95,10 @@ def s2_tiles(geometry_4326: Any) -> list[S2Tile]:
         shapely.prepare(local_strip)
         hit = shapely.intersects(shapely.box(ee, nn - TILE_M, ee + TILE_M, nn), local)
         hit &= shapely.intersects(shapely.box(ee, nn - SQUARE_M, ee + SQUARE_M, nn), local_strip)
-        centres = to_crs(
-            shapely.points(ee[hit] + TILE_M / 2, nn[hit] - TILE_M / 2), "EPSG:4326", f"EPSG:{epsg}"
+        _, lats = CRS(epsg).transformer_to_crs("EPSG:4326")(
+            ee[hit] + TILE_M / 2, nn[hit] - TILE_M / 2
         )
-        for x, y, c in zip(ee[hit], nn[hit], np.atleast_1d(centres), strict=True):
-            lat = float(c.y)
+        for x, y, lat in zip(ee[hit], nn[hit], np.atleast_1d(lats).tolist(), strict=True):
             code = f"{zone:02d}{_band_letter(lat)}{square_letters(zone, x, y - SQUARE_M)}"
             bounds = (float(x), float(y - TILE_M), float(x + TILE_M), float(y))
             out.append(S2Tile(code, epsg, bounds, lat))

@@ -147,6 +147,14 @@ class SearchResult:
     """What the API said it matched (summed over split searches), None where it does not say."""
 
 
+class NoScenesError(UserError):
+    """No Sentinel-2 scene intersects the area in the period under the cloud filter.
+
+    A :class:`~pipeline.base.errors.UserError` (one line, exit code 2) that callers can tell apart by
+    type: point extraction takes it as an empty series (points at sea), a map run reports it.
+    """
+
+
 def search_items(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig) -> list[Any]:
     """The usable Sentinel-2 L2A items of :func:`search_scenes` (pystac Items)."""
     return search_scenes(geometry, start, end, cfg).items
@@ -172,7 +180,7 @@ def search_scenes(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
     if not kept:
         counts = ledger.counts()
         if not found or counts.get("cloud", 0) == len(found):
-            raise UserError(
+            raise NoScenesError(
                 f"no Sentinel-2 scenes in {collection} at {url} intersect the area between {start} "
                 f"and {end} with cloud cover <= {cfg.max_cloud:g}% ({len(found)} before the cloud "
                 "filter); widen the period, raise --max-cloud or check the area"

@@ -37,7 +37,7 @@ class ModelSpec:
     untrained: bool
     seed: int
     precision: str = "auto"
-    """``fp32`` or ``bf16`` once resolved (:func:`pipeline.runner.resolve_precision`)."""
+    """``fp32`` or ``bf16`` once resolved (:func:`pipeline.run.plan.resolve_precision`)."""
 
     @classmethod
     def of(cls, cfg: Any) -> ModelSpec:
@@ -104,29 +104,20 @@ def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str
     """The window's composite (eager, inside the task), its observation count (acquisition days),
     the load seconds and the scenes whose DN contradict their offset (id -> reason).
 
-    Reads through :func:`pipeline.reading.load_reflectance` (the native-grid fast path on the
-    scenes' own lattice, odc-stac's warp elsewhere). Raises :class:`pipeline.cube.ReadFailure`
+    The shared window path (:func:`pipeline.window.composite_window`): reads through
+    :func:`pipeline.reading.load_reflectance` (the native-grid fast path on the scenes' own
+    lattice, odc-stac's warp elsewhere). Raises :class:`pipeline.cube.ReadFailure`
     when a scene cannot be read: lost input fails the tile, it is never composited as "no
     observation".
     """
 
-    from pipeline.composite import composite
-    from pipeline.cube import MaskConfig
-    from pipeline.reading import load_reflectance
+    from pipeline.window import composite_window
 
-    t0 = time.perf_counter()
-    ny, nx = geobox.shape
-    if job.items:
-        # the item dicts themselves: the reader converts a worker's scenes once, not per tile
-        refl = load_reflectance(job.items, geobox, mask=MaskConfig(mask_snow=job.mask_snow))
-        values, times, warnings = refl.values, refl.times, dict(refl.offset_warnings)
-    else:  # no scene touches this window: everything is nodata
-        values = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
-        times = np.array([], dtype="datetime64[ns]")
-        warnings = {}
-    t_load = time.perf_counter() - t0
-    comp = composite(values, times, job.start, job.end, job.period, gap_fill=True)
-    return comp, values.shape[0], t_load, warnings
+    # the item dicts themselves: the reader converts a worker's scenes once, not per tile
+    w = composite_window(
+        job.items, geobox, start=job.start, end=job.end, period=job.period, mask_snow=job.mask_snow
+    )
+    return w.composite, w.acquisitions, w.load_seconds, w.offset_warnings
 
 
 @functools.lru_cache(maxsize=4)

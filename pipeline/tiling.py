@@ -1,5 +1,10 @@
 """Tiling math: the output grid, its tiles, AOI masks and seamless sliding windows. Pure, no I/O.
 
+odc-geo owns the geometry: the grid is ``GeoBox.from_geopolygon``, the tile lattice
+``GeoboxTiles``, grid cells ``GeoBox.from_bbox`` and the AOI mask ``odc.geo.xr.rasterize``. What is
+ours is which tiles touch the AOI (:func:`_intersecting`) and the chips (:class:`ChipPlan`,
+:func:`blend`).
+
 Three lattices, all in pixel units of the output resolution:
 
 * **Pixels** are anchored at the CRS origin: every output pixel edge lies on a multiple of the
@@ -30,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
-from odc.geo.geobox import GeoBox
+from odc.geo.geobox import GeoBox, GeoboxTiles
 from odc.geo.geom import Geometry
 
 from pipeline.base.errors import UserError
@@ -112,11 +117,15 @@ class TileGrid:
         """(height, width) of the output grid in pixels."""
         return tuple(self.geobox.shape)  # type: ignore[return-value]
 
+    @cached_property
+    def lattice(self) -> GeoboxTiles:
+        """odc-geo's tile lattice of the grid: ``tile_size`` squares from the top-left pixel."""
+        return GeoboxTiles(self.geobox, (self.tile_size, self.tile_size))
+
     @property
     def lattice_shape(self) -> tuple[int, int]:
         """(rows, cols) of the full tile lattice, including tiles outside the AOI."""
-        h, w = self.shape
-        return (-(-h // self.tile_size), -(-w // self.tile_size))
+        return tuple(self.lattice.shape)  # type: ignore[return-value]
 
     @property
     def resolution(self) -> float:
@@ -131,10 +140,7 @@ class TileGrid:
         nr, nc = self.lattice_shape
         if not (0 <= row < nr and 0 <= col < nc):
             raise IndexError(f"tile ({row}, {col}) is outside the {nr} x {nc} tile lattice")
-        h, w = self.shape
-        ts = self.tile_size
-        ys = slice(row * ts, min(h, (row + 1) * ts))
-        xs = slice(col * ts, min(w, (col + 1) * ts))
+        ys, xs = self.lattice.roi[row, col]
         return Tile(row=row, col=col, geobox=self.geobox[ys, xs], window=(ys, xs))
 
     @cached_property
@@ -155,18 +161,14 @@ def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-def _snap(v: float, up: bool) -> int:
-    """Round a coordinate in pixel units to the lattice, forgiving float noise."""
-    r = round(v)
-    if abs(v - r) < _SNAP_TOL:
-        return int(r)
-    return int(math.ceil(v) if up else math.floor(v))
-
-
 def make_grid(
     geometry: Any, crs: str, resolution: float, tile_size: int, snap: float | None = None
 ) -> TileGrid:
     """The output grid of an AOI and the tiles of it that intersect the AOI.
+
+    The grid is odc-geo's ``GeoBox.from_geopolygon`` of the AOI (bounds snapped outward to the
+    pixel lattice anchored at the CRS origin) and the tile lattice is odc-geo's ``GeoboxTiles``;
+    only the rule for which tiles touch the AOI is ours (see :func:`_intersecting`).
 
     :param geometry: shapely (Multi)Polygon in EPSG:4326 (lon, lat).
     :param crs: output CRS, e.g. ``"EPSG:32632"``.
@@ -191,55 +193,71 @@ def make_grid(
         geom = Geometry(geometry, "EPSG:4326").to_crs(crs, resolution="auto")
     except Exception as exc:  # pyproj/odc raise several types for a bad CRS
         raise UserError(f"cannot project the area of interest to {crs!r}: {exc}") from None
-    x0, y0, x1, y1 = geom.boundingbox
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+    if not all(math.isfinite(v) for v in geom.boundingbox):
         raise UserError(f"the area of interest is outside the valid area of {crs}")
 
     # odc-geo snaps the bounds outward to the pixel lattice anchored at the CRS origin, forgiving
     # sub-pixel float noise of the reprojection (a 2 km square is 200 px, not 201).
-    snapped = GeoBox.from_geopolygon(geom, resolution=res, crs=crs)
-    col0 = _snap(snapped.affine.c / res, up=False)
-    row0 = _snap(-snapped.affine.f / res, up=False)
-    height, width = (max(1, int(v)) for v in snapped.shape.yx)
+    gbox = GeoBox.from_geopolygon(geom, resolution=res, crs=crs)
     if snap is not None:
-        cell_px = snap / res
-        if abs(cell_px - round(cell_px)) > _SNAP_TOL or round(cell_px) % tile_size:
-            raise UserError(
-                f"tile_size {tile_size} must divide the {snap:g} grid cell ({cell_px:g} px at "
-                f"{res:g}), e.g. 500 or 1000 at 10 m"
-            )
-        c = round(cell_px)
-        col1, row1 = col0 + width, row0 + height
-        col0, col1 = (col0 // c) * c, -(-col1 // c) * c
-        row0, row1 = (row0 // c) * c, -(-row1 // c) * c
-        width, height = col1 - col0, row1 - row0
-    n_tiles = -(-width // tile_size) * -(-height // tile_size)
+        gbox = _snap_to_cells(gbox, snap, tile_size)
+    gbox = _on_lattice(gbox)
+    lattice = GeoboxTiles(gbox, (tile_size, tile_size))
+    n_tiles = lattice.shape[0] * lattice.shape[1]
     if n_tiles > MAX_TILES:
         raise UserError(
             f"the area of interest needs {n_tiles:,} tiles of {tile_size} px at {res:g} "
             f"(more than {MAX_TILES:,}); use a larger tile size or a coarser resolution"
         )
-    gbox = GeoBox((height, width), Affine(res, 0.0, col0 * res, 0.0, -res, -row0 * res), crs)
-    grid = TileGrid(geobox=gbox, tile_size=tile_size, tiles=())
 
     import shapely
 
-    nr, nc = grid.lattice_shape
+    _, row0, col0 = grid_offset(gbox)
+    # Pixel edges of the lattice's tile rows and columns (edge tiles may be smaller).
+    y_edges, x_edges = (np.cumsum((0, *sizes)) for sizes in lattice.chunks)
+    nr, nc = lattice.shape
     rows, cols = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
     rows, cols = rows.ravel(), cols.ravel()
-    left = (col0 + cols * tile_size) * res
-    right = (col0 + np.minimum((cols + 1) * tile_size, width)) * res
-    top = -(row0 + rows * tile_size) * res
-    bottom = -(row0 + np.minimum((rows + 1) * tile_size, height)) * res
+    left = (col0 + x_edges[cols]) * res
+    right = (col0 + x_edges[cols + 1]) * res
+    top = -(row0 + y_edges[rows]) * res
+    bottom = -(row0 + y_edges[rows + 1]) * res
     # A tile is kept when the box through its outermost pixel centres meets the AOI: that keeps
     # every tile with a pixel centre inside (see aoi_mask) and drops sub-pixel slivers.
     half = res / 2
     boxes = shapely.box(left + half, bottom + half, right - half, top - half)
     keep = _intersecting(boxes, rows, cols, geom.geom)
+    ye, xe = y_edges.tolist(), x_edges.tolist()
     tiles = tuple(
-        _tile(gbox, tile_size, int(r), int(c)) for r, c in zip(rows[keep], cols[keep], strict=True)
+        _tile(gbox, r, c, slice(ye[r], ye[r + 1]), slice(xe[c], xe[c + 1]))
+        for r, c in zip(rows[keep].tolist(), cols[keep].tolist(), strict=True)
     )
     return TileGrid(geobox=gbox, tile_size=tile_size, tiles=tiles)
+
+
+def _on_lattice(gbox: GeoBox) -> GeoBox:
+    """The same grid with its origin written as whole pixels times the resolution.
+
+    odc-geo's snapped origin can carry float noise at resolutions that are not exact in binary;
+    written this way, grids of overlapping runs have bit-identical transforms.
+    """
+    res, row0, col0 = grid_offset(gbox)
+    affine = Affine(res, 0.0, col0 * res, 0.0, -res, -row0 * res)
+    return gbox if affine == gbox.affine else GeoBox(gbox.shape, affine, gbox.crs)
+
+
+def _snap_to_cells(gbox: GeoBox, snap: float, tile_size: int) -> GeoBox:
+    """``gbox`` enlarged outward to whole ``snap`` cells (odc-geo ``GeoBox.from_bbox``)."""
+    res = float(gbox.resolution.x)
+    cell_px = snap / res
+    if abs(cell_px - round(cell_px)) > _SNAP_TOL or round(cell_px) % tile_size:
+        raise UserError(
+            f"tile_size {tile_size} must divide the {snap:g} grid cell ({cell_px:g} px at "
+            f"{res:g}), e.g. 500 or 1000 at 10 m"
+        )
+    # tol=0: a grid reaching any distance into a cell takes the whole cell.
+    cells = GeoBox.from_bbox(gbox.boundingbox, gbox.crs, resolution=snap, tol=0)
+    return GeoBox.from_bbox(cells.boundingbox, gbox.crs, resolution=res, tol=0)
 
 
 #: Tiles per block edge in the two-level AOI test of :func:`_intersecting`.
@@ -277,12 +295,9 @@ def _intersecting(boxes: np.ndarray, rows: np.ndarray, cols: np.ndarray, aoi: An
     return keep
 
 
-def _tile(gbox: GeoBox, tile_size: int, row: int, col: int) -> Tile:
+def _tile(gbox: GeoBox, row: int, col: int, ys: slice, xs: slice) -> Tile:
     """``TileGrid.tile`` without slicing the GeoBox (a continent has ~10^5 tiles)."""
-    h, w = gbox.shape
     a = gbox.affine
-    ys = slice(row * tile_size, min(h, (row + 1) * tile_size))
-    xs = slice(col * tile_size, min(w, (col + 1) * tile_size))
     sub = GeoBox(
         (ys.stop - ys.start, xs.stop - xs.start),
         Affine(a.a, 0.0, a.c + xs.start * a.a, 0.0, a.e, a.f + ys.start * a.e),
@@ -298,21 +313,21 @@ def halo_geobox(geobox: GeoBox, halo_px: int) -> GeoBox:
 
 
 def aoi_mask(geobox: GeoBox, geometry_4326: Any) -> np.ndarray:
-    """Boolean (h, w) mask, True where a pixel's centre lies inside the AOI."""
-    from rasterio.features import geometry_mask
-    from shapely.geometry import box
+    """Boolean (h, w) mask, True where a pixel's centre lies inside the AOI.
 
-    h, w = geobox.shape
-    # Clip to the (buffered) tile first: big AOIs rasterise per tile in constant time.
-    geom = Geometry(geometry_4326, "EPSG:4326").to_crs(geobox.crs, resolution="auto").geom
+    odc-geo's ``rasterize`` of the AOI, clipped first to the tile (plus two pixels) so that a
+    large, detailed AOI rasterises per tile in constant time.
+    """
+    from odc.geo.geom import box
+    from odc.geo.xr import rasterize
+
+    geom = Geometry(geometry_4326, "EPSG:4326").to_crs(geobox.crs, resolution="auto")
     x0, y0, x1, y1 = geobox.boundingbox
     pad = 2 * abs(geobox.affine.a)
-    geom = geom.intersection(box(x0 - pad, y0 - pad, x1 + pad, y1 + pad))
+    geom = geom & box(x0 - pad, y0 - pad, x1 + pad, y1 + pad, geobox.crs)
     if geom.is_empty:
-        return np.zeros((h, w), dtype=bool)
-    return geometry_mask(
-        [geom], out_shape=(h, w), transform=geobox.affine, invert=True, all_touched=False
-    )
+        return np.zeros(geobox.shape, dtype=bool)
+    return rasterize(geom, geobox).values
 
 
 def grid_offset(geobox: GeoBox) -> tuple[float, int, int]:

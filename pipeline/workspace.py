@@ -27,12 +27,12 @@ from typing import Any
 
 from pipeline.base.errors import UserError
 from pipeline.base.jsonio import write_json
+from pipeline.writers.layers import cog_layers, product_files
 
+#: Products of every run: the store, a COG per layer (pipeline.writers.layers), the rest.
 PRODUCTS = (
     "map.zarr",
-    "classes.tif",
-    "confidence.tif",
-    "valid_obs.tif",
+    *product_files("map"),
     "legend.json",
     "quicklook.png",
     "item.json",
@@ -42,18 +42,16 @@ PRODUCTS = (
 GRIDDED_PRODUCTS = (
     "map.zarr",
     "cells",
-    "classes.vrt",
-    "confidence.vrt",
-    "valid_obs.vrt",
+    *product_files("map", suffix=".vrt"),
     "collection.json",
     "legend.json",
     "quicklook.png",
     "run.json",
 )
-#: Sidecars of the products (GDAL category names for QGIS), cleared with them.
-SIDECARS = ("classes.tif.aux.xml",)
+#: Sidecars of the products (GDAL category names of class layers for QGIS), cleared with them.
+SIDECARS = tuple(f"{s.cog}.tif.aux.xml" for s in cog_layers("map") if s.kind == "classes")
 #: Products only some runs make (``--save-embeddings``), cleared with the others.
-OPTIONAL_PRODUCTS = ("field.tif", "field_scale.tif")
+OPTIONAL_PRODUCTS = product_files("field")
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from odc.geo.geobox import GeoBox
 
 from pipeline.bands import BANDS
 from pipeline.base.errors import UserError
+from pipeline.bench.composite import bench_composite
 from pipeline.composite import (
     PERIODS,
-    bench_composite,
     composite,
     composite_cube,
     period_labels,

@@ -21,12 +21,12 @@ DEMO = ["--region", "demo", "--untrained", "--no-progress"]
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail the test if a run gets as far as building the model (make_plan)."""
-    import pipeline.runner
+    import pipeline.run.driver
 
     def refuse(cfg):  # noqa: ARG001
         raise AssertionError("a model was built before the cheap checks failed")
 
-    monkeypatch.setattr(pipeline.runner, "make_plan", refuse)
+    monkeypatch.setattr(pipeline.run.driver, "make_plan", refuse)
 
 
 def _error(capsys, argv, out: Path | None = None) -> str:

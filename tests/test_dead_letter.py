@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_select_tiles_dead_letter_and_retry_failed():
+    from pipeline.run.plan import select_tiles
     from pipeline.run_config import RunConfig
-    from pipeline.runner import select_tiles
     from pipeline.workspace import TileFailure
 
     class T:

@@ -243,7 +243,7 @@ def pts_geometry(pts: Points):
 
 
 def test_extract_resumes_finished_blocks(tmp_path, small_catalog, small_api, monkeypatch):
-    import pipeline.points as P
+    import pipeline.points.extraction as P
 
     pts, _ = _small_points(small_catalog, n=12, seed=1)
     cfg = ExtractConfig(

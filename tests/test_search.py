@@ -20,7 +20,7 @@ from shapely.geometry import Point, box
 
 from aoi import load_region
 from pipeline.base.errors import UserError
-from pipeline.search import SearchConfig, search_items
+from pipeline.search import NoScenesError, SearchConfig, search_items
 from pipeline.stac_profiles import PROFILES, sign_planetary_computer
 
 YEAR = (dt.date(2023, 1, 1), dt.date(2023, 12, 31))
@@ -59,7 +59,7 @@ def test_search_by_intersects(demo_stac_url, demo_geometry):
     inside = search_items(Point(c.x, c.y).buffer(0.001), *YEAR, cfg)
     assert len(inside) == 73
     far = box(c.x + 1.0, c.y, c.x + 1.1, c.y + 0.1)
-    with pytest.raises(UserError, match="no Sentinel-2 scenes"):
+    with pytest.raises(NoScenesError, match="no Sentinel-2 scenes"):
         search_items(far, *YEAR, cfg)
 
 
@@ -88,7 +88,7 @@ def test_nothing_matches_is_a_clear_user_error(demo_stac_url, demo_geometry):
     cfg = SearchConfig(stac_url=demo_stac_url, max_cloud=0.0)
     with pytest.raises(UserError, match=r"cloud cover <= 0% \(\d+ before the cloud filter\)"):
         search_items(demo_geometry, dt.date(2023, 7, 1), dt.date(2023, 7, 2), cfg)
-    with pytest.raises(UserError, match="no Sentinel-2 scenes"):
+    with pytest.raises(NoScenesError, match="no Sentinel-2 scenes"):
         search_items(demo_geometry, dt.date(2021, 1, 1), dt.date(2021, 12, 31), cfg)
 
 

@@ -256,3 +256,43 @@ def test_chip_plan_rejects_bad_windows():
         chip_plan(GeoBox((5, 5), Affine(10, 0, 700_003, 0, -10, 5_360_000), UTM), 8, 4)
     with pytest.raises(ValueError, match="does not match"):
         chip_plan(g, 8, 4).extract(np.zeros((3, 3)))
+
+
+# --- the odc-geo-backed grid keeps the catalogue's grids -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, tile_size, bounds, shape, n_tiles, lattice",
+    [
+        ("demo", 100, (600_000, 5_340_000, 602_000, 5_342_000), (200, 200), 4, (2, 2)),
+        ("freising", 100, (681_280, 5_349_230, 725_580, 5_389_680), (4045, 4430), 1751, (41, 45)),
+        ("freising", 1000, (681_280, 5_349_230, 725_580, 5_389_680), (4045, 4430), 22, (5, 5)),
+        ("mgrs-32UPU", 1000, (600_000, 5_300_040, 709_800, 5_409_840), (10980, 10980), 121, (11, 11)),
+        # EPSG:3035: snapped outward to whole 100 km cells of the EEA grid.
+        ("luxembourg", 1000, (4_000_000, 2_900_000, 4_100_000, 3_100_000), (20000, 10000), 41, (20, 10)),
+    ],
+)  # fmt: skip
+def test_catalogue_regions_keep_their_grids_and_tile_counts(
+    name, tile_size, bounds, shape, n_tiles, lattice
+):
+    from aoi import load_region
+    from pipeline.cells import output_grid
+
+    r = load_region(name)
+    grid = output_grid(r.geometry, r.crs, r.resolution, tile_size)
+    assert tuple(grid.geobox.boundingbox) == bounds
+    assert grid.shape == shape and grid.resolution == 10.0
+    assert (len(grid), grid.lattice_shape) == (n_tiles, lattice)
+    last = grid.tiles[-1]
+    assert grid.tile(last.row, last.col) == last  # the two tile constructions agree
+
+
+def test_aoi_mask_of_freising_counts_its_pixels_the_same_whole_or_per_tile():
+    from aoi import load_region
+
+    r = load_region("freising")
+    grid = make_grid(r.geometry, r.crs, r.resolution, 1000)
+    whole = aoi_mask(grid.geobox, r.geometry)
+    assert whole.shape == (4045, 4430) and int(whole.sum()) == 16_703_735
+    for t in grid.tiles:  # per-tile masks clip the AOI first; they must match the whole mask
+        assert (aoi_mask(t.geobox, r.geometry) == whole[t.window]).all(), t.id

@@ -325,6 +325,54 @@ def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class TrainState:
+    """Everything the loop changes and a checkpoint's ``train_state`` restores.
+
+    The task's modules, the ground pooling, the loss (its queue and temperature), the optimiser,
+    the LR schedule and the batch RNG, plus the epochs done, their metrics and the best score.
+    """
+
+    modules: dict[str, nn.Module]
+    pool: DirectionPool
+    loss_fn: ContrastiveLoss
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_key: str | None = None
+    best_val: float = -math.inf
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``train_state`` (tensors and plain containers only)."""
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "pool": self.pool.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": _rng_state(self.gen),
+            "best_key": self.best_key,
+            "best_val": float(self.best_val),
+        }
+
+    def load_checkpoint(self, saved: dict[str, Any]) -> None:
+        """Continue from a loaded ``last.pt``: its ``train_state``, epoch and history."""
+        ts = saved["train_state"]
+        for name, m in self.modules.items():
+            m.load_state_dict(ts["modules"][name])
+        self.pool.load_state_dict(ts["pool"])
+        self.loss_fn.load_state_dict(ts["loss"])
+        self.opt.load_state_dict(ts["optimizer"])
+        self.sched.load_state_dict(ts["scheduler"])
+        _set_rng_state(self.gen, ts["rng"])
+        self.epoch = int(saved["epoch"])
+        self.history = json.loads(saved.get("history_json", "[]"))
+        self.best_key = ts.get("best_key")
+        self.best_val = float(ts.get("best_val", -math.inf))
+
+
 def fit(
     task: ContrastiveTask,
     data: PairedData,
@@ -407,38 +455,25 @@ def _fit(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_lambda(s, warm, total, cfg.min_lr_ratio)
     )
+    state = TrainState(modules, pool, loss_fn, opt, sched, gen)
 
     config_json = json.dumps(to_json_safe(cfg), sort_keys=True)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    best_key, best_val = None, -math.inf
     last_path = ckdir / "last.pt"
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        old = json.loads(state.get("config_json", "{}"))
+        saved = torch.load(last_path, map_location="cpu", weights_only=True)
+        old = json.loads(saved.get("config_json", "{}"))
         new = json.loads(config_json)
         diff = sorted(
             k for k in new if k not in ("epochs", "device", "keep_every") and old.get(k) != new[k]
         )
-        if state.get("model_name") != task.name or diff:
+        if saved.get("model_name") != task.name or diff:
             raise UserError(
                 f"{last_path}: cannot resume: it was trained with a different "
-                f"{'model' if state.get('model_name') != task.name else 'config'} "
-                f"({', '.join(diff[:5]) or state.get('model_name')}); use a new --out or --no-resume"
+                f"{'model' if saved.get('model_name') != task.name else 'config'} "
+                f"({', '.join(diff[:5]) or saved.get('model_name')}); use a new --out or --no-resume"
             )
-        ts = state["train_state"]
-        for name, m in modules.items():
-            m.load_state_dict(ts["modules"][name])
-        pool.load_state_dict(ts["pool"])
-        loss_fn.load_state_dict(ts["loss"])
-        opt.load_state_dict(ts["optimizer"])
-        sched.load_state_dict(ts["scheduler"])
-        _set_rng_state(gen, ts["rng"])
-        start_epoch = int(state["epoch"])
-        history = json.loads(state.get("history_json", "[]"))
-        best_key = ts.get("best_key")
-        best_val = float(ts.get("best_val", -math.inf))
-        _log.info("resuming from %s at epoch %d", last_path, start_epoch)
+        state.load_checkpoint(saved)
+        _log.info("resuming from %s at epoch %d", last_path, state.epoch)
 
     inputs = data.inputs
     if isinstance(inputs, torch.Tensor) and device.type == "cuda":
@@ -446,7 +481,7 @@ def _fit(
     ground = data.ground.to(device)
     gmask = data.ground_mask.to(device)
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
         for m in modules.values():
             m.train()
@@ -480,35 +515,18 @@ def _fit(
         if val is not None and len(val) >= 2:
             row.update(evaluate_pairs(task, val, pool, loss_fn, device, cfg, zeroshot))
         row["seconds"] = round(time.perf_counter() - t0, 3)
-        history.append(row)
+        state.history.append(row)
         key = (
             "val_zeroshot_acc"
             if "val_zeroshot_acc" in row
             else ("val_s2g_r1" if "val_s2g_r1" in row else None)
         )
         score = row[key] if key else -row["train_loss"]
-        improved = score > best_val
+        improved = score > state.best_val
         if improved:
-            best_val, best_key = score, key or "-train_loss"
-        _save_epoch(
-            task,
-            cfg,
-            ckdir,
-            epoch + 1,
-            row,
-            history,
-            config_json,
-            modules,
-            pool,
-            loss_fn,
-            opt,
-            sched,
-            gen,
-            best_key,
-            best_val,
-            improved,
-            extra_meta,
-        )
+            state.best_val, state.best_key = score, key or "-train_loss"
+        state.epoch = epoch + 1
+        _save_epoch(task, cfg, ckdir, state, row, config_json, improved, extra_meta)
         _log.info(
             "epoch %d/%d  loss %.4f  %s  %.1fs",
             epoch + 1,
@@ -519,29 +537,23 @@ def _fit(
         )
         if progress:
             progress(row)
-    write_json(out / "history.json", history)
-    return TrainResult(out_dir=out, last=last_path, best=ckdir / "best.pt", history=history)
+    write_json(out / "history.json", state.history)
+    return TrainResult(out_dir=out, last=last_path, best=ckdir / "best.pt", history=state.history)
 
 
 def _save_epoch(
-    task,
-    cfg,
-    ckdir,
-    epoch,
-    row,
-    history,
-    config_json,
-    modules,
-    pool,
-    loss_fn,
-    opt,
-    sched,
-    gen,
-    best_key,
-    best_val,
-    improved,
-    extra_meta,
+    task: ContrastiveTask,
+    cfg: TrainConfig,
+    ckdir: Path,
+    state: TrainState,
+    row: dict[str, Any],
+    config_json: str,
+    improved: bool,
+    extra_meta: dict[str, Any] | None,
 ) -> None:
+    """Write ``epoch_NNN.pt`` (weights, metadata, ``train_state``), point ``last.pt`` at it,
+    update ``best.pt`` when ``improved``, and drop the previous epoch's file unless kept."""
+    epoch = state.epoch
     weights = {k: v.detach().cpu().contiguous() for k, v in task.export_state_dict().items()}
     meta = {
         "train_format": FORMAT,
@@ -549,20 +561,11 @@ def _save_epoch(
         "epoch": epoch,
         "config_json": config_json,
         "metrics_json": json.dumps(to_json_safe(row)),
-        "history_json": json.dumps(to_json_safe(history)),
+        "history_json": json.dumps(to_json_safe(state.history)),
     }
     for k, v in (extra_meta or {}).items():
         meta[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(to_json_safe(v))
-    train_state = {
-        "modules": {k: m.state_dict() for k, m in modules.items()},
-        "pool": pool.state_dict(),
-        "loss": loss_fn.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "rng": _rng_state(gen),
-        "best_key": best_key,
-        "best_val": float(best_val),
-    }
+    train_state = state.state_dict()
     path = ckdir / f"epoch_{epoch:03d}.pt"
     with atomic_path(path) as tmp:
         torch.save({"state_dict": weights, **meta, "train_state": train_state}, tmp)

@@ -14,7 +14,7 @@ def demo_entries(model_name: str = "timesenclip", workers: int = 2) -> list[Entr
     import argparse
 
     from pipeline.commands.run import add_arguments, resolve
-    from pipeline.runner import execute
+    from pipeline.run.driver import execute
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -39,8 +39,10 @@ def schedule_only(
     import datetime as dt
 
     from pipeline.cluster import ClusterConfig, open_client
+    from pipeline.run.plan import make_plan, tile_job
+    from pipeline.run.scheduling import run_tiles
     from pipeline.run_config import RunConfig
-    from pipeline.runner import ItemIndex, _job, make_plan, run_tiles
+    from pipeline.window import ItemIndex
     from pipeline.workspace import Workspace
 
     cfg = RunConfig(
@@ -65,7 +67,7 @@ def schedule_only(
         ws.prepare(cfg.output_hash(), False)
         tiles = list(plan.grid.tiles)
         sample = tiles[:: max(1, len(tiles) // 50)]
-        orders = [len(pickle.dumps(_job(cfg, plan, ws, index, tl, None))) for tl in sample]
+        orders = [len(pickle.dumps(tile_job(cfg, plan, ws, index, tl, None))) for tl in sample]
         with open_client(ClusterConfig(kind="local", workers=workers)) as client:
             t = time.perf_counter()
             stats, errors = run_tiles(client, cfg, plan, ws, index, None, tiles, task=standin_tile)
@@ -84,7 +86,7 @@ def schedule_only(
         "driver_peak_mb": _peak_mb(),
         "work_order_bytes_mean": sum(orders) / len(orders),
         "work_order_bytes_max": max(orders),
-        "items_per_order_mean": sum(len(_job(cfg, plan, ws, index, tl, None).items)
+        "items_per_order_mean": sum(len(tile_job(cfg, plan, ws, index, tl, None).items)
                                     for tl in sample[:10]) / min(10, len(sample)),
         "workers": workers,
     }  # fmt: skip

@@ -65,10 +65,10 @@ def _scenes_searched(geometry, cfg, crs: str) -> dict:
     from shapely.geometry import shape
 
     from aoi import to_crs
-    from pipeline.runner import _search
+    from pipeline.run.plan import search_items
 
     t = time.perf_counter()
-    items = _search(cfg, geometry, cfg.profile)
+    items = search_items(cfg, geometry, cfg.profile)
     seconds = time.perf_counter() - t
     region = to_crs(geometry, crs)
     if items:
@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.cells import cells_of, is_gridded, output_grid
     from pipeline.commands.run import resolve
     from pipeline.planning import Workers, estimate, load_rates
+    from pipeline.run.plan import resolve_region
     from pipeline.run_config import default_output_dir
-    from pipeline.runner import resolve_region
 
     t0 = time.perf_counter()
     if not 0 < args.clear_fraction <= 1:

@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     import errno
 
     from pipeline.base.errors import UserError
-    from pipeline.runner import execute
+    from pipeline.run.driver import execute
 
     cfg = resolve(args)
     try:

@@ -2,7 +2,7 @@
 
 Tile by tile on the field's own grid (one tile's decoded embeddings in memory at a time), the
 same per-tile products as ``run`` (:class:`~pipeline.writers.TileResult` into a map store and
-per-tile GeoTIFFs), then the run's own publishing step (:func:`pipeline.runner.publish`: COGs,
+per-tile GeoTIFFs), then the run's own publishing step (:func:`pipeline.run.publishing.publish`: COGs,
 legend, quicklook, STAC item). Classification is the run's too: the zero-shot text classifier
 with the optional class-mean calibration (:func:`model.zeroshot.probabilities`) or a few-shot
 head, and :func:`pipeline.tile_task.predict`. Because a ``--save-embeddings`` run classifies the
@@ -28,8 +28,10 @@ from pipeline.base.hashing import json_digest
 from pipeline.base.jsonio import write_json
 from pipeline.config import from_mapping, to_plain
 from pipeline.field.api import Field, _group, decode_valid, load_model, model_spec
+from pipeline.run.plan import make_plan
+from pipeline.run.publishing import publish
+from pipeline.run.reporting import up_to_date
 from pipeline.run_config import RunConfig
-from pipeline.runner import _up_to_date, make_plan, publish
 from pipeline.tile_task import _head, predict
 from pipeline.workspace import Workspace
 from pipeline.writers import TileResult, create_map_store, write_tile, write_tile_rasters
@@ -151,7 +153,7 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
     ws = Workspace(Path(cfg.out))
     ws.check_writable()
     output_hash = _output_hash(f, cfg)
-    if not cfg.overwrite and _up_to_date(ws, output_hash):
+    if not cfg.overwrite and up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date; nothing to do", ws.out)
         return ws.out
     ws.prepare(output_hash, cfg.overwrite)

@@ -70,7 +70,12 @@ def read_order(
 
 
 def load_reflectance(
-    items: Iterable[Any], geobox: Any, *, mask: Any = None, reader: BlockReader | None = None
+    items: Iterable[Any],
+    geobox: Any,
+    *,
+    mask: Any = None,
+    reader: BlockReader | None = None,
+    native: bool = True,
 ) -> Reflectance:
     """Masked float32 reflectance (time, band, y, x) of ``items`` on ``geobox``.
 
@@ -80,6 +85,7 @@ def load_reflectance(
         geobox: the target window (``odc.geo`` GeoBox, any CRS).
         mask: :class:`pipeline.cube.MaskConfig` (default masking when None).
         reader: the block reader of the fast path (default: this process's).
+        native: try the native-grid fast path first (False: odc-stac's warp on every grid).
 
     Returns:
         :class:`Reflectance` (``native`` says which path ran).
@@ -112,7 +118,7 @@ def load_reflectance(
     if not items:
         empty = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)
         return Reflectance(empty, np.array([], "datetime64[ns]"))
-    for attempt in (1, 2):
+    for attempt in (1, 2) if native else ():
         try:
             return load_native(canon, geobox, mask=mask, reader=reader)
         except NotNative as exc:

@@ -36,27 +36,14 @@ import numpy as np
 from pipeline.base.atomic import atomic_path, remove_path
 from pipeline.base.colours import parse_color
 from pipeline.tiling import Tile, TileGrid
+from pipeline.writers.layers import LAYERS, LayerSpec, cog_layers
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 
 __all__ = ["LAYERS", "build_cogs", "write_tile_rasters"]
 
-LAYERS = ("classes", "confidence", "valid_obs")
-#: Optional layer: tile file name -> published COG name.
-RGB_LAYER, RGB_PRODUCT = "rgb", "composite_rgb"
+#: The layers tile tasks write as GeoTIFFs: every run's, and the optional true-colour composite.
+TILE_LAYERS = cog_layers("map", "tile")
 _GDT = {"uint8": "Byte", "uint16": "UInt16", "float32": "Float32"}
-_DTYPE = {"classes": "uint8", "confidence": "float32", "valid_obs": "uint16", "rgb": "uint8"}
-_NODATA: dict[str, float | None] = {
-    "classes": CLASS_NODATA,
-    "confidence": math.nan,
-    "valid_obs": 0,
-    "rgb": 0,
-}
-_RESAMPLING = {
-    "classes": "NEAREST",
-    "confidence": "AVERAGE",
-    "valid_obs": "AVERAGE",
-    "rgb": "AVERAGE",
-}
 _BLOCK = 256
 _CACHE_MB = 256  # GDAL block cache while mosaicking (rasterio reads small ints as MB)
 
@@ -101,20 +88,19 @@ def write_tile_rasters(
         if period_labels
         else [f"period {i + 1}" for i in range(result.n_periods)]
     )
-    obs = result.total_valid_obs()[None]
-    if result.n_periods > 1:
-        obs = np.concatenate([obs, result.valid_obs], axis=0)
-    layers = {
-        "classes": result.classes[None],
-        "confidence": result.confidence[None],
-        "valid_obs": obs,
-    }
-    if result.rgb is not None:
-        layers[RGB_LAYER] = result.rgb
+    layers: dict[str, tuple[LayerSpec, np.ndarray]] = {}
+    for spec in TILE_LAYERS:
+        data = getattr(result, spec.name)
+        if spec.name == "valid_obs":  # band 1: the total, then each period's count
+            data = result.total_valid_obs()[None]
+            if result.n_periods > 1:
+                data = np.concatenate([data, result.valid_obs], axis=0)
+        if data is not None:
+            layers[spec.name] = (spec, data if data.ndim == 3 else data[None])
     with atomic_path(tile_dir) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"):
         tmp.mkdir()
-        for name, data in layers.items():
-            prof = _profile(tile, _DTYPE[name], data.shape[0], _NODATA[name])
+        for name, (spec, data) in layers.items():
+            prof = _profile(tile, spec.file_dtype, data.shape[0], spec.nodata)
             with rasterio.open(tmp / f"{name}.tif", "w", **prof) as dst:
                 dst.write(data)
                 if name == "valid_obs":
@@ -286,28 +272,28 @@ def build_cogs(
         raise ValueError(f"{len(class_names)} classes but {len(colors)} colours")
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, Path] = {}
-    optional = [RGB_LAYER] if not _is_zarr(source) and _sources(source, grid, RGB_LAYER)[0] else []
-    for name in (*LAYERS, *optional):
+    for spec in TILE_LAYERS:
+        name = spec.name
+        if spec.group == "tile" and (_is_zarr(source) or not _sources(source, grid, name)[0]):
+            continue  # an optional layer the tiles did not write
         sources, descriptions = _sources(source, grid, name)
-        dtype, nodata = _DTYPE[name], _NODATA[name]
+        dtype, nodata = spec.file_dtype, spec.nodata
         metadata: dict[str, str] = {}
-        if name == "classes":
+        if spec.kind == "classes":
             metadata["class_names"] = json.dumps(list(map(str, class_names)))
             metadata["nodata_class"] = str(CLASS_NODATA)
             bands = [
-                _band_xml(1, dtype, sources, 1, grid, nodata, "land-cover class",
+                _band_xml(1, dtype, sources, 1, grid, nodata, spec.description,
                           _classes_band_extra(class_names, colors))
             ]  # fmt: skip
-        elif name == "confidence":
-            bands = [_band_xml(1, dtype, sources, 1, grid, nodata, "probability of the class")]
-        elif name == RGB_LAYER:
+        elif spec.kind == "rgb":
             metadata["composite"] = "B4, B3, B2 median over the periods; reflectance 0-0.2 -> 1-255"
             bands = [
                 _band_xml(i + 1, dtype, sources, i + 1, grid, nodata, desc,
                           f"    <ColorInterp>{desc.capitalize()}</ColorInterp>")
                 for i, desc in enumerate(("red", "green", "blue"))
             ]  # fmt: skip
-        elif sources and sources[0][2] is None:  # valid_obs from the store: (period, y, x)
+        elif name == "valid_obs" and sources and sources[0][2] is None:  # store: (period, y, x)
             n = sources[0][1]
             bands = [_sum_band_xml(1, sources, grid)]
             if n > 1:
@@ -315,9 +301,9 @@ def build_cogs(
                     _band_xml(i + 2, dtype, sources, i + 1, grid, nodata, descriptions[i])
                     for i in range(n)
                 ]
-        else:  # valid_obs from tiles: band 1 total, then one band per period
+        elif name == "valid_obs":  # from tiles: band 1 total, then one band per period
             n = sources[0][1] if sources else 1
-            descs = descriptions or ["total"]
+            descs = descriptions or [spec.description]
             if period_labels and n == len(period_labels) + 1:
                 descs = ["total", *map(str, period_labels)]
             bands = [
@@ -326,9 +312,11 @@ def build_cogs(
                 )
                 for i in range(n)
             ]
+        else:
+            bands = [_band_xml(1, dtype, sources, 1, grid, nodata, spec.description)]
         if name == "valid_obs":
             metadata["valid_obs"] = "band 1: total valid observations; bands 2..: per period"
-        final = out_dir / f"{RGB_PRODUCT if name == RGB_LAYER else name}.tif"
+        final = out_dir / f"{spec.cog}.tif"
         with atomic_path(final) as tmp:
             vrt_path = tmp.with_name(tmp.name + ".vrt")
             try:
@@ -337,15 +325,17 @@ def build_cogs(
                     "compress": "deflate",
                     "predictor": "yes",
                     "blocksize": _BLOCK,
-                    "overview_resampling": _RESAMPLING[name],
+                    "overview_resampling": spec.resampling,
                     "overview_count": _overview_count(grid),
                     "bigtiff": "if_safer",
                     "num_threads": "all_cpus",
                 }
-                if name == RGB_LAYER:
+                if spec.kind == "rgb":
                     opts["photometric"] = "RGB"
                 # PAM only for classes: its category names go to the .aux.xml sidecar.
-                env: dict[str, Any] = {"GDAL_PAM_ENABLED": "YES" if name == "classes" else "NO"}
+                env: dict[str, Any] = {
+                    "GDAL_PAM_ENABLED": "YES" if spec.kind == "classes" else "NO"
+                }
                 if "GDAL_CACHEMAX" not in os.environ:  # bounded memory, whatever the map size
                     env["GDAL_CACHEMAX"] = _CACHE_MB
                 with rasterio.Env(**env):
@@ -356,5 +346,5 @@ def build_cogs(
             finally:
                 remove_path(vrt_path)
                 remove_path(tmp.with_name(tmp.name + ".aux.xml"))
-        outputs[RGB_PRODUCT if name == RGB_LAYER else name] = final
+        outputs[str(spec.cog)] = final
     return outputs

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.base.atomic import atomic_path, remove_path
+from pipeline.writers.layers import cog_layers, layer
 
 __all__ = ["FIELD_COGS", "build_field_cogs", "read_codec", "write_codec"]
 
-#: COG file -> Zarr array it is made from.
-FIELD_COGS = {"field.tif": "field_codes", "field_scale.tif": "field_scale"}
+#: COG file -> Zarr array it is made from (the ``field`` layers of pipeline.writers.layers).
+FIELD_COGS = {f"{s.cog}.tif": s.name for s in cog_layers("field")}
 _BLOCK = 256
 _CACHE_MB = 256
 
@@ -83,7 +84,6 @@ def build_field_cogs(
                     env["GDAL_CACHEMAX"] = _CACHE_MB
                 with rasterio.Env(**env):
                     # A VRT in between sets the output type (float16 scale -> Float32) and tags.
-                    dtype = "Int8" if array == "field_codes" else "Float32"
                     rasterio.shutil.copy(src, str(vrt), driver="VRT")
                     with rasterio.open(str(vrt), "r+") as ds:
                         ds.update_tags(S2LC_FIELD=json.dumps(dict(recipe)), S2LC_ARRAY=array)
@@ -94,7 +94,7 @@ def build_field_cogs(
                         "bigtiff": "if_safer",
                         "num_threads": "all_cpus",
                     }
-                    if dtype == "Float32":
+                    if layer(array).file_dtype == "float32":
                         opts["predictor"] = "yes"
                     rasterio.shutil.copy(str(vrt), str(tmp), driver="COG", **opts)
             finally:

@@ -25,15 +25,8 @@ from pipeline.base.atomic import atomic_path
 from pipeline.base.jsonio import write_json
 from pipeline.cells import Cell
 from pipeline.tiling import Tile, TileGrid
-from pipeline.writers.cog import (
-    _DTYPE,
-    _NODATA,
-    LAYERS,
-    _band_xml,
-    _classes_band_extra,
-    _vrt,
-    build_cogs,
-)
+from pipeline.writers.cog import _band_xml, _classes_band_extra, _vrt, build_cogs
+from pipeline.writers.layers import cog_layers
 
 __all__ = [
     "CELL_MARKER",
@@ -143,7 +136,8 @@ def write_layer_vrts(
 
     out: dict[str, Path] = {}
     published = [c for c in cells.values() if (Path(cells_dir) / c.code / "classes.tif").is_file()]
-    for name in LAYERS:
+    for spec in cog_layers("map"):
+        name = str(spec.cog)
         rel = [
             (
                 os.path.relpath(Path(cells_dir) / c.code / f"{name}.tif", out_dir),
@@ -156,15 +150,14 @@ def write_layer_vrts(
             with rasterio.open(Path(out_dir) / rel[0][0]) as src:
                 count, descriptions = src.count, [d or "" for d in src.descriptions]
         sources = [(f, count, t) for f, t in rel]
-        extra = _classes_band_extra(class_names, colors) if name == "classes" else ""
+        classes = spec.kind == "classes"
+        extra = _classes_band_extra(class_names, colors) if classes else ""
         bands = [
-            _band_xml(b + 1, _DTYPE[name], sources, b + 1, grid, _NODATA[name], descriptions[b],
+            _band_xml(b + 1, spec.file_dtype, sources, b + 1, grid, spec.nodata, descriptions[b],
                       extra if b == 0 else "")
             for b in range(count)
         ]  # fmt: skip
-        metadata = (
-            {"class_names": json.dumps(list(map(str, class_names)))} if name == "classes" else {}
-        )
+        metadata = {"class_names": json.dumps(list(map(str, class_names)))} if classes else {}
         text = _vrt(grid, bands, metadata).replace('relativeToVRT="0"', 'relativeToVRT="1"')
         final = Path(out_dir) / f"{name}.vrt"
         with atomic_path(final) as tmp:

@@ -6,6 +6,7 @@ All are written through :func:`~pipeline.base.atomic.atomic_path`.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from pipeline.base.atomic import atomic_path
 from pipeline.base.colours import parse_color, to_hex
 from pipeline.base.jsonio import to_json_safe, write_json
 from pipeline.tiling import TileGrid
+from pipeline.writers.layers import layer_of_product
 from pipeline.writers.tile_result import CLASS_NODATA
 
 __all__ = [
@@ -166,18 +168,39 @@ def _utc(d: dt.date | dt.datetime | str, end: bool) -> dt.datetime:
     return dt.datetime.combine(d, t, tzinfo=dt.UTC)
 
 
-_ASSET_META: dict[str, tuple[str, list[str], str]] = {
-    # name: (title, roles, media type or "" to derive from the suffix)
-    "classes": ("Land-cover classes", ["data"], ""),
-    "confidence": ("Probability of the predicted class", ["data"], ""),
-    "valid_obs": ("Valid observations (band 1: total; 2..: per period)", ["data", "metadata"], ""),
-    "zarr": ("Map store (classes, confidence, top-k, valid observations)", ["data"], ""),
-    "legend": ("Legend", ["metadata"], ""),
-    "quicklook": ("Quicklook", ["overview", "visual"], ""),
-    "composite_rgb": ("True-colour composite (B4, B3, B2, median)", ["visual"], ""),
-    "composite_quicklook": ("True-colour composite, quicklook", ["overview"], ""),
-    "run": ("Run provenance", ["metadata"], ""),
+#: Assets that are not layers (those are described by their LayerSpec): name -> (title, roles).
+_ASSET_META: dict[str, tuple[str, list[str]]] = {
+    "zarr": ("Map store (classes, confidence, top-k, valid observations)", ["data"]),
+    "legend": ("Legend", ["metadata"]),
+    "quicklook": ("Quicklook", ["overview", "visual"]),
+    "composite_quicklook": ("True-colour composite, quicklook", ["overview"]),
+    "run": ("Run provenance", ["metadata"]),
 }
+
+
+def _asset_meta(name: str) -> tuple[str, list[str]]:
+    """(title, roles) of the asset called ``name``: a layer's COG product or another file."""
+    spec = layer_of_product(name)
+    if spec is not None:
+        return (spec.title or name, list(spec.roles))
+    return _ASSET_META.get(name, (name, ["data"]))
+
+
+def _raster_bands(name: str) -> list[Any] | None:
+    """``raster:bands`` of a layer's COG asset (one per band of an RGB); None for other assets
+    and for the embedding field (its COGs document themselves, see pipeline.writers.field)."""
+    from pystac.extensions.raster import DataType, RasterBand
+
+    spec = layer_of_product(name)
+    if spec is None or spec.group == "field":
+        return None
+    nodata = spec.nodata
+    band = RasterBand.create(
+        nodata="nan" if nodata is not None and math.isnan(nodata) else nodata,
+        data_type=DataType(spec.file_dtype),
+        unit=spec.stac_unit,
+    )
+    return [band] * (3 if spec.kind == "rgb" else 1)
 
 
 def _media_type(p: Path) -> str:
@@ -214,7 +237,7 @@ def write_stac_item(
     import pystac
     from pystac.extensions.classification import Classification, ClassificationExtension
     from pystac.extensions.projection import ProjectionExtension
-    from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+    from pystac.extensions.raster import RasterExtension
     from shapely.geometry import mapping
 
     path = Path(path)
@@ -255,12 +278,6 @@ def write_stac_item(
         Classification.create(value=CLASS_NODATA, name="nodata", title="no data", nodata=True)
     )
 
-    raster_bands = {
-        "classes": [RasterBand.create(nodata=CLASS_NODATA, data_type=DataType.UINT8)],
-        "confidence": [RasterBand.create(nodata="nan", data_type=DataType.FLOAT32, unit="1")],
-        "valid_obs": [RasterBand.create(nodata=0, data_type=DataType.UINT16)],
-        "composite_rgb": [RasterBand.create(nodata=0, data_type=DataType.UINT8)] * 3,
-    }
     for name, p in assets.items():
         p = Path(p)
         try:
@@ -269,15 +286,15 @@ def write_stac_item(
                 href = p.resolve().as_uri()
         except ValueError:  # another drive
             href = p.resolve().as_uri()
-        title, roles, media = _ASSET_META.get(name, (name, ["data"], ""))
-        asset = pystac.Asset(
-            href=href, title=title, roles=roles, media_type=media or _media_type(p)
-        )
+        title, roles = _asset_meta(name)
+        asset = pystac.Asset(href=href, title=title, roles=roles, media_type=_media_type(p))
         item.add_asset(name, asset)
-        if name in ("classes", "zarr"):
+        spec = layer_of_product(name)
+        if name == "zarr" or (spec is not None and spec.kind == "classes"):
             ClassificationExtension.ext(asset, add_if_missing=True).apply(classes=classes)
-        if name in raster_bands:
-            RasterExtension.ext(asset, add_if_missing=True).apply(bands=raster_bands[name])
+        bands = _raster_bands(name)
+        if bands is not None:
+            RasterExtension.ext(asset, add_if_missing=True).apply(bands=bands)
     return write_json(path, item.to_dict(include_self_link=False, transform_hrefs=False))
 
 

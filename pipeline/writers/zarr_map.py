@@ -1,6 +1,7 @@
 """The map store: a Zarr v2 group with one array per layer, chunked on the tile grid.
 
-Layout (dimension names as in ``_ARRAY_DIMENSIONS``)::
+Layout (dimension names as in ``_ARRAY_DIMENSIONS``; one row of :mod:`pipeline.writers.layers`
+per per-pixel array)::
 
     classes       (y, x)                 uint8    255 = nodata (a CF flag value; xarray keeps uint8)
     confidence    (y, x)                 float32  NaN = nodata
@@ -45,6 +46,7 @@ from pipeline.base.errors import UserError
 from pipeline.base.hashing import json_digest
 from pipeline.base.jsonio import to_json_safe
 from pipeline.tiling import Tile, TileGrid
+from pipeline.writers.layers import LAYER_SPECS, LayerSpec
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 
 __all__ = ["create_map_store", "open_map", "write_tile"]
@@ -245,18 +247,6 @@ def _build_store(
 
     common = {"grid_mapping": _CRS_VAR, "coordinates": _CRS_VAR, "_CRS": gdal_crs}
 
-    def layer(name, dims, dtype, fill, chunks_lead, **meta):
-        shape = tuple(len(_dim_values(d, layout)) for d in dims[:-2]) + (h, w)
-        g.create_array(
-            name,
-            shape=shape,
-            dtype=dtype,
-            chunks=tuple(chunks_lead) + (ts, ts),
-            fill_value=fill,
-            compressors=comp,
-            attributes={"_ARRAY_DIMENSIONS": list(dims), **common, **meta},
-        )
-
     # Class layers have no Zarr fill_value: xarray would take it as a CF _FillValue and decode
     # the classes to float32 with NaN. They stay uint8; 255 (nodata) is a CF flag value, and
     # every chunk is written (below), so no chunk reads as zarr's default 0.
@@ -265,59 +255,63 @@ def _build_store(
     # NaN for nodata; ``mask_and_scale=False`` keeps uint8).
     nr, nc = grid.lattice_shape
     sparse = nr * nc - len(grid.tiles) > MAX_FILLED_CHUNKS
-    class_fill = CLASS_NODATA if sparse else None
-    flag_values = [*range(len(names)), CLASS_NODATA]
-    flag_meanings = " ".join([*(_cf_word(n) for n in names), "nodata"])
-    layer(
-        "classes", ("y", "x"), np.uint8, class_fill, (),
-        long_name="land-cover class", flag_values=flag_values,
-        flag_meanings=flag_meanings, class_names=names, nodata=CLASS_NODATA,
-    )  # fmt: skip
-    layer(
-        "confidence", ("y", "x"), np.float32, np.nan, (),
-        long_name="probability of the predicted class", units="1", valid_min=0.0, valid_max=1.0,
-    )  # fmt: skip
-    layer(
-        "topk_classes", ("k", "y", "x"), np.uint8, class_fill, (k,),
-        long_name="classes by decreasing probability", flag_values=flag_values,
-        flag_meanings=flag_meanings, class_names=names, nodata=CLASS_NODATA,
-    )  # fmt: skip
-    layer(
-        "topk_probs", ("k", "y", "x"), np.float32, np.nan, (k,),
-        long_name="probabilities of topk_classes", units="1",
-    )  # fmt: skip
-    layer(
-        "valid_obs", ("period", "y", "x"), np.uint16, None, (len(periods),),
-        long_name="number of valid (cloud-free) observations", units="1",
-    )  # fmt: skip
-    if bands is not None:
-        layer(
-            "composite", ("period", "band", "y", "x"), np.float32, np.nan, (1, len(bands)),
-            long_name="surface reflectance composite", units="1",
-        )  # fmt: skip
-    if field_dims is not None:
-        _field_arrays(g, layer, embed_dim, field_dims, comp)
-    elif embed_dim is not None:
-        dchunk = max(1, min(embed_dim, _EMBED_CHUNK_BYTES // (2 * ts * ts)))
-        layer(
-            "embeddings", ("embedding", "y", "x"), np.float16, np.nan, (dchunk,),
-            long_name="per-pixel embedding",
-        )  # fmt: skip
+    flags = {
+        "flag_values": [*range(len(names)), CLASS_NODATA],
+        "flag_meanings": " ".join([*(_cf_word(n) for n in names), "nodata"]),
+        "class_names": names,
+        "nodata": CLASS_NODATA,
+    }
+    chunk = {
+        "k": k,
+        "period": len(periods),
+        "band": len(bands or ()),
+        "embedding": max(1, min(embed_dim or 1, _EMBED_CHUNK_BYTES // (2 * ts * ts))),
+        "component": layout.get("field_dims") or 0,
+    }
+    for spec in store_layers(layout):
+        lead = spec.dims[:-2]
+        chunks = tuple(
+            chunk[d] if n is None else n
+            for d, n in zip(lead, spec.lead_chunks or (None,) * len(lead), strict=True)
+        )
+        classes = spec.kind == "classes"
+        g.create_array(
+            spec.name,
+            shape=tuple(len(_dim_values(d, layout)) for d in lead) + (h, w),
+            dtype=np.dtype(spec.dtype),
+            chunks=chunks + (ts, ts),
+            fill_value=CLASS_NODATA if classes and sparse else spec.fill,
+            compressors=comp,
+            attributes={
+                "_ARRAY_DIMENSIONS": list(spec.dims),
+                **common,
+                **spec.zarr_attrs,
+                **(flags if classes else {}),
+            },
+        )
+    if layout.get("field_dims") is not None:
+        _field_recipe_arrays(g, embed_dim, layout["field_dims"], comp)
     if not sparse:
-        _fill_uncovered_chunks(g, grid, ("classes", "topk_classes"), CLASS_NODATA)
+        classes = [s.name for s in store_layers(layout) if s.kind == "classes"]
+        _fill_uncovered_chunks(g, grid, classes, CLASS_NODATA)
     zarr.consolidate_metadata(str(root), zarr_format=2)
 
 
-def _field_arrays(g: Any, layer: Any, embed_dim: int, dims: int, comp: Any) -> None:
-    """The compact field's arrays: per-pixel codes and scale, and the decoding recipe."""
-    layer(
-        "field_codes", ("component", "y", "x"), np.int8, 0, (dims,),
-        long_name="compact embedding field: int8 codes",
-    )  # fmt: skip
-    layer(
-        "field_scale", ("y", "x"), np.float16, np.nan, (),
-        long_name="compact embedding field: per-pixel scale of the codes",
-    )  # fmt: skip
+def store_layers(layout: Mapping[str, Any]) -> tuple[LayerSpec, ...]:
+    """The layers a store with this layout holds: every run's, the composite when it has
+    bands, and the embeddings as float16 or as the compact field."""
+    groups = {"map"}
+    if layout.get("bands") is not None:
+        groups.add("composite")
+    if layout.get("field_dims") is not None:
+        groups.add("field")
+    elif layout.get("embed_dim") is not None:
+        groups.add("embeddings")
+    return tuple(s for s in LAYER_SPECS if s.group in groups)
+
+
+def _field_recipe_arrays(g: Any, embed_dim: int, dims: int, comp: Any) -> None:
+    """The compact field's decoding recipe (mean and basis), next to its per-pixel layers."""
     for name, shape, dimnames in (
         ("field_mean", (embed_dim,), ["embedding"]),
         ("field_basis", (embed_dim, dims), ["embedding", "component"]),
@@ -400,29 +394,21 @@ def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> 
     ts = g["classes"].chunks[-1]
     if ys.start % ts or xs.start % ts:
         raise ValueError(f"tile {tile.id} at {ys.start}, {xs.start} is not on the {ts} chunk grid")
-    layers: dict[str, np.ndarray | None] = {
-        "classes": result.classes,
-        "confidence": result.confidence,
-        "topk_classes": result.topk_classes,
-        "topk_probs": result.topk_probs,
-        "valid_obs": result.valid_obs,
-        "composite": result.composite,
-        "embeddings": result.embeddings,
-        "field_codes": result.field_codes,
-        "field_scale": result.field_scale,
-    }
     present = set(g.array_keys())
-    for name, data in layers.items():
-        if name not in present:
+    for spec in LAYER_SPECS:
+        if spec.name not in present:
             continue
-        arr = g[name]
+        data: np.ndarray | None = getattr(result, spec.name)
+        arr = g[spec.name]
         want = tuple(arr.shape[:-2]) + tile.shape
         if data is None or data.size == 0:  # e.g. no embeddings for a tile without valid pixels
             fill = arr.fill_value
             if fill is None:  # class layers: nodata 255; counts: 0 observations
-                fill = CLASS_NODATA if arr.dtype == np.uint8 else 0
+                fill = spec.nodata
             data = np.full(want, fill, dtype=arr.dtype)
         if data.shape != want:
-            raise ValueError(f"tile {tile.id}: {name} has shape {data.shape}, the store {want}")
+            raise ValueError(
+                f"tile {tile.id}: {spec.name} has shape {data.shape}, the store {want}"
+            )
         lead = (slice(None),) * (data.ndim - 2)
         arr[(*lead, ys, xs)] = data

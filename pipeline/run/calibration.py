@@ -1,0 +1,141 @@
+"""Class-mean calibration and the compact field codec, both fitted once per run on a fixed
+reference sample of the region (its own grid of :data:`CALIBRATION_TILE_SIZE` tiles), so neither
+depends on ``--tile-size``; the calibration vector is stored in the manifest so resumed and
+repeated runs use the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+
+import numpy as np
+
+from pipeline.base.errors import UserError
+from pipeline.run.plan import Plan, tile_job
+from pipeline.run.scheduling import task_resources
+from pipeline.run_config import RunConfig
+from pipeline.search import NoScenesError
+from pipeline.workspace import Workspace
+
+_log = logging.getLogger(__name__)
+
+#: Reference sample for calibration: tiles spread over the region, pixels (or chips) per tile.
+CALIBRATION_TILES = 4
+CALIBRATION_TILE_SIZE = 128
+CALIBRATION_SAMPLES_PER_TILE = 2048
+
+
+def _calibration_tiles(tiles: tuple, n: int) -> list:
+    """``n`` tiles spread evenly through the grid's order (deterministic)."""
+    if len(tiles) <= n:
+        return list(tiles)
+    idx = np.linspace(0, len(tiles) - 1, n).round().astype(int)
+    return [tiles[i] for i in sorted(set(idx))]
+
+
+def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]) -> np.ndarray:
+    """Fit the class-mean calibration once on a fixed reference sample of the region.
+
+    The sample comes from a reference grid of its own (``CALIBRATION_TILE_SIZE``), not the run's
+    tiles, so the calibration, and therefore the map, does not depend on ``--tile-size``.
+    """
+    from model.zeroshot import fit_calibration
+
+    emb = reference_sample(client, cfg, plan, ws, items)
+    vec = np.asarray(fit_calibration(emb, plan.classifier), dtype=np.float64)
+    _log.info("calibration fitted on %d samples", len(emb))
+    return vec
+
+
+def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]):
+    """The compact field's codec: read back from the store (resume) or fitted and written once.
+
+    Fitted on the same fixed reference sample as the calibration, so it does not depend on
+    ``--tile-size`` either.
+    """
+    from pipeline.field.codec import fit_codec
+    from pipeline.writers.field import read_codec, write_codec
+
+    codec = read_codec(ws.store)
+    if codec is not None:
+        return codec
+    emb = reference_sample(client, cfg, plan, ws, items)
+    codec = fit_codec(emb, cfg.field_dims)
+    write_codec(ws.store, codec)
+    _log.info(
+        "embedding field: %d -> %d dims (%.2f%% of the sample's variance), %d bytes/pixel",
+        codec.embed_dim,
+        codec.dims,
+        100 * codec.explained_variance,
+        codec.bytes_per_pixel,
+    )
+    return codec
+
+
+_SAMPLES: dict[str, np.ndarray] = {}
+
+
+def clear_reference_sample() -> None:
+    """Forget the reference sample kept for the run (once calibration and field are fitted)."""
+    _SAMPLES.clear()
+
+
+def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]):
+    """Embeddings of a fixed reference sample of the region (computed once per run)."""
+    key = str(ws.out.resolve()) + cfg.output_hash()
+    if key in _SAMPLES:
+        return _SAMPLES[key]
+    from pipeline.tile_task import sample_embeddings
+    from pipeline.tiling import make_grid
+
+    ref_grid = make_grid(plan.geometry, plan.crs, plan.resolution, CALIBRATION_TILE_SIZE)
+    tiles = _calibration_tiles(ref_grid.tiles, CALIBRATION_TILES)
+    futures = [
+        client.submit(
+            sample_embeddings,
+            tile_job(cfg, plan, ws, items, t, None),
+            CALIBRATION_SAMPLES_PER_TILE,
+            zlib.crc32(t.id.encode()) + cfg.seed,
+            pure=False,
+            retries=cfg.retries,
+            resources=task_resources(client),
+        )
+        for t in tiles
+    ]
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from pipeline.cube import ReadFailure
+
+    with tqdm(
+        total=len(futures),
+        unit="tile",
+        desc="calibration sample",
+        disable=not cfg.progress,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
+        for _ in as_completed(futures):
+            bar.update(1)
+    try:
+        samples = [f.result() for f in futures]
+    except ReadFailure as exc:
+        raise UserError(
+            f"calibration sample: reading scenes {', '.join(exc.scenes[:3])} failed ({exc}); "
+            "nothing was mapped: rerun when the data is readable"
+        ) from None
+    emb = (
+        np.concatenate([s for s in samples if len(s)], axis=0)
+        if any(len(s) for s in samples)
+        else None
+    )
+    if emb is None:
+        raise NoScenesError(
+            "no valid observation in the calibration sample: the region has no usable "
+            "scenes (check --start/--end and --max-cloud)"
+        )
+    _log.info("reference sample: %d embeddings from %d tiles", len(emb), len(tiles))
+    _SAMPLES.clear()
+    _SAMPLES[key] = emb
+    return emb

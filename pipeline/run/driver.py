@@ -1,0 +1,352 @@
+"""The driver of a mapping run: plan tiles, calibrate once, fan tiles out to Dask, publish.
+
+Stages (each timed into ``run.json``): ``search`` (STAC, once, on the driver), ``plan`` (tile
+grid, text classifier), ``calibrate`` (class-mean calibration on a fixed reference sample of
+pixels, stored in the manifest so resumed and repeated runs use the same vector), ``tiles`` (one
+task per tile, bounded in flight, retried by Dask), ``publish`` (COG mosaics, Zarr moved into
+place, legend, quicklook, STAC item, provenance).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.base.errors import UserError
+from pipeline.run.calibration import calibrate, clear_reference_sample, fit_field
+from pipeline.run.plan import (
+    Plan,
+    check_size,
+    make_plan,
+    preflight,
+    resolve_precision,
+    resolve_region,
+    search_run_scenes,
+    select_tiles,
+)
+from pipeline.run.publishing import field_attrs, field_dims, publish
+from pipeline.run.reporting import coverage_report, ledger_from_tiles, run_report, up_to_date
+from pipeline.run.scheduling import TilesFailed, failure_summary, run_tiles
+from pipeline.run_config import RunConfig, default_output_dir
+from pipeline.scenes import SceneLedger
+from pipeline.workspace import TileFailure, Workspace
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """What the stages of one run share: its settings and workspace, then what each stage adds
+    (scenes, plan, manifest, tiles to run, calibration, tile results)."""
+
+    cfg: RunConfig
+    ws: Workspace
+    output_hash: str
+    precision_info: dict[str, Any]
+    geometry: Any
+    area_km2: float
+    labels: list[str]
+    cluster: Any
+    previous: dict[str, Any] | None
+    resumable: bool
+    t0: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    items: list[dict] = field(default_factory=list)
+    ledger: SceneLedger | None = None
+    plan: Plan | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    done_before: dict[str, dict] = field(default_factory=dict)
+    todo: list = field(default_factory=list)
+    dead_before: dict[str, TileFailure] = field(default_factory=dict)
+    calibration: list[float] | None = None
+    codec: Any = None
+    stats: dict[str, dict] = field(default_factory=dict)
+    failures: dict[str, TileFailure] = field(default_factory=dict)
+
+
+def execute(cfg: RunConfig) -> int:
+    """Run (or resume) a map; returns the exit code (0 complete, 1 some tiles failed)."""
+    from pipeline.cluster import open_client
+
+    run = prepare(cfg)
+    if run is None:
+        return 0
+    with _timed(run, "search"):
+        find_scenes(run)
+    with _timed(run, "plan"):
+        run.plan = make_plan(run.cfg)
+    open_store(run)
+    with open_client(run.cluster) as client:
+        with _timed(run, "calibrate"):
+            calibrate_once(run, client)
+        with _timed(run, "tiles_wall"):
+            run_todo(run, client)
+    report = report_run(run)
+    publish_run(run, report)
+    return 0
+
+
+@contextmanager
+def _timed(run: RunState, stage: str) -> Iterator[None]:
+    """Time the ``with`` block into ``run.seconds[stage]`` (``run.json``'s ``seconds``)."""
+    t = time.perf_counter()
+    yield
+    run.seconds[stage] = time.perf_counter() - t
+
+
+def prepare(cfg: RunConfig) -> RunState | None:
+    """Resolve the run and make the cheap checks (None: the map is complete and up to date).
+
+    Bad input fails here in seconds (region, size, periods, legend, head), before the STAC search,
+    before any model is built and before anything is written.
+    """
+    from pipeline.cluster import ClusterConfig, load_slurm_profile
+    from pipeline.composite import period_labels
+
+    t0 = time.perf_counter()
+    region, geometry = resolve_region(cfg)
+    out = Path(cfg.out) if cfg.out else default_output_dir(cfg, region.name)
+    ws = Workspace(out)
+    ws.check_writable()
+    cfg, precision_info = resolve_precision(cfg)
+    output_hash = cfg.output_hash()
+    if not cfg.overwrite and up_to_date(ws, output_hash):
+        _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
+        return None
+    ws.check_conflict(output_hash, cfg.overwrite)
+    from aoi import to_crs
+
+    area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
+    check_size(cfg, area_km2)
+    labels = list(period_labels(cfg.start, cfg.end, cfg.period))
+    if cfg.model == "timesenclip" and len(labels) not in (1, 4, 12):
+        raise UserError(
+            f"TimeSenCLIP takes 12 monthly, 4 quarterly or 1 annual composite(s); {cfg.start} to "
+            f"{cfg.end} gives {len(labels)} {cfg.period} periods: map one year at a time"
+        )
+    cluster_cfg = ClusterConfig(
+        kind=cfg.cluster,
+        workers=cfg.workers,
+        slurm=load_slurm_profile(cfg.cluster_config)
+        if cfg.cluster == "slurm"
+        else ClusterConfig().slurm,
+    )
+    if cfg.untrained:
+        _log.warning(
+            "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
+            "the pipeline working, not land cover%s",
+            cfg.model,
+            " until a few-shot head classifies it" if cfg.head else "",
+        )
+    # Cheap checks first (legend, head, then the STAC search): bad input fails in seconds,
+    # before any model is built or any tile runs.
+    preflight(cfg, len(labels))
+    previous = ws.manifest()
+    resumable = (
+        previous is not None and previous.get("output_hash") == output_hash and not cfg.overwrite
+    )
+    return RunState(
+        cfg=cfg,
+        ws=ws,
+        output_hash=output_hash,
+        precision_info=precision_info,
+        geometry=geometry,
+        area_km2=area_km2,
+        labels=labels,
+        cluster=cluster_cfg,
+        previous=previous,
+        resumable=resumable,
+        t0=t0,
+    )
+
+
+def find_scenes(run: RunState) -> None:
+    """The run's scenes and their ledger: from the manifest when resuming, else the STAC search."""
+    if run.resumable:
+        run.items = run.previous["items"]
+        run.ledger = SceneLedger.from_dict(run.previous.get("ledger"))
+        _log.info("resuming %s: %d scenes from the manifest", run.ws.out, len(run.items))
+    else:
+        run.items, run.ledger = search_run_scenes(run.cfg, run.geometry, run.cfg.profile)
+        _log.info("%d scenes found", len(run.items))
+
+
+def open_store(run: RunState) -> None:
+    """Write the manifest, create (or reclaim) the Zarr store, and choose the tiles to run."""
+    from pipeline.config import to_plain
+    from pipeline.writers import create_map_store
+
+    cfg, ws, plan = run.cfg, run.ws, run.plan
+    ws.prepare(run.output_hash, cfg.overwrite)
+    run.manifest = (
+        run.previous
+        if run.resumable
+        else {
+            "output_hash": run.output_hash,
+            "config": to_plain(cfg),
+            "items": run.items,
+            "ledger": run.ledger.to_dict(),
+            "calibration": None,
+        }
+    )
+    ws.save_manifest(run.manifest)
+    if run.resumable:
+        ws.reclaim_store()
+    create_map_store(
+        ws.store,
+        plan.grid,
+        class_names=list(plan.class_names),
+        k=min(cfg.top_k, len(plan.class_names)),
+        period_labels=run.labels,
+        band_names=_bands() if cfg.save_composite else None,
+        embed_dim=plan.model_info["embed_dim"] if cfg.save_embeddings else None,
+        field_dims=field_dims(cfg, plan),
+        attrs={
+            "config_hash": run.output_hash,
+            "region": plan.region_name,
+            "model": cfg.model,
+            "untrained": cfg.untrained,
+            **field_attrs(cfg, plan),
+        },
+    )
+    run.done_before = ws.done_tiles()
+    run.todo, run.dead_before = select_tiles(
+        plan.grid.tiles, run.done_before, ws.failed_tiles(), cfg
+    )
+    _log.info(
+        "%d tiles: %d done earlier, %d to run, %d left in the dead-letter list%s",
+        len(plan.grid.tiles),
+        len(run.done_before),
+        len(run.todo),
+        len(run.dead_before),
+        " (--retry-failed redoes them)" if run.dead_before else "",
+    )
+
+
+def _bands() -> list[str]:
+    from pipeline.bands import BANDS
+
+    return list(BANDS)
+
+
+def calibrate_once(run: RunState, client) -> None:
+    """The calibration vector (from the manifest, or fitted and stored there) and the field codec."""
+    cfg = run.cfg
+    run.calibration = run.manifest.get("calibration")
+    if cfg.calibration == "reference" and run.calibration is None and not cfg.head:
+        run.calibration = calibrate(client, cfg, run.plan, run.ws, run.items).tolist()
+        run.manifest["calibration"] = run.calibration
+        run.ws.save_manifest(run.manifest)
+    run.codec = fit_field(client, cfg, run.plan, run.ws, run.items) if cfg.save_embeddings else None
+    clear_reference_sample()
+
+
+def run_todo(run: RunState, client) -> None:
+    """Run the tiles still to do, with a progress bar in pixels."""
+    if not run.todo:
+        return
+    from tqdm import tqdm
+
+    calib = None if run.calibration is None else np.asarray(run.calibration, np.float32)
+    # Pixels, not tiles: a few large tiles still move the bar and give an ETA.
+    with tqdm(
+        total=sum(tl.shape[0] * tl.shape[1] for tl in run.todo),
+        unit="px",
+        unit_scale=True,
+        desc=f"{len(run.todo)} tiles",
+        disable=not run.cfg.progress,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
+        run.stats, run.failures = run_tiles(
+            client, run.cfg, run.plan, run.ws, run.items, calib, run.todo, bar, field=run.codec
+        )
+
+
+def report_run(run: RunState) -> dict[str, Any]:
+    """``run.json``'s content: the run's report plus precision, field, scene ledger, coverage."""
+    cfg, plan, stats = run.cfg, run.plan, run.stats
+    all_stats = {**run.done_before, **stats}
+    ledger_from_tiles(run.ledger, stats, run.failures)
+    for line in run.ledger.summary_lines():
+        _log.info("%s", line)
+    for stage in ("load", "composite", "infer", "write"):
+        run.seconds[f"{stage}_worker_sum"] = float(
+            sum(s["seconds"].get(stage, 0.0) for s in stats.values())
+        )
+    report = run_report(
+        cfg,
+        plan,
+        run.ws,
+        run.output_hash,
+        run.items,
+        run.calibration,
+        run.seconds,
+        all_stats,
+        run.done_before,
+        run.failures,
+        run.area_km2,
+    )
+    report["precision"] = run.precision_info
+    if run.codec is not None:
+        report["field"] = {
+            **field_attrs(cfg, plan)["s2lc:field"],
+            "explained_variance": run.codec.explained_variance,
+        }
+    report["scene_ledger"] = run.ledger.to_dict()
+    report["coverage"] = coverage_report(all_stats, run.labels)
+    for line in report["coverage"]["warnings"]:
+        _log.warning("%s", line)
+    return report
+
+
+def publish_run(run: RunState, report: dict[str, Any]) -> None:
+    """Publish the map and write ``run.json``; raise TilesFailed (``run.json`` written, nothing
+    published over the failed tiles) when tiles failed or are dead-lettered."""
+    from pipeline.base.jsonio import write_json
+    from pipeline.cells import is_gridded
+
+    cfg, plan, ws, failures = run.cfg, run.plan, run.ws, run.failures
+    all_stats = {**run.done_before, **run.stats}
+    gridded = is_gridded(plan.crs)
+    if gridded:  # cells whose tiles are all done are published now, failed tiles or not
+        from pipeline.continental import publish_cells
+
+        t = time.perf_counter()
+        report["cells"] = publish_cells(cfg, plan, ws, report, run.labels, all_stats)
+        report["seconds"]["publish_cells"] = time.perf_counter() - t
+    dead = {
+        **run.dead_before,
+        **{t: f for t, f in failures.items() if f.attempts >= cfg.max_attempts},
+    }
+    report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
+    if failures or dead:
+        report["status"] = "incomplete"
+        report["seconds"]["total"] = time.perf_counter() - run.t0
+        write_json(ws.out / "run.json", report)
+        every = {**dead, **failures}
+        msg = failure_summary(every, len(plan.grid.tiles), ws.out / "run.json")
+        if dead:
+            msg += (
+                f"; {len(dead)} tile(s) failed {cfg.max_attempts} times or more and are in the "
+                "dead-letter list (run.json): plain reruns leave them, --retry-failed redoes them"
+            )
+        raise TilesFailed(msg)
+    t = time.perf_counter()
+    if gridded:
+        from pipeline.continental import publish_gridded
+
+        publish_gridded(cfg, plan, ws, report, run.labels)
+    else:
+        publish(cfg, plan, ws, report, run.labels)
+    report["seconds"]["publish"] = time.perf_counter() - t
+    report["seconds"]["total"] = time.perf_counter() - run.t0
+    write_json(ws.out / "run.json", report)
+    _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])

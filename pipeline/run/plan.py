@@ -1,0 +1,308 @@
+"""What a run resolves before any tile runs: region, size checks, legend and classifier, scenes,
+and the work order of each tile (:func:`tile_job`, with only the STAC items touching its window).
+
+Everything here runs on the driver and fails before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.base.colours import palette
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import sha256_file
+from pipeline.run_config import RunConfig
+from pipeline.scenes import SceneLedger
+from pipeline.window import items_for
+from pipeline.workspace import TileFailure, Workspace
+
+_log = logging.getLogger(__name__)
+
+#: Local runs larger than this (km²) need --allow-large: hours of CPU inference.
+LOCAL_CPU_LIMIT_KM2 = 100.0
+LOCAL_GPU_LIMIT_KM2 = 20_000.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the driver resolved before any tile runs."""
+
+    region_name: str
+    geometry: Any
+    crs: str
+    resolution: float
+    grid: Any
+    class_names: tuple[str, ...]
+    colors: tuple[str, ...]
+    legend_info: dict[str, Any]
+    classifier: np.ndarray
+    model_info: dict[str, Any]
+
+
+def resolve_region(cfg: RunConfig):
+    """The region, its geometry clipped to ``--bbox`` when given."""
+    from shapely.geometry import box
+
+    from aoi import load_region
+
+    region = load_region(cfg.region)
+    geometry = region.geometry
+    if cfg.bbox is not None:
+        geometry = geometry.intersection(box(*cfg.bbox))
+        if geometry.is_empty or geometry.area == 0:
+            raise UserError(f"--bbox {list(cfg.bbox)} does not overlap region {region.name}")
+    return region, geometry
+
+
+def check_size(cfg: RunConfig, area_km2: float) -> None:
+    """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed."""
+    if cfg.cluster != "local" or cfg.allow_large:
+        return
+    from pipeline.cluster import _cuda_devices
+
+    limit = LOCAL_GPU_LIMIT_KM2 if _cuda_devices() else LOCAL_CPU_LIMIT_KM2
+    if area_km2 > limit:
+        raise UserError(
+            f"the region covers {area_km2:,.0f} km2, more than a local cluster maps in reasonable "
+            f"time ({limit:,.0f} km2 here); use --cluster slurm|tcp://..., a smaller --bbox, "
+            "or pass --allow-large to run it anyway"
+        )
+
+
+def preflight(cfg: RunConfig, n_periods: int) -> None:
+    """Cheap checks of the legend and the few-shot head, before any model is built.
+
+    Raises UserError for an unknown legend, an unreadable head, or a head fitted on another model
+    kind, composite period or number of periods T than this run makes.
+    """
+    from model.legends import load_legend
+
+    if not cfg.head:
+        load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
+        return
+    from model.train.probe import check_head_matches, load_head
+
+    head = load_head(cfg.head)
+    check_head_matches(
+        head, {"name": cfg.model, "period": cfg.period, "periods": n_periods}, where=cfg.head
+    )
+    fitted = head.model_identity
+    if fitted.get("start") and str(fitted["start"]) != str(cfg.start):
+        _log.warning(
+            "the head was fitted on composites of %s..%s and maps %s..%s: a head transfers "
+            "between years only as far as the land cover's seasonal signal does",
+            fitted["start"],
+            fitted.get("end"),
+            cfg.start,
+            cfg.end,
+        )
+    legend = _head_legend(cfg, head)
+    if legend is not None and tuple(legend.names) != tuple(head.class_names):
+        raise UserError(
+            f"--legend {cfg.legend} has classes {', '.join(legend.names)}; the head "
+            f"{cfg.head} predicts {', '.join(head.class_names)}"
+        )
+
+
+def _head_legend(cfg: RunConfig, head: Any):
+    """The legend whose colours a head's map takes: --legend, else the one the head was fitted
+    with (``probe --legend``), else None (a generic palette)."""
+    from model.legends import load_legend
+
+    name = cfg.legend if cfg.legend is not None else head.meta.get("legend")
+    if not name:
+        return None
+    try:
+        return load_legend(name, style=cfg.style)
+    except UserError:
+        if cfg.legend is not None:
+            raise
+        return None  # the head's legend file moved: fall back to a palette
+
+
+def _legend_and_classifier(cfg: RunConfig, m: Any):
+    """Class names, colours, legend facts for legend.json, and the (C, D) text classifier."""
+    if cfg.head:
+        from model.train.probe import check_head_matches, load_head
+
+        head = load_head(cfg.head)
+        check_head_matches(
+            head,
+            {
+                "name": m.name,
+                "identity": m.identity,
+                "dim": int(m.embed_dim),
+                "checkpoint_sha256": m.checkpoint_sha256,
+            },
+            where=cfg.head,
+        )
+        names = tuple(head.class_names)
+        legend = _head_legend(cfg, head)
+        if legend is not None and tuple(legend.names) == names:
+            colors = tuple(legend.colors)
+        else:
+            colors = tuple(palette(len(names)))
+        info = {
+            "name": legend.name if legend is not None else Path(cfg.head).name,
+            "style": "few-shot head",
+            "prompt_hash": None,
+            "head": Path(cfg.head).name,
+            "head_sha256": sha256_file(Path(cfg.head)),
+        }
+        return names, colors, info, np.zeros((len(names), m.embed_dim), np.float32)
+    from model.legends import load_legend
+    from model.zeroshot import build_classifier
+
+    legend = load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
+    w = build_classifier(m, legend)
+    w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w, np.float32)
+    names = tuple(c.name for c in legend.classes)
+    colors = tuple(c.color for c in legend.classes)
+    info = {"name": legend.name, "style": legend.style, "prompt_hash": legend.prompt_hash}
+    return names, colors, info, w
+
+
+def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
+    """``cfg`` with ``--precision auto`` resolved for this machine (:mod:`model.precision`).
+
+    Runs before the output hash, so the hash covers the precision the pixels are computed in.
+    """
+    if cfg.precision != "auto":
+        return cfg, {"requested": cfg.precision, "resolved": cfg.precision}
+    from model.precision import resolve
+    from pipeline.tile_task import ModelSpec
+
+    m = ModelSpec.of(cfg).load()
+    w = _legend_and_classifier(cfg, m)[3]
+    resolved, info = resolve(m, "auto", np.asarray(w, np.float32))
+    return cfg.with_(precision=resolved), info
+
+
+def make_plan(cfg: RunConfig) -> Plan:
+    """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
+    from pipeline.cells import output_grid
+    from pipeline.tile_task import ModelSpec
+
+    region, geometry = resolve_region(cfg)
+    grid = output_grid(geometry, region.crs, region.resolution, cfg.tile_size)
+    m = ModelSpec.of(cfg).load()
+    names, colors, legend_info, w = _legend_and_classifier(cfg, m)
+    if len(names) > 254:
+        raise UserError(f"the legend has {len(names)} classes; at most 254 fit a uint8 map")
+    model_info = {
+        "name": m.name,
+        "identity": m.identity,
+        "checkpoint": cfg.checkpoint,
+        "checkpoint_sha256": m.checkpoint_sha256,
+        "untrained": m.untrained,
+        "embed_dim": m.embed_dim,
+        "arch": getattr(m, "arch", cfg.arch),
+        "embedding_identity": getattr(m, "embedding_identity", m.identity),
+    }
+    return Plan(
+        region.name,
+        geometry,
+        region.crs,
+        region.resolution,
+        grid,
+        names,
+        colors,
+        legend_info,
+        w,
+        model_info,
+    )
+
+
+def search_items(cfg: RunConfig, geometry, profile: str) -> list[dict]:
+    """The usable scenes (item dicts, unsigned hrefs) for the run's region and period."""
+    return search_run_scenes(cfg, geometry, profile)[0]
+
+
+def search_run_scenes(cfg: RunConfig, geometry, profile: str) -> tuple[list[dict], SceneLedger]:
+    """The usable scenes (item dicts with unsigned hrefs) and the ledger of all returned."""
+    from pipeline.search import SearchConfig, search_scenes
+    from pipeline.stac_profiles import unsigned_href
+
+    scfg = SearchConfig(
+        profile=profile,
+        stac_url=getattr(cfg, "stac_url", None),
+        collection=getattr(cfg, "collection", None),
+        max_cloud=getattr(cfg, "max_cloud", 60.0),
+    )
+    try:
+        result = search_scenes(geometry, cfg.start, cfg.end, scfg)
+    except UserError as exc:
+        if profile != "demo" and _inside_demo(geometry):
+            raise type(exc)(  # the same kind of error (NoScenesError stays one), with the hint
+                f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
+            ) from None
+        raise
+    items = []
+    for it in result.items:
+        d = it.to_dict()
+        for asset in d.get("assets", {}).values():  # signatures expire: signed when read
+            asset["href"] = unsigned_href(asset["href"])
+        items.append(d)
+    return items, result.ledger
+
+
+def _inside_demo(geometry) -> bool:
+    """True when ``geometry`` (EPSG:4326) lies inside the bundled demo catalog's footprint."""
+    from shapely.geometry import box
+
+    from aoi import to_crs
+    from pipeline.demo import DEMO_BOUNDS, DEMO_EPSG
+
+    return box(*DEMO_BOUNDS).contains(to_crs(geometry, f"EPSG:{DEMO_EPSG}"))
+
+
+def tile_job(
+    cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, calibration, field=None
+):
+    from pipeline.tile_task import ModelSpec, TileJob
+    from pipeline.tiling import chip_plan
+
+    window_box = (
+        chip_plan(tile.geobox, cfg.window, cfg.stride).geobox
+        if cfg.model == "senclip"
+        else tile.geobox
+    )
+    return TileJob(
+        tile=tile,
+        items=items_for(items, window_box),
+        geometry_wkb=plan.geometry.wkb,
+        model=ModelSpec.of(cfg),
+        classifier=plan.classifier,
+        calibration=calibration,
+        head=cfg.head,
+        start=cfg.start,
+        end=cfg.end,
+        period=cfg.period,
+        mask_snow=cfg.mask_snow,
+        window=cfg.window,
+        stride=cfg.stride,
+        top_k=cfg.top_k,
+        save_composite=cfg.save_composite,
+        save_embeddings=cfg.save_embeddings,
+        store=str(ws.store),
+        tile_dir=str(ws.tile_dir(tile.id)),
+        field=field,
+    )
+
+
+def select_tiles(tiles, done: dict, failed: dict[str, TileFailure], cfg: RunConfig):
+    """(tiles to run, dead-lettered failures left alone) for this run.
+
+    A plain run (or rerun) runs every tile not done except those that failed ``max_attempts``
+    times or more (the dead-letter list); ``--retry-failed`` runs only the tiles that failed.
+    """
+    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.max_attempts}
+    if cfg.retry_failed:
+        return [tl for tl in tiles if tl.id in failed and tl.id not in done], {}
+    todo = [tl for tl in tiles if tl.id not in done and tl.id not in dead]
+    return todo, {t: f for t, f in dead.items() if t not in done}

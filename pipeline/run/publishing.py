@@ -1,0 +1,123 @@
+"""Publishing a finished run: COG mosaics, the Zarr store moved into place, legend, quicklook,
+STAC item, and the compact field's metadata the store and the item carry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.run.plan import Plan
+from pipeline.run_config import RunConfig
+from pipeline.workspace import Workspace
+
+
+def field_dims(cfg: RunConfig, plan: Plan) -> int | None:
+    """Components of the compact field (None without ``--save-embeddings``)."""
+    if not cfg.save_embeddings:
+        return None
+    return min(int(cfg.field_dims), int(plan.model_info["embed_dim"]))
+
+
+def field_attrs(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
+    """The field's metadata in the store (``s2lc:field``): model identity and decoding recipe."""
+    if not cfg.save_embeddings:
+        return {}
+    from pipeline.field.api import FIELD_ATTR
+    from pipeline.field.codec import ENCODING, ENCODING_VERSION
+
+    dims = field_dims(cfg, plan)
+    return {
+        FIELD_ATTR: {
+            "encoding": ENCODING,
+            "version": ENCODING_VERSION,
+            "model": plan.model_info["identity"],
+            "embedding_identity": plan.model_info.get("embedding_identity"),
+            "model_name": plan.model_info["name"],
+            "embed_dim": plan.model_info["embed_dim"],
+            "dims": dims,
+            "bytes_per_pixel": dims + 2,
+            "decode": "e = normalise(field_mean + field_basis @ (field_codes * field_scale)); "
+            "field_scale NaN = nodata (pipeline.field.codec)",
+        }
+    }
+
+
+def write_legend_and_quicklook(
+    cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, classes: Path
+) -> None:
+    """``legend.json`` and ``quicklook.png`` (of the ``classes`` raster: a COG or a VRT), with
+    what the map is made from in both (model identity, untrained weights, a few-shot head)."""
+    from pipeline.writers import write_legend_json, write_quicklook
+
+    write_legend_json(
+        ws.out / "legend.json",
+        class_names=list(plan.class_names),
+        colors=list(plan.colors),
+        legend_name=plan.legend_info["name"],
+        style=plan.legend_info["style"],
+        prompt_hash=plan.legend_info["prompt_hash"],
+        untrained=cfg.untrained,
+        extra={
+            "model": plan.model_info["identity"],
+            "nodata": 255,
+            "calibration": report["calibration"],
+        },
+    )
+    title = f"{plan.region_name} {cfg.start}..{cfg.end} | {cfg.model} | {plan.legend_info['name']}"
+    if cfg.untrained and cfg.head:
+        title += "\nUNTRAINED encoder (demo), classes from a few-shot head"
+    elif cfg.untrained:
+        title += "\nUNTRAINED WEIGHTS (demo): not a land-cover map"
+    write_quicklook(
+        ws.out / "quicklook.png", classes, list(plan.class_names), list(plan.colors), title
+    )
+
+
+def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: list[str]) -> None:
+    """Mosaic COGs, move the Zarr into place, write legend, quicklook and STAC item."""
+    from pipeline.writers import build_cogs, write_stac_item
+
+    cogs = build_cogs(
+        ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors), period_labels=labels
+    )
+    field_cogs = {}
+    if cfg.save_embeddings:
+        from pipeline.writers.field import build_field_cogs
+
+        field_cogs = build_field_cogs(ws.store, ws.out, field_attrs(cfg, plan)["s2lc:field"])
+    zarr_path = ws.publish_store()
+    ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
+    write_legend_and_quicklook(cfg, plan, ws, report, cogs["classes"])
+    if "composite_rgb" in cogs:  # the true-colour composite the map was made from
+        from pipeline.writers import write_rgb_quicklook
+
+        cogs["composite_quicklook"] = write_rgb_quicklook(
+            ws.out / "composite_rgb.png", cogs["composite_rgb"]
+        )
+    assets = {
+        **cogs,
+        **field_cogs,
+        "zarr": zarr_path,
+        "legend": ws.out / "legend.json",
+        "quicklook": ws.out / "quicklook.png",
+        "run": ws.out / "run.json",
+    }
+    write_stac_item(
+        ws.out / "item.json",
+        grid=plan.grid,
+        geometry_4326=plan.geometry,
+        start=cfg.start,
+        end=cfg.end,
+        assets=assets,
+        class_names=list(plan.class_names),
+        colors=list(plan.colors),
+        properties={
+            "s2lc:model": plan.model_info["identity"],
+            "s2lc:untrained": cfg.untrained,
+            "s2lc:period": cfg.period,
+            "s2lc:periods": labels,
+            "s2lc:output_hash": report["output_hash"],
+        },
+        item_id=f"s2lc-{plan.region_name}-{cfg.start}-{cfg.end}-{cfg.period}-{cfg.model}",
+    )

@@ -1,0 +1,139 @@
+"""What a run says about itself: ``run.json`` (config, region, model, tiles, timings, coverage),
+the scene ledger's tile-level entries, and whether a finished map is already up to date.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.scenes import SceneLedger
+from pipeline.workspace import TileFailure, Workspace
+
+
+def ledger_from_tiles(ledger: SceneLedger, stats: dict, failures: dict[str, TileFailure]) -> None:
+    """Add the tiles' read failures and offset warnings to the scene ledger."""
+    for tid, f in failures.items():
+        if f.error_kind == "read_failure":
+            for sid in f.scenes:
+                ledger.read_failure(sid, f.message, tid)
+    for s in stats.values():
+        for sid, text in (s.get("offset_warnings") or {}).items():
+            ledger.warn(sid, text)
+
+
+#: A period gap-filled (no clear observation) over more than this share of the region warns.
+GAP_FILLED_WARN_FRACTION = 0.10
+
+
+def coverage_report(all_stats: dict[str, dict], labels: list[str]) -> dict[str, Any]:
+    """Per period, the share of the region's pixels without a clear observation in it (gap-filled
+    from other periods), the share with no observation in any period (nodata), and warnings.
+
+    Tiles from before coverage was recorded are left out (``pixels_counted`` says how many count).
+    """
+    inside = 0
+    no_data = 0
+    gap = np.zeros(len(labels), np.int64)
+    for s in all_stats.values():
+        cov = s.get("coverage")
+        if not cov or len(cov.get("gap_filled", [])) != len(labels):
+            continue
+        inside += int(cov["inside"])
+        no_data += int(cov["no_data"])
+        gap += np.asarray(cov["gap_filled"], np.int64)
+    periods = {
+        lab: {"gap_filled_fraction": float(g / inside) if inside else 0.0}
+        for lab, g in zip(labels, gap, strict=True)
+    }
+    warnings = []
+    frac_none = no_data / inside if inside else 0.0
+    for lab, v in periods.items():
+        f = v["gap_filled_fraction"]
+        if f > GAP_FILLED_WARN_FRACTION:
+            warnings.append(
+                f"period {lab}: no clear observation over {f:.0%} of the region; those pixels "
+                "were gap-filled from neighbouring periods"
+            )
+    if no_data:
+        warnings.append(
+            f"{frac_none:.1%} of the region ({no_data} px) has no clear observation in any "
+            "period: nodata in the map"
+        )
+    return {
+        "pixels_counted": inside,
+        "no_data_fraction": frac_none,
+        "gap_filled_warn_fraction": GAP_FILLED_WARN_FRACTION,
+        "periods": periods,
+        "warnings": warnings,
+    }
+
+
+def up_to_date(ws: Workspace, output_hash: str) -> bool:
+    """True when ``ws`` holds a complete, published map made with the same settings."""
+    import json
+
+    run_json = ws.out / "run.json"
+    if not run_json.is_file():
+        return False
+    try:
+        report = json.loads(run_json.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    from pipeline.workspace import GRIDDED_PRODUCTS, PRODUCTS
+
+    products = GRIDDED_PRODUCTS if "cells" in report else PRODUCTS
+    return (
+        report.get("status") == "complete"
+        and report.get("output_hash") == output_hash
+        and all((ws.out / p).exists() for p in products)
+    )
+
+
+def run_report(
+    cfg,
+    plan,
+    ws,
+    output_hash,
+    items,
+    calibration,
+    seconds,
+    all_stats,
+    done_before,
+    failures,
+    area_km2,
+) -> dict[str, Any]:
+    from pipeline.config import to_plain
+    from pipeline.provenance import host_info, package_versions
+
+    return {
+        "status": "complete",
+        "untrained": cfg.untrained,
+        "output_hash": output_hash,
+        "config": to_plain(cfg),
+        "region": {
+            "name": plan.region_name,
+            "crs": plan.crs,
+            "resolution": plan.resolution,
+            "area_km2": area_km2,
+            "bbox_4326": list(plan.geometry.bounds),
+        },
+        "model": plan.model_info,
+        "legend": {**plan.legend_info, "classes": list(plan.class_names)},
+        "calibration": calibration,
+        "scenes": len(items),
+        "tiles": {
+            "total": len(plan.grid.tiles),
+            "done": len(all_stats),
+            "resumed": len(done_before),
+            "failed": sorted(failures),
+            "errors": {k: f"{f.error_kind}: {f.message}" for k, f in failures.items()},
+            "failures": {k: failures[k].to_dict() for k in sorted(failures)},
+            "tile_size": cfg.tile_size,
+        },
+        "seconds": dict(seconds),
+        "tile_stats": [all_stats[k] for k in sorted(all_stats)],
+        "versions": package_versions(),
+        "host": host_info(),
+    }

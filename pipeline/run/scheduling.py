@@ -1,0 +1,148 @@
+"""Tile tasks on Dask: a bounded number in flight, read groups kept on one worker, retries
+counted here, and failures recorded (the dead-letter list) instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.base.errors import UserError
+from pipeline.run.plan import tile_job
+from pipeline.window import ItemIndex
+from pipeline.workspace import TileFailure
+
+_log = logging.getLogger(__name__)
+
+
+def task_resources(client) -> dict[str, int] | None:
+    """Request a GPU per task where the workers advertise GPUs."""
+    workers = client.scheduler_info().get("workers", {})
+    if any("GPU" in (w.get("resources") or {}) for w in workers.values()):
+        return {"GPU": 1}
+    return None
+
+
+def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure:
+    """The failure record of a tile whose last attempt raised ``exc``."""
+    import datetime as dt
+
+    from pipeline.cube import ReadFailure
+
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if isinstance(exc, ReadFailure):
+        return TileFailure(
+            tile_id, "read_failure", text, attempts, http_status=exc.status,
+            scenes=exc.scenes, time=when,
+        )  # fmt: skip
+    return TileFailure(tile_id, "error", f"{type(exc).__name__}: {text}", attempts, time=when)
+
+
+def run_tiles(
+    client, cfg, plan, ws, items, calibration, todo, progress=None, task=None, field=None
+) -> tuple[dict, dict[str, TileFailure]]:
+    """Run ``todo`` tiles, a bounded number in flight; returns (stats, failures) by tile id.
+
+    ``task`` replaces :func:`pipeline.tile_task.process_tile` (the scale benchmark's stand-in).
+
+    A tile that raises is resubmitted up to ``cfg.retries`` times; one that still fails gets a
+    :class:`~pipeline.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
+    and no done marker, so the next run redoes it.
+    """
+    from distributed import as_completed
+
+    from pipeline.reading import read_order
+    from pipeline.tile_task import process_tile
+
+    task = task or process_tile
+    items = items if isinstance(items, ItemIndex) else ItemIndex(items)
+
+    workers = sorted(client.scheduler_info().get("workers", {}))
+    n_workers = max(1, len(workers))
+    max_in_flight = max(4, 3 * n_workers)
+    resources = task_resources(client)
+    # Tiles of one read group run on one worker (others may still steal them), so the worker's
+    # block cache decodes each source block once (pipeline.reading.read_order).
+    order = read_order(todo, n_workers)
+    home = {t.id: w for t, w in order}
+    pending = [t for t, _ in order]
+    stats: dict[str, dict] = {}
+    failures: dict[str, TileFailure] = {}
+    earlier = ws.failed_tiles()
+    tile_of: dict[str, tuple[Any, int]] = {}
+
+    def submit(tile, attempt: int = 1):
+        fut = client.submit(
+            task,
+            tile_job(cfg, plan, ws, items, tile, calibration, field),
+            key=f"tile-{tile.id}-{cfg.output_hash()}-{attempt}",
+            retries=0,  # retried here, so attempts are counted and recorded
+            resources=resources,
+            pure=False,
+            **(
+                {"workers": [workers[home[tile.id]]], "allow_other_workers": True}
+                if len(workers) > 1
+                else {}
+            ),
+        )
+        tile_of[fut.key] = (tile, attempt)
+        return fut
+
+    ac = as_completed([submit(pending.pop(0)) for _ in range(min(max_in_flight, len(pending)))])
+    for fut in ac:
+        tile, attempt = tile_of.pop(fut.key)
+        tid = tile.id
+        if fut.status == "finished":
+            s = fut.result()
+            ws.mark_done(tid, s)
+            stats[tid] = s
+        else:
+            exc = fut.exception()
+            if attempt <= cfg.retries:
+                _log.warning("tile %s attempt %d failed (%s); retrying", tid, attempt, exc)
+                fut.release()
+                ac.add(submit(tile, attempt + 1))
+                continue
+            before = earlier[tid].attempts if tid in earlier else 0
+            failures[tid] = tile_failure(tid, exc, before + attempt)
+            ws.record_failure(failures[tid])
+            _log.error(
+                "tile %s failed after %d attempt(s): %s: %s",
+                tid,
+                attempt,
+                failures[tid].error_kind,
+                failures[tid].message,
+            )
+        fut.release()
+        if progress is not None:  # counts pixels (tiles done: in the postfix)
+            progress.update(plan.grid[tid].shape[0] * plan.grid[tid].shape[1])
+            progress.set_postfix_str(
+                f"{len(stats) + len(failures)}/{len(todo)} tiles", refresh=False
+            )
+        if pending:
+            ac.add(submit(pending.pop(0)))
+    return stats, failures
+
+
+class TilesFailed(UserError):
+    """Some tiles failed (or are dead-lettered): the rest of the run finished, nothing published
+    over them. Exit code 3, so scripts tell it from bad input (2)."""
+
+    exit_code = 3
+
+
+def failure_summary(failures: dict[str, TileFailure], total: int, where: Path) -> str:
+    """One line: how many tiles failed, the first few with their reason, where the list is."""
+    shown = []
+    for tid in sorted(failures)[:3]:
+        f = failures[tid]
+        scenes = f" (scenes {', '.join(f.scenes[:3])})" if f.scenes else ""
+        shown.append(f"{tid}: {f.error_kind}, {f.message[:160]}{scenes}")
+    more = f"; +{len(failures) - 3} more" if len(failures) > 3 else ""
+    return (
+        f"{len(failures)} of {total} tiles failed: {'; '.join(shown)}{more}. The map is not "
+        f"published; all failures are listed in {where}; finished tiles are kept: rerun to redo "
+        "only the failed ones"
+    )
