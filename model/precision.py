@@ -34,7 +34,7 @@ SAMPLE_PIXELS = 512
 SAMPLE_CHIPS = 8
 
 # Endmember spectra (reflectance x 1e4, bands B2 B3 B4 B5 B6 B7 B8 B8A B11 B12), rounded from
-# typical Sentinel-2 L2A values (pipeline.demo.spectra's classes): vegetation, soil, water, urban.
+# typical Sentinel-2 L2A values (pipeline.testing.demo.spectra's classes): vegetation, soil, water, urban.
 _ENDMEMBERS = np.array(
     [
         [300, 600, 350, 1000, 2600, 3100, 3300, 3400, 2000, 1000],

@@ -114,8 +114,8 @@ def api_url(cfg: SearchConfig) -> Iterator[str]:
         return
     profile = cfg.resolved_profile
     if profile.name == "demo":
-        from pipeline.demo import ensure_demo_catalog
-        from pipeline.stac_server import serve
+        from pipeline.testing.demo import ensure_demo_catalog
+        from pipeline.testing.stac_server import serve
 
         with serve(ensure_demo_catalog()) as url:
             yield url

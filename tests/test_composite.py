@@ -22,8 +22,8 @@ from pipeline.composite import (
     period_starts,
 )
 from pipeline.cube import load_cube
-from pipeline.demo import DEMO_AOI, generate_catalog, landscape_of, load_truth
-from pipeline.demo.spectra import ndvi_of
+from pipeline.testing.demo import DEMO_AOI, generate_catalog, landscape_of, load_truth
+from pipeline.testing.demo.spectra import ndvi_of
 
 Y0, Y1 = dt.date(2023, 1, 1), dt.date(2023, 12, 31)
 

@@ -222,7 +222,7 @@ def test_demo_truth_and_sample_points_commands(capsys, tmp_path, demo_catalog):
     import geopandas as gpd
     import rasterio
 
-    from pipeline.demo import load_truth
+    from pipeline.testing.demo import load_truth
 
     truth = tmp_path / "truth.tif"
     assert main(["demo", "truth", "--out", str(truth)]) == 0

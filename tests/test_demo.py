@@ -13,7 +13,7 @@ import requests
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, PC_KEYS, SCL, asset_keys
 from pipeline.base.errors import UserError
-from pipeline.demo import (
+from pipeline.testing.demo import (
     CLASS_NAMES,
     DEMO_AOI,
     DEMO_BOUNDS,
@@ -21,7 +21,7 @@ from pipeline.demo import (
     landscape_of,
     load_truth,
 )
-from pipeline.stac_server import serve
+from pipeline.testing.stac_server import serve
 
 
 def _items(catalog: Path) -> list[dict]:

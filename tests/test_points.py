@@ -172,7 +172,7 @@ def test_table_roundtrip(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_api(small_catalog):
-    from pipeline.stac_server import serve
+    from pipeline.testing.stac_server import serve
 
     with serve(small_catalog) as url:
         yield url

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if target == "map":
         return run_map(args)
     if target == "truth":
-        from pipeline.demo.truth import export_truth
+        from pipeline.testing.demo.truth import export_truth
 
         path = export_truth(args.out)
         print(path)

@@ -256,7 +256,7 @@ def _inside_demo(geometry) -> bool:
     from shapely.geometry import box
 
     from aoi import to_crs
-    from pipeline.demo import DEMO_BOUNDS, DEMO_EPSG
+    from pipeline.testing.demo import DEMO_BOUNDS, DEMO_EPSG
 
     return box(*DEMO_BOUNDS).contains(to_crs(geometry, f"EPSG:{DEMO_EPSG}"))
 

@@ -29,8 +29,8 @@ from pyproj import Transformer
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, PC_KEYS, SCL
 from pipeline.base.atomic import atomic_path
 from pipeline.base.jsonio import write_json
-from pipeline.demo.landscape import CLASS_NAMES, Landscape, make_landscape
-from pipeline.demo.scenes import SceneSpec, block_mean, draw_specs, render
+from pipeline.testing.demo.landscape import CLASS_NAMES, Landscape, make_landscape
+from pipeline.testing.demo.scenes import SceneSpec, block_mean, draw_specs, render
 
 LAYOUTS = ("earth-search-v1", "planetary-computer")
 COLLECTION = "sentinel-2-l2a"
@@ -393,7 +393,7 @@ def _collection(items: list[dict], layout: str) -> dict:
         "id": COLLECTION,
         "title": f"Synthetic Sentinel-2 L2A ({layout} layout)",
         "description": "Seeded synthetic Sentinel-2 L2A scenes for the offline demo and tests "
-        "(s2lc pipeline.demo); not real imagery.",
+        "(s2lc pipeline.demo); not real imagery.",  # old module name: the catalog stays the same
         "license": "CC0-1.0",
         "extent": {
             "spatial": {

@@ -19,7 +19,7 @@ from rasterio.windows import from_bounds
 from aoi import load_region
 from pipeline.base.atomic import atomic_path
 from pipeline.base.colours import parse_color
-from pipeline.demo import ensure_demo_catalog, load_truth
+from pipeline.testing.demo import ensure_demo_catalog, load_truth
 from pipeline.tiling import make_grid
 from pipeline.writers.tile_result import CLASS_NODATA
 
@@ -72,6 +72,7 @@ def export_truth(out: str | Path, tile_size: int = 256) -> Path:
             dst.update_tags(
                 class_names=json.dumps(list(names)),
                 nodata_class=str(CLASS_NODATA),
+                # the module's old name stays: the tag is part of the truth COG's bytes
                 source="synthetic demo scene (pipeline.demo): the class every pixel was drawn from",
             )
             dst.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(names)})

@@ -3,7 +3,7 @@
 :func:`ensure_demo_catalog` generates the demo (2023, 73 dates, the ``demo`` region plus a 640 m
 halo, Earth Search v1 layout) once into the cache and returns its folder; :func:`generate_catalog`
 writes any variant (size, dates, layout, seed) for tests; :func:`load_truth` reads the truth raster.
-The catalog is served by a real STAC API through :func:`pipeline.stac_server.serve`.
+The catalog is served by a real STAC API through :func:`pipeline.testing.stac_server.serve`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import rasterio
 from odc.geo.geobox import GeoBox
 
 from pipeline.base.paths import cache_dir
-from pipeline.demo.catalog import (
+from pipeline.testing.demo.catalog import (
     COLLECTION,
     DEMO_AOI,
     DEMO_BOUNDS,
@@ -34,7 +34,7 @@ from pipeline.demo.catalog import (
     generate_catalog,
     landscape_of,
 )
-from pipeline.demo.landscape import CLASS_NAMES
+from pipeline.testing.demo.landscape import CLASS_NAMES
 
 __all__ = [
     "CLASS_NAMES",
