@@ -1,4 +1,9 @@
-"""``model.load`` and ``model.get_model``: build a model from a checkpoint, once per process."""
+"""``model.load`` and ``model.get_model``: build a model from a checkpoint, once per process.
+
+Each model kind has one loader in :data:`LOADERS` (name -> function); ``load`` checks what is
+common to all (a checkpoint or ``untrained``) and hands the rest to the kind's loader. The
+pipeline's model adapters (``pipeline.adapters``) name these kinds; ``model`` never imports them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +21,6 @@ from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
-NAMES = ("senclip", "timesenclip")
 _UNTRAINED_RE = re.compile(r"^untrained-seed(\d+)$")
 
 
@@ -38,7 +43,9 @@ def _checkpoint_file(checkpoint: str | os.PathLike) -> Path:
     return resolve(checkpoint)
 
 
-def _load_senclip(checkpoint, arch, untrained, device, seed):
+def _load_senclip(checkpoint, *, arch, clip_checkpoint, untrained, device, seed):
+    if clip_checkpoint is not None:
+        raise UserError("clip_checkpoint is for timesenclip; SenCLIP's checkpoint is a CLIP")
     from model.checkpoints import find_prefix, read_checkpoint
     from model.clip import ANCHOR, SHORT, arch_from_keys, build_clip, load_clip, open_clip_name
     from model.senclip import SenCLIP
@@ -156,7 +163,9 @@ def _text_source(clip_checkpoint, ckpt, seed):
     return None, (lambda: _clip_text_from_spec(spec)[0]), ident
 
 
-def _load_timesenclip(checkpoint, clip_checkpoint, untrained, device, seed):
+def _load_timesenclip(checkpoint, *, arch, clip_checkpoint, untrained, device, seed):
+    if arch not in (None, "ViT-B-32", "TimeSenCLIP"):
+        raise UserError("timesenclip has one architecture; arch applies to senclip only")
     from model.checkpoints import read_checkpoint
     from model.timesenclip import TimeSenCLIP, build_encoder, encoder_from_checkpoint
 
@@ -183,6 +192,15 @@ def _load_timesenclip(checkpoint, clip_checkpoint, untrained, device, seed):
         text_loader=loader,
         missing_text=missing,
     )
+
+
+#: name -> loader(checkpoint, *, arch, clip_checkpoint, untrained, device, seed) -> model.
+LOADERS: dict[str, Callable[..., Any]] = {
+    "senclip": _load_senclip,
+    "timesenclip": _load_timesenclip,
+}
+NAMES = tuple(LOADERS)
+"""The model kinds :func:`load` builds."""
 
 
 def load(
@@ -223,8 +241,8 @@ def load(
             checkpoint of the expected architecture (one line naming missing/unexpected keys).
     """
     name = str(name).strip().lower()
-    if name not in NAMES:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(NAMES)}")
+    if name not in LOADERS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(LOADERS)}")
     if checkpoint is None and not untrained:
         raise UserError(
             f"model {name!r} needs a checkpoint (a file, or a name from 'python -m pipeline "
@@ -233,14 +251,14 @@ def load(
     if checkpoint is not None and untrained:
         raise UserError("untrained=True builds a random model; do not pass a checkpoint with it")
     dev = pick_device(device)
-    if name == "senclip":
-        if clip_checkpoint is not None:
-            raise UserError("clip_checkpoint is for timesenclip; SenCLIP's checkpoint is a CLIP")
-        m = _load_senclip(checkpoint, arch, untrained, dev, int(seed))
-    else:
-        if arch not in (None, "ViT-B-32", "TimeSenCLIP"):
-            raise UserError("timesenclip has one architecture; arch applies to senclip only")
-        m = _load_timesenclip(checkpoint, clip_checkpoint, untrained, dev, int(seed))
+    m = LOADERS[name](
+        checkpoint,
+        arch=arch,
+        clip_checkpoint=clip_checkpoint,
+        untrained=untrained,
+        device=dev,
+        seed=int(seed),
+    )
     _log.debug("loaded %s", m.identity)
     return m
 

@@ -233,7 +233,7 @@ def _pixel_fn(m) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _check_pixels(m, series_x1e4) -> np.ndarray:
-    if getattr(m, "name", None) != "timesenclip":
+    if getattr(m, "inputs", None) != "pixels":
         raise UserError("embed_pixels needs a timesenclip model")
     x = np.asarray(series_x1e4)
     if x.ndim != 3:
@@ -242,7 +242,7 @@ def _check_pixels(m, series_x1e4) -> np.ndarray:
 
 
 def _check_chips(m, rgb) -> np.ndarray:
-    if getattr(m, "name", None) != "senclip":
+    if getattr(m, "inputs", None) != "chips":
         raise UserError("embed_chips needs a senclip model")
     x = np.asarray(rgb)
     if x.ndim != 4 or x.shape[1] != 3:

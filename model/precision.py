@@ -99,12 +99,15 @@ def measure(m: Any, classifier: np.ndarray) -> dict[str, Any]:
     previous = getattr(m, "precision", None)
     out: dict[str, Any] = {}
     emb = {}
-    x = fixed_sample() if m.name == "timesenclip" else _chips()
+    # the fixed sample and the engine call of the model's input kind (``m.inputs``)
+    make_sample, embed = {
+        "pixels": (fixed_sample, engine.embed_pixels),
+        "chips": (_chips, engine.embed_chips),
+    }[m.inputs]
+    x = make_sample()
 
     def run(xs: np.ndarray) -> np.ndarray:
-        if m.name == "timesenclip":
-            return engine.embed_pixels(m, xs)
-        return engine.embed_chips(m, xs)
+        return embed(m, xs)
 
     try:
         for p in ("fp32", "bf16"):

@@ -97,6 +97,8 @@ class SenCLIP:
 
     name = "senclip"
     bands = BANDS
+    inputs = "chips"
+    """What :mod:`model.engine` feeds it: (N, 3, h, w) RGB chips (``embed_chips``)."""
 
     def __init__(
         self,

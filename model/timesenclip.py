@@ -296,6 +296,8 @@ class TimeSenCLIP:
 
     name = "timesenclip"
     bands = BANDS
+    inputs = "pixels"
+    """What :mod:`model.engine` feeds it: (N, T, 10) pixel series (``embed_pixels``)."""
 
     def __init__(
         self,

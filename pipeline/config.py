@@ -160,3 +160,44 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, (Path, dt.date)):
         return str(obj) if isinstance(obj, Path) else obj.isoformat()
     return obj
+
+
+#: The first year with Sentinel-2 L2A data.
+FIRST_YEAR = 2015
+
+
+def period_dates(
+    year: int | None,
+    start: Any = None,
+    end: Any = None,
+    default: tuple[dt.date, dt.date] | None = None,
+) -> tuple[dt.date, dt.date]:
+    """The (start, end) dates of ``--year`` or ``--start``/``--end``, one rule for every command.
+
+    Args:
+        year: a calendar year (Jan 1 to Dec 31), exclusive with ``start``/``end``.
+        start, end: YYYY-MM-DD strings or dates (inclusive); a missing one comes from ``default``.
+        default: the dates when neither is given (a region's period); None: they are required.
+
+    Raises:
+        UserError: ``year`` with ``start``/``end``, a year before Sentinel-2 or in the future,
+            a malformed date, a missing date without a default, or ``end`` before ``start``.
+    """
+    if year is not None:
+        if start or end:
+            raise UserError("--year cannot be combined with --start/--end")
+        if not FIRST_YEAR <= year <= dt.date.today().year:
+            raise UserError(f"--year {year} is outside the Sentinel-2 era (2015 onwards)")
+        return dt.date(year, 1, 1), dt.date(year, 12, 31)
+    if default is None and not (start and end):
+        raise UserError("give --start and --end (or --year)")
+    first = parse_date(start, "--start") if start else default[0]
+    last = parse_date(end, "--end") if end else default[1]
+    if last < first:
+        raise UserError(f"--end {last} is before --start {first}")
+    return first, last
+
+
+def stac_profile(profile: str | None, stac_url: str | None, default: str) -> str:
+    """``--profile``, else ``custom`` for a bare ``--stac-url``, else ``default``."""
+    return profile or ("custom" if stac_url else default)

@@ -36,19 +36,19 @@ def _item_kwargs(cfg, plan, cell: Cell, report: dict, labels: list[str]) -> dict
     footprint = to_crs(box(x0, y0, x1, y1).segmentize(10_000), "EPSG:4326", plan.crs)
     return {
         "geometry_4326": footprint.intersection(plan.geometry),
-        "start": cfg.start,
-        "end": cfg.end,
+        "start": cfg.composite.start,
+        "end": cfg.composite.end,
         "class_names": list(plan.class_names),
         "colors": list(plan.colors),
         "properties": {
             "s2lc:model": plan.model_info["identity"],
-            "s2lc:untrained": cfg.untrained,
-            "s2lc:period": cfg.period,
+            "s2lc:untrained": cfg.model.untrained,
+            "s2lc:period": cfg.composite.period,
             "s2lc:periods": labels,
             "s2lc:output_hash": report["output_hash"],
             "grid:code": f"EEA-{cell.code}",
         },
-        "item_id": f"s2lc-{plan.region_name}-{cfg.start}-{cfg.end}-{cfg.period}-{cfg.model}",
+        "item_id": f"s2lc-{plan.region_name}-{cfg.composite.start}-{cfg.composite.end}-{cfg.composite.period}-{cfg.model.name}",
     }
 
 
@@ -97,11 +97,11 @@ def publish_gridded(cfg, plan, ws: Workspace, report: dict, labels: list[str]) -
         ws.out / "collection.json",
         ws.cells,
         list(cells),
-        collection_id=f"s2lc-{plan.region_name}-{cfg.start}-{cfg.end}-{cfg.period}-{cfg.model}",
+        collection_id=f"s2lc-{plan.region_name}-{cfg.composite.start}-{cfg.composite.end}-{cfg.composite.period}-{cfg.model.name}",
         description=(
-            f"s2lc land-cover map of {plan.region_name}, {cfg.start}..{cfg.end}, {cfg.model}: "
+            f"s2lc land-cover map of {plan.region_name}, {cfg.composite.start}..{cfg.composite.end}, {cfg.model.name}: "
             f"one item per 100 km EEA grid cell (EPSG:3035)"
-            + (" (UNTRAINED WEIGHTS: not a land-cover map)" if cfg.untrained else "")
+            + (" (UNTRAINED WEIGHTS: not a land-cover map)" if cfg.model.untrained else "")
         ),
     )
     ws.publish_store()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import adapters
 from pipeline.base.errors import UserError
 
 __all__ = ["BYTES_PER_SCENE_PIXEL", "Rates", "Workers", "estimate", "load_rates"]
@@ -102,7 +103,7 @@ def load_rates(path: Path, model: str) -> Rates:
         raise UserError(f"{path} has no data_path_cpu_s_per_mpx entry; run 'make bench'")
     notes = data["notes"]
     scenes = float(notes["scenes"])
-    infer_name = "timesenclip_pixels_per_s" if model == "timesenclip" else "senclip_chips_per_s"
+    infer_name = adapters.get(model).throughput_key
     gpu, cpu = find(infer_name, "cuda"), find(infer_name, "cpu")
     if cpu is None and gpu is None:
         raise UserError(f"{path} has no {infer_name} entry; run 'make bench'")
@@ -150,7 +151,7 @@ def estimate(
     mpx = tile_pixels / 1e6
     scene_mpx = mpx * scenes_per_pixel
     decoded = tile_pixels * scenes_per_pixel * BYTES_PER_SCENE_PIXEL
-    units = tile_pixels if model == "timesenclip" else tile_pixels / stride**2
+    units = adapters.get(model).inference_units(tile_pixels, stride)
     core_h = {
         "load": scene_mpx * rates.load_core_s_per_mpx_scene / 3600,
         "composite": scene_mpx * rates.composite_core_s_per_mpx_scene / 3600,

@@ -9,7 +9,6 @@ Memory is bounded by the tile size: one tile's cube, composite and predictions a
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,82 +17,34 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.adapters.base import class_probabilities
 from pipeline.bands import BANDS
+from pipeline.cube import MaskConfig
 from pipeline.read_failure import detached_read_failures
+from pipeline.run_config import ChipConfig, CompositeConfig, ModelConfig, OutputConfig
 from pipeline.tiling import Tile
 
-#: Bands the patch model sees, in its order (red, green, blue).
+#: True-colour bands of the quicklook, in display order (red, green, blue).
 RGB = ("B4", "B3", "B2")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """How a worker builds (and caches) its model."""
-
-    name: str
-    checkpoint: str | None
-    clip_checkpoint: str | None
-    arch: str | None
-    untrained: bool
-    seed: int
-    precision: str = "auto"
-    """``fp32`` or ``bf16`` once resolved (:func:`pipeline.run.plan.resolve_precision`)."""
-
-    @classmethod
-    def of(cls, cfg: Any) -> ModelSpec:
-        """The spec of a :class:`~pipeline.run_config.RunConfig`."""
-        return cls(
-            cfg.model,
-            cfg.checkpoint,
-            cfg.clip_checkpoint,
-            cfg.arch,
-            cfg.untrained,
-            cfg.seed,
-            getattr(cfg, "precision", "auto"),
-        )
-
-    def load(self) -> Any:
-
-        m = self._get()
-        if self.precision != "auto":
-            from model.engine import set_precision
-
-            set_precision(m, self.precision)
-        return m
-
-    def _get(self) -> Any:
-        import model
-
-        return model.get_model(
-            self.name,
-            self.checkpoint,
-            arch=self.arch,
-            clip_checkpoint=self.clip_checkpoint,
-            untrained=self.untrained,
-            seed=self.seed,
-        )
-
-
-@dataclass(frozen=True)
 class TileJob:
-    """One tile's work order (small and picklable)."""
+    """One tile's work order (small and picklable): the run's parts plus what the driver made."""
 
     tile: Tile
     items: tuple[dict, ...]
+    """The STAC items whose footprint touches the tile's window."""
     geometry_wkb: bytes
-    model: ModelSpec
-    classifier: np.ndarray  # (C, D) L2-normalised class embeddings (ignored with a head)
+    """The region (EPSG:4326), as WKB."""
+    model: ModelConfig
+    classifier: np.ndarray
+    """(C, D) L2-normalised class embeddings (ignored with a head)."""
     calibration: np.ndarray | None
-    head: str | None
-    start: Any
-    end: Any
-    period: str
-    mask_snow: bool
-    window: int
-    stride: int
-    top_k: int
-    save_composite: bool
-    save_embeddings: bool
+    composite: CompositeConfig
+    mask: MaskConfig
+    chips: ChipConfig
+    output: OutputConfig
     store: str
     tile_dir: str
     field: Any = None
@@ -113,28 +64,12 @@ def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str
 
     from pipeline.window import composite_window
 
+    c = job.composite
     # the item dicts themselves: the reader converts a worker's scenes once, not per tile
     w = composite_window(
-        job.items, geobox, start=job.start, end=job.end, period=job.period, mask_snow=job.mask_snow
+        job.items, geobox, start=c.start, end=c.end, period=c.period, mask_snow=job.mask.mask_snow
     )
     return w.composite, w.acquisitions, w.load_seconds, w.offset_warnings
-
-
-@functools.lru_cache(maxsize=4)
-def _head(path: str) -> Any:
-    """The few-shot head, read once per worker process (like the model)."""
-    from model.train.probe import load_head
-
-    return load_head(path)
-
-
-def _probabilities(job: TileJob, emb: np.ndarray) -> np.ndarray:
-    """(N, C) class probabilities from embeddings: the few-shot head or zero-shot text classifier."""
-    if job.head:
-        return np.asarray(_head(job.head).predict(emb), dtype=np.float32)
-    from model.zeroshot import probabilities
-
-    return np.asarray(probabilities(emb, job.classifier, job.calibration), dtype=np.float32)
 
 
 def predict(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -143,86 +78,6 @@ def predict(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     topk_p = np.take_along_axis(probs, order, axis=1)
     return order[:, 0], topk_p[:, 0], order, topk_p
-
-
-def _pixel_model(job: TileJob, m: Any, comp: Any, valid: np.ndarray):
-    """TimeSenCLIP: every valid pixel's (T, 10) composite series -> probabilities, embeddings."""
-    from model.engine import embed_pixels
-
-    series = comp.values[:, :, valid]  # (P, B, N)
-    series = np.ascontiguousarray(np.transpose(series, (2, 0, 1))) * np.float32(1e4)
-    if not job.head and not job.save_embeddings:
-        # Classify on the device: only (N, C) probabilities come back, not 512-wide embeddings.
-        from model.engine import pixel_probabilities
-
-        return pixel_probabilities(m, series, job.classifier, job.calibration), None
-    emb = embed_pixels(m, series) if series.shape[0] else np.zeros((0, m.embed_dim), np.float32)
-    return _probabilities(job, emb), emb
-
-
-def usable_chips(chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The chips the patch model sees, for the map and for its calibration sample alike.
-
-    Args:
-        chips: (n, 3, win, win) reflectance, NaN where unobserved.
-
-    Returns:
-        ok: (n,) bool, the chip has at least one observed pixel;
-        filled: (ok.sum(), 3, win, win) float32, those chips with their gaps set to the chip's
-        per-band mean.
-    """
-    ok = ~np.all(np.isnan(chips), axis=(1, 2, 3))
-    sel = np.ascontiguousarray(chips[ok], dtype=np.float32)
-    with np.errstate(invalid="ignore"):
-        fill = np.nanmean(sel, axis=(2, 3), keepdims=True)
-    return ok, np.where(np.isnan(sel), fill, sel)
-
-
-def _patch_model(job: TileJob, m: Any, comp: Any, plan: Any, valid: np.ndarray):
-    """SenCLIP: sliding RGB chips per period -> chip probabilities -> smooth blend per pixel.
-
-    Each period's composite gives every chip a probability vector; a chip's probabilities are
-    averaged over the periods where it has data (a temporal ensemble) and the chips are blended
-    into pixels with :func:`pipeline.tiling.blend`. Chips with no data at all stay NaN and do not
-    count; gaps inside a chip take the chip's per-band mean before the min-max stretch.
-    """
-    from model.engine import chip_probabilities, embed_chips
-    from pipeline.tiling import blend
-
-    rgb_idx = [BANDS.index(b) for b in RGB]
-    n_chips = plan.n_chips
-    probs_sum = emb_sum = None
-    used = np.zeros(n_chips, np.float32)
-    for p in range(comp.values.shape[0]):
-        chips = plan.extract(comp.values[p, rgb_idx])  # (n, 3, win, win) view
-        ok, sel = usable_chips(chips)
-        if not ok.any():
-            continue
-        if job.head or job.save_embeddings:
-            emb = embed_chips(m, sel)
-            probs = _probabilities(job, emb)
-        else:  # classify on the device; embeddings are not needed
-            emb = None
-            probs = chip_probabilities(m, sel, job.classifier, job.calibration)
-        if probs_sum is None:
-            probs_sum = np.zeros((n_chips, probs.shape[1]), np.float64)
-            emb_sum = np.zeros((n_chips, m.embed_dim), np.float64)
-        probs_sum[ok] += probs
-        if emb is not None:
-            emb_sum[ok] += emb
-        used[ok] += 1
-    if probs_sum is None:
-        return None, None, np.zeros_like(valid)
-    has = used > 0
-    chip_probs = np.where(has[:, None], probs_sum / np.maximum(used, 1)[:, None], np.nan)
-    pix_probs = blend(chip_probs, plan)  # (C, ny, nx), NaN where no chip has data
-    covered = np.isfinite(pix_probs).all(axis=0)
-    pix_emb = None
-    if job.save_embeddings:
-        chip_emb = np.where(has[:, None], emb_sum / np.maximum(used, 1)[:, None], np.nan)
-        pix_emb = blend(chip_emb, plan)
-        pix_emb /= np.maximum(np.linalg.norm(pix_emb, axis=0, keepdims=True), 1e-12)
-    return pix_probs, pix_emb, covered
 
 
 def _true_colour(comp_values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -244,7 +99,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     """Load, composite, infer and write one tile; returns its stats (seconds per stage, counts)."""
     from shapely import wkb
 
-    from pipeline.tiling import aoi_mask, chip_plan
+    from pipeline.tiling import aoi_mask
     from pipeline.writers import TileResult, write_tile, write_tile_rasters
 
     t = {"start": time.perf_counter()}
@@ -252,7 +107,8 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     m = job.model.load()
     t["model"] = time.perf_counter()
     geom = wkb.loads(job.geometry_wkb)
-    plan = chip_plan(tile.geobox, job.window, job.stride) if job.model.name == "senclip" else None
+    adapter = job.model.adapter
+    plan = adapter.chip_plan(tile.geobox, job.chips.window, job.chips.stride)
     comp_full, n_scenes, t_load, offset_warnings = load_composite(
         job, plan.geobox if plan else tile.geobox
     )
@@ -270,26 +126,20 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     counts = np.where(inside, counts, 0)  # outside the region everything is nodata
     valid = (counts.sum(axis=0) > 0) & inside
 
-    if plan is None:
-        probs, emb = _pixel_model(job, m, comp_full, valid)
-    else:
-        pix_probs, pix_emb, covered = _patch_model(job, m, comp_full, plan, valid)
-        valid &= covered
-        probs = pix_probs[:, valid].T if pix_probs is not None else None
-        emb = pix_emb[:, valid].T if pix_emb is not None else None
+    probs, emb, valid = adapter.infer(job, m, comp_full, plan, valid)
     t["infer"] = time.perf_counter()
 
     field_codes = field_scale = None
-    if job.save_embeddings and job.field is not None and emb is not None:
+    if job.output.save_embeddings and job.field is not None and emb is not None:
         # The map is made from the stored field, so 'classify --field' reproduces it exactly.
         codes, scale = job.field.encode(emb)
         emb = job.field.decode(codes, scale)
-        probs = _probabilities(job, emb) if emb.shape[0] else probs
+        probs = class_probabilities(job, emb) if emb.shape[0] else probs
         field_codes = np.zeros((job.field.dims, ny, nx), np.int8)
         field_scale = np.full((ny, nx), np.nan, np.float16)
         field_codes[:, valid] = codes.T
         field_scale[valid] = scale
-    k = job.top_k
+    k = job.output.top_k
     n_classes = job.classifier.shape[0] if probs is None else probs.shape[1]
     k = min(k, n_classes)
     classes = np.full((ny, nx), 255, np.uint8)
@@ -303,7 +153,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         topk_c[:, valid] = tc.T.astype(np.uint8)
         topk_p[:, valid] = tp.T
     embeddings = None
-    if job.save_embeddings and job.field is None and emb is not None:
+    if job.output.save_embeddings and job.field is None and emb is not None:
         embeddings = np.full((emb.shape[1] if emb.size else 0, ny, nx), np.nan, np.float16)
         if valid.any():
             embeddings[:, valid] = emb.T.astype(np.float16)
@@ -313,7 +163,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         topk_classes=topk_c,
         topk_probs=topk_p,
         valid_obs=counts.astype(np.uint16),
-        composite=comp_values.astype(np.float32) if job.save_composite else None,
+        composite=comp_values.astype(np.float32) if job.output.save_composite else None,
         embeddings=embeddings,
         field_codes=field_codes,
         field_scale=field_scale,
@@ -361,34 +211,9 @@ def coverage_counts(counts: np.ndarray, inside: np.ndarray) -> dict[str, Any]:
 @detached_read_failures
 def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
     """Embeddings of up to ``n`` valid pixels (or chips) of a tile: the calibration sample."""
-    from shapely import wkb
-
-    from model.engine import embed_chips, embed_pixels
-    from pipeline.tiling import aoi_mask, chip_plan
-
+    adapter = job.model.adapter
     m = job.model.load()
-    geom = wkb.loads(job.geometry_wkb)
     rng = np.random.default_rng(seed)
-    if job.model.name == "senclip":
-        plan = chip_plan(job.tile.geobox, job.window, job.stride)
-        comp, _, _, _ = load_composite(job, plan.geobox)
-        rgb_idx = [BANDS.index(b) for b in RGB]
-        chips = np.concatenate(
-            [plan.extract(comp.values[p, rgb_idx]) for p in range(comp.values.shape[0])]
-        )
-        # the chips the map classifies: any observed pixel, gaps filled (a sample of gap-free
-        # chips only was empty wherever every chip reaches past the data, e.g. a small region)
-        ok, filled = usable_chips(chips)
-        if not ok.any():
-            return np.zeros((0, m.embed_dim), np.float32)
-        pick = np.sort(rng.permutation(int(ok.sum()))[:n])
-        return embed_chips(m, np.ascontiguousarray(filled[pick]))
-    comp, _, _, _ = load_composite(job, job.tile.geobox)
-    valid = (comp.counts.sum(axis=0) > 0) & aoi_mask(job.tile.geobox, geom)
-    idx = np.flatnonzero(valid.ravel())
-    if idx.size == 0:
-        return np.zeros((0, m.embed_dim), np.float32)
-    idx = np.sort(rng.permutation(idx)[:n])
-    p, b = comp.values.shape[:2]
-    series = comp.values.reshape(p, b, -1)[:, :, idx].transpose(2, 0, 1) * np.float32(1e4)
-    return embed_pixels(m, np.ascontiguousarray(series))
+    plan = adapter.chip_plan(job.tile.geobox, job.chips.window, job.chips.stride)
+    comp, _, _, _ = load_composite(job, plan.geobox if plan else job.tile.geobox)
+    return adapter.sample(job, m, comp, plan, n, rng)

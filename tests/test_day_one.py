@@ -143,9 +143,12 @@ def test_vector_region_without_a_period_says_which_year(caplog, tmp_path, no_mod
     add_arguments(p)
     with caplog.at_level(logging.INFO):
         cfg = resolve(p.parse_args(["--region", str(f), "--untrained"]))
-    assert cfg.end.year == cfg.start.year and (cfg.start.month, cfg.start.day) == (1, 1)
+    assert cfg.composite.end.year == cfg.composite.start.year and (
+        cfg.composite.start.month,
+        cfg.composite.start.day,
+    ) == (1, 1)
     first = caplog.records[0].getMessage()
-    assert "last full year" in first and str(cfg.start) in first and "--year" in first
+    assert "last full year" in first and str(cfg.composite.start) in first and "--year" in first
 
 
 # --- --config takes every option ------------------------------------------------------------------
@@ -169,16 +172,21 @@ def test_config_takes_region_year_bbox_and_flags(tmp_path):
         "region: freising\nyear: 2022\nbbox: [11.70, 48.38, 11.80, 48.44]\nmodel: senclip\n"
         "untrained: true\ntile-size: 128\nkeep_snow: true\nmax-cloud: 30\nretries: 4\n",
     )
-    assert cfg.region == "freising" and cfg.model == "senclip" and cfg.untrained
-    assert (str(cfg.start), str(cfg.end)) == ("2022-01-01", "2022-12-31")
+    assert cfg.region == "freising" and cfg.model.name == "senclip" and cfg.model.untrained
+    assert (str(cfg.composite.start), str(cfg.composite.end)) == ("2022-01-01", "2022-12-31")
     assert cfg.bbox == (11.70, 48.38, 11.80, 48.44)
-    assert (cfg.tile_size, cfg.mask_snow, cfg.max_cloud, cfg.retries) == (128, False, 30.0, 4)
-    assert cfg.period == "annual"  # senclip's default follows the model from the file
+    assert (
+        cfg.chips.tile_size,
+        cfg.mask.mask_snow,
+        cfg.search.max_cloud,
+        cfg.execution.retries,
+    ) == (128, False, 30.0, 4)
+    assert cfg.composite.period == "annual"  # senclip's default follows the model from the file
     # the command line wins
     cfg = _resolve_with(
         tmp_path, "region: freising\nyear: 2022\nuntrained: true\n", "--year", "2021"
     )
-    assert cfg.start.year == 2021
+    assert cfg.composite.start.year == 2021
 
 
 def test_config_unknown_key_names_the_nearest(capsys, tmp_path):

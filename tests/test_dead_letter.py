@@ -31,7 +31,7 @@ def test_select_tiles_dead_letter_and_retry_failed():
     tiles = [T(i) for i in ("a", "b", "c", "d")]
     done = {"a": {}}
     failed = {"b": TileFailure("b", "error", "x", 3), "c": TileFailure("c", "error", "y", 1)}
-    cfg = RunConfig(region="demo", start=__import__("datetime").date(2023, 1, 1),
+    cfg = RunConfig.of(region="demo", start=__import__("datetime").date(2023, 1, 1),
                     end=__import__("datetime").date(2023, 12, 31), untrained=True)  # fmt: skip
     todo, dead = select_tiles(tiles, done, failed, cfg)  # default: 6 attempts
     assert [t.id for t in todo] == ["b", "c", "d"] and dead == {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.tile_task import usable_chips
+from pipeline.adapters.senclip import usable_chips
 
 
 def test_partial_chips_are_kept_and_filled_empty_ones_dropped():

@@ -20,6 +20,8 @@ from pipeline.points import (
     read_points,
     utm_epsg,
 )
+from pipeline.run_config import CompositeConfig
+from pipeline.search import SearchConfig
 
 # --- reading points ----------------------------------------------------------------------------
 
@@ -202,12 +204,13 @@ def test_extract_matches_direct_composite(tmp_path, small_catalog, small_api):
 
     from pipeline.composite import composite
     from pipeline.cube import MaskConfig, load_cube
-    from pipeline.search import SearchConfig, search_items
+    from pipeline.search import search_items
 
     pts, xy = _small_points(small_catalog)
     cfg = ExtractConfig(
-        start=dt.date(2023, 5, 1), end=dt.date(2023, 6, 30), profile="custom",
-        stac_url=small_api, tile_size=16, cluster_px=8, block_tiles=2, workers=2,
+        composite=CompositeConfig(dt.date(2023, 5, 1), dt.date(2023, 6, 30)),
+        search=SearchConfig(profile="custom", stac_url=small_api),
+        tile_size=16, cluster_px=8, block_tiles=2, workers=2,
     )  # fmt: skip
     table = extract_points(pts, cfg, tmp_path / "out.npz")
     assert (tmp_path / "out.npz").is_file()
@@ -217,12 +220,11 @@ def test_extract_matches_direct_composite(tmp_path, small_catalog, small_api):
     assert table.attrs["k"].tolist() == pts.attrs["k"].tolist()
 
     # the whole 640 m area in one cube, composited by the same code
-    items = search_items(
-        pts_geometry(pts), cfg.start, cfg.end, SearchConfig(profile="custom", stac_url=small_api)
-    )
+    items = search_items(pts_geometry(pts), cfg.composite.start, cfg.composite.end, cfg.search)
     gbox = GeoBox.from_bbox((600000, 5340000, 600640, 5340640), "EPSG:32632", resolution=10)
     cube = load_cube([pystac.Item.from_dict(i.to_dict()) for i in items], gbox, mask=MaskConfig())
-    comp = composite(np.asarray(cube.values), cube["time"].values, cfg.start, cfg.end, "monthly")
+    c = cfg.composite
+    comp = composite(np.asarray(cube.values), cube["time"].values, c.start, c.end, "monthly")
     col = np.floor((xy[:, 0] - 600000) / 10).astype(int)
     row = np.floor((5340640 - xy[:, 1]) / 10).astype(int)
     expect = np.transpose(comp.values[:, :, row, col], (2, 0, 1))
@@ -247,8 +249,9 @@ def test_extract_resumes_finished_blocks(tmp_path, small_catalog, small_api, mon
 
     pts, _ = _small_points(small_catalog, n=12, seed=1)
     cfg = ExtractConfig(
-        start=dt.date(2023, 5, 1), end=dt.date(2023, 5, 31), profile="custom",
-        stac_url=small_api, tile_size=16, cluster_px=16, block_tiles=1, workers=1,
+        composite=CompositeConfig(dt.date(2023, 5, 1), dt.date(2023, 5, 31)),
+        search=SearchConfig(profile="custom", stac_url=small_api),
+        tile_size=16, cluster_px=16, block_tiles=1, workers=1,
     )  # fmt: skip
     real = P._extract_block
     calls = []

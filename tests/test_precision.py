@@ -65,15 +65,16 @@ def test_precision_is_part_of_the_config_and_hash():
     import datetime as dt
 
     from pipeline.run_config import RunConfig
-    from pipeline.tile_task import ModelSpec
 
-    base = RunConfig("demo", dt.date(2023, 1, 1), dt.date(2023, 12, 31), untrained=True)
-    assert base.precision == "auto"
+    base = RunConfig.of(
+        region="demo", start=dt.date(2023, 1, 1), end=dt.date(2023, 12, 31), untrained=True
+    )
+    assert base.model.precision == "auto"
     fp32, bf16 = base.with_(precision="fp32"), base.with_(precision="bf16")
     assert fp32.output_hash() != bf16.output_hash()
     with pytest.raises(UserError, match="precision"):
         base.with_(precision="fp16")
-    m = ModelSpec.of(bf16).load()
+    m = bf16.model.load()
     try:
         assert m.precision == "bf16"
     finally:

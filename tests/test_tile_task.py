@@ -50,13 +50,14 @@ def run(fake, small_catalog, tmp_path):
          "--out", str(tmp_path / "out")]
     )  # fmt: skip
     cfg = resolve(args)
+    c = cfg.composite
     plan = make_plan(cfg)
     assert plan.model_info["identity"] == fake.identity
     ws = Workspace(tmp_path / "out")
     ws.prepare(cfg.output_hash(), overwrite=False)
     create_map_store(
-        ws.store, plan.grid, class_names=plan.class_names, k=cfg.top_k,
-        period_labels=list(period_labels(cfg.start, cfg.end, cfg.period)),
+        ws.store, plan.grid, class_names=plan.class_names, k=cfg.output.top_k,
+        period_labels=list(period_labels(c.start, c.end, c.period)),
     )  # fmt: skip
     items = json.loads((small_catalog / "items.json").read_text())["features"]
     return cfg, plan, ws, items
@@ -111,5 +112,5 @@ def test_run_tiles_marks_done_tiles_and_records_a_failing_one(run):
     assert set(ws.done_tiles()) == set(stats)
     assert list(failures) == [bad]
     assert failures[bad].error_kind == "error" and "always fails" in failures[bad].message
-    assert failures[bad].attempts == cfg.retries + 1
+    assert failures[bad].attempts == cfg.execution.retries + 1
     assert ws.failed_tiles() == failures

@@ -45,7 +45,7 @@ def schedule_only(
     from pipeline.window import ItemIndex
     from pipeline.workspace import Workspace
 
-    cfg = RunConfig(
+    cfg = RunConfig.of(
         region=region,
         start=dt.date(year, 1, 1),
         end=dt.date(year, 12, 31),

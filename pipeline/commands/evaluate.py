@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline import adapters
+
 NAME = "evaluate"
 HELP = "score a model on EuroSAT/BigEarthNet/labelled points, or a map against reference points"
 
 
 def _model_args(p: argparse.ArgumentParser, default_model: str) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=("senclip", "timesenclip"), default=default_model)
+    g.add_argument("--model", choices=adapters.names(), default=default_model)
     g.add_argument("--checkpoint", help="weights: a file or a fetched name ('weights list')")
     g.add_argument("--untrained", action="store_true", help="random weights (mechanics only)")
     g.add_argument("--arch", choices=("ViT-B-32", "RN50"), help="SenCLIP backbone")

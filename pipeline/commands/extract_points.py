@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.commands._options import add_data, add_when
+
 NAME = "extract-points"
 HELP = "extract per-point Sentinel-2 composites (point x period x band) from a points file"
 
@@ -14,15 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="CSV with id, lon, lat columns (+ any label columns) or a vector file of points",
     )
-    p.add_argument("--start", help="first date YYYY-MM-DD (or --year)")
-    p.add_argument("--end", help="last date YYYY-MM-DD, inclusive")
-    p.add_argument("--year", type=int, help="one calendar year (sets --start/--end)")
-    p.add_argument(
-        "--period",
-        choices=("monthly", "quarterly", "annual"),
-        default="monthly",
-        help="composite period (default monthly: TimeSenCLIP's 12 steps)",
-    )
+    add_when(p, start_help="first date, YYYY-MM-DD (or --year)", period_default="monthly",
+             period_help="composite period (default monthly: TimeSenCLIP's 12 steps)")  # fmt: skip
     p.add_argument("--out", required=True, help="output table (.npz)")
     g = p.add_argument_group("columns")
     g.add_argument("--id-column", help="point id column (default: id/point_id/POINT_ID)")
@@ -30,13 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lat-column", help="latitude column (default: lat/latitude/TH_LAT)")
     g.add_argument("--points-crs", help="CRS of the CSV coordinates (default EPSG:4326)")
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--profile", help="STAC profile (earth-search, planetary-computer, demo, custom)"
-    )
-    g.add_argument("--stac-url", help="any STAC API (implies --profile custom)")
-    g.add_argument("--collection", help="STAC collection (default: the profile's)")
-    g.add_argument("--max-cloud", type=float, default=60.0, help="max scene cloud %% (60)")
-    g.add_argument("--keep-snow", action="store_true", help="do not mask SCL snow/ice")
+    add_data(g, max_cloud_default=60.0)
     g.add_argument("--no-gap-fill", action="store_true", help="leave empty periods NaN")
     g = p.add_argument_group("grid and execution")
     g.add_argument("--crs", help="one CRS for all points (default: each point's UTM zone)")
@@ -59,35 +48,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import datetime as dt
     import json
     import logging
 
     import numpy as np
 
-    from pipeline.base.errors import UserError
-    from pipeline.config import parse_date
+    from pipeline.config import period_dates, stac_profile
+    from pipeline.cube import MaskConfig
     from pipeline.points import ExtractConfig, extract_points, read_points
+    from pipeline.run_config import CompositeConfig
+    from pipeline.search import SearchConfig
 
     log = logging.getLogger(__name__)
-    if args.year is not None:
-        if args.start or args.end:
-            raise UserError("--year cannot be combined with --start/--end")
-        start, end = dt.date(args.year, 1, 1), dt.date(args.year, 12, 31)
-    else:
-        if not (args.start and args.end):
-            raise UserError("give --start and --end (or --year)")
-        start, end = parse_date(args.start, "--start"), parse_date(args.end, "--end")
-    profile = args.profile or ("custom" if args.stac_url else "earth-search")
+    start, end = period_dates(args.year, args.start, args.end)
+    profile = stac_profile(args.profile, args.stac_url, "earth-search")
     cfg = ExtractConfig(
-        start=start,
-        end=end,
-        period=args.period,
-        profile=profile,
-        stac_url=args.stac_url,
-        collection=args.collection,
-        max_cloud=args.max_cloud,
-        mask_snow=not args.keep_snow,
+        composite=CompositeConfig(start, end, args.period),
+        search=SearchConfig(
+            profile=profile,
+            stac_url=args.stac_url,
+            collection=args.collection,
+            max_cloud=args.max_cloud,
+        ),
+        mask=MaskConfig(mask_snow=not args.keep_snow),
         resolution=args.resolution,
         crs=args.crs,
         tile_size=args.tile_size,

@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _scenes_offline(geometry, cfg, clear_fraction: float) -> dict:
     from pipeline.mgrs import acquisitions_per_year, observations_per_year, s2_tiles
 
-    days = (cfg.end - cfg.start).days + 1
+    days = (cfg.composite.end - cfg.composite.start).days + 1
     tiles = s2_tiles(geometry)
     if not tiles:
         return {"mgrs_tiles": 0, "items": 0, "scenes_per_pixel": 0.0}
@@ -68,7 +68,7 @@ def _scenes_searched(geometry, cfg, crs: str) -> dict:
     from pipeline.run.plan import search_items
 
     t = time.perf_counter()
-    items = search_items(cfg, geometry, cfg.profile)
+    items = search_items(cfg, geometry, cfg.search.profile)
     seconds = time.perf_counter() - t
     region = to_crs(geometry, crs)
     if items:
@@ -78,7 +78,7 @@ def _scenes_searched(geometry, cfg, crs: str) -> dict:
         covered = 0.0
     tiles = {(d.get("properties") or {}).get("s2:mgrs_tile") for d in items} - {None}
     return {
-        "source": f"STAC search ({cfg.profile}), {seconds:.1f} s",
+        "source": f"STAC search ({cfg.search.profile}), {seconds:.1f} s",
         "mgrs_tiles": len(tiles),
         "items": len(items),
         "scenes_per_pixel": covered / region.area if region.area else 0.0,
@@ -101,16 +101,16 @@ def run(args: argparse.Namespace) -> int:
         args.untrained = True  # the plan reads no weights
     cfg = resolve(args)
     workers = Workers(
-        count=cfg.workers or 1,
+        count=cfg.execution.workers or 1,
         kind=args.worker_kind,
         cores=args.worker_cores,
         gpus=args.worker_gpus,
         price_core_hour=args.price_core_hour,
         price_gpu_hour=args.price_gpu_hour,
     )
-    rates = load_rates(args.rates, cfg.model)
+    rates = load_rates(args.rates, cfg.model.name)
     region, geometry = resolve_region(cfg)
-    grid = output_grid(geometry, region.crs, region.resolution, cfg.tile_size)
+    grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
     cells = len(cells_of(grid)) if is_gridded(region.crs) else 0
     tile_pixels = float(sum(t.shape[0] * t.shape[1] for t in grid.tiles))
     from aoi import to_crs
@@ -128,25 +128,26 @@ def run(args: argparse.Namespace) -> int:
         scenes_per_pixel=scenes["scenes_per_pixel"],
         items=round(scenes["items"]),
         cells=cells,
-        model=cfg.model,
-        stride=cfg.stride,
+        model=cfg.model.name,
+        stride=cfg.chips.stride,
         rates=rates,
         workers=workers,
     )
     plan = {
         "region": region.name,
-        "period": [str(cfg.start), str(cfg.end)],
-        "model": cfg.model,
+        "period": [str(cfg.composite.start), str(cfg.composite.end)],
+        "model": cfg.model.name,
         "crs": region.crs,
         "resolution": region.resolution,
-        "tile_size": cfg.tile_size,
+        "tile_size": cfg.chips.tile_size,
         "layout": "100 km EEA grid cells" if cells else "single files",
         "scenes": scenes,
         **plan,
         "plan_seconds": time.perf_counter() - t0,
     }
     out = args.plan_out or (
-        (Path(cfg.out) if cfg.out else default_output_dir(cfg, region.name)) / "plan.json"
+        (Path(cfg.execution.out) if cfg.execution.out else default_output_dir(cfg, region.name))
+        / "plan.json"
     )
     write_json(out, plan)
     print(_summary(plan, out))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline import adapters
+
 NAME = "probe"
 HELP = "fit a few-shot linear head (logistic regression) on embeddings of labelled points"
 
@@ -18,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, help="the head file to write (.npz)")
     g = p.add_argument_group("model (the embeddings' model; 'run --head' must use the same)")
-    g.add_argument("--model", choices=("timesenclip",), default="timesenclip")
+    g.add_argument("--model", choices=adapters.names(), default=adapters.DEFAULT)
     g.add_argument("--checkpoint", help="weights: a file or a fetched name")
     g.add_argument("--untrained", action="store_true", help="random weights (mechanics only)")
     g.add_argument("--clip-checkpoint", help="TimeSenCLIP's CLIP text encoder (not used here)")
@@ -57,13 +59,16 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import model
-    from model.engine import embed_pixels
     from model.train.probe import fit_linear_head
     from pipeline.base.errors import UserError
     from pipeline.evaluate.labels import load_label_map, match_labels, unmatched_summary
     from pipeline.evaluate.metrics import classification_report
     from pipeline.points import PointTable
 
+    adapter = adapters.get(args.model)
+    if not adapter.point_series:
+        usable = [a.name for a in adapters.all_adapters() if a.point_series]
+        raise UserError(f"probe embeds point series: use --model {' or '.join(usable)}")
     if not 0 <= args.test_fraction < 1:
         raise UserError("--test-fraction must be in [0, 1)")
     table = PointTable.load(args.points)
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    emb = embed_pixels(m, table.series_x1e4()[use])
+    emb = adapter.embed(m, table.series_x1e4()[use])
     yy = y[use]
     tr, te = _stratified_split(yy, args.test_fraction, args.shots, args.seed)
     identity = {

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
+
+from pipeline import adapters
+from pipeline.commands._options import add_data, add_when
 
 NAME = "run"
 HELP = "map a region: STAC search -> composites -> SenCLIP/TimeSenCLIP per tile -> Zarr + COGs"
@@ -23,17 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar=("W", "S", "E", "N"),
         help="clip the region to this lon/lat box; alone, the box is the region",
     )
-    g.add_argument("--year", type=int, help="map this calendar year (sets --start/--end)")
-    g.add_argument("--start", help="first date, YYYY-MM-DD (default: the region's period)")
-    g.add_argument("--end", help="last date, YYYY-MM-DD (inclusive)")
-    g.add_argument(
-        "--period",
-        choices=("monthly", "quarterly", "annual"),
-        help="composite period (default: monthly for timesenclip, annual for senclip)",
-    )
+    add_when(g, period_help="composite period (default: the model's own, e.g. monthly for "
+             "timesenclip)")  # fmt: skip
     g = p.add_argument_group("model")
     g.add_argument(
-        "--model", choices=("timesenclip", "senclip"), help="the model (default timesenclip)"
+        "--model", choices=adapters.names(), help=f"the model (default {adapters.DEFAULT})"
     )
     g.add_argument("--checkpoint", help="weights: a file, or a cached name (see 'weights list')")
     g.add_argument(
@@ -53,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--calibration",
         choices=("reference", "none"),
-        help="class-mean calibration on a fixed reference sample (default for senclip zero-shot) "
-        "or none (default otherwise)",
+        help="class-mean calibration on a fixed reference sample or none (default: the model's "
+        "own, e.g. reference for senclip zero-shot, none with a head)",
     )
     g.add_argument("--top-k", type=int, help="probabilities kept per pixel (default 3)")
     g.add_argument("--window", type=int, help="SenCLIP chip size in pixels (default 64)")
@@ -67,11 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "agrees with fp32 on >= 99 %% of a fixed sample; recorded in run.json)",
     )
     g = p.add_argument_group("data")
-    g.add_argument("--profile", help="STAC profile: earth-search, planetary-computer, demo, custom")
-    g.add_argument("--stac-url", help="any STAC API (implies --profile custom unless given)")
-    g.add_argument("--collection", help="STAC collection (default: the profile's)")
-    g.add_argument("--max-cloud", type=float, help="maximum scene cloud cover in %% (default 60)")
-    g.add_argument("--keep-snow", action="store_true", help="do not mask SCL snow/ice")
+    add_data(g)
     g = p.add_argument_group("execution")
     g.add_argument("--tile-size", type=int, help="tile size in pixels (default 256)")
     g.add_argument(
@@ -120,7 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-#: RunConfig fields a config file may set that are not spelt as a CLI option.
+#: RunConfig keys a config file may set that are not spelt as a CLI option (``mask_snow``,
+#: ``progress``, ``retries``: the CLI spells the first two ``--keep-snow``, ``--no-progress``).
 _CONFIG_ONLY = {"mask_snow", "progress", "retries"}
 
 
@@ -197,8 +190,8 @@ def resolve(args: argparse.Namespace):
     """Build the RunConfig from defaults, the optional YAML file and the CLI options."""
     from aoi import load_region
     from pipeline.base.errors import UserError
-    from pipeline.config import from_mapping, load_yaml, merged, parse_date
-    from pipeline.run_config import RunConfig
+    from pipeline.config import load_yaml, merged, period_dates, stac_profile
+    from pipeline.run_config import FLAT_KEYS, RunConfig
 
     base: dict = {}
     if args.config:
@@ -214,16 +207,10 @@ def resolve(args: argparse.Namespace):
             "or --bbox W S E N"
         )
     region = load_region(region_name)
-    model = args.model or "timesenclip"
-    if args.year is not None:
-        if args.start or args.end:
-            raise UserError("--year cannot be combined with --start/--end")
-        if not 2015 <= args.year <= dt.date.today().year:
-            raise UserError(f"--year {args.year} is outside the Sentinel-2 era (2015 onwards)")
-        start, end = dt.date(args.year, 1, 1), dt.date(args.year, 12, 31)
-    else:
-        start = parse_date(args.start, "--start") if args.start else region.start
-        end = parse_date(args.end, "--end") if args.end else region.end
+    model = args.model or adapters.DEFAULT
+    adapter = adapters.get(model)
+    start, end = period_dates(args.year, args.start, args.end, (region.start, region.end))
+    if args.year is None:
         if not (args.start or args.end) and not str(region.source).endswith((".yaml", ".yml")):
             logging.getLogger(__name__).info(
                 "no --year or --start/--end: mapping %s..%s, the last full year (a vector file "
@@ -231,13 +218,11 @@ def resolve(args: argparse.Namespace):
                 start,
                 end,
             )
-    profile = args.profile or ("custom" if args.stac_url else region.stac)
+    profile = stac_profile(args.profile, args.stac_url, region.stac)
     head = args.head
     defaults = {
-        "period": "monthly" if model == "timesenclip" else "annual",
-        # The reference's class-mean calibration is SenCLIP's zero-shot practice; it hurts
-        # trained pixel models and few-shot heads (measured on the planted-signal demo).
-        "calibration": "reference" if model == "senclip" and not head else "none",
+        "period": adapter.default_period,
+        "calibration": adapter.default_calibration(head),
         # a head brings its classes (and the legend it was fitted with, for the colours)
         "legend": None if head else ("demo" if region.stac == "demo" else "lucas-lc8"),
     }
@@ -245,46 +230,19 @@ def resolve(args: argparse.Namespace):
 
     if is_gridded(region.crs):  # tiles must divide the 100 km output cells
         defaults["tile_size"] = GRIDDED_TILE_SIZE
-    cli = {
-        "region": region_name,
-        "start": start,
-        "end": end,
-        "model": model,
-        "bbox": args.bbox,
-        "checkpoint": args.checkpoint,
-        "clip_checkpoint": args.clip_checkpoint,
-        "arch": args.arch,
-        "untrained": args.untrained or None,
-        "seed": args.seed,
-        "legend": args.legend,
-        "style": args.style,
-        "head": args.head,
-        "period": args.period,
-        "calibration": args.calibration,
-        "profile": profile,
-        "stac_url": args.stac_url,
-        "collection": args.collection,
-        "max_cloud": args.max_cloud,
-        "mask_snow": False if args.keep_snow else None,
-        "tile_size": args.tile_size,
-        "window": args.window,
-        "stride": args.stride,
-        "top_k": args.top_k,
-        "save_composite": args.save_composite or None,
-        "save_embeddings": args.save_embeddings or None,
-        "field_dims": args.field_dims,
-        "out": args.out,
-        "overwrite": args.overwrite or None,
-        "cluster": args.cluster,
-        "workers": args.workers,
-        "cluster_config": args.cluster_config,
-        "allow_large": args.allow_large or None,
-        "progress": False if args.no_progress else None,
-        "precision": args.precision,
-        "retry_failed": args.retry_failed or None,
-        "max_attempts": args.max_attempts,
-    }
-    return from_mapping(RunConfig, merged(merged(defaults, base), cli), where="run")
+    # the options spelt like a RunConfig key; an unset flag (False) leaves the key to the YAML
+    # file or the default, like an unset option (None)
+    cli = {k: (None if v is False else v) for k, v in vars(args).items() if k in FLAT_KEYS}
+    cli.update(
+        region=region_name,
+        start=start,
+        end=end,
+        model=model,
+        profile=profile,
+        mask_snow=False if args.keep_snow else None,
+        progress=False if args.no_progress else None,
+    )
+    return RunConfig.from_flat(merged(merged(defaults, base), cli), where="run")
 
 
 #: Errors of the output filesystem, reported as one line (nothing is published on them).
@@ -303,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         if errno.errorcode.get(exc.errno or 0) not in _WRITE_ERRNOS:
             raise
-        where = exc.filename or cfg.out or "the output folder"
+        where = exc.filename or cfg.execution.out or "the output folder"
         raise UserError(
             f"writing {where} failed: {exc.strerror}; nothing was published, finished tiles are "
             "kept: free space (or fix the folder) and rerun"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.commands._options import add_data, add_when
+
 NAME = "search"
 HELP = "search a STAC API for Sentinel-2 L2A scenes over a region and period (count, dates, cloud)"
 
@@ -20,28 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("W", "S", "E", "N"),
         help="lon/lat bounding box (EPSG:4326) instead of a region",
     )
-    parser.add_argument("--start", help="first day YYYY-MM-DD (default: the region's period)")
-    parser.add_argument("--end", help="last day YYYY-MM-DD (inclusive)")
-    parser.add_argument(
-        "--year", type=int, help="shorthand for --start YEAR-01-01 --end YEAR-12-31"
-    )
-    parser.add_argument(
-        "--profile",
-        help="STAC profile: earth-search, planetary-computer, demo, custom "
-        "(default: the region's; custom when only --stac-url is given)",
-    )
-    parser.add_argument("--stac-url", help="STAC API root URL (any STAC API)")
-    parser.add_argument("--collection", help="collection id (default: sentinel-2-l2a)")
-    parser.add_argument(
-        "--max-cloud", type=float, default=60.0, help="maximum scene cloud cover %% (default 60)"
-    )
+    add_when(parser, period=False)
+    add_data(parser, max_cloud_default=60.0, keep_snow=False)
 
 
 def run(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from aoi import load_region, validate_geometry
-    from pipeline.config import parse_date
+    from pipeline.config import period_dates, stac_profile
     from pipeline.scenes import monthly_coverage
     from pipeline.search import SearchConfig, search_scenes
 
@@ -56,16 +45,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         region = load_region(args.region or "demo")
         geometry, start, end, profile = region.geometry, region.start, region.end, region.stac
-    if args.year:
-        start, end = dt.date(args.year, 1, 1), dt.date(args.year, 12, 31)
-    if args.start:
-        start = parse_date(args.start, "--start")
-    if args.end:
-        end = parse_date(args.end, "--end")
-    if args.profile:
-        profile = args.profile
-    elif args.stac_url:
-        profile = "custom"
+    start, end = period_dates(args.year, args.start, args.end, (start, end))
+    profile = stac_profile(args.profile, args.stac_url, profile)
     cfg = SearchConfig(
         profile=profile,
         stac_url=args.stac_url,

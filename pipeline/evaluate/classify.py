@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import adapters
+from pipeline.adapters.senclip import RGB
 from pipeline.base.errors import UserError
 from pipeline.evaluate.labels import match_labels, unmatched_summary
 from pipeline.evaluate.metrics import classification_report, multilabel_report
@@ -153,23 +155,22 @@ def median_spectrum(images: np.ndarray, band_idx: Sequence[int]) -> np.ndarray:
 
 def embedder(m: Any, kind: str) -> Callable[[np.ndarray], np.ndarray]:
     """Batch of images of ``kind`` (``rgb`` JPEG 0-1, ``eurosat-ms``, ``bigearthnet``) -> (B, D)."""
-    from model.engine import embed_chips, embed_pixels
-    from pipeline.bands import BANDS
     from pipeline.evaluate.datasets import ben_bands, eurosat_ms_bands
 
+    adapter = adapters.get(m.name)
     if kind == "rgb":
-        if m.name != "senclip":
+        if adapter.input != "patch" or adapter.bands != RGB:
+            rgb_models = [a.name for a in adapters.all_adapters() if a.bands == RGB]
             raise UserError(
-                "RGB JPEGs can only be evaluated with senclip (timesenclip needs 10 bands)"
+                f"RGB JPEGs can only be evaluated with {' or '.join(rgb_models)} ({m.name} needs "
+                f"{len(adapter.bands)} bands)"
             )
         size = int(getattr(m, "image_size", 224))
         return lambda imgs: m.image_embed(jpeg_input(imgs, size)).cpu().numpy()
-    pick = eurosat_ms_bands if kind == "eurosat-ms" else ben_bands
-    if m.name == "senclip":
-        rgb = pick(("B4", "B3", "B2"))
-        return lambda imgs: embed_chips(m, imgs[:, rgb])
-    idx = pick(BANDS)
-    return lambda imgs: embed_pixels(m, median_spectrum(imgs, idx))
+    idx = (eurosat_ms_bands if kind == "eurosat-ms" else ben_bands)(adapter.bands)
+    if adapter.input == "patch":
+        return lambda imgs: adapter.embed(m, imgs[:, idx])
+    return lambda imgs: adapter.embed(m, median_spectrum(imgs, idx))
 
 
 def _embed_batches(
@@ -237,10 +238,10 @@ def evaluate_points(
     label_map: Any = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Labelled points (``extract-points`` table) with TimeSenCLIP: OA, macro F1, per class."""
-    from model.engine import embed_pixels
-
-    if m.name != "timesenclip":
-        raise UserError("point series are evaluated with timesenclip")
+    adapter = adapters.get(m.name)
+    if not adapter.point_series:
+        usable = [a.name for a in adapters.all_adapters() if a.point_series]
+        raise UserError(f"point series are evaluated with {' or '.join(usable)}")
     labels = table.column(label_column)
     truth = match_labels(labels, scorer.class_names, label_map)
     observed = (np.asarray(table.counts) > 0).any(axis=1)
@@ -251,7 +252,7 @@ def evaluate_points(
             f"classes ({', '.join(scorer.class_names[:6])}...); pass --label-map"
         )
     series = table.series_x1e4()[use]
-    emb = embed_pixels(m, series)
+    emb = adapter.embed(m, series)
     pred = scorer.scores(emb).argmax(axis=1)
     rep = classification_report(pred, truth[use], scorer.class_names)
     rep["points"] = {

@@ -28,7 +28,7 @@ from odc.geo.geobox import GeoBox
 
 from pipeline.base.errors import UserError
 from pipeline.field.codec import FieldCodec
-from pipeline.tile_task import ModelSpec
+from pipeline.run_config import ModelConfig
 from pipeline.tiling import TileGrid
 from pipeline.writers.field import read_codec
 
@@ -211,13 +211,13 @@ def decode_valid(f: Field, window: Window) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_spec(f: Field, checkpoint: str | None = None, clip_checkpoint: str | None = None) -> Any:
-    """The :class:`~pipeline.tile_task.ModelSpec` that made the field (from its ``run.json``)."""
+    """The :class:`~pipeline.run_config.ModelConfig` that made the field (from its ``run.json``)."""
 
     cfg = f.run.get("config") or {}
     if not cfg:
         raise UserError(f"{f.map_dir}: run.json is missing; cannot tell which model made the field")
     untrained = bool(cfg.get("untrained")) and checkpoint is None
-    return ModelSpec(
+    return ModelConfig(
         name=str(cfg.get("model")),
         checkpoint=checkpoint or (None if untrained else cfg.get("checkpoint")),
         clip_checkpoint=clip_checkpoint or cfg.get("clip_checkpoint"),

@@ -23,16 +23,17 @@ from tqdm import tqdm
 
 from model.train.probe import check_head_matches, load_head
 from model.zeroshot import fit_calibration, probabilities
+from pipeline.adapters.base import cached_head
 from pipeline.base.errors import UserError
 from pipeline.base.hashing import json_digest
 from pipeline.base.jsonio import write_json
-from pipeline.config import from_mapping, to_plain
+from pipeline.config import to_plain
 from pipeline.field.api import Field, _group, decode_valid, load_model, model_spec
 from pipeline.run.plan import make_plan
 from pipeline.run.publishing import publish
 from pipeline.run.reporting import up_to_date
-from pipeline.run_config import RunConfig
-from pipeline.tile_task import _head, predict
+from pipeline.run_config import FLAT_KEYS, RunConfig
+from pipeline.tile_task import predict
 from pipeline.workspace import Workspace
 from pipeline.writers import TileResult, create_map_store, write_tile, write_tile_rasters
 
@@ -65,8 +66,7 @@ def run_config_of(f: Field) -> Any:
     plain = dict(f.run.get("config") or {})
     if not plain:
         raise UserError(f"{f.map_dir}: run.json is missing; cannot tell how the field was made")
-    known = {x.name for x in dataclasses.fields(RunConfig)}
-    return from_mapping(RunConfig, {k: v for k, v in plain.items() if k in known}, where="run.json")
+    return RunConfig.from_flat({k: v for k, v in plain.items() if k in FLAT_KEYS}, where="run.json")
 
 
 def default_out(f: Field, c: ClassifyConfig) -> Path:
@@ -80,13 +80,13 @@ def _new_config(f: Field, c: ClassifyConfig) -> Any:
         raise UserError("give exactly one of --legend FILE|NAME or --head FILE")
     base = run_config_of(f)
     spec = model_spec(f, c.checkpoint, c.clip_checkpoint)
-    calibration = c.calibration or ("none" if c.head else base.calibration)
+    calibration = c.calibration or ("none" if c.head else base.model.calibration)
     return base.with_(
-        legend=c.legend or base.legend,
-        style=c.style or base.style,
+        legend=c.legend or base.model.legend,
+        style=c.style or base.model.style,
         head=c.head,
         calibration=calibration,
-        top_k=c.top_k or base.top_k,
+        top_k=c.top_k or base.output.top_k,
         checkpoint=spec.checkpoint,
         clip_checkpoint=spec.clip_checkpoint,
         untrained=spec.untrained,
@@ -100,12 +100,13 @@ def _new_config(f: Field, c: ClassifyConfig) -> Any:
 
 def _calibration(f: Field, cfg: Any, plan: Any) -> list[float] | None:
     """The run's vector for its own legend; for another legend, fitted on a sample of the field."""
-    if cfg.calibration != "reference" or cfg.head:
+    if cfg.model.calibration != "reference" or cfg.model.head:
         return None
     if plan.legend_info.get("prompt_hash") == (f.run.get("legend") or {}).get("prompt_hash"):
         if f.run.get("calibration") is not None:
             return list(f.run["calibration"])
-    rng = np.random.default_rng(cfg.seed)
+
+    rng = np.random.default_rng(cfg.model.seed)
     parts = []
     per_tile = max(1, CALIBRATION_SAMPLES // max(1, len(plan.grid.tiles)))
     for tile in plan.grid.tiles:
@@ -121,11 +122,11 @@ def _output_hash(f: Field, cfg: Any) -> str:
     key = {
         "field": f.meta,
         "field_config_hash": f.run.get("output_hash"),
-        "legend": cfg.legend if not cfg.head else None,
-        "style": cfg.style,
-        "head": cfg.head,
-        "calibration": cfg.calibration,
-        "top_k": cfg.top_k,
+        "legend": cfg.model.legend if not cfg.model.head else None,
+        "style": cfg.model.style,
+        "head": cfg.model.head,
+        "calibration": cfg.model.calibration,
+        "top_k": cfg.output.top_k,
     }
     return json_digest(key, default=str)
 
@@ -140,28 +141,28 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
 
     t0 = time.perf_counter()
     cfg = _new_config(f, c)
-    m = load_model(f, cfg.checkpoint, cfg.clip_checkpoint)
+    m = load_model(f, cfg.model.checkpoint, cfg.model.clip_checkpoint)
     plan = make_plan(cfg)
-    if cfg.head:
+    if cfg.model.head:
         check_head_matches(
-            load_head(cfg.head),
+            load_head(cfg.model.head),
             {"name": m.name, "dim": m.embed_dim, "checkpoint_sha256": m.checkpoint_sha256},
-            where=str(cfg.head),
+            where=str(cfg.model.head),
         )
     # The field's own grid, not the region's re-derived one: no imagery and no region code.
     plan = dataclasses.replace(plan, grid=f.grid)
-    ws = Workspace(Path(cfg.out))
+    ws = Workspace(Path(cfg.execution.out))
     ws.check_writable()
     output_hash = _output_hash(f, cfg)
-    if not cfg.overwrite and up_to_date(ws, output_hash):
+    if not cfg.execution.overwrite and up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date; nothing to do", ws.out)
         return ws.out
-    ws.prepare(output_hash, cfg.overwrite)
+    ws.prepare(output_hash, cfg.execution.overwrite)
     calibration = _calibration(f, cfg, plan)
     calib = None if calibration is None else np.asarray(calibration, np.float32)
     ws.save_manifest({"output_hash": output_hash, "source_field": str(f.map_dir)})
     labels = [str(p) for p in f.layout.get("periods", [])]
-    k = min(cfg.top_k, len(plan.class_names))
+    k = min(cfg.output.top_k, len(plan.class_names))
     create_map_store(
         ws.store,
         plan.grid,
@@ -171,19 +172,19 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
         attrs={
             "config_hash": output_hash,
             "region": plan.region_name,
-            "model": cfg.model,
-            "untrained": cfg.untrained,
+            "model": cfg.model.name,
+            "untrained": cfg.model.untrained,
             "source_field": str(f.map_dir),
         },
     )
     done = ws.done_tiles()
     todo = [t for t in plan.grid.tiles if t.id not in done]
 
-    for tile in tqdm(todo, unit="tile", desc="classify", disable=not cfg.progress):
+    for tile in tqdm(todo, unit="tile", desc="classify", disable=not cfg.execution.progress):
         ws.mark_done(tile.id, _classify_tile(f, ws, tile, cfg, plan, calib, k))
     report = {
         "status": "complete",
-        "untrained": cfg.untrained,
+        "untrained": cfg.model.untrained,
         "output_hash": output_hash,
         "source_field": str(f.map_dir),
         "field": f.meta,
@@ -206,7 +207,7 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
 
 def _plain(cfg: Any) -> dict[str, Any]:
 
-    return to_plain(cfg)
+    return to_plain(cfg.flat())
 
 
 def _valid_obs(f: Field, tile: Any) -> np.ndarray:
@@ -217,6 +218,7 @@ def _valid_obs(f: Field, tile: Any) -> np.ndarray:
 
 
 def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, plan: Any, calib, k: int) -> dict:
+
     t = time.perf_counter()
     valid, emb = decode_valid(f, tile.window)
     ny, nx = tile.shape
@@ -225,8 +227,8 @@ def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, plan: Any, calib, k: 
     topk_c = np.full((k, ny, nx), 255, np.uint8)
     topk_p = np.full((k, ny, nx), np.nan, np.float32)
     if len(emb):
-        if cfg.head:
-            probs = np.asarray(_head(cfg.head).predict(emb), dtype=np.float32)
+        if cfg.model.head:
+            probs = np.asarray(cached_head(cfg.model.head).predict(emb), dtype=np.float32)
         else:
             probs = np.asarray(probabilities(emb, plan.classifier, calib), dtype=np.float32)
         cls, cf, tc, tp = predict(probs, k)

@@ -11,46 +11,69 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.base.errors import UserError
+from pipeline.cube import MaskConfig
 from pipeline.points.planning import Window, plan_windows
 from pipeline.points.reading import Points
 from pipeline.points.table import PointTable, concat_tables
+from pipeline.run_config import CompositeConfig
+from pipeline.search import SearchConfig
 
 _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """How to search, load and composite (the map run's settings of the same names)."""
+    """How to search, load and composite: the map run's parts, plus how points are grouped."""
 
-    start: dt.date
-    end: dt.date
-    period: str = "monthly"
-    profile: str = "earth-search"
-    stac_url: str | None = None
-    collection: str | None = None
-    max_cloud: float = 60.0
-    mask_snow: bool = True
+    composite: CompositeConfig
+    search: SearchConfig = field(default_factory=SearchConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
     resolution: float = 10.0
+    """Pixel size in metres."""
     crs: str | None = None
+    """One CRS for all points (None: each point's UTM zone)."""
     tile_size: int = 1024
+    """Grouping tile in pixels."""
     cluster_px: int = 64
+    """Points within this many pixels share one loading window."""
     block_tiles: int = 8
+    """Tiles per side sharing one STAC search."""
     workers: int = 4
+    """Windows loaded in parallel."""
     gap_fill: bool = True
+    """Fill empty periods from the others (the map always does)."""
 
     def __post_init__(self) -> None:
-        if self.end < self.start:
-            raise UserError(f"--end {self.end} is before --start {self.start}")
         if self.workers < 1:
             raise UserError("--workers must be >= 1")
-        if not 0 <= self.max_cloud <= 100:
-            raise UserError("--max-cloud must be between 0 and 100")
+
+    def flat(self) -> dict[str, Any]:
+        """The settings by their command-line names (the table's meta and the resume key)."""
+        c, s = self.composite, self.search
+        return {
+            "start": c.start,
+            "end": c.end,
+            "period": c.period,
+            "profile": s.profile,
+            "stac_url": s.stac_url,
+            "collection": s.collection,
+            "max_cloud": s.max_cloud,
+            "mask_snow": self.mask.mask_snow,
+            "resolution": self.resolution,
+            "crs": self.crs,
+            "tile_size": self.tile_size,
+            "cluster_px": self.cluster_px,
+            "block_tiles": self.block_tiles,
+            "workers": self.workers,
+            "gap_fill": self.gap_fill,
+        }
 
 
 def _block_geometry(windows: Sequence[Window]):
@@ -62,16 +85,11 @@ def _block_geometry(windows: Sequence[Window]):
 
 
 def _search_block(cfg: ExtractConfig, geometry) -> list[dict]:
-    from pipeline.search import NoScenesError, SearchConfig, search_items
+    from pipeline.search import NoScenesError, search_items
 
-    scfg = SearchConfig(
-        profile=cfg.profile,
-        stac_url=cfg.stac_url,
-        collection=cfg.collection,
-        max_cloud=cfg.max_cloud,
-    )
+    c = cfg.composite
     try:
-        return [it.to_dict() for it in search_items(geometry, cfg.start, cfg.end, scfg)]
+        return [it.to_dict() for it in search_items(geometry, c.start, c.end, cfg.search)]
     except NoScenesError as exc:  # e.g. points at sea: empty series
         _log.warning("%s", exc)
         return []
@@ -89,8 +107,9 @@ def _extract_block(
     def one(w: Window):
         # odc-stac's warp on every grid (native=False), as point extraction always read
         comp = composite_window(
-            index.for_window(w.geobox), w.geobox, start=cfg.start, end=cfg.end,
-            period=cfg.period, mask_snow=cfg.mask_snow, gap_fill=cfg.gap_fill, native=False,
+            index.for_window(w.geobox), w.geobox, start=cfg.composite.start,
+            end=cfg.composite.end, period=cfg.composite.period, mask_snow=cfg.mask.mask_snow,
+            gap_fill=cfg.gap_fill, native=False,
         ).composite  # fmt: skip
         vals = np.asarray(comp.values)[:, :, w.rows, w.cols]  # (P, B, n)
         cnts = np.asarray(comp.counts)[:, w.rows, w.cols]  # (P, n)
@@ -124,7 +143,7 @@ def _parts_key(cfg: ExtractConfig, points: Points) -> str:
     h = hashlib.sha256()
     h.update(
         json.dumps(
-            {k: str(v) for k, v in vars(cfg).items() if k != "workers"}, sort_keys=True
+            {k: str(v) for k, v in cfg.flat().items() if k != "workers"}, sort_keys=True
         ).encode()
     )
     h.update(points.ids.astype(str).tobytes())
@@ -194,14 +213,14 @@ def extract_points(
     order = np.argsort([order_of[p] for p in merged.ids.tolist()], kind="stable")
     merged = merged.subset(order)
     merged.meta = {
-        "start": cfg.start.isoformat(),
-        "end": cfg.end.isoformat(),
-        "period": cfg.period,
-        "profile": cfg.profile,
-        "stac_url": cfg.stac_url,
-        "collection": cfg.collection,
-        "max_cloud": cfg.max_cloud,
-        "mask_snow": cfg.mask_snow,
+        "start": cfg.composite.start.isoformat(),
+        "end": cfg.composite.end.isoformat(),
+        "period": cfg.composite.period,
+        "profile": cfg.search.profile,
+        "stac_url": cfg.search.stac_url,
+        "collection": cfg.search.collection,
+        "max_cloud": cfg.search.max_cloud,
+        "mask_snow": cfg.mask.mask_snow,
         "resolution": cfg.resolution,
         "gap_fill": cfg.gap_fill,
         "n_items": int(sum(t.meta.get("n_items", 0) for t in tables)),

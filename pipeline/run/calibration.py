@@ -61,7 +61,7 @@ def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
     if codec is not None:
         return codec
     emb = reference_sample(client, cfg, plan, ws, items)
-    codec = fit_codec(emb, cfg.field_dims)
+    codec = fit_codec(emb, cfg.output.field_dims)
     write_codec(ws.store, codec)
     _log.info(
         "embedding field: %d -> %d dims (%.2f%% of the sample's variance), %d bytes/pixel",
@@ -96,9 +96,9 @@ def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: l
             sample_embeddings,
             tile_job(cfg, plan, ws, items, t, None),
             CALIBRATION_SAMPLES_PER_TILE,
-            zlib.crc32(t.id.encode()) + cfg.seed,
+            zlib.crc32(t.id.encode()) + cfg.model.seed,
             pure=False,
-            retries=cfg.retries,
+            retries=cfg.execution.retries,
             resources=task_resources(client),
         )
         for t in tiles
@@ -112,7 +112,7 @@ def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: l
         total=len(futures),
         unit="tile",
         desc="calibration sample",
-        disable=not cfg.progress,
+        disable=not cfg.execution.progress,
         mininterval=1.0,
         dynamic_ncols=True,
     ) as bar:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.base.errors import UserError
 from pipeline.run.calibration import calibrate, clear_reference_sample, fit_field
 from pipeline.run.plan import (
     Plan,
@@ -112,45 +111,44 @@ def prepare(cfg: RunConfig) -> RunState | None:
 
     t0 = time.perf_counter()
     region, geometry = resolve_region(cfg)
-    out = Path(cfg.out) if cfg.out else default_output_dir(cfg, region.name)
+    out = Path(cfg.execution.out) if cfg.execution.out else default_output_dir(cfg, region.name)
     ws = Workspace(out)
     ws.check_writable()
     cfg, precision_info = resolve_precision(cfg)
     output_hash = cfg.output_hash()
-    if not cfg.overwrite and up_to_date(ws, output_hash):
+    if not cfg.execution.overwrite and up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
         return None
-    ws.check_conflict(output_hash, cfg.overwrite)
+    ws.check_conflict(output_hash, cfg.execution.overwrite)
     from aoi import to_crs
 
     area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
     check_size(cfg, area_km2)
-    labels = list(period_labels(cfg.start, cfg.end, cfg.period))
-    if cfg.model == "timesenclip" and len(labels) not in (1, 4, 12):
-        raise UserError(
-            f"TimeSenCLIP takes 12 monthly, 4 quarterly or 1 annual composite(s); {cfg.start} to "
-            f"{cfg.end} gives {len(labels)} {cfg.period} periods: map one year at a time"
-        )
+    labels = list(period_labels(cfg.composite.start, cfg.composite.end, cfg.composite.period))
+    c = cfg.composite
+    cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
     cluster_cfg = ClusterConfig(
-        kind=cfg.cluster,
-        workers=cfg.workers,
-        slurm=load_slurm_profile(cfg.cluster_config)
-        if cfg.cluster == "slurm"
+        kind=cfg.execution.cluster,
+        workers=cfg.execution.workers,
+        slurm=load_slurm_profile(cfg.execution.cluster_config)
+        if cfg.execution.cluster == "slurm"
         else ClusterConfig().slurm,
     )
-    if cfg.untrained:
+    if cfg.model.untrained:
         _log.warning(
             "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
             "the pipeline working, not land cover%s",
-            cfg.model,
-            " until a few-shot head classifies it" if cfg.head else "",
+            cfg.model.name,
+            " until a few-shot head classifies it" if cfg.model.head else "",
         )
     # Cheap checks first (legend, head, then the STAC search): bad input fails in seconds,
     # before any model is built or any tile runs.
     preflight(cfg, len(labels))
     previous = ws.manifest()
     resumable = (
-        previous is not None and previous.get("output_hash") == output_hash and not cfg.overwrite
+        previous is not None
+        and previous.get("output_hash") == output_hash
+        and not cfg.execution.overwrite
     )
     return RunState(
         cfg=cfg,
@@ -174,7 +172,7 @@ def find_scenes(run: RunState) -> None:
         run.ledger = SceneLedger.from_dict(run.previous.get("ledger"))
         _log.info("resuming %s: %d scenes from the manifest", run.ws.out, len(run.items))
     else:
-        run.items, run.ledger = search_run_scenes(run.cfg, run.geometry, run.cfg.profile)
+        run.items, run.ledger = search_run_scenes(run.cfg, run.geometry, run.cfg.search.profile)
         _log.info("%d scenes found", len(run.items))
 
 
@@ -184,13 +182,13 @@ def open_store(run: RunState) -> None:
     from pipeline.writers import create_map_store
 
     cfg, ws, plan = run.cfg, run.ws, run.plan
-    ws.prepare(run.output_hash, cfg.overwrite)
+    ws.prepare(run.output_hash, cfg.execution.overwrite)
     run.manifest = (
         run.previous
         if run.resumable
         else {
             "output_hash": run.output_hash,
-            "config": to_plain(cfg),
+            "config": to_plain(cfg.flat()),
             "items": run.items,
             "ledger": run.ledger.to_dict(),
             "calibration": None,
@@ -203,16 +201,16 @@ def open_store(run: RunState) -> None:
         ws.store,
         plan.grid,
         class_names=list(plan.class_names),
-        k=min(cfg.top_k, len(plan.class_names)),
+        k=min(cfg.output.top_k, len(plan.class_names)),
         period_labels=run.labels,
-        band_names=_bands() if cfg.save_composite else None,
-        embed_dim=plan.model_info["embed_dim"] if cfg.save_embeddings else None,
+        band_names=_bands() if cfg.output.save_composite else None,
+        embed_dim=plan.model_info["embed_dim"] if cfg.output.save_embeddings else None,
         field_dims=field_dims(cfg, plan),
         attrs={
             "config_hash": run.output_hash,
             "region": plan.region_name,
-            "model": cfg.model,
-            "untrained": cfg.untrained,
+            "model": cfg.model.name,
+            "untrained": cfg.model.untrained,
             **field_attrs(cfg, plan),
         },
     )
@@ -240,11 +238,13 @@ def calibrate_once(run: RunState, client) -> None:
     """The calibration vector (from the manifest, or fitted and stored there) and the field codec."""
     cfg = run.cfg
     run.calibration = run.manifest.get("calibration")
-    if cfg.calibration == "reference" and run.calibration is None and not cfg.head:
+    if cfg.model.calibration == "reference" and run.calibration is None and not cfg.model.head:
         run.calibration = calibrate(client, cfg, run.plan, run.ws, run.items).tolist()
         run.manifest["calibration"] = run.calibration
         run.ws.save_manifest(run.manifest)
-    run.codec = fit_field(client, cfg, run.plan, run.ws, run.items) if cfg.save_embeddings else None
+    run.codec = (
+        fit_field(client, cfg, run.plan, run.ws, run.items) if cfg.output.save_embeddings else None
+    )
     clear_reference_sample()
 
 
@@ -261,7 +261,7 @@ def run_todo(run: RunState, client) -> None:
         unit="px",
         unit_scale=True,
         desc=f"{len(run.todo)} tiles",
-        disable=not run.cfg.progress,
+        disable=not run.cfg.execution.progress,
         mininterval=1.0,
         dynamic_ncols=True,
     ) as bar:
@@ -324,7 +324,7 @@ def publish_run(run: RunState, report: dict[str, Any]) -> None:
         report["seconds"]["publish_cells"] = time.perf_counter() - t
     dead = {
         **run.dead_before,
-        **{t: f for t, f in failures.items() if f.attempts >= cfg.max_attempts},
+        **{t: f for t, f in failures.items() if f.attempts >= cfg.execution.max_attempts},
     }
     report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
     if failures or dead:
@@ -335,7 +335,7 @@ def publish_run(run: RunState, report: dict[str, Any]) -> None:
         msg = failure_summary(every, len(plan.grid.tiles), ws.out / "run.json")
         if dead:
             msg += (
-                f"; {len(dead)} tile(s) failed {cfg.max_attempts} times or more and are in the "
+                f"; {len(dead)} tile(s) failed {cfg.execution.max_attempts} times or more and are in the "
                 "dead-letter list (run.json): plain reruns leave them, --retry-failed redoes them"
             )
         raise TilesFailed(msg)

@@ -7,7 +7,7 @@ Everything here runs on the driver and fails before anything is written.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def resolve_region(cfg: RunConfig):
 
 def check_size(cfg: RunConfig, area_km2: float) -> None:
     """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed."""
-    if cfg.cluster != "local" or cfg.allow_large:
+    if cfg.execution.cluster != "local" or cfg.execution.allow_large:
         return
     from pipeline.cluster import _cuda_devices
 
@@ -82,30 +82,32 @@ def preflight(cfg: RunConfig, n_periods: int) -> None:
     """
     from model.legends import load_legend
 
-    if not cfg.head:
-        load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
+    if not cfg.model.head:
+        load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
         return
     from model.train.probe import check_head_matches, load_head
 
-    head = load_head(cfg.head)
+    head = load_head(cfg.model.head)
     check_head_matches(
-        head, {"name": cfg.model, "period": cfg.period, "periods": n_periods}, where=cfg.head
+        head,
+        {"name": cfg.model.name, "period": cfg.composite.period, "periods": n_periods},
+        where=cfg.model.head,
     )
     fitted = head.model_identity
-    if fitted.get("start") and str(fitted["start"]) != str(cfg.start):
+    if fitted.get("start") and str(fitted["start"]) != str(cfg.composite.start):
         _log.warning(
             "the head was fitted on composites of %s..%s and maps %s..%s: a head transfers "
             "between years only as far as the land cover's seasonal signal does",
             fitted["start"],
             fitted.get("end"),
-            cfg.start,
-            cfg.end,
+            cfg.composite.start,
+            cfg.composite.end,
         )
     legend = _head_legend(cfg, head)
     if legend is not None and tuple(legend.names) != tuple(head.class_names):
         raise UserError(
-            f"--legend {cfg.legend} has classes {', '.join(legend.names)}; the head "
-            f"{cfg.head} predicts {', '.join(head.class_names)}"
+            f"--legend {cfg.model.legend} has classes {', '.join(legend.names)}; the head "
+            f"{cfg.model.head} predicts {', '.join(head.class_names)}"
         )
 
 
@@ -114,23 +116,23 @@ def _head_legend(cfg: RunConfig, head: Any):
     with (``probe --legend``), else None (a generic palette)."""
     from model.legends import load_legend
 
-    name = cfg.legend if cfg.legend is not None else head.meta.get("legend")
+    name = cfg.model.legend if cfg.model.legend is not None else head.meta.get("legend")
     if not name:
         return None
     try:
-        return load_legend(name, style=cfg.style)
+        return load_legend(name, style=cfg.model.style)
     except UserError:
-        if cfg.legend is not None:
+        if cfg.model.legend is not None:
             raise
         return None  # the head's legend file moved: fall back to a palette
 
 
 def _legend_and_classifier(cfg: RunConfig, m: Any):
     """Class names, colours, legend facts for legend.json, and the (C, D) text classifier."""
-    if cfg.head:
+    if cfg.model.head:
         from model.train.probe import check_head_matches, load_head
 
-        head = load_head(cfg.head)
+        head = load_head(cfg.model.head)
         check_head_matches(
             head,
             {
@@ -139,7 +141,7 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
                 "dim": int(m.embed_dim),
                 "checkpoint_sha256": m.checkpoint_sha256,
             },
-            where=cfg.head,
+            where=cfg.model.head,
         )
         names = tuple(head.class_names)
         legend = _head_legend(cfg, head)
@@ -148,17 +150,17 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
         else:
             colors = tuple(palette(len(names)))
         info = {
-            "name": legend.name if legend is not None else Path(cfg.head).name,
+            "name": legend.name if legend is not None else Path(cfg.model.head).name,
             "style": "few-shot head",
             "prompt_hash": None,
-            "head": Path(cfg.head).name,
-            "head_sha256": sha256_file(Path(cfg.head)),
+            "head": Path(cfg.model.head).name,
+            "head_sha256": sha256_file(Path(cfg.model.head)),
         }
         return names, colors, info, np.zeros((len(names), m.embed_dim), np.float32)
     from model.legends import load_legend
     from model.zeroshot import build_classifier
 
-    legend = load_legend(cfg.legend or "lucas-lc8", style=cfg.style)
+    legend = load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
     w = build_classifier(m, legend)
     w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w, np.float32)
     names = tuple(c.name for c in legend.classes)
@@ -172,12 +174,11 @@ def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
 
     Runs before the output hash, so the hash covers the precision the pixels are computed in.
     """
-    if cfg.precision != "auto":
-        return cfg, {"requested": cfg.precision, "resolved": cfg.precision}
+    if cfg.model.precision != "auto":
+        return cfg, {"requested": cfg.model.precision, "resolved": cfg.model.precision}
     from model.precision import resolve
-    from pipeline.tile_task import ModelSpec
 
-    m = ModelSpec.of(cfg).load()
+    m = cfg.model.load()
     w = _legend_and_classifier(cfg, m)[3]
     resolved, info = resolve(m, "auto", np.asarray(w, np.float32))
     return cfg.with_(precision=resolved), info
@@ -186,22 +187,21 @@ def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
 def make_plan(cfg: RunConfig) -> Plan:
     """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
     from pipeline.cells import output_grid
-    from pipeline.tile_task import ModelSpec
 
     region, geometry = resolve_region(cfg)
-    grid = output_grid(geometry, region.crs, region.resolution, cfg.tile_size)
-    m = ModelSpec.of(cfg).load()
+    grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
+    m = cfg.model.load()
     names, colors, legend_info, w = _legend_and_classifier(cfg, m)
     if len(names) > 254:
         raise UserError(f"the legend has {len(names)} classes; at most 254 fit a uint8 map")
     model_info = {
         "name": m.name,
         "identity": m.identity,
-        "checkpoint": cfg.checkpoint,
+        "checkpoint": cfg.model.checkpoint,
         "checkpoint_sha256": m.checkpoint_sha256,
         "untrained": m.untrained,
         "embed_dim": m.embed_dim,
-        "arch": getattr(m, "arch", cfg.arch),
+        "arch": getattr(m, "arch", cfg.model.arch),
         "embedding_identity": getattr(m, "embedding_identity", m.identity),
     }
     return Plan(
@@ -225,17 +225,12 @@ def search_items(cfg: RunConfig, geometry, profile: str) -> list[dict]:
 
 def search_run_scenes(cfg: RunConfig, geometry, profile: str) -> tuple[list[dict], SceneLedger]:
     """The usable scenes (item dicts with unsigned hrefs) and the ledger of all returned."""
-    from pipeline.search import SearchConfig, search_scenes
+    from pipeline.search import search_scenes
     from pipeline.stac_profiles import unsigned_href
 
-    scfg = SearchConfig(
-        profile=profile,
-        stac_url=getattr(cfg, "stac_url", None),
-        collection=getattr(cfg, "collection", None),
-        max_cloud=getattr(cfg, "max_cloud", 60.0),
-    )
+    scfg = replace(cfg.search, profile=profile)
     try:
-        result = search_scenes(geometry, cfg.start, cfg.end, scfg)
+        result = search_scenes(geometry, cfg.composite.start, cfg.composite.end, scfg)
     except UserError as exc:
         if profile != "demo" and _inside_demo(geometry):
             raise type(exc)(  # the same kind of error (NoScenesError stays one), with the hint
@@ -264,31 +259,21 @@ def _inside_demo(geometry) -> bool:
 def tile_job(
     cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, calibration, field=None
 ):
-    from pipeline.tile_task import ModelSpec, TileJob
-    from pipeline.tiling import chip_plan
+    from pipeline.tile_task import TileJob
 
-    window_box = (
-        chip_plan(tile.geobox, cfg.window, cfg.stride).geobox
-        if cfg.model == "senclip"
-        else tile.geobox
-    )
+    chips = cfg.model.adapter.chip_plan(tile.geobox, cfg.chips.window, cfg.chips.stride)
+    window_box = chips.geobox if chips else tile.geobox
     return TileJob(
         tile=tile,
         items=items_for(items, window_box),
         geometry_wkb=plan.geometry.wkb,
-        model=ModelSpec.of(cfg),
+        model=cfg.model,
         classifier=plan.classifier,
         calibration=calibration,
-        head=cfg.head,
-        start=cfg.start,
-        end=cfg.end,
-        period=cfg.period,
-        mask_snow=cfg.mask_snow,
-        window=cfg.window,
-        stride=cfg.stride,
-        top_k=cfg.top_k,
-        save_composite=cfg.save_composite,
-        save_embeddings=cfg.save_embeddings,
+        composite=cfg.composite,
+        mask=cfg.mask,
+        chips=cfg.chips,
+        output=cfg.output,
         store=str(ws.store),
         tile_dir=str(ws.tile_dir(tile.id)),
         field=field,
@@ -301,8 +286,8 @@ def select_tiles(tiles, done: dict, failed: dict[str, TileFailure], cfg: RunConf
     A plain run (or rerun) runs every tile not done except those that failed ``max_attempts``
     times or more (the dead-letter list); ``--retry-failed`` runs only the tiles that failed.
     """
-    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.max_attempts}
-    if cfg.retry_failed:
+    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.execution.max_attempts}
+    if cfg.execution.retry_failed:
         return [tl for tl in tiles if tl.id in failed and tl.id not in done], {}
     todo = [tl for tl in tiles if tl.id not in done and tl.id not in dead]
     return todo, {t: f for t, f in dead.items() if t not in done}

@@ -14,14 +14,14 @@ from pipeline.workspace import Workspace
 
 def field_dims(cfg: RunConfig, plan: Plan) -> int | None:
     """Components of the compact field (None without ``--save-embeddings``)."""
-    if not cfg.save_embeddings:
+    if not cfg.output.save_embeddings:
         return None
-    return min(int(cfg.field_dims), int(plan.model_info["embed_dim"]))
+    return min(int(cfg.output.field_dims), int(plan.model_info["embed_dim"]))
 
 
 def field_attrs(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
     """The field's metadata in the store (``s2lc:field``): model identity and decoding recipe."""
-    if not cfg.save_embeddings:
+    if not cfg.output.save_embeddings:
         return {}
     from pipeline.field.api import FIELD_ATTR
     from pipeline.field.codec import ENCODING, ENCODING_VERSION
@@ -57,17 +57,17 @@ def write_legend_and_quicklook(
         legend_name=plan.legend_info["name"],
         style=plan.legend_info["style"],
         prompt_hash=plan.legend_info["prompt_hash"],
-        untrained=cfg.untrained,
+        untrained=cfg.model.untrained,
         extra={
             "model": plan.model_info["identity"],
             "nodata": 255,
             "calibration": report["calibration"],
         },
     )
-    title = f"{plan.region_name} {cfg.start}..{cfg.end} | {cfg.model} | {plan.legend_info['name']}"
-    if cfg.untrained and cfg.head:
+    title = f"{plan.region_name} {cfg.composite.start}..{cfg.composite.end} | {cfg.model.name} | {plan.legend_info['name']}"
+    if cfg.model.untrained and cfg.model.head:
         title += "\nUNTRAINED encoder (demo), classes from a few-shot head"
-    elif cfg.untrained:
+    elif cfg.model.untrained:
         title += "\nUNTRAINED WEIGHTS (demo): not a land-cover map"
     write_quicklook(
         ws.out / "quicklook.png", classes, list(plan.class_names), list(plan.colors), title
@@ -82,7 +82,7 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
         ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors), period_labels=labels
     )
     field_cogs = {}
-    if cfg.save_embeddings:
+    if cfg.output.save_embeddings:
         from pipeline.writers.field import build_field_cogs
 
         field_cogs = build_field_cogs(ws.store, ws.out, field_attrs(cfg, plan)["s2lc:field"])
@@ -107,17 +107,17 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
         ws.out / "item.json",
         grid=plan.grid,
         geometry_4326=plan.geometry,
-        start=cfg.start,
-        end=cfg.end,
+        start=cfg.composite.start,
+        end=cfg.composite.end,
         assets=assets,
         class_names=list(plan.class_names),
         colors=list(plan.colors),
         properties={
             "s2lc:model": plan.model_info["identity"],
-            "s2lc:untrained": cfg.untrained,
-            "s2lc:period": cfg.period,
+            "s2lc:untrained": cfg.model.untrained,
+            "s2lc:period": cfg.composite.period,
             "s2lc:periods": labels,
             "s2lc:output_hash": report["output_hash"],
         },
-        item_id=f"s2lc-{plan.region_name}-{cfg.start}-{cfg.end}-{cfg.period}-{cfg.model}",
+        item_id=f"s2lc-{plan.region_name}-{cfg.composite.start}-{cfg.composite.end}-{cfg.composite.period}-{cfg.model.name}",
     )

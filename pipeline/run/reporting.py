@@ -109,9 +109,9 @@ def run_report(
 
     return {
         "status": "complete",
-        "untrained": cfg.untrained,
+        "untrained": cfg.model.untrained,
         "output_hash": output_hash,
-        "config": to_plain(cfg),
+        "config": to_plain(cfg.flat()),
         "region": {
             "name": plan.region_name,
             "crs": plan.crs,
@@ -130,7 +130,7 @@ def run_report(
             "failed": sorted(failures),
             "errors": {k: f"{f.error_kind}: {f.message}" for k, f in failures.items()},
             "failures": {k: failures[k].to_dict() for k in sorted(failures)},
-            "tile_size": cfg.tile_size,
+            "tile_size": cfg.chips.tile_size,
         },
         "seconds": dict(seconds),
         "tile_stats": [all_stats[k] for k in sorted(all_stats)],

@@ -47,7 +47,7 @@ def run_tiles(
 
     ``task`` replaces :func:`pipeline.tile_task.process_tile` (the scale benchmark's stand-in).
 
-    A tile that raises is resubmitted up to ``cfg.retries`` times; one that still fails gets a
+    A tile that raises is resubmitted up to ``cfg.execution.retries`` times; one that still fails gets a
     :class:`~pipeline.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
     and no done marker, so the next run redoes it.
     """
@@ -100,7 +100,7 @@ def run_tiles(
             stats[tid] = s
         else:
             exc = fut.exception()
-            if attempt <= cfg.retries:
+            if attempt <= cfg.execution.retries:
                 _log.warning("tile %s attempt %d failed (%s); retrying", tid, attempt, exc)
                 fut.release()
                 ac.add(submit(tile, attempt + 1))

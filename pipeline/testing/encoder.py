@@ -2,7 +2,7 @@
 
 :class:`FakeEncoder` is a real object that :mod:`model.engine`, :mod:`model.zeroshot` and the tile
 task drive exactly as they drive SenCLIP and TimeSenCLIP: ``preprocess``, ``pixel_embed`` (pixel
-kind), ``image_embed`` (patch kind), ``text_embed``, ``embed_dim``, ``device``, ``identity``. Its
+kind), ``image_embed`` (patch kind), ``text_embed``, ``embed_dim``, ``device``, ``identity``, ``inputs``. Its
 embeddings are a fixed linear map of the mean input over time (pixels) or space (chips), so a test
 can compute what the map must be from the composite alone; text embeddings are seeded by the
 prompt, so a legend gives the same classifier in every process.
@@ -39,6 +39,7 @@ class FakeEncoder:
         if name not in ("timesenclip", "senclip"):
             raise ValueError(f"no fake for model kind {name!r}")
         self.name = name
+        self.inputs = "pixels" if name == "timesenclip" else "chips"  # what model.engine checks
         self.identity = f"fake-{name}:{seed}"
         self.embedding_identity = self.identity
         self.embed_dim = DIM
