@@ -67,9 +67,10 @@ bench: $(STAMP) ## Benchmarks against same-run baselines -> bench/results.json
 bench-scale: $(STAMP) ## Search/plan/scheduling at EU-27 scale on pgstac, no pixels (integration, minutes)
 	$(PY) -m tests.integration.bench_scale $(ARGS)
 
-lint: $(STAMP) ## ruff lint + format check
+lint: $(STAMP) ## ruff lint + format check + the import layers (import-linter, pyproject.toml)
 	$(PY) -m ruff check pipeline model aoi tests
 	$(PY) -m ruff format --check pipeline model aoi tests
+	$(VENV)/bin/lint-imports
 
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache bench/results.json

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.errors import UserError
+from pipeline.base.dates import parse_date
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -229,8 +230,6 @@ def _geometry_from(doc: dict[str, Any], name: str) -> Any:
 
 
 def _region_from_doc(doc: dict[str, Any], name: str, source: str) -> Region:
-    from pipeline.config import parse_date
-
     geom = _geometry_from(doc, name)
     validate_geometry(geom, name)
     period = doc.get("period") or {}

@@ -55,7 +55,7 @@ def ensure() -> bool:
     if path is None:  # torchvision not installed: nothing to fix
         native_extension_loaded = False
         return False
-    import torch
+    import torch  # noqa: PLC0415 (lazy: only when torchvision is installed)
 
     try:
         torch.ops.load_library(str(path))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ TEXT_TOWERS = ("openai-clip-vitb32", "senclip-vitb32-avgpool", "senclip-vitb32-a
 
 def _text_identity(spec: str) -> str:
     """Identity of a text-tower spec without loading it (the file's hash for a file)."""
-    from model.checkpoints import sha256_file
+    from pipeline.base.hashing import sha256_file
 
     m = _UNTRAINED_RE.match(str(spec))
     if m:

@@ -3,7 +3,7 @@
 Every checkpoint goes through :func:`read_checkpoint`, which uses ``torch.load(weights_only=True)``
 (tensors and plain containers only, never arbitrary code), or ``safetensors`` for
 ``.safetensors`` files. A file that is not a checkpoint, or whose state dict does not fit the
-architecture, becomes one :class:`~pipeline.errors.UserError` line that names the file and, for a
+architecture, becomes one :class:`~pipeline.base.errors.UserError` line that names the file and, for a
 wrong architecture, the first few missing and unexpected keys with their counts.
 
 Wrapped layouts are unwrapped here: a ``state_dict`` / ``model`` / ``model_state_dict`` entry
@@ -15,11 +15,9 @@ dict of the architecture has (see :func:`find_prefix`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import pathlib
 import pickle
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,8 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import sha256_file
 
 _log = logging.getLogger(__name__)
 
@@ -37,9 +36,6 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "encoder")
 #: Harmless classes that PyTorch Lightning pickles into checkpoints (hyper-parameters); allowed in
 #: addition to what ``weights_only=True`` accepts by default. They carry data, never code.
 _EXTRA_SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath]
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-_SHA_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -54,24 +50,6 @@ class Checkpoint:
     """The (unwrapped, still prefixed) tensors: ``name -> tensor``."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Plain (str/int/float/bool) top-level entries next to the state dict, e.g. ``clip``."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file, memoised per (path, size, mtime) within the process."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    with _SHA_LOCK:
-        if key in _SHA_CACHE:
-            return _SHA_CACHE[key]
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    with _SHA_LOCK:
-        _SHA_CACHE[key] = digest
-    return digest
 
 
 def _first_line(exc: BaseException) -> str:
@@ -124,7 +102,7 @@ def _torch_load(path: Path) -> Any:
 
 def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
     try:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # noqa: PLC0415 (optional: safetensors files only)
 
         return load_file(str(path), device="cpu")
     except Exception as exc:  # noqa: BLE001 - any failure means "not a safetensors file"

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoints import Checkpoint, find_prefix, match_keys, strip_prefix
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def build_clip(arch: str, seed: int = 0) -> torch.nn.Module:
     The global RNG is left untouched (``fork_rng``), so building a model does not change what
     the caller's random numbers would have been.
     """
-    import open_clip
+    import open_clip  # noqa: PLC0415 (lazy: open_clip takes seconds to import)
 
     name = open_clip_name(arch)
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]), _quiet_open_clip():
@@ -114,7 +114,7 @@ def _empty_clip(arch: str) -> torch.nn.Module | None:
     Only for loading a full state dict right after. Non-persistent buffers are not in state
     dicts, so they are rebuilt here; None if the model has one this function does not know.
     """
-    import open_clip
+    import open_clip  # noqa: PLC0415 (lazy: open_clip takes seconds to import)
 
     with _BUILD_LOCK, torch.device("meta"), _quiet_open_clip():
         net = open_clip.create_model(open_clip_name(arch), pretrained=None, device="meta")
@@ -144,7 +144,7 @@ class ClipText:
     """CLIP's text tower with its tokenizer: prompts -> L2-normalised embeddings."""
 
     def __init__(self, net: torch.nn.Module, arch: str) -> None:
-        import open_clip
+        import open_clip  # noqa: PLC0415 (lazy: open_clip takes seconds to import)
 
         self.net = net
         self.arch = arch

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 

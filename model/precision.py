@@ -12,7 +12,6 @@ engine's measured GPU default). The decision is cached per (model, CPU, torch, t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -22,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import json_digest
 
 _log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ SAMPLE_PIXELS = 512
 SAMPLE_CHIPS = 8
 
 # Endmember spectra (reflectance x 1e4, bands B2 B3 B4 B5 B6 B7 B8 B8A B11 B12), rounded from
-# typical Sentinel-2 L2A values (pipeline.demo.spectra's classes): vegetation, soil, water, urban.
+# typical Sentinel-2 L2A values (pipeline.testing.demo.spectra's classes): vegetation, soil, water, urban.
 _ENDMEMBERS = np.array(
     [
         [300, 600, 350, 1000, 2600, 3100, 3300, 3400, 2000, 1000],
@@ -82,10 +82,9 @@ def _machine_key(m: Any) -> str:
                     break
     except OSError:
         pass
-    blob = json.dumps(
+    return json_digest(
         [getattr(m, "identity", m.name), cpu, flags, torch.__version__, torch.get_num_threads()]
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def measure(m: Any, classifier: np.ndarray) -> dict[str, Any]:
@@ -165,7 +164,7 @@ def resolve(
         return requested, {"requested": requested, "resolved": requested}
     if m.device.type == "cuda":
         return "bf16", {"requested": "auto", "resolved": "bf16", "reason": "CUDA"}
-    from pipeline.paths import cache_dir
+    from pipeline.base.paths import cache_dir
 
     path = cache_dir("precision") / f"{_machine_key(m)}.json"
     if use_cache and path.exists():
@@ -185,7 +184,7 @@ def resolve(
         **meas,
     }
     _log.info("--precision auto -> %s: %s", info["resolved"], info["reason"])
-    from pipeline.writers.atomic import write_json
+    from pipeline.base.jsonio import write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, info)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from model.clip import SHORT, ClipText, open_clip_name
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 #: The "BingCLIP" normalisation of the SenCLIP code (origin undocumented).
 BING_MEAN = (0.347, 0.376, 0.296)

@@ -44,7 +44,7 @@ from torch import nn
 
 from model.checkpoints import Checkpoint, find_prefix, match_keys, read_checkpoint, strip_prefix
 from model.clip import ClipText
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 

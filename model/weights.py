@@ -25,11 +25,13 @@ and model cards of the Hugging Face repositories could not be checked from here.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
-from pipeline.errors import UserError
-from pipeline.paths import cache_dir
+from pipeline.base.errors import UserError
+from pipeline.base.paths import cache_dir
 
 HF_REPO = "pallavijainpj/SenCLIP"
 
@@ -149,8 +151,6 @@ def _reachable(timeout: float = 5.0) -> str | None:
     """None if the Hub's host accepts a connection, else the reason (skipped behind a proxy)."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None
-    import socket
-    from urllib.parse import urlparse
 
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = (
@@ -182,7 +182,7 @@ def fetch(name: str, force: bool = False) -> Path:
     if unreachable:
         raise UserError(f"cannot download {name}: offline, {unreachable}")
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # noqa: PLC0415 (lazy: only downloads need huggingface_hub)
     except ImportError:  # pragma: no cover - pinned in requirements.txt
         raise UserError("huggingface_hub is not installed; pip install huggingface_hub") from None
     try:

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from model.legends import Legend
-from pipeline.errors import UserError
-from pipeline.paths import cache_dir
+from pipeline.base.atomic import atomic_path
+from pipeline.base.errors import UserError
+from pipeline.base.paths import cache_dir
 
 _log = logging.getLogger(__name__)
 
@@ -125,14 +124,8 @@ def _write_cached(path: Path, w: torch.Tensor, m, legend: Legend) -> None:
         "prompt_hash": legend.prompt_hash,
         "version": CLASSIFIER_VERSION,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # concurrent workers never see a partial file
         torch.save(payload, tmp)
-        os.replace(tmp, path)  # atomic: concurrent workers never see a partial file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_classifier(m, legend: Legend, cache: bool = True) -> torch.Tensor:

@@ -3,6 +3,6 @@
 The command line is ``python -m pipeline <command>``; see :mod:`pipeline.cli`.
 """
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 __all__ = ["UserError"]

@@ -40,7 +40,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UserError
+import numpy as np
+
+from pipeline.base.errors import UserError
 
 BANDS: tuple[str, ...] = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 """The 10 surface-reflectance bands every model and composite uses, in this order."""
@@ -354,7 +356,6 @@ def offset_contradiction(dn: Any, offset: float, scale: float = 1.0 / QUANTIFICA
     darkest 1 % of clear pixels reads >= 0.1, the DN most likely still carry the offset.
     Source: ESA, Sentinel-2 L2A product baseline 04.00 (BOA_ADD_OFFSET = -1000).
     """
-    import numpy as np
 
     dn = np.asarray(dn, dtype=np.float64)
     if dn.ndim != 2 or dn.shape[1] < PLAUSIBILITY_MIN_PIXELS:

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 from types import ModuleType
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 PROG = "python -m pipeline"
 
@@ -66,7 +66,15 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
         # distributed configures its own loggers from dask's config when first imported (here
         # and in spawned workers, which inherit the environment): quiet them at the source.
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-        for noisy in ("distributed", "rasterio", "urllib3", "numba", "matplotlib", "PIL"):
+        for noisy in (
+            "distributed",
+            "rasterio",
+            "urllib3",
+            "numba",
+            "matplotlib",
+            "PIL",
+            "numexpr",
+        ):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

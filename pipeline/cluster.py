@@ -25,10 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dask_jobqueue import SLURMCluster
+from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from pipeline.base.errors import UserError
 from pipeline.config import from_mapping, load_yaml
-from pipeline.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ def load_slurm_profile(path: str | Path | None, jobs: int | None = None) -> Slur
 
 def _cuda_devices() -> int:
     try:
-        import torch
+        import torch  # noqa: PLC0415 (optional: torch only to count GPUs)
 
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # torch missing or broken CUDA: run on CPU
@@ -108,7 +110,7 @@ class TorchThreads(WorkerPlugin):
         self.threads = max(1, int(threads))
 
     def setup(self, worker) -> None:  # noqa: ANN001 (distributed's Worker)
-        import torch
+        import torch  # noqa: PLC0415 (lazy: torch only to count GPUs)
 
         torch.set_num_threads(self.threads)
         os.environ["OMP_NUM_THREADS"] = str(self.threads)
@@ -135,7 +137,6 @@ def local_layout(
 @contextlib.contextmanager
 def open_client(cfg: ClusterConfig) -> Iterator[object]:
     """A connected :class:`distributed.Client` for ``cfg``; clusters we start are closed on exit."""
-    from distributed import Client, LocalCluster
 
     if cfg.kind == "local":
         gpus = _cuda_devices()
@@ -184,8 +185,6 @@ def open_client(cfg: ClusterConfig) -> Iterator[object]:
 
 @contextlib.contextmanager
 def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
-    from dask_jobqueue import SLURMCluster
-    from distributed import Client
 
     p = cfg.slurm
     directives = list(p.job_extra_directives)

@@ -22,7 +22,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 PERIODS = ("monthly", "quarterly", "annual")
 _MONTHS = {"monthly": 1, "quarterly": 3, "annual": 12}

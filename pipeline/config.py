@@ -1,7 +1,7 @@
 """Typed, frozen configuration: dataclasses built from YAML mappings plus CLI overrides.
 
 Every config in the project is a ``@dataclass(frozen=True)`` that validates itself in
-``__post_init__`` (raising :class:`~pipeline.errors.UserError`). :func:`from_mapping` builds one
+``__post_init__`` (raising :class:`~pipeline.base.errors.UserError`). :func:`from_mapping` builds one
 from plain data (a YAML document, CLI overrides), checking keys and coercing values by the field's
 annotation, so a typo in a YAML key is a one-line error, never a silent default.
 """
@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pipeline.errors import UserError
+from pipeline.base.dates import parse_date
+from pipeline.base.errors import UserError
 
 T = TypeVar("T")
 
@@ -114,18 +115,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is dt.date:
         return parse_date(value, where)
     return value
-
-
-def parse_date(value: Any, where: str = "date") -> dt.date:
-    """Parse YYYY-MM-DD (or a date/datetime) with a one-line error otherwise."""
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value).strip())
-    except ValueError:
-        raise UserError(f"{where}: {value!r} is not a date (expected YYYY-MM-DD)") from None
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:

@@ -12,8 +12,18 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from shapely.geometry import box
+
+from aoi import to_crs
 from pipeline.cells import Cell, cells_of
+from pipeline.run.publishing import write_legend_and_quicklook
 from pipeline.workspace import Workspace
+from pipeline.writers.gridded import (
+    cell_is_published,
+    publish_cell,
+    write_collection,
+    write_layer_vrts,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -21,9 +31,6 @@ __all__ = ["publish_cells", "publish_gridded"]
 
 
 def _item_kwargs(cfg, plan, cell: Cell, report: dict, labels: list[str]) -> dict[str, Any]:
-    from shapely.geometry import box
-
-    from aoi import to_crs
 
     x0, y0, x1, y1 = cell.grid.geobox.boundingbox
     footprint = to_crs(box(x0, y0, x1, y1).segmentize(10_000), "EPSG:4326", plan.crs)
@@ -52,7 +59,6 @@ def publish_cells(
 
     States: ``published`` (now), ``skipped`` (published earlier), ``waiting`` (a tile not done).
     """
-    from pipeline.writers.gridded import cell_is_published, publish_cell
 
     done = set(done)
     state: dict[str, list[str]] = {"published": [], "skipped": [], "waiting": []}
@@ -82,8 +88,6 @@ def publish_cells(
 
 def publish_gridded(cfg, plan, ws: Workspace, report: dict, labels: list[str]) -> None:
     """VRT per layer, STAC collection, Zarr store, legend, quicklook and item over all cells."""
-    from pipeline.run.publishing import write_legend_and_quicklook
-    from pipeline.writers.gridded import write_collection, write_layer_vrts
 
     cells = cells_of(plan.grid)
     vrts = write_layer_vrts(

@@ -39,7 +39,7 @@ from pipeline.bands import (
     reflectance_scale_offset,
     scl_masked_classes,
 )
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.read_failure import ReadFailure, classify_read_error
 
 __all__ = ["ReadFailure", "classify_read_error", "load_cube", "MaskConfig", "canonical_item"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import adapters
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 __all__ = ["BYTES_PER_SCENE_PIXEL", "Rates", "Workers", "estimate", "load_rates"]
 

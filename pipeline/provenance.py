@@ -33,7 +33,7 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     try:
-        import rasterio
+        import rasterio  # noqa: PLC0415 (optional: reported when installed)
 
         out["gdal"] = rasterio.__gdal_version__
     except ImportError:
@@ -44,7 +44,7 @@ def package_versions() -> dict[str, str]:
 def host_info() -> dict[str, str]:
     info = {"hostname": socket.gethostname(), "platform": platform.platform()}
     try:
-        import torch
+        import torch  # noqa: PLC0415 (optional: reported when installed)
 
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)

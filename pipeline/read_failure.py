@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import rasterio.errors
+
 T = TypeVar("T")
 
 #: GDAL retries of HTTP 429/502/503/504 (and the seconds between them) unless the environment
@@ -84,7 +86,6 @@ def classify_read_error(exc: BaseException, scenes: Iterable[str] = ()) -> ReadF
     """
     if isinstance(exc, ReadFailure):
         return exc
-    import rasterio.errors
 
     if not isinstance(exc, (rasterio.errors.RasterioError, OSError)):
         return None

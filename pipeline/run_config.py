@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline import adapters
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import json_digest, sha256_file
 from pipeline.composite import PERIODS
 from pipeline.config import from_mapping, to_plain
 from pipeline.cube import MaskConfig
-from pipeline.errors import UserError
 from pipeline.search import SearchConfig
 
 
@@ -266,16 +265,11 @@ class RunConfig:
         head, checkpoint = self.model.head, self.model.checkpoint
         if head and Path(head).expanduser().is_file():
             # the head's content, not only its path: a refitted head makes another map
-            from model.checkpoints import sha256_file
-
             plain["head_sha256"] = sha256_file(Path(head).expanduser())
         if checkpoint and Path(checkpoint).expanduser().is_file():
             # weights replaced under the same path make another map (memoised: hashed once)
-            from model.checkpoints import sha256_file
-
             plain["checkpoint_sha256"] = sha256_file(Path(checkpoint).expanduser())
-        blob = json.dumps(plain, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return json_digest(plain)
 
 
 _PARTS: dict[str, type] = {

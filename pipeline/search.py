@@ -12,7 +12,7 @@ responses, connection errors and timeouts are retried with exponential backoff.
 Every returned item lands in a :class:`~pipeline.scenes.SceneLedger`: used, or dropped with its
 reason (outside the period, cloud filter, unknown asset layout, missing band, superseded
 duplicate). No URL is signed here: signing happens when pixels are read (:mod:`pipeline.cube`).
-:func:`search_items` returns the usable items only. A :class:`~pipeline.errors.UserError` says
+:func:`search_items` returns the usable items only. A :class:`~pipeline.base.errors.UserError` says
 when the API is unreachable, nothing matches, or no returned scene is usable.
 The ``demo`` profile generates the bundled catalog if needed and serves it on loopback for the
 duration of the search.
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.scenes import REASONS, SceneLedger, select_scenes
 from pipeline.stac_profiles import PROFILES, StacProfile, get_profile
 
@@ -114,8 +114,8 @@ def api_url(cfg: SearchConfig) -> Iterator[str]:
         return
     profile = cfg.resolved_profile
     if profile.name == "demo":
-        from pipeline.demo import ensure_demo_catalog
-        from pipeline.stac_server import serve
+        from pipeline.testing.demo import ensure_demo_catalog
+        from pipeline.testing.stac_server import serve
 
         with serve(ensure_demo_catalog()) as url:
             yield url
@@ -150,7 +150,7 @@ class SearchResult:
 class NoScenesError(UserError):
     """No Sentinel-2 scene intersects the area in the period under the cloud filter.
 
-    A :class:`~pipeline.errors.UserError` (one line, exit code 2) that callers can tell apart by
+    A :class:`~pipeline.base.errors.UserError` (one line, exit code 2) that callers can tell apart by
     type: point extraction takes it as an empty series (points at sea), a map run reports it.
     """
 

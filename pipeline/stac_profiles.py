@@ -25,8 +25,11 @@ import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
-from pipeline.errors import UserError
+import requests
+
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -89,7 +92,6 @@ _tokens_lock = threading.Lock()
 
 def sas_token(sas_url: str, collection: str, *, timeout: float = 30.0, session: Any = None) -> str:
     """A (cached) SAS token for ``collection`` from the token endpoint ``sas_url``."""
-    import requests
 
     key = (sas_url, collection)
     now = dt.datetime.now(dt.UTC)
@@ -120,7 +122,6 @@ def sas_token(sas_url: str, collection: str, *, timeout: float = 30.0, session: 
 
 def signable(href: str) -> bool:
     """True for an Azure blob-storage URL (``https://<account>.blob.core.windows.net/...``)."""
-    from urllib.parse import urlparse
 
     u = urlparse(href)
     return u.scheme in ("http", "https") and u.netloc.endswith(".blob.core.windows.net")
@@ -144,7 +145,6 @@ def unsigned_href(href: str) -> str:
 
 def _valid_signature(href: str) -> bool:
     """True when the href carries a SAS signature whose ``se=`` expiry is > 5 minutes away."""
-    from urllib.parse import parse_qs, urlparse
 
     q = parse_qs(urlparse(href).query)
     if "sig" not in q or "se" not in q:
@@ -164,7 +164,6 @@ def sign_href(href: str, sas_url: str, **kwargs: Any) -> str:
     An href that already carries a signature valid for more than 5 minutes is kept; an expired or
     missing one is replaced by a (cached) token from ``<sas_url>/<account>/<container>``.
     """
-    from urllib.parse import urlparse
 
     if not signable(href) or _valid_signature(href):
         return href

@@ -38,7 +38,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox, GeoboxTiles
 from odc.geo.geom import Geometry
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 __all__ = [
     "ChipPlan",

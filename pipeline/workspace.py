@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
-from pipeline.writers.atomic import write_json
+from pipeline.base.errors import UserError
+from pipeline.base.jsonio import write_json
 from pipeline.writers.layers import cog_layers, product_files
 
 #: Products of every run: the store, a COG per layer (pipeline.writers.layers), the rest.

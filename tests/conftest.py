@@ -49,7 +49,7 @@ def session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
 @pytest.fixture(scope="session")
 def demo_catalog(session_cache_dir: Path) -> Path:
     """The full demo catalog folder (collection.json, items.json, COGs, truth.tif/json)."""
-    from pipeline.demo import demo_catalog_dir, ensure_demo_catalog
+    from pipeline.testing.demo import demo_catalog_dir, ensure_demo_catalog
 
     root = ensure_demo_catalog()
     assert root == demo_catalog_dir().resolve()
@@ -59,14 +59,14 @@ def demo_catalog(session_cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_stac_url(demo_catalog: Path) -> Iterator[str]:
     """Base URL of a real STAC API on 127.0.0.1 serving the demo catalog."""
-    from pipeline.stac_server import serve
+    from pipeline.testing.stac_server import serve
 
     with serve(demo_catalog) as url:
         yield url
 
 
 def _small(tmp_path_factory: pytest.TempPathFactory, layout: str) -> Path:
-    from pipeline.demo import generate_catalog
+    from pipeline.testing.demo import generate_catalog
 
     root = tmp_path_factory.mktemp(f"small-{layout}")
     return generate_catalog(

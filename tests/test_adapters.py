@@ -18,7 +18,7 @@ from shapely.geometry import box
 
 from pipeline import adapters
 from pipeline.adapters.base import ModelAdapter
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from tests.conftest import SMALL_BOUNDS
 
 NDVI_THRESHOLD = 0.3

@@ -36,7 +36,7 @@ def test_catalogue_regions_keep_their_output_crs(name, crs):
 def test_utm_crs_for_uses_the_centroid_and_rejects_very_wide_regions():
     from shapely.geometry import box
 
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     assert utm_crs_for(box(10.0, 47.0, 13.9, 49.0)) == "EPSG:32632"  # centroid 11.95 E
     assert utm_crs_for(box(10.0, -49.0, 14.1, -47.0)) == "EPSG:32733"

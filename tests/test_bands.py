@@ -17,7 +17,7 @@ from pipeline.bands import (
     reflectance_scale_offset,
     scl_masked_classes,
 )
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 DATA = Path(__file__).parent / "data" / "stac"
 

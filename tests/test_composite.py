@@ -12,6 +12,7 @@ import pytest
 from odc.geo.geobox import GeoBox
 
 from pipeline.bands import BANDS
+from pipeline.base.errors import UserError
 from pipeline.bench.composite import bench_composite
 from pipeline.composite import (
     PERIODS,
@@ -21,9 +22,8 @@ from pipeline.composite import (
     period_starts,
 )
 from pipeline.cube import load_cube
-from pipeline.demo import DEMO_AOI, generate_catalog, landscape_of, load_truth
-from pipeline.demo.spectra import ndvi_of
-from pipeline.errors import UserError
+from pipeline.testing.demo import DEMO_AOI, generate_catalog, landscape_of, load_truth
+from pipeline.testing.demo.spectra import ndvi_of
 
 Y0, Y1 = dt.date(2023, 1, 1), dt.date(2023, 12, 31)
 

@@ -8,9 +8,9 @@ import datetime as dt
 
 import pytest
 
+from pipeline.base.errors import UserError
 from pipeline.commands import extract_points, plan, run, search
 from pipeline.config import period_dates, stac_profile
-from pipeline.errors import UserError
 
 REGION = (dt.date(2023, 1, 1), dt.date(2023, 12, 31))
 

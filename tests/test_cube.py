@@ -14,7 +14,7 @@ from odc.geo.geobox import GeoBox
 
 from pipeline.bands import BANDS
 from pipeline.cube import MaskConfig, load_cube
-from pipeline.demo import DEMO_AOI, generate_catalog, landscape_of
+from pipeline.testing.demo import DEMO_AOI, generate_catalog, landscape_of
 
 
 def _items(catalog: Path) -> list[pystac.Item]:

@@ -204,7 +204,7 @@ def test_config_unknown_key_names_the_nearest(capsys, tmp_path):
 
 
 def test_stratified_sample_counts_exclusion_and_seed():
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
     from pipeline.evaluate.sampling import stratified_sample
 
     strata = np.zeros((50, 60), np.uint8)
@@ -230,7 +230,7 @@ def test_demo_truth_and_sample_points_commands(capsys, tmp_path, demo_catalog):
     import geopandas as gpd
     import rasterio
 
-    from pipeline.demo import load_truth
+    from pipeline.testing.demo import load_truth
 
     truth = tmp_path / "truth.tif"
     assert main(["demo", "truth", "--out", str(truth)]) == 0

@@ -83,7 +83,7 @@ def _bbox():
 
 
 def test_dead_letter_then_retry_failed(one_bad_tile_catalog, tmp_path):
-    from pipeline.stac_server import serve
+    from pipeline.testing.stac_server import serve
 
     root, corrupt, good_red = one_bad_tile_catalog
     out = tmp_path / "out"

@@ -12,7 +12,8 @@ import rasterio
 import requests
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, PC_KEYS, SCL, asset_keys
-from pipeline.demo import (
+from pipeline.base.errors import UserError
+from pipeline.testing.demo import (
     CLASS_NAMES,
     DEMO_AOI,
     DEMO_BOUNDS,
@@ -20,8 +21,7 @@ from pipeline.demo import (
     landscape_of,
     load_truth,
 )
-from pipeline.errors import UserError
-from pipeline.stac_server import serve
+from pipeline.testing.stac_server import serve
 
 
 def _items(catalog: Path) -> list[dict]:

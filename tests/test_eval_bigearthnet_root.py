@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.evaluate.datasets import bigearthnet
 
 _spec = importlib.util.spec_from_file_location(

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.base.errors import UserError
 from pipeline.cli import main
-from pipeline.errors import UserError
 from pipeline.evaluate.area import stratified_estimates
 from pipeline.evaluate.labels import load_label_map, match_labels
 

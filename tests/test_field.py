@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import model
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.field.codec import QMAX, fit_codec, identity_codec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.base.errors import UserError
 from pipeline.config import from_mapping, load_yaml
-from pipeline.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

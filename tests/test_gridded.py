@@ -28,8 +28,8 @@ CELLS = {"100kmE44N27", "100kmE44N28"}
 @pytest.fixture(scope="module")
 def gridded_run(tmp_path_factory):
     from aoi import load_region
-    from pipeline.demo.multizone import generate_multizone_catalog
-    from pipeline.stac_server import serve
+    from pipeline.testing.demo.multizone import generate_multizone_catalog
+    from pipeline.testing.stac_server import serve
 
     tmp = tmp_path_factory.mktemp("gridded")
     region_file = tmp / "straddle.yaml"

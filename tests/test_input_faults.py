@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 CASES = Path(__file__).parent / "data" / "cases"
 SMALL = (600000.0, 5340000.0, 600640.0, 5340640.0)
@@ -118,7 +118,7 @@ def test_earth_search_c1_layout_uses_its_raster_bands_offset():
 
 
 def _v0_scene(tmp_path):
-    from pipeline.demo import generate_catalog
+    from pipeline.testing.demo import generate_catalog
 
     root = generate_catalog(tmp_path / "cat", seed=3, layout="planetary-computer", bounds=SMALL,
                             aoi=SMALL, dates=[dt.datetime(2022, 3, 13, 10, 30, tzinfo=dt.UTC)],
@@ -190,7 +190,7 @@ def test_contradicting_offset_flags_warn_with_the_scene_ids(small_catalog, small
 
 def _two_baselines(tmp_path):
     """The duplicate-acquisition case: 4 acquisitions, each published with 02.14 and 05.00."""
-    from pipeline.demo import generate_catalog
+    from pipeline.testing.demo import generate_catalog
 
     dates = [dt.datetime(2021, m, d, 10, 30, tzinfo=dt.UTC) for m, d in ((5, 10), (5, 20), (6, 9), (6, 19))]  # fmt: skip
     feats = []

@@ -56,7 +56,7 @@ def test_cdse_catalogue_with_two_baselines_maps_each_acquisition_once(tmp_path, 
     import rasterio
     from test_input_faults import _to_cdse, _two_baselines
 
-    from pipeline.stac_server import serve
+    from pipeline.testing.stac_server import serve
 
     feats, b05 = _two_baselines(tmp_path)
     doc = _to_cdse({"features": feats})
@@ -77,7 +77,7 @@ def test_cdse_catalogue_with_two_baselines_maps_each_acquisition_once(tmp_path, 
 
 
 def test_unusable_scenes_only_is_an_error_before_any_tile(tmp_path, small_pc_catalog):
-    from pipeline.stac_server import serve
+    from pipeline.testing.stac_server import serve
 
     doc = json.loads((small_pc_catalog / "items.json").read_text())
     for f in doc["features"]:
@@ -160,8 +160,8 @@ def test_refused_reads_fail_their_tiles_and_a_rerun_redoes_only_those(tmp_path, 
     of it are refused. The run must not end complete; a rerun redoes only the failed tiles."""
     import rasterio
 
-    from pipeline.demo import generate_catalog
-    from pipeline.stac_server import serve
+    from pipeline.testing.demo import generate_catalog
+    from pipeline.testing.stac_server import serve
 
     base_url, handler = blob_server
     dates = [dt.datetime(2023, 6, d, 10, 30, tzinfo=dt.UTC) for d in (1, 6, 11)]

@@ -15,7 +15,7 @@ import model
 from model.checkpoints import from_object, read_checkpoint
 from model.clip import build_clip, clip_state_from_checkpoint
 from model.senclip import BING_MEAN, BING_STD, preprocess_rgb
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 
 def _open_clip():

@@ -19,7 +19,7 @@ from model.timesenclip import (
     save_checkpoint,
     temporal_median,
 )
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model import weights
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from model.zeroshot import (
     prompt_scores,
     select_prompts,
 )
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 DATA = Path(__file__).parent / "data"
 BUILTIN = {"demo": 6, "eurosat10": 10, "bigearthnet19": 19, "lucas-lc8": 8, "lucas-lu16": 16}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.points import (
     ExtractConfig,
     Points,
@@ -174,7 +174,7 @@ def test_table_roundtrip(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_api(small_catalog):
-    from pipeline.stac_server import serve
+    from pipeline.testing.stac_server import serve
 
     with serve(small_catalog) as url:
         yield url

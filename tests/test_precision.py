@@ -7,7 +7,7 @@ import pytest
 
 import model
 from model import engine
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 
 @pytest.fixture()

@@ -228,7 +228,7 @@ def test_make_map_is_the_few_shot_demo(tmp_path, demo_catalog):
     assert int(m.group(1)) == len(val)
     # the head's map keeps the demo legend's names and colours
     from model.legends import load_legend
-    from pipeline.writers import parse_color
+    from pipeline.base.colours import parse_color
 
     legend = load_legend("demo")
     with rasterio.open(map_dir / "classes.tif") as src:

@@ -8,8 +8,8 @@ import datetime as dt
 
 import pytest
 
+from pipeline.base.errors import UserError
 from pipeline.cube import MaskConfig
-from pipeline.errors import UserError
 from pipeline.run_config import FLAT_KEYS, ExecutionConfig, RunConfig
 from pipeline.search import SearchConfig
 

@@ -19,7 +19,7 @@ import pytest
 from shapely.geometry import Point, box
 
 from aoi import load_region
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.search import NoScenesError, SearchConfig, search_items
 from pipeline.stac_profiles import PROFILES, sign_planetary_computer
 
@@ -224,7 +224,7 @@ def test_client_side_cloud_filter_when_the_server_ignores_it(small_catalog, demo
 
 
 def test_unreachable_api_is_a_user_error(demo_geometry):
-    from pipeline.stac_server import free_port
+    from pipeline.testing.stac_server import free_port
 
     cfg = SearchConfig(stac_url=f"http://127.0.0.1:{free_port()}", retries=1, backoff=0.01)
     with pytest.raises(UserError, match="cannot reach the STAC API"):

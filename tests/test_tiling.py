@@ -9,7 +9,7 @@ from odc.geo.geobox import GeoBox
 from shapely.geometry import Polygon, box
 
 from aoi import to_crs
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.tiling import (
     TileGrid,
     aoi_mask,

@@ -15,7 +15,7 @@ from model.train.loop import PairedData, TrainConfig, ZeroShotEval, fit
 from model.train.senclip import ChipArray, SenCLIPTask, open_chips, tiny_clip
 from model.train.temporal import TemporalAugment, forward_with_positions
 from model.train.timesenclip import TimeSenCLIPTask
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 SMALL = {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 32}
 

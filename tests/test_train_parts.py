@@ -21,7 +21,7 @@ from model.train.loop import lr_lambda, split_indices
 from model.train.loss import INIT_LOGIT_SCALE, MAX_LOGIT_SCALE, ContrastiveLoss
 from model.train.probe import check_head_matches, fit_linear_head, load_head
 from model.train.temporal import TemporalAugment
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 # --- ground embeddings ----------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ def _pixel_lonlat(gbox, rows, cols):
 
 @pytest.fixture(scope="module")
 def planted(demo_catalog, tmp_path_factory) -> dict:
-    from pipeline.demo import load_truth
+    from pipeline.testing.demo import load_truth
 
     root = tmp_path_factory.mktemp("planted")
     truth, names, gbox = load_truth(demo_catalog)

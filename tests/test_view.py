@@ -205,7 +205,7 @@ def test_find_sources_reads_the_vrt_of_gridded_outputs(map_dir, tmp_path):
 
 
 def test_find_sources_refuses_what_is_not_a_finished_map(tmp_path):
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     with pytest.raises(UserError, match="not a folder"):
         find_sources(tmp_path / "missing")

@@ -15,15 +15,15 @@ import rasterio
 from shapely.geometry import Polygon
 
 from aoi import to_crs
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path
+from pipeline.base.errors import UserError
+from pipeline.base.jsonio import write_json
 from pipeline.tiling import aoi_mask, make_grid
 from pipeline.writers import (
     TileResult,
-    atomic_path,
     build_cogs,
     create_map_store,
     open_map,
-    write_json,
     write_legend_json,
     write_quicklook,
     write_stac_item,

@@ -35,8 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from pipeline.errors import UserError
+from model.checkpoints import _torch_load
+from pipeline.base.colours import to_hex
+from pipeline.base.errors import UserError
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 STYLES = ("generic", "aerial", "ground", "mixed", "name")
@@ -136,7 +139,7 @@ def _color(value: Any, index: int, where: str) -> str:
         except (TypeError, ValueError):
             raise UserError(f"{where}: colour {value!r} is not [r, g, b]") from None
         if all(0 <= v <= 255 for v in (r, g, b)):
-            return f"#{r:02x}{g:02x}{b:02x}"
+            return to_hex((r, g, b))
     if isinstance(value, str) and _COLOR_RE.match(value.strip()):
         return value.strip().lower()
     raise UserError(f"{where}: colour {value!r} is not '#rrggbb' or [r, g, b]")
@@ -228,8 +231,6 @@ def _load_embeddings(path: Path, style: str) -> Legend:
         except Exception as exc:  # noqa: BLE001 - any failure: not a readable npz
             raise UserError(f"{where}: not a readable .npz ({exc})") from None
     else:
-        from model.checkpoints import _torch_load
-
         obj = _torch_load(path)
         if not isinstance(obj, dict):
             raise UserError(f"{where}: expected a dict with 'names' and 'embeddings'")
@@ -294,8 +295,6 @@ def load_legend(name_or_path: str | Path, style: str = "aerial") -> Legend:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     elif suffix in (".yaml", ".yml"):
-        import yaml
-
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -20,7 +20,6 @@ file is a usable model. Only tensors and plain containers are stored (``weights_
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -39,7 +38,9 @@ from torch import nn
 
 from model.train.ground import DirectionPool
 from model.train.loss import ContrastiveLoss
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path
+from pipeline.base.errors import UserError
+from pipeline.base.jsonio import to_json_safe, write_json
 
 _log = logging.getLogger(__name__)
 
@@ -244,28 +245,6 @@ def _batch(inputs: Any, idx: torch.Tensor, device: torch.device) -> torch.Tensor
     if isinstance(inputs, torch.Tensor) and inputs.device == device:
         return inputs[idx.to(device)]
     return _to_device(inputs[idx.cpu()], device)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _json(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (np.floating, np.integer)):
-        return _json(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 @torch.no_grad()
@@ -478,7 +457,7 @@ def _fit(
     )
     state = TrainState(modules, pool, loss_fn, opt, sched, gen)
 
-    config_json = json.dumps(_json(cfg), sort_keys=True)
+    config_json = json.dumps(to_json_safe(cfg), sort_keys=True)
     last_path = ckdir / "last.pt"
     if resume and last_path.is_file():
         saved = torch.load(last_path, map_location="cpu", weights_only=True)
@@ -558,7 +537,7 @@ def _fit(
         )
         if progress:
             progress(row)
-    (out / "history.json").write_text(json.dumps(_json(state.history), indent=1))
+    write_json(out / "history.json", state.history)
     return TrainResult(out_dir=out, last=last_path, best=ckdir / "best.pt", history=state.history)
 
 
@@ -581,24 +560,24 @@ def _save_epoch(
         "model_name": task.name,
         "epoch": epoch,
         "config_json": config_json,
-        "metrics_json": json.dumps(_json(row)),
-        "history_json": json.dumps(_json(state.history)),
+        "metrics_json": json.dumps(to_json_safe(row)),
+        "history_json": json.dumps(to_json_safe(state.history)),
     }
     for k, v in (extra_meta or {}).items():
-        meta[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(_json(v))
+        meta[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(to_json_safe(v))
     train_state = state.state_dict()
     path = ckdir / f"epoch_{epoch:03d}.pt"
-    _atomic_save({"state_dict": weights, **meta, "train_state": train_state}, path)
-    tmp = ckdir / ".last.pt.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)  # same bytes, no copy
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, ckdir / "last.pt")
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": weights, **meta, "train_state": train_state}, tmp)
+    with atomic_path(ckdir / "last.pt") as tmp:
+        try:
+            os.link(path, tmp)  # same bytes, no copy
+        except OSError:
+            shutil.copyfile(path, tmp)
     if improved:
         # best.pt: weights and metadata only (no optimiser state): the file to ship.
-        _atomic_save({"state_dict": weights, **meta}, ckdir / "best.pt")
+        with atomic_path(ckdir / "best.pt") as tmp:
+            torch.save({"state_dict": weights, **meta}, tmp)
     prev = ckdir / f"epoch_{epoch - 1:03d}.pt"
     if prev.exists() and not (cfg.keep_every and (epoch - 1) % cfg.keep_every == 0):
         prev.unlink()

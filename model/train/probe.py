@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -97,9 +98,8 @@ class LinearHead:
             "normalize": self.normalize,
             "meta": self.meta,
         }
-        tmp = p.with_name(p.name + ".tmp.npz")
-        np.savez(tmp, weight=self.weight, bias=self.bias, header=np.array(json.dumps(header)))
-        tmp.replace(p)
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:  # a file object: no ".npz" appended
+            np.savez(fh, weight=self.weight, bias=self.bias, header=np.array(json.dumps(header)))
         return p
 
 

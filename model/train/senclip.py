@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import torch
 from torch import nn
 
+from model.senclip import preprocess_rgb
 from model.train.loop import split_decay
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ TRAINABLE = ("visual", "last")
 
 def tiny_clip(seed: int = 0, image_size: int = 32, embed_dim: int = 32) -> nn.Module:
     """A small random open_clip CLIP (2-layer ViT, 1-layer text) for tests and mechanics."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: PLC0415 (lazy: open_clip takes seconds to import)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -90,7 +92,6 @@ class SenCLIPTask:
     def _prepare(
         self, chips: torch.Tensor, train: bool, generator: torch.Generator
     ) -> torch.Tensor:
-        from model.senclip import preprocess_rgb
 
         x = chips
         if self.crop:
@@ -173,7 +174,6 @@ class ChipFolder:
         return len(self.paths)
 
     def _read(self, path: Path) -> np.ndarray:
-        import rasterio
 
         with rasterio.open(path) as src:
             a = src.read(self.bands, masked=True).astype(np.float32).filled(np.nan)
@@ -243,7 +243,6 @@ def open_chips(
     paths = sorted(q for q in p.iterdir() if q.suffix.lower() in (".tif", ".tiff"))
     if not paths:
         raise UserError(f"{p}: no .tif chips")
-    import rasterio
 
     with rasterio.open(paths[0]) as src:
         bands = list(rgb_bands) if rgb_bands else _rgb_from_descriptions(src.descriptions)

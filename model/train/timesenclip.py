@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.timesenclip import BANDS, load_encoder, normalise
+from model.timesenclip import build_encoder as _build
 from model.train.ground import GroundEmbeddings
 from model.train.loop import PairedData, split_decay
 from model.train.temporal import TemporalAugment, forward_with_positions
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -69,8 +71,6 @@ class TimeSenCLIPTask:
 def build_encoder(*, init: str | None = None, seed: int = 0, **arch: Any) -> nn.Module:
     """A fresh encoder (``arch`` overrides depth/dim/..., for small test models) or the one in
     the checkpoint ``init`` (fine-tuning)."""
-    from model.timesenclip import build_encoder as _build
-    from model.timesenclip import load_encoder
 
     if init:
         if arch:
@@ -96,7 +96,6 @@ def prepare_series(table: Any, *, min_valid_periods: int = 6) -> PointSeries:
     Points with fewer than ``min_valid_periods`` periods backed by at least one observation are
     dropped (their series would be mostly gap-fill).
     """
-    from model.timesenclip import BANDS, normalise
 
     if tuple(table.bands) != tuple(BANDS):
         raise UserError(f"the points table has bands {table.bands}, TimeSenCLIP needs {BANDS}")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.tiling import ChipPlan, chip_plan
 
 

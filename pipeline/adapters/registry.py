@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 if TYPE_CHECKING:
     from pipeline.adapters.base import ModelAdapter

@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline.adapters.base import ModelAdapter, class_probabilities
 from pipeline.bands import BANDS
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.tiling import ChipPlan, aoi_mask
 
 

@@ -2,7 +2,7 @@
 
 uint16 DEFLATE with predictor 2 (SCL uint8), ``block`` px internal tiles, overviews, 10 m bands
 ``size`` px and 20 m bands / SCL ``size / 2`` px, one STAC item per acquisition (Earth Search v1
-layout, via :func:`pipeline.demo.catalog._item`). Pixel values are parcels plus noise (so DEFLATE
+layout, via :func:`pipeline.testing.demo.catalog._item`). Pixel values are parcels plus noise (so DEFLATE
 sees real structure) with cloud patches in SCL and DN 0 outside a diagonal swath edge in the
 first scene. Deterministic for a given (size, n, block, seed); kept under ``S2LC_CACHE_DIR``.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, SCL
-from pipeline.demo.catalog import write_provider_cog
+from pipeline.base.jsonio import write_json
+from pipeline.testing.demo.catalog import write_provider_cog
 
 EPSG = 32632
 ORIGIN = (600000.0, 5400000.0)
@@ -56,7 +57,7 @@ def provider_scenes(
     root: Path, size: int = 4096, n: int = 12, block: int = 1024, seed: int = 0
 ) -> list[dict]:
     """Write (or reuse) ``n`` generated acquisitions under ``root``; returns their item dicts."""
-    from pipeline.demo.catalog import _item
+    from pipeline.testing.demo.catalog import _item
 
     folder = Path(root).resolve() / f"es-like-{size}-{n}-{block}-{seed}"
     index = folder / "items.json"
@@ -93,7 +94,5 @@ def provider_scenes(
                 "05.09",
             )  # fmt: skip
         )
-    tmp = index.with_suffix(".tmp")
-    tmp.write_text(json.dumps(items))
-    tmp.replace(index)
+    write_json(index, items)
     return items

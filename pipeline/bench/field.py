@@ -45,7 +45,7 @@ def _make_demo_field(out: Path) -> None:
 
 def _truth_at(valid_rc: np.ndarray, f) -> np.ndarray | None:
     """Demo truth classes at map pixels (N, 2) row/col, or None if the truth is not there."""
-    from pipeline.demo import demo_catalog_dir, load_truth
+    from pipeline.testing.demo import demo_catalog_dir, load_truth
 
     try:
         truth, _, gb = load_truth(demo_catalog_dir())

@@ -252,8 +252,8 @@ def precision_entries(n_pixels: int = 1024) -> list[Entry]:
 
 def reading_entries(node_cores: int = 16) -> list[Entry]:
     """The read-path entries (see the module docstring); generates the scenes on first use."""
+    from pipeline.base.paths import cache_dir
     from pipeline.bench.cogs import provider_scenes
-    from pipeline.paths import cache_dir
 
     root = cache_dir("bench", "cogs")
     t = time.perf_counter()

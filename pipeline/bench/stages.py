@@ -20,8 +20,8 @@ def data_path_entry() -> Entry:
     from aoi import load_region
     from pipeline.composite import composite
     from pipeline.cube import load_cube
-    from pipeline.demo import DEMO_AOI, ensure_demo_catalog
     from pipeline.search import SearchConfig, search_items
+    from pipeline.testing.demo import DEMO_AOI, ensure_demo_catalog
     from pipeline.tiling import make_grid
 
     region = load_region("demo")

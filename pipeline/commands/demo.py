@@ -53,8 +53,8 @@ def _step(i: int, n: int, argv: list[str], what: str) -> None:
     """Run one CLI command in this process; its command line is logged so it can be rerun."""
     import shlex
 
+    from pipeline.base.errors import UserError
     from pipeline.cli import main
-    from pipeline.errors import UserError
 
     _log.info("step %d/%d, %s:\n    python -m pipeline %s", i, n, what, shlex.join(argv))
     rc = main(argv)
@@ -153,13 +153,13 @@ def run_map(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     target = getattr(args, "demo_target", None)
     if target == "map":
         return run_map(args)
     if target == "truth":
-        from pipeline.demo.truth import export_truth
+        from pipeline.testing.demo.truth import export_truth
 
         path = export_truth(args.out)
         print(path)

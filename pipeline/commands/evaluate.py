@@ -110,7 +110,7 @@ def _finish(args, report: dict, cm, title: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     target = getattr(args, "target", None)
     if target is None:

@@ -86,13 +86,13 @@ def _scenes_searched(geometry, cfg, crs: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.base.errors import UserError
+    from pipeline.base.jsonio import write_json
     from pipeline.cells import cells_of, is_gridded, output_grid
     from pipeline.commands.run import resolve
-    from pipeline.errors import UserError
     from pipeline.planning import Workers, estimate, load_rates
     from pipeline.run.plan import resolve_region
     from pipeline.run_config import default_output_dir
-    from pipeline.writers import write_json
 
     t0 = time.perf_counter()
     if not 0 < args.clear_fraction <= 1:

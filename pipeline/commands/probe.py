@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     import model
     from model.train.probe import fit_linear_head
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
     from pipeline.evaluate.labels import load_label_map, match_labels, unmatched_summary
     from pipeline.evaluate.metrics import classification_report
     from pipeline.points import PointTable

@@ -126,7 +126,7 @@ def _parser_actions() -> dict[str, argparse.Action]:
 
 def _config_value(action: argparse.Action, value: object, where: str):
     """A YAML value checked like the CLI checks it: type, number of values, choices."""
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     if action.nargs == 0:  # store_true flags
         if not isinstance(value, bool):
@@ -162,7 +162,7 @@ def apply_config(args: argparse.Namespace, doc: dict) -> tuple[argparse.Namespac
     """
     import difflib
 
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     actions = _parser_actions()
     out = argparse.Namespace(**vars(args))
@@ -189,8 +189,8 @@ def apply_config(args: argparse.Namespace, doc: dict) -> tuple[argparse.Namespac
 def resolve(args: argparse.Namespace):
     """Build the RunConfig from defaults, the optional YAML file and the CLI options."""
     from aoi import load_region
+    from pipeline.base.errors import UserError
     from pipeline.config import load_yaml, merged, period_dates, stac_profile
-    from pipeline.errors import UserError
     from pipeline.run_config import FLAT_KEYS, RunConfig
 
     base: dict = {}
@@ -252,7 +252,7 @@ _WRITE_ERRNOS = {"ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EACCES", "EIO", "EPERM"}
 def run(args: argparse.Namespace) -> int:
     import errno
 
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
     from pipeline.run.driver import execute
 
     cfg = resolve(args)

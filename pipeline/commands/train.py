@@ -144,7 +144,7 @@ def _zeroshot(args: argparse.Namespace, dim: int):
         return None, None
     from model.legends import load_legend
     from model.train.loop import ZeroShotEval
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     legend = load_legend(args.legend, style=args.style)
     if legend.embeddings is not None:
@@ -196,7 +196,7 @@ def _run_timesenclip(args: argparse.Namespace) -> int:
         label_indices,
         paired_points,
     )
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
     from pipeline.points import PointTable
 
     cfg = _config(args)
@@ -255,7 +255,7 @@ def _run_senclip(args: argparse.Namespace) -> int:
     from model.train.ground import load_ground_embeddings
     from model.train.loop import PairedData, fit
     from model.train.senclip import SenCLIPTask, open_chips, tiny_clip
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     cfg = _config(args)
     if args.init:
@@ -304,7 +304,7 @@ def _run_senclip(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     if args.target == "timesenclip":
         return _run_timesenclip(args)

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
     from pipeline.view import serve
 
     if not 0 <= args.port <= 65535:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from pipeline import adapters
 from pipeline.adapters.senclip import RGB
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.evaluate.labels import match_labels, unmatched_summary
 from pipeline.evaluate.metrics import classification_report, multilabel_report
 

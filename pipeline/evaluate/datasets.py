@@ -27,8 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.enums import Resampling
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
@@ -151,12 +154,9 @@ class ImageFolderDataset:
 
     def read(self, i: int) -> np.ndarray:
         if self.kind == "rgb":
-            from PIL import Image
-
             with Image.open(self.paths[i]) as im:
                 a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
             return np.transpose(a, (2, 0, 1))
-        import rasterio
 
         with rasterio.open(self.paths[i]) as src:
             return src.read().astype(np.float32) / 10_000.0
@@ -240,8 +240,6 @@ class BigEarthNetDataset:
 
     def read(self, i: int) -> np.ndarray:
         """(12, 120, 120) reflectance in :data:`BEN_BANDS` order (bilinear to 120 x 120)."""
-        import rasterio
-        from rasterio.enums import Resampling
 
         bands = []
         for p in self.band_paths(i):

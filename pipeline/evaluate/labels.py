@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 LUCAS_LC8 = (
     "Artificial Land",
@@ -59,8 +60,6 @@ def load_label_map(spec: str | Path | None) -> Mapping[str, str] | None:
         if p.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - parse errors of either format
         raise UserError(f"{p}: cannot parse the label map ({str(exc).splitlines()[0]})") from None

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from pyproj import Transformer
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.evaluate.area import accuracy_assessment
 from pipeline.evaluate.labels import match_labels, unmatched_summary
-from pipeline.evaluate.metrics import classification_report
+from pipeline.evaluate.metrics import classification_report, confusion_matrix
 
 _log = logging.getLogger(__name__)
 
@@ -64,7 +66,6 @@ def read_map_legend(
 
 def class_areas(tif: Path, values: list[int], nodata: int | None) -> tuple[np.ndarray, float, int]:
     """(pixel count per class value, pixel area in the CRS unit squared, pixels of no class)."""
-    import rasterio
 
     lut_size = 65536
     counts = np.zeros(lut_size, dtype=np.int64)
@@ -86,8 +87,6 @@ def class_areas(tif: Path, values: list[int], nodata: int | None) -> tuple[np.nd
 
 def sample_map(tif: Path, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map values at WGS84 points and a mask of points inside the map."""
-    import rasterio
-    from pyproj import Transformer
 
     with rasterio.open(tif) as src:
         tr = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True)
@@ -165,7 +164,6 @@ def evaluate_map(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Olofsson report (+ the plain sample metrics) and the sample confusion matrix."""
     tif, leg = map_paths(map_path, legend)
-    import rasterio
 
     with rasterio.open(tif) as src:
         nodata_raster = src.nodata
@@ -200,7 +198,6 @@ def evaluate_map(
             "no reference point lies on a mapped pixel with a label matching the map's classes"
             + hint
         )
-    from pipeline.evaluate.metrics import confusion_matrix
 
     cm = confusion_matrix(mapped[use], truth[use], len(names))
     pix, pixel_area, other = class_areas(tif, vals, nodata)

@@ -22,9 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
+import rasterio
+from pyproj import Transformer
 
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path
+from pipeline.base.errors import UserError
+from pipeline.points import read_points
 
 __all__ = ["SampleResult", "class_names_of", "sample_raster", "stratified_sample"]
 
@@ -76,7 +81,6 @@ def stratified_sample(
 def class_names_of(path: Path, values: Sequence[int]) -> list[str]:
     """Names of ``values`` in a class GeoTIFF: its ``class_names`` tag (a run's ``classes.tif``,
     the demo truth), else the ``legend.json`` next to it, else the values as text."""
-    import rasterio
 
     with rasterio.open(path) as src:
         tag = src.tags().get("class_names")
@@ -105,7 +109,6 @@ class SampleResult:
 
 def _pixel_of(src, xs: np.ndarray, ys: np.ndarray, crs) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of points (``xs``, ``ys`` in ``crs``) on ``src``'s grid (may be outside)."""
-    from pyproj import Transformer
 
     if str(crs) != str(src.crs):
         xs, ys = Transformer.from_crs(crs, src.crs, always_xy=True).transform(xs, ys)
@@ -134,11 +137,6 @@ def sample_raster(
         UserError: a missing/unreadable raster, no pixel to sample, labels raster not covering
         the sample.
     """
-    import geopandas as gpd
-    import rasterio
-
-    from pipeline.points import read_points
-    from pipeline.writers.atomic import atomic_path
 
     strata_path, out = Path(strata_path).expanduser(), Path(out).expanduser()
     if not strata_path.is_file():

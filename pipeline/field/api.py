@@ -22,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
+from affine import Affine
+from odc.geo.geobox import GeoBox
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.field.codec import FieldCodec
+from pipeline.run_config import ModelConfig
+from pipeline.tiling import TileGrid
+from pipeline.writers.field import read_codec
 
 _log = logging.getLogger(__name__)
 
@@ -73,8 +79,6 @@ class Field:
     @property
     def geobox(self) -> Any:
         """The map grid as an odc-geo GeoBox."""
-        from affine import Affine
-        from odc.geo.geobox import GeoBox
 
         return GeoBox(self.shape, Affine(*self.layout["transform"][:6]), self.layout["crs"])
 
@@ -97,7 +101,6 @@ class Field:
     def grid(self) -> Any:
         """The field's :class:`~pipeline.tiling.TileGrid`: its own grid and every tile of the
         lattice (tiles outside the map's region read as nodata)."""
-        from pipeline.tiling import TileGrid
 
         empty = TileGrid(self.geobox, self.tile_size, ())
         nr, nc = empty.lattice_shape
@@ -147,7 +150,6 @@ def open_field(map_dir: str | Path) -> Field:
             f"{p}: the map has no embedding field; make it with 'python -m pipeline run ... "
             "--save-embeddings'"
         )
-    from pipeline.writers.field import read_codec
 
     codec = read_codec(store)
     if codec is None:
@@ -168,7 +170,6 @@ _GROUPS_LOCK = threading.Lock()
 
 
 def _group(f: Field) -> Any:
-    import zarr
 
     key = str(f.store.resolve())
     with _GROUPS_LOCK:
@@ -211,7 +212,6 @@ def decode_valid(f: Field, window: Window) -> tuple[np.ndarray, np.ndarray]:
 
 def model_spec(f: Field, checkpoint: str | None = None, clip_checkpoint: str | None = None) -> Any:
     """The :class:`~pipeline.run_config.ModelConfig` that made the field (from its ``run.json``)."""
-    from pipeline.run_config import ModelConfig
 
     cfg = f.run.get("config") or {}
     if not cfg:
@@ -259,8 +259,8 @@ def encode_text(
     Raises:
         UserError: no text, the model is not the field's, or its text tower is unavailable.
     """
-    from model.legends import Legend, LegendClass
-    from model.zeroshot import build_classifier
+    from model.legends import Legend, LegendClass  # noqa: PLC0415 (lazy: model loads torch)
+    from model.zeroshot import build_classifier  # noqa: PLC0415 (lazy: model loads torch)
 
     texts = [str(t).strip() for t in texts]
     if not texts or any(not t for t in texts):
@@ -275,8 +275,8 @@ def encode_text(
 
 def legend_classifier(f: Field, m: Any) -> np.ndarray | None:
     """(C, D) text classifier of the map's own legend, or None (few-shot head maps)."""
-    from model.legends import load_legend
-    from model.zeroshot import build_classifier
+    from model.legends import load_legend  # noqa: PLC0415 (lazy: model loads torch)
+    from model.zeroshot import build_classifier  # noqa: PLC0415 (lazy: model loads torch)
 
     cfg = f.run.get("config") or {}
     if cfg.get("head") or not cfg.get("legend"):

@@ -19,9 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from pipeline.errors import UserError
-from pipeline.field.api import Field, decode_valid, load_model, model_spec
+from model.train.probe import check_head_matches, load_head
+from model.zeroshot import fit_calibration, probabilities
+from pipeline.adapters.base import cached_head
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import json_digest
+from pipeline.base.jsonio import write_json
+from pipeline.config import to_plain
+from pipeline.field.api import Field, _group, decode_valid, load_model, model_spec
+from pipeline.run.plan import make_plan
+from pipeline.run.publishing import publish
+from pipeline.run.reporting import up_to_date
+from pipeline.run_config import FLAT_KEYS, RunConfig
+from pipeline.tile_task import predict
+from pipeline.workspace import Workspace
+from pipeline.writers import TileResult, create_map_store, write_tile, write_tile_rasters
 
 _log = logging.getLogger(__name__)
 
@@ -48,7 +62,6 @@ class ClassifyConfig:
 
 def run_config_of(f: Field) -> Any:
     """The :class:`~pipeline.run_config.RunConfig` of the run that made the field."""
-    from pipeline.run_config import FLAT_KEYS, RunConfig
 
     plain = dict(f.run.get("config") or {})
     if not plain:
@@ -92,7 +105,6 @@ def _calibration(f: Field, cfg: Any, plan: Any) -> list[float] | None:
     if plan.legend_info.get("prompt_hash") == (f.run.get("legend") or {}).get("prompt_hash"):
         if f.run.get("calibration") is not None:
             return list(f.run["calibration"])
-    from model.zeroshot import fit_calibration
 
     rng = np.random.default_rng(cfg.model.seed)
     parts = []
@@ -107,9 +119,6 @@ def _calibration(f: Field, cfg: Any, plan: Any) -> list[float] | None:
 
 
 def _output_hash(f: Field, cfg: Any) -> str:
-    import hashlib
-    import json
-
     key = {
         "field": f.meta,
         "field_config_hash": f.run.get("output_hash"),
@@ -119,7 +128,7 @@ def _output_hash(f: Field, cfg: Any) -> str:
         "calibration": cfg.model.calibration,
         "top_k": cfg.output.top_k,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(key, default=str)
 
 
 def classify_field(f: Field, c: ClassifyConfig) -> Path:
@@ -129,19 +138,12 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
         UserError: neither or both of legend and head, a model or head that is not the field's,
             an output folder holding another map.
     """
-    from pipeline.run.plan import make_plan
-    from pipeline.run.publishing import publish
-    from pipeline.run.reporting import up_to_date
-    from pipeline.workspace import Workspace
-    from pipeline.writers import create_map_store, write_json
 
     t0 = time.perf_counter()
     cfg = _new_config(f, c)
     m = load_model(f, cfg.model.checkpoint, cfg.model.clip_checkpoint)
     plan = make_plan(cfg)
     if cfg.model.head:
-        from model.train.probe import check_head_matches, load_head
-
         check_head_matches(
             load_head(cfg.model.head),
             {"name": m.name, "dim": m.embed_dim, "checkpoint_sha256": m.checkpoint_sha256},
@@ -177,7 +179,6 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
     )
     done = ws.done_tiles()
     todo = [t for t in plan.grid.tiles if t.id not in done]
-    from tqdm import tqdm
 
     for tile in tqdm(todo, unit="tile", desc="classify", disable=not cfg.execution.progress):
         ws.mark_done(tile.id, _classify_tile(f, ws, tile, cfg, plan, calib, k))
@@ -205,24 +206,18 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
-    from pipeline.config import to_plain
 
     return to_plain(cfg.flat())
 
 
 def _valid_obs(f: Field, tile: Any) -> np.ndarray:
     """The source map's valid-observation counts of a tile (the field's input coverage)."""
-    from pipeline.field.api import _group
 
     ys, xs = tile.window
     return np.asarray(_group(f)["valid_obs"][:, ys, xs])
 
 
 def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, plan: Any, calib, k: int) -> dict:
-    from model.zeroshot import probabilities
-    from pipeline.adapters.base import cached_head
-    from pipeline.tile_task import predict
-    from pipeline.writers import TileResult, write_tile, write_tile_rasters
 
     t = time.perf_counter()
     valid, emb = decode_valid(f, tile.window)

@@ -15,9 +15,17 @@ import re
 import time
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.enums import Resampling
+from tqdm import tqdm
 
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path, remove_path
+from pipeline.base.errors import UserError
+from pipeline.base.jsonio import write_json
 from pipeline.field.api import (
     Field,
     decode_valid,
@@ -27,7 +35,6 @@ from pipeline.field.api import (
     query_probability,
     similarity,
 )
-from pipeline.writers.atomic import atomic_path, remove_path, write_json
 
 _log = logging.getLogger(__name__)
 
@@ -54,9 +61,6 @@ def query_field(
         UserError: no query, duplicate file names, the model is not the field's or has no text
             tower.
     """
-    import rasterio
-    import rasterio.shutil
-
     t0 = time.perf_counter()
     texts = [str(t).strip() for t in texts]
     names = [slug(t) for t in texts]
@@ -86,7 +90,6 @@ def query_field(
     }
     tmps = [out / f".{n}.tmp.tif" for n in names]
     finals = {t: out / f"{n}.tif" for t, n in zip(texts, names, strict=True)}
-    from tqdm import tqdm
 
     try:
         dsts = [rasterio.open(p, "w", **profile) for p in tmps]
@@ -143,12 +146,8 @@ def query_field(
 def write_quicklook(path: Path, texts: list[str], files: dict[str, Path], bands: int) -> Path:
     """A PNG of every query's heat maps side by side: similarity (row 1, stretched to its 2-98 %
     range) and probability (row 2, 0-1) when written; read from the COGs' overviews."""
-    import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import rasterio
-    from rasterio.enums import Resampling
 
     n = len(texts)
     fig, axes = plt.subplots(bands, n, figsize=(4.2 * n, 4.0 * bands), dpi=90, squeeze=False)

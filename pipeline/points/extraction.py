@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.base.errors import UserError
 from pipeline.cube import MaskConfig
-from pipeline.errors import UserError
 from pipeline.points.planning import Window, plan_windows
 from pipeline.points.reading import Points
 from pipeline.points.table import PointTable, concat_tables

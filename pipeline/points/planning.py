@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from aoi import utm_epsg
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.points.reading import Points
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 
 ID_COLUMNS = ("id", "point_id", "POINT_ID", "pointid", "ID")
 LON_COLUMNS = ("lon", "longitude", "lng", "x", "TH_LONG", "GPS_LONG", "X_LAEA")

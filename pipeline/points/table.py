@@ -9,7 +9,6 @@ input as a string attribute (labels, NUTS0, ...).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path
+from pipeline.base.errors import UserError
 
 FORMAT = "s2lc-points-v1"
 
@@ -96,9 +96,8 @@ class PointTable:
             arrays[f"attr:{k}"] = v.astype(str)
         meta = {"format": FORMAT, **self.meta}
         arrays["meta"] = np.array(json.dumps(meta, default=str))
-        tmp = p.with_name(f".{p.name}.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, p)
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:  # a file object: no ".npz" appended
+            np.savez_compressed(fh, **arrays)
         return p
 
     @classmethod

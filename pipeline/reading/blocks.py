@@ -248,7 +248,7 @@ def block_reader() -> BlockReader:
             except ValueError:
                 mb = -1.0
             if not mb >= 0:
-                from pipeline.errors import UserError
+                from pipeline.base.errors import UserError
 
                 raise UserError(f"{CACHE_ENV}={env!r}: give the block cache size in MiB (>= 0)")
             _READER = BlockReader(mb)

@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.run.plan import Plan, tile_job
 from pipeline.run.scheduling import task_resources
 from pipeline.run_config import RunConfig

@@ -310,8 +310,8 @@ def report_run(run: RunState) -> dict[str, Any]:
 def publish_run(run: RunState, report: dict[str, Any]) -> None:
     """Publish the map and write ``run.json``; raise TilesFailed (``run.json`` written, nothing
     published over the failed tiles) when tiles failed or are dead-lettered."""
+    from pipeline.base.jsonio import write_json
     from pipeline.cells import is_gridded
-    from pipeline.writers import write_json
 
     cfg, plan, ws, failures = run.cfg, run.plan, run.ws, run.failures
     all_stats = {**run.done_before, **run.stats}

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.colours import palette
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import sha256_file
 from pipeline.run_config import RunConfig
 from pipeline.scenes import SceneLedger
 from pipeline.window import items_for
@@ -146,13 +148,13 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
         if legend is not None and tuple(legend.names) == names:
             colors = tuple(legend.colors)
         else:
-            colors = tuple(_palette(len(names)))
+            colors = tuple(palette(len(names)))
         info = {
             "name": legend.name if legend is not None else Path(cfg.model.head).name,
             "style": "few-shot head",
             "prompt_hash": None,
             "head": Path(cfg.model.head).name,
-            "head_sha256": _sha256(Path(cfg.model.head)),
+            "head_sha256": sha256_file(Path(cfg.model.head)),
         }
         return names, colors, info, np.zeros((len(names), m.embed_dim), np.float32)
     from model.legends import load_legend
@@ -165,23 +167,6 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
     colors = tuple(c.color for c in legend.classes)
     info = {"name": legend.name, "style": legend.style, "prompt_hash": legend.prompt_hash}
     return names, colors, info, w
-
-
-def _palette(n: int) -> list[str]:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab20"]
-    return [matplotlib.colors.to_hex(cmap(i % 20)) for i in range(n)]
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
@@ -266,7 +251,7 @@ def _inside_demo(geometry) -> bool:
     from shapely.geometry import box
 
     from aoi import to_crs
-    from pipeline.demo import DEMO_BOUNDS, DEMO_EPSG
+    from pipeline.testing.demo import DEMO_BOUNDS, DEMO_EPSG
 
     return box(*DEMO_BOUNDS).contains(to_crs(geometry, f"EPSG:{DEMO_EPSG}"))
 

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
 from pipeline.run.plan import tile_job
 from pipeline.window import ItemIndex
 from pipeline.workspace import TileFailure

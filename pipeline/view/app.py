@@ -25,6 +25,13 @@ from threading import Lock
 from typing import Any
 
 import numpy as np
+import rasterio
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from pipeline.view import reading, render
 from pipeline.view.field import FieldQuery, open_field
@@ -71,7 +78,6 @@ class ViewerState:
         p = self.sources.valid_obs
         if p is None:
             return 1.0
-        import rasterio
 
         with rasterio.open(p) as src:
             scale = max(1.0, (src.height * src.width / 1_000_000) ** 0.5)
@@ -284,12 +290,6 @@ def _parse_alpha(alpha: str | None, n: int) -> dict[int, float] | None:
 
 def create_app(state: ViewerState) -> Any:
     """The Starlette application serving ``state``."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, Response
-    from starlette.routing import Mount, Route
-    from starlette.staticfiles import StaticFiles
 
     png_headers = {"Cache-Control": "no-cache"}
 

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
+from pipeline.field import KINDS, load_model, query_window
+from pipeline.field import open_field as _open
 
 __all__ = ["FieldQuery", "HeatMap", "open_field"]
 
@@ -52,9 +54,7 @@ class FieldQuery:
         threading.Thread(target=self._warm, name="s2lc-view-model", daemon=True).start()
 
     def _warm(self) -> None:
-        import torch
-
-        from pipeline.field import load_model
+        import torch  # noqa: PLC0415 (lazy: torch only for text queries)
 
         # A query encodes one short text: a single thread is fastest, and it never waits on a
         # descheduled sibling on a busy machine (measured on 2 shared cores under load: 0.5 s
@@ -73,7 +73,6 @@ class FieldQuery:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        from pipeline.field import KINDS
 
         return tuple(KINDS)
 
@@ -82,7 +81,6 @@ class FieldQuery:
 
         :raises ValueError: empty text, an unknown ``kind``, or the model cannot encode text.
         """
-        from pipeline.field import query_window
 
         self._ready.wait()
         if self._error:
@@ -110,7 +108,6 @@ class FieldQuery:
 
 def open_field(map_dir: Path) -> tuple[FieldQuery | None, str]:
     """The query engine for the field in ``map_dir``, or ``(None, why not)``."""
-    from pipeline.field import open_field as _open
 
     try:
         return FieldQuery(_open(map_dir)), ""

@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+import xarray as xr
+import zarr
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.shutil import delete
+from rasterio.warp import transform
+from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
+from rio_tiler.io import Reader
 
 from pipeline.writers.tile_result import CLASS_NODATA
 
@@ -59,8 +68,6 @@ def read_tile(
     :param resampling: ``"nearest"`` for categorical layers, ``"average"`` (or ``"bilinear"``)
         for continuous ones; used both for the overview read and for the warp.
     """
-    from rio_tiler.errors import TileOutsideBounds
-    from rio_tiler.io import Reader
 
     with Reader(str(path)) as src:
         try:
@@ -82,7 +89,6 @@ def read_tile(
 
 def layer_info(path: str | Path) -> dict[str, Any]:
     """Bounds (lon/lat), zoom range, band count, shape (rows, cols), dtype and nodata of a raster."""
-    from rio_tiler.io import Reader
 
     with Reader(str(path)) as src:
         w, s, e, n = src.get_geographic_bounds(src.tms.rasterio_geographic_crs)
@@ -100,8 +106,6 @@ def layer_info(path: str | Path) -> dict[str, Any]:
 
 def point_values(path: str | Path, lon: float, lat: float) -> list[float] | None:
     """The raster's band values at a lon/lat, or None outside the raster or at its nodata."""
-    from rio_tiler.errors import PointOutsideBounds
-    from rio_tiler.io import Reader
 
     with Reader(str(path)) as src:
         try:
@@ -115,8 +119,6 @@ def point_values(path: str | Path, lon: float, lat: float) -> list[float] | None
 
 def _pixel_index(store: Path, lon: float, lat: float) -> tuple[int, int] | None:
     """Row and column of the store's pixel at lon/lat, or None outside its grid."""
-    import rasterio
-    from rasterio.warp import transform
 
     with rasterio.open(f'ZARR:"{store}":/classes') as src:
         xs, ys = transform("EPSG:4326", src.crs, [lon], [lat])
@@ -131,7 +133,6 @@ def topk_at(store: Path, lon: float, lat: float) -> list[tuple[int, float]] | No
 
     Most likely first. None outside the map or where the pixel is nodata.
     """
-    import zarr
 
     rc = _pixel_index(store, lon, lat)
     if rc is None:
@@ -157,8 +158,6 @@ def class_shares(path: str | Path, n_classes: int) -> tuple[np.ndarray, bool]:
     :returns: ``(shares, exact)``: ``(n_classes,)`` float64 summing to 1 (zeros when nothing is
         mapped), and whether every pixel was counted.
     """
-    import rasterio
-    from rasterio.enums import Resampling
 
     with rasterio.open(path) as src:
         scale = max(1.0, (src.height * src.width / SHARE_SAMPLE_PX) ** 0.5)
@@ -177,8 +176,6 @@ class MemRaster:
     """
 
     def __init__(self, data: np.ndarray, crs: Any, transform: Any, nodata: float | None) -> None:
-        import rasterio
-        from rasterio.enums import Resampling
 
         if data.ndim == 2:
             data = data[None]
@@ -207,7 +204,6 @@ class MemRaster:
         self._closed = False
 
     def close(self) -> None:
-        from rasterio.shutil import delete
 
         with self._lock:
             if not self._closed:
@@ -234,8 +230,6 @@ def composite_rgb_from_store(
     Specification Document, TCI), 0 = no data. None when the map exceeds ``max_px`` pixels
     (the image is built in memory; runs write ``composite_rgb.tif`` for large maps).
     """
-    import xarray as xr
-    from affine import Affine
 
     ds = xr.open_zarr(store, decode_coords="all")
     comp = ds["composite"]

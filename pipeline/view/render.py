@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from PIL import Image
 
-from pipeline.writers.cog import parse_color
+from pipeline.base.colours import parse_color
 
 __all__ = [
     "RAMPS",
@@ -60,7 +62,6 @@ def ramp_lut(name: str) -> np.ndarray:
     """``(256, 4)`` uint8 RGBA samples of the matplotlib colour map ``name`` (one of :data:`RAMPS`)."""
     if name not in RAMPS:
         raise ValueError(f"unknown colour ramp {name!r}; one of {', '.join(RAMPS)}")
-    from matplotlib import colormaps
 
     return (colormaps[name](np.linspace(0.0, 1.0, 256)) * 255).round().astype(np.uint8)
 
@@ -103,7 +104,6 @@ def stretch_rgb(
 
 def encode_png(rgba: np.ndarray) -> bytes:
     """``(h, w, 4)`` uint8 RGBA -> PNG bytes."""
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgba, dtype=np.uint8), mode="RGBA").save(

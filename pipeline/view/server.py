@@ -8,7 +8,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.errors import UserError
+import uvicorn
+
+from pipeline.base.errors import UserError
+from pipeline.view.app import ViewerState, create_app
+from pipeline.view.sources import find_sources
 
 __all__ = ["HOST", "bind", "serve"]
 
@@ -48,10 +52,6 @@ def serve(
     :raises UserError: not a map folder (see :func:`~pipeline.view.sources.find_sources`), or
         the port cannot be bound.
     """
-    import uvicorn
-
-    from pipeline.view.app import ViewerState, create_app
-    from pipeline.view.sources import find_sources
 
     sources = find_sources(map_dir)
     sock = bind(port)  # before the slower set-up: a taken port fails at once

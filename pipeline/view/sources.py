@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
-from pipeline.writers.cog import parse_color
+import rasterio
+
+from pipeline.base.colours import to_hex
+from pipeline.base.errors import UserError
 from pipeline.writers.tile_result import CLASS_NODATA
 
 __all__ = ["ClassInfo", "MapSources", "find_sources"]
@@ -101,15 +103,12 @@ def _legend_from_json(doc: dict[str, Any]) -> tuple[ClassInfo, ...]:
         v = int(c["value"])
         if v == CLASS_NODATA:
             continue
-        out.append(
-            ClassInfo(v, str(c["name"]), "#{:02x}{:02x}{:02x}".format(*parse_color(c["color"])))
-        )
+        out.append(ClassInfo(v, str(c["name"]), to_hex(c["color"])))
     return tuple(sorted(out, key=lambda c: c.value))
 
 
 def _legend_from_raster(path: Path) -> tuple[ClassInfo, ...]:
     """Class names and colours embedded in the classes raster (tags and colour table)."""
-    import rasterio
 
     with rasterio.open(path) as src:
         tags = src.tags()

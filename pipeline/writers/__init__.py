@@ -1,14 +1,13 @@
 """Output writers: the Zarr map store, GeoTIFF/COG layers, legend, quicklook and STAC item.
 
-Everything is written through :func:`atomic_path`: a product appears under its final name
+Everything is written through :func:`pipeline.base.atomic.atomic_path`: a product appears under its final name
 complete, or not at all. Tile tasks call :func:`write_tile` (their window of the Zarr store) and
 :func:`write_tile_rasters` (their GeoTIFFs); the driver calls :func:`create_map_store` before the
 tiles and :func:`build_cogs`, :func:`write_legend_json`, :func:`write_quicklook` and
 :func:`write_stac_item` after them.
 """
 
-from pipeline.writers.atomic import atomic_path, to_json_safe, write_json
-from pipeline.writers.cog import LAYERS, build_cogs, parse_color, write_tile_rasters
+from pipeline.writers.cog import LAYERS, build_cogs, write_tile_rasters
 from pipeline.writers.products import (
     write_legend_json,
     write_quicklook,
@@ -22,13 +21,9 @@ __all__ = [
     "CLASS_NODATA",
     "LAYERS",
     "TileResult",
-    "atomic_path",
     "build_cogs",
     "create_map_store",
     "open_map",
-    "parse_color",
-    "to_json_safe",
-    "write_json",
     "write_legend_json",
     "write_quicklook",
     "write_rgb_quicklook",

@@ -33,35 +33,19 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
+from pipeline.base.atomic import atomic_path, remove_path
+from pipeline.base.colours import parse_color
 from pipeline.tiling import Tile, TileGrid
-from pipeline.writers.atomic import atomic_path, remove_path
 from pipeline.writers.layers import LAYERS, LayerSpec, cog_layers
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 
-__all__ = ["LAYERS", "build_cogs", "parse_color", "write_tile_rasters"]
+__all__ = ["LAYERS", "build_cogs", "write_tile_rasters"]
 
 #: The layers tile tasks write as GeoTIFFs: every run's, and the optional true-colour composite.
 TILE_LAYERS = cog_layers("map", "tile")
 _GDT = {"uint8": "Byte", "uint16": "UInt16", "float32": "Float32"}
 _BLOCK = 256
 _CACHE_MB = 256  # GDAL block cache while mosaicking (rasterio reads small ints as MB)
-
-
-def parse_color(color: Any) -> tuple[int, int, int]:
-    """``"#rrggbb"``/``"rrggbb"``, (r, g, b[, a]) in 0..255, or floats in 0..1 -> (r, g, b)."""
-    if isinstance(color, str):
-        s = color.strip().lstrip("#")
-        if len(s) == 3:
-            s = "".join(c * 2 for c in s)
-        if len(s) not in (6, 8):
-            raise ValueError(f"not a hex colour: {color!r}")
-        return (int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16))
-    vals = list(color)[:3]
-    if len(vals) != 3:
-        raise ValueError(f"not an RGB colour: {color!r}")
-    if all(isinstance(v, float) for v in vals) and all(0 <= v <= 1 for v in vals):
-        vals = [round(v * 255) for v in vals]
-    return tuple(int(min(255, max(0, v))) for v in vals)  # type: ignore[return-value]
 
 
 def _profile(tile: Tile, dtype: str, count: int, nodata: float | None) -> dict[str, Any]:

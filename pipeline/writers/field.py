@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.writers.atomic import atomic_path, remove_path
+from pipeline.base.atomic import atomic_path, remove_path
 from pipeline.writers.layers import cog_layers, layer
 
 __all__ = ["FIELD_COGS", "build_field_cogs", "read_codec", "write_codec"]

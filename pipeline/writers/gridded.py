@@ -21,9 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.base.atomic import atomic_path
+from pipeline.base.jsonio import write_json
 from pipeline.cells import Cell
 from pipeline.tiling import Tile, TileGrid
-from pipeline.writers.atomic import atomic_path, write_json
 from pipeline.writers.cog import _band_xml, _classes_band_extra, _vrt, build_cogs
 from pipeline.writers.layers import cog_layers
 

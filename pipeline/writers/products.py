@@ -1,6 +1,6 @@
 """Small products next to the map: legend.json, quicklook.png and the STAC item (item.json).
 
-All are written through :func:`~pipeline.writers.atomic.atomic_path`.
+All are written through :func:`~pipeline.base.atomic.atomic_path`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.base.atomic import atomic_path
+from pipeline.base.colours import parse_color, to_hex
+from pipeline.base.jsonio import to_json_safe, write_json
 from pipeline.tiling import TileGrid
-from pipeline.writers.atomic import atomic_path, to_json_safe, write_json
-from pipeline.writers.cog import parse_color
 from pipeline.writers.layers import layer_of_product
 from pipeline.writers.tile_result import CLASS_NODATA
 
@@ -30,10 +31,6 @@ __all__ = [
 
 QUICKLOOK_MAX_PX = 1200
 _NODATA_RGBA = (1.0, 1.0, 1.0, 1.0)
-
-
-def _hex(color: Any) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*parse_color(color))
 
 
 def write_legend_json(
@@ -57,7 +54,7 @@ def write_legend_json(
         "untrained": bool(untrained),
         "nodata": CLASS_NODATA,
         "classes": [
-            {"value": i, "name": str(n), "color": _hex(c)}
+            {"value": i, "name": str(n), "color": to_hex(c)}
             for i, (n, c) in enumerate(zip(class_names, colors, strict=False))
         ],
     }
@@ -273,7 +270,7 @@ def write_stac_item(
             value=i,
             name=_slug(name, i),
             title=str(name),
-            color_hint=_hex(c).lstrip("#").upper(),
+            color_hint=to_hex(c).lstrip("#").upper(),
         )
         for i, (name, c) in enumerate(zip(class_names, colors, strict=False))
     ]

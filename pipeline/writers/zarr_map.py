@@ -33,7 +33,6 @@ zarr's local store writes each chunk file atomically). Metadata is written once,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -42,9 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.base.atomic import atomic_path
+from pipeline.base.errors import UserError
+from pipeline.base.hashing import json_digest
+from pipeline.base.jsonio import to_json_safe
 from pipeline.tiling import Tile, TileGrid
-from pipeline.writers.atomic import atomic_path, to_json_safe
 from pipeline.writers.layers import LAYER_SPECS, LayerSpec
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 
@@ -85,7 +86,7 @@ def _layout(
 
 
 def _layout_hash(layout: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(dict(layout))
 
 
 def create_map_store(

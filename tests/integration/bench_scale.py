@@ -1,7 +1,7 @@
 """``make bench-scale``: search, plan and scheduling at EU-27 scale, without pixels.
 
 1. A metadata-only Sentinel-2 L2A catalog of EU-27 for one year (every MGRS tile touching the
-   region, the real revisit, the demo generator's item JSON: :mod:`pipeline.demo.metadata`),
+   region, the real revisit, the demo generator's item JSON: :mod:`pipeline.testing.demo.metadata`),
    generated once into the cache.
 2. Loaded into the real pgstac of the integration tests (:class:`tests.integration.pgstac.LocalPgstac`).
 3. Per region (one country, then ``eu27``): the whole year's search through ``pipeline.search``
@@ -33,7 +33,7 @@ MAX_CLOUD = 60.0
 
 def _catalog(root: Path) -> Path:
     from aoi import load_region
-    from pipeline.demo.metadata import metadata_collection, metadata_items
+    from pipeline.testing.demo.metadata import metadata_collection, metadata_items
 
     if (root / "collection.json").is_file():
         return root
@@ -72,8 +72,8 @@ def _child(cmd: list[str]) -> tuple[str, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     from aoi import load_region
+    from pipeline.base.paths import cache_dir
     from pipeline.bench.results import Entry, table, write_results
-    from pipeline.paths import cache_dir
     from pipeline.provenance import host_info
     from pipeline.search import SearchConfig, search_items
     from tests.integration.pgstac import LocalPgstac

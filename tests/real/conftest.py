@@ -45,7 +45,7 @@ def flanders_catalog(real_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def flanders_stac(flanders_catalog: Path) -> Iterator[str]:
-    from pipeline.stac_server import serve
+    from pipeline.testing.stac_server import serve
 
     with serve(flanders_catalog) as url:
         yield url

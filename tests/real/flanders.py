@@ -13,7 +13,7 @@ pipeline (search -> odc-stac -> composite -> model -> writers) reads them:
   ``raster:bands`` (scale 1e-4, offset -0.1 as Earth Search v1 declares it), ``proj:epsg`` /
   ``proj:shape`` / ``proj:transform`` per asset, the real acquisition time, and
   ``eo:cloud_cover`` and the ``s2:*_percentage`` fields computed from the site's SCL;
-- ``collection.json`` + ``items.json`` that :func:`pipeline.stac_server.serve` serves.
+- ``collection.json`` + ``items.json`` that :func:`pipeline.testing.stac_server.serve` serves.
 
 What the netCDF files do not record is reconstructed, and said so in ``s2lc:reconstructed``:
 the platform and relative orbit come from the acquisition time (S2A's 10-day, 143-orbit repeat
@@ -122,8 +122,8 @@ def check_grid(ds: Any, bounds: tuple[float, float, float, float], res: float) -
 
 def write_cog(path: Path, data: np.ndarray, bounds: tuple[float, float, float, float], res: float):
     """A single-band COG the way sentinel-cogs writes them: 1024 px blocks (the project's
-    provider-shaped writer, :func:`pipeline.demo.catalog.write_provider_cog`)."""
-    from pipeline.demo.catalog import write_provider_cog
+    provider-shaped writer, :func:`pipeline.testing.demo.catalog.write_provider_cog`)."""
+    from pipeline.testing.demo.catalog import write_provider_cog
 
     write_provider_cog(path, data, (bounds[0], bounds[3]), res, EPSG, blocksize=1024)
 
@@ -135,7 +135,7 @@ def write_catalog(site: Site, root: Path) -> list[dict]:
     ``items.json`` / ``collection.json`` (one catalog may hold several sites).
     """
     from pipeline.bands import EARTH_SEARCH_V1_KEYS
-    from pipeline.demo.catalog import _item
+    from pipeline.testing.demo.catalog import _item
 
     ds10, ds20, _ = site.open()
     bounds = site.bounds()
@@ -196,7 +196,8 @@ def _as_site(item: dict, site: Site, when: dt.datetime, sat: str, orbit: int) ->
 
 def write_site_catalog(real_root: Path, out: Path, tiles: tuple[str, ...] = tuple(SITES)) -> Path:
     """Convert the sites into one catalog folder (COGs, items.json, collection.json); return it."""
-    from pipeline.demo.catalog import _collection, _write_json
+    from pipeline.base.jsonio import write_json
+    from pipeline.testing.demo.catalog import _collection
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -210,8 +211,8 @@ def write_site_catalog(real_root: Path, out: Path, tiles: tuple[str, ...] = tupl
         "the Earth Search v1 layout for s2lc's real-data tests (tests/real/flanders.py)."
     )
     coll["license"] = "proprietary"  # Copernicus Sentinel data terms
-    _write_json(out / "items.json", {"type": "FeatureCollection", "features": items})
-    _write_json(out / "collection.json", coll)
+    write_json(out / "items.json", {"type": "FeatureCollection", "features": items})
+    write_json(out / "collection.json", coll)
     return out
 
 

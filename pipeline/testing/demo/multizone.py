@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.demo.catalog import _collection, generate_catalog
+from aoi import to_crs, utm_zone_of
+from pipeline.mgrs import s2_tiles
+from pipeline.testing.demo.catalog import _collection, generate_catalog
 
 __all__ = ["generate_multizone_catalog"]
 
@@ -33,8 +35,6 @@ def generate_multizone_catalog(
     :param geometry_4326: the region (shapely, lon/lat); each zone's scenes cover all of it.
     :param dates: acquisition times; zone k's are shifted by k days (another orbit).
     """
-    from aoi import to_crs, utm_zone_of
-    from pipeline.mgrs import s2_tiles
 
     root = Path(root)
     w, _, e, _ = geometry_4326.bounds

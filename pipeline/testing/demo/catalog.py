@@ -22,10 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import Transformer
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, PC_KEYS, SCL
-from pipeline.demo.landscape import CLASS_NAMES, Landscape, make_landscape
-from pipeline.demo.scenes import SceneSpec, block_mean, draw_specs, render
+from pipeline.base.atomic import atomic_path
+from pipeline.base.jsonio import write_json
+from pipeline.testing.demo.landscape import CLASS_NAMES, Landscape, make_landscape
+from pipeline.testing.demo.scenes import SceneSpec, block_mean, draw_specs, render
 
 LAYOUTS = ("earth-search-v1", "planetary-computer")
 COLLECTION = "sentinel-2-l2a"
@@ -195,8 +200,8 @@ def generate_catalog(
                 mgrs_tile,
             )  # fmt: skip
         )
-    _write_json(root / "items.json", {"type": "FeatureCollection", "features": items})
-    _write_json(root / "collection.json", _collection(items, layout))
+    write_json(root / "items.json", {"type": "FeatureCollection", "features": items})
+    write_json(root / "collection.json", _collection(items, layout))
     _write_truth(root, land, (w, n), resolution, epsg, seed, (w, s, e, n), aoi, layout)
     return root
 
@@ -222,8 +227,6 @@ def write_provider_cog(
     predictor 2, nodata 0 and nearest overviews; ``origin`` is the upper-left corner (x, y) in
     metres of EPSG:``epsg``, ``res`` the pixel size in metres, ``blocksize`` the internal tile
     edge (the providers use 1024 px). Written to a temporary name, then renamed into place."""
-    import rasterio
-    from affine import Affine
 
     profile = {
         "driver": "COG",
@@ -239,21 +242,12 @@ def write_provider_cog(
         "blocksize": blocksize,
         "overview_resampling": "nearest",
     }
-    tmp = path.with_name(path.stem + ".tmp.tif")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data, 1)
-    tmp.replace(path)
-
-
-def _write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
 
 
 @functools.lru_cache(maxsize=64)
 def _to_lonlat(epsg: int) -> Any:
-    from pyproj import Transformer
 
     return Transformer.from_crs(epsg, 4326, always_xy=True)
 
@@ -399,7 +393,7 @@ def _collection(items: list[dict], layout: str) -> dict:
         "id": COLLECTION,
         "title": f"Synthetic Sentinel-2 L2A ({layout} layout)",
         "description": "Seeded synthetic Sentinel-2 L2A scenes for the offline demo and tests "
-        "(s2lc pipeline.demo); not real imagery.",
+        "(s2lc pipeline.demo); not real imagery.",  # old module name: the catalog stays the same
         "license": "CC0-1.0",
         "extent": {
             "spatial": {
@@ -419,8 +413,6 @@ def _collection(items: list[dict], layout: str) -> dict:
 
 
 def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout) -> None:
-    import rasterio
-    from affine import Affine
 
     profile = {
         "driver": "COG",
@@ -441,7 +433,7 @@ def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout
             class_names=json.dumps(list(CLASS_NAMES)),
             **{f"class_{i}": name for i, name in enumerate(CLASS_NAMES)},
         )
-    _write_json(
+    write_json(
         root / "truth.json",
         {
             "classes": {str(i): name for i, name in enumerate(CLASS_NAMES)},

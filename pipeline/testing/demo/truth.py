@@ -13,7 +13,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from rasterio.windows import from_bounds
 
+from aoi import load_region
+from pipeline.base.atomic import atomic_path
+from pipeline.base.colours import parse_color
+from pipeline.testing.demo import ensure_demo_catalog, load_truth
+from pipeline.tiling import make_grid
 from pipeline.writers.tile_result import CLASS_NODATA
 
 __all__ = ["export_truth"]
@@ -26,15 +33,8 @@ def export_truth(out: str | Path, tile_size: int = 256) -> Path:
     the values are the demo's class indices (uint8, 255 = nodata), in the order of the ``demo``
     legend. Generates the demo catalog first if the cache does not hold it.
     """
-    import rasterio
-    from rasterio.windows import from_bounds
 
-    from aoi import load_region
-    from model.legends import load_legend
-    from pipeline.demo import ensure_demo_catalog, load_truth
-    from pipeline.tiling import make_grid
-    from pipeline.writers.atomic import atomic_path
-    from pipeline.writers.cog import parse_color
+    from model.legends import load_legend  # noqa: PLC0415 (lazy: model loads torch)
 
     region = load_region("demo")
     grid = make_grid(region.geometry, region.crs, region.resolution, tile_size)
@@ -72,6 +72,7 @@ def export_truth(out: str | Path, tile_size: int = 256) -> Path:
             dst.update_tags(
                 class_names=json.dumps(list(names)),
                 nodata_class=str(CLASS_NODATA),
+                # the module's old name stays: the tag is part of the truth COG's bytes
                 source="synthetic demo scene (pipeline.demo): the class every pixel was drawn from",
             )
             dst.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(names)})

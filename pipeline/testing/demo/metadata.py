@@ -4,7 +4,7 @@ For scale tests of search, planning and scheduling. Every MGRS tile touching the
 (:func:`pipeline.mgrs.s2_tiles`) gets the acquisitions of the real revisit at its latitude
 (:func:`pipeline.mgrs.acquisitions_per_year`), evenly spread through the year with a seeded
 jitter, each an item in the demo generator's Earth Search v1 layout (the same properties,
-extensions and eleven assets, :func:`pipeline.demo.catalog._item`) whose asset hrefs point to
+extensions and eleven assets, :func:`pipeline.testing.demo.catalog._item`) whose asset hrefs point to
 where Earth Search keeps them but are never read. Scene cloud cover follows a seeded draw (a
 third clear, a third broken, a third overcast).
 """
@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, SCL
-from pipeline.demo.catalog import _collection, _item
+from pipeline.mgrs import acquisitions_per_year, s2_tiles
+from pipeline.testing.demo.catalog import _collection, _item
 
 __all__ = ["metadata_collection", "metadata_items"]
 
@@ -59,7 +60,6 @@ def metadata_items(geometry_4326: Any, year: int, seed: int = 0) -> Iterator[dic
     Per tile, one item per cloud class is drawn by the demo generator and its time stamps,
     platform and ids are then set for each acquisition (drawing each item afresh costs 30 ms).
     """
-    from pipeline.mgrs import acquisitions_per_year, s2_tiles
 
     rng = np.random.default_rng(seed)
     start = dt.datetime(year, 1, 1, 10, 30, tzinfo=dt.UTC)

@@ -3,7 +3,7 @@
 :func:`ensure_demo_catalog` generates the demo (2023, 73 dates, the ``demo`` region plus a 640 m
 halo, Earth Search v1 layout) once into the cache and returns its folder; :func:`generate_catalog`
 writes any variant (size, dates, layout, seed) for tests; :func:`load_truth` reads the truth raster.
-The catalog is served by a real STAC API through :func:`pipeline.stac_server.serve`.
+The catalog is served by a real STAC API through :func:`pipeline.testing.stac_server.serve`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from odc.geo.geobox import GeoBox
 
-from pipeline.demo.catalog import (
+from pipeline.base.paths import cache_dir
+from pipeline.testing.demo.catalog import (
     COLLECTION,
     DEMO_AOI,
     DEMO_BOUNDS,
@@ -31,7 +34,7 @@ from pipeline.demo.catalog import (
     generate_catalog,
     landscape_of,
 )
-from pipeline.demo.landscape import CLASS_NAMES
+from pipeline.testing.demo.landscape import CLASS_NAMES
 
 __all__ = [
     "CLASS_NAMES",
@@ -58,7 +61,6 @@ _log = logging.getLogger(__name__)
 
 def demo_catalog_dir() -> Path:
     """Where the demo catalog lives: ``cache_dir("demo", "v<GENERATOR_VERSION>")``."""
-    from pipeline.paths import cache_dir
 
     return cache_dir("demo", f"v{GENERATOR_VERSION}")
 
@@ -112,8 +114,6 @@ def ensure_demo_catalog(root: Path | None = None, **params: Any) -> Path:
 
 def load_truth(catalog_dir: Path) -> tuple[np.ndarray, list[str], Any]:
     """The land-cover truth of a generated catalog: (classes uint8 (H, W), class names, GeoBox)."""
-    import rasterio
-    from odc.geo.geobox import GeoBox
 
     catalog_dir = Path(catalog_dir)
     with rasterio.open(catalog_dir / "truth.tif") as src:

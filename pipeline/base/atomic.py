@@ -7,18 +7,14 @@ success it is renamed into place; on any exception it is removed and the final n
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import math
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-__all__ = ["atomic_path", "remove_path", "to_json_safe", "write_json"]
+__all__ = ["atomic_path", "remove_path"]
 
 TMP_MARK = ".tmp-"
 
@@ -94,36 +90,3 @@ def _replace_dir(tmp: Path, final: Path, replace: bool) -> None:
         os.rename(old, final)
         raise
     remove_path(old)
-
-
-def to_json_safe(obj: Any) -> Any:
-    """Plain JSON data: numpy scalars/arrays to Python, paths and dates to strings, NaN/inf to null."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): to_json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return to_json_safe(obj.item())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, (dt.date, dt.datetime)):
-        return obj.isoformat()
-    return str(obj)
-
-
-def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (see :func:`to_json_safe`), atomically; returns the path."""
-    path = Path(path)
-    text = json.dumps(to_json_safe(obj), indent=2, allow_nan=False) + "\n"
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-    return path

@@ -22,7 +22,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import UserError
+import requests
+
+from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 START_TIMEOUT_S = 20.0
@@ -49,7 +51,6 @@ def free_port() -> int:
 
 
 def _ready(url: str) -> bool:
-    import requests
 
     try:
         return requests.get(f"{url}/", timeout=0.5).status_code == 200

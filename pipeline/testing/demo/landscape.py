@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.demo import spectra
+from pipeline.testing.demo import spectra
 
 CLASS_NAMES: tuple[str, ...] = ("water", "forest", "cropland", "grassland", "built-up", "bare")
 WATER, FOREST, CROP, GRASS, BUILT, BARE = range(6)

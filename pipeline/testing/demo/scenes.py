@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.demo import spectra
-from pipeline.demo.landscape import BARE, CROP, GRASS, WATER, Landscape, smooth_noise
+from pipeline.testing.demo import spectra
+from pipeline.testing.demo.landscape import BARE, CROP, GRASS, WATER, Landscape, smooth_noise
 
 CLOUD_PROXY = (0.76, 0.70, 0.66, 0.57, 0.53, 0.57, 0.52, 0.52, 0.58, 0.64, 0.76, 0.80)
 """Monthly mean cloud fraction (1 - relative sunshine), §5."""

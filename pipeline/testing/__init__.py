@@ -1,0 +1,1 @@
+"""Test support shipped with the pipeline: a deterministic fake encoder (:mod:`.encoder`)."""
