@@ -83,6 +83,15 @@ class ClusterConfig:
         if self.workers is not None and self.workers < 1:
             raise UserError("--workers must be >= 1")
 
+    def planned_workers(self) -> int | None:
+        """How many worker processes the tiles will be spread over (None: not known before
+        connecting, i.e. an existing scheduler's address)."""
+        if self.kind == "local":
+            return local_layout(os.cpu_count() or 1, _cuda_devices(), self.workers, None)[0]
+        if self.kind == "slurm":
+            return self.slurm.jobs * self.slurm.processes
+        return None
+
 
 def load_slurm_profile(path: str | Path | None, jobs: int | None = None) -> SlurmProfile:
     """Read a Slurm profile YAML (default: the bundled one), optionally overriding ``jobs``."""

@@ -23,6 +23,7 @@ from pipeline.run.calibration import calibrate, clear_reference_sample, fit_fiel
 from pipeline.run.plan import (
     Plan,
     check_size,
+    fit_tile_size,
     make_plan,
     preflight,
     resolve_precision,
@@ -80,6 +81,7 @@ def execute(cfg: RunConfig) -> int:
     with _timed(run, "search"):
         find_scenes(run)
     with _timed(run, "plan"):
+        run.cfg = fit_tile_size(run.cfg, run.cluster, run.previous if run.resumable else None)
         run.plan = make_plan(run.cfg)
     open_store(run)
     with open_client(run.cluster) as client:

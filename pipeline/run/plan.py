@@ -184,6 +184,40 @@ def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
     return cfg.with_(precision=resolved), info
 
 
+def fit_tile_size(cfg: RunConfig, cluster: Any, previous: dict[str, Any] | None) -> RunConfig:
+    """The run's settings with tiles small enough that every worker gets one.
+
+    A region smaller than workers x tile is split finer (:func:`pipeline.cells.fit_tiles_to_workers`;
+    never below a patch model's chip window). A resumed run keeps the tile edge recorded in its
+    manifest, whatever the workers now, so its finished tiles still fit. The output hash is taken
+    before this, from the tile size asked for.
+
+    :param cluster: the run's :class:`~pipeline.cluster.ClusterConfig`.
+    :param previous: the manifest of the run being resumed, or None.
+    """
+    from pipeline.cells import fit_tiles_to_workers
+
+    asked = cfg.chips.tile_size
+    if previous is not None:
+        size = int((previous.get("config") or {}).get("tile_size", asked))
+    else:
+        workers = cluster.planned_workers()
+        if not workers or workers < 2:
+            return cfg
+        region, geometry = resolve_region(cfg)
+        size = fit_tiles_to_workers(
+            geometry, region.crs, region.resolution, asked, workers, cfg.halo
+        )
+        if size != asked:
+            _log.info(
+                "small region: tiles of %d px instead of %d, so that all %d workers get one",
+                size,
+                asked,
+                workers,
+            )
+    return cfg if size == asked else cfg.with_(tile_size=size)
+
+
 def make_plan(cfg: RunConfig) -> Plan:
     """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
     from pipeline.cells import output_grid
