@@ -49,7 +49,7 @@ DEMO_WORKFLOW := $(and $(filter demo,$(REGION)),$(filter timesenclip,$(MODEL)),$
 test-browser: $(STAMP) ## Browser test of the map viewer (installs Debian's chromium + Playwright)
 	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements-browser.txt
-	S2LC_REQUIRE_BROWSER=1 $(PY) -m pytest -m browser -o addopts="" -p no:cacheprovider -q --timeout=3600 tests/test_view_browser.py
+	S2LC_REQUIRE_BROWSER=1 $(PY) -m pytest -m browser -o addopts="" -p no:cacheprovider -q --timeout=3600 tests/pipeline/view/test_view_browser.py
 
 map: $(STAMP) ## Make a land-cover map: make map REGION=demo YEAR=2023 MODEL=timesenclip OUT=dir
 ifneq ($(DEMO_WORKFLOW),)

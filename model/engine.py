@@ -50,7 +50,7 @@ GPU_PIXEL_BATCH = 131_072
 GPU_BYTES_PER_PIXEL = 128 * 1024  # measured 116 KB (TimeSenCLIP, T = 12)
 GPU_BYTES_PER_CHIP = 5 * 512 * 1024  # measured 1.9 MB (ViT-B/32, 224 px)
 #: 256 x 13 tokens x 512 wide activations stay in L2; measured 2026-11-29 on the 2-core AVX-512
-#: machine (fp32, 1 thread): 1.33x the px/s of 2,048 and bit-identical (tests/test_precision.py).
+#: machine (fp32, 1 thread): 1.33x the px/s of 2,048 and bit-identical (tests/model/test_precision.py).
 #: On a 2-core AMD EPYC without AVX-512 under heavy load the same day: 0.73x (bench entry
 #: ``timesenclip_cpu_batch_px_per_core_s``): re-measure before relying on either.
 CPU_PIXEL_BATCH = 256

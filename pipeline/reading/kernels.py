@@ -6,7 +6,7 @@
   Like GDAL's bilinear kernel with a source nodata value, nodata (and off-raster) neighbours get
   no weight and the remaining weights are renormalised; the result is rounded half up to uint16
   (GDAL's ``GWKRoundValueT``). A pixel whose valid weights sum to less than 0.5 (its nearest
-  source pixel is nodata) is nodata (0), as in GDAL 3.10 (measured: ``tests/test_reading.py``).
+  source pixel is nodata) is nodata (0), as in GDAL 3.10 (measured: ``tests/pipeline/reading/test_reading.py``).
 * :func:`reflectance`: scaling, harmonisation and masking in one pass over the integer DN:
   ``DN * scale + offset`` in float32 (the same two float32 operations, in the same order, as
   :func:`pipeline.cube.load_cube`), NaN where the DN is 0 or the SCL class is masked.

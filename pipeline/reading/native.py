@@ -11,7 +11,7 @@ pass over the integer DN; groups of one solar day are then fused as
 :func:`pipeline.cube.load_cube` fuses them.
 
 Same result as :func:`pipeline.cube.load_cube`, bit for bit (:data:`UPSAMPLE_TOLERANCE_DN` is 0,
-pinned by ``tests/test_reading.py``, including GDAL's nodata rule of the bilinear kernel), and the
+pinned by ``tests/pipeline/reading/test_reading.py``, including GDAL's nodata rule of the bilinear kernel), and the
 same offset warnings and :class:`pipeline.cube.ReadFailure` on unreadable input. Any other grid
 raises :class:`NotNative`, and :func:`pipeline.reading.load_reflectance` falls back to the
 general warp (odc-stac).

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from pipeline.base.errors import UserError
 from pipeline.config import from_mapping, load_yaml
+from tests.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

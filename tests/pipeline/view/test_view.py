@@ -34,8 +34,9 @@ from pipeline.writers import (
     write_legend_json,
     write_tile,
 )
+from tests.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 STATIC = ROOT / "pipeline" / "view" / "static"
 UTM = "EPSG:32632"
 NAMES = ["water", "tree cover", "crop land"]

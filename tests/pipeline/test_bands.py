@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,9 @@ from pipeline.bands import (
     scl_masked_classes,
 )
 from pipeline.base.errors import UserError
+from tests.paths import TEST_DATA
 
-DATA = Path(__file__).parent / "data" / "stac"
+DATA = TEST_DATA / "stac"
 
 
 def _load(name: str) -> dict:

@@ -12,12 +12,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 # 600 x 600 m in EPSG:3035 around (4,469,450, 2,800,000): the 12 E meridian (UTM 32 | 33) runs
 # through it north-south and the 2,800 km northing line (cells ...N27 | ...N28) west-east.
 REGION_3035 = (4_469_150.0, 2_799_700.0, 4_469_750.0, 2_800_300.0)

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from pipeline.base.errors import UserError
+from tests.paths import TEST_DATA
 
-CASES = Path(__file__).parent / "data" / "cases"
+CASES = TEST_DATA / "cases"
 SMALL = (600000.0, 5340000.0, 600640.0, 5340640.0)
 
 

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 # A 600 m x 600 m window inside the demo AOI (EPSG:32632), as lon/lat for --bbox.
 WINDOW_UTM = (600500.0, 5340500.0, 601100.0, 5341100.0)
 

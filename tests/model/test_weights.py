@@ -11,8 +11,9 @@ import pytest
 
 from model import weights
 from pipeline.base.errors import UserError
+from tests.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def _cli(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -20,6 +20,7 @@ from model.timesenclip import (
     temporal_median,
 )
 from pipeline.base.errors import UserError
+from tests.paths import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -285,9 +286,8 @@ def test_untrained_is_identical_across_processes():
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     procs = [  # run side by side
         subprocess.Popen(
             [sys.executable, "-c", _FINGERPRINT],

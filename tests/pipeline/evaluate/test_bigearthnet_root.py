@@ -5,16 +5,16 @@ torchgeo's parent folder with split CSVs. Found by the real-data suite (tests/re
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.base.errors import UserError
 from pipeline.evaluate.datasets import bigearthnet
+from tests.paths import TEST_DATA
 
 _spec = importlib.util.spec_from_file_location(
-    "make_eval_datasets", Path(__file__).parent / "data" / "make_eval_datasets.py"
+    "make_eval_datasets", TEST_DATA / "make_eval_datasets.py"
 )
 gen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gen)

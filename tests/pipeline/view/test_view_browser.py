@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.paths import REPO_ROOT
+
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 CHROMIUM = os.environ.get("S2LC_CHROMIUM", "/usr/bin/chromium")
 # How Chromium must start on these machines (no sandbox as root, no background network calls).
 CHROMIUM_ARGS = [

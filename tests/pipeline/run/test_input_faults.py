@@ -19,8 +19,10 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CASES = Path(__file__).parent / "data" / "cases"
+from tests.paths import REPO_ROOT, TEST_DATA
+
+ROOT = REPO_ROOT
+CASES = TEST_DATA / "cases"
 
 
 def _run(region: Path, url: str, out: Path, start: str, end: str, *extra: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +23,9 @@ from model.zeroshot import (
     select_prompts,
 )
 from pipeline.base.errors import UserError
+from tests.paths import TEST_DATA
 
-DATA = Path(__file__).parent / "data"
+DATA = TEST_DATA
 BUILTIN = {"demo": 6, "eurosat10": 10, "bigearthnet19": 19, "lucas-lc8": 8, "lucas-lu16": 16}
 
 

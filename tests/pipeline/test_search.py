@@ -22,6 +22,7 @@ from aoi import load_region
 from pipeline.base.errors import UserError
 from pipeline.search import NoScenesError, SearchConfig, search_items
 from pipeline.stac_profiles import PROFILES, sign_planetary_computer
+from tests.paths import REPO_ROOT
 
 YEAR = (dt.date(2023, 1, 1), dt.date(2023, 12, 31))
 
@@ -259,7 +260,7 @@ def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "S2LC_CACHE_DIR": str(cache)}
     return subprocess.run(
         [sys.executable, "-m", "pipeline", "search", *args],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=300,

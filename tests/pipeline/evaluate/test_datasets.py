@@ -18,9 +18,10 @@ from pipeline.evaluate.datasets import (
     eurosat_ms_bands,
     eurosat_rgb,
 )
+from tests.paths import TEST_DATA
 
 _spec = importlib.util.spec_from_file_location(
-    "make_eval_datasets", Path(__file__).parent / "data" / "make_eval_datasets.py"
+    "make_eval_datasets", TEST_DATA / "make_eval_datasets.py"
 )
 gen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gen)

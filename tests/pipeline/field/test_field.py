@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,9 @@ import torch
 import model
 from pipeline.base.errors import UserError
 from pipeline.field.codec import QMAX, fit_codec, identity_codec
+from tests.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def _embeddings(n=3000, d=512, rank=24, noise=0.3, seed=0):

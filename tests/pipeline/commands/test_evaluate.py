@@ -14,9 +14,10 @@ from pipeline.base.errors import UserError
 from pipeline.cli import main
 from pipeline.evaluate.area import stratified_estimates
 from pipeline.evaluate.labels import load_label_map, match_labels
+from tests.paths import TEST_DATA
 
 _spec = importlib.util.spec_from_file_location(
-    "make_eval_datasets", Path(__file__).parent / "data" / "make_eval_datasets.py"
+    "make_eval_datasets", TEST_DATA / "make_eval_datasets.py"
 )
 gen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gen)
