@@ -3,7 +3,6 @@ synthetic map whose Olofsson estimates are checked against the estimator directl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,13 +13,7 @@ from pipeline.base.errors import UserError
 from pipeline.cli import main
 from pipeline.evaluate.area import stratified_estimates
 from pipeline.evaluate.labels import load_label_map, match_labels
-from tests.paths import TEST_DATA
-
-_spec = importlib.util.spec_from_file_location(
-    "make_eval_datasets", TEST_DATA / "make_eval_datasets.py"
-)
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+from tests.data import make_eval_datasets as gen
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,12 @@ torchgeo's parent folder with split CSVs. Found by the real-data suite (tests/re
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 from pipeline.base.errors import UserError
 from pipeline.evaluate.datasets import bigearthnet
-from tests.paths import TEST_DATA
-
-_spec = importlib.util.spec_from_file_location(
-    "make_eval_datasets", TEST_DATA / "make_eval_datasets.py"
-)
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+from tests.data import make_eval_datasets as gen
 
 
 def test_patch_folder_root_reads_like_torchgeo_root(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,7 @@ from pipeline.evaluate.datasets import (
     eurosat_ms_bands,
     eurosat_rgb,
 )
-from tests.paths import TEST_DATA
-
-_spec = importlib.util.spec_from_file_location(
-    "make_eval_datasets", TEST_DATA / "make_eval_datasets.py"
-)
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+from tests.data import make_eval_datasets as gen
 
 
 @pytest.fixture(scope="module")
