@@ -50,8 +50,12 @@ GRIDDED_PRODUCTS = (
 )
 #: Sidecars of the products (GDAL category names of class layers for QGIS), cleared with them.
 SIDECARS = tuple(f"{s.cog}.tif.aux.xml" for s in cog_layers("map") if s.kind == "classes")
-#: Products only some runs make (``--save-embeddings``), cleared with the others.
-OPTIONAL_PRODUCTS = product_files("field")
+#: Products only some runs make (``--save-embeddings``; the true-colour composite and its
+#: quicklook when the tiles wrote one), cleared with the others so ``--overwrite`` leaves none stale.
+OPTIONAL_PRODUCTS = (
+    *product_files("field", "tile"),
+    *(f"{s.cog}.png" for s in cog_layers("tile") if s.kind == "rgb"),
+)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,13 @@ def test_overwrite_clears_products_and_staging_but_nothing_else(tmp_path):
     ws.prepare("h1", overwrite=False)
     ws.save_manifest({"output_hash": "h1"})
     ws.mark_done("r0000_c0000", {})
-    for name in ("classes.tif", "classes.tif.aux.xml", "field.tif"):
+    for name in (
+        "classes.tif",
+        "classes.tif.aux.xml",
+        "field.tif",
+        "composite_rgb.tif",
+        "composite_rgb.png",
+    ):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "cells").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
