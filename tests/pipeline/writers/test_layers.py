@@ -124,4 +124,9 @@ def test_the_workspace_lists_the_tables_products():
     assert PRODUCTS[1:4] == ("classes.tif", "confidence.tif", "valid_obs.tif")
     assert GRIDDED_PRODUCTS[2:5] == ("classes.vrt", "confidence.vrt", "valid_obs.vrt")
     assert SIDECARS == ("classes.tif.aux.xml",)
-    assert OPTIONAL_PRODUCTS == ("field.tif", "field_scale.tif")
+    assert OPTIONAL_PRODUCTS == (
+        "field.tif",
+        "field_scale.tif",
+        "composite_rgb.tif",
+        "composite_rgb.png",
+    )
