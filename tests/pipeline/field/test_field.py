@@ -150,7 +150,7 @@ def env(demo_catalog):
 
 @pytest.fixture(scope="module")
 def field_map(env, tmp_path_factory):
-    from test_run import _base_args
+    from tests.pipeline.run.test_driver import _base_args
 
     out = tmp_path_factory.mktemp("field") / "map"
     args = ["run", "--no-progress", "--workers", "2", *_base_args(), "--out", str(out)]

@@ -56,9 +56,9 @@ def test_cdse_catalogue_with_two_baselines_maps_each_acquisition_once(tmp_path, 
     """Cases unrecognised-asset-keys-empty-map + duplicate-acquisition-two-baselines, together:
     CDSE asset keys with asset-level proj:code, every acquisition published twice."""
     import rasterio
-    from test_input_faults import _to_cdse, _two_baselines
 
     from pipeline.testing.stac_server import serve
+    from tests.pipeline.test_input_faults import _to_cdse, _two_baselines
 
     feats, b05 = _two_baselines(tmp_path)
     doc = _to_cdse({"features": feats})

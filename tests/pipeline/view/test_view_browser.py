@@ -123,7 +123,7 @@ def viewer(demo_map) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def planted_viewer(tmp_path_factory) -> Iterator[tuple[str, dict]]:
     """The viewer over the 3-class planted map of test_view.py (written by the project's writers)."""
-    from test_view import write_view_map
+    from tests.pipeline.view.test_view import write_view_map
 
     m = write_view_map(tmp_path_factory.mktemp("planted"))
     with _serve(m["root"]) as url:
@@ -174,7 +174,7 @@ def _open(browser, url: str) -> tuple:
 
 
 def test_planted_classes_render_in_legend_colours_and_toggle(browser, planted_viewer):
-    from test_view import COLORS
+    from tests.pipeline.view.test_view import COLORS
 
     url, m = planted_viewer
     page, errors, outside = _open(browser, url)
