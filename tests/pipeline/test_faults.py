@@ -36,8 +36,9 @@ def _items(folder):
 
 
 def _geobox():
-    from conftest import SMALL_BOUNDS
     from odc.geo.geobox import GeoBox
+
+    from tests.conftest import SMALL_BOUNDS
 
     return GeoBox.from_bbox(SMALL_BOUNDS, "EPSG:32632", resolution=10)
 

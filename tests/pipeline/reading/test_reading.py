@@ -79,11 +79,11 @@ def test_same_day_scenes_fuse_like_odc_stac(es_scenes):
 
 def test_demo_layouts_and_harmonisation_match(small_catalog, small_pc_catalog):
     """Earth Search v1 and Planetary Computer (DN + 1000 from baseline 04.00) both match."""
-    from conftest import SMALL_BOUNDS
     from odc.geo.geobox import GeoBox
 
     from pipeline.cube import load_cube
     from pipeline.reading import BlockReader, load_reflectance
+    from tests.conftest import SMALL_BOUNDS
 
     gb = GeoBox.from_bbox(SMALL_BOUNDS, "EPSG:32632", resolution=10)
     for folder in (small_catalog, small_pc_catalog):

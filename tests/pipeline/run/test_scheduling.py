@@ -46,8 +46,9 @@ def test_select_tiles_dead_letter_and_retry_failed():
 @pytest.fixture()
 def one_bad_tile_catalog(small_catalog, tmp_path):
     """The small catalog plus a scene covering only the first 32 px tile, with a corrupt COG."""
-    from conftest import SMALL_BOUNDS
     from pyproj import Transformer
+
+    from tests.conftest import SMALL_BOUNDS
 
     root = tmp_path / "cat"
     shutil.copytree(small_catalog, root)
@@ -75,8 +76,9 @@ def one_bad_tile_catalog(small_catalog, tmp_path):
 
 
 def _bbox():
-    from conftest import SMALL_BOUNDS
     from pyproj import Transformer
+
+    from tests.conftest import SMALL_BOUNDS
 
     tr = Transformer.from_crs(32632, 4326, always_xy=True)
     w, s, e, n = SMALL_BOUNDS
