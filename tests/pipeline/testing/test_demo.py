@@ -185,3 +185,15 @@ def test_serving_a_folder_without_a_catalog_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="missing"):
         with serve(tmp_path):
             pass
+
+
+def test_the_former_import_paths_still_give_the_generator_and_the_server():
+    """Scripts written before the move under pipeline.testing keep working (issue 14)."""
+    import pipeline.demo as old_demo
+    import pipeline.stac_server as old_server
+    import pipeline.testing.demo as demo
+    import pipeline.testing.stac_server as server
+
+    assert old_demo.generate_catalog is demo.generate_catalog
+    assert old_demo.ensure_demo_catalog is demo.ensure_demo_catalog
+    assert old_server.serve is server.serve
