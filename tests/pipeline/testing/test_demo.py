@@ -197,3 +197,10 @@ def test_the_former_import_paths_still_give_the_generator_and_the_server():
     assert old_demo.generate_catalog is demo.generate_catalog
     assert old_demo.ensure_demo_catalog is demo.ensure_demo_catalog
     assert old_server.serve is server.serve
+
+
+def test_the_former_runner_path_still_gives_the_run_driver():
+    import pipeline.run.driver as driver
+    import pipeline.runner as old_runner
+
+    assert old_runner.execute is driver.execute
