@@ -122,24 +122,26 @@ MIN_SPLIT_TILE = 64
 
 def fit_tiles_to_workers(
     geometry: Any, crs: str, resolution: float, tile_size: int, workers: int, floor: int
-) -> int:
-    """The tile edge that gives every worker of a small run a tile.
+) -> TileGrid:
+    """The output grid, tiled so that every worker of a small run gets a tile.
 
-    A region smaller than ``workers`` tiles is split finer: ``tile_size`` is halved while the grid
+    A region smaller than ``workers`` tiles is split finer: the tile edge is halved while the grid
     has fewer tiles than ``workers`` and the half is at least ``floor`` (and at least
     :data:`MIN_SPLIT_TILE`), stays an integer, and (gridded runs) still divides the 100 km cell.
-    Larger regions keep ``tile_size``. The grid's extent never changes, only its tiling.
+    Larger regions keep ``tile_size`` (their grid is built once). The grid's extent never
+    changes, only its tiling.
 
     :param workers: worker processes the tiles are spread over (>= 1).
     :param floor: smallest acceptable edge, e.g. a patch model's chip window.
-    :returns: the tile edge in pixels (``tile_size`` when no split is needed or possible).
+    :returns: the :func:`output_grid` at the chosen tile edge (``grid.tile_size``).
     """
     floor = max(MIN_SPLIT_TILE, floor)
     cell_px = CELL_M / resolution if is_gridded(crs) else None
-    size = tile_size
-    while len(output_grid(geometry, crs, resolution, size).tiles) < workers:
+    grid = output_grid(geometry, crs, resolution, tile_size)
+    while len(grid.tiles) < workers:
+        size = grid.tile_size
         half = size // 2
         if size % 2 or half < floor or (cell_px is not None and cell_px % half):
             break
-        size = half
-    return size
+        grid = output_grid(geometry, crs, resolution, half)
+    return grid

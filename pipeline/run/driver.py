@@ -81,8 +81,8 @@ def execute(cfg: RunConfig) -> int:
     with _timed(run, "search"):
         find_scenes(run)
     with _timed(run, "plan"):
-        run.cfg = fit_tile_size(run.cfg, run.cluster, run.previous if run.resumable else None)
-        run.plan = make_plan(run.cfg)
+        run.cfg, grid = fit_tile_size(run.cfg, run.cluster, run.previous if run.resumable else None)
+        run.plan = make_plan(run.cfg, grid)
     open_store(run)
     with open_client(run.cluster) as client:
         with _timed(run, "calibrate"):

@@ -18,6 +18,7 @@ from pipeline.base.errors import UserError
 from pipeline.base.hashing import sha256_file
 from pipeline.run_config import RunConfig
 from pipeline.scenes import SceneLedger
+from pipeline.tiling import TileGrid
 from pipeline.window import items_for
 from pipeline.workspace import TileFailure, Workspace
 
@@ -184,46 +185,56 @@ def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
     return cfg.with_(precision=resolved), info
 
 
-def fit_tile_size(cfg: RunConfig, cluster: Any, previous: dict[str, Any] | None) -> RunConfig:
-    """The run's settings with tiles small enough that every worker gets one.
+def fit_tile_size(
+    cfg: RunConfig, cluster: Any, previous: dict[str, Any] | None
+) -> tuple[RunConfig, TileGrid]:
+    """The run's settings with tiles small enough that every worker gets one, and their grid.
 
     A region smaller than workers x tile is split finer (:func:`pipeline.cells.fit_tiles_to_workers`;
     never below a patch model's chip window). A resumed run keeps the tile edge recorded in its
     manifest, whatever the workers now, so its finished tiles still fit. The output hash is taken
-    before this, from the tile size asked for.
+    before this, from the tile size asked for. The grid goes to :func:`make_plan`, so it is built
+    once.
 
     :param cluster: the run's :class:`~pipeline.cluster.ClusterConfig`.
     :param previous: the manifest of the run being resumed, or None.
     """
-    from pipeline.cells import fit_tiles_to_workers
+    from pipeline.cells import fit_tiles_to_workers, output_grid
 
     asked = cfg.chips.tile_size
+    region, geometry = resolve_region(cfg)
+    workers = None if previous is not None else cluster.planned_workers()
     if previous is not None:
         size = int((previous.get("config") or {}).get("tile_size", asked))
-    else:
-        workers = cluster.planned_workers()
-        if not workers or workers < 2:
-            return cfg
-        region, geometry = resolve_region(cfg)
-        size = fit_tiles_to_workers(
+        grid = output_grid(geometry, region.crs, region.resolution, size)
+    elif workers and workers >= 2:
+        grid = fit_tiles_to_workers(
             geometry, region.crs, region.resolution, asked, workers, cfg.halo
         )
-        if size != asked:
-            _log.info(
-                "small region: tiles of %d px instead of %d, so that all %d workers get one",
-                size,
-                asked,
-                workers,
-            )
-    return cfg if size == asked else cfg.with_(tile_size=size)
+    else:
+        grid = output_grid(geometry, region.crs, region.resolution, asked)
+    size = grid.tile_size
+    if size != asked and previous is None:
+        _log.info(
+            "small region: tiles of %d px instead of %d, so that all %d workers get one",
+            size,
+            asked,
+            workers,
+        )
+    return (cfg if size == asked else cfg.with_(tile_size=size)), grid
 
 
-def make_plan(cfg: RunConfig) -> Plan:
-    """Resolve region, grid, model identity and classifier on the driver (fails before writing)."""
+def make_plan(cfg: RunConfig, grid: TileGrid | None = None) -> Plan:
+    """Resolve region, grid, model identity and classifier on the driver (fails before writing).
+
+    :param grid: the run's output grid when already built (:func:`fit_tile_size`); else built
+        here at ``cfg.chips.tile_size``.
+    """
     from pipeline.cells import output_grid
 
     region, geometry = resolve_region(cfg)
-    grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
+    if grid is None:
+        grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
     m = cfg.model.load()
     names, colors, legend_info, w = _legend_and_classifier(cfg, m)
     if len(names) > 254:
