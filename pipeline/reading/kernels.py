@@ -106,14 +106,18 @@ def reflectance(dn, scl, scale, offset, masked, out):  # pragma: no cover - jit
     """
     nt, nb, ny, nx = dn.shape
     nan = np.float32(np.nan)
+    bad = np.empty(nx, np.bool_)
     for t in range(nt):
         s = scale[t]
         o = offset[t]
-        for b in range(nb):
-            for i in range(ny):
+        for i in range(ny):
+            # The SCL lookup once per pixel, then each band over contiguous x (branch-free).
+            for j in range(nx):
+                bad[j] = masked[scl[t, i, j]]
+            for b in range(nb):
+                src = dn[t, b, i]
+                dst = out[t, b, i]
                 for j in range(nx):
-                    v = dn[t, b, i, j]
-                    if v == 0 or masked[scl[t, i, j]]:
-                        out[t, b, i, j] = nan
-                    else:
-                        out[t, b, i, j] = np.float32(v) * s + o
+                    v = src[j]
+                    r = np.float32(v) * s + o
+                    dst[j] = nan if (v == 0 or bad[j]) else r

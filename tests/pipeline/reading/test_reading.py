@@ -77,6 +77,30 @@ def test_same_day_scenes_fuse_like_odc_stac(es_scenes):
     np.testing.assert_array_equal(got.values, ref.values)
 
 
+def test_one_reader_reuses_its_work_arrays_without_stale_pixels(es_scenes):
+    """Windows of one shape on one reader (its DN work arrays reused): a window inside the
+    raster, one beyond its edge (nodata there), then a same-day pair fused over the previous
+    window's DN; each equals odc-stac's read on its own."""
+    from pipeline.cube import load_cube
+    from pipeline.reading import BlockReader, load_reflectance
+
+    later = copy.deepcopy(es_scenes[0])
+    later["id"] = "S2B_32TNT_20230105_1_L2A"
+    later["properties"]["datetime"] = "2023-01-05T10:31:00.000000Z"
+    for key, asset in later["assets"].items():
+        asset["href"] = es_scenes[1]["assets"][key]["href"]
+    reader = BlockReader()
+    for items, window in (
+        (es_scenes, (100, 200, 96, 96)),
+        (es_scenes, (460, 470, 96, 96)),
+        ([later, *es_scenes], (0, 0, 96, 96)),
+        ([later, *es_scenes], (300, 20, 96, 96)),
+    ):
+        gb = _geobox(*window)
+        got = load_reflectance(items, gb, reader=reader)
+        np.testing.assert_array_equal(got.values, load_cube(items, gb).values)
+
+
 def test_demo_layouts_and_harmonisation_match(small_catalog, small_pc_catalog):
     """Earth Search v1 and Planetary Computer (DN + 1000 from baseline 04.00) both match."""
     from odc.geo.geobox import GeoBox
