@@ -102,7 +102,8 @@ def product_load(items: list[dict], tile: int, group: int, composite: bool = Fal
     load = comp = 0.0
     for r, c in windows(SIZE, tile, group):
         t = time.process_time()
-        refl = load_reflectance(items, _geobox(r, c, tile, tile), reader=reader)
+        # as composite_window loads (the values composited at once, in the reader's work array)
+        refl = load_reflectance(items, _geobox(r, c, tile, tile), reader=reader, work_buffer=True)
         load += time.process_time() - t
         assert refl.native
         if composite:
