@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -256,6 +257,9 @@ def build_cogs(
     class_names: Sequence[str],
     colors: Sequence[Any],
     period_labels: Sequence[str] | None = None,
+    *,
+    threads: int | None = None,
+    cpu_seconds: dict[str, float] | None = None,
 ) -> dict[str, Path]:
     """Mosaic per-tile GeoTIFFs (a folder of ``<tile id>/`` folders) or a map store into COGs.
 
@@ -263,6 +267,9 @@ def build_cogs(
         or the Zarr map store (read through GDAL's Zarr driver).
     :param period_labels: descriptions of the per-period ``valid_obs`` bands (default: those
         stored in the tile files or the store).
+    :param threads: GDAL threads per layer (default: :func:`pipeline.reading.blocks.worker_cores`).
+    :param cpu_seconds: if given, receives each layer's CPU seconds (its writing thread; with
+        ``threads`` 1 that is all of the layer's work), for benchmarks.
     :returns: ``{"classes": out_dir/classes.tif, "confidence": ..., "valid_obs": ...}``, plus
         ``"composite_rgb"`` when the tiles wrote a true-colour composite.
 
@@ -274,7 +281,7 @@ def build_cogs(
     if len(colors) < len(class_names):
         raise ValueError(f"{len(class_names)} classes but {len(colors)} colours")
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = worker_cores()
+    threads = threads or worker_cores()
     # The layers are written side by side, each in a pool thread (rasterio gives pool threads
     # their own GDAL settings, so one layer's PAM setting is not another's), and each layer's
     # COG driver compresses blocks and computes overviews on the worker's cores: the layers
@@ -296,6 +303,9 @@ def build_cogs(
             for spec in TILE_LAYERS
         ]
         written = [f.result() for f in futures]
+    if cpu_seconds is not None:
+        cpu_seconds.update({str(spec.cog): w[1] for spec, w in zip(TILE_LAYERS, written) if w})
+    written = [w[0] if w else None for w in written]
     return {str(spec.cog): path for spec, path in zip(TILE_LAYERS, written, strict=True) if path}
 
 
@@ -308,8 +318,9 @@ def _write_layer(
     colors: Sequence[Any],
     period_labels: Sequence[str] | None,
     threads: int,
-) -> Path | None:
-    """One layer's COG (None for an optional layer the tiles did not write)."""
+) -> tuple[Path, float] | None:
+    """(the layer's COG, this thread's CPU seconds) (None: an optional layer not written)."""
+    t0 = time.thread_time()
     import rasterio
     import rasterio.shutil
 
@@ -387,4 +398,4 @@ def _write_layer(
         finally:
             remove_path(vrt_path)
             remove_path(tmp.with_name(tmp.name + ".aux.xml"))
-    return final
+    return final, time.thread_time() - t0
