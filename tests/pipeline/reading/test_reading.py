@@ -212,6 +212,25 @@ def test_upsample_kernel_matches_gdal_bilinear_with_nodata():
             np.testing.assert_array_equal(got, ref, err_msg=f"{kind} {(r0, c0, h, w)}")
 
 
+def test_nearest_kernel_matches_index_arithmetic_at_any_offset():
+    """2x nearest (SCL, 20 m bands): 10 m pixel g reads 20 m pixel g // 2; outside ``src`` is 0.
+    Random windows straddle every edge, with odd and negative offsets."""
+    from pipeline.reading.kernels import upsample2x_nearest
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        h, w, ny, nx = (int(v) for v in rng.integers(1, 40, 4))
+        sr0, sc0, gr, gc = (int(v) for v in rng.integers(-6, 30, 4))
+        src = rng.integers(1, 255, (h, w)).astype(np.uint8)
+        got = np.full((ny, nx), 99, np.uint8)
+        upsample2x_nearest(src, sr0, sc0, gr, gc, got)
+        r = (gr + np.arange(ny)) // 2 - sr0
+        c = (gc + np.arange(nx)) // 2 - sc0
+        inside = ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
+        want = np.where(inside, src[np.clip(r, 0, h - 1)][:, np.clip(c, 0, w - 1)], 0)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_reflectance_kernel_masks_and_scales():
     from pipeline.reading.kernels import reflectance
 
