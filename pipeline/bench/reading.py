@@ -222,9 +222,8 @@ def composite_cpu_s_per_mpx(acquisitions: int, tile: int = TILE) -> float:
 
 def _peak_rss(tile: int, group: int) -> dict:
     """In this (fresh) process: load + composite one ``group`` px read unit at ``tile`` px tiles;
-    peak RSS (MiB) before and after, and the reader's block cache at the end."""
-    import resource
-
+    peak RSS (MiB, ``VmHWM``: unlike ``ru_maxrss`` it does not carry the parent's peak over
+    ``exec``) before and after, and the reader's block cache at the end."""
     from pipeline.base.paths import cache_dir
     from pipeline.bench.cogs import provider_scenes
     from pipeline.composite import composite as make_composite
@@ -233,14 +232,22 @@ def _peak_rss(tile: int, group: int) -> dict:
     items = provider_scenes(cache_dir("bench", "cogs"), SIZE, ACQUISITIONS, BLOCK)
     reader = BlockReader()
     load_reflectance(items, _geobox(0, 0, 64, 64), reader=BlockReader())
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _vm_hwm_mib()
     for r, c in windows(group, tile, group):
         refl = load_reflectance(items, _geobox(r, c, tile, tile), reader=reader, work_buffer=True)
         make_composite(
             refl.values, refl.times, dt.date(2023, 1, 1), dt.date(2023, 12, 31), "monthly"
         )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _vm_hwm_mib()
     return {"baseline_mib": before, "peak_mib": peak, "block_cache_mib": reader.cached_mb}
+
+
+def _vm_hwm_mib() -> float:
+    """This process's peak resident set (``VmHWM`` of ``/proc/self/status``), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def peak_rss(tile: int, group: int = 2 * BLOCK) -> dict:

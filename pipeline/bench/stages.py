@@ -33,7 +33,8 @@ def data_path_entry() -> Entry:
     cube = load_cube(items, geobox, pool=1)
     values = np.asarray(cube.values, np.float32)
     t_load = time.perf_counter() - t
-    t = time.perf_counter()
+    composite(values[:, :, :4, :4], cube["time"].values, region.start, region.end, "monthly")
+    t = time.perf_counter()  # compiled above: the kernel's first call compiles it
     composite(values, cube["time"].values, region.start, region.end, "monthly")
     t_comp = time.perf_counter() - t
     px = geobox.shape[0] * geobox.shape[1]
