@@ -177,8 +177,8 @@ def resolve(
         "requested": "auto",
         "resolved": "bf16" if ok else "fp32",
         "reason": (
-            f"bf16 {meas['speedup']:.2f}x fp32 CPU time, argmax agreement "
-            f"{100 * meas['agreement']:.2f} % (needs >= {MIN_SPEEDUP}x and "
+            f"bf16 runs {meas['speedup']:.2f}x as fast as fp32 per CPU-second, argmax "
+            f"agreement {100 * meas['agreement']:.2f} % (needs >= {MIN_SPEEDUP}x as fast and "
             f">= {100 * MIN_AGREEMENT:.0f} %)"
         ),
         **meas,
