@@ -73,11 +73,13 @@ def run_tiles(
     earlier = ws.failed_tiles()
     tile_of: dict[str, tuple[Any, int]] = {}
 
+    output_hash = cfg.output_hash()
+
     def submit(tile, attempt: int = 1):
         fut = client.submit(
             task,
             tile_job(cfg, plan, ws, inputs, tile, calibration, field),
-            key=f"tile-{tile.id}-{cfg.output_hash()}-{attempt}",
+            key=f"tile-{tile.id}-{output_hash}-{attempt}",
             retries=0,  # retried here, so attempts are counted and recorded
             resources=resources,
             pure=False,
@@ -90,12 +92,17 @@ def run_tiles(
         tile_of[fut.key] = (tile, attempt)
         return fut
 
-    ac = as_completed([submit(pending.pop(0)) for _ in range(min(max_in_flight, len(pending)))])
-    for fut in ac:
+    # Results are gathered as tasks finish (with_results), not by one round trip each here.
+    ac = as_completed(
+        [submit(pending.pop(0)) for _ in range(min(max_in_flight, len(pending)))],
+        with_results=True,
+        raise_errors=False,
+    )
+    for fut, result in ac:
         tile, attempt = tile_of.pop(fut.key)
         tid = tile.id
         if fut.status == "finished":
-            s = fut.result()
+            s = result
             ws.mark_done(tid, s)
             stats[tid] = s
         else:
