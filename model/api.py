@@ -84,15 +84,16 @@ def _load_senclip(checkpoint, *, arch, clip_checkpoint, untrained, device, seed)
 def _clip_text_from_spec(spec: str) -> tuple[Any, str]:
     """A CLIP ViT-B/32 text tower from a spec: ``untrained-seed<k>``, a weights name or a path."""
     from model.checkpoints import read_checkpoint
-    from model.clip import ClipText, build_clip, load_clip
+    from model.clip import ClipText, load_clip, untrained_text_tower
 
     m = _UNTRAINED_RE.match(str(spec))
     if m:
-        net, ident = build_clip("ViT-B-32", int(m.group(1))), f"untrained-seed{m.group(1)}"
+        seed = int(m.group(1))
+        net, ident = untrained_text_tower("ViT-B-32", seed), f"untrained-seed{seed}"
     else:
         ckpt = read_checkpoint(_checkpoint_file(spec))
         net, ident = load_clip(ckpt, "ViT-B-32"), f"ViT-B-32:{ckpt.sha256}"
-    net.visual = None  # only the text tower is used; frees ~88M parameters
+        net.visual = None  # only the text tower is used; frees ~88M parameters
     return ClipText(net, "ViT-B-32"), ident
 
 

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoints import Checkpoint, find_prefix, match_keys, strip_prefix
+from pipeline.base.atomic import atomic_path
 from pipeline.base.errors import UserError
+from pipeline.base.paths import cache_dir
 
 _log = logging.getLogger(__name__)
 
@@ -92,6 +94,41 @@ def build_clip(arch: str, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
         net = open_clip.create_model(name, pretrained=None)
     net.eval()
+    return net
+
+
+def untrained_text_tower(arch: str, seed: int = 0) -> torch.nn.Module:
+    """The text tower of :func:`build_clip` ``(arch, seed)`` (``visual`` removed), the same
+    values, cached on disk after the first build.
+
+    A random CLIP costs seconds to initialise (151M parameters for ViT-B/32, most of them in the
+    image tower, whose random draws come first and so cannot be skipped), and the untrained demo
+    needs only its text tower, in every process that encodes prompts. The first build stores the
+    text tower's state dict under ``cache_dir("untrained")`` (~250 MB for ViT-B/32), keyed by
+    architecture, seed and the open_clip and torch versions (their RNG use decides the values);
+    later processes load it into an uninitialised network instead. An unreadable cache entry is
+    rebuilt.
+    """
+    import open_clip  # noqa: PLC0415 (lazy: open_clip takes seconds to import)
+
+    name = open_clip_name(arch)
+    key = f"{name}-seed{seed}-open_clip{open_clip.__version__}-torch{torch.__version__}"
+    path = cache_dir("untrained") / f"{key.replace('+', '_')}.text.pt"
+    net = _empty_clip(arch) if path.is_file() else None
+    if net is not None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            if unexpected or any(not k.startswith("visual.") for k in missing):
+                raise ValueError(f"keys differ (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            net.visual = None
+            return net.eval()
+        except Exception as exc:  # noqa: BLE001 - a bad cache entry is rebuilt, never fatal
+            _log.warning("ignoring unreadable text-tower cache %s (%s)", path, exc)
+    net = build_clip(arch, seed)
+    net.visual = None
+    with atomic_path(path) as tmp:
+        torch.save(net.state_dict(), tmp)
     return net
 
 
