@@ -10,7 +10,9 @@
    (:mod:`pipeline.bench.scale`: tasks per second, driver peak memory, work-order size).
 
 Results go to ``bench/results.json`` (``scale_*`` entries). Run as
-``python -m tests.integration.bench_scale [--regions luxembourg eu27] [--tile-size 2000]``.
+``python -m tests.integration.bench_scale [--regions luxembourg eu27] [--tile-size 2000]
+[--no-search eu27]`` (``--no-search``: that region is planned offline and scheduled on the items a
+correct search returns; EU-27's search through pgstac takes ~45 min on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -75,13 +77,21 @@ def _footprints(root: Path) -> tuple[list, np.ndarray]:
     return feet, np.asarray(cloud, np.float64)
 
 
-def _expected(feet: list, cloud: np.ndarray, geometry) -> int:
-    """Items a correct search returns: footprint meets the region, cloud cover <= the limit."""
+def _expected(feet: list, cloud: np.ndarray, geometry) -> np.ndarray:
+    """(N,) bool: the items a correct search returns (footprint meets the region, cloud cover
+    <= the limit)."""
     import shapely
 
     shapely.prepare(geometry)
-    hit = shapely.intersects(feet, geometry)
-    return int(np.sum(hit & (cloud <= MAX_CLOUD)))
+    return np.asarray(shapely.intersects(feet, geometry)) & (cloud <= MAX_CLOUD)
+
+
+def _write_selected(root: Path, keep: np.ndarray, out: Path) -> None:
+    """The catalog's lines where ``keep`` (streamed, copied as they are) to ``out``."""
+    with open(root / "items.ndjson") as src, atomic_path(out) as tmp, open(tmp, "w") as dst:
+        for line, k in zip(src, keep, strict=True):
+            if k:
+                dst.write(line)
 
 
 def _search(name: str, url: str, out: Path) -> int:
@@ -131,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regions", nargs="+", default=["luxembourg", "eu27"])
     ap.add_argument("--tile-size", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--no-search",
+        nargs="*",
+        default=[],
+        metavar="REGION",
+        help="regions whose pgstac search is skipped (EU-27 pages at ~3 s each here, ~45 min): "
+        "they are planned --offline and scheduled on the items a correct search returns",
+    )
     a = ap.parse_args(argv)
     machine = f"{os.cpu_count()} CPU cores, {host_info()['platform']}"
     root = _catalog(cache_dir("scale", f"eu27-{YEAR}"))
@@ -144,16 +162,25 @@ def main(argv: list[str] | None = None) -> int:
         load_s = time.perf_counter() - t
         print(f"pgstac: {len(feet)} items loaded in {load_s:.0f} s", flush=True)
         for name in a.regions:
-            expect = _expected(feet, cloud, load_region(name).geometry)
-            items_file = root / f"search-{name}.ndjson"
-            out, _, search_mb = _child(
-                [sys.executable, "-m", "tests.integration.bench_scale", "search", name,
-                 server.url, str(items_file)]
-            )  # fmt: skip
-            found = json.loads(out)
+            keep = _expected(feet, cloud, load_region(name).geometry)
+            expect = int(keep.sum())
+            searched = name not in a.no_search
+            plan_args = ["--stac-url", server.url] if searched else ["--offline"]
+            if searched:
+                items_file = root / f"search-{name}.ndjson"
+                out, _, search_mb = _child(
+                    [sys.executable, "-m", "tests.integration.bench_scale", "search", name,
+                     server.url, str(items_file)]
+                )  # fmt: skip
+                found = json.loads(out)
+            else:
+                items_file = root / f"expected-{name}.ndjson"
+                _write_selected(root, keep, items_file)
+                found = {"items": expect, "matched": None, "search_s": None, "page_size": 1}
+                search_mb = None
             _, plan_s, plan_mb = _child(
                 [sys.executable, "-m", "pipeline", "-q", "plan", "--region", name, "--year",
-                 str(YEAR), "--stac-url", server.url, "--tile-size", str(a.tile_size),
+                 str(YEAR), *plan_args, "--tile-size", str(a.tile_size),
                  "--plan-out", str(root / f"plan-{name}.json")]
             )  # fmt: skip
             out, _, sched_mb = _child(
@@ -168,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                 "search_s": found["search_s"],
                 "search_peak_mb": search_mb,
                 # one page per page_size items of each searched part (months when split)
-                "pages_min": math.ceil(found["items"] / found["page_size"]),
+                "pages_min": math.ceil(found["items"] / found["page_size"]) if searched else None,
+                "searched": searched,
                 "plan_s": plan_s,
                 "plan_peak_mb": plan_mb,
                 **sched,
@@ -187,12 +215,25 @@ def main(argv: list[str] | None = None) -> int:
                   device="scheduling", threads=a.workers, notes=notes),
             Entry(f"scale_driver_peak_mb_{name}", r["driver_peak_mb"], "MB",
                   device="scheduling", notes={"tiles": r["tiles"], "items": r["items"]}),
-            Entry(f"scale_search_s_{name}", r["search_s"], "s", device="pgstac",
-                  notes={"items": r["items_found"], "pages_min": r["pages_min"],
-                         "peak_mb": r["search_peak_mb"]}),
-            Entry(f"scale_plan_s_{name}", r["plan_s"], "s", device="pgstac",
-                  notes={"peak_mb": r["plan_peak_mb"]}),
+            Entry(f"scale_work_order_bytes_{name}", r["work_order_bytes_mean"], "bytes",
+                  device="scheduling",
+                  notes={"max": r["work_order_bytes_max"],
+                         "inlined_mean": r["inlined_work_order_bytes_mean"],
+                         "inlined_max": r["inlined_work_order_bytes_max"], "pickled": True}),
         ]  # fmt: skip
+        if r["searched"]:
+            entries += [
+                Entry(f"scale_search_s_{name}", r["search_s"], "s", device="pgstac",
+                      notes={"items": r["items_found"], "pages_min": r["pages_min"],
+                             "peak_mb": r["search_peak_mb"]}),
+                Entry(f"scale_plan_s_{name}", r["plan_s"], "s", device="pgstac",
+                      notes={"peak_mb": r["plan_peak_mb"]}),
+            ]  # fmt: skip
+        else:
+            entries.append(
+                Entry(f"scale_plan_offline_s_{name}", r["plan_s"], "s", device="cpu",
+                      notes={"peak_mb": r["plan_peak_mb"], "tile_size": a.tile_size})
+            )  # fmt: skip
     if len(rows) >= 2:
         small, big = (rows[n] for n in list(rows)[:2])
         growth = (big["driver_peak_mb"] / small["driver_peak_mb"]) / (big["tiles"] / small["tiles"])
