@@ -120,7 +120,9 @@ def untrained_text_tower(arch: str, seed: int = 0) -> torch.nn.Module:
             state = torch.load(path, map_location="cpu", weights_only=True)
             missing, unexpected = net.load_state_dict(state, strict=False)
             if unexpected or any(not k.startswith("visual.") for k in missing):
-                raise ValueError(f"keys differ (missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise ValueError(
+                    f"keys differ (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                )
             net.visual = None
             return net.eval()
         except Exception as exc:  # noqa: BLE001 - a bad cache entry is rebuilt, never fatal

@@ -156,6 +156,50 @@ def _medians_sort(values, order, k0, m, b, y, ok, out_row, buf):
             out_row[x] = np.float32((np.float64(s[h - 1]) + np.float64(s[h])) / 2.0)
 
 
+@numba.njit(cache=True, nogil=True)
+def _gap_fill_row(cnt, centers, out, y, prev, nxt):
+    """Fill one row's periods without observations (``cnt`` 0) from their valid neighbours.
+
+    Linear in time between the nearest valid periods before and after (weights from the period
+    mid-points ``centers``), or the nearest valid period at the ends. ``prev``/``nxt`` ((P, X)
+    int64 scratch) get the nearest valid period at or before / at or after each period, so the
+    fill runs band by band over contiguous x (the same float operations as a per-pixel search).
+    """
+    np_, nx = cnt.shape
+    nb = out.shape[1]
+    for p in range(np_):
+        for x in range(nx):
+            if cnt[p, x] > 0:
+                prev[p, x] = p
+            elif p > 0:
+                prev[p, x] = prev[p - 1, x]
+            else:
+                prev[p, x] = -1
+    for p in range(np_ - 1, -1, -1):
+        for x in range(nx):
+            if cnt[p, x] > 0:
+                nxt[p, x] = p
+            elif p < np_ - 1:
+                nxt[p, x] = nxt[p + 1, x]
+            else:
+                nxt[p, x] = np_
+    for p in range(np_):
+        for b in range(nb):
+            dst = out[p, b, y]
+            for x in range(nx):
+                if cnt[p, x] > 0:
+                    continue
+                a = prev[p, x]
+                c = nxt[p, x]
+                if a >= 0 and c < np_:
+                    w = (centers[p] - centers[a]) / (centers[c] - centers[a])
+                    dst[x] = np.float32((1.0 - w) * out[a, b, y, x] + w * out[c, b, y, x])
+                elif a >= 0:
+                    dst[x] = out[a, b, y, x]
+                elif c < np_:
+                    dst[x] = out[c, b, y, x]
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _composite_kernel(
     values: np.ndarray,  # (T, B, Y, X) float32
@@ -188,6 +232,8 @@ def _composite_kernel(
                     cnt[p, x] += ok[k, x]
         tile = np.empty((min(mmax, NETWORK_MAX), nx), np.float32)
         buf = np.empty(mmax, np.float32)
+        prev = np.empty((np_, nx), np.int64)
+        nxt = np.empty((np_, nx), np.int64)
         for p in range(np_):
             k0, m = offsets[p], offsets[p + 1] - offsets[p]
             for b in range(nb):
@@ -195,30 +241,11 @@ def _composite_kernel(
                     _medians_network(values, order, k0, m, b, y, ok, cnt[p], tile, out[p, b, y])
                 else:
                     _medians_sort(values, order, k0, m, b, y, ok, out[p, b, y], buf)
-        for x in range(nx):
-            for p in range(np_):
+        for p in range(np_):
+            for x in range(nx):
                 counts[p, y, x] = min(cnt[p, x], 65535)
-            if not gap_fill:
-                continue
-            for p in range(np_):
-                if cnt[p, x] > 0:
-                    continue
-                prev = p - 1
-                while prev >= 0 and cnt[prev, x] == 0:
-                    prev -= 1
-                nxt = p + 1
-                while nxt < np_ and cnt[nxt, x] == 0:
-                    nxt += 1
-                if prev >= 0 and nxt < np_:
-                    w = (centers[p] - centers[prev]) / (centers[nxt] - centers[prev])
-                    for b in range(nb):
-                        out[p, b, y, x] = np.float32(
-                            (1.0 - w) * out[prev, b, y, x] + w * out[nxt, b, y, x]
-                        )
-                elif prev >= 0 or nxt < np_:
-                    src = prev if prev >= 0 else nxt
-                    for b in range(nb):
-                        out[p, b, y, x] = out[src, b, y, x]
+        if gap_fill:
+            _gap_fill_row(cnt, centers, out, y, prev, nxt)
 
 
 def composite(

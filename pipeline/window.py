@@ -105,7 +105,10 @@ def composite_window(
     t0 = time.perf_counter()
     ny, nx = geobox.shape
     if items:
-        refl = load_reflectance(items, geobox, mask=MaskConfig(mask_snow=mask_snow), native=native)
+        # The values are composited at once and dropped: the reader's work array holds them.
+        refl = load_reflectance(
+            items, geobox, mask=MaskConfig(mask_snow=mask_snow), native=native, work_buffer=True
+        )
         values, times, warnings = refl.values, refl.times, dict(refl.offset_warnings)
     else:  # no scene touches this window: everything is nodata
         values = np.full((0, len(BANDS), ny, nx), np.nan, np.float32)

@@ -76,6 +76,7 @@ def load_reflectance(
     mask: Any = None,
     reader: BlockReader | None = None,
     native: bool = True,
+    work_buffer: bool = False,
 ) -> Reflectance:
     """Masked float32 reflectance (time, band, y, x) of ``items`` on ``geobox``.
 
@@ -86,6 +87,9 @@ def load_reflectance(
         mask: :class:`pipeline.cube.MaskConfig` (default masking when None).
         reader: the block reader of the fast path (default: this process's).
         native: try the native-grid fast path first (False: odc-stac's warp on every grid).
+        work_buffer: the fast path writes the values into this thread's reused work array of
+            ``reader``: valid until this thread's next call with ``work_buffer`` (for callers
+            that reduce them at once, like :func:`pipeline.window.composite_window`).
 
     Returns:
         :class:`Reflectance` (``native`` says which path ran).
@@ -120,7 +124,7 @@ def load_reflectance(
         return Reflectance(empty, np.array([], "datetime64[ns]"))
     for attempt in (1, 2) if native else ():
         try:
-            return load_native(canon, geobox, mask=mask, reader=reader)
+            return load_native(canon, geobox, mask=mask, reader=reader, work_buffer=work_buffer)
         except NotNative as exc:
             _log.debug("general warp (odc-stac): %s", exc)
             break

@@ -89,6 +89,7 @@ class BlockReader:
         self.cache_bytes = int(cache_mb * 2**20)
         self.max_open = max(1, int(max_open))
         self._datasets: OrderedDict[str, Any] = OrderedDict()
+        self._info: dict[str, RasterInfo] = {}
         self._blocks: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.RLock()
@@ -99,6 +100,10 @@ class BlockReader:
         """Converted STAC items per item set (pipeline.reading.load_reflectance), LRU."""
         self.groups: OrderedDict[tuple, list] = OrderedDict()
         """Solar-day groups per converted item set (pipeline.reading.native), LRU."""
+        self.same_crs: dict[tuple[str, str], bool] = {}
+        """(target CRS string, href) -> whether the asset is in that CRS (pipeline.reading.native):
+        comparing two CRS objects costs more than decoding a 256 px window of a block."""
+        self._scratch = threading.local()
         """Per (scene ids, group key), the offset-plausibility verdict (pipeline.reading.native)."""
 
     def is_open(self, href: str) -> bool:
@@ -126,7 +131,8 @@ class BlockReader:
         self.opens += 1
         self._datasets[href] = ds
         while len(self._datasets) > self.max_open:
-            _, old = self._datasets.popitem(last=False)
+            old_href, old = self._datasets.popitem(last=False)
+            self._info.pop(old_href, None)
             old.close()
         return ds
 
@@ -135,7 +141,25 @@ class BlockReader:
         if given: e.g. a signed URL, while the cache key stays the unsigned ``href``)."""
         with self._lock:
             ds = self._dataset(href, url)
-            return RasterInfo(ds.crs, ds.transform, ds.shape, ds.block_shapes[0], ds.dtypes[0])
+            info = self._info.get(href)
+            if info is None:  # rasterio builds a new CRS and transform on every attribute access
+                info = RasterInfo(ds.crs, ds.transform, ds.shape, ds.block_shapes[0], ds.dtypes[0])
+                self._info[href] = info
+            return info
+
+    def scratch(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A work array of this thread, reused from call to call (uninitialised contents).
+
+        A 1024 px window of 12 acquisitions is 250 MB of DN: allocated afresh per window, the
+        kernel's page faults on first touch cost more CPU than decoding it. Only one array per
+        ``name`` and thread is kept (the last shape asked for).
+        """
+        arr = getattr(self._scratch, name, None)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            setattr(self._scratch, name, None)  # free the old one before allocating
+            arr = np.empty(shape, dtype)
+            setattr(self._scratch, name, arr)
+        return arr
 
     # -- blocks ---------------------------------------------------------------------------
     def _block(self, href: str, ds: Any, br: int, bc: int, bh: int, bw: int) -> np.ndarray:
@@ -169,18 +193,33 @@ class BlockReader:
         return rasterio.Env(**self._env)
 
     def read(
-        self, href: str, row0: int, col0: int, height: int, width: int, url: str | None = None
+        self,
+        href: str,
+        row0: int,
+        col0: int,
+        height: int,
+        width: int,
+        url: str | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Full-resolution pixels [row0, row0 + height) x [col0, col0 + width) of band 1.
 
-        Pixels outside the raster are 0 (nodata). Raises :class:`pipeline.cube.ReadFailure`.
+        Pixels outside the raster are 0 (nodata). ``out`` ((height, width), any contents): write
+        there instead of a new array (every pixel is written). Raises
+        :class:`pipeline.cube.ReadFailure`.
         """
         with self._lock:
             ds = self._dataset(href, url)
-            out = np.zeros((height, width), dtype=ds.dtypes[0])
             h, w = ds.shape
             r_lo, r_hi = max(row0, 0), min(row0 + height, h)
             c_lo, c_hi = max(col0, 0), min(col0 + width, w)
+            inside = (
+                r_lo == row0 and c_lo == col0 and r_hi - r_lo == height and c_hi - c_lo == width
+            )
+            if out is None:
+                out = (np.empty if inside else np.zeros)((height, width), dtype=ds.dtypes[0])
+            elif not inside:
+                out[...] = 0
             if r_lo >= r_hi or c_lo >= c_hi:
                 return out
             bh, bw = ds.block_shapes[0]
@@ -213,6 +252,7 @@ class BlockReader:
             for ds in self._datasets.values():
                 ds.close()
             self._datasets.clear()
+            self._info.clear()
             self._blocks.clear()
             self._nbytes = 0
 

@@ -73,14 +73,24 @@ def upsample2x_nearest(src, src_row0, src_col0, g_row0, g_col0, out):  # pragma:
     """Nearest-neighbour 2x upsampling (SCL); same arguments as :func:`upsample2x_bilinear`."""
     h, w = src.shape
     ny, nx = out.shape
+    # Output columns [j0, j1) fall inside ``src``; the others are nodata.
+    j0 = min(max(2 * src_col0 - g_col0, 0), nx)
+    j1 = max(min(2 * (src_col0 + w) - g_col0, nx), j0)
+    prev = -1
     for i in range(ny):
         r = (g_row0 + i) // 2 - src_row0
-        for j in range(nx):
-            c = (g_col0 + j) // 2 - src_col0
-            if r < 0 or r >= h or c < 0 or c >= w:
-                out[i, j] = 0
-            else:
-                out[i, j] = src[r, c]
+        row = out[i]
+        if r < 0 or r >= h:
+            row[:] = 0
+        elif i > 0 and r == prev:
+            row[:] = out[i - 1]  # the 20 m row under two 10 m rows: copied, not recomputed
+        else:
+            row[:j0] = 0
+            row[j1:] = 0
+            s = src[r]
+            for j in range(j0, j1):
+                row[j] = s[(g_col0 + j) // 2 - src_col0]
+        prev = r
 
 
 @numba.njit(cache=True, nogil=True)
@@ -106,14 +116,18 @@ def reflectance(dn, scl, scale, offset, masked, out):  # pragma: no cover - jit
     """
     nt, nb, ny, nx = dn.shape
     nan = np.float32(np.nan)
+    bad = np.empty(nx, np.bool_)
     for t in range(nt):
         s = scale[t]
         o = offset[t]
-        for b in range(nb):
-            for i in range(ny):
+        for i in range(ny):
+            # The SCL lookup once per pixel, then each band over contiguous x (branch-free).
+            for j in range(nx):
+                bad[j] = masked[scl[t, i, j]]
+            for b in range(nb):
+                src = dn[t, b, i]
+                dst = out[t, b, i]
                 for j in range(nx):
-                    v = dn[t, b, i, j]
-                    if v == 0 or masked[scl[t, i, j]]:
-                        out[t, b, i, j] = nan
-                    else:
-                        out[t, b, i, j] = np.float32(v) * s + o
+                    v = src[j]
+                    r = np.float32(v) * s + o
+                    dst[j] = nan if ((v == 0) | bad[j]) else r  # `|`: no branch, vectorises

@@ -26,7 +26,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -35,6 +37,7 @@ import numpy as np
 
 from pipeline.base.atomic import atomic_path, remove_path
 from pipeline.base.colours import parse_color
+from pipeline.reading.blocks import worker_cores
 from pipeline.tiling import Tile, TileGrid
 from pipeline.writers.layers import LAYERS, LayerSpec, cog_layers
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
@@ -254,6 +257,9 @@ def build_cogs(
     class_names: Sequence[str],
     colors: Sequence[Any],
     period_labels: Sequence[str] | None = None,
+    *,
+    threads: int | None = None,
+    cpu_seconds: dict[str, float] | None = None,
 ) -> dict[str, Path]:
     """Mosaic per-tile GeoTIFFs (a folder of ``<tile id>/`` folders) or a map store into COGs.
 
@@ -261,90 +267,135 @@ def build_cogs(
         or the Zarr map store (read through GDAL's Zarr driver).
     :param period_labels: descriptions of the per-period ``valid_obs`` bands (default: those
         stored in the tile files or the store).
+    :param threads: GDAL threads per layer (default: :func:`pipeline.reading.blocks.worker_cores`).
+    :param cpu_seconds: if given, receives each layer's CPU seconds (its writing thread; with
+        ``threads`` 1 that is all of the layer's work), for benchmarks.
     :returns: ``{"classes": out_dir/classes.tif, "confidence": ..., "valid_obs": ...}``, plus
         ``"composite_rgb"`` when the tiles wrote a true-colour composite.
-    """
-    import rasterio
-    import rasterio.shutil
 
+    The layers are written at the same time, and each uses the worker's cores
+    (:func:`pipeline.reading.blocks.worker_cores`: ``OMP_NUM_THREADS`` or the CPU affinity) for
+    the COG driver's ``NUM_THREADS`` (block compression) and ``GDAL_NUM_THREADS`` (overviews).
+    """
     source, out_dir = Path(source), Path(out_dir)
     if len(colors) < len(class_names):
         raise ValueError(f"{len(class_names)} classes but {len(colors)} colours")
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs: dict[str, Path] = {}
-    for spec in TILE_LAYERS:
-        name = spec.name
-        if spec.group == "tile" and (_is_zarr(source) or not _sources(source, grid, name)[0]):
-            continue  # an optional layer the tiles did not write
-        sources, descriptions = _sources(source, grid, name)
-        dtype, nodata = spec.file_dtype, spec.nodata
-        metadata: dict[str, str] = {}
-        if spec.kind == "classes":
-            metadata["class_names"] = json.dumps(list(map(str, class_names)))
-            metadata["nodata_class"] = str(CLASS_NODATA)
-            bands = [
-                _band_xml(1, dtype, sources, 1, grid, nodata, spec.description,
-                          _classes_band_extra(class_names, colors))
-            ]  # fmt: skip
-        elif spec.kind == "rgb":
-            metadata["composite"] = "B4, B3, B2 median over the periods; reflectance 0-0.2 -> 1-255"
-            bands = [
-                _band_xml(i + 1, dtype, sources, i + 1, grid, nodata, desc,
-                          f"    <ColorInterp>{desc.capitalize()}</ColorInterp>")
-                for i, desc in enumerate(("red", "green", "blue"))
-            ]  # fmt: skip
-        elif name == "valid_obs" and sources and sources[0][2] is None:  # store: (period, y, x)
-            n = sources[0][1]
-            bands = [_sum_band_xml(1, sources, grid)]
-            if n > 1:
-                bands += [
-                    _band_xml(i + 2, dtype, sources, i + 1, grid, nodata, descriptions[i])
-                    for i in range(n)
-                ]
-        elif name == "valid_obs":  # from tiles: band 1 total, then one band per period
-            n = sources[0][1] if sources else 1
-            descs = descriptions or [spec.description]
-            if period_labels and n == len(period_labels) + 1:
-                descs = ["total", *map(str, period_labels)]
-            bands = [
-                _band_xml(
-                    i + 1, dtype, sources, i + 1, grid, nodata, descs[i] if i < len(descs) else ""
-                )
+    threads = threads or worker_cores()
+    # The layers are written side by side, each in a pool thread (rasterio gives pool threads
+    # their own GDAL settings, so one layer's PAM setting is not another's), and each layer's
+    # COG driver compresses blocks and computes overviews on the worker's cores: the layers
+    # differ tenfold in cost (valid_obs has a band per period), so both kinds of parallelism
+    # are needed to use a node.
+    with ThreadPoolExecutor(max_workers=len(TILE_LAYERS), thread_name_prefix="cog") as pool:
+        futures = [
+            pool.submit(
+                _write_layer,
+                spec,
+                source,
+                out_dir,
+                grid,
+                class_names,
+                colors,
+                period_labels,
+                threads,
+            )  # fmt: skip
+            for spec in TILE_LAYERS
+        ]
+        written = [f.result() for f in futures]
+    if cpu_seconds is not None:
+        cpu_seconds.update({str(spec.cog): w[1] for spec, w in zip(TILE_LAYERS, written) if w})
+    written = [w[0] if w else None for w in written]
+    return {str(spec.cog): path for spec, path in zip(TILE_LAYERS, written, strict=True) if path}
+
+
+def _write_layer(
+    spec: LayerSpec,
+    source: Path,
+    out_dir: Path,
+    grid: TileGrid,
+    class_names: Sequence[str],
+    colors: Sequence[Any],
+    period_labels: Sequence[str] | None,
+    threads: int,
+) -> tuple[Path, float] | None:
+    """(the layer's COG, this thread's CPU seconds) (None: an optional layer not written)."""
+    t0 = time.thread_time()
+    import rasterio
+    import rasterio.shutil
+
+    name = spec.name
+    if spec.group == "tile" and (_is_zarr(source) or not _sources(source, grid, name)[0]):
+        return None  # an optional layer the tiles did not write
+    sources, descriptions = _sources(source, grid, name)
+    dtype, nodata = spec.file_dtype, spec.nodata
+    metadata: dict[str, str] = {}
+    if spec.kind == "classes":
+        metadata["class_names"] = json.dumps(list(map(str, class_names)))
+        metadata["nodata_class"] = str(CLASS_NODATA)
+        bands = [
+            _band_xml(1, dtype, sources, 1, grid, nodata, spec.description,
+                      _classes_band_extra(class_names, colors))
+        ]  # fmt: skip
+    elif spec.kind == "rgb":
+        metadata["composite"] = "B4, B3, B2 median over the periods; reflectance 0-0.2 -> 1-255"
+        bands = [
+            _band_xml(i + 1, dtype, sources, i + 1, grid, nodata, desc,
+                      f"    <ColorInterp>{desc.capitalize()}</ColorInterp>")
+            for i, desc in enumerate(("red", "green", "blue"))
+        ]  # fmt: skip
+    elif name == "valid_obs" and sources and sources[0][2] is None:  # store: (period, y, x)
+        n = sources[0][1]
+        bands = [_sum_band_xml(1, sources, grid)]
+        if n > 1:
+            bands += [
+                _band_xml(i + 2, dtype, sources, i + 1, grid, nodata, descriptions[i])
                 for i in range(n)
             ]
-        else:
-            bands = [_band_xml(1, dtype, sources, 1, grid, nodata, spec.description)]
-        if name == "valid_obs":
-            metadata["valid_obs"] = "band 1: total valid observations; bands 2..: per period"
-        final = out_dir / f"{spec.cog}.tif"
-        with atomic_path(final) as tmp:
-            vrt_path = tmp.with_name(tmp.name + ".vrt")
-            try:
-                vrt_path.write_text(_vrt(grid, bands, metadata))
-                opts = {
-                    "compress": "deflate",
-                    "predictor": "yes",
-                    "blocksize": _BLOCK,
-                    "overview_resampling": spec.resampling,
-                    "overview_count": _overview_count(grid),
-                    "bigtiff": "if_safer",
-                    "num_threads": "all_cpus",
-                }
-                if spec.kind == "rgb":
-                    opts["photometric"] = "RGB"
-                # PAM only for classes: its category names go to the .aux.xml sidecar.
-                env: dict[str, Any] = {
-                    "GDAL_PAM_ENABLED": "YES" if spec.kind == "classes" else "NO"
-                }
-                if "GDAL_CACHEMAX" not in os.environ:  # bounded memory, whatever the map size
-                    env["GDAL_CACHEMAX"] = _CACHE_MB
-                with rasterio.Env(**env):
-                    rasterio.shutil.copy(str(vrt_path), str(tmp), driver="COG", **opts)
-                aux = tmp.with_name(tmp.name + ".aux.xml")
-                if aux.exists():  # category names (GeoTIFF keeps them only in the sidecar)
-                    os.replace(aux, final.with_name(final.name + ".aux.xml"))
-            finally:
-                remove_path(vrt_path)
-                remove_path(tmp.with_name(tmp.name + ".aux.xml"))
-        outputs[str(spec.cog)] = final
-    return outputs
+    elif name == "valid_obs":  # from tiles: band 1 total, then one band per period
+        n = sources[0][1] if sources else 1
+        descs = descriptions or [spec.description]
+        if period_labels and n == len(period_labels) + 1:
+            descs = ["total", *map(str, period_labels)]
+        bands = [
+            _band_xml(
+                i + 1, dtype, sources, i + 1, grid, nodata, descs[i] if i < len(descs) else ""
+            )
+            for i in range(n)
+        ]
+    else:
+        bands = [_band_xml(1, dtype, sources, 1, grid, nodata, spec.description)]
+    if name == "valid_obs":
+        metadata["valid_obs"] = "band 1: total valid observations; bands 2..: per period"
+    final = out_dir / f"{spec.cog}.tif"
+    with atomic_path(final) as tmp:
+        vrt_path = tmp.with_name(tmp.name + ".vrt")
+        try:
+            vrt_path.write_text(_vrt(grid, bands, metadata))
+            opts = {
+                "compress": "deflate",
+                "predictor": "yes",
+                "blocksize": _BLOCK,
+                "overview_resampling": spec.resampling,
+                "overview_count": _overview_count(grid),
+                "bigtiff": "if_safer",
+                "num_threads": str(threads),
+            }
+            if spec.kind == "rgb":
+                opts["photometric"] = "RGB"
+            # PAM only for classes: its category names go to the .aux.xml sidecar.
+            env: dict[str, Any] = {
+                "GDAL_PAM_ENABLED": "YES" if spec.kind == "classes" else "NO",
+                "GDAL_NUM_THREADS": str(threads),  # overviews computed on the worker's cores
+            }
+            if "GDAL_CACHEMAX" not in os.environ:  # bounded memory, whatever the map size
+                env["GDAL_CACHEMAX"] = _CACHE_MB
+            with rasterio.Env(**env):
+                rasterio.shutil.copy(str(vrt_path), str(tmp), driver="COG", **opts)
+            aux = tmp.with_name(tmp.name + ".aux.xml")
+            if aux.exists():  # category names (GeoTIFF keeps them only in the sidecar)
+                os.replace(aux, final.with_name(final.name + ".aux.xml"))
+        finally:
+            remove_path(vrt_path)
+            remove_path(tmp.with_name(tmp.name + ".aux.xml"))
+    return final, time.thread_time() - t0
