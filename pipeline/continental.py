@@ -106,4 +106,6 @@ def publish_gridded(cfg, plan, ws: Workspace, report: dict, labels: list[str]) -
     )
     ws.publish_store()
     ws.drop_tile_rasters()
-    write_legend_and_quicklook(cfg, plan, ws, report, vrts["classes"])
+    # the VRT spans whole 100 km cells; the quicklook shows the region
+    region = to_crs(plan.geometry, plan.crs).bounds
+    write_legend_and_quicklook(cfg, plan, ws, report, vrts["classes"], bounds=region)

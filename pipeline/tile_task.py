@@ -1,8 +1,8 @@
 """What one Dask task does for one tile: load its window, composite, infer, write.
 
 Runs inside a worker process. Everything it needs travels in a small, picklable
-:class:`TileJob` (the tile's grid, the STAC items that touch it, the text classifier and
-calibration computed once by the driver), so the scheduler's graph has one node per tile and
+:class:`TileJob` (the tile's grid, a reference to the STAC items that touch it and the region in
+the run's inputs file, the text classifier and calibration computed once by the driver), so the scheduler's graph has one node per tile and
 never sees chunks or dates. The model is loaded once per worker process (``model.get_model``).
 Memory is bounded by the tile size: one tile's cube, composite and predictions at a time.
 """
@@ -22,6 +22,7 @@ from pipeline.bands import BANDS
 from pipeline.cube import MaskConfig
 from pipeline.read_failure import detached_read_failures
 from pipeline.run_config import ChipConfig, CompositeConfig, ModelConfig, OutputConfig
+from pipeline.run_inputs import TileInputs
 from pipeline.tiling import Tile
 
 #: True-colour bands of the quicklook, in display order (red, green, blue).
@@ -33,10 +34,9 @@ class TileJob:
     """One tile's work order (small and picklable): the run's parts plus what the driver made."""
 
     tile: Tile
-    items: tuple[dict, ...]
-    """The STAC items whose footprint touches the tile's window."""
-    geometry_wkb: bytes
-    """The region (EPSG:4326), as WKB."""
+    inputs: TileInputs
+    """References to the STAC items whose footprint touches the tile's window and to the region
+    (EPSG:4326), in the run's inputs file (:mod:`pipeline.run_inputs`): a few bytes per item."""
     model: ModelConfig
     classifier: np.ndarray
     """(C, D) L2-normalised class embeddings (ignored with a head)."""
@@ -65,9 +65,14 @@ def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str
     from pipeline.window import composite_window
 
     c = job.composite
-    # the item dicts themselves: the reader converts a worker's scenes once, not per tile
+    # the worker's cached item dicts: the reader converts a worker's scenes once, not per tile
     w = composite_window(
-        job.items, geobox, start=c.start, end=c.end, period=c.period, mask_snow=job.mask.mask_snow
+        job.inputs.items(),
+        geobox,
+        start=c.start,
+        end=c.end,
+        period=c.period,
+        mask_snow=job.mask.mask_snow,
     )
     return w.composite, w.acquisitions, w.load_seconds, w.offset_warnings
 
@@ -97,8 +102,6 @@ def _true_colour(comp_values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 @detached_read_failures
 def process_tile(job: TileJob) -> dict[str, Any]:
     """Load, composite, infer and write one tile; returns its stats (seconds per stage, counts)."""
-    from shapely import wkb
-
     from pipeline.tiling import aoi_mask
     from pipeline.writers import TileResult, write_tile, write_tile_rasters
 
@@ -106,7 +109,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     tile = job.tile
     m = job.model.load()
     t["model"] = time.perf_counter()
-    geom = wkb.loads(job.geometry_wkb)
+    geom = job.inputs.region()
     adapter = job.model.adapter
     plan = adapter.chip_plan(tile.geobox, job.chips.window, job.chips.stride)
     comp_full, n_scenes, t_load, offset_warnings = load_composite(

@@ -18,31 +18,48 @@ import numpy as np
 
 from pipeline.bands import BANDS
 
-__all__ = ["ItemIndex", "WindowComposite", "composite_window", "items_for"]
+__all__ = ["FootprintIndex", "ItemIndex", "WindowComposite", "composite_window", "items_for"]
 
 
-class ItemIndex:
-    """The run's STAC items with an R-tree over their footprints, built once per run.
+class FootprintIndex:
+    """An R-tree over STAC item footprints (GeoJSON dicts or shapely geometries, EPSG:4326).
 
-    ``for_window`` is what each tile's work order gets: only the items touching its window,
-    found in O(log n) instead of testing every item of a continent for every tile.
+    :meth:`hits` finds the items whose footprint touches a window in O(log n) instead of testing
+    every item of a continent for every tile.
     """
 
-    def __init__(self, items: list[dict]) -> None:
+    def __init__(self, footprints: Sequence[Any]) -> None:
         import shapely
         from shapely.geometry import shape
 
-        self.items = items
         # An item without a footprint touches no window (an empty geometry is never a hit).
         empty = shapely.Polygon()
         self._tree = shapely.STRtree(
-            [shape(d["geometry"]) if d.get("geometry") else empty for d in items]
+            [
+                empty if not g else g if isinstance(g, shapely.Geometry) else shape(g)
+                for g in footprints
+            ]
         )
 
-    def for_window(self, geobox) -> tuple[dict, ...]:
+    def hits(self, geobox) -> list[int]:
+        """Indices (ascending) of the footprints touching ``geobox``'s extent."""
         footprint = geobox.extent.to_crs("EPSG:4326").geom
-        hits = sorted(int(i) for i in self._tree.query(footprint, predicate="intersects"))
-        return tuple(self.items[i] for i in hits)
+        return sorted(int(i) for i in self._tree.query(footprint, predicate="intersects"))
+
+
+class ItemIndex(FootprintIndex):
+    """The STAC items (dicts) of a window read with an R-tree over their footprints, built once.
+
+    ``for_window`` gives only the items touching a window (point windows use it; a map tile's
+    work order gets references instead: :class:`pipeline.run_inputs.RunInputs`).
+    """
+
+    def __init__(self, items: list[dict]) -> None:
+        super().__init__([d.get("geometry") for d in items])
+        self.items = items
+
+    def for_window(self, geobox) -> tuple[dict, ...]:
+        return tuple(self.items[i] for i in self.hits(geobox))
 
 
 def items_for(items: Sequence[dict] | ItemIndex, geobox) -> tuple[dict, ...]:

@@ -5,6 +5,8 @@ Layout of ``OUT/``::
     map.zarr  classes.tif  confidence.tif  valid_obs.tif      final products (published last)
     legend.json  quicklook.png  item.json  run.json
     .s2lc/manifest.json      output hash, resolved config, STAC items, calibration
+    .s2lc/inputs-<sha>.jsonl the region and the items, that tiles' work orders reference
+                             (pipeline.run_inputs)
     .s2lc/map.zarr           the store tiles write into, moved to OUT/map.zarr when complete
     .s2lc/tiles/<id>.json    written (atomically) only after a tile's results are fully written
     .s2lc/tiles/<id>/        per-tile GeoTIFFs, mosaicked into the COGs

@@ -56,9 +56,7 @@ class TimeSenCLIPAdapter(ModelAdapter):
         self, job: Any, m: Any, comp: Any, plan: ChipPlan | None, n: int, rng: np.random.Generator
     ) -> np.ndarray:
         """Up to ``n`` random valid pixels inside the region."""
-        from shapely import wkb
-
-        geom = wkb.loads(job.geometry_wkb)
+        geom = job.inputs.region()
         valid = (comp.counts.sum(axis=0) > 0) & aoi_mask(job.tile.geobox, geom)
         idx = np.flatnonzero(valid.ravel())
         if idx.size == 0:

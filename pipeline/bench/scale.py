@@ -1,7 +1,7 @@
 """Scale without pixels: the driver's scheduling of every tile of a region, with a stand-in task.
 
-:func:`schedule_only` runs the real driver path of ``run`` (the plan, the item index, one work
-order per tile, bounded submission, completion markers) on a LocalCluster, with a tile task that
+:func:`schedule_only` runs the real driver path of ``run`` (the plan, the run's inputs file,
+one work order per tile referencing it, bounded submission, completion markers) on a LocalCluster, with a tile task that
 reads nothing and returns at once, and reports tasks per second, the driver's peak memory and
 the size of a work order. ``python -m pipeline.bench.scale REGION ITEMS_JSON`` runs it in a
 process of its own, so the peak is that region's (``make bench-scale`` runs one country and
@@ -17,6 +17,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ __all__ = ["schedule_only", "standin_tile"]
 
 def standin_tile(job: Any) -> dict[str, Any]:
     """A tile task that reads nothing: what scheduling alone costs (returns real-shaped stats)."""
-    return {"tile": job.tile.id, "scenes": len(job.items), "seconds": {}, "standin": True}
+    return {"tile": job.tile.id, "scenes": len(job.inputs), "seconds": {}, "standin": True}
 
 
 def _peak_mb() -> float:
@@ -33,16 +34,22 @@ def _peak_mb() -> float:
 
 
 def schedule_only(
-    region: str, items: list[dict], *, year: int, tile_size: int, workers: int = 2
+    region: str, items: Iterable[dict], *, year: int, tile_size: int, workers: int = 2
 ) -> dict[str, Any]:
-    """Schedule every tile of ``region`` with :func:`standin_tile`; returns the measurements."""
+    """Schedule every tile of ``region`` with :func:`standin_tile`; returns the measurements.
+
+    ``items`` are streamed into the run's inputs file (:class:`pipeline.run_inputs.RunInputs`)
+    as the run's driver writes it; the work orders reference it. The size of a work order is
+    measured on a sample of tiles, with references (what is sent) and, for comparison, with the
+    items and region outline inlined (what was sent before).
+    """
     import datetime as dt
 
     from pipeline.cluster import ClusterConfig, open_client
     from pipeline.run.plan import make_plan, tile_job
     from pipeline.run.scheduling import run_tiles
     from pipeline.run_config import RunConfig
-    from pipeline.window import ItemIndex
+    from pipeline.run_inputs import RunInputs
     from pipeline.workspace import Workspace
 
     cfg = RunConfig.of(
@@ -59,51 +66,79 @@ def schedule_only(
     t = time.perf_counter()
     plan = make_plan(cfg)
     plan_s = time.perf_counter() - t
-    t = time.perf_counter()
-    index = ItemIndex(items)
-    index_s = time.perf_counter() - t
     with tempfile.TemporaryDirectory(prefix="s2lc-scale-") as tmp:
         ws = Workspace(Path(tmp))
         ws.prepare(cfg.output_hash(), False)
+        t = time.perf_counter()
+        inputs = RunInputs.write(ws.work, plan.geometry, items)
+        inputs_s = time.perf_counter() - t
         tiles = list(plan.grid.tiles)
         sample = tiles[:: max(1, len(tiles) // 50)]
-        orders = [len(pickle.dumps(tile_job(cfg, plan, ws, index, tl, None))) for tl in sample]
+        jobs = [tile_job(cfg, plan, ws, inputs, tl, None) for tl in sample]
+        orders = [len(pickle.dumps(j)) for j in jobs]
+        # before: the same orders with the item dicts and the region's WKB in them
+        inlined = [
+            n + len(pickle.dumps(j.inputs.items())) + len(plan.geometry.wkb)
+            - len(pickle.dumps(j.inputs))
+            for n, j in zip(orders, jobs, strict=True)
+        ]  # fmt: skip
+        per_order = [len(j.inputs) for j in jobs]
+        del jobs
         with open_client(ClusterConfig(kind="local", workers=workers)) as client:
             t = time.perf_counter()
-            stats, errors = run_tiles(client, cfg, plan, ws, index, None, tiles, task=standin_tile)
+            stats, errors = run_tiles(client, cfg, plan, ws, inputs, None, tiles, task=standin_tile)
             run_s = time.perf_counter() - t
+        inputs_mb = inputs.path.stat().st_size / 1e6
     return {
         "region": region,
         "tiles": len(tiles),
         "tile_size": tile_size,
-        "items": len(items),
+        "items": len(inputs),
         "done": len(stats),
         "failed": len(errors),
         "plan_s": plan_s,
-        "index_s": index_s,
+        "inputs_s": inputs_s,
+        "inputs_file_mb": inputs_mb,
         "schedule_s": run_s,
         "tasks_per_s": len(stats) / run_s if run_s else float("nan"),
         "driver_peak_mb": _peak_mb(),
         "work_order_bytes_mean": sum(orders) / len(orders),
         "work_order_bytes_max": max(orders),
-        "items_per_order_mean": sum(len(tile_job(cfg, plan, ws, index, tl, None).items)
-                                    for tl in sample[:10]) / min(10, len(sample)),
+        "inlined_work_order_bytes_mean": sum(inlined) / len(inlined),
+        "inlined_work_order_bytes_max": max(inlined),
+        "items_per_order_mean": sum(per_order) / len(per_order),
         "workers": workers,
-    }  # fmt: skip
+    }
+
+
+def _lines(path: Path) -> Iterator[dict]:
+    """Items of a JSON Lines file (one per line, streamed), or of a FeatureCollection / list."""
+    with open(path) as fh:
+        try:
+            first = json.loads(fh.readline())
+        except json.JSONDecodeError:
+            first = None
+        if isinstance(first, dict) and first.get("type") == "Feature":
+            yield first
+            yield from (json.loads(line) for line in fh if line.strip())
+            return
+    doc = json.loads(path.read_text())
+    yield from doc["features"] if isinstance(doc, dict) else doc
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("region")
-    p.add_argument("items", type=Path, help="items.json (FeatureCollection) of the search")
+    p.add_argument(
+        "items", type=Path, help="the search's items: JSON Lines (or a FeatureCollection)"
+    )
     p.add_argument("--year", type=int, default=2023)
     p.add_argument("--tile-size", type=int, default=2000)
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args(argv)
-    doc = json.loads(a.items.read_text())
-    items = doc["features"] if isinstance(doc, dict) else doc
-    del doc
-    out = schedule_only(a.region, items, year=a.year, tile_size=a.tile_size, workers=a.workers)
+    out = schedule_only(
+        a.region, _lines(a.items), year=a.year, tile_size=a.tile_size, workers=a.workers
+    )
     json.dump(out, sys.stdout)
     return 0
 

@@ -15,6 +15,7 @@ from pipeline.base.errors import UserError
 from pipeline.run.plan import Plan, tile_job
 from pipeline.run.scheduling import task_resources
 from pipeline.run_config import RunConfig
+from pipeline.run_inputs import RunInputs
 from pipeline.search import NoScenesError
 from pipeline.workspace import Workspace
 
@@ -34,7 +35,7 @@ def _calibration_tiles(tiles: tuple, n: int) -> list:
     return [tiles[i] for i in sorted(set(idx))]
 
 
-def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]) -> np.ndarray:
+def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, inputs: RunInputs) -> np.ndarray:
     """Fit the class-mean calibration once on a fixed reference sample of the region.
 
     The sample comes from a reference grid of its own (``CALIBRATION_TILE_SIZE``), not the run's
@@ -42,13 +43,13 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
     """
     from model.zeroshot import fit_calibration
 
-    emb = reference_sample(client, cfg, plan, ws, items)
+    emb = reference_sample(client, cfg, plan, ws, inputs)
     vec = np.asarray(fit_calibration(emb, plan.classifier), dtype=np.float64)
     _log.info("calibration fitted on %d samples", len(emb))
     return vec
 
 
-def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]):
+def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, inputs: RunInputs):
     """The compact field's codec: read back from the store (resume) or fitted and written once.
 
     Fitted on the same fixed reference sample as the calibration, so it does not depend on
@@ -60,7 +61,7 @@ def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dic
     codec = read_codec(ws.store)
     if codec is not None:
         return codec
-    emb = reference_sample(client, cfg, plan, ws, items)
+    emb = reference_sample(client, cfg, plan, ws, inputs)
     codec = fit_codec(emb, cfg.output.field_dims)
     write_codec(ws.store, codec)
     _log.info(
@@ -81,7 +82,7 @@ def clear_reference_sample() -> None:
     _SAMPLES.clear()
 
 
-def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict]):
+def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, inputs: RunInputs):
     """Embeddings of a fixed reference sample of the region (computed once per run)."""
     key = str(ws.out.resolve()) + cfg.output_hash()
     if key in _SAMPLES:
@@ -94,7 +95,7 @@ def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, items: l
     futures = [
         client.submit(
             sample_embeddings,
-            tile_job(cfg, plan, ws, items, t, None),
+            tile_job(cfg, plan, ws, inputs, t, None),
             CALIBRATION_SAMPLES_PER_TILE,
             zlib.crc32(t.id.encode()) + cfg.model.seed,
             pure=False,

@@ -35,6 +35,7 @@ from pipeline.run.publishing import field_attrs, field_dims, publish
 from pipeline.run.reporting import coverage_report, ledger_from_tiles, run_report, up_to_date
 from pipeline.run.scheduling import TilesFailed, failure_summary, run_tiles
 from pipeline.run_config import RunConfig, default_output_dir
+from pipeline.run_inputs import RunInputs
 from pipeline.scenes import SceneLedger
 from pipeline.workspace import TileFailure, Workspace
 
@@ -59,6 +60,8 @@ class RunState:
     t0: float
     seconds: dict[str, float] = field(default_factory=dict)
     items: list[dict] = field(default_factory=list)
+    inputs: RunInputs | None = None
+    """The run's inputs file (region and items) that the tiles' work orders reference."""
     ledger: SceneLedger | None = None
     plan: Plan | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -197,6 +200,7 @@ def open_store(run: RunState) -> None:
         }
     )
     ws.save_manifest(run.manifest)
+    run.inputs = RunInputs.write(ws.work, plan.geometry, run.items)
     if run.resumable:
         ws.reclaim_store()
     create_map_store(
@@ -241,11 +245,11 @@ def calibrate_once(run: RunState, client) -> None:
     cfg = run.cfg
     run.calibration = run.manifest.get("calibration")
     if cfg.model.calibration == "reference" and run.calibration is None and not cfg.model.head:
-        run.calibration = calibrate(client, cfg, run.plan, run.ws, run.items).tolist()
+        run.calibration = calibrate(client, cfg, run.plan, run.ws, run.inputs).tolist()
         run.manifest["calibration"] = run.calibration
         run.ws.save_manifest(run.manifest)
     run.codec = (
-        fit_field(client, cfg, run.plan, run.ws, run.items) if cfg.output.save_embeddings else None
+        fit_field(client, cfg, run.plan, run.ws, run.inputs) if cfg.output.save_embeddings else None
     )
     clear_reference_sample()
 
@@ -268,7 +272,7 @@ def run_todo(run: RunState, client) -> None:
         dynamic_ncols=True,
     ) as bar:
         run.stats, run.failures = run_tiles(
-            client, run.cfg, run.plan, run.ws, run.items, calib, run.todo, bar, field=run.codec
+            client, run.cfg, run.plan, run.ws, run.inputs, calib, run.todo, bar, field=run.codec
         )
 
 

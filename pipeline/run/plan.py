@@ -1,5 +1,6 @@
 """What a run resolves before any tile runs: region, size checks, legend and classifier, scenes,
-and the work order of each tile (:func:`tile_job`, with only the STAC items touching its window).
+and the work order of each tile (:func:`tile_job`: references to the STAC items touching its
+window in the run's inputs file, :mod:`pipeline.run_inputs`).
 
 Everything here runs on the driver and fails before anything is written.
 """
@@ -17,9 +18,9 @@ from pipeline.base.colours import palette
 from pipeline.base.errors import UserError
 from pipeline.base.hashing import sha256_file
 from pipeline.run_config import RunConfig
+from pipeline.run_inputs import RunInputs
 from pipeline.scenes import SceneLedger
 from pipeline.tiling import TileGrid
-from pipeline.window import items_for
 from pipeline.workspace import TileFailure, Workspace
 
 _log = logging.getLogger(__name__)
@@ -302,16 +303,17 @@ def _inside_demo(geometry) -> bool:
 
 
 def tile_job(
-    cfg: RunConfig, plan: Plan, ws: Workspace, items: list[dict], tile, calibration, field=None
+    cfg: RunConfig, plan: Plan, ws: Workspace, inputs: RunInputs, tile, calibration, field=None
 ):
+    """The work order of ``tile``: references into the run's ``inputs`` file (the items touching
+    its window, halo included, and the region), not the items themselves."""
     from pipeline.tile_task import TileJob
 
     chips = cfg.model.adapter.chip_plan(tile.geobox, cfg.chips.window, cfg.chips.stride)
     window_box = chips.geobox if chips else tile.geobox
     return TileJob(
         tile=tile,
-        items=items_for(items, window_box),
-        geometry_wkb=plan.geometry.wkb,
+        inputs=inputs.for_window(window_box),
         model=cfg.model,
         classifier=plan.classifier,
         calibration=calibration,

@@ -44,10 +44,12 @@ def field_attrs(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
 
 
 def write_legend_and_quicklook(
-    cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, classes: Path
+    cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, classes: Path, bounds=None
 ) -> None:
     """``legend.json`` and ``quicklook.png`` (of the ``classes`` raster: a COG or a VRT), with
-    what the map is made from in both (model identity, untrained weights, a few-shot head)."""
+    what the map is made from in both (model identity, untrained weights, a few-shot head).
+
+    ``bounds`` (in the raster's CRS): the part the quicklook shows (default: all of it)."""
     from pipeline.writers import write_legend_json, write_quicklook
 
     write_legend_json(
@@ -70,7 +72,12 @@ def write_legend_and_quicklook(
     elif cfg.model.untrained:
         title += "\nUNTRAINED WEIGHTS (demo): not a land-cover map"
     write_quicklook(
-        ws.out / "quicklook.png", classes, list(plan.class_names), list(plan.colors), title
+        ws.out / "quicklook.png",
+        classes,
+        list(plan.class_names),
+        list(plan.colors),
+        title,
+        bounds=bounds,
     )
 
 

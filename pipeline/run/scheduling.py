@@ -10,7 +10,6 @@ from typing import Any
 
 from pipeline.base.errors import UserError
 from pipeline.run.plan import tile_job
-from pipeline.window import ItemIndex
 from pipeline.workspace import TileFailure
 
 _log = logging.getLogger(__name__)
@@ -41,10 +40,12 @@ def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure
 
 
 def run_tiles(
-    client, cfg, plan, ws, items, calibration, todo, progress=None, task=None, field=None
+    client, cfg, plan, ws, inputs, calibration, todo, progress=None, task=None, field=None
 ) -> tuple[dict, dict[str, TileFailure]]:
     """Run ``todo`` tiles, a bounded number in flight; returns (stats, failures) by tile id.
 
+    ``inputs`` is the run's :class:`~pipeline.run_inputs.RunInputs` (each work order references
+    it).
     ``task`` replaces :func:`pipeline.tile_task.process_tile` (the scale benchmark's stand-in).
 
     A tile that raises is resubmitted up to ``cfg.execution.retries`` times; one that still fails gets a
@@ -57,7 +58,6 @@ def run_tiles(
     from pipeline.tile_task import process_tile
 
     task = task or process_tile
-    items = items if isinstance(items, ItemIndex) else ItemIndex(items)
 
     workers = sorted(client.scheduler_info().get("workers", {}))
     n_workers = max(1, len(workers))
@@ -73,11 +73,13 @@ def run_tiles(
     earlier = ws.failed_tiles()
     tile_of: dict[str, tuple[Any, int]] = {}
 
+    output_hash = cfg.output_hash()
+
     def submit(tile, attempt: int = 1):
         fut = client.submit(
             task,
-            tile_job(cfg, plan, ws, items, tile, calibration, field),
-            key=f"tile-{tile.id}-{cfg.output_hash()}-{attempt}",
+            tile_job(cfg, plan, ws, inputs, tile, calibration, field),
+            key=f"tile-{tile.id}-{output_hash}-{attempt}",
             retries=0,  # retried here, so attempts are counted and recorded
             resources=resources,
             pure=False,
@@ -90,12 +92,17 @@ def run_tiles(
         tile_of[fut.key] = (tile, attempt)
         return fut
 
-    ac = as_completed([submit(pending.pop(0)) for _ in range(min(max_in_flight, len(pending)))])
-    for fut in ac:
+    # Results are gathered as tasks finish (with_results), not by one round trip each here.
+    ac = as_completed(
+        [submit(pending.pop(0)) for _ in range(min(max_in_flight, len(pending)))],
+        with_results=True,
+        raise_errors=False,
+    )
+    for fut, result in ac:
         tile, attempt = tile_of.pop(fut.key)
         tid = tile.id
         if fut.status == "finished":
-            s = fut.result()
+            s = result
             ws.mark_done(tid, s)
             stats[tid] = s
         else:

@@ -24,6 +24,7 @@ from pipeline.writers.tile_result import CLASS_NODATA
 __all__ = [
     "write_json",
     "write_legend_json",
+    "quicklook_window",
     "write_quicklook",
     "write_rgb_quicklook",
     "write_stac_item",
@@ -72,10 +73,14 @@ def write_quicklook(
     colors: Sequence[Any],
     title: str,
     max_px: int = QUICKLOOK_MAX_PX,
+    bounds: tuple[float, float, float, float] | None = None,
 ) -> Path:
     """A PNG of the class map with a legend (class shares of the mapped area) and ``title``.
 
     Large maps are read from the COG's overviews (nearest), so this never loads the full map.
+    ``bounds`` (left, bottom, right, top in the raster's CRS) shows only that part, snapped out
+    to whole pixels (:func:`quicklook_window`): a gridded map's VRT spans whole 100 km cells, the
+    quicklook only the region.
     """
     import matplotlib
 
@@ -83,14 +88,17 @@ def write_quicklook(
     import matplotlib.pyplot as plt
     import rasterio
     from matplotlib.patches import Patch
+    from rasterio.coords import BoundingBox
     from rasterio.enums import Resampling
+    from rasterio.windows import bounds as window_bounds
 
     path = Path(path)
     with rasterio.open(classes_tif) as src:
-        scale = max(1.0, max(src.height, src.width) / max_px)
-        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
-        data = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-        b = src.bounds
+        win = quicklook_window(src.transform, src.height, src.width, bounds)
+        scale = max(1.0, max(win.height, win.width) / max_px)
+        shape = (max(1, round(win.height / scale)), max(1, round(win.width / scale)))
+        data = src.read(1, window=win, out_shape=shape, resampling=Resampling.nearest)
+        b = BoundingBox(*window_bounds(win, src.transform))
         crs = src.crs
 
     lut = np.tile(np.array(_NODATA_RGBA, dtype=np.float32), (256, 1))
@@ -133,6 +141,26 @@ def write_quicklook(
     finally:
         plt.close(fig)
     return path
+
+
+def quicklook_window(transform: Any, height: int, width: int, bounds: Any = None) -> Any:
+    """The rasterio ``Window`` of a north-up raster covering ``bounds`` (left, bottom, right,
+    top in its CRS), snapped out to whole pixels and clipped to the raster; the whole raster when
+    ``bounds`` is None or does not overlap it."""
+    from rasterio.windows import Window
+
+    full = Window(0, 0, width, height)
+    if bounds is None:
+        return full
+    left, bottom, right, top = bounds
+    inv = ~transform
+    c0, r0 = inv * (left, top)
+    c1, r1 = inv * (right, bottom)
+    col0, row0 = max(0, math.floor(min(c0, c1))), max(0, math.floor(min(r0, r1)))
+    col1, row1 = min(width, math.ceil(max(c0, c1))), min(height, math.ceil(max(r0, r1)))
+    if col1 <= col0 or row1 <= row0:
+        return full
+    return Window(col0, row0, col1 - col0, row1 - row0)
 
 
 def write_rgb_quicklook(

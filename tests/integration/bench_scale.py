@@ -10,7 +10,9 @@
    (:mod:`pipeline.bench.scale`: tasks per second, driver peak memory, work-order size).
 
 Results go to ``bench/results.json`` (``scale_*`` entries). Run as
-``python -m tests.integration.bench_scale [--regions luxembourg eu27] [--tile-size 2000]``.
+``python -m tests.integration.bench_scale [--regions luxembourg eu27] [--tile-size 2000]
+[--no-search eu27]`` (``--no-search``: that region is planned offline and scheduled on the items a
+correct search returns; EU-27's search through pgstac takes ~45 min on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
+
+from pipeline.base.atomic import atomic_path
+from pipeline.base.jsonio import write_json
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results.json"
@@ -32,30 +40,79 @@ MAX_CLOUD = 60.0
 
 
 def _catalog(root: Path) -> Path:
+    """The catalog folder (``collection.json`` + ``items.ndjson``), generated once, streamed."""
     from aoi import load_region
     from pipeline.testing.demo.metadata import metadata_collection, metadata_items
 
-    if (root / "collection.json").is_file():
+    if (root / "collection.json").is_file() and (root / "items.ndjson").is_file():
         return root
     root.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    items = list(metadata_items(load_region("eu27").geometry, YEAR))
-    (root / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    (root / "collection.json").write_text(json.dumps(metadata_collection(items)))
-    print(f"catalog: {len(items)} items in {time.perf_counter() - t:.0f} s", flush=True)
+    extent = []  # what the collection document needs of each item: bbox and time
+    with atomic_path(root / "items.ndjson") as tmp, open(tmp, "w") as fh:
+        for item in metadata_items(load_region("eu27").geometry, YEAR):
+            fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+            extent.append(
+                {"bbox": item["bbox"], "properties": {"datetime": item["properties"]["datetime"]}}
+            )
+    write_json(root / "collection.json", metadata_collection(extent))
+    print(f"catalog: {len(extent)} items in {time.perf_counter() - t:.0f} s", flush=True)
     return root
 
 
-def _expected(items: list[dict], geometry) -> int:
-    """Items a correct search returns: footprint meets the region, cloud cover <= the limit."""
-    import shapely
+def _item_lines(root: Path) -> Iterator[dict]:
+    with open(root / "items.ndjson") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def _footprints(root: Path) -> tuple[list, np.ndarray]:
+    """(footprints, cloud cover) of every catalog item, read once (not the items)."""
     from shapely.geometry import shape
 
-    feet = [shape(d["geometry"]) for d in items]
+    feet, cloud = [], []
+    for d in _item_lines(root):
+        feet.append(shape(d["geometry"]))
+        cloud.append(d["properties"]["eo:cloud_cover"])
+    return feet, np.asarray(cloud, np.float64)
+
+
+def _expected(feet: list, cloud: np.ndarray, geometry) -> np.ndarray:
+    """(N,) bool: the items a correct search returns (footprint meets the region, cloud cover
+    <= the limit)."""
+    import shapely
+
     shapely.prepare(geometry)
-    hit = shapely.intersects(feet, geometry)
-    clear = [d["properties"]["eo:cloud_cover"] <= MAX_CLOUD for d in items]
-    return int(sum(h and c for h, c in zip(hit, clear, strict=True)))
+    return np.asarray(shapely.intersects(feet, geometry)) & (cloud <= MAX_CLOUD)
+
+
+def _write_selected(root: Path, keep: np.ndarray, out: Path) -> None:
+    """The catalog's lines where ``keep`` (streamed, copied as they are) to ``out``."""
+    with open(root / "items.ndjson") as src, atomic_path(out) as tmp, open(tmp, "w") as dst:
+        for line, k in zip(src, keep, strict=True):
+            if k:
+                dst.write(line)
+
+
+def _search(name: str, url: str, out: Path) -> int:
+    """Child process: the whole year's search over ``name``; items to ``out`` (JSON Lines)."""
+    from aoi import load_region
+    from pipeline.search import SearchConfig, search_scenes
+
+    region = load_region(name)
+    scfg = SearchConfig(profile="custom", stac_url=url, max_cloud=MAX_CLOUD)
+    t = time.perf_counter()
+    result = search_scenes(region.geometry, dt.date(YEAR, 1, 1), dt.date(YEAR, 12, 31), scfg)
+    seconds = time.perf_counter() - t
+    with atomic_path(out) as tmp, open(tmp, "w") as fh:
+        for it in result.items:
+            fh.write(json.dumps(it.to_dict(), separators=(",", ":")) + "\n")
+    json.dump(
+        {"items": len(result.items), "matched": result.matched, "search_s": seconds,
+         "page_size": scfg.page_size, "split_above": scfg.split_above},
+        sys.stdout,
+    )  # fmt: skip
+    return 0
 
 
 def _child(cmd: list[str]) -> tuple[str, float, float]:
@@ -75,17 +132,27 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.base.paths import cache_dir
     from pipeline.bench.results import Entry, table, write_results
     from pipeline.provenance import host_info
-    from pipeline.search import SearchConfig, search_items
     from tests.integration.pgstac import LocalPgstac
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["search"]:  # the child process of one region's search
+        return _search(argv[1], argv[2], Path(argv[3]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--regions", nargs="+", default=["luxembourg", "eu27"])
     ap.add_argument("--tile-size", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--no-search",
+        nargs="*",
+        default=[],
+        metavar="REGION",
+        help="regions whose pgstac search is skipped (EU-27 pages at ~3 s each here, ~45 min): "
+        "they are planned --offline and scheduled on the items a correct search returns",
+    )
     a = ap.parse_args(argv)
     machine = f"{os.cpu_count()} CPU cores, {host_info()['platform']}"
     root = _catalog(cache_dir("scale", f"eu27-{YEAR}"))
-    all_items = json.loads((root / "items.json").read_text())["features"]
+    feet, cloud = _footprints(root)
     server = LocalPgstac()
     server.start()
     rows: dict[str, dict] = {}
@@ -93,20 +160,27 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         server.load_catalog(root)
         load_s = time.perf_counter() - t
-        print(f"pgstac: {len(all_items)} items loaded in {load_s:.0f} s", flush=True)
+        print(f"pgstac: {len(feet)} items loaded in {load_s:.0f} s", flush=True)
         for name in a.regions:
-            region = load_region(name)
-            scfg = SearchConfig(profile="custom", stac_url=server.url, max_cloud=MAX_CLOUD)
-            t = time.perf_counter()
-            found = search_items(region.geometry, dt.date(YEAR, 1, 1), dt.date(YEAR, 12, 31), scfg)
-            search_s = time.perf_counter() - t
-            expect = _expected(all_items, region.geometry)
-            items_file = root / f"search-{name}.json"
-            items_file.write_text(json.dumps([it.to_dict() for it in found]))
-            del found
+            keep = _expected(feet, cloud, load_region(name).geometry)
+            expect = int(keep.sum())
+            searched = name not in a.no_search
+            plan_args = ["--stac-url", server.url] if searched else ["--offline"]
+            if searched:
+                items_file = root / f"search-{name}.ndjson"
+                out, _, search_mb = _child(
+                    [sys.executable, "-m", "tests.integration.bench_scale", "search", name,
+                     server.url, str(items_file)]
+                )  # fmt: skip
+                found = json.loads(out)
+            else:
+                items_file = root / f"expected-{name}.ndjson"
+                _write_selected(root, keep, items_file)
+                found = {"items": expect, "matched": None, "search_s": None, "page_size": 1}
+                search_mb = None
             _, plan_s, plan_mb = _child(
                 [sys.executable, "-m", "pipeline", "-q", "plan", "--region", name, "--year",
-                 str(YEAR), "--stac-url", server.url, "--tile-size", str(a.tile_size),
+                 str(YEAR), *plan_args, "--tile-size", str(a.tile_size),
                  "--plan-out", str(root / f"plan-{name}.json")]
             )  # fmt: skip
             out, _, sched_mb = _child(
@@ -115,33 +189,51 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             sched = json.loads(out)
             rows[name] = {
-                "items_found": sched["items"],
+                "items_found": found["items"],
+                "items_matched": found["matched"],
                 "items_expected": expect,
-                "search_s": search_s,
-                "pages": math.ceil(sched["items"] / scfg.page_size),
+                "search_s": found["search_s"],
+                "search_peak_mb": search_mb,
+                # one page per page_size items of each searched part (months when split)
+                "pages_min": math.ceil(found["items"] / found["page_size"]) if searched else None,
+                "searched": searched,
                 "plan_s": plan_s,
                 "plan_peak_mb": plan_mb,
                 **sched,
                 "driver_peak_mb": sched_mb,
             }
             print(json.dumps(rows[name]), flush=True)
-            if sched["items"] != expect:
-                raise SystemExit(f"{name}: the search returned {sched['items']} of {expect} items")
+            if found["items"] != expect:
+                raise SystemExit(f"{name}: the search returned {found['items']} of {expect} items")
     finally:
         server.stop()
     entries = []
     for name, r in rows.items():
-        notes = {**r, "catalog_items": len(all_items), "pgstac_load_s": load_s, "machine": machine}
+        notes = {**r, "catalog_items": len(feet), "pgstac_load_s": load_s, "machine": machine}
         entries += [
             Entry(f"scale_schedule_tasks_per_s_{name}", r["tasks_per_s"], "tasks/s",
                   device="scheduling", threads=a.workers, notes=notes),
             Entry(f"scale_driver_peak_mb_{name}", r["driver_peak_mb"], "MB",
                   device="scheduling", notes={"tiles": r["tiles"], "items": r["items"]}),
-            Entry(f"scale_search_s_{name}", r["search_s"], "s", device="pgstac",
-                  notes={"items": r["items_found"], "pages": r["pages"]}),
-            Entry(f"scale_plan_s_{name}", r["plan_s"], "s", device="pgstac",
-                  notes={"peak_mb": r["plan_peak_mb"]}),
+            Entry(f"scale_work_order_bytes_{name}", r["work_order_bytes_mean"], "bytes",
+                  device="scheduling",
+                  notes={"max": r["work_order_bytes_max"],
+                         "inlined_mean": r["inlined_work_order_bytes_mean"],
+                         "inlined_max": r["inlined_work_order_bytes_max"], "pickled": True}),
         ]  # fmt: skip
+        if r["searched"]:
+            entries += [
+                Entry(f"scale_search_s_{name}", r["search_s"], "s", device="pgstac",
+                      notes={"items": r["items_found"], "pages_min": r["pages_min"],
+                             "peak_mb": r["search_peak_mb"]}),
+                Entry(f"scale_plan_s_{name}", r["plan_s"], "s", device="pgstac",
+                      notes={"peak_mb": r["plan_peak_mb"]}),
+            ]  # fmt: skip
+        else:
+            entries.append(
+                Entry(f"scale_plan_offline_s_{name}", r["plan_s"], "s", device="cpu",
+                      notes={"peak_mb": r["plan_peak_mb"], "tile_size": a.tile_size})
+            )  # fmt: skip
     if len(rows) >= 2:
         small, big = (rows[n] for n in list(rows)[:2])
         growth = (big["driver_peak_mb"] / small["driver_peak_mb"]) / (big["tiles"] / small["tiles"])

@@ -12,7 +12,7 @@
 4. ``uvicorn --factory stac_fastapi.pgstac.app:create_app`` on another free port.
 
 :meth:`LocalPgstac.load_catalog` loads a folder with ``collection.json`` + ``items.json`` (the
-demo catalog layout) with ``pypgstac load``. :meth:`LocalPgstac.stop` stops uvicorn and the
+demo catalog layout) or ``items.ndjson`` with ``pypgstac load``. :meth:`LocalPgstac.stop` stops uvicorn and the
 cluster (``pg_ctl stop -m fast``) and deletes the temporary folder.
 """
 
@@ -186,7 +186,8 @@ class LocalPgstac:
         )
 
     def load_catalog(self, catalog_dir: Path) -> str:
-        """Load ``collection.json`` + ``items.json`` (a FeatureCollection) into pgstac.
+        """Load ``collection.json`` + ``items.json`` (a FeatureCollection) or ``items.ndjson``
+        (one item per line, streamed: a continental catalog need not fit in memory) into pgstac.
 
         Returns the collection id. Uses ``pypgstac load`` on ndjson files (upsert, so loading
         the same catalog twice is harmless).
@@ -195,26 +196,37 @@ class LocalPgstac:
         t0 = time.monotonic()
         catalog_dir = Path(catalog_dir)
         collection = json.loads((catalog_dir / "collection.json").read_text())
-        items_doc = json.loads((catalog_dir / "items.json").read_text())
-        items = items_doc["features"] if isinstance(items_doc, dict) else items_doc
+        if (catalog_dir / "items.ndjson").is_file():
+            lines = open(catalog_dir / "items.ndjson")  # closed below
+            items = (json.loads(line) for line in lines if line.strip())
+        else:
+            lines = None
+            items_doc = json.loads((catalog_dir / "items.json").read_text())
+            items = items_doc["features"] if isinstance(items_doc, dict) else items_doc
         cid = collection["id"]
         coll_nd = self.root / f"{cid}.collection.ndjson"
         items_nd = self.root / f"{cid}.items.ndjson"
         coll_nd.write_text(json.dumps(collection, separators=(",", ":")) + "\n")
-        with open(items_nd, "w") as fh:
-            for item in items:
-                item = dict(item)
-                item.setdefault("collection", cid)
-                if item["collection"] != cid:
-                    raise ServiceError(
-                        f"item {item.get('id')} belongs to {item['collection']}, not {cid}"
-                    )
-                fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+        count = 0
+        try:
+            with open(items_nd, "w") as fh:
+                for item in items:
+                    item = dict(item)
+                    item.setdefault("collection", cid)
+                    if item["collection"] != cid:
+                        raise ServiceError(
+                            f"item {item.get('id')} belongs to {item['collection']}, not {cid}"
+                        )
+                    fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+                    count += 1
+        finally:
+            if lines is not None:
+                lines.close()
         self._pypgstac("load", "collections", str(coll_nd), "--method", "upsert")
         self._pypgstac("load", "items", str(items_nd), "--method", "upsert")
         n = self.sql(f"SELECT count(*) FROM pgstac.items WHERE collection = '{cid}'").strip()
-        if int(n) != len(items):
-            raise ServiceError(f"loaded {n} items of {cid} into pgstac, expected {len(items)}")
+        if int(n) != count:
+            raise ServiceError(f"loaded {n} items of {cid} into pgstac, expected {count}")
         self.timings["load_s"] = time.monotonic() - t0
         self.collection, self.catalog = cid, catalog_dir
         return cid

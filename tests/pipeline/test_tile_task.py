@@ -22,6 +22,7 @@ from pipeline.commands.run import add_arguments, resolve
 from pipeline.composite import period_labels
 from pipeline.run.plan import make_plan, tile_job
 from pipeline.run.scheduling import run_tiles
+from pipeline.run_inputs import RunInputs
 from pipeline.testing.encoder import FakeEncoder
 from pipeline.tile_task import load_composite, process_tile
 from pipeline.workspace import Workspace
@@ -60,7 +61,7 @@ def run(fake, small_catalog, tmp_path):
         period_labels=list(period_labels(c.start, c.end, c.period)),
     )  # fmt: skip
     items = json.loads((small_catalog / "items.json").read_text())["features"]
-    return cfg, plan, ws, items
+    return cfg, plan, ws, RunInputs.write(ws.work, plan.geometry, items)
 
 
 def _expected_classes(fake: FakeEncoder, classifier: np.ndarray, values: np.ndarray):
@@ -73,11 +74,11 @@ def _expected_classes(fake: FakeEncoder, classifier: np.ndarray, values: np.ndar
 
 
 def test_process_tile_maps_every_valid_pixel_to_the_encoders_class(fake, run):
-    cfg, plan, ws, items = run
+    cfg, plan, ws, inputs = run
     assert len(plan.grid.tiles) > 1
     checked = 0
     for tile in plan.grid.tiles:
-        job = tile_job(cfg, plan, ws, items, tile, None)
+        job = tile_job(cfg, plan, ws, inputs, tile, None)
         stats = process_tile(job)
         got = open_map(ws.store)["classes"].values[tile.window]
         mapped = got != 255
@@ -97,7 +98,7 @@ def test_process_tile_maps_every_valid_pixel_to_the_encoders_class(fake, run):
 def test_run_tiles_marks_done_tiles_and_records_a_failing_one(run):
     from distributed import Client
 
-    cfg, plan, ws, items = run
+    cfg, plan, ws, inputs = run
     tiles = list(plan.grid.tiles)
     bad = tiles[0].id
 
@@ -107,7 +108,7 @@ def test_run_tiles_marks_done_tiles_and_records_a_failing_one(run):
         return process_tile(job)
 
     with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
-        stats, failures = run_tiles(c, cfg, plan, ws, items, None, tiles, task=task)
+        stats, failures = run_tiles(c, cfg, plan, ws, inputs, None, tiles, task=task)
     assert set(stats) == {t.id for t in tiles} - {bad}
     assert set(ws.done_tiles()) == set(stats)
     assert list(failures) == [bad]

@@ -104,6 +104,7 @@ def test_a_third_model_kind_maps_a_tile_through_the_real_tile_path(
     """Registered from this file alone, the toy runs in a RunConfig, a TileJob and process_tile
     (real scenes, real composite, real Zarr and COG writers) and its map is its NDVI rule."""
     from pipeline.run_config import RunConfig
+    from pipeline.run_inputs import RunInputs
     from pipeline.tile_task import TileJob, load_composite, process_tile
     from pipeline.tiling import make_grid
     from pipeline.writers import create_map_store, open_map
@@ -119,10 +120,11 @@ def test_a_third_model_kind_maps_a_tile_through_the_real_tile_path(
         tmp_path / "map.zarr", grid, class_names=["other", "vegetation"], k=2,
         period_labels=["2023"],
     )  # fmt: skip
+    inputs = RunInputs.write(tmp_path / "work", aoi, items)
     classes = {}
     for tile in grid.tiles:
         job = TileJob(
-            tile=tile, items=tuple(items), geometry_wkb=aoi.wkb, model=cfg.model,
+            tile=tile, inputs=inputs.refs(range(len(items))), model=cfg.model,
             classifier=np.zeros((2, 2), np.float32), calibration=None, composite=cfg.composite,
             mask=cfg.mask, chips=cfg.chips, output=cfg.output, store=str(store),
             tile_dir=str(tmp_path / "tiles" / tile.id),

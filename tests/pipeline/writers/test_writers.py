@@ -395,3 +395,20 @@ def test_legend_quicklook_and_stac_item(written, cogs):
     assert Path(item.assets["classes"].get_absolute_href()).is_file()
     assert item.assets["zarr"].href == written["store"].resolve().as_uri()
     assert item.assets["quicklook"].roles == ["overview", "visual"]
+
+
+def test_quicklook_window_covers_the_bounds_snapped_out_to_pixels():
+    from affine import Affine
+
+    from pipeline.writers.products import quicklook_window
+
+    t = Affine(10.0, 0, 4_000_000.0, 0, -10.0, 3_000_000.0)  # a 100 km cell at 10 m
+    w = quicklook_window(t, 10_000, 10_000)
+    assert (w.col_off, w.row_off, w.width, w.height) == (0, 0, 10_000, 10_000)
+    # a 600 m region, its corners inside pixels: whole pixels around it
+    w = quicklook_window(t, 10_000, 10_000, (4_000_105.0, 2_999_395.0, 4_000_705.0, 2_999_995.0))
+    assert (w.col_off, w.row_off, w.width, w.height) == (10, 0, 61, 61)
+    # clipped to the raster; no overlap: the whole raster
+    w = quicklook_window(t, 100, 100, (3_999_000.0, 2_999_500.0, 4_000_500.0, 3_001_000.0))
+    assert (w.col_off, w.row_off, w.width, w.height) == (0, 0, 50, 50)
+    assert quicklook_window(t, 100, 100, (0.0, 0.0, 1.0, 1.0)).width == 100
