@@ -108,13 +108,18 @@ def _agreement(ref: torch.Tensor, got: torch.Tensor, w: torch.Tensor) -> dict[st
     }
 
 
+def _model_and_classifier(name: str, device: str) -> tuple[object, torch.Tensor]:
+    """The untrained model ``name`` on ``device`` and its (C, D) lucas-lc8 text classifier."""
+    m = model.load(name, untrained=True, device=device)
+    _, legend = _prompts()
+    return m, build_classifier(m, legend).to(device).float()
+
+
 def timesenclip_variants(batch: int, sample: int, device: str = "cuda") -> Iterator[Entry]:
     """TimeSenCLIP px/s per variant on (batch, 12, 10) device batches, with agreement."""
     from model.engine import _pixel_fn  # noqa: PLC0415 (the engine's current path, measured)
 
-    m = model.load("timesenclip", untrained=True, device=device)
-    _, legend = _prompts()
-    w = build_classifier(m, legend).to(device).float()
+    m, w = _model_and_classifier("timesenclip", device)
     x = torch.from_numpy(_series(batch, seed=1)).to(device)
     with torch.inference_mode():
         ref = pixel_embedder(m.encoder.float(), torch.float32)(x[:sample])
@@ -138,9 +143,7 @@ def timesenclip_variants(batch: int, sample: int, device: str = "cuda") -> Itera
 
 def senclip_variants(batch: int, sample: int, device: str = "cuda") -> Iterator[Entry]:
     """SenCLIP chips/s: the engine's path vs a bf16 (channels-last, compiled) image tower."""
-    m = model.load("senclip", untrained=True, device=device)
-    _, legend = _prompts()
-    w = build_classifier(m, legend).to(device).float()
+    m, w = _model_and_classifier("senclip", device)
     chips = torch.from_numpy(_chips(batch, seed=2)).to(device)
     with torch.inference_mode():
         ref = m.image_embed(m.preprocess(chips[:sample])).float()
