@@ -66,6 +66,19 @@ def test_kernel_equals_nanmedian(period, cloud):
     assert len(comp.period_starts) == {"monthly": 12, "quarterly": 4, "annual": 1}[period]
 
 
+@pytest.mark.parametrize("t", [12, 24, 37, 85])
+def test_kernel_equals_nanmedian_for_any_acquisitions_per_month(t):
+    """1, 2, 3 (odd and even) and 7 time steps a month: every shape the sorting network takes."""
+    step = np.timedelta64(365 * 24 // t, "h")
+    values, _ = _stack(seed=t, t=t, cloud=0.4)
+    times = (np.datetime64("2023-01-01T10:30") + np.arange(t) * step).astype("datetime64[ns]")
+    comp = composite(values, times, Y0, Y1, "monthly", gap_fill=False)
+    ref, counts = _reference(values, times, "monthly")
+    np.testing.assert_array_equal(np.isnan(comp.values), np.isnan(ref))
+    np.testing.assert_allclose(comp.values, ref, rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(comp.counts, counts)
+
+
 def test_long_periods_use_the_sort_path():
     """More time steps per period than the sorting network takes (daily data for a year)."""
     values, _ = _stack(seed=3, t=200, size=6, cloud=0.4)
