@@ -159,7 +159,7 @@ def utm_crs_for(geom: Any) -> str:
 
 
 #: LAEA Europe, the CRS of the EEA reference grid; regions spanning several UTM zones inside its
-#: area of use are mapped in it, on 100 km grid cells (see :mod:`pipeline.cells`).
+#: area of use are mapped in it, on 100 km grid cells (see :mod:`pipeline.grid.cells`).
 LAEA_EUROPE = "EPSG:3035"
 #: lon/lat box inside the area of use of EPSG:3035 (Europe, Macaronesia included).
 LAEA_EUROPE_BOX = (-35.0, 24.0, 45.0, 84.0)

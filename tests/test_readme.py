@@ -88,7 +88,7 @@ def _check_network_command(argv: list[str]) -> None:
         return
     from aoi import to_crs
     from pipeline.commands.run import resolve
-    from pipeline.run.plan import check_size, resolve_region
+    from pipeline.run.prepare import check_size, resolve_region
 
     cfg = resolve(args)
     if cfg.execution.cluster == "local":

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from pipeline.base.errors import UserError
-from pipeline.tiling import ChipPlan, chip_plan
+from pipeline.grid.tiling import ChipLayout, chip_layout
 
 
 class ModelAdapter:
@@ -30,7 +30,7 @@ class ModelAdapter:
     title: ClassVar[str]
     """The name in messages, e.g. ``"TimeSenCLIP"``."""
     bands: ClassVar[tuple[str, ...]]
-    """Input bands in the model's order (:data:`pipeline.bands.BANDS` names)."""
+    """Input bands in the model's order (:data:`pipeline.stac.bands.BANDS` names)."""
     scale: ClassVar[float]
     """Factor from reflectance (0-1) to the model's input units (1e4: L2A DN without offset)."""
     input: ClassVar[Literal["pixel", "patch"]]
@@ -53,9 +53,9 @@ class ModelAdapter:
         """Extra pixels loaded around each tile (a patch model's chips reach past it)."""
         return window if self.input == "patch" else 0
 
-    def chip_plan(self, geobox: Any, window: int, stride: int) -> ChipPlan | None:
+    def chip_layout(self, geobox: Any, window: int, stride: int) -> ChipLayout | None:
         """The chips of a tile for a patch model (its ``geobox`` is the window to load), or None."""
-        return chip_plan(geobox, window, stride) if self.input == "patch" else None
+        return chip_layout(geobox, window, stride) if self.input == "patch" else None
 
     def check_periods(self, n_periods: int, start: Any, end: Any, period: str) -> None:
         """Raise :class:`UserError` when the run's composites are not ones the model takes."""
@@ -71,7 +71,7 @@ class ModelAdapter:
         return tile_pixels if self.input == "pixel" else tile_pixels / stride**2
 
     def load(self, spec: Any) -> Any:
-        """The model of a :class:`~pipeline.run_config.ModelConfig`, once per process.
+        """The model of a :class:`~pipeline.run.config.ModelConfig`, once per process.
 
         The default builds it with ``model.get_model`` (the loaders of :mod:`model.api`).
         """
@@ -91,16 +91,16 @@ class ModelAdapter:
         raise NotImplementedError
 
     def infer(
-        self, job: Any, m: Any, comp: Any, plan: ChipPlan | None, valid: np.ndarray
+        self, job: Any, m: Any, comp: Any, plan: ChipLayout | None, valid: np.ndarray
     ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
         """A tile's composite -> class probabilities and embeddings of its valid pixels.
 
         Args:
-            job: the :class:`~pipeline.tile_task.TileJob` (classifier, head, what to keep).
+            job: the :class:`~pipeline.run.tile_task.TileJob` (classifier, head, what to keep).
             m: the loaded model.
             comp: the composite of the loaded window (``values`` (P, B, y, x) reflectance with
-                :data:`pipeline.bands.BANDS`, ``counts`` (P, y, x)).
-            plan: :meth:`chip_plan` of the tile (None for a pixel model).
+                :data:`pipeline.stac.bands.BANDS`, ``counts`` (P, y, x)).
+            plan: :meth:`chip_layout` of the tile (None for a pixel model).
             valid: (ny, nx) bool, the tile's pixels with observations inside the region.
 
         Returns:
@@ -111,7 +111,7 @@ class ModelAdapter:
         raise NotImplementedError
 
     def sample(
-        self, job: Any, m: Any, comp: Any, plan: ChipPlan | None, n: int, rng: np.random.Generator
+        self, job: Any, m: Any, comp: Any, plan: ChipLayout | None, n: int, rng: np.random.Generator
     ) -> np.ndarray:
         """(<= n, D) embeddings of a tile's valid inputs: the calibration and field sample."""
         raise NotImplementedError
@@ -135,7 +135,7 @@ def class_probabilities(job: Any, emb: np.ndarray) -> np.ndarray:
 
 
 def band_index(bands: tuple[str, ...]) -> list[int]:
-    """Positions of ``bands`` in the composite's band axis (:data:`pipeline.bands.BANDS`)."""
-    from pipeline.bands import BANDS
+    """Positions of ``bands`` in the composite's band axis (:data:`pipeline.stac.bands.BANDS`)."""
+    from pipeline.stac.bands import BANDS
 
     return [BANDS.index(b) for b in bands]

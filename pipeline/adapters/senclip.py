@@ -7,7 +7,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.adapters.base import ModelAdapter, band_index, class_probabilities
-from pipeline.tiling import ChipPlan, blend
+from pipeline.grid.tiling import ChipLayout, blend
 
 #: Bands the patch model sees, in its order (red, green, blue).
 RGB = ("B4", "B3", "B2")
@@ -52,12 +52,12 @@ class SenCLIPAdapter(ModelAdapter):
 
         return embed_chips(m, x)
 
-    def infer(self, job: Any, m: Any, comp: Any, plan: ChipPlan | None, valid: np.ndarray):
+    def infer(self, job: Any, m: Any, comp: Any, plan: ChipLayout | None, valid: np.ndarray):
         """Sliding RGB chips per period -> chip probabilities -> smooth blend per pixel.
 
         Each period's composite gives every chip a probability vector; a chip's probabilities
         are averaged over the periods where it has data (a temporal ensemble) and the chips are
-        blended into pixels with :func:`pipeline.tiling.blend`. Chips with no data at all stay
+        blended into pixels with :func:`pipeline.grid.tiling.blend`. Chips with no data at all stay
         NaN and do not count; gaps inside a chip take the chip's per-band mean before the
         min-max stretch. Pixels no chip with data covers leave ``valid``.
         """
@@ -99,7 +99,7 @@ class SenCLIPAdapter(ModelAdapter):
         return pix_probs[:, valid].T, None if pix_emb is None else pix_emb[:, valid].T, valid
 
     def sample(
-        self, job: Any, m: Any, comp: Any, plan: ChipPlan | None, n: int, rng: np.random.Generator
+        self, job: Any, m: Any, comp: Any, plan: ChipLayout | None, n: int, rng: np.random.Generator
     ) -> np.ndarray:
         """Up to ``n`` random chips of any period that the map would classify."""
         rgb_idx = band_index(self.bands)

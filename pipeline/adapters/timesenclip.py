@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.adapters.base import ModelAdapter, class_probabilities
-from pipeline.bands import BANDS
 from pipeline.base.errors import UserError
-from pipeline.tiling import ChipPlan, aoi_mask
+from pipeline.grid.tiling import ChipLayout, aoi_mask
+from pipeline.stac.bands import BANDS
 
 
 class TimeSenCLIPAdapter(ModelAdapter):
@@ -41,7 +41,7 @@ class TimeSenCLIPAdapter(ModelAdapter):
         """(P, B, N) composite reflectance -> (N, P, B) model input."""
         return np.ascontiguousarray(np.transpose(values, (2, 0, 1))) * np.float32(self.scale)
 
-    def infer(self, job: Any, m: Any, comp: Any, plan: ChipPlan | None, valid: np.ndarray):
+    def infer(self, job: Any, m: Any, comp: Any, plan: ChipLayout | None, valid: np.ndarray):
         """Every valid pixel's series -> probabilities (on the device unless embeddings are kept)."""
         from model.engine import embed_pixels, pixel_probabilities
 
@@ -53,7 +53,7 @@ class TimeSenCLIPAdapter(ModelAdapter):
         return class_probabilities(job, emb), emb, valid
 
     def sample(
-        self, job: Any, m: Any, comp: Any, plan: ChipPlan | None, n: int, rng: np.random.Generator
+        self, job: Any, m: Any, comp: Any, plan: ChipLayout | None, n: int, rng: np.random.Generator
     ) -> np.ndarray:
         """Up to ``n`` random valid pixels inside the region."""
         geom = job.inputs.region()

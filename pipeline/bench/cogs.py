@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, SCL
 from pipeline.base.jsonio import write_json
+from pipeline.stac.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, SCL
 from pipeline.testing.demo.catalog import write_provider_cog
 
 EPSG = 32632

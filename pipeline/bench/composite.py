@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from pipeline.bench.results import Entry
-from pipeline.composite import composite
+from pipeline.composite.median import composite
 
 
 def synthetic_cube(

@@ -52,7 +52,7 @@ def demo_entries(model_name: str = "timesenclip", workers: int = 2) -> list[Entr
         "infer": sec.get("infer_worker_sum"),
         "write": sec.get("write_worker_sum"),
         "publish": sec.get("publish"),
-        "plan": sec.get("plan"),
+        "prepare": sec.get("prepare"),
         "tiles_wall": sec.get("tiles_wall"),
     }
     return [

@@ -100,7 +100,7 @@ def decode_floor(items: list[dict], region: tuple[int, int, int, int] | None = N
 
 def product_load(items: list[dict], tile: int, group: int, composite: bool = False) -> dict:
     """CPU seconds of :func:`load_reflectance` over the whole scene, tile by tile, one process."""
-    from pipeline.composite import composite as make_composite
+    from pipeline.composite.median import composite as make_composite
     from pipeline.reading import BlockReader, load_reflectance
 
     reader = BlockReader()
@@ -198,7 +198,7 @@ def composite_cpu_s_per_mpx(acquisitions: int, tile: int = TILE) -> float:
     import numba
 
     from pipeline.bench.composite import synthetic_cube
-    from pipeline.composite import composite
+    from pipeline.composite.median import composite
 
     values, _ = synthetic_cube(n_time=acquisitions, size=tile)
     step = np.timedelta64(365 * 24 // acquisitions, "h")
@@ -226,7 +226,7 @@ def _peak_rss(tile: int, group: int) -> dict:
     ``exec``) before and after, and the reader's block cache at the end."""
     from pipeline.base.paths import cache_dir
     from pipeline.bench.cogs import provider_scenes
-    from pipeline.composite import composite as make_composite
+    from pipeline.composite.median import composite as make_composite
     from pipeline.reading import BlockReader, load_reflectance
 
     items = provider_scenes(cache_dir("bench", "cogs"), SIZE, ACQUISITIONS, BLOCK)

@@ -1,6 +1,6 @@
 """Scale without pixels: the driver's scheduling of every tile of a region, with a stand-in task.
 
-:func:`schedule_only` runs the real driver path of ``run`` (the plan, the run's inputs file,
+:func:`schedule_only` runs the real driver path of ``run`` (the prep, the run's inputs file,
 one work order per tile referencing it, bounded submission, completion markers) on a LocalCluster, with a tile task that
 reads nothing and returns at once, and reports tasks per second, the driver's peak memory and
 the size of a work order. ``python -m pipeline.bench.scale REGION ITEMS_JSON`` runs it in a
@@ -38,19 +38,19 @@ def schedule_only(
 ) -> dict[str, Any]:
     """Schedule every tile of ``region`` with :func:`standin_tile`; returns the measurements.
 
-    ``items`` are streamed into the run's inputs file (:class:`pipeline.run_inputs.RunInputs`)
+    ``items`` are streamed into the run's inputs file (:class:`pipeline.run.inputs.RunInputs`)
     as the run's driver writes it; the work orders reference it. The size of a work order is
     measured on a sample of tiles, with references (what is sent) and, for comparison, with the
     items and region outline inlined (what was sent before).
     """
     import datetime as dt
 
-    from pipeline.cluster import ClusterConfig, open_client
-    from pipeline.run.plan import make_plan, tile_job
-    from pipeline.run.scheduling import run_tiles
-    from pipeline.run_config import RunConfig
-    from pipeline.run_inputs import RunInputs
-    from pipeline.workspace import Workspace
+    from pipeline.run.cluster import ClusterConfig, open_client
+    from pipeline.run.config import RunConfig
+    from pipeline.run.inputs import RunInputs
+    from pipeline.run.prepare import prepare_run
+    from pipeline.run.scheduling import run_tiles, tile_job
+    from pipeline.run.workspace import Workspace
 
     cfg = RunConfig.of(
         region=region,
@@ -64,21 +64,21 @@ def schedule_only(
         allow_large=True,
     )
     t = time.perf_counter()
-    plan = make_plan(cfg)
+    prep = prepare_run(cfg)
     plan_s = time.perf_counter() - t
     with tempfile.TemporaryDirectory(prefix="s2lc-scale-") as tmp:
         ws = Workspace(Path(tmp))
         ws.prepare(cfg.output_hash(), False)
         t = time.perf_counter()
-        inputs = RunInputs.write(ws.work, plan.geometry, items)
+        inputs = RunInputs.write(ws.work, prep.geometry, items)
         inputs_s = time.perf_counter() - t
-        tiles = list(plan.grid.tiles)
+        tiles = list(prep.grid.tiles)
         sample = tiles[:: max(1, len(tiles) // 50)]
-        jobs = [tile_job(cfg, plan, ws, inputs, tl, None) for tl in sample]
+        jobs = [tile_job(cfg, prep, ws, inputs, tl, None) for tl in sample]
         orders = [len(pickle.dumps(j)) for j in jobs]
         # before: the same orders with the item dicts and the region's WKB in them
         inlined = [
-            n + len(pickle.dumps(j.inputs.items())) + len(plan.geometry.wkb)
+            n + len(pickle.dumps(j.inputs.items())) + len(prep.geometry.wkb)
             - len(pickle.dumps(j.inputs))
             for n, j in zip(orders, jobs, strict=True)
         ]  # fmt: skip
@@ -86,7 +86,7 @@ def schedule_only(
         del jobs
         with open_client(ClusterConfig(kind="local", workers=workers)) as client:
             t = time.perf_counter()
-            stats, errors = run_tiles(client, cfg, plan, ws, inputs, None, tiles, task=standin_tile)
+            stats, errors = run_tiles(client, cfg, prep, ws, inputs, None, tiles, task=standin_tile)
             run_s = time.perf_counter() - t
         inputs_mb = inputs.path.stat().st_size / 1e6
     return {

@@ -18,11 +18,11 @@ from pipeline.bench.results import Entry
 
 def data_path_entry() -> Entry:
     from aoi import load_region
-    from pipeline.composite import composite
-    from pipeline.cube import load_cube
-    from pipeline.search import SearchConfig, search_items
+    from pipeline.composite.median import composite
+    from pipeline.grid.tiling import make_grid
+    from pipeline.reading.cube import load_cube
+    from pipeline.stac.search import SearchConfig, search_items
     from pipeline.testing.demo import DEMO_AOI, ensure_demo_catalog
-    from pipeline.tiling import make_grid
 
     region = load_region("demo")
     catalog = ensure_demo_catalog()
@@ -69,7 +69,7 @@ def _mosaic_seconds(
     from shapely.geometry import box
 
     from aoi import to_crs
-    from pipeline.tiling import make_grid
+    from pipeline.grid.tiling import make_grid
     from pipeline.writers import TileResult, build_cogs, write_tile_rasters
 
     x0, y0 = 600000.0, 5340000.0

@@ -1,7 +1,7 @@
 """Options shared by the commands that search and composite (``run``, ``plan``, ``search``,
 ``extract-points``): when (``--year``/``--start``/``--end``/``--period``) and which data
 (``--profile``/``--stac-url``/``--collection``/``--max-cloud``/``--keep-snow``), spelt and
-resolved one way (:func:`pipeline.config.period_dates`, :func:`pipeline.config.stac_profile`).
+resolved one way (:func:`pipeline.base.config.period_dates`, :func:`pipeline.base.config.stac_profile`).
 """
 
 from __future__ import annotations

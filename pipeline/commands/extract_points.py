@@ -53,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from pipeline.config import period_dates, stac_profile
-    from pipeline.cube import MaskConfig
+    from pipeline.base.config import period_dates
     from pipeline.points import ExtractConfig, extract_points, read_points
-    from pipeline.run_config import CompositeConfig
-    from pipeline.search import SearchConfig
+    from pipeline.reading.cube import MaskConfig
+    from pipeline.run.config import CompositeConfig
+    from pipeline.stac.profiles import stac_profile
+    from pipeline.stac.search import SearchConfig
 
     log = logging.getLogger(__name__)
     start, end = period_dates(args.year, args.start, args.end)

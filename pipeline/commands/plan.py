@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _scenes_offline(geometry, cfg, clear_fraction: float) -> dict:
-    from pipeline.mgrs import acquisitions_per_year, observations_per_year, s2_tiles
+    from pipeline.grid.mgrs import acquisitions_per_year, observations_per_year, s2_tiles
 
     days = (cfg.composite.end - cfg.composite.start).days + 1
     tiles = s2_tiles(geometry)
@@ -51,7 +51,7 @@ def _scenes_offline(geometry, cfg, clear_fraction: float) -> dict:
     acq = sum(acquisitions_per_year(t.lat, days) for t in tiles)
     obs = sum(observations_per_year(t.lat, days) for t in tiles) / len(tiles)
     return {
-        "source": "offline: Sentinel-2 revisit over the region's MGRS tiles (pipeline.mgrs)",
+        "source": "offline: Sentinel-2 revisit over the region's MGRS tiles (pipeline.grid.mgrs)",
         "mgrs_tiles": len(tiles),
         "acquisitions": acq,
         "clear_fraction": clear_fraction,
@@ -65,10 +65,10 @@ def _scenes_searched(geometry, cfg, crs: str) -> dict:
     from shapely.geometry import shape
 
     from aoi import to_crs
-    from pipeline.run.plan import search_items
+    from pipeline.stac.search import search_run_scenes
 
     t = time.perf_counter()
-    items = search_items(cfg, geometry, cfg.search.profile)
+    items, _ = search_run_scenes(geometry, cfg.composite.start, cfg.composite.end, cfg.search)
     seconds = time.perf_counter() - t
     region = to_crs(geometry, crs)
     if items:
@@ -88,11 +88,11 @@ def _scenes_searched(geometry, cfg, crs: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     from pipeline.base.errors import UserError
     from pipeline.base.jsonio import write_json
-    from pipeline.cells import cells_of, is_gridded, output_grid
     from pipeline.commands.run import resolve
-    from pipeline.planning import Workers, estimate, load_rates
-    from pipeline.run.plan import resolve_region
-    from pipeline.run_config import default_output_dir
+    from pipeline.grid.cells import cells_of, is_gridded, output_grid
+    from pipeline.run.config import default_output_dir
+    from pipeline.run.plan import Workers, estimate, load_rates
+    from pipeline.run.prepare import resolve_region
 
     t0 = time.perf_counter()
     if not 0 < args.clear_fraction <= 1:

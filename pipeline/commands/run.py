@@ -189,9 +189,10 @@ def apply_config(args: argparse.Namespace, doc: dict) -> tuple[argparse.Namespac
 def resolve(args: argparse.Namespace):
     """Build the RunConfig from defaults, the optional YAML file and the CLI options."""
     from aoi import load_region
+    from pipeline.base.config import load_yaml, merged, period_dates
     from pipeline.base.errors import UserError
-    from pipeline.config import load_yaml, merged, period_dates, stac_profile
-    from pipeline.run_config import FLAT_KEYS, RunConfig
+    from pipeline.run.config import FLAT_KEYS, RunConfig
+    from pipeline.stac.profiles import stac_profile
 
     base: dict = {}
     if args.config:
@@ -226,7 +227,7 @@ def resolve(args: argparse.Namespace):
         # a head brings its classes (and the legend it was fitted with, for the colours)
         "legend": None if head else ("demo" if region.stac == "demo" else "lucas-lc8"),
     }
-    from pipeline.cells import GRIDDED_TILE_SIZE, is_gridded
+    from pipeline.grid.cells import GRIDDED_TILE_SIZE, is_gridded
 
     if is_gridded(region.crs):  # tiles must divide the 100 km output cells
         defaults["tile_size"] = GRIDDED_TILE_SIZE

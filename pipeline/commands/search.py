@@ -30,9 +30,10 @@ def run(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from aoi import load_region, validate_geometry
-    from pipeline.config import period_dates, stac_profile
-    from pipeline.scenes import monthly_coverage
-    from pipeline.search import SearchConfig, search_scenes
+    from pipeline.base.config import period_dates
+    from pipeline.stac.profiles import stac_profile
+    from pipeline.stac.scenes import monthly_coverage
+    from pipeline.stac.search import SearchConfig, search_scenes
 
     if args.bbox:
         from aoi import bbox_region

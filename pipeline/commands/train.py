@@ -114,7 +114,7 @@ _DEFAULTS = {
 
 def _config(args: argparse.Namespace):
     from model.train.loop import TrainConfig
-    from pipeline.config import from_mapping
+    from pipeline.base.config import from_mapping
 
     values = dict(_DEFAULTS[args.target])
     values.update(

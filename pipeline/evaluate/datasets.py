@@ -214,7 +214,7 @@ def eurosat_ms(root: str | Path, limit_per_class: int | None = None) -> ImageFol
 
 
 def eurosat_ms_bands(names: Sequence[str]) -> list[int]:
-    """0-based indices of ``names`` (e.g. ``pipeline.bands.BANDS`` or B4, B3, B2) in an MS tif."""
+    """0-based indices of ``names`` (e.g. ``pipeline.stac.bands.BANDS`` or B4, B3, B2) in an MS tif."""
     return [EUROSAT_MS_BANDS.index(n) for n in names]
 
 

@@ -21,7 +21,7 @@ from pipeline.field.api import (
     read_codes,
     similarity,
 )
-from pipeline.field.codec import ENCODING, FieldCodec, fit_codec, identity_codec
+from pipeline.writers.codec import ENCODING, FieldCodec, fit_codec, identity_codec
 
 __all__ = [
     "ENCODING",

@@ -27,18 +27,16 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from pipeline.base.errors import UserError
-from pipeline.field.codec import FieldCodec
-from pipeline.run_config import ModelConfig
-from pipeline.tiling import TileGrid
-from pipeline.writers.field import read_codec
+from pipeline.grid.tiling import TileGrid
+from pipeline.run.config import ModelConfig
+from pipeline.writers.codec import FieldCodec
+from pipeline.writers.field import FIELD_ATTR, read_codec
 
 _log = logging.getLogger(__name__)
 
 Window = tuple[slice, slice]
 #: Temperature of query probabilities (trained CLIP's logit scale, as zero-shot maps use).
 LOGIT_SCALE = 100.0
-#: Group attribute of the map store that holds the field's metadata.
-FIELD_ATTR = "s2lc:field"
 KINDS = ("similarity", "probability")
 
 
@@ -99,7 +97,7 @@ class Field:
 
     @property
     def grid(self) -> Any:
-        """The field's :class:`~pipeline.tiling.TileGrid`: its own grid and every tile of the
+        """The field's :class:`~pipeline.grid.tiling.TileGrid`: its own grid and every tile of the
         lattice (tiles outside the map's region read as nodata)."""
 
         empty = TileGrid(self.geobox, self.tile_size, ())
@@ -211,7 +209,7 @@ def decode_valid(f: Field, window: Window) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_spec(f: Field, checkpoint: str | None = None, clip_checkpoint: str | None = None) -> Any:
-    """The :class:`~pipeline.run_config.ModelConfig` that made the field (from its ``run.json``)."""
+    """The :class:`~pipeline.run.config.ModelConfig` that made the field (from its ``run.json``)."""
 
     cfg = f.run.get("config") or {}
     if not cfg:

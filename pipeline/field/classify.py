@@ -5,7 +5,7 @@ same per-tile products as ``run`` (:class:`~pipeline.writers.TileResult` into a 
 per-tile GeoTIFFs), then the run's own publishing step (:func:`pipeline.run.publishing.publish`: COGs,
 legend, quicklook, STAC item). Classification is the run's too: the zero-shot text classifier
 with the optional class-mean calibration (:func:`model.zeroshot.probabilities`) or a few-shot
-head, and :func:`pipeline.tile_task.predict`. Because a ``--save-embeddings`` run classifies the
+head, and :func:`pipeline.run.tile_task.predict`. Because a ``--save-embeddings`` run classifies the
 decoded field, the run's own legend reproduces the run's class map exactly.
 """
 
@@ -24,17 +24,17 @@ from tqdm import tqdm
 from model.train.probe import check_head_matches, load_head
 from model.zeroshot import fit_calibration, probabilities
 from pipeline.adapters.base import cached_head
+from pipeline.base.config import to_plain
 from pipeline.base.errors import UserError
 from pipeline.base.hashing import json_digest
 from pipeline.base.jsonio import write_json
-from pipeline.config import to_plain
 from pipeline.field.api import Field, _group, decode_valid, load_model, model_spec
-from pipeline.run.plan import make_plan
+from pipeline.run.config import FLAT_KEYS, RunConfig
+from pipeline.run.prepare import prepare_run
 from pipeline.run.publishing import publish
 from pipeline.run.reporting import up_to_date
-from pipeline.run_config import FLAT_KEYS, RunConfig
-from pipeline.tile_task import predict
-from pipeline.workspace import Workspace
+from pipeline.run.tile_task import predict
+from pipeline.run.workspace import Workspace
 from pipeline.writers import TileResult, create_map_store, write_tile, write_tile_rasters
 
 _log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class ClassifyConfig:
 
 
 def run_config_of(f: Field) -> Any:
-    """The :class:`~pipeline.run_config.RunConfig` of the run that made the field."""
+    """The :class:`~pipeline.run.config.RunConfig` of the run that made the field."""
 
     plain = dict(f.run.get("config") or {})
     if not plain:
@@ -98,24 +98,24 @@ def _new_config(f: Field, c: ClassifyConfig) -> Any:
     )
 
 
-def _calibration(f: Field, cfg: Any, plan: Any) -> list[float] | None:
+def _calibration(f: Field, cfg: Any, prep: Any) -> list[float] | None:
     """The run's vector for its own legend; for another legend, fitted on a sample of the field."""
     if cfg.model.calibration != "reference" or cfg.model.head:
         return None
-    if plan.legend_info.get("prompt_hash") == (f.run.get("legend") or {}).get("prompt_hash"):
+    if prep.legend_info.get("prompt_hash") == (f.run.get("legend") or {}).get("prompt_hash"):
         if f.run.get("calibration") is not None:
             return list(f.run["calibration"])
 
     rng = np.random.default_rng(cfg.model.seed)
     parts = []
-    per_tile = max(1, CALIBRATION_SAMPLES // max(1, len(plan.grid.tiles)))
-    for tile in plan.grid.tiles:
+    per_tile = max(1, CALIBRATION_SAMPLES // max(1, len(prep.grid.tiles)))
+    for tile in prep.grid.tiles:
         _, emb = decode_valid(f, tile.window)
         if len(emb):
             parts.append(emb[np.sort(rng.permutation(len(emb))[:per_tile])])
     if not parts:
         raise UserError(f"{f.map_dir}: the field has no valid pixel to calibrate on")
-    return np.asarray(fit_calibration(np.concatenate(parts), plan.classifier)).tolist()
+    return np.asarray(fit_calibration(np.concatenate(parts), prep.classifier)).tolist()
 
 
 def _output_hash(f: Field, cfg: Any) -> str:
@@ -142,7 +142,7 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
     t0 = time.perf_counter()
     cfg = _new_config(f, c)
     m = load_model(f, cfg.model.checkpoint, cfg.model.clip_checkpoint)
-    plan = make_plan(cfg)
+    prep = prepare_run(cfg)
     if cfg.model.head:
         check_head_matches(
             load_head(cfg.model.head),
@@ -150,7 +150,7 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
             where=str(cfg.model.head),
         )
     # The field's own grid, not the region's re-derived one: no imagery and no region code.
-    plan = dataclasses.replace(plan, grid=f.grid)
+    prep = dataclasses.replace(prep, grid=f.grid)
     ws = Workspace(Path(cfg.execution.out))
     ws.check_writable()
     output_hash = _output_hash(f, cfg)
@@ -158,30 +158,30 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
         _log.info("%s is complete and up to date; nothing to do", ws.out)
         return ws.out
     ws.prepare(output_hash, cfg.execution.overwrite)
-    calibration = _calibration(f, cfg, plan)
+    calibration = _calibration(f, cfg, prep)
     calib = None if calibration is None else np.asarray(calibration, np.float32)
     ws.save_manifest({"output_hash": output_hash, "source_field": str(f.map_dir)})
     labels = [str(p) for p in f.layout.get("periods", [])]
-    k = min(cfg.output.top_k, len(plan.class_names))
+    k = min(cfg.output.top_k, len(prep.class_names))
     create_map_store(
         ws.store,
-        plan.grid,
-        class_names=list(plan.class_names),
+        prep.grid,
+        class_names=list(prep.class_names),
         k=k,
         period_labels=labels,
         attrs={
             "config_hash": output_hash,
-            "region": plan.region_name,
+            "region": prep.region_name,
             "model": cfg.model.name,
             "untrained": cfg.model.untrained,
             "source_field": str(f.map_dir),
         },
     )
     done = ws.done_tiles()
-    todo = [t for t in plan.grid.tiles if t.id not in done]
+    todo = [t for t in prep.grid.tiles if t.id not in done]
 
     for tile in tqdm(todo, unit="tile", desc="classify", disable=not cfg.execution.progress):
-        ws.mark_done(tile.id, _classify_tile(f, ws, tile, cfg, plan, calib, k))
+        ws.mark_done(tile.id, _classify_tile(f, ws, tile, cfg, prep, calib, k))
     report = {
         "status": "complete",
         "untrained": cfg.model.untrained,
@@ -190,14 +190,14 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
         "field": f.meta,
         "config": _plain(cfg),
         "region": f.run.get("region"),
-        "model": plan.model_info,
-        "legend": {**plan.legend_info, "classes": list(plan.class_names)},
+        "model": prep.model_info,
+        "legend": {**prep.legend_info, "classes": list(prep.class_names)},
         "calibration": calibration,
-        "tiles": {"total": len(plan.grid.tiles), "done": len(plan.grid.tiles)},
+        "tiles": {"total": len(prep.grid.tiles), "done": len(prep.grid.tiles)},
         "seconds": {"tiles": time.perf_counter() - t0},
     }
     t = time.perf_counter()
-    publish(cfg, plan, ws, report, labels)
+    publish(cfg, prep, ws, report, labels)
     report["seconds"]["publish"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - t0
     write_json(ws.out / "run.json", report)
@@ -217,7 +217,7 @@ def _valid_obs(f: Field, tile: Any) -> np.ndarray:
     return np.asarray(_group(f)["valid_obs"][:, ys, xs])
 
 
-def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, plan: Any, calib, k: int) -> dict:
+def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, prep: Any, calib, k: int) -> dict:
 
     t = time.perf_counter()
     valid, emb = decode_valid(f, tile.window)
@@ -230,7 +230,7 @@ def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, plan: Any, calib, k: 
         if cfg.model.head:
             probs = np.asarray(cached_head(cfg.model.head).predict(emb), dtype=np.float32)
         else:
-            probs = np.asarray(probabilities(emb, plan.classifier, calib), dtype=np.float32)
+            probs = np.asarray(probabilities(emb, prep.classifier, calib), dtype=np.float32)
         cls, cf, tc, tp = predict(probs, k)
         classes[valid] = cls.astype(np.uint8)
         conf[valid] = cf

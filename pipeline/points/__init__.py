@@ -8,7 +8,7 @@ lattice (pixel edges on multiples of the resolution from the CRS origin), so a p
 the series the map classifies at that pixel.
 
 Scaling to 100k+ points (LUCAS): points are grouped by UTM zone, then by tile of the zone's
-:func:`~pipeline.tiling.make_grid` lattice; the tiles of one *search block* share one STAC search,
+:func:`~pipeline.grid.tiling.make_grid` lattice; the tiles of one *search block* share one STAC search,
 and every cluster of nearby points (``cluster_px``) loads only the small window around it, never
 a whole tile. Blocks are written to ``<out>.parts/`` as they finish, so an interrupted extraction
 resumes where it stopped.
@@ -19,7 +19,7 @@ float32 reflectance (NaN where no observation), ``counts`` (N, P) valid observat
 every other column of the input as a string attribute (labels, NUTS0, ...).
 
 Modules: :mod:`~pipeline.points.reading` (the input points), :mod:`~pipeline.points.table` (the
-extracted table and its file format), :mod:`~pipeline.points.planning` (windows and search
+extracted table and its file format), :mod:`~pipeline.points.windows` (windows and search
 blocks) and :mod:`~pipeline.points.extraction` (search, composite, resume).
 """
 
@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from aoi import utm_epsg
 from pipeline.points.extraction import ExtractConfig, extract_points
-from pipeline.points.planning import Window, plan_windows
 from pipeline.points.reading import Points, read_points
 from pipeline.points.table import PointTable, concat_tables
+from pipeline.points.windows import Window, group_windows
 
 __all__ = [
     "ExtractConfig",
@@ -38,7 +38,7 @@ __all__ = [
     "Window",
     "concat_tables",
     "extract_points",
-    "plan_windows",
+    "group_windows",
     "read_points",
     "utm_epsg",
 ]

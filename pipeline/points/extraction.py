@@ -1,5 +1,5 @@
 """Extracting points' composite series: one STAC search per block of windows, each window through
-the map's window path (:func:`pipeline.window.composite_window`), finished blocks kept in
+the map's window path (:func:`pipeline.composite.window.composite_window`), finished blocks kept in
 ``<out>.parts/`` so an interrupted extraction resumes where it stopped.
 """
 
@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.base.errors import UserError
-from pipeline.cube import MaskConfig
-from pipeline.points.planning import Window, plan_windows
 from pipeline.points.reading import Points
 from pipeline.points.table import PointTable, concat_tables
-from pipeline.run_config import CompositeConfig
-from pipeline.search import SearchConfig
+from pipeline.points.windows import Window, group_windows
+from pipeline.reading.cube import MaskConfig
+from pipeline.run.config import CompositeConfig
+from pipeline.stac.search import SearchConfig
 
 _log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _block_geometry(windows: Sequence[Window]):
 
 
 def _search_block(cfg: ExtractConfig, geometry) -> list[dict]:
-    from pipeline.search import NoScenesError, search_items
+    from pipeline.stac.search import NoScenesError, search_items
 
     c = cfg.composite
     try:
@@ -98,8 +98,8 @@ def _search_block(cfg: ExtractConfig, geometry) -> list[dict]:
 def _extract_block(
     cfg: ExtractConfig, points: Points, windows: Sequence[Window], pool: cf.Executor
 ) -> PointTable:
-    from pipeline.bands import BANDS
-    from pipeline.window import ItemIndex, composite_window
+    from pipeline.composite.window import ItemIndex, composite_window
+    from pipeline.stac.bands import BANDS
 
     items = _search_block(cfg, _block_geometry(windows))
     index = ItemIndex(items)
@@ -168,7 +168,7 @@ def extract_points(
     out = Path(out)
     if out.suffix != ".npz":
         out = out.with_name(out.name + ".npz")
-    windows = plan_windows(
+    windows = group_windows(
         points,
         crs=cfg.crs,
         resolution=cfg.resolution,

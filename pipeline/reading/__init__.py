@@ -3,8 +3,8 @@
 :func:`load_reflectance` is what a tile task calls. On the scenes' own 10 m lattice it takes the
 native-grid fast path (:mod:`pipeline.reading.native`: block-aligned reads through a per-worker
 dataset and block cache, compiled 2x upsampling and one compiled scale/mask pass); on any other
-grid it falls back to :func:`pipeline.cube.load_cube` (odc-stac's warp). Both raise
-:class:`pipeline.cube.ReadFailure` for input that cannot be read, never NaN ("no clear
+grid it falls back to :func:`pipeline.reading.cube.load_cube` (odc-stac's warp). Both raise
+:class:`pipeline.reading.cube.ReadFailure` for input that cannot be read, never NaN ("no clear
 observation"), and re-sign signed URLs once on HTTP 403.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bands import BANDS
 from pipeline.reading.blocks import BlockReader, block_reader, gdal_options
 from pipeline.reading.native import UPSAMPLE_TOLERANCE_DN, NotNative, Reflectance, load_native
+from pipeline.stac.bands import BANDS
 
 __all__ = [
     "UPSAMPLE_TOLERANCE_DN",
@@ -82,21 +82,21 @@ def load_reflectance(
 
     Args:
         items: pystac Items or item dicts of any provider layout; scenes missing an asset are
-            logged and skipped (:func:`pipeline.cube.usable_items`).
+            logged and skipped (:func:`pipeline.reading.cube.usable_items`).
         geobox: the target window (``odc.geo`` GeoBox, any CRS).
-        mask: :class:`pipeline.cube.MaskConfig` (default masking when None).
+        mask: :class:`pipeline.reading.cube.MaskConfig` (default masking when None).
         reader: the block reader of the fast path (default: this process's).
         native: try the native-grid fast path first (False: odc-stac's warp on every grid).
         work_buffer: the fast path writes the values into this thread's reused work array of
             ``reader``: valid until this thread's next call with ``work_buffer`` (for callers
-            that reduce them at once, like :func:`pipeline.window.composite_window`).
+            that reduce them at once, like :func:`pipeline.composite.window.composite_window`).
 
     Returns:
         :class:`Reflectance` (``native`` says which path ran).
     """
     import pystac
 
-    from pipeline.cube import (
+    from pipeline.reading.cube import (
         MaskConfig,
         ReadFailure,
         _resign,

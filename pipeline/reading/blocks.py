@@ -8,8 +8,8 @@ bytes), so neighbouring tiles on the same worker reuse them; windows are assembl
 blocks, so over HTTP every request is one block's byte range (GDAL merges consecutive ranges).
 
 A file that cannot be opened or decoded (HTTP 4xx/5xx after GDAL's retries, a corrupt or
-truncated file) raises :class:`pipeline.cube.ReadFailure` (classified by
-:func:`pipeline.cube.classify_read_error`): lost input, never silently nodata.
+truncated file) raises :class:`pipeline.reading.cube.ReadFailure` (classified by
+:func:`pipeline.reading.cube.classify_read_error`): lost input, never silently nodata.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class BlockReader:
             _raise_read_failure(exc, href)
         if ds.count < 1:
             ds.close()
-            from pipeline.cube import ReadFailure
+            from pipeline.reading.cube import ReadFailure
 
             raise ReadFailure(f"unreadable file: {href} has no raster band", "corrupt")
         self.opens += 1
@@ -206,7 +206,7 @@ class BlockReader:
 
         Pixels outside the raster are 0 (nodata). ``out`` ((height, width), any contents): write
         there instead of a new array (every pixel is written). Raises
-        :class:`pipeline.cube.ReadFailure`.
+        :class:`pipeline.reading.cube.ReadFailure`.
         """
         with self._lock:
             ds = self._dataset(href, url)
@@ -262,8 +262,8 @@ class BlockReader:
 
 
 def _raise_read_failure(exc: Exception, href: str) -> None:
-    """Raise ``exc`` as a classified :class:`pipeline.cube.ReadFailure` (others as they are)."""
-    from pipeline.cube import classify_read_error
+    """Raise ``exc`` as a classified :class:`pipeline.reading.cube.ReadFailure` (others as they are)."""
+    from pipeline.reading.cube import classify_read_error
 
     failure = classify_read_error(exc)
     if failure is None:

@@ -9,7 +9,7 @@
   source pixel is nodata) is nodata (0), as in GDAL 3.10 (measured: ``tests/pipeline/reading/test_reading.py``).
 * :func:`reflectance`: scaling, harmonisation and masking in one pass over the integer DN:
   ``DN * scale + offset`` in float32 (the same two float32 operations, in the same order, as
-  :func:`pipeline.cube.load_cube`), NaN where the DN is 0 or the SCL class is masked.
+  :func:`pipeline.reading.cube.load_cube`), NaN where the DN is 0 or the SCL class is masked.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def reflectance(dn, scl, scale, offset, masked, out):  # pragma: no cover - jit
     Args:
         dn: (T, B, ny, nx) uint16 digital numbers.
         scl: (T, ny, nx) uint8 SCL classes.
-        scale, offset: (T,) float32 per time step (:class:`pipeline.bands.Harmonisation`).
+        scale, offset: (T,) float32 per time step (:class:`pipeline.stac.bands.Harmonisation`).
         masked: (256,) bool, True for the SCL classes that become NaN.
         out: (T, B, ny, nx) float32, written in place.
     """

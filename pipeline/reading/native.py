@@ -4,15 +4,15 @@ When the target GeoBox is the scenes' own lattice (same CRS, 10 m pixels, origin
 of 10 m pixels from each asset's origin: the usual case, a window of an MGRS tile), the 10 m bands
 are read as they are, and the 20 m bands and SCL are replicated on the exact 2x lattice in
 compiled code (:mod:`pipeline.reading.kernels`; nearest, the default of
-:class:`pipeline.cube.MaskConfig`, or bilinear), from blocks decoded once per worker
+:class:`pipeline.reading.cube.MaskConfig`, or bilinear), from blocks decoded once per worker
 (:mod:`pipeline.reading.blocks`). Scenes of one group are fused as odc-stac fuses them (sorted by
 time then id, the first valid pixel wins); scaling, harmonisation and masking run in one compiled
 pass over the integer DN; groups of one solar day are then fused as
-:func:`pipeline.cube.load_cube` fuses them.
+:func:`pipeline.reading.cube.load_cube` fuses them.
 
-Same result as :func:`pipeline.cube.load_cube`, bit for bit (:data:`UPSAMPLE_TOLERANCE_DN` is 0,
+Same result as :func:`pipeline.reading.cube.load_cube`, bit for bit (:data:`UPSAMPLE_TOLERANCE_DN` is 0,
 pinned by ``tests/pipeline/reading/test_reading.py``, including GDAL's nodata rule of the bilinear kernel), and the
-same offset warnings and :class:`pipeline.cube.ReadFailure` on unreadable input. Any other grid
+same offset warnings and :class:`pipeline.reading.cube.ReadFailure` on unreadable input. Any other grid
 raises :class:`NotNative`, and :func:`pipeline.reading.load_reflectance` falls back to the
 general warp (odc-stac).
 """
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bands import BANDS, NATIVE_RESOLUTION, SCL, offset_contradiction
-from pipeline.bands import reflectance_scale_offset as _harmonisation
 from pipeline.reading.blocks import BlockReader, block_reader
+from pipeline.stac.bands import BANDS, NATIVE_RESOLUTION, SCL, offset_contradiction
+from pipeline.stac.bands import reflectance_scale_offset as _harmonisation
 
 _log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _read_asset(
 
     ``out`` ((ny, nx) of the asset's dtype, any contents): written in full instead of a new array.
     """
-    from pipeline.cube import sign_on_read
+    from pipeline.reading.cube import sign_on_read
     from pipeline.reading.kernels import upsample2x_bilinear, upsample2x_nearest
 
     url = None if reader.is_open(href) else sign_on_read(href)  # signed when opened
@@ -133,14 +133,14 @@ def _read_asset(
 
 
 def group_items(items: list[Any]) -> list[tuple[tuple[Any, float, float], list[tuple[Any, Any]]]]:
-    """Items grouped as :func:`pipeline.cube.load_cube` groups them (solar day, scale, offset).
+    """Items grouped as :func:`pipeline.reading.cube.load_cube` groups them (solar day, scale, offset).
 
     Groups are sorted by key and each group's (nominal time, item) pairs by (time, id):
     odc-stac's order, so the first valid pixel of a group comes from the same scene.
     """
     import odc.stac
 
-    from pipeline.cube import STAC_CFG
+    from pipeline.reading.cube import STAC_CFG
 
     parsed = list(odc.stac.parse_items(items, cfg=STAC_CFG))
     keyed = []
@@ -217,13 +217,13 @@ def load_native(
 
     Args:
         items: pystac Items whose assets are the canonical bands
-            (:func:`pipeline.cube.canonical_item`), all with every band and SCL.
+            (:func:`pipeline.reading.cube.canonical_item`), all with every band and SCL.
         geobox: the target window: 10 m pixels on the scenes' UTM lattice.
-        mask: :class:`pipeline.cube.MaskConfig` (default masking when None).
+        mask: :class:`pipeline.reading.cube.MaskConfig` (default masking when None).
         reader: the block reader (default: this process's :func:`block_reader`).
         work_buffer: write the values into this thread's work array of ``reader`` (reused by
             its next call with ``work_buffer``), not a new array: for callers that reduce them
-            at once (:func:`pipeline.window.composite_window`). A fresh (T, 10, 1024, 1024)
+            at once (:func:`pipeline.composite.window.composite_window`). A fresh (T, 10, 1024, 1024)
             float32 array is 0.5 GB of first-touch page faults per window.
 
     Returns:
@@ -232,9 +232,9 @@ def load_native(
     Raises:
         NotNative: the grid needs a warp (different CRS, resolution or sub-pixel origin), or a
             resampling other than nearest/bilinear.
-        pipeline.cube.ReadFailure: a scene's file cannot be read (its id in ``scenes``).
+        pipeline.reading.cube.ReadFailure: a scene's file cannot be read (its id in ``scenes``).
     """
-    from pipeline.cube import MaskConfig, ReadFailure
+    from pipeline.reading.cube import MaskConfig, ReadFailure
     from pipeline.reading.kernels import fill_nodata, reflectance
 
     mask = mask or MaskConfig()

@@ -12,12 +12,12 @@ import zlib
 import numpy as np
 
 from pipeline.base.errors import UserError
-from pipeline.run.plan import Plan, tile_job
-from pipeline.run.scheduling import task_resources
-from pipeline.run_config import RunConfig
-from pipeline.run_inputs import RunInputs
-from pipeline.search import NoScenesError
-from pipeline.workspace import Workspace
+from pipeline.run.config import RunConfig
+from pipeline.run.inputs import RunInputs
+from pipeline.run.prepare import Prepared
+from pipeline.run.scheduling import task_resources, tile_job
+from pipeline.run.workspace import Workspace
+from pipeline.stac.search import NoScenesError
 
 _log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def _calibration_tiles(tiles: tuple, n: int) -> list:
     return [tiles[i] for i in sorted(set(idx))]
 
 
-def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, inputs: RunInputs) -> np.ndarray:
+def calibrate(
+    client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs
+) -> np.ndarray:
     """Fit the class-mean calibration once on a fixed reference sample of the region.
 
     The sample comes from a reference grid of its own (``CALIBRATION_TILE_SIZE``), not the run's
@@ -43,25 +45,25 @@ def calibrate(client, cfg: RunConfig, plan: Plan, ws: Workspace, inputs: RunInpu
     """
     from model.zeroshot import fit_calibration
 
-    emb = reference_sample(client, cfg, plan, ws, inputs)
-    vec = np.asarray(fit_calibration(emb, plan.classifier), dtype=np.float64)
+    emb = reference_sample(client, cfg, prep, ws, inputs)
+    vec = np.asarray(fit_calibration(emb, prep.classifier), dtype=np.float64)
     _log.info("calibration fitted on %d samples", len(emb))
     return vec
 
 
-def fit_field(client, cfg: RunConfig, plan: Plan, ws: Workspace, inputs: RunInputs):
+def fit_field(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs):
     """The compact field's codec: read back from the store (resume) or fitted and written once.
 
     Fitted on the same fixed reference sample as the calibration, so it does not depend on
     ``--tile-size`` either.
     """
-    from pipeline.field.codec import fit_codec
+    from pipeline.writers.codec import fit_codec
     from pipeline.writers.field import read_codec, write_codec
 
     codec = read_codec(ws.store)
     if codec is not None:
         return codec
-    emb = reference_sample(client, cfg, plan, ws, inputs)
+    emb = reference_sample(client, cfg, prep, ws, inputs)
     codec = fit_codec(emb, cfg.output.field_dims)
     write_codec(ws.store, codec)
     _log.info(
@@ -82,20 +84,20 @@ def clear_reference_sample() -> None:
     _SAMPLES.clear()
 
 
-def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, inputs: RunInputs):
+def reference_sample(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs):
     """Embeddings of a fixed reference sample of the region (computed once per run)."""
     key = str(ws.out.resolve()) + cfg.output_hash()
     if key in _SAMPLES:
         return _SAMPLES[key]
-    from pipeline.tile_task import sample_embeddings
-    from pipeline.tiling import make_grid
+    from pipeline.grid.tiling import make_grid
+    from pipeline.run.tile_task import sample_embeddings
 
-    ref_grid = make_grid(plan.geometry, plan.crs, plan.resolution, CALIBRATION_TILE_SIZE)
+    ref_grid = make_grid(prep.geometry, prep.crs, prep.resolution, CALIBRATION_TILE_SIZE)
     tiles = _calibration_tiles(ref_grid.tiles, CALIBRATION_TILES)
     futures = [
         client.submit(
             sample_embeddings,
-            tile_job(cfg, plan, ws, inputs, t, None),
+            tile_job(cfg, prep, ws, inputs, t, None),
             CALIBRATION_SAMPLES_PER_TILE,
             zlib.crc32(t.id.encode()) + cfg.model.seed,
             pure=False,
@@ -107,7 +109,7 @@ def reference_sample(client, cfg: RunConfig, plan: Plan, ws: Workspace, inputs: 
     from distributed import as_completed
     from tqdm import tqdm
 
-    from pipeline.cube import ReadFailure
+    from pipeline.reading.cube import ReadFailure
 
     with tqdm(
         total=len(futures),

@@ -1,6 +1,6 @@
-"""The driver of a mapping run: plan tiles, calibrate once, fan tiles out to Dask, publish.
+"""The driver of a mapping run: find scenes, prepare, calibrate once, fan tiles out to Dask, publish.
 
-Stages (each timed into ``run.json``): ``search`` (STAC, once, on the driver), ``plan`` (tile
+Stages (each timed into ``run.json``): ``search`` (STAC, once, on the driver), ``prepare`` (tile
 grid, text classifier), ``calibrate`` (class-mean calibration on a fixed reference sample of
 pixels, stored in the manifest so resumed and repeated runs use the same vector), ``tiles`` (one
 task per tile, bounded in flight, retried by Dask), ``publish`` (COG mosaics, Zarr moved into
@@ -20,24 +20,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.run.calibration import calibrate, clear_reference_sample, fit_field
-from pipeline.run.plan import (
-    Plan,
-    check_size,
-    fit_tile_size,
-    make_plan,
-    preflight,
-    resolve_precision,
-    resolve_region,
-    search_run_scenes,
-    select_tiles,
-)
+from pipeline.run.config import RunConfig, default_output_dir
+from pipeline.run.inputs import RunInputs
+from pipeline.run.prepare import Prepared, check_inputs, prepare_tiles, resolve_precision
 from pipeline.run.publishing import field_attrs, field_dims, publish
 from pipeline.run.reporting import coverage_report, ledger_from_tiles, run_report, up_to_date
-from pipeline.run.scheduling import TilesFailed, failure_summary, run_tiles
-from pipeline.run_config import RunConfig, default_output_dir
-from pipeline.run_inputs import RunInputs
-from pipeline.scenes import SceneLedger
-from pipeline.workspace import TileFailure, Workspace
+from pipeline.run.scheduling import TilesFailed, failure_summary, run_tiles, select_tiles
+from pipeline.run.workspace import TileFailure, Workspace
+from pipeline.stac.scenes import SceneLedger
+from pipeline.stac.search import search_run_scenes
 
 _log = logging.getLogger(__name__)
 
@@ -45,7 +36,7 @@ _log = logging.getLogger(__name__)
 @dataclass
 class RunState:
     """What the stages of one run share: its settings and workspace, then what each stage adds
-    (scenes, plan, manifest, tiles to run, calibration, tile results)."""
+    (scenes, preparation, manifest, tiles to run, calibration, tile results)."""
 
     cfg: RunConfig
     ws: Workspace
@@ -63,7 +54,7 @@ class RunState:
     inputs: RunInputs | None = None
     """The run's inputs file (region and items) that the tiles' work orders reference."""
     ledger: SceneLedger | None = None
-    plan: Plan | None = None
+    prep: Prepared | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     done_before: dict[str, dict] = field(default_factory=dict)
     todo: list = field(default_factory=list)
@@ -76,16 +67,17 @@ class RunState:
 
 def execute(cfg: RunConfig) -> int:
     """Run (or resume) a map; returns the exit code (0 complete, 1 some tiles failed)."""
-    from pipeline.cluster import open_client
+    from pipeline.run.cluster import open_client
 
     run = prepare(cfg)
     if run is None:
         return 0
     with _timed(run, "search"):
         find_scenes(run)
-    with _timed(run, "plan"):
-        run.cfg, grid = fit_tile_size(run.cfg, run.cluster, run.previous if run.resumable else None)
-        run.plan = make_plan(run.cfg, grid)
+    with _timed(run, "prepare"):
+        run.cfg, run.prep = prepare_tiles(
+            run.cfg, run.cluster, run.previous if run.resumable else None
+        )
     open_store(run)
     with open_client(run.cluster) as client:
         with _timed(run, "calibrate"):
@@ -111,27 +103,15 @@ def prepare(cfg: RunConfig) -> RunState | None:
     Bad input fails here in seconds (region, size, periods, legend, head), before the STAC search,
     before any model is built and before anything is written.
     """
-    from pipeline.cluster import ClusterConfig, load_slurm_profile
-    from pipeline.composite import period_labels
+    from pipeline.run.cluster import ClusterConfig, load_slurm_profile
 
     t0 = time.perf_counter()
-    region, geometry = resolve_region(cfg)
-    out = Path(cfg.execution.out) if cfg.execution.out else default_output_dir(cfg, region.name)
+    # Cheap checks first (region, size, periods, legend, head): bad input fails in seconds,
+    # before any model is built, before the STAC search and before anything is written.
+    checked = check_inputs(cfg)
+    out = Path(cfg.execution.out) if cfg.execution.out else default_output_dir(cfg, checked.name)
     ws = Workspace(out)
     ws.check_writable()
-    cfg, precision_info = resolve_precision(cfg)
-    output_hash = cfg.output_hash()
-    if not cfg.execution.overwrite and up_to_date(ws, output_hash):
-        _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
-        return None
-    ws.check_conflict(output_hash, cfg.execution.overwrite)
-    from aoi import to_crs
-
-    area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
-    check_size(cfg, area_km2)
-    labels = list(period_labels(cfg.composite.start, cfg.composite.end, cfg.composite.period))
-    c = cfg.composite
-    cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
     cluster_cfg = ClusterConfig(
         kind=cfg.execution.cluster,
         workers=cfg.execution.workers,
@@ -139,6 +119,12 @@ def prepare(cfg: RunConfig) -> RunState | None:
         if cfg.execution.cluster == "slurm"
         else ClusterConfig().slurm,
     )
+    cfg, precision_info = resolve_precision(cfg)
+    output_hash = cfg.output_hash()
+    if not cfg.execution.overwrite and up_to_date(ws, output_hash):
+        _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
+        return None
+    ws.check_conflict(output_hash, cfg.execution.overwrite)
     if cfg.model.untrained:
         _log.warning(
             "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
@@ -146,9 +132,6 @@ def prepare(cfg: RunConfig) -> RunState | None:
             cfg.model.name,
             " until a few-shot head classifies it" if cfg.model.head else "",
         )
-    # Cheap checks first (legend, head, then the STAC search): bad input fails in seconds,
-    # before any model is built or any tile runs.
-    preflight(cfg, len(labels))
     previous = ws.manifest()
     resumable = (
         previous is not None
@@ -160,9 +143,9 @@ def prepare(cfg: RunConfig) -> RunState | None:
         ws=ws,
         output_hash=output_hash,
         precision_info=precision_info,
-        geometry=geometry,
-        area_km2=area_km2,
-        labels=labels,
+        geometry=checked.geometry,
+        area_km2=checked.area_km2,
+        labels=list(checked.labels),
         cluster=cluster_cfg,
         previous=previous,
         resumable=resumable,
@@ -177,16 +160,18 @@ def find_scenes(run: RunState) -> None:
         run.ledger = SceneLedger.from_dict(run.previous.get("ledger"))
         _log.info("resuming %s: %d scenes from the manifest", run.ws.out, len(run.items))
     else:
-        run.items, run.ledger = search_run_scenes(run.cfg, run.geometry, run.cfg.search.profile)
+        run.items, run.ledger = search_run_scenes(
+            run.geometry, run.cfg.composite.start, run.cfg.composite.end, run.cfg.search
+        )
         _log.info("%d scenes found", len(run.items))
 
 
 def open_store(run: RunState) -> None:
     """Write the manifest, create (or reclaim) the Zarr store, and choose the tiles to run."""
-    from pipeline.config import to_plain
+    from pipeline.base.config import to_plain
     from pipeline.writers import create_map_store
 
-    cfg, ws, plan = run.cfg, run.ws, run.plan
+    cfg, ws, prep = run.cfg, run.ws, run.prep
     ws.prepare(run.output_hash, cfg.execution.overwrite)
     run.manifest = (
         run.previous
@@ -200,33 +185,33 @@ def open_store(run: RunState) -> None:
         }
     )
     ws.save_manifest(run.manifest)
-    run.inputs = RunInputs.write(ws.work, plan.geometry, run.items)
+    run.inputs = RunInputs.write(ws.work, prep.geometry, run.items)
     if run.resumable:
         ws.reclaim_store()
     create_map_store(
         ws.store,
-        plan.grid,
-        class_names=list(plan.class_names),
-        k=min(cfg.output.top_k, len(plan.class_names)),
+        prep.grid,
+        class_names=list(prep.class_names),
+        k=min(cfg.output.top_k, len(prep.class_names)),
         period_labels=run.labels,
         band_names=_bands() if cfg.output.save_composite else None,
-        embed_dim=plan.model_info["embed_dim"] if cfg.output.save_embeddings else None,
-        field_dims=field_dims(cfg, plan),
+        embed_dim=prep.model_info["embed_dim"] if cfg.output.save_embeddings else None,
+        field_dims=field_dims(cfg, prep),
         attrs={
             "config_hash": run.output_hash,
-            "region": plan.region_name,
+            "region": prep.region_name,
             "model": cfg.model.name,
             "untrained": cfg.model.untrained,
-            **field_attrs(cfg, plan),
+            **field_attrs(cfg, prep),
         },
     )
     run.done_before = ws.done_tiles()
     run.todo, run.dead_before = select_tiles(
-        plan.grid.tiles, run.done_before, ws.failed_tiles(), cfg
+        prep.grid.tiles, run.done_before, ws.failed_tiles(), cfg
     )
     _log.info(
         "%d tiles: %d done earlier, %d to run, %d left in the dead-letter list%s",
-        len(plan.grid.tiles),
+        len(prep.grid.tiles),
         len(run.done_before),
         len(run.todo),
         len(run.dead_before),
@@ -235,7 +220,7 @@ def open_store(run: RunState) -> None:
 
 
 def _bands() -> list[str]:
-    from pipeline.bands import BANDS
+    from pipeline.stac.bands import BANDS
 
     return list(BANDS)
 
@@ -245,11 +230,11 @@ def calibrate_once(run: RunState, client) -> None:
     cfg = run.cfg
     run.calibration = run.manifest.get("calibration")
     if cfg.model.calibration == "reference" and run.calibration is None and not cfg.model.head:
-        run.calibration = calibrate(client, cfg, run.plan, run.ws, run.inputs).tolist()
+        run.calibration = calibrate(client, cfg, run.prep, run.ws, run.inputs).tolist()
         run.manifest["calibration"] = run.calibration
         run.ws.save_manifest(run.manifest)
     run.codec = (
-        fit_field(client, cfg, run.plan, run.ws, run.inputs) if cfg.output.save_embeddings else None
+        fit_field(client, cfg, run.prep, run.ws, run.inputs) if cfg.output.save_embeddings else None
     )
     clear_reference_sample()
 
@@ -272,13 +257,13 @@ def run_todo(run: RunState, client) -> None:
         dynamic_ncols=True,
     ) as bar:
         run.stats, run.failures = run_tiles(
-            client, run.cfg, run.plan, run.ws, run.inputs, calib, run.todo, bar, field=run.codec
+            client, run.cfg, run.prep, run.ws, run.inputs, calib, run.todo, bar, field=run.codec
         )
 
 
 def report_run(run: RunState) -> dict[str, Any]:
     """``run.json``'s content: the run's report plus precision, field, scene ledger, coverage."""
-    cfg, plan, stats = run.cfg, run.plan, run.stats
+    cfg, prep, stats = run.cfg, run.prep, run.stats
     all_stats = {**run.done_before, **stats}
     ledger_from_tiles(run.ledger, stats, run.failures)
     for line in run.ledger.summary_lines():
@@ -289,7 +274,7 @@ def report_run(run: RunState) -> dict[str, Any]:
         )
     report = run_report(
         cfg,
-        plan,
+        prep,
         run.ws,
         run.output_hash,
         run.items,
@@ -303,7 +288,7 @@ def report_run(run: RunState) -> dict[str, Any]:
     report["precision"] = run.precision_info
     if run.codec is not None:
         report["field"] = {
-            **field_attrs(cfg, plan)["s2lc:field"],
+            **field_attrs(cfg, prep)["s2lc:field"],
             "explained_variance": run.codec.explained_variance,
         }
     report["scene_ledger"] = run.ledger.to_dict()
@@ -317,16 +302,16 @@ def publish_run(run: RunState, report: dict[str, Any]) -> None:
     """Publish the map and write ``run.json``; raise TilesFailed (``run.json`` written, nothing
     published over the failed tiles) when tiles failed or are dead-lettered."""
     from pipeline.base.jsonio import write_json
-    from pipeline.cells import is_gridded
+    from pipeline.grid.cells import is_gridded
 
-    cfg, plan, ws, failures = run.cfg, run.plan, run.ws, run.failures
+    cfg, prep, ws, failures = run.cfg, run.prep, run.ws, run.failures
     all_stats = {**run.done_before, **run.stats}
-    gridded = is_gridded(plan.crs)
+    gridded = is_gridded(prep.crs)
     if gridded:  # cells whose tiles are all done are published now, failed tiles or not
-        from pipeline.continental import publish_cells
+        from pipeline.run.continental import publish_cells
 
         t = time.perf_counter()
-        report["cells"] = publish_cells(cfg, plan, ws, report, run.labels, all_stats)
+        report["cells"] = publish_cells(cfg, prep, ws, report, run.labels, all_stats)
         report["seconds"]["publish_cells"] = time.perf_counter() - t
     dead = {
         **run.dead_before,
@@ -338,7 +323,7 @@ def publish_run(run: RunState, report: dict[str, Any]) -> None:
         report["seconds"]["total"] = time.perf_counter() - run.t0
         write_json(ws.out / "run.json", report)
         every = {**dead, **failures}
-        msg = failure_summary(every, len(plan.grid.tiles), ws.out / "run.json")
+        msg = failure_summary(every, len(prep.grid.tiles), ws.out / "run.json")
         if dead:
             msg += (
                 f"; {len(dead)} tile(s) failed {cfg.execution.max_attempts} times or more and are in the "
@@ -347,11 +332,11 @@ def publish_run(run: RunState, report: dict[str, Any]) -> None:
         raise TilesFailed(msg)
     t = time.perf_counter()
     if gridded:
-        from pipeline.continental import publish_gridded
+        from pipeline.run.continental import publish_gridded
 
-        publish_gridded(cfg, plan, ws, report, run.labels)
+        publish_gridded(cfg, prep, ws, report, run.labels)
     else:
-        publish(cfg, plan, ws, report, run.labels)
+        publish(cfg, prep, ws, report, run.labels)
     report["seconds"]["publish"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - run.t0
     write_json(ws.out / "run.json", report)

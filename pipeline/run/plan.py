@@ -1,340 +1,247 @@
-"""What a run resolves before any tile runs: region, size checks, legend and classifier, scenes,
-and the work order of each tile (:func:`tile_job`: references to the STAC items touching its
-window in the run's inputs file, :mod:`pipeline.run_inputs`).
+"""What a run will cost before it starts: inputs, core-hours, GPU-hours, wall time and price.
 
-Everything here runs on the driver and fails before anything is written.
+Pure arithmetic over three things: what the run reads (scenes per output pixel, from the STAC
+search or from the Sentinel-2 revisit, :mod:`pipeline.grid.mgrs`), the output grid (tiles, pixels,
+cells) and per-stage rates measured by ``make bench`` (``bench/results.json``: each rate is named
+with the machine it was measured on, and the plan repeats it). :func:`load_rates` reads the
+rates; :func:`estimate` turns them into the plan's figures.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, replace
+import json
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.base.colours import palette
+from pipeline import adapters
 from pipeline.base.errors import UserError
-from pipeline.base.hashing import sha256_file
-from pipeline.run_config import RunConfig
-from pipeline.run_inputs import RunInputs
-from pipeline.scenes import SceneLedger
-from pipeline.tiling import TileGrid
-from pipeline.workspace import TileFailure, Workspace
 
-_log = logging.getLogger(__name__)
+__all__ = ["BYTES_PER_SCENE_PIXEL", "Rates", "Workers", "estimate", "load_rates"]
 
-#: Local runs larger than this (km²) need --allow-large: hours of CPU inference.
-LOCAL_CPU_LIMIT_KM2 = 100.0
-LOCAL_GPU_LIMIT_KM2 = 20_000.0
+#: Decoded bytes read per 10 m output pixel and scene: B02/B03/B04/B08 at 10 m (4 x 2 B), six
+#: 20 m bands (6 x 2 B / 4) and the 20 m SCL (1 B / 4).
+BYTES_PER_SCENE_PIXEL = 4 * 2 + 6 * 2 / 4 + 1 / 4
+#: Decoded / compressed size of Sentinel-2 L2A COGs (assumption: deflate-compressed uint16
+#: reflectances shrink by about a fifth; JPEG2000 archives are similar).
+COMPRESSION_RATIO = 1.25
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What the driver resolved before any tile runs."""
+class Rates:
+    """Per-stage rates, each with the machine it was measured on.
 
-    region_name: str
-    geometry: Any
-    crs: str
-    resolution: float
-    grid: Any
-    class_names: tuple[str, ...]
-    colors: tuple[str, ...]
-    legend_info: dict[str, Any]
-    classifier: np.ndarray
-    model_info: dict[str, Any]
-
-
-def resolve_region(cfg: RunConfig):
-    """The region, its geometry clipped to ``--bbox`` when given."""
-    from shapely.geometry import box
-
-    from aoi import load_region
-
-    region = load_region(cfg.region)
-    geometry = region.geometry
-    if cfg.bbox is not None:
-        geometry = geometry.intersection(box(*cfg.bbox))
-        if geometry.is_empty or geometry.area == 0:
-            raise UserError(f"--bbox {list(cfg.bbox)} does not overlap region {region.name}")
-    return region, geometry
-
-
-def check_size(cfg: RunConfig, area_km2: float) -> None:
-    """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed."""
-    if cfg.execution.cluster != "local" or cfg.execution.allow_large:
-        return
-    from pipeline.cluster import _cuda_devices
-
-    limit = LOCAL_GPU_LIMIT_KM2 if _cuda_devices() else LOCAL_CPU_LIMIT_KM2
-    if area_km2 > limit:
-        raise UserError(
-            f"the region covers {area_km2:,.0f} km2, more than a local cluster maps in reasonable "
-            f"time ({limit:,.0f} km2 here); use --cluster slurm|tcp://..., a smaller --bbox, "
-            "or pass --allow-large to run it anyway"
-        )
-
-
-def preflight(cfg: RunConfig, n_periods: int) -> None:
-    """Cheap checks of the legend and the few-shot head, before any model is built.
-
-    Raises UserError for an unknown legend, an unreadable head, or a head fitted on another model
-    kind, composite period or number of periods T than this run makes.
+    Attributes:
+        load_core_s_per_mpx_scene: read + decode + reproject, core-seconds per Mpx per scene.
+        composite_core_s_per_mpx_scene: NaN-aware compositing, core-seconds per Mpx per scene.
+        publish_core_s_per_mpx: COG mosaic, core-seconds per output Mpx.
+        infer_gpu_px_per_s: model pixels (TimeSenCLIP) or chips (SenCLIP) per second per GPU.
+        infer_cpu_px_per_core_s: the same per CPU core.
+        sources: for each rate, the ``bench/results.json`` entry and machine it came from.
     """
-    from model.legends import load_legend
 
-    if not cfg.model.head:
-        load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
-        return
-    from model.train.probe import check_head_matches, load_head
+    load_core_s_per_mpx_scene: float
+    composite_core_s_per_mpx_scene: float
+    publish_core_s_per_mpx: float
+    infer_gpu_px_per_s: float | None
+    infer_cpu_px_per_core_s: float
+    sources: dict[str, str]
 
-    head = load_head(cfg.model.head)
-    check_head_matches(
-        head,
-        {"name": cfg.model.name, "period": cfg.composite.period, "periods": n_periods},
-        where=cfg.model.head,
+
+@dataclass(frozen=True)
+class Workers:
+    """The cluster the wall time and price are for: ``count`` workers (nodes) of one kind."""
+
+    count: int = 1
+    kind: str = "gpu"
+    cores: int = 16
+    gpus: int = 1
+    price_core_hour: float = 0.0
+    price_gpu_hour: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.cores < 1:
+            raise UserError("--workers and --worker-cores must be at least 1")
+        if self.kind not in ("cpu", "gpu"):
+            raise UserError(f"--worker-kind must be cpu or gpu, got {self.kind!r}")
+        if self.price_core_hour < 0 or self.price_gpu_hour < 0:
+            raise UserError("prices must be >= 0")
+
+    @property
+    def gpus_each(self) -> int:
+        return self.gpus if self.kind == "gpu" else 0
+
+
+def _machine(entry: dict[str, Any]) -> str:
+    notes = entry.get("notes") or {}
+    where = notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
+    return (
+        f"{entry['name']} ({entry.get('device')}) measured {entry.get('date', '?')[:10]} on {where}"
     )
-    fitted = head.model_identity
-    if fitted.get("start") and str(fitted["start"]) != str(cfg.composite.start):
-        _log.warning(
-            "the head was fitted on composites of %s..%s and maps %s..%s: a head transfers "
-            "between years only as far as the land cover's seasonal signal does",
-            fitted["start"],
-            fitted.get("end"),
-            cfg.composite.start,
-            cfg.composite.end,
-        )
-    legend = _head_legend(cfg, head)
-    if legend is not None and tuple(legend.names) != tuple(head.class_names):
-        raise UserError(
-            f"--legend {cfg.model.legend} has classes {', '.join(legend.names)}; the head "
-            f"{cfg.model.head} predicts {', '.join(head.class_names)}"
-        )
 
 
-def _head_legend(cfg: RunConfig, head: Any):
-    """The legend whose colours a head's map takes: --legend, else the one the head was fitted
-    with (``probe --legend``), else None (a generic palette)."""
-    from model.legends import load_legend
+_Stages = tuple[float, float, float, dict[str, str]]
 
-    name = cfg.model.legend if cfg.model.legend is not None else head.meta.get("legend")
-    if not name:
+
+def _read_path_rates(entry: dict[str, Any] | None) -> _Stages | None:
+    """Load, composite and publish rates of the product's read path at scale.
+
+    From ``mgrs_tile_year_cpu_min`` (``make bench``, section ``projection``): load per
+    acquisition on generated provider-shaped COGs, the composite measured at the projected
+    acquisition count, and the COG mosaic per Mpx. None when the entry or a figure is missing.
+    """
+    notes = (entry or {}).get("notes") or {}
+    try:
+        load = float(notes["load_core_s_per_mpx_per_acquisition"])
+        composite = float(notes["composite_core_s_per_mpx"]) / float(notes["acquisitions"])
+        publish = float(notes["mosaic_core_s_per_mpx"]) + float(notes["write_core_s_per_mpx"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
-    try:
-        return load_legend(name, style=cfg.model.style)
-    except UserError:
-        if cfg.model.legend is not None:
-            raise
-        return None  # the head's legend file moved: fall back to a palette
-
-
-def _legend_and_classifier(cfg: RunConfig, m: Any):
-    """Class names, colours, legend facts for legend.json, and the (C, D) text classifier."""
-    if cfg.model.head:
-        from model.train.probe import check_head_matches, load_head
-
-        head = load_head(cfg.model.head)
-        check_head_matches(
-            head,
-            {
-                "name": m.name,
-                "identity": m.identity,
-                "dim": int(m.embed_dim),
-                "checkpoint_sha256": m.checkpoint_sha256,
-            },
-            where=cfg.model.head,
-        )
-        names = tuple(head.class_names)
-        legend = _head_legend(cfg, head)
-        if legend is not None and tuple(legend.names) == names:
-            colors = tuple(legend.colors)
-        else:
-            colors = tuple(palette(len(names)))
-        info = {
-            "name": legend.name if legend is not None else Path(cfg.model.head).name,
-            "style": "few-shot head",
-            "prompt_hash": None,
-            "head": Path(cfg.model.head).name,
-            "head_sha256": sha256_file(Path(cfg.model.head)),
-        }
-        return names, colors, info, np.zeros((len(names), m.embed_dim), np.float32)
-    from model.legends import load_legend
-    from model.zeroshot import build_classifier
-
-    legend = load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
-    w = build_classifier(m, legend)
-    w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w, np.float32)
-    names = tuple(c.name for c in legend.classes)
-    colors = tuple(c.color for c in legend.classes)
-    info = {"name": legend.name, "style": legend.style, "prompt_hash": legend.prompt_hash}
-    return names, colors, info, w
-
-
-def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
-    """``cfg`` with ``--precision auto`` resolved for this machine (:mod:`model.precision`).
-
-    Runs before the output hash, so the hash covers the precision the pixels are computed in.
-    """
-    if cfg.model.precision != "auto":
-        return cfg, {"requested": cfg.model.precision, "resolved": cfg.model.precision}
-    from model.precision import resolve
-
-    m = cfg.model.load()
-    w = _legend_and_classifier(cfg, m)[3]
-    resolved, info = resolve(m, "auto", np.asarray(w, np.float32))
-    return cfg.with_(precision=resolved), info
-
-
-def fit_tile_size(
-    cfg: RunConfig, cluster: Any, previous: dict[str, Any] | None
-) -> tuple[RunConfig, TileGrid]:
-    """The run's settings with tiles small enough that every worker gets one, and their grid.
-
-    A region smaller than workers x tile is split finer (:func:`pipeline.cells.fit_tiles_to_workers`;
-    never below a patch model's chip window). A resumed run keeps the tile edge recorded in its
-    manifest, whatever the workers now, so its finished tiles still fit. The output hash is taken
-    before this, from the tile size asked for. The grid goes to :func:`make_plan`, so it is built
-    once.
-
-    :param cluster: the run's :class:`~pipeline.cluster.ClusterConfig`.
-    :param previous: the manifest of the run being resumed, or None.
-    """
-    from pipeline.cells import fit_tiles_to_workers, output_grid
-
-    asked = cfg.chips.tile_size
-    region, geometry = resolve_region(cfg)
-    workers = None if previous is not None else cluster.planned_workers()
-    if previous is not None:
-        size = int((previous.get("config") or {}).get("tile_size", asked))
-        grid = output_grid(geometry, region.crs, region.resolution, size)
-    elif workers and workers >= 2:
-        grid = fit_tiles_to_workers(
-            geometry, region.crs, region.resolution, asked, workers, cfg.halo
-        )
-    else:
-        grid = output_grid(geometry, region.crs, region.resolution, asked)
-    size = grid.tile_size
-    if size != asked and previous is None:
-        _log.info(
-            "small region: tiles of %d px instead of %d, so that all %d workers get one",
-            size,
-            asked,
-            workers,
-        )
-    return (cfg if size == asked else cfg.with_(tile_size=size)), grid
-
-
-def make_plan(cfg: RunConfig, grid: TileGrid | None = None) -> Plan:
-    """Resolve region, grid, model identity and classifier on the driver (fails before writing).
-
-    :param grid: the run's output grid when already built (:func:`fit_tile_size`); else built
-        here at ``cfg.chips.tile_size``.
-    """
-    from pipeline.cells import output_grid
-
-    region, geometry = resolve_region(cfg)
-    if grid is None:
-        grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
-    m = cfg.model.load()
-    names, colors, legend_info, w = _legend_and_classifier(cfg, m)
-    if len(names) > 254:
-        raise UserError(f"the legend has {len(names)} classes; at most 254 fit a uint8 map")
-    model_info = {
-        "name": m.name,
-        "identity": m.identity,
-        "checkpoint": cfg.model.checkpoint,
-        "checkpoint_sha256": m.checkpoint_sha256,
-        "untrained": m.untrained,
-        "embed_dim": m.embed_dim,
-        "arch": getattr(m, "arch", cfg.model.arch),
-        "embedding_identity": getattr(m, "embedding_identity", m.identity),
+    where = (
+        f"mgrs_tile_year_cpu_min measured {str(entry.get('date', '?'))[:10]}, per-core CPU rates"
+    )
+    sources = {
+        "load": f"{where}, read path on provider-shaped COGs",
+        "composite": f"{where}, at {notes['acquisitions']:g} acquisitions",
+        "publish": f"{where}, tile writes + COG mosaic",
     }
-    return Plan(
-        region.name,
-        geometry,
-        region.crs,
-        region.resolution,
-        grid,
-        names,
-        colors,
-        legend_info,
-        w,
-        model_info,
+    return load, composite, publish, sources
+
+
+def _demo_window_rates(entry: dict[str, Any] | None, path: Path) -> _Stages:
+    if entry is None:
+        raise UserError(f"{path} has no mgrs_tile_year_cpu_min entry; run 'make bench'")
+    notes = entry["notes"]
+    scenes = float(notes["scenes"])
+    sources = {
+        "load": _machine(entry) + f", {notes['scenes']:g} scenes",
+        "composite": _machine(entry),
+        "publish": _machine(entry),
+    }
+    return (
+        float(notes["load_s_per_mpx"]) / scenes,
+        float(notes["composite_s_per_mpx"]) / scenes,
+        float(notes["mosaic_s_per_mpx"]),
+        sources,
     )
 
 
-def search_items(cfg: RunConfig, geometry, profile: str) -> list[dict]:
-    """The usable scenes (item dicts, unsigned hrefs) for the run's region and period."""
-    return search_run_scenes(cfg, geometry, profile)[0]
-
-
-def search_run_scenes(cfg: RunConfig, geometry, profile: str) -> tuple[list[dict], SceneLedger]:
-    """The usable scenes (item dicts with unsigned hrefs) and the ledger of all returned."""
-    from pipeline.search import search_scenes
-    from pipeline.stac_profiles import unsigned_href
-
-    scfg = replace(cfg.search, profile=profile)
+def load_rates(path: Path, model: str) -> Rates:
+    """Rates for ``model`` from a ``bench/results.json``; UserError names what is missing."""
     try:
-        result = search_scenes(geometry, cfg.composite.start, cfg.composite.end, scfg)
-    except UserError as exc:
-        if profile != "demo" and _inside_demo(geometry):
-            raise type(exc)(  # the same kind of error (NoScenesError stays one), with the hint
-                f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
-            ) from None
-        raise
-    items = []
-    for it in result.items:
-        d = it.to_dict()
-        for asset in d.get("assets", {}).values():  # signatures expire: signed when read
-            asset["href"] = unsigned_href(asset["href"])
-        items.append(d)
-    return items, result.ledger
+        entries = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"cannot read benchmark rates from {path}: {exc}; run 'make bench'"
+        ) from None
 
+    def find(name: str, device: str | None = None) -> dict[str, Any] | None:
+        for e in entries:
+            if e.get("name") == name and (
+                device is None or str(e.get("device")).startswith(device)
+            ):
+                return e
+        return None
 
-def _inside_demo(geometry) -> bool:
-    """True when ``geometry`` (EPSG:4326) lies inside the bundled demo catalog's footprint."""
-    from shapely.geometry import box
-
-    from aoi import to_crs
-    from pipeline.testing.demo import DEMO_BOUNDS, DEMO_EPSG
-
-    return box(*DEMO_BOUNDS).contains(to_crs(geometry, f"EPSG:{DEMO_EPSG}"))
-
-
-def tile_job(
-    cfg: RunConfig, plan: Plan, ws: Workspace, inputs: RunInputs, tile, calibration, field=None
-):
-    """The work order of ``tile``: references into the run's ``inputs`` file (the items touching
-    its window, halo included, and the region), not the items themselves."""
-    from pipeline.tile_task import TileJob
-
-    chips = cfg.model.adapter.chip_plan(tile.geobox, cfg.chips.window, cfg.chips.stride)
-    window_box = chips.geobox if chips else tile.geobox
-    return TileJob(
-        tile=tile,
-        inputs=inputs.for_window(window_box),
-        model=cfg.model,
-        classifier=plan.classifier,
-        calibration=calibration,
-        composite=cfg.composite,
-        mask=cfg.mask,
-        chips=cfg.chips,
-        output=cfg.output,
-        store=str(ws.store),
-        tile_dir=str(ws.tile_dir(tile.id)),
-        field=field,
+    stages = _read_path_rates(find("mgrs_tile_year_cpu_min"))
+    if stages is None:  # an older results file: the demo window's first-call stage times
+        stages = _demo_window_rates(find("data_path_cpu_s_per_mpx"), path)
+    load, composite, publish, sources = stages
+    infer_name = adapters.get(model).throughput_key
+    gpu, cpu = find(infer_name, "cuda"), find(infer_name, "cpu")
+    if cpu is None and gpu is None:
+        raise UserError(f"{path} has no {infer_name} entry; run 'make bench'")
+    if gpu is not None:
+        sources["infer_gpu"] = _machine(gpu)
+    if cpu is not None:
+        sources["infer_cpu"] = _machine(cpu)
+    cpu_rate = float(cpu["value"]) / max(1, int(cpu.get("threads") or 1)) if cpu else float("nan")
+    return Rates(
+        load_core_s_per_mpx_scene=load,
+        composite_core_s_per_mpx_scene=composite,
+        publish_core_s_per_mpx=publish,
+        infer_gpu_px_per_s=float(gpu["value"]) if gpu else None,
+        infer_cpu_px_per_core_s=cpu_rate,
+        sources=sources,
     )
 
 
-def select_tiles(tiles, done: dict, failed: dict[str, TileFailure], cfg: RunConfig):
-    """(tiles to run, dead-lettered failures left alone) for this run.
+def estimate(
+    *,
+    tiles: int,
+    tile_pixels: float,
+    area_km2: float,
+    scenes_per_pixel: float,
+    items: int,
+    cells: int,
+    model: str,
+    stride: int,
+    rates: Rates,
+    workers: Workers,
+) -> dict[str, Any]:
+    """The plan's figures.
 
-    A plain run (or rerun) runs every tile not done except those that failed ``max_attempts``
-    times or more (the dead-letter list); ``--retry-failed`` runs only the tiles that failed.
+    :param tile_pixels: output pixels in all tiles (what the tile tasks load and classify).
+    :param scenes_per_pixel: scenes read per output pixel (after the cloud filter).
+    :param items: scenes (STAC items) the search finds or is expected to find.
+    :param cells: published grid cells (0 for a single-file map).
+    :returns: a JSON-ready dict: inputs, core-/GPU-hours per stage, wall time and cost.
     """
-    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.execution.max_attempts}
-    if cfg.execution.retry_failed:
-        return [tl for tl in tiles if tl.id in failed and tl.id not in done], {}
-    todo = [tl for tl in tiles if tl.id not in done and tl.id not in dead]
-    return todo, {t: f for t, f in dead.items() if t not in done}
+    mpx = tile_pixels / 1e6
+    scene_mpx = mpx * scenes_per_pixel
+    decoded = tile_pixels * scenes_per_pixel * BYTES_PER_SCENE_PIXEL
+    units = adapters.get(model).inference_units(tile_pixels, stride)
+    core_h = {
+        "load": scene_mpx * rates.load_core_s_per_mpx_scene / 3600,
+        "composite": scene_mpx * rates.composite_core_s_per_mpx_scene / 3600,
+        "publish": mpx * rates.publish_core_s_per_mpx / 3600,
+    }
+    gpu_h = 0.0
+    if workers.kind == "gpu":
+        if rates.infer_gpu_px_per_s is None:
+            raise UserError("bench/results.json has no GPU inference rate; use --worker-kind cpu")
+        gpu_h = units / rates.infer_gpu_px_per_s / 3600
+    else:
+        core_h["infer"] = units / rates.infer_cpu_px_per_core_s / 3600
+    cores = workers.count * workers.cores
+    gpus = workers.count * workers.gpus_each
+    # Tiles: CPU stages on all cores, GPU inference of one tile overlapping the CPU stages of
+    # others, so the slower of the two; publishing runs afterwards, one cell (or map) per core.
+    tiles_h = sum(v for k, v in core_h.items() if k != "publish") / cores
+    if gpus:
+        tiles_h = max(tiles_h, gpu_h / gpus)
+    publish_h = core_h["publish"] / max(1, min(cores, cells or 1))
+    wall_h = tiles_h + publish_h
+    node_price = (
+        workers.cores * workers.price_core_hour + workers.gpus_each * workers.price_gpu_hour
+    )
+    cost = wall_h * workers.count * node_price
+    return {
+        "area_km2": area_km2,
+        "output": {"tiles": tiles, "pixels": tile_pixels, "cells": cells},
+        "input": {
+            "scenes": items,
+            "scenes_per_pixel": scenes_per_pixel,
+            "decoded_bytes": decoded,
+            "compressed_bytes": decoded / COMPRESSION_RATIO,
+        },
+        "core_hours": {**core_h, "total": sum(core_h.values())},
+        "gpu_hours": gpu_h,
+        "workers": asdict(workers),
+        "wall_hours": wall_h,
+        "cost": {
+            "total": cost,
+            "per_km2": cost / area_km2 if area_km2 else math.nan,
+            "node_hours": wall_h * workers.count,
+        },
+        "rates": {**asdict(rates)},
+        "assumptions": [
+            f"decoded input {BYTES_PER_SCENE_PIXEL:g} B per output pixel and scene; compressed "
+            f"= decoded / {COMPRESSION_RATIO:g}",
+            "load/decode and composite cost scale with scenes x pixels as measured (the rates' "
+            "machine); reads from object storage keep up",
+            "GPU inference of one tile overlaps the CPU stages of others; publishing follows",
+            "cost = workers x wall hours x (cores x --price-core-hour + GPUs x --price-gpu-hour)",
+        ],
+    }

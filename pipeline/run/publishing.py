@@ -7,44 +7,44 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.run.plan import Plan
-from pipeline.run_config import RunConfig
-from pipeline.workspace import Workspace
+from pipeline.run.config import RunConfig
+from pipeline.run.prepare import Prepared
+from pipeline.run.workspace import Workspace
 
 
-def field_dims(cfg: RunConfig, plan: Plan) -> int | None:
+def field_dims(cfg: RunConfig, prep: Prepared) -> int | None:
     """Components of the compact field (None without ``--save-embeddings``)."""
     if not cfg.output.save_embeddings:
         return None
-    return min(int(cfg.output.field_dims), int(plan.model_info["embed_dim"]))
+    return min(int(cfg.output.field_dims), int(prep.model_info["embed_dim"]))
 
 
-def field_attrs(cfg: RunConfig, plan: Plan) -> dict[str, Any]:
+def field_attrs(cfg: RunConfig, prep: Prepared) -> dict[str, Any]:
     """The field's metadata in the store (``s2lc:field``): model identity and decoding recipe."""
     if not cfg.output.save_embeddings:
         return {}
-    from pipeline.field.api import FIELD_ATTR
-    from pipeline.field.codec import ENCODING, ENCODING_VERSION
+    from pipeline.writers.codec import ENCODING, ENCODING_VERSION
+    from pipeline.writers.field import FIELD_ATTR
 
-    dims = field_dims(cfg, plan)
+    dims = field_dims(cfg, prep)
     return {
         FIELD_ATTR: {
             "encoding": ENCODING,
             "version": ENCODING_VERSION,
-            "model": plan.model_info["identity"],
-            "embedding_identity": plan.model_info.get("embedding_identity"),
-            "model_name": plan.model_info["name"],
-            "embed_dim": plan.model_info["embed_dim"],
+            "model": prep.model_info["identity"],
+            "embedding_identity": prep.model_info.get("embedding_identity"),
+            "model_name": prep.model_info["name"],
+            "embed_dim": prep.model_info["embed_dim"],
             "dims": dims,
             "bytes_per_pixel": dims + 2,
             "decode": "e = normalise(field_mean + field_basis @ (field_codes * field_scale)); "
-            "field_scale NaN = nodata (pipeline.field.codec)",
+            "field_scale NaN = nodata (pipeline.writers.codec)",
         }
     }
 
 
 def write_legend_and_quicklook(
-    cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, classes: Path, bounds=None
+    cfg: RunConfig, prep: Prepared, ws: Workspace, report: dict, classes: Path, bounds=None
 ) -> None:
     """``legend.json`` and ``quicklook.png`` (of the ``classes`` raster: a COG or a VRT), with
     what the map is made from in both (model identity, untrained weights, a few-shot head).
@@ -54,19 +54,19 @@ def write_legend_and_quicklook(
 
     write_legend_json(
         ws.out / "legend.json",
-        class_names=list(plan.class_names),
-        colors=list(plan.colors),
-        legend_name=plan.legend_info["name"],
-        style=plan.legend_info["style"],
-        prompt_hash=plan.legend_info["prompt_hash"],
+        class_names=list(prep.class_names),
+        colors=list(prep.colors),
+        legend_name=prep.legend_info["name"],
+        style=prep.legend_info["style"],
+        prompt_hash=prep.legend_info["prompt_hash"],
         untrained=cfg.model.untrained,
         extra={
-            "model": plan.model_info["identity"],
+            "model": prep.model_info["identity"],
             "nodata": 255,
             "calibration": report["calibration"],
         },
     )
-    title = f"{plan.region_name} {cfg.composite.start}..{cfg.composite.end} | {cfg.model.name} | {plan.legend_info['name']}"
+    title = f"{prep.region_name} {cfg.composite.start}..{cfg.composite.end} | {cfg.model.name} | {prep.legend_info['name']}"
     if cfg.model.untrained and cfg.model.head:
         title += "\nUNTRAINED encoder (demo), classes from a few-shot head"
     elif cfg.model.untrained:
@@ -74,28 +74,28 @@ def write_legend_and_quicklook(
     write_quicklook(
         ws.out / "quicklook.png",
         classes,
-        list(plan.class_names),
-        list(plan.colors),
+        list(prep.class_names),
+        list(prep.colors),
         title,
         bounds=bounds,
     )
 
 
-def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: list[str]) -> None:
+def publish(cfg: RunConfig, prep: Prepared, ws: Workspace, report: dict, labels: list[str]) -> None:
     """Mosaic COGs, move the Zarr into place, write legend, quicklook and STAC item."""
     from pipeline.writers import build_cogs, write_stac_item
 
     cogs = build_cogs(
-        ws.tiles, ws.out, plan.grid, list(plan.class_names), list(plan.colors), period_labels=labels
+        ws.tiles, ws.out, prep.grid, list(prep.class_names), list(prep.colors), period_labels=labels
     )
     field_cogs = {}
     if cfg.output.save_embeddings:
         from pipeline.writers.field import build_field_cogs
 
-        field_cogs = build_field_cogs(ws.store, ws.out, field_attrs(cfg, plan)["s2lc:field"])
+        field_cogs = build_field_cogs(ws.store, ws.out, field_attrs(cfg, prep)["s2lc:field"])
     zarr_path = ws.publish_store()
     ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
-    write_legend_and_quicklook(cfg, plan, ws, report, cogs["classes"])
+    write_legend_and_quicklook(cfg, prep, ws, report, cogs["classes"])
     if "composite_rgb" in cogs:  # the true-colour composite the map was made from
         from pipeline.writers import write_rgb_quicklook
 
@@ -112,19 +112,19 @@ def publish(cfg: RunConfig, plan: Plan, ws: Workspace, report: dict, labels: lis
     }
     write_stac_item(
         ws.out / "item.json",
-        grid=plan.grid,
-        geometry_4326=plan.geometry,
+        grid=prep.grid,
+        geometry_4326=prep.geometry,
         start=cfg.composite.start,
         end=cfg.composite.end,
         assets=assets,
-        class_names=list(plan.class_names),
-        colors=list(plan.colors),
+        class_names=list(prep.class_names),
+        colors=list(prep.colors),
         properties={
-            "s2lc:model": plan.model_info["identity"],
+            "s2lc:model": prep.model_info["identity"],
             "s2lc:untrained": cfg.model.untrained,
             "s2lc:period": cfg.composite.period,
             "s2lc:periods": labels,
             "s2lc:output_hash": report["output_hash"],
         },
-        item_id=f"s2lc-{plan.region_name}-{cfg.composite.start}-{cfg.composite.end}-{cfg.composite.period}-{cfg.model.name}",
+        item_id=f"s2lc-{prep.region_name}-{cfg.composite.start}-{cfg.composite.end}-{cfg.composite.period}-{cfg.model.name}",
     )

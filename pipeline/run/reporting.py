@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.scenes import SceneLedger
-from pipeline.workspace import TileFailure, Workspace
+from pipeline.run.workspace import TileFailure, Workspace
+from pipeline.stac.scenes import SceneLedger
 
 
 def ledger_from_tiles(ledger: SceneLedger, stats: dict, failures: dict[str, TileFailure]) -> None:
@@ -81,7 +81,7 @@ def up_to_date(ws: Workspace, output_hash: str) -> bool:
         report = json.loads(run_json.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    from pipeline.workspace import GRIDDED_PRODUCTS, PRODUCTS
+    from pipeline.run.workspace import GRIDDED_PRODUCTS, PRODUCTS
 
     products = GRIDDED_PRODUCTS if "cells" in report else PRODUCTS
     return (
@@ -93,7 +93,7 @@ def up_to_date(ws: Workspace, output_hash: str) -> bool:
 
 def run_report(
     cfg,
-    plan,
+    prep,
     ws,
     output_hash,
     items,
@@ -104,8 +104,8 @@ def run_report(
     failures,
     area_km2,
 ) -> dict[str, Any]:
-    from pipeline.config import to_plain
-    from pipeline.provenance import host_info, package_versions
+    from pipeline.base.config import to_plain
+    from pipeline.run.provenance import host_info, package_versions
 
     return {
         "status": "complete",
@@ -113,18 +113,18 @@ def run_report(
         "output_hash": output_hash,
         "config": to_plain(cfg.flat()),
         "region": {
-            "name": plan.region_name,
-            "crs": plan.crs,
-            "resolution": plan.resolution,
+            "name": prep.region_name,
+            "crs": prep.crs,
+            "resolution": prep.resolution,
             "area_km2": area_km2,
-            "bbox_4326": list(plan.geometry.bounds),
+            "bbox_4326": list(prep.geometry.bounds),
         },
-        "model": plan.model_info,
-        "legend": {**plan.legend_info, "classes": list(plan.class_names)},
+        "model": prep.model_info,
+        "legend": {**prep.legend_info, "classes": list(prep.class_names)},
         "calibration": calibration,
         "scenes": len(items),
         "tiles": {
-            "total": len(plan.grid.tiles),
+            "total": len(prep.grid.tiles),
             "done": len(all_stats),
             "resumed": len(done_before),
             "failed": sorted(failures),

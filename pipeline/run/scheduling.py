@@ -1,5 +1,6 @@
-"""Tile tasks on Dask: a bounded number in flight, read groups kept on one worker, retries
-counted here, and failures recorded (the dead-letter list) instead of stopping the run.
+"""Tile tasks on Dask: which tiles run (:func:`select_tiles`), the work order of each
+(:func:`tile_job`), a bounded number in flight, read groups kept on one worker, retries counted
+here, and failures recorded (the dead-letter list) instead of stopping the run.
 """
 
 from __future__ import annotations
@@ -9,10 +10,49 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.base.errors import UserError
-from pipeline.run.plan import tile_job
-from pipeline.workspace import TileFailure
+from pipeline.run.config import RunConfig
+from pipeline.run.inputs import RunInputs
+from pipeline.run.prepare import Prepared
+from pipeline.run.tile_task import TileJob
+from pipeline.run.workspace import TileFailure, Workspace
 
 _log = logging.getLogger(__name__)
+
+
+def tile_job(
+    cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs, tile, calibration, field=None
+):
+    """The work order of ``tile``: references into the run's ``inputs`` file (the items touching
+    its window, halo included, and the region), not the items themselves."""
+    chips = cfg.model.adapter.chip_layout(tile.geobox, cfg.chips.window, cfg.chips.stride)
+    window_box = chips.geobox if chips else tile.geobox
+    return TileJob(
+        tile=tile,
+        inputs=inputs.for_window(window_box),
+        model=cfg.model,
+        classifier=prep.classifier,
+        calibration=calibration,
+        composite=cfg.composite,
+        mask=cfg.mask,
+        chips=cfg.chips,
+        output=cfg.output,
+        store=str(ws.store),
+        tile_dir=str(ws.tile_dir(tile.id)),
+        field=field,
+    )
+
+
+def select_tiles(tiles, done: dict, failed: dict[str, TileFailure], cfg: RunConfig):
+    """(tiles to run, dead-lettered failures left alone) for this run.
+
+    A plain run (or rerun) runs every tile not done except those that failed ``max_attempts``
+    times or more (the dead-letter list); ``--retry-failed`` runs only the tiles that failed.
+    """
+    dead = {t: f for t, f in failed.items() if f.attempts >= cfg.execution.max_attempts}
+    if cfg.execution.retry_failed:
+        return [tl for tl in tiles if tl.id in failed and tl.id not in done], {}
+    todo = [tl for tl in tiles if tl.id not in done and tl.id not in dead]
+    return todo, {t: f for t, f in dead.items() if t not in done}
 
 
 def task_resources(client) -> dict[str, int] | None:
@@ -27,7 +67,7 @@ def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure
     """The failure record of a tile whose last attempt raised ``exc``."""
     import datetime as dt
 
-    from pipeline.cube import ReadFailure
+    from pipeline.reading.cube import ReadFailure
 
     text = str(exc).splitlines()[0] if str(exc) else ""
     when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -40,22 +80,22 @@ def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure
 
 
 def run_tiles(
-    client, cfg, plan, ws, inputs, calibration, todo, progress=None, task=None, field=None
+    client, cfg, prep, ws, inputs, calibration, todo, progress=None, task=None, field=None
 ) -> tuple[dict, dict[str, TileFailure]]:
     """Run ``todo`` tiles, a bounded number in flight; returns (stats, failures) by tile id.
 
-    ``inputs`` is the run's :class:`~pipeline.run_inputs.RunInputs` (each work order references
+    ``inputs`` is the run's :class:`~pipeline.run.inputs.RunInputs` (each work order references
     it).
-    ``task`` replaces :func:`pipeline.tile_task.process_tile` (the scale benchmark's stand-in).
+    ``task`` replaces :func:`pipeline.run.tile_task.process_tile` (the scale benchmark's stand-in).
 
     A tile that raises is resubmitted up to ``cfg.execution.retries`` times; one that still fails gets a
-    :class:`~pipeline.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
+    :class:`~pipeline.run.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
     and no done marker, so the next run redoes it.
     """
     from distributed import as_completed
 
     from pipeline.reading import read_order
-    from pipeline.tile_task import process_tile
+    from pipeline.run.tile_task import process_tile
 
     task = task or process_tile
 
@@ -78,7 +118,7 @@ def run_tiles(
     def submit(tile, attempt: int = 1):
         fut = client.submit(
             task,
-            tile_job(cfg, plan, ws, inputs, tile, calibration, field),
+            tile_job(cfg, prep, ws, inputs, tile, calibration, field),
             key=f"tile-{tile.id}-{output_hash}-{attempt}",
             retries=0,  # retried here, so attempts are counted and recorded
             resources=resources,
@@ -124,7 +164,7 @@ def run_tiles(
             )
         fut.release()
         if progress is not None:  # counts pixels (tiles done: in the postfix)
-            progress.update(plan.grid[tid].shape[0] * plan.grid[tid].shape[1])
+            progress.update(prep.grid[tid].shape[0] * prep.grid[tid].shape[1])
             progress.set_postfix_str(
                 f"{len(stats) + len(failures)}/{len(todo)} tiles", refresh=False
             )

@@ -6,7 +6,7 @@ extension at run time, is only used for geoparquet and is disabled explicitly). 
 127.0.0.1 on a free port and is stopped when the context exits.
 rustac implements core, item-search (POST and GET, ``intersects``, ``bbox``, ``datetime``,
 paging) but not the filter/query extensions, so cloud cover is filtered client-side
-(:mod:`pipeline.search` checks the conformance classes).
+(:mod:`pipeline.stac.search` checks the conformance classes).
 """
 
 from __future__ import annotations

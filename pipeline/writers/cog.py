@@ -37,8 +37,8 @@ import numpy as np
 
 from pipeline.base.atomic import atomic_path, remove_path
 from pipeline.base.colours import parse_color
+from pipeline.grid.tiling import Tile, TileGrid
 from pipeline.reading.blocks import worker_cores
-from pipeline.tiling import Tile, TileGrid
 from pipeline.writers.layers import LAYERS, LayerSpec, cog_layers
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 

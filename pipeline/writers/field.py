@@ -10,7 +10,7 @@ grid through GDAL's Zarr driver (block by block, bounded memory):
 * ``field_scale.tif``: Float32, nodata NaN.
 
 Decoding a pixel: ``normalise(field_mean + field_basis @ (codes * scale))``
-(:class:`pipeline.field.codec.FieldCodec`); the same recipe is in the store's ``s2lc:field``
+(:class:`pipeline.writers.codec.FieldCodec`); the same recipe is in the store's ``s2lc:field``
 attribute and in the COGs' metadata (``S2LC_FIELD``).
 """
 
@@ -30,6 +30,8 @@ from pipeline.writers.layers import cog_layers, layer
 __all__ = ["FIELD_COGS", "build_field_cogs", "read_codec", "write_codec"]
 
 #: COG file -> Zarr array it is made from (the ``field`` layers of pipeline.writers.layers).
+#: Group attribute of the map store that holds the field's metadata.
+FIELD_ATTR = "s2lc:field"
 FIELD_COGS = {f"{s.cog}.tif": s.name for s in cog_layers("field")}
 _BLOCK = 256
 _CACHE_MB = 256
@@ -45,10 +47,10 @@ def write_codec(store: str | os.PathLike[str], codec: Any) -> None:
 
 
 def read_codec(store: str | os.PathLike[str]) -> Any | None:
-    """The store's :class:`~pipeline.field.codec.FieldCodec`, or None if not written yet."""
+    """The store's :class:`~pipeline.writers.codec.FieldCodec`, or None if not written yet."""
     import zarr
 
-    from pipeline.field.codec import FieldCodec
+    from pipeline.writers.codec import FieldCodec
 
     g = zarr.open_group(str(store), mode="r", zarr_format=2)
     if "field_basis" not in g:

@@ -1,6 +1,6 @@
 """Gridded (continental) outputs: one COG set and STAC item per 100 km cell, a VRT per layer.
 
-Layout of ``OUT/`` for a run in EPSG:3035 (see :mod:`pipeline.cells`)::
+Layout of ``OUT/`` for a run in EPSG:3035 (see :mod:`pipeline.grid.cells`)::
 
     cells/<code>/{classes,confidence,valid_obs}.tif   the cell's COGs (full 100 km extent)
     cells/<code>/item.json                            its STAC item
@@ -23,8 +23,8 @@ from typing import Any
 
 from pipeline.base.atomic import atomic_path
 from pipeline.base.jsonio import write_json
-from pipeline.cells import Cell
-from pipeline.tiling import Tile, TileGrid
+from pipeline.grid.cells import Cell
+from pipeline.grid.tiling import Tile, TileGrid
 from pipeline.writers.cog import _band_xml, _classes_band_extra, _vrt, build_cogs
 from pipeline.writers.layers import cog_layers
 

@@ -4,7 +4,7 @@ folder know about a layer.
 Every writer reads this table instead of keeping its own lists of names, dtypes and nodata
 values: :mod:`pipeline.writers.zarr_map` creates and fills one array per row,
 :mod:`pipeline.writers.cog` writes and mosaics the rows with a ``cog`` product,
-:mod:`pipeline.writers.products` describes those as STAC assets, and :mod:`pipeline.workspace`
+:mod:`pipeline.writers.products` describes those as STAC assets, and :mod:`pipeline.run.workspace`
 lists the published files. A new per-pixel layer is one row here, a field of
 :class:`~pipeline.writers.tile_result.TileResult` of the same name, and the code that computes it.
 """

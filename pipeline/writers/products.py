@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.base.atomic import atomic_path
 from pipeline.base.colours import parse_color, to_hex
 from pipeline.base.jsonio import to_json_safe, write_json
-from pipeline.tiling import TileGrid
+from pipeline.grid.tiling import TileGrid
 from pipeline.writers.layers import layer_of_product
 from pipeline.writers.tile_result import CLASS_NODATA
 

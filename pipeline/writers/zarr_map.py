@@ -11,7 +11,7 @@ per per-pixel array)::
     composite     (period, band, y, x)   float32  NaN = nodata           (optional)
     embeddings    (embedding, y, x)      float16  NaN = nodata           (optional)
     field_codes   (component, y, x)      int8     the compact embedding field (optional, see
-    field_scale   (y, x)                 float16  NaN = nodata            pipeline.field.codec)
+    field_scale   (y, x)                 float16  NaN = nodata            pipeline.writers.codec)
     field_mean    (embedding,)           float32  its decoding recipe: mean and
     field_basis   (embedding, component) float32  projection basis
     x, y, k, period, band, embedding, component   coordinates (pixel centres for x/y)
@@ -25,7 +25,7 @@ odc-geo) and GDAL's own ``_CRS`` attribute on every array; GDAL derives the geot
 ``rasterio.open('ZARR:"path":/classes')``.
 
 Concurrency: every spatial chunk is ``tile_size`` square and the tile lattice starts at the
-grid's first pixel (:mod:`pipeline.tiling`), so each chunk belongs to exactly one tile and
+grid's first pixel (:mod:`pipeline.grid.tiling`), so each chunk belongs to exactly one tile and
 concurrent :func:`write_tile` calls for different tiles never touch the same chunk file (and
 zarr's local store writes each chunk file atomically). Metadata is written once, atomically, by
 :func:`create_map_store`; tile writes never change it, so the consolidated metadata stays valid.
@@ -45,7 +45,7 @@ from pipeline.base.atomic import atomic_path
 from pipeline.base.errors import UserError
 from pipeline.base.hashing import json_digest
 from pipeline.base.jsonio import to_json_safe
-from pipeline.tiling import Tile, TileGrid
+from pipeline.grid.tiling import Tile, TileGrid
 from pipeline.writers.layers import LAYER_SPECS, LayerSpec
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 
@@ -109,7 +109,7 @@ def create_map_store(
     otherwise this is a :class:`UserError`. Unwritten chunks read as nodata.
 
     With ``field_dims`` (and ``embed_dim``), the embeddings are stored as the compact field
-    (``field_*`` arrays, :mod:`pipeline.field.codec`) instead of the float16 ``embeddings``.
+    (``field_*`` arrays, :mod:`pipeline.writers.codec`) instead of the float16 ``embeddings``.
     """
     path = Path(path)
     attrs = dict(attrs or {})

@@ -4,7 +4,7 @@
    region, the real revisit, the demo generator's item JSON: :mod:`pipeline.testing.demo.metadata`),
    generated once into the cache.
 2. Loaded into the real pgstac of the integration tests (:class:`tests.integration.pgstac.LocalPgstac`).
-3. Per region (one country, then ``eu27``): the whole year's search through ``pipeline.search``
+3. Per region (one country, then ``eu27``): the whole year's search through ``pipeline.stac.search``
    (time, pages, items; every generated item that should match is returned), ``plan`` (time,
    driver peak memory), and a ``run`` of the driver with a stand-in tile task that reads nothing
    (:mod:`pipeline.bench.scale`: tasks per second, driver peak memory, work-order size).
@@ -97,7 +97,7 @@ def _write_selected(root: Path, keep: np.ndarray, out: Path) -> None:
 def _search(name: str, url: str, out: Path) -> int:
     """Child process: the whole year's search over ``name``; items to ``out`` (JSON Lines)."""
     from aoi import load_region
-    from pipeline.search import SearchConfig, search_scenes
+    from pipeline.stac.search import SearchConfig, search_scenes
 
     region = load_region(name)
     scfg = SearchConfig(profile="custom", stac_url=url, max_cloud=MAX_CLOUD)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from aoi import load_region
     from pipeline.base.paths import cache_dir
     from pipeline.bench.results import Entry, table, write_results
-    from pipeline.provenance import host_info
+    from pipeline.run.provenance import host_info
     from tests.integration.pgstac import LocalPgstac
 
     argv = sys.argv[1:] if argv is None else argv

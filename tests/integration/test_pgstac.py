@@ -82,7 +82,7 @@ def test_cql2_cloud_filter_is_applied_by_the_server(pgstac_server: LocalPgstac) 
 def test_search_items_filters_server_side(pgstac_server: LocalPgstac) -> None:
     """The project's search sends the cloud filter to the server (recorded by pgstac itself)."""
     from aoi import load_region
-    from pipeline.search import SearchConfig, search_items
+    from pipeline.stac.search import SearchConfig, search_items
 
     region = load_region("demo")
     cfg = SearchConfig(

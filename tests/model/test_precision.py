@@ -64,7 +64,7 @@ def test_resolve_auto_measures_once_and_caches(tsc, tmp_path, monkeypatch):
 def test_precision_is_part_of_the_config_and_hash():
     import datetime as dt
 
-    from pipeline.run_config import RunConfig
+    from pipeline.run.config import RunConfig
 
     base = RunConfig.of(
         region="demo", start=dt.date(2023, 1, 1), end=dt.date(2023, 12, 31), untrained=True

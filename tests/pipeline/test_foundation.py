@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from pipeline.base.config import from_mapping, load_yaml
 from pipeline.base.errors import UserError
-from pipeline.config import from_mapping, load_yaml
 from tests.paths import REPO_ROOT
 
 ROOT = REPO_ROOT

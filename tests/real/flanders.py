@@ -134,7 +134,7 @@ def write_catalog(site: Site, root: Path) -> list[dict]:
     The items are Earth Search v1 items (see the module docstring); the caller writes
     ``items.json`` / ``collection.json`` (one catalog may hold several sites).
     """
-    from pipeline.bands import EARTH_SEARCH_V1_KEYS
+    from pipeline.stac.bands import EARTH_SEARCH_V1_KEYS
     from pipeline.testing.demo.catalog import _item
 
     ds10, ds20, _ = site.open()

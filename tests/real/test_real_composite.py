@@ -1,7 +1,7 @@
 """The product's monthly composites of real Sentinel-2 series equal an independent computation.
 
 The reference is computed here straight from the netCDF files, with plain numpy, as the product
-documents its masking (pipeline.bands, pipeline.cube, pipeline.composite):
+documents its masking (pipeline.stac.bands, pipeline.reading.cube, pipeline.composite.median):
 
 - reflectance = DN x 1e-4 (these pre-04.00 DN carry no offset);
 - a 20 m band's value at a 10 m pixel is its 20 m pixel's (and so is the SCL class);

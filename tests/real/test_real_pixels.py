@@ -35,7 +35,7 @@ def test_band_order_scaling_and_clamping(pixels, record_property):
     import torch
 
     from model.timesenclip import BANDS, NORM_OFFSET, NORM_SCALE, normalise
-    from pipeline.bands import NATIVE_RESOLUTION
+    from pipeline.stac.bands import NATIVE_RESOLUTION
 
     found: dict[str, dict[int, str]] = {}
     for col in pixels.columns:

@@ -26,9 +26,9 @@ import rasterio
 from affine import Affine
 from pyproj import Transformer
 
-from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, PC_KEYS, SCL
 from pipeline.base.atomic import atomic_path
 from pipeline.base.jsonio import write_json
+from pipeline.stac.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, PC_KEYS, SCL
 from pipeline.testing.demo.landscape import CLASS_NAMES, Landscape, make_landscape
 from pipeline.testing.demo.scenes import SceneSpec, block_mean, draw_specs, render
 

@@ -1,8 +1,8 @@
 """A metadata-only Sentinel-2 L2A catalog for a region and a year: items, no pixels.
 
 For scale tests of search, planning and scheduling. Every MGRS tile touching the region
-(:func:`pipeline.mgrs.s2_tiles`) gets the acquisitions of the real revisit at its latitude
-(:func:`pipeline.mgrs.acquisitions_per_year`), evenly spread through the year with a seeded
+(:func:`pipeline.grid.mgrs.s2_tiles`) gets the acquisitions of the real revisit at its latitude
+(:func:`pipeline.grid.mgrs.acquisitions_per_year`), evenly spread through the year with a seeded
 jitter, each an item in the demo generator's Earth Search v1 layout (the same properties,
 extensions and eleven assets, :func:`pipeline.testing.demo.catalog._item`) whose asset hrefs point to
 where Earth Search keeps them but are never read. Scene cloud cover follows a seeded draw (a
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, SCL
-from pipeline.mgrs import acquisitions_per_year, s2_tiles
+from pipeline.grid.mgrs import acquisitions_per_year, s2_tiles
+from pipeline.stac.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, SCL
 from pipeline.testing.demo.catalog import _collection, _item
 
 __all__ = ["metadata_collection", "metadata_items"]

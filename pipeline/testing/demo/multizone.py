@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aoi import to_crs, utm_zone_of
-from pipeline.mgrs import s2_tiles
+from pipeline.grid.mgrs import s2_tiles
 from pipeline.testing.demo.catalog import _collection, generate_catalog
 
 __all__ = ["generate_multizone_catalog"]

@@ -2,7 +2,7 @@
 
 Pure numpy. Every function takes a day of year (possibly per parcel, already shifted by its
 phenology jitter) and returns reflectance on a 0-1 scale for the 10 bands of
-:data:`pipeline.bands.BANDS`. A date's spectrum mixes an off-season and a peak endmember,
+:data:`pipeline.stac.bands.BANDS`. A date's spectrum mixes an off-season and a peak endmember,
 ``R = f * R_peak + (1 - f) * R_off``, with ``f`` solved in closed form so that NDVI(R) matches the
 monthly NDVI table (interpolated to the day).
 """

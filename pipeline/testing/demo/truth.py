@@ -19,8 +19,8 @@ from rasterio.windows import from_bounds
 from aoi import load_region
 from pipeline.base.atomic import atomic_path
 from pipeline.base.colours import parse_color
+from pipeline.grid.tiling import make_grid
 from pipeline.testing.demo import ensure_demo_catalog, load_truth
-from pipeline.tiling import make_grid
 from pipeline.writers.tile_result import CLASS_NODATA
 
 __all__ = ["export_truth"]
@@ -29,7 +29,7 @@ __all__ = ["export_truth"]
 def export_truth(out: str | Path, tile_size: int = 256) -> Path:
     """Write the demo truth under the ``demo`` region to ``out`` (a COG); returns ``out``.
 
-    The grid is :func:`pipeline.tiling.make_grid` of the demo region (the grid ``run`` maps on),
+    The grid is :func:`pipeline.grid.tiling.make_grid` of the demo region (the grid ``run`` maps on),
     the values are the demo's class indices (uint8, 255 = nodata), in the order of the ``demo``
     legend. Generates the demo catalog first if the cache does not hold it.
     """

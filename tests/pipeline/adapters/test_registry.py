@@ -103,10 +103,10 @@ def test_a_third_model_kind_maps_a_tile_through_the_real_tile_path(
 ):
     """Registered from this file alone, the toy runs in a RunConfig, a TileJob and process_tile
     (real scenes, real composite, real Zarr and COG writers) and its map is its NDVI rule."""
-    from pipeline.run_config import RunConfig
-    from pipeline.run_inputs import RunInputs
-    from pipeline.tile_task import TileJob, load_composite, process_tile
-    from pipeline.tiling import make_grid
+    from pipeline.grid.tiling import make_grid
+    from pipeline.run.config import RunConfig
+    from pipeline.run.inputs import RunInputs
+    from pipeline.run.tile_task import TileJob, load_composite, process_tile
     from pipeline.writers import create_map_store, open_map
 
     w, s, e, n = SMALL_BOUNDS

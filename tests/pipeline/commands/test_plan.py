@@ -17,7 +17,7 @@ MEMBERS = (
 
 def test_every_member_state_loads_grids_and_plans(tmp_path, capsys):
     from aoi import load_region
-    from pipeline.cells import cells_of, is_gridded, output_grid
+    from pipeline.grid.cells import cells_of, is_gridded, output_grid
 
     total = 0.0
     for name in MEMBERS:
@@ -51,7 +51,7 @@ def test_every_member_state_loads_grids_and_plans(tmp_path, capsys):
 def test_mgrs_tiles_and_revisit():
     from shapely.geometry import Point
 
-    from pipeline.mgrs import acquisitions_per_year, observations_per_year, s2_tiles
+    from pipeline.grid.mgrs import acquisitions_per_year, observations_per_year, s2_tiles
 
     # Known tiles: Munich, Utrecht, Madrid, Helsinki, and the 32/33 zone edge near 12 E
     for (lon, lat), codes in [
@@ -72,7 +72,7 @@ def test_eea_cells_are_named_and_tiles_stay_inside():
     from shapely.geometry import box
 
     from aoi import to_crs
-    from pipeline.cells import cell_code, cells_of, output_grid
+    from pipeline.grid.cells import cell_code, cells_of, output_grid
 
     assert cell_code(4_321_000, 3_210_000) == "100kmE43N32"
     # a 3 x 3 km box straddling the 4,400 km easting line -> two cells

@@ -16,7 +16,7 @@ import torch
 
 import model
 from pipeline.base.errors import UserError
-from pipeline.field.codec import QMAX, fit_codec, identity_codec
+from pipeline.writers.codec import QMAX, fit_codec, identity_codec
 from tests.paths import REPO_ROOT
 
 ROOT = REPO_ROOT

@@ -16,12 +16,12 @@ from pipeline.points import (
     Points,
     PointTable,
     extract_points,
-    plan_windows,
+    group_windows,
     read_points,
     utm_epsg,
 )
-from pipeline.run_config import CompositeConfig
-from pipeline.search import SearchConfig
+from pipeline.run.config import CompositeConfig
+from pipeline.stac.search import SearchConfig
 
 # --- reading points ----------------------------------------------------------------------------
 
@@ -101,7 +101,7 @@ def test_plan_windows_groups_by_zone_tile_and_cluster():
     ys = np.array([5340005.0, 5340105.0, 5339905.0, 5345005.0])
     lon, lat = to_ll.transform(xs, ys)
     pts = _pts([*lon, 5.0], [*lat, 52.0])
-    wins = plan_windows(pts, tile_size=256, cluster_px=64, block_tiles=1)
+    wins = group_windows(pts, tile_size=256, cluster_px=64, block_tiles=1)
     assert sorted(w.crs for w in wins) == ["EPSG:32631", "EPSG:32632", "EPSG:32632"]
     covered = np.sort(np.concatenate([w.points for w in wins]))
     assert covered.tolist() == [0, 1, 2, 3, 4]
@@ -122,7 +122,7 @@ def test_plan_windows_groups_by_zone_tile_and_cluster():
 
 def test_plan_windows_one_crs():
     pts = _pts([10.35, 10.36], [48.2, 48.2])
-    wins = plan_windows(pts, crs="EPSG:3035", cluster_px=1024, tile_size=1024)
+    wins = group_windows(pts, crs="EPSG:3035", cluster_px=1024, tile_size=1024)
     assert len(wins) == 1 and wins[0].crs == "EPSG:3035"
 
 
@@ -202,9 +202,9 @@ def test_extract_matches_direct_composite(tmp_path, small_catalog, small_api):
     import pystac
     from odc.geo.geobox import GeoBox
 
-    from pipeline.composite import composite
-    from pipeline.cube import MaskConfig, load_cube
-    from pipeline.search import search_items
+    from pipeline.composite.median import composite
+    from pipeline.reading.cube import MaskConfig, load_cube
+    from pipeline.stac.search import search_items
 
     pts, xy = _small_points(small_catalog)
     cfg = ExtractConfig(
@@ -271,7 +271,9 @@ def test_extract_resumes_finished_blocks(tmp_path, small_catalog, small_api, mon
     seen = []
     monkeypatch.setattr(P, "_extract_block", lambda *a: seen.append(a[2][0].block) or real(*a))
     table = extract_points(pts, cfg, tmp_path / "t.npz")
-    n_blocks = len({w.block for w in plan_windows(pts, tile_size=16, cluster_px=16, block_tiles=1)})
+    n_blocks = len(
+        {w.block for w in group_windows(pts, tile_size=16, cluster_px=16, block_tiles=1)}
+    )
     assert len(seen) == n_blocks - 2  # the two finished blocks were not redone
     assert len(table) == 12
 

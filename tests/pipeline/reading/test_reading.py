@@ -43,8 +43,8 @@ def _items(folder: Path):
 )
 def test_fast_path_is_bit_identical_to_odc_stac(es_scenes, window, resampling):
     """Whole scene, odd offsets, windows across blocks and beyond the raster (nodata there)."""
-    from pipeline.cube import MaskConfig, load_cube
     from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.reading.cube import MaskConfig, load_cube
 
     gb = _geobox(*window)
     mask = MaskConfig(resampling=resampling)
@@ -61,8 +61,8 @@ def test_fast_path_is_bit_identical_to_odc_stac(es_scenes, window, resampling):
 
 def test_same_day_scenes_fuse_like_odc_stac(es_scenes):
     """Two scenes of one solar day: the earlier fills first, the later fills its nodata corner."""
-    from pipeline.cube import load_cube
     from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.reading.cube import load_cube
 
     later = copy.deepcopy(es_scenes[0])
     later["id"] = "S2B_32TNT_20230105_1_L2A"
@@ -81,8 +81,8 @@ def test_one_reader_reuses_its_work_arrays_without_stale_pixels(es_scenes):
     """Windows of one shape on one reader (its DN work arrays reused): a window inside the
     raster, one beyond its edge (nodata there), then a same-day pair fused over the previous
     window's DN; each equals odc-stac's read on its own."""
-    from pipeline.cube import load_cube
     from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.reading.cube import load_cube
 
     later = copy.deepcopy(es_scenes[0])
     later["id"] = "S2B_32TNT_20230105_1_L2A"
@@ -105,8 +105,8 @@ def test_demo_layouts_and_harmonisation_match(small_catalog, small_pc_catalog):
     """Earth Search v1 and Planetary Computer (DN + 1000 from baseline 04.00) both match."""
     from odc.geo.geobox import GeoBox
 
-    from pipeline.cube import load_cube
     from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.reading.cube import load_cube
     from tests.conftest import SMALL_BOUNDS
 
     gb = GeoBox.from_bbox(SMALL_BOUNDS, "EPSG:32632", resolution=10)
@@ -119,8 +119,8 @@ def test_demo_layouts_and_harmonisation_match(small_catalog, small_pc_catalog):
 
 def test_other_grids_fall_back_to_the_warp(es_scenes):
     """A 5 m shifted origin or another resolution is not the native lattice: odc-stac runs."""
-    from pipeline.cube import load_cube
     from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.reading.cube import load_cube
 
     for gb in (_geobox(10, 10, 64, 64, dx=5.0), _geobox(10, 10, 32, 32, res=20.0)):
         got = load_reflectance(es_scenes, gb, reader=BlockReader())
@@ -163,8 +163,8 @@ def test_read_failure_is_raised_not_nodata(es_scenes, tmp_path):
     """A corrupt COG fails the load, naming its scene; a nodata corner is not a failure."""
     import shutil
 
-    from pipeline.cube import ReadFailure
     from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.reading.cube import ReadFailure
 
     items = copy.deepcopy(es_scenes)
     src = Path(items[1]["assets"]["red"]["href"].removeprefix("file://"))
@@ -255,8 +255,8 @@ def test_read_order_keeps_each_group_on_one_worker():
     """Tiles of one 2048 px read group go to one worker; groups in flight use every worker."""
     from odc.geo.geobox import GeoBox
 
+    from pipeline.grid.tiling import Tile
     from pipeline.reading import read_group, read_order
-    from pipeline.tiling import Tile
 
     gb = GeoBox((256, 256), Affine(10, 0, 0, 0, -10, 0), "EPSG:32632")
     tiles = [

@@ -22,9 +22,9 @@ ROOT = REPO_ROOT
 
 
 def test_select_tiles_dead_letter_and_retry_failed():
-    from pipeline.run.plan import select_tiles
-    from pipeline.run_config import RunConfig
-    from pipeline.workspace import TileFailure
+    from pipeline.run.config import RunConfig
+    from pipeline.run.scheduling import select_tiles
+    from pipeline.run.workspace import TileFailure
 
     class T:
         def __init__(self, i):

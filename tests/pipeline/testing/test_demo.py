@@ -11,8 +11,8 @@ import pytest
 import rasterio
 import requests
 
-from pipeline.bands import BANDS, EARTH_SEARCH_V1_KEYS, PC_KEYS, SCL, asset_keys
 from pipeline.base.errors import UserError
+from pipeline.stac.bands import BANDS, EARTH_SEARCH_V1_KEYS, PC_KEYS, SCL, asset_keys
 from pipeline.testing.demo import (
     CLASS_NAMES,
     DEMO_AOI,
@@ -185,22 +185,3 @@ def test_serving_a_folder_without_a_catalog_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="missing"):
         with serve(tmp_path):
             pass
-
-
-def test_the_former_import_paths_still_give_the_generator_and_the_server():
-    """Scripts written before the move under pipeline.testing keep working (issue 14)."""
-    import pipeline.demo as old_demo
-    import pipeline.stac_server as old_server
-    import pipeline.testing.demo as demo
-    import pipeline.testing.stac_server as server
-
-    assert old_demo.generate_catalog is demo.generate_catalog
-    assert old_demo.ensure_demo_catalog is demo.ensure_demo_catalog
-    assert old_server.serve is server.serve
-
-
-def test_the_former_runner_path_still_gives_the_run_driver():
-    import pipeline.run.driver as driver
-    import pipeline.runner as old_runner
-
-    assert old_runner.execute is driver.execute

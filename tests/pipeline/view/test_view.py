@@ -24,7 +24,7 @@ from PIL import Image
 from shapely.geometry import box
 
 from aoi import to_crs
-from pipeline.tiling import make_grid
+from pipeline.grid.tiling import make_grid
 from pipeline.view import render
 from pipeline.view.sources import find_sources
 from pipeline.writers import (

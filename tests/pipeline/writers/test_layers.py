@@ -12,8 +12,8 @@ import rasterio
 from shapely.geometry import box
 
 from aoi import to_crs
-from pipeline.tiling import make_grid
-from pipeline.workspace import GRIDDED_PRODUCTS, OPTIONAL_PRODUCTS, PRODUCTS, SIDECARS
+from pipeline.grid.tiling import make_grid
+from pipeline.run.workspace import GRIDDED_PRODUCTS, OPTIONAL_PRODUCTS, PRODUCTS, SIDECARS
 from pipeline.writers import (
     TileResult,
     build_cogs,

@@ -18,7 +18,7 @@ from aoi import to_crs
 from pipeline.base.atomic import atomic_path
 from pipeline.base.errors import UserError
 from pipeline.base.jsonio import write_json
-from pipeline.tiling import aoi_mask, make_grid
+from pipeline.grid.tiling import aoi_mask, make_grid
 from pipeline.writers import (
     TileResult,
     build_cogs,

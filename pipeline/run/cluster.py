@@ -1,0 +1,256 @@
+"""Dask clusters for tiled mapping: a local one, Slurm through dask-jobqueue, or any scheduler.
+
+``open_client`` is the single place that decides where tile tasks run:
+
+- ``local``: a :class:`distributed.LocalCluster` of worker *processes* (torch releases the GIL
+  only partly, and each worker holds its own model), with torch threads per worker chosen so that
+  workers x threads = cores.
+- ``slurm``: :class:`dask_jobqueue.SLURMCluster` from a YAML profile (``pipeline/profiles/slurm.yaml``
+  by default): queue, cores, memory, walltime, GPUs as ``--gres`` job directives, worker lifetime
+  staggering so long runs survive walltime.
+- ``tcp://host:port`` (or any scheduler address): an existing cluster (Kubernetes, Coiled,
+  dask-gateway).
+
+Workers that have a GPU advertise a ``GPU`` resource; tile tasks request one when the run uses GPUs,
+so at most one tile per GPU runs at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dask_jobqueue import SLURMCluster
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from pipeline.base.config import from_mapping, load_yaml
+from pipeline.base.errors import UserError
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_SLURM_PROFILE = Path(__file__).parent / "profiles" / "slurm.yaml"
+
+
+@dataclass(frozen=True)
+class SlurmProfile:
+    """One Slurm job template; see ``pipeline/profiles/slurm.yaml`` for the meaning of each key."""
+
+    queue: str | None = None
+    account: str | None = None
+    cores: int = 8
+    processes: int = 1
+    memory: str = "32GB"
+    walltime: str = "02:00:00"
+    gpus: int = 0
+    jobs: int = 2
+    job_extra_directives: tuple[str, ...] = ()
+    job_script_prologue: tuple[str, ...] = ()
+    local_directory: str | None = None
+    lifetime: str | None = "110m"
+    lifetime_stagger: str | None = "5m"
+    interface: str | None = None
+    python: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cores < 1 or self.processes < 1 or self.jobs < 1 or self.gpus < 0:
+            raise UserError("slurm profile: cores, processes and jobs must be >= 1, gpus >= 0")
+        if self.processes > self.cores:
+            raise UserError("slurm profile: processes per job cannot exceed cores per job")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where tile tasks run. ``kind`` is ``local``, ``slurm`` or a scheduler address."""
+
+    kind: str = "local"
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str = "auto"
+    slurm: SlurmProfile = field(default_factory=SlurmProfile)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "slurm") and "://" not in self.kind:
+            raise UserError(
+                f"--cluster {self.kind!r}: expected local, slurm or a scheduler address "
+                "such as tcp://host:8786"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise UserError("--workers must be >= 1")
+
+    def planned_workers(self) -> int | None:
+        """How many worker processes the tiles will be spread over (None: not known before
+        connecting, i.e. an existing scheduler's address)."""
+        if self.kind == "local":
+            return local_layout(os.cpu_count() or 1, _cuda_devices(), self.workers, None)[0]
+        if self.kind == "slurm":
+            return self.slurm.jobs * self.slurm.processes
+        return None
+
+
+def load_slurm_profile(path: str | Path | None, jobs: int | None = None) -> SlurmProfile:
+    """Read a Slurm profile YAML (default: the bundled one), optionally overriding ``jobs``."""
+    data = load_yaml(path or DEFAULT_SLURM_PROFILE)
+    if jobs is not None:
+        data["jobs"] = jobs
+    return from_mapping(SlurmProfile, data, where=f"slurm profile {path or 'default'}")
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch  # noqa: PLC0415 (optional: torch only to count GPUs)
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # torch missing or broken CUDA: run on CPU
+        return 0
+
+
+class TorchThreads(WorkerPlugin):
+    """Worker plugin: pin torch's intra-op threads so workers do not oversubscribe the cores."""
+
+    name = "s2lc-torch-threads"
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, int(threads))
+
+    def setup(self, worker) -> None:  # noqa: ANN001 (distributed's Worker)
+        import torch  # noqa: PLC0415 (lazy: torch only to count GPUs)
+
+        torch.set_num_threads(self.threads)
+        os.environ["OMP_NUM_THREADS"] = str(self.threads)
+
+
+def local_layout(
+    cores: int, gpus: int, workers: int | None, threads: int | None
+) -> tuple[int, int]:
+    """(workers, torch threads per worker) for a local cluster.
+
+    Without GPUs: by default two workers (one loads data while the other infers), never more
+    than the cores, the cores shared out among them for torch. With GPUs: one worker per two
+    cores (at least one per GPU), all sharing the GPU(s): decoding and compositing are CPU-bound
+    and the models are small enough for several processes per device, so one tile's GPU
+    inference overlaps other tiles' CPU work.
+    """
+    if workers is None:
+        workers = max(gpus, cores // 2) if gpus else max(1, min(2, cores))
+    if threads is None:
+        threads = max(1, cores // workers)
+    return workers, threads
+
+
+@contextlib.contextmanager
+def open_client(cfg: ClusterConfig) -> Iterator[object]:
+    """A connected :class:`distributed.Client` for ``cfg``; clusters we start are closed on exit."""
+
+    if cfg.kind == "local":
+        gpus = _cuda_devices()
+        workers, threads = local_layout(
+            os.cpu_count() or 1, gpus, cfg.workers, cfg.threads_per_worker
+        )
+        cluster = LocalCluster(
+            n_workers=workers,
+            resources={"GPU": 1} if gpus else None,  # tile tasks request it (one at a time)
+            threads_per_worker=1,  # one tile at a time per worker; torch gets `threads`
+            processes=True,
+            memory_limit=cfg.memory_limit,
+            dashboard_address=":0",
+            silence_logs=logging.WARNING,
+        )
+        client = Client(cluster)
+        with _serving(client, cluster, threads):
+            _log.info(
+                "local cluster: %d worker processes x %d torch threads%s; dashboard %s",
+                workers,
+                threads,
+                f", {gpus} GPU(s)" if gpus else "",
+                client.dashboard_link,
+            )
+            yield client
+        return
+    if cfg.kind == "slurm":
+        with _slurm_client(cfg) as client:
+            yield client
+        return
+    try:
+        client = Client(cfg.kind, timeout="30s")
+    except OSError as exc:
+        raise UserError(f"cannot connect to the Dask scheduler at {cfg.kind}: {exc}") from None
+    _log.info(
+        "connected to %s (%d workers); dashboard %s",
+        cfg.kind,
+        len(client.scheduler_info().get("workers", {})),
+        client.dashboard_link,
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
+
+    p = cfg.slurm
+    directives = list(p.job_extra_directives)
+    extra_args: list[str] = []
+    if p.gpus:
+        directives.append(f"--gres=gpu:{p.gpus}")
+        extra_args += ["--resources", f"GPU={max(1, p.gpus // p.processes)}"]
+    if p.lifetime:
+        extra_args += ["--lifetime", p.lifetime, "--lifetime-restart"]
+        if p.lifetime_stagger:
+            extra_args += ["--lifetime-stagger", p.lifetime_stagger]
+    threads = max(1, p.cores // p.processes)
+    prologue = [
+        *p.job_script_prologue,
+        f"export OMP_NUM_THREADS={threads}",
+        # Job logs are files for later reading: keep the workers' INFO lines there even though
+        # the driver's terminal is quieted (sbatch exports the driver's environment).
+        "export DASK_LOGGING__DISTRIBUTED=info",
+    ]
+    try:
+        cluster = SLURMCluster(
+            queue=p.queue,
+            account=p.account,
+            cores=p.cores,
+            processes=p.processes,
+            memory=p.memory,
+            walltime=p.walltime,
+            job_extra_directives=directives,
+            job_script_prologue=prologue,
+            worker_extra_args=extra_args,
+            local_directory=p.local_directory,
+            interface=p.interface,
+            python=p.python or sys.executable,
+            scheduler_options={"dashboard_address": ":0"},
+        )
+    except Exception as exc:  # sbatch missing, bad directives
+        raise UserError(f"cannot start a Slurm cluster: {str(exc).splitlines()[0]}") from None
+    jobs = cfg.workers or p.jobs
+    _log.info("Slurm job script:\n%s", cluster.job_script())
+    cluster.scale(jobs=jobs)
+    client = Client(cluster)
+    with _serving(client, cluster, threads):
+        _log.info(
+            "Slurm cluster: %d job(s) x %d worker(s); dashboard %s",
+            jobs,
+            p.processes,
+            client.dashboard_link,
+        )
+        yield client
+
+
+@contextlib.contextmanager
+def _serving(client, cluster, threads: int) -> Iterator[None]:
+    """Pin torch threads on every worker; close the client and the cluster we started."""
+    try:
+        client.register_plugin(TorchThreads(threads))
+        yield
+    finally:
+        client.close()
+        cluster.close()

@@ -1,0 +1,361 @@
+"""Sentinel-2 L2A scene search: the only module that talks to a STAC API (pystac-client).
+
+``search_scenes(geometry, start, end, cfg)`` searches a profile's API (see
+:mod:`pipeline.stac.profiles`) by ``intersects`` and datetime and pages through *everything* the
+API matched: the count is checked against ``numberMatched`` (or ``context.matched``) where the API
+gives it, and a short count is an error; a search matching more than ``split_above`` items is split
+per calendar month (then by halves of the period) so large and continental searches stay within
+API limits. Cloud cover is filtered server-side where the API conforms to the filter (or query)
+extension and always client-side as well (many servers, rustac among them, ignore filters). 5xx
+responses, connection errors and timeouts are retried with exponential backoff.
+
+Every returned item lands in a :class:`~pipeline.stac.scenes.SceneLedger`: used, or dropped with its
+reason (outside the period, cloud filter, unknown asset layout, missing band, superseded
+duplicate). No URL is signed here: signing happens when pixels are read (:mod:`pipeline.reading.cube`).
+:func:`search_items` returns the usable items only. A :class:`~pipeline.base.errors.UserError` says
+when the API is unreachable, nothing matches, or no returned scene is usable.
+The ``demo`` profile generates the bundled catalog if needed and serves it on loopback for the
+duration of the search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.base.errors import UserError
+from pipeline.stac.profiles import PROFILES, StacProfile, get_profile, unsigned_href
+from pipeline.stac.scenes import REASONS, SceneLedger, select_scenes
+
+_log = logging.getLogger(__name__)
+
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Where to search and what counts as a usable scene."""
+
+    profile: str = "earth-search"
+    """A name from :data:`pipeline.stac.profiles.PROFILES` (earth-search, planetary-computer, demo,
+    custom)."""
+    stac_url: str | None = None
+    """STAC API root overriding the profile's (required for ``custom``)."""
+    collection: str | None = None
+    """Collection id overriding the profile's (``sentinel-2-l2a``)."""
+    max_cloud: float = 60.0
+    """Maximum scene cloud cover (``eo:cloud_cover``, percent)."""
+    page_size: int = 100
+    """Items per page requested from the API."""
+    max_items: int | None = None
+    """Stop after this many items (None: everything the API matched). A search stopped by it
+    logs a WARNING saying the result was cut."""
+    split_above: int = 5_000
+    """A search the API says matches more items than this is split per month (then in halves)."""
+    retries: int = 5
+    """Retries per request on 5xx/429, connection errors and timeouts."""
+    backoff: float = 0.5
+    """Exponential backoff factor in seconds (0.5, 1, 2, ... between retries)."""
+    timeout: float = 60.0
+    """Seconds to wait for a response."""
+
+    def __post_init__(self) -> None:
+        get_profile(self.profile)
+        if self.profile == "custom" and not self.stac_url:
+            raise UserError("STAC profile 'custom' needs a STAC API URL (--stac-url)")
+        if not 0 <= self.max_cloud <= 100:
+            raise UserError(f"max_cloud must be within 0..100 percent, got {self.max_cloud}")
+        if self.page_size < 1 or (self.max_items is not None and self.max_items < 1):
+            raise UserError("page_size and max_items must be >= 1")
+        if self.split_above < 1:
+            raise UserError("split_above must be >= 1")
+        if self.retries < 0 or self.backoff < 0 or self.timeout <= 0:
+            raise UserError("retries and backoff must be >= 0 and timeout > 0")
+        if self.stac_url and not self.stac_url.startswith(("http://", "https://")):
+            raise UserError(f"STAC API URL must start with http:// or https://: {self.stac_url}")
+
+    @property
+    def resolved_profile(self) -> StacProfile:
+        return PROFILES[self.profile]
+
+    @property
+    def resolved_collection(self) -> str:
+        return self.collection or self.resolved_profile.collection
+
+
+def stac_io(cfg: SearchConfig) -> Any:
+    """A pystac-client StacApiIO with urllib3 retries (backoff, 5xx/429, all methods incl. POST)."""
+    from pystac_client.stac_api_io import StacApiIO
+    from urllib3.util.retry import Retry
+
+    retry = Retry(
+        total=cfg.retries,
+        connect=cfg.retries,
+        read=cfg.retries,
+        status=cfg.retries,
+        backoff_factor=cfg.backoff,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=None,  # POST /search is idempotent
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+    return StacApiIO(timeout=cfg.timeout, max_retries=retry)
+
+
+@contextlib.contextmanager
+def api_url(cfg: SearchConfig) -> Iterator[str]:
+    """The API root to search; for ``demo`` without a URL, a local server for the duration."""
+    if cfg.stac_url:
+        yield cfg.stac_url.rstrip("/")
+        return
+    profile = cfg.resolved_profile
+    if profile.name == "demo":
+        from pipeline.testing.demo import ensure_demo_catalog
+        from pipeline.testing.stac_server import serve
+
+        with serve(ensure_demo_catalog()) as url:
+            yield url
+        return
+    assert profile.url is not None  # custom without URL is rejected by SearchConfig
+    yield profile.url
+
+
+def cloud_filter(max_cloud: float) -> dict[str, Any]:
+    """The CQL2-JSON filter ``eo:cloud_cover <= max_cloud``."""
+    return {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]}
+
+
+def _datetime_range(start: dt.date, end: dt.date) -> str:
+    return f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59.999Z"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A search's usable items and the ledger of everything it returned."""
+
+    items: list[Any]
+    """Usable pystac Items, sorted by datetime and id (one per acquisition)."""
+    ledger: SceneLedger
+    """Every returned item: used, or dropped with its reason."""
+    url: str
+    """The API searched."""
+    matched: int | None
+    """What the API said it matched (summed over split searches), None where it does not say."""
+
+
+class NoScenesError(UserError):
+    """No Sentinel-2 scene intersects the area in the period under the cloud filter.
+
+    A :class:`~pipeline.base.errors.UserError` (one line, exit code 2) that callers can tell apart by
+    type: point extraction takes it as an empty series (points at sea), a map run reports it.
+    """
+
+
+def search_items(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig) -> list[Any]:
+    """The usable Sentinel-2 L2A items of :func:`search_scenes` (pystac Items)."""
+    return search_scenes(geometry, start, end, cfg).items
+
+
+def search_scenes(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig) -> SearchResult:
+    """Sentinel-2 L2A items intersecting ``geometry`` (shapely, EPSG:4326) from start to end.
+
+    Items are sorted by datetime, unique by id and by acquisition (the newest processing baseline
+    of each), inside the period, with ``eo:cloud_cover <= cfg.max_cloud`` (items without cloud
+    cover are kept) and a known asset layout. Raises UserError when nothing matches, no returned
+    scene is usable (naming the reasons and, for unknown layouts, the keys found), or the API
+    cannot be reached or returns fewer items than it matched.
+    """
+    if end < start:
+        raise UserError(f"the period ends ({end}) before it starts ({start})")
+    with api_url(cfg) as url:
+        found, matched = _search(url, geometry, start, end, cfg)
+    collection = cfg.resolved_collection
+    kept, ledger = select_scenes(found, start, end, cfg.max_cloud)
+    for line in ledger.summary_lines():
+        _log.info("%s", line)
+    if not kept:
+        counts = ledger.counts()
+        if not found or counts.get("cloud", 0) == len(found):
+            raise NoScenesError(
+                f"no Sentinel-2 scenes in {collection} at {url} intersect the area between {start} "
+                f"and {end} with cloud cover <= {cfg.max_cloud:g}% ({len(found)} before the cloud "
+                "filter); widen the period, raise --max-cloud or check the area"
+            )
+        reasons = ", ".join(f"{REASONS[r]}: {n}" for r, n in counts.items() if r in REASONS)
+        first = next(v.get("detail") for v in ledger.scenes.values() if v.get("detail"))
+        raise UserError(
+            f"none of the {len(found)} scenes {url} returned is usable ({reasons}); e.g. {first}"
+        )
+    import pystac
+
+    # Links to the API's root would be resolved (over HTTP) whenever an item is serialised.
+    items = [
+        pystac.Item.from_dict(
+            {**d, "links": [lk for lk in d.get("links", []) if lk.get("rel") not in _API_LINKS]}
+        )
+        for d in kept
+    ]
+    _log.info("%d scene(s) from %s (%s) for %s..%s", len(items), url, collection, start, end)
+    return SearchResult(items, ledger, url, matched)
+
+
+_API_LINKS = ("root", "parent")
+
+
+def search_run_scenes(
+    geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
+) -> tuple[list[dict], SceneLedger]:
+    """A run's scenes: the usable items as dicts with unsigned hrefs, and the ledger of all returned.
+
+    Signatures expire, so hrefs are kept unsigned and signed when read. A search that finds
+    nothing inside the bundled demo catalog's footprint under another profile says to add
+    ``--profile demo``.
+
+    Raises:
+        UserError: as :func:`search_scenes` (the same kind, :class:`NoScenesError` stays one).
+    """
+    try:
+        result = search_scenes(geometry, start, end, cfg)
+    except UserError as exc:
+        if cfg.profile != "demo" and _inside_demo(geometry):
+            raise type(exc)(  # the same kind of error (NoScenesError stays one), with the hint
+                f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
+            ) from None
+        raise
+    items = []
+    for it in result.items:
+        d = it.to_dict()
+        for asset in d.get("assets", {}).values():  # signatures expire: signed when read
+            asset["href"] = unsigned_href(asset["href"])
+        items.append(d)
+    return items, result.ledger
+
+
+def _inside_demo(geometry) -> bool:
+    """True when ``geometry`` (EPSG:4326) lies inside the bundled demo catalog's footprint."""
+    from shapely.geometry import box
+
+    from aoi import to_crs
+    from pipeline.testing.demo import DEMO_BOUNDS, DEMO_EPSG
+
+    return box(*DEMO_BOUNDS).contains(to_crs(geometry, f"EPSG:{DEMO_EPSG}"))
+
+
+def _search(
+    url: str, geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Every item dict the API matched (unique by id) and what it said it matched."""
+    import requests
+    from pystac_client import Client
+    from pystac_client.conformance import ConformanceClasses
+    from pystac_client.exceptions import APIError
+
+    try:
+        client = Client.open(url, stac_io=stac_io(cfg))
+        if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
+            raise UserError(f"{url} is not a STAC API with item search")
+        kwargs: dict[str, Any] = {}
+        if client.conforms_to(ConformanceClasses.FILTER):
+            kwargs = {"filter": cloud_filter(cfg.max_cloud), "filter_lang": "cql2-json"}
+        elif client.conforms_to(ConformanceClasses.QUERY):
+            kwargs = {"query": {"eo:cloud_cover": {"lte": cfg.max_cloud}}}
+        found, matched = _fetch(client, geometry, start, end, cfg, kwargs, url)
+    except UserError:
+        raise
+    except APIError as exc:
+        if getattr(exc, "status_code", None) is not None:
+            raise UserError(f"the STAC API at {url} failed: {_first_line(exc)}") from None
+        raise UserError(
+            f"cannot reach the STAC API at {url} after {cfg.retries} retries: {_first_line(exc)}"
+        ) from None
+    except (requests.RequestException, OSError) as exc:
+        raise UserError(
+            f"cannot reach the STAC API at {url} after {cfg.retries} retries: {_first_line(exc)}"
+        ) from None
+    unique = {str(f["id"]): f for f in found}
+    _log.debug("%d found (%d unique), %s matched", len(found), len(unique), matched)
+    return list(unique.values()), matched
+
+
+def _matched(page: dict[str, Any]) -> int | None:
+    """``numberMatched`` (STAC API 1.0) or ``context.matched`` (the context extension)."""
+    value = page.get("numberMatched")
+    if value is None:
+        value = (page.get("context") or {}).get("matched")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def split_period(start: dt.date, end: dt.date) -> list[tuple[dt.date, dt.date]]:
+    """Calendar months of ``[start, end]``; a period within one month: its two halves."""
+    parts = []
+    cur = start
+    while cur <= end:
+        nxt = (cur.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+        parts.append((cur, min(end, nxt - dt.timedelta(days=1))))
+        cur = nxt
+    if len(parts) > 1:
+        return parts
+    mid = start + (end - start) // 2
+    return [(start, mid), (mid + dt.timedelta(days=1), end)] if mid < end else [(start, end)]
+
+
+def _fetch(client, geometry, start, end, cfg, kwargs, url) -> tuple[list[dict], int | None]:
+    search = client.search(
+        collections=[cfg.resolved_collection],
+        intersects=geometry.__geo_interface__,
+        datetime=_datetime_range(start, end),
+        limit=cfg.page_size,
+        max_items=None,
+        **kwargs,
+    )
+    pages = search.pages_as_dicts()
+    first = next(pages, None) or {}
+    matched = _matched(first)
+    if matched is not None and matched > cfg.split_above and start < end:
+        parts = split_period(start, end)
+        if len(parts) > 1:
+            _log.info(
+                "%d scenes matched %s..%s: searching in %d parts", matched, start, end, len(parts)
+            )
+            found: list[dict] = []
+            total: int | None = 0
+            for a, b in parts:
+                part, n = _fetch(client, geometry, a, b, cfg, kwargs, url)
+                found.extend(part)
+                total = None if total is None or n is None else total + n
+            return found, total
+    found = list(first.get("features", []))
+    for page in pages:
+        if cfg.max_items is not None and len(found) >= cfg.max_items:
+            break
+        found.extend(page.get("features", []))
+    if cfg.max_items is not None and len(found) >= cfg.max_items:
+        if matched is None or matched > cfg.max_items:
+            _log.warning(
+                "search result cut at max_items=%d of %s matched scenes (%s..%s): the map would "
+                "miss scenes; raise or remove the limit",
+                cfg.max_items,
+                matched if matched is not None else "more",
+                start,
+                end,
+            )
+        return found[: cfg.max_items], matched
+    if matched is not None and len(found) < matched:
+        raise UserError(
+            f"the STAC API at {url} matched {matched} scenes for {start}..{end} but paging returned "
+            f"only {len(found)}: the result is truncated (an API cap?); retry, or search a shorter "
+            "period or a smaller area"
+        )
+    return found, matched
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
