@@ -3,7 +3,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3
+# Python >= 3.12 (rasterio 1.5 / GDAL 3.12): python3.12 or newer on the PATH, else under pyenv.
+PYTHON ?= $(shell for p in python3.12 python3.13 python3 $$(ls -d $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3 2>/dev/null); do \
+	if $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then echo $$p; break; fi; done)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -26,7 +28,8 @@ help: ## List the targets
 	@echo "  variables: REGION=$(REGION) YEAR=$(YEAR) MODEL=$(MODEL) OUT=$(OUT) ARGS=$(ARGS)"
 
 $(STAMP): requirements.txt requirements-test.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "make: Python >= 3.12 not found; install it or pass PYTHON=/path/to/python3.12" >&2; exit 2; }
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	@if [ -n "$(TORCH_INDEX_URL)" ]; then $(PY) -m pip install -q torch==2.13.0 torchvision==0.28.0 --index-url $(TORCH_INDEX_URL); fi
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
 	@touch $(STAMP)

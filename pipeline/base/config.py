@@ -14,14 +14,12 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from pipeline.base.dates import parse_date
 from pipeline.base.errors import UserError
-
-T = TypeVar("T")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -117,7 +115,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_mapping(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
+def from_mapping[T](cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
     """Build the frozen dataclass ``cls`` from ``data``, rejecting unknown keys.
 
     Fields missing from ``data`` keep their defaults; ``None`` values are treated as missing so

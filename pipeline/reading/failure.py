@@ -16,11 +16,9 @@ import functools
 import os
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import rasterio.errors
-
-T = TypeVar("T")
 
 #: GDAL retries of HTTP 429/502/503/504 (and the seconds between them) unless the environment
 #: sets its own; a read that still fails after them is a :class:`ReadFailure`.
@@ -100,7 +98,7 @@ def classify_read_error(exc: BaseException, scenes: Iterable[str] = ()) -> ReadF
     return ReadFailure(f"read error: {text[:300]}", "io", None, scenes)
 
 
-def detached_read_failures(task: Callable[..., T]) -> Callable[..., T]:
+def detached_read_failures[T](task: Callable[..., T]) -> Callable[..., T]:
     """Wrap a Dask task so a :class:`ReadFailure` leaves it without its chained exceptions.
 
     A ReadFailure raised while GDAL's error is being handled carries that error as
