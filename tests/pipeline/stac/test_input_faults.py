@@ -362,7 +362,7 @@ def test_max_items_cut_is_loud(small_catalog, caplog):
 
 
 def test_hrefs_are_signed_when_read_and_stored_unsigned(monkeypatch):
-    from pipeline import stac_profiles as sp
+    from pipeline.stac import profiles as sp
 
     calls = []
 
