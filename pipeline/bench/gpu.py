@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import model
 from model.fused import pixel_embedder
 from model.zeroshot import build_classifier
+from pipeline.base import hardware
 from pipeline.bench.models import (
     BF16_PEAK,
     TIMESENCLIP_FLOP_PER_PX,
@@ -183,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     machine = (
-        f"device tool: {_gpu_name(a.device)}, {torch.get_num_threads()} threads "
-        f"(torch {torch.__version__}, Python {platform.python_version()})"
+        f"{hardware.label(hardware.describe(a.device))}, {torch.get_num_threads()} threads "
+        f"(Python {platform.python_version()})"
     )
     entries: list[Entry] = []
     path = a.out / "gpu_results.json"

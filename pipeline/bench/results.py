@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.base.hardware import describe
+
 
 @dataclass
 class Entry:
@@ -26,10 +28,14 @@ class Entry:
     threads: int | None = None
     date: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     notes: dict[str, Any] = field(default_factory=dict)
+    #: What it was measured on (:func:`pipeline.base.hardware.describe` of ``device`` unless given).
+    hardware: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.baseline and self.ratio is None:
             self.ratio = self.value / self.baseline
+        if not self.hardware:
+            self.hardware = describe(self.device)
 
 
 def best_rate(fn: Callable[[], int], repeats: int = 3, warmup: int = 1) -> float:

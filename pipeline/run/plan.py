@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline import adapters
 from pipeline.base.errors import UserError
+from pipeline.base.hardware import label
 
 __all__ = ["BYTES_PER_SCENE_PIXEL", "Rates", "Workers", "estimate", "load_rates"]
 
@@ -75,7 +76,11 @@ class Workers:
 
 def _machine(entry: dict[str, Any]) -> str:
     notes = entry.get("notes") or {}
-    where = notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
+    where = (
+        label(entry["hardware"])
+        if entry.get("hardware")
+        else notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
+    )
     return (
         f"{entry['name']} ({entry.get('device')}) measured {entry.get('date', '?')[:10]} on {where}"
     )
