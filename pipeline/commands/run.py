@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--cluster", help="local (default), slurm, or a scheduler address tcp://HOST:PORT"
     )
     g.add_argument(
-        "--cluster-config", help="Slurm profile YAML (default pipeline/profiles/slurm.yaml)"
+        "--cluster-config", help="Slurm profile YAML (default pipeline/run/profiles/slurm.yaml)"
     )
     g.add_argument("--workers", type=int, help="local worker processes, or Slurm jobs")
     g.add_argument(

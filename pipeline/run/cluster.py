@@ -5,7 +5,7 @@
 - ``local``: a :class:`distributed.LocalCluster` of worker *processes* (torch releases the GIL
   only partly, and each worker holds its own model), with torch threads per worker chosen so that
   workers x threads = cores.
-- ``slurm``: :class:`dask_jobqueue.SLURMCluster` from a YAML profile (``pipeline/profiles/slurm.yaml``
+- ``slurm``: :class:`dask_jobqueue.SLURMCluster` from a YAML profile (``pipeline/run/profiles/slurm.yaml``
   by default): queue, cores, memory, walltime, GPUs as ``--gres`` job directives, worker lifetime
   staggering so long runs survive walltime.
 - ``tcp://host:port`` (or any scheduler address): an existing cluster (Kubernetes, Coiled,
@@ -39,7 +39,7 @@ DEFAULT_SLURM_PROFILE = Path(__file__).parent / "profiles" / "slurm.yaml"
 
 @dataclass(frozen=True)
 class SlurmProfile:
-    """One Slurm job template; see ``pipeline/profiles/slurm.yaml`` for the meaning of each key."""
+    """One Slurm job template; see ``pipeline/run/profiles/slurm.yaml`` for the meaning of each key."""
 
     queue: str | None = None
     account: str | None = None
