@@ -124,6 +124,9 @@ def test_items_are_recognised_as_eopf(eopf_small, small_pc_catalog):
     assert asset_keys(feat)["B8A"] == "B8A_20m"  # the Data Space's keys, as its COG items
     only_product = {**feat, "assets": {"product": feat["assets"]["product"]}}
     assert eopf_ref(only_product) == ref
+    from pipeline.stac.profiles import get_profile
+
+    assert get_profile("cdse-zarr").collection == "sentinel-2-l2a"
 
 
 def test_eopf_and_cogs_give_identical_reflectance_and_composites(eopf_small, small_pc_catalog):
