@@ -42,7 +42,16 @@ from pipeline.reading.native import NotNative, Reflectance, _fuse_same_day, _off
 from pipeline.stac.bands import BANDS, NATIVE_RESOLUTION, SCL, item_crs
 from pipeline.stac.eopf import EOPF_FORMAT, EopfRef, eopf_ref
 
-__all__ = ["EOPF_FORMAT", "HttpStore", "EopfProduct", "load_eopf", "open_product", "clear_products"]
+__all__ = [
+    "EOPF_FORMAT",
+    "ChunkCache",
+    "EopfProduct",
+    "HttpStore",
+    "chunk_cache",
+    "clear_products",
+    "load_eopf",
+    "open_product",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -195,9 +204,10 @@ _products_lock = threading.Lock()
 
 
 def clear_products() -> None:
-    """Forget the opened products of this process (the next read opens them again)."""
+    """Forget the opened products and decoded chunks of this process (read again next time)."""
     with _products_lock:
         _products.clear()
+    chunk_cache.clear()
 
 
 def _grid(group: Any, path: str) -> Grid:
@@ -291,15 +301,64 @@ def open_product(ref: EopfRef, item: Any = None) -> EopfProduct:
 
 
 # -- windows ------------------------------------------------------------------------------------
-def _window(arr: Any, r0: int, c0: int, h: int, w: int, ident: str) -> np.ndarray:
-    """``arr[r0:r0+h, c0:c0+w]`` with 0 outside the array; only overlapping chunks are read."""
-    ny, nx = arr.shape
-    out = np.zeros((h, w), dtype=arr.dtype)
-    ra, rb, ca, cb = max(r0, 0), min(r0 + h, ny), max(c0, 0), min(c0 + w, nx)
-    if ra >= rb or ca >= cb:
-        return out
+class ChunkCache:
+    """Decoded chunks of this process, LRU, bounded in bytes (``S2LC_BLOCK_CACHE_MB``, the COG
+    block cache's budget). A 1830² chunk is 7 times a 256 px tile's edge squared: without the
+    cache every tile would fetch and decode its chunks again (measured 3.6x the COG path's CPU
+    at 256 px tiles). Counters ``decoded`` and ``hits`` count chunks."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+        self.decoded = self.hits = 0
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            arr = self._chunks.get(key)
+            if arr is not None:
+                self._chunks.move_to_end(key)
+                self.hits += 1
+            return arr
+
+    def put(self, key: tuple, arr: np.ndarray) -> None:
+        with self._lock:
+            old = self._chunks.pop(key, None)
+            if old is not None:
+                self._nbytes -= old.nbytes
+            self._chunks[key] = arr
+            self._nbytes += arr.nbytes
+            self.decoded += 1
+            while self._nbytes > self.max_bytes and len(self._chunks) > 1:
+                _, dropped = self._chunks.popitem(last=False)
+                self._nbytes -= dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._nbytes = 0
+
+
+def _cache_bytes() -> int:
+    import os
+
+    from pipeline.reading.blocks import CACHE_ENV, DEFAULT_CACHE_MB
+
     try:
-        out[ra - r0 : rb - r0, ca - c0 : cb - c0] = arr[ra:rb, ca:cb]
+        return int(float(os.environ.get(CACHE_ENV, DEFAULT_CACHE_MB)) * 2**20)
+    except ValueError:
+        return DEFAULT_CACHE_MB * 2**20
+
+
+chunk_cache = ChunkCache(_cache_bytes())
+"""This process's decoded-chunk cache (:class:`ChunkCache`)."""
+
+
+def _fetch(arr: Any, i0: int, i1: int, j0: int, j1: int, ident: str) -> np.ndarray:
+    """Chunks [i0, i1] x [j0, j1] of ``arr`` decoded (zarr fetches them concurrently)."""
+    try:
+        return np.asarray(arr.blocks[i0 : i1 + 1, j0 : j1 + 1])
     except Exception as exc:  # noqa: BLE001 - a chunk that cannot be fetched or decoded
         failure = classify_read_error(exc, [ident]) if isinstance(exc, OSError) else None
         if failure is None:
@@ -310,6 +369,39 @@ def _window(arr: Any, r0: int, c0: int, h: int, w: int, ident: str) -> np.ndarra
                 [ident],
             )
         raise failure from None
+
+
+def _window(arr: Any, key: tuple, r0: int, c0: int, h: int, w: int, ident: str) -> np.ndarray:
+    """``arr[r0:r0+h, c0:c0+w]`` with 0 outside the array, from whole decoded chunks: only the
+    chunks the window overlaps are read, each once per process while it stays in
+    :data:`chunk_cache` (``key`` names the array there)."""
+    ny, nx = arr.shape
+    ch, cw = arr.chunks
+    out = np.zeros((h, w), dtype=arr.dtype)
+    ra, rb, ca, cb = max(r0, 0), min(r0 + h, ny), max(c0, 0), min(c0 + w, nx)
+    if ra >= rb or ca >= cb:
+        return out
+    need = [(i, j) for i in range(ra // ch, (rb - 1) // ch + 1)
+            for j in range(ca // cw, (cb - 1) // cw + 1)]  # fmt: skip
+    got = {ij: chunk_cache.get((*key, *ij)) for ij in need}
+    missing = [ij for ij, a in got.items() if a is None]
+    if missing:
+        i0, i1 = min(i for i, _ in missing), max(i for i, _ in missing)
+        j0, j1 = min(j for _, j in missing), max(j for _, j in missing)
+        block = _fetch(arr, i0, i1, j0, j1, ident)
+        single = i0 == i1 and j0 == j1
+        for i in range(i0, i1 + 1):
+            for j in range(j0, j1 + 1):
+                part = block[(i - i0) * ch : (i - i0 + 1) * ch, (j - j0) * cw : (j - j0 + 1) * cw]
+                part = part if single else np.ascontiguousarray(part)
+                chunk_cache.put((*key, i, j), part)
+                if (i, j) in got:
+                    got[(i, j)] = part
+    for (i, j), chunk in got.items():
+        ya, yb = max(ra, i * ch), min(rb, (i + 1) * ch)
+        xa, xb = max(ca, j * cw), min(cb, (j + 1) * cw)
+        out[ya - r0 : yb - r0, xa - c0 : xb - c0] = chunk[ya - i * ch : yb - i * ch,
+                                                          xa - j * cw : xb - j * cw]  # fmt: skip
     return out
 
 
@@ -340,12 +432,13 @@ def _read_band(
     row, col = _lattice(geobox, grid, crs_same)
     ny, nx = geobox.shape
     arr = product.arrays[band]
+    key = (product.root, band)
     if res == 10:
-        return _window(arr, row, col, ny, nx, ident)
+        return _window(arr, key, row, col, ny, nx, ident)
     m = 0 if (band == SCL or resampling == "nearest") else 1
     sr0, sc0 = row // 2 - m, col // 2 - m
     sh, sw = (row + ny - 1) // 2 + m - sr0 + 1, (col + nx - 1) // 2 + m - sc0 + 1
-    src = _window(arr, sr0, sc0, sh, sw, ident)
+    src = _window(arr, key, sr0, sc0, sh, sw, ident)
     if band == SCL and src.dtype != np.uint8:  # a CPM bug stored SCL as a wider integer
         src = src.astype(np.uint8)
     out = np.empty((ny, nx), dtype=src.dtype)

@@ -177,7 +177,8 @@ def test_the_product_offset_is_checked_against_the_dn(eopf_small, tmp_path):
 def test_one_tile_fetches_only_the_chunks_it_overlaps(eopf_small):
     """Over loopback HTTP a 32 px tile in one quadrant of the scenes fetches, per scene, one
     chunk of each of the 11 arrays it reads (of 4 per array in the product), plus the products'
-    metadata on the first tile; the next tile fetches its 11 chunks per scene and nothing else."""
+    metadata on the first tile; the next tile fetches its 11 chunks per scene and nothing else,
+    and a tile inside chunks already decoded fetches nothing."""
     from pipeline.bench.http_range import serve_ranges
     from pipeline.reading import BlockReader, load_reflectance
     from pipeline.testing.eopf import rebase
@@ -200,8 +201,12 @@ def test_one_tile_fetches_only_the_chunks_it_overlaps(eopf_small):
         assert {p.rsplit("/c/", 1)[1] for p in counter.paths} == {"3/3"}
         want = sum((eopf_small / p.lstrip("/")).stat().st_size for p in counter.paths)
         assert counter.bytes == want
-        print(f"first tile {first[0]} requests {first[1]} B; next tile {counter.requests} / "
-              f"{counter.bytes} B; metadata requests {len(meta)}")  # fmt: skip
+        second = (counter.requests, counter.bytes)
+        counter.reset()  # decoded chunks stay in the worker's cache: a neighbour tile is free
+        load_reflectance(items, _geobox(40, 40, 24, 24), reader=reader)
+        assert counter.requests == 0
+        print(f"first tile {first[0]} requests {first[1]} B; next tile {second[0]} / {second[1]} B; "
+              f"metadata requests {len(meta)}")  # fmt: skip
 
 
 # -- read failures ------------------------------------------------------------------------------
