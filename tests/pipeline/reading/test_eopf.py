@@ -25,12 +25,10 @@ def _features(folder: Path) -> list[dict]:
     return doc["features"] if isinstance(doc, dict) else doc
 
 
-@pytest.fixture(scope="module")
-def eopf_small(small_pc_catalog, tmp_path_factory) -> Path:
+@pytest.fixture
+def eopf_small(small_eopf_catalog) -> Path:
     """``small_pc_catalog``'s 12 scenes as EOPF Zarr products (real tile size and chunking)."""
-    from pipeline.testing.eopf import eopf_catalog
-
-    return eopf_catalog(small_pc_catalog, tmp_path_factory.mktemp("eopf"))
+    return small_eopf_catalog
 
 
 @pytest.fixture(autouse=True)
