@@ -21,7 +21,7 @@ The result is the COG fast path's (:func:`pipeline.reading.native.load_native`),
 A chunk that is absent from the store is the array's ``fill_value`` (0, nodata), as the Zarr v3
 specification defines it; every other failure (an HTTP error status, a connection error, a chunk
 that does not decode, missing metadata) is a :class:`pipeline.reading.failure.ReadFailure` naming
-the scene, never "no observation". Targets off the products' lattice raise :class:`NotNative`.
+the scene, never "no observation". Targets off the products' lattice raise :class:`OffLattice`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from pipeline.base.errors import UserError
 from pipeline.reading.failure import ReadFailure, classify_read_error
 from pipeline.reading.native import NotNative, Reflectance, _fuse_same_day, _offset_warnings
 from pipeline.stac.bands import BANDS, NATIVE_RESOLUTION, SCL, item_crs
@@ -46,6 +47,7 @@ __all__ = [
     "EOPF_FORMAT",
     "ChunkCache",
     "EopfProduct",
+    "OffLattice",
     "HttpStore",
     "chunk_cache",
     "clear_products",
@@ -473,6 +475,10 @@ def _groups(items: list[Any], products: dict[str, EopfProduct]) -> list:
     return groups
 
 
+class OffLattice(UserError):
+    """A target grid that is not the EOPF products' own 10 m lattice (no warp for Zarr yet)."""
+
+
 def load_eopf(
     items: Iterable[Any],
     geobox: Any,
@@ -484,7 +490,7 @@ def load_eopf(
     """Masked reflectance (time, band, y, x) of EOPF Zarr items on a native-lattice ``geobox``.
 
     Args:
-        items: pystac Items whose assets are EOPF products or arrays in them
+        items: pystac Items or item dicts whose assets are EOPF products or arrays in them
             (:func:`pipeline.stac.eopf.is_eopf_item`).
         geobox: the target window: 10 m pixels on the products' UTM lattice.
         mask: :class:`pipeline.reading.cube.MaskConfig` (default masking when None).
@@ -497,10 +503,29 @@ def load_eopf(
         NaN where nodata or masked; ``native`` is True.
 
     Raises:
-        NotNative: the grid is not the products' 10 m lattice or the resampling is not
-            nearest/bilinear.
+        OffLattice: the grid is not the products' 10 m lattice (another CRS, resolution or a
+            sub-pixel origin) or the resampling is not nearest/bilinear.
+        UserError: EOPF and COG items in one window.
         ReadFailure: a product's metadata or a chunk cannot be read (every failed scene named).
     """
+    try:
+        return _load_eopf(items, geobox, mask=mask, reader=reader, work_buffer=work_buffer)
+    except NotNative as exc:
+        raise OffLattice(
+            f"EOPF Zarr products are read on their own 10 m UTM lattice only ({exc}): map in "
+            "the products' UTM zone on a 10 m grid"
+        ) from None
+
+
+def _load_eopf(
+    items: Iterable[Any],
+    geobox: Any,
+    *,
+    mask: Any = None,
+    reader: Any = None,
+    work_buffer: bool = False,
+) -> Reflectance:
+    """:func:`load_eopf` without turning :class:`NotNative` into :class:`OffLattice`."""
     from pipeline.reading.blocks import block_reader
     from pipeline.reading.cube import MaskConfig
     from pipeline.reading.kernels import fill_nodata, reflectance

@@ -293,3 +293,17 @@ def test_mixed_layouts_in_one_window_are_a_user_error(eopf_small, small_pc_catal
     mixed = _features(eopf_small)[:2] + copy.deepcopy(_features(small_pc_catalog)[2:4])
     with pytest.raises(UserError, match="one provider layout"):
         load_reflectance(mixed, _geobox(0, 0, 32, 32), reader=BlockReader())
+
+
+def test_a_grid_off_the_products_lattice_is_a_user_error(eopf_small):
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.reading.eopf import OffLattice
+    from tests.conftest import SMALL_BOUNDS
+
+    shifted = GeoBox((16, 16), Affine(10, 0, SMALL_BOUNDS[0] + 5, 0, -10, SMALL_BOUNDS[3]),
+                     "EPSG:32632")  # fmt: skip
+    with pytest.raises(OffLattice, match="10 m UTM lattice"):
+        load_reflectance(_features(eopf_small), shifted, reader=BlockReader())
