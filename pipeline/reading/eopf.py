@@ -4,8 +4,10 @@ The format read is :data:`pipeline.stac.eopf.EOPF_FORMAT` (Zarr v3, EOPF-CPM 3.x
 product with the same groups opens too): per scene one product, the bands as 2-D arrays
 (:data:`pipeline.stac.eopf.EOPF_ARRAYS`) chunked 1830² (10 m) and 915² (20 m). A window reads
 only the chunks it overlaps: zarr fetches each chunk object whole, one request each (over HTTP
-with :class:`HttpStore`, a read-only zarr store on ``requests``), and the array metadata once per
-product and process (:func:`open_product`, cached).
+with :class:`HttpStore`, a read-only zarr store on ``requests``), and decodes it whole (the
+products are not sharded); decoded chunks stay in a per-process LRU cache (:data:`chunk_cache`,
+``S2LC_BLOCK_CACHE_MB``) for the neighbouring tiles. The array metadata and the 1-D ``x``/``y``
+coordinates are read once per product and process (:func:`open_product`, cached).
 
 The result is the COG fast path's (:func:`pipeline.reading.native.load_native`), step by step:
 
