@@ -97,3 +97,11 @@ def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_pc_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same scenes as ``small_catalog`` in the Planetary Computer layout (DN + 1000)."""
     return _small(tmp_path_factory, "planetary-computer")
+
+
+@pytest.fixture(scope="session")
+def small_eopf_catalog(small_pc_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``small_pc_catalog``'s scenes as ESA EOPF Zarr products (real tile size and chunking)."""
+    from pipeline.testing.eopf import eopf_catalog
+
+    return eopf_catalog(small_pc_catalog, tmp_path_factory.mktemp("small-eopf"))

@@ -11,7 +11,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,9 +24,12 @@ class Counter:
     requests: int = 0
     range_requests: int = 0
     bytes: int = 0
+    paths: list[str] = field(default_factory=list)
+    """The URL path of every GET served, in order (which objects a reader fetched)."""
 
     def reset(self) -> None:
         self.requests = self.range_requests = self.bytes = 0
+        self.paths.clear()
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -73,6 +76,7 @@ class _Handler(SimpleHTTPRequestHandler):
             self.counter.requests += 1
             self.counter.range_requests += bool(m)
             self.counter.bytes += len(body)
+            self.counter.paths.append(self.path)
         self.send_response(206 if m else 200)
         if m:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")

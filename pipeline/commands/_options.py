@@ -37,7 +37,7 @@ def add_data(
     """``--profile``, ``--stac-url``, ``--collection``, ``--max-cloud`` (and ``--keep-snow``)."""
     g.add_argument(
         "--profile",
-        help="STAC profile: earth-search, planetary-computer, demo, custom (default: the "
+        help="STAC profile: earth-search, planetary-computer, cdse-zarr, demo, custom (default: the "
         "region's, or earth-search; custom when only --stac-url is given)",
     )
     g.add_argument("--stac-url", help="any STAC API root URL (implies --profile custom)")

@@ -3,7 +3,8 @@
 :func:`load_reflectance` is what a tile task calls. On the scenes' own 10 m lattice it takes the
 native-grid fast path (:mod:`pipeline.reading.native`: block-aligned reads through a per-worker
 dataset and block cache, compiled 2x upsampling and one compiled scale/mask pass); on any other
-grid it falls back to :func:`pipeline.reading.cube.load_cube` (odc-stac's warp). Both raise
+grid it falls back to :func:`pipeline.reading.cube.load_cube` (odc-stac's warp). Items whose
+assets are ESA's EOPF Zarr products are read by :func:`pipeline.reading.eopf.load_eopf`. Both raise
 :class:`pipeline.reading.cube.ReadFailure` for input that cannot be read, never NaN ("no clear
 observation"), and re-sign signed URLs once on HTTP 403.
 """
@@ -108,6 +109,10 @@ def load_reflectance(
     mask = mask or MaskConfig()
     reader = reader or block_reader()
     items = list(items)
+    if items and _is_eopf(items[0]):  # ESA's EOPF Zarr products: pipeline.reading.eopf
+        from pipeline.reading.eopf import load_eopf
+
+        return load_eopf(items, geobox, mask=mask, reader=reader, work_buffer=work_buffer)
     key = tuple(_fingerprint(it) for it in items)
     cached = reader.items.get(key)
     if cached is None:  # a worker's tiles share their scenes: convert them once
@@ -142,6 +147,12 @@ def load_reflectance(
         dict(cube.attrs.get("offset_warnings") or {}),
         native=False,
     )
+
+
+def _is_eopf(item: Any) -> bool:
+    from pipeline.stac.eopf import is_eopf_item
+
+    return is_eopf_item(item)
 
 
 def _fingerprint(item: Any) -> tuple:

@@ -5,9 +5,13 @@ profile                  API                                                 col
 =======================  ==================================================  ================
 ``earth-search``         https://earth-search.aws.element84.com/v1           sentinel-2-l2a
 ``planetary-computer``   https://planetarycomputer.microsoft.com/api/stac/v1  sentinel-2-l2a
+``cdse-zarr``            https://stac.core.eopf.eodc.eu                      sentinel-2-l2a
 ``demo``                 the bundled sample, served on loopback on demand    sentinel-2-l2a
 ``custom``               any STAC API (``stac_url`` required)                sentinel-2-l2a
 =======================  ==================================================  ================
+
+``cdse-zarr`` items are EOPF Zarr products (asset ``product`` and ``B02_10m`` ... ``SCL_20m``
+arrays inside it, :mod:`pipeline.stac.eopf`), read with zarr-python 3, not GDAL.
 
 Planetary Computer serves its blobs only with a SAS token (valid about 45-60 minutes). Hrefs are
 signed when pixels are read (:func:`sign_href`, called by :mod:`pipeline.reading.cube`), never at search
@@ -64,6 +68,13 @@ PROFILES: dict[str, StacProfile] = {
             "sentinel-2-l2a",
             sas_url="https://planetarycomputer.microsoft.com/api/sas/v1/token",
             description="Microsoft Planetary Computer (asset URLs signed with a SAS token)",
+        ),
+        StacProfile(
+            "cdse-zarr",
+            "https://stac.core.eopf.eodc.eu",
+            "sentinel-2-l2a",
+            description="ESA's EOPF Zarr Sample Service for the Copernicus Data Space: one EOPF "
+            "Zarr v3 product per scene (read by pipeline.reading.eopf)",
         ),
         StacProfile(
             "demo",
