@@ -72,7 +72,7 @@ class SenCLIPAdapter(ModelAdapter):
             ok, sel = usable_chips(chips)
             if not ok.any():
                 continue
-            if job.model.head or job.output.save_embeddings:
+            if job.model.head or job.output.save_embeddings or job.ood is not None:
                 emb = embed_chips(m, sel)
                 probs = class_probabilities(job, emb)
             else:  # classify on the device; embeddings are not needed
@@ -92,7 +92,7 @@ class SenCLIPAdapter(ModelAdapter):
         pix_probs = blend(chip_probs, plan)  # (C, ny, nx), NaN where no chip has data
         valid = valid & np.isfinite(pix_probs).all(axis=0)
         pix_emb = None
-        if job.output.save_embeddings:
+        if job.output.save_embeddings or job.ood is not None:
             chip_emb = np.where(has[:, None], emb_sum / np.maximum(used, 1)[:, None], np.nan)
             pix_emb = blend(chip_emb, plan)
             pix_emb /= np.maximum(np.linalg.norm(pix_emb, axis=0, keepdims=True), 1e-12)

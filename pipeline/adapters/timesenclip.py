@@ -46,7 +46,7 @@ class TimeSenCLIPAdapter(ModelAdapter):
         from model.engine import embed_pixels, pixel_probabilities
 
         series = self._series(comp.values[:, :, valid])
-        if not job.model.head and not job.output.save_embeddings:
+        if not job.model.head and not job.output.save_embeddings and job.ood is None:
             # Classify on the device: only (N, C) probabilities come back, not 512-wide embeddings.
             return pixel_probabilities(m, series, job.classifier, job.calibration), None, valid
         emb = embed_pixels(m, series) if series.shape[0] else np.zeros((0, m.embed_dim), np.float32)

@@ -178,6 +178,22 @@ def run(args: argparse.Namespace) -> int:
     raise UserError(f"unknown evaluation {target!r}")
 
 
+def _write_points(out, cols: dict) -> None:
+    """The per-point results as ``points.csv`` and GeoParquet ``points.parquet`` (EPSG:4326)."""
+    import csv
+
+    from pipeline.base.atomic import atomic_path
+    from pipeline.points.table import write_points_geoparquet
+
+    names = list(cols)
+    with atomic_path(out / "points.csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        w.writerows(zip(*(cols[n].tolist() for n in names), strict=True))
+    rest = {k: v for k, v in cols.items() if k not in ("lon", "lat")}
+    write_points_geoparquet(out / "points.parquet", cols["lon"], cols["lat"], rest)
+
+
 def _run_map(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -193,16 +209,19 @@ def _run_map(args: argparse.Namespace) -> int:
         lon_column=args.lon_column,
         lat_column=args.lat_column,
     )
-    rep, cm = evaluate_map(
+    rep, cm, per_point = evaluate_map(
         args.map,
         pts,
         label_column=args.label_column,
         label_map=load_label_map(args.label_map),
         legend=args.legend,
         area_unit=args.area_unit,
+        with_points=True,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    _write_points(out, per_point)
+    rep["points_files"] = ["points.csv", "points.parquet"]
     confusion_png(
         cm,
         rep["class_names"],
@@ -215,6 +234,7 @@ def _run_map(args: argparse.Namespace) -> int:
     ref = rep["reference"]
     summary = {
         "metrics": str(out / "metrics.json"),
+        "points": str(out / "points.parquet"),
         "overall_accuracy": rep["overall_accuracy"],
         "overall_accuracy_ci": rep["overall_accuracy_ci"],
         "n": rep["n_samples"],

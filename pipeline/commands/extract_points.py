@@ -18,7 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_when(p, start_help="first date, YYYY-MM-DD (or --year)", period_default="monthly",
              period_help="composite period (default monthly: TimeSenCLIP's 12 steps)")  # fmt: skip
-    p.add_argument("--out", required=True, help="output table (.npz)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output table (.npz); a GeoParquet copy (one row per point) is written beside it "
+        "with the suffix .parquet",
+    )
     g = p.add_argument_group("columns")
     g.add_argument("--id-column", help="point id column (default: id/point_id/POINT_ID)")
     g.add_argument("--lon-column", help="longitude column (default: lon/longitude/TH_LONG)")
@@ -50,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
     import logging
+    from pathlib import Path
 
     import numpy as np
 
@@ -92,9 +98,12 @@ def run(args: argparse.Namespace) -> int:
         log.info("search block %d/%d done", done, total)
 
     table = extract_points(pts, cfg, args.out, resume=not args.no_resume, progress=progress)
+    npz = Path(args.out) if str(args.out).endswith(".npz") else Path(f"{args.out}.npz")
+    parquet = table.to_geoparquet(npz.with_suffix(".parquet"))
     valid = (table.counts > 0).sum(axis=1)
     summary = {
         "out": str(args.out),
+        "geoparquet": str(parquet),
         "points": len(table),
         "periods": table.n_periods,
         "bands": list(table.bands),

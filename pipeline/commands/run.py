@@ -104,6 +104,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="components of the embedding field (default 62: 64 bytes/pixel)",
     )
+    g.add_argument(
+        "--ood",
+        action="store_true",
+        help="add the out-of-distribution layer ood.tif (k-NN distance to the region's reference "
+        "sample over its 99th percentile: > 1 is flagged)",
+    )
+    g.add_argument(
+        "--majority",
+        type=int,
+        metavar="RADIUS_PX",
+        help="post-process: majority filter over a (2R+1)^2 window (ties: lower class index); "
+        "raw classes in classes_raw.tif, changed pixels in postprocessed.tif (default off)",
+    )
+    g.add_argument(
+        "--mmu",
+        type=int,
+        metavar="PX",
+        help="post-process: minimum mapping unit, regions (8-connected) under PX pixels take the "
+        "class of their largest neighbour, as gdal_sieve does (default off)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
         "--config",

@@ -161,8 +161,10 @@ def evaluate_map(
     label_map: Any = None,
     legend: str | Path | None = None,
     area_unit: str = "ha",
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Olofsson report (+ the plain sample metrics) and the sample confusion matrix."""
+    with_points: bool = False,
+) -> tuple[dict[str, Any], np.ndarray] | tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
+    """Olofsson report (+ the plain sample metrics) and the sample confusion matrix; with
+    ``with_points``, also the per-point results (:func:`per_point_columns`)."""
     tif, leg = map_paths(map_path, legend)
 
     with rasterio.open(tif) as src:
@@ -230,4 +232,24 @@ def evaluate_map(
         k: sample[k] for k in ("overall_accuracy", "macro_f1", "kappa", "per_class")
     }
     rep["sample_metrics"]["note"] = "unweighted sample statistics (not area-adjusted)"
+    if with_points:
+        return rep, cm, per_point_columns(points, labels, values_at, mapped, truth, use, names)
     return rep, cm
+
+
+def per_point_columns(points, labels, values_at, mapped, truth, use, names) -> dict[str, Any]:
+    """One row per reference point: ``point_id``, ``lon``, ``lat`` (degrees), ``label`` (as
+    given), ``reference_class`` / ``map_class`` (legend names, empty when none), ``map_value``
+    (the raster value, -1 outside the map), ``used`` (counted in the accuracy) and ``correct``."""
+    names_arr = np.asarray(list(names) + [""], dtype=object)
+    return {
+        "point_id": np.asarray(points.ids).astype(str),
+        "lon": np.asarray(points.lon, float),
+        "lat": np.asarray(points.lat, float),
+        "label": np.asarray(labels).astype(str),
+        "reference_class": names_arr[np.where(truth >= 0, truth, -1)].astype(str),
+        "map_class": names_arr[np.where(mapped >= 0, mapped, -1)].astype(str),
+        "map_value": np.asarray(values_at, np.int64),
+        "used": np.asarray(use, bool),
+        "correct": np.asarray(use & (mapped == truth), bool),
+    }

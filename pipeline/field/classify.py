@@ -24,6 +24,7 @@ from tqdm import tqdm
 from model.train.probe import check_head_matches, load_head
 from model.zeroshot import fit_calibration, probabilities
 from pipeline.adapters.base import cached_head
+from pipeline.adapters.uncertainty import margin_entropy
 from pipeline.base.config import to_plain
 from pipeline.base.errors import UserError
 from pipeline.base.hashing import json_digest
@@ -226,6 +227,8 @@ def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, prep: Any, calib, k: 
     conf = np.full((ny, nx), np.nan, np.float32)
     topk_c = np.full((k, ny, nx), 255, np.uint8)
     topk_p = np.full((k, ny, nx), np.nan, np.float32)
+    margin = np.full((ny, nx), np.nan, np.float32)
+    entropy = np.full((ny, nx), np.nan, np.float32)
     if len(emb):
         if cfg.model.head:
             probs = np.asarray(cached_head(cfg.model.head).predict(emb), dtype=np.float32)
@@ -236,12 +239,15 @@ def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, prep: Any, calib, k: 
         conf[valid] = cf
         topk_c[:, valid] = tc.T.astype(np.uint8)
         topk_p[:, valid] = tp.T
+        margin[valid], entropy[valid] = margin_entropy(probs)
     result = TileResult(
         classes=classes,
         confidence=conf,
         topk_classes=topk_c,
         topk_probs=topk_p,
         valid_obs=_valid_obs(f, tile),
+        margin=margin,
+        entropy=entropy,
     )
     write_tile(ws.store, tile, result)
     write_tile_rasters(ws.tile_dir(tile.id), tile, result)

@@ -100,6 +100,26 @@ class PointTable:
             np.savez_compressed(fh, **arrays)
         return p
 
+    def to_geoparquet(self, path: str | Path) -> Path:
+        """The table as GeoParquet (GeoPandas ``to_parquet``): one row per point, its geometry a
+        lon/lat point (EPSG:4326), columns ``point_id``, every input attribute, the pixel
+        (``crs``, ``x``, ``y``) when known, ``<band>_<period start>`` reflectance (float32, NaN:
+        no observation) and ``n_obs_<period start>`` (int16) valid observations per period.
+
+        Written atomically next to the ``.npz`` by ``extract-points``; returns ``path``.
+        """
+        cols: dict[str, Any] = {"point_id": self.ids.astype(str)}
+        for k, v in self.attrs.items():
+            cols[k] = np.asarray(v).astype(str)
+        if self.crs is not None:
+            cols.update(crs=self.crs.astype(str), x=self.x, y=self.y)
+        starts = [str(d) for d in self.period_starts.astype("datetime64[D]")]
+        for pi, start in enumerate(starts):
+            for bi, band in enumerate(self.bands):
+                cols[f"{band}_{start}"] = self.values[:, pi, bi].astype(np.float32)
+            cols[f"n_obs_{start}"] = self.counts[:, pi].astype(np.int16)
+        return write_points_geoparquet(path, self.lon, self.lat, cols)
+
     @classmethod
     def load(cls, path: str | Path) -> PointTable:
         p = Path(path).expanduser()
@@ -161,3 +181,23 @@ def concat_tables(tables: Sequence[PointTable], order: np.ndarray | None = None)
     if order is not None:
         out = out.subset(order)
     return out
+
+
+def write_points_geoparquet(
+    path: str | Path, lon: np.ndarray, lat: np.ndarray, columns: dict[str, Any]
+) -> Path:
+    """Write points (lon/lat degrees, EPSG:4326) and their ``columns`` (name -> (N,) array) as
+    GeoParquet with GeoPandas (geometry column ``geometry``, CRS in the file's ``geo``
+    metadata), atomically; returns ``path``."""
+    import geopandas as gpd
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    gdf = gpd.GeoDataFrame(
+        dict(columns),
+        geometry=gpd.points_from_xy(np.asarray(lon, float), np.asarray(lat, float)),
+        crs="EPSG:4326",
+    )
+    with atomic_path(p) as tmp:
+        gdf.to_parquet(tmp, index=False)
+    return p

@@ -76,6 +76,33 @@ def fit_field(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: Run
     return codec
 
 
+def fit_ood_reference(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs):
+    """The OOD reference (``--ood``): read back from the workspace (resume) or fitted once on
+    the same fixed reference sample as the calibration and kept in ``.s2lc/ood.npz``, so every
+    tile of a run, resumed or not, is scored against the same reference and threshold."""
+    from pipeline.adapters.uncertainty import OodReference, fit_ood
+
+    path = ws.work / "ood.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return OodReference(
+                embeddings=z["embeddings"],
+                k=int(z["k"]),
+                threshold=float(z["threshold"]),
+                quantile=float(z["quantile"]),
+            )
+    emb = reference_sample(client, cfg, prep, ws, inputs)
+    ref = fit_ood(emb, seed=cfg.model.seed)
+    from pipeline.base.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, embeddings=ref.embeddings, k=ref.k, threshold=ref.threshold,
+                 quantile=ref.quantile)  # fmt: skip
+    _log.info("OOD reference: %d embeddings, k=%d, threshold %.4g (%.0f %% of the sample under it)",
+              len(ref.embeddings), ref.k, ref.threshold, 100 * ref.quantile)  # fmt: skip
+    return ref
+
+
 _SAMPLES: dict[str, np.ndarray] = {}
 
 

@@ -136,8 +136,25 @@ class OutputConfig:
     """Store the compact embedding field (``classify --field``, ``query --field``)."""
     field_dims: int = 62
     """Components of the embedding field (62: 64 bytes per pixel)."""
+    ood: bool = False
+    """Add the out-of-distribution score layer ``ood`` (:mod:`pipeline.adapters.uncertainty`)."""
+    majority: int = 0
+    """Post-processing: majority filter radius in pixels (0: off; :mod:`pipeline.writers.postprocess`)."""
+    mmu: int = 0
+    """Post-processing: minimum mapping unit in pixels, gdal_sieve-style (0: off)."""
+
+    @property
+    def postprocess(self) -> bool:
+        """Whether the classes are post-processed (majority filter or minimum mapping unit)."""
+        return self.majority > 0 or self.mmu > 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.majority <= 64:
+            raise UserError(
+                f"--majority must be a radius of 0 (off) to 64 pixels, got {self.majority}"
+            )
+        if self.mmu != 0 and not 2 <= self.mmu <= 1_000_000:
+            raise UserError(f"--mmu must be 0 (off) or 2 to 1000000 pixels, got {self.mmu}")
         if not 1 <= self.field_dims <= 4096:
             raise UserError(f"--field-dims must be between 1 and 4096, got {self.field_dims}")
         if not 1 <= self.top_k <= 10:
@@ -262,6 +279,9 @@ class RunConfig:
         plain = {k: v for k, v in to_plain(self.flat()).items() if FLAT_KEYS[k][0] != "execution"}
         if not self.output.save_embeddings:
             plain.pop("field_dims", None)  # no field, no effect on the outputs
+        for key, off in (("ood", False), ("majority", 0), ("mmu", 0)):
+            if plain.get(key) == off:  # off: the hash of the maps made before these options
+                plain.pop(key, None)
         head, checkpoint = self.model.head, self.model.checkpoint
         if head and Path(head).expanduser().is_file():
             # the head's content, not only its path: a refitted head makes another map

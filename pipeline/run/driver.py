@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.run.calibration import calibrate, clear_reference_sample, fit_field
+from pipeline.run.calibration import (
+    calibrate,
+    clear_reference_sample,
+    fit_field,
+    fit_ood_reference,
+)
 from pipeline.run.config import RunConfig, default_output_dir
 from pipeline.run.inputs import RunInputs
 from pipeline.run.prepare import Prepared, check_inputs, prepare_tiles, resolve_precision
@@ -61,6 +66,8 @@ class RunState:
     dead_before: dict[str, TileFailure] = field(default_factory=dict)
     calibration: list[float] | None = None
     codec: Any = None
+    ood: Any = None
+    """The OOD reference (``--ood``), :class:`pipeline.adapters.uncertainty.OodReference`."""
     stats: dict[str, dict] = field(default_factory=dict)
     failures: dict[str, TileFailure] = field(default_factory=dict)
 
@@ -89,6 +96,19 @@ def execute(cfg: RunConfig) -> int:
     return 0
 
 
+def _check_postprocess(cfg: RunConfig) -> None:
+    """--majority / --mmu need the whole map at once: refused on gridded (per-cell) runs."""
+    from aoi import load_region
+    from pipeline.base.errors import UserError
+    from pipeline.grid.cells import is_gridded
+
+    if cfg.output.postprocess and is_gridded(load_region(cfg.region).crs):
+        raise UserError(
+            "--majority/--mmu work on regional runs only: a gridded (EPSG:3035) run publishes "
+            "each 100 km cell as its tiles finish (see the README, 'Post-processing')"
+        )
+
+
 @contextmanager
 def _timed(run: RunState, stage: str) -> Iterator[None]:
     """Time the ``with`` block into ``run.seconds[stage]`` (``run.json``'s ``seconds``)."""
@@ -109,6 +129,7 @@ def prepare(cfg: RunConfig) -> RunState | None:
     # Cheap checks first (region, size, periods, legend, head): bad input fails in seconds,
     # before any model is built, before the STAC search and before anything is written.
     checked = check_inputs(cfg)
+    _check_postprocess(cfg)
     out = Path(cfg.execution.out) if cfg.execution.out else default_output_dir(cfg, checked.name)
     ws = Workspace(out)
     ws.check_writable()
@@ -197,6 +218,8 @@ def open_store(run: RunState) -> None:
         band_names=_bands() if cfg.output.save_composite else None,
         embed_dim=prep.model_info["embed_dim"] if cfg.output.save_embeddings else None,
         field_dims=field_dims(cfg, prep),
+        ood=cfg.output.ood,
+        postprocess=cfg.output.postprocess,
         attrs={
             "config_hash": run.output_hash,
             "region": prep.region_name,
@@ -236,6 +259,8 @@ def calibrate_once(run: RunState, client) -> None:
     run.codec = (
         fit_field(client, cfg, run.prep, run.ws, run.inputs) if cfg.output.save_embeddings else None
     )
+    if cfg.output.ood:
+        run.ood = fit_ood_reference(client, cfg, run.prep, run.ws, run.inputs)
     clear_reference_sample()
 
 
@@ -257,7 +282,16 @@ def run_todo(run: RunState, client) -> None:
         dynamic_ncols=True,
     ) as bar:
         run.stats, run.failures = run_tiles(
-            client, run.cfg, run.prep, run.ws, run.inputs, calib, run.todo, bar, field=run.codec
+            client,
+            run.cfg,
+            run.prep,
+            run.ws,
+            run.inputs,
+            calib,
+            run.todo,
+            bar,
+            field=run.codec,
+            ood=run.ood,
         )
 
 
@@ -291,6 +325,8 @@ def report_run(run: RunState) -> dict[str, Any]:
             **field_attrs(cfg, prep)["s2lc:field"],
             "explained_variance": run.codec.explained_variance,
         }
+    if run.ood is not None:
+        report["ood"] = run.ood.describe()
     report["scene_ledger"] = run.ledger.to_dict()
     report["coverage"] = coverage_report(all_stats, run.labels)
     for line in report["coverage"]["warnings"]:
@@ -330,6 +366,10 @@ def publish_run(run: RunState, report: dict[str, Any]) -> None:
                 "dead-letter list (run.json): plain reruns leave them, --retry-failed redoes them"
             )
         raise TilesFailed(msg)
+    if cfg.output.postprocess:  # over the whole map, once every tile is done
+        from pipeline.run.postprocess import postprocess_map
+
+        report["postprocess"] = postprocess_map(cfg, prep, ws)
     t = time.perf_counter()
     if gridded:
         from pipeline.run.continental import publish_gridded

@@ -125,6 +125,12 @@ def publish(cfg: RunConfig, prep: Prepared, ws: Workspace, report: dict, labels:
             "s2lc:period": cfg.composite.period,
             "s2lc:periods": labels,
             "s2lc:output_hash": report["output_hash"],
+            **({"s2lc:ood": report["ood"]} if "ood" in report else {}),
+            **(
+                {"s2lc:postprocess": {"majority": cfg.output.majority, "mmu": cfg.output.mmu}}
+                if cfg.output.postprocess
+                else {}
+            ),
         },
         item_id=f"s2lc-{prep.region_name}-{cfg.composite.start}-{cfg.composite.end}-{cfg.composite.period}-{cfg.model.name}",
     )

@@ -20,7 +20,14 @@ _log = logging.getLogger(__name__)
 
 
 def tile_job(
-    cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs, tile, calibration, field=None
+    cfg: RunConfig,
+    prep: Prepared,
+    ws: Workspace,
+    inputs: RunInputs,
+    tile,
+    calibration,
+    field=None,
+    ood=None,
 ):
     """The work order of ``tile``: references into the run's ``inputs`` file (the items touching
     its window, halo included, and the region), not the items themselves."""
@@ -39,6 +46,7 @@ def tile_job(
         store=str(ws.store),
         tile_dir=str(ws.tile_dir(tile.id)),
         field=field,
+        ood=ood,
     )
 
 
@@ -80,7 +88,7 @@ def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure
 
 
 def run_tiles(
-    client, cfg, prep, ws, inputs, calibration, todo, progress=None, task=None, field=None
+    client, cfg, prep, ws, inputs, calibration, todo, progress=None, task=None, field=None, ood=None
 ) -> tuple[dict, dict[str, TileFailure]]:
     """Run ``todo`` tiles, a bounded number in flight; returns (stats, failures) by tile id.
 
@@ -118,7 +126,7 @@ def run_tiles(
     def submit(tile, attempt: int = 1):
         fut = client.submit(
             task,
-            tile_job(cfg, prep, ws, inputs, tile, calibration, field),
+            tile_job(cfg, prep, ws, inputs, tile, calibration, field, ood),
             key=f"tile-{tile.id}-{output_hash}-{attempt}",
             retries=0,  # retried here, so attempts are counted and recorded
             resources=resources,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.adapters.base import class_probabilities
+from pipeline.adapters.uncertainty import margin_entropy
 from pipeline.grid.tiling import Tile
 from pipeline.reading.cube import MaskConfig
 from pipeline.reading.failure import detached_read_failures
@@ -49,6 +50,9 @@ class TileJob:
     tile_dir: str
     field: Any = None
     """The compact field's :class:`~pipeline.writers.codec.FieldCodec` (with ``save_embeddings``)."""
+    ood: Any = None
+    """The :class:`~pipeline.adapters.uncertainty.OodReference` (with ``--ood``): the adapters
+    then return embeddings, and the tile scores them."""
 
 
 def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str]]:
@@ -149,12 +153,18 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     conf = np.full((ny, nx), np.nan, np.float32)
     topk_c = np.full((k, ny, nx), 255, np.uint8)
     topk_p = np.full((k, ny, nx), np.nan, np.float32)
+    margin = np.full((ny, nx), np.nan, np.float32)
+    entropy = np.full((ny, nx), np.nan, np.float32)
+    ood = np.full((ny, nx), np.nan, np.float32) if job.ood is not None else None
     if valid.any():
         cls, cf, tc, tp = predict(probs, k)
         classes[valid] = cls.astype(np.uint8)
         conf[valid] = cf
         topk_c[:, valid] = tc.T.astype(np.uint8)
         topk_p[:, valid] = tp.T
+        margin[valid], entropy[valid] = margin_entropy(probs)
+        if ood is not None and emb is not None:
+            ood[valid] = job.ood.score(emb)
     embeddings = None
     if job.output.save_embeddings and job.field is None and emb is not None:
         embeddings = np.full((emb.shape[1] if emb.size else 0, ny, nx), np.nan, np.float16)
@@ -171,6 +181,13 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         field_codes=field_codes,
         field_scale=field_scale,
         rgb=_true_colour(comp_values, valid),
+        margin=margin,
+        entropy=entropy,
+        ood=ood,
+        # post-processing runs over the whole map once the tiles are done
+        # (pipeline.run.postprocess); until then the raw classes are the classes
+        classes_raw=classes if job.output.postprocess else None,
+        postprocessed=np.where(valid, 0, 255).astype(np.uint8) if job.output.postprocess else None,
     )
     write_tile(job.store, tile, result)
     write_tile_rasters(Path(job.tile_dir), tile, result)

@@ -51,11 +51,13 @@ GRIDDED_PRODUCTS = (
     "run.json",
 )
 #: Sidecars of the products (GDAL category names of class layers for QGIS), cleared with them.
-SIDECARS = tuple(f"{s.cog}.tif.aux.xml" for s in cog_layers("map") if s.kind == "classes")
+SIDECARS = tuple(
+    f"{s.cog}.tif.aux.xml" for s in cog_layers("map", "postprocess") if s.kind == "classes"
+)
 #: Products only some runs make (``--save-embeddings``; the true-colour composite and its
 #: quicklook when the tiles wrote one), cleared with the others so ``--overwrite`` leaves none stale.
 OPTIONAL_PRODUCTS = (
-    *product_files("field", "tile"),
+    *product_files("field", "ood", "postprocess", "tile"),
     *(f"{s.cog}.png" for s in cog_layers("tile") if s.kind == "rgb"),
 )
 

@@ -35,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from pipeline.view import reading, render
 from pipeline.view.field import FieldQuery, open_field
-from pipeline.view.sources import MapSources
+from pipeline.view.sources import RAMP_LAYERS, MapSources
 
 __all__ = ["ViewerState", "create_app"]
 
@@ -104,6 +104,7 @@ class ViewerState:
             "confidence": s.confidence is not None,
             "valid_obs": s.valid_obs is not None,
             "rgb": self.has_rgb,
+            **{name: True for name, _ in s.ramps},
         }
         return {
             "title": s.title,
@@ -126,6 +127,10 @@ class ViewerState:
             "layers": layers,
             "rgb_source": s.rgb_source if self.has_rgb else None,
             "valid_obs_max": self.valid_obs_max,
+            "ramps": [
+                {"name": n, "label": RAMP_LAYERS[n][0], "ramp": RAMP_LAYERS[n][3]}
+                for n, _ in s.ramps
+            ],
             "topk": s.store is not None,
             "query": {
                 "available": self.field is not None,
@@ -165,6 +170,17 @@ class ViewerState:
                     render.colorize_ramp(
                         t.data[0], t.valid, 0.0, self.valid_obs_max, self._luts["cividis"]
                     )
+                )
+            )
+        ramp = dict(s.ramps).get(layer)
+        if ramp is not None:
+            _, vmin, vmax, lut = RAMP_LAYERS[layer]
+            t = reading.read_tile(ramp, z, x, y, resampling="average")
+            return (
+                _EMPTY_PNG
+                if t is None
+                else render.encode_png(
+                    render.colorize_ramp(t.data[0], t.valid, vmin, vmax, self._luts[lut])
                 )
             )
         if layer == "rgb":
@@ -225,6 +241,9 @@ class ViewerState:
         if s.valid_obs is not None:
             obs = reading.point_values(s.valid_obs, lon, lat)
             out["valid_obs"] = None if obs is None else int(obs[0])
+        for name, path in s.ramps:
+            v = reading.point_values(path, lon, lat)
+            out[name] = None if v is None or not np.isfinite(v[0]) else round(float(v[0]), 4)
         if qid is not None:
             with self._q_lock:
                 entry = self.queries.get(qid)

@@ -26,6 +26,13 @@ RGB_NAMES = ("rgb", "composite_rgb", "rgb_composite")
 # Reflectance bands of the map store's ``composite`` array that make true colour.
 RGB_BANDS = ("B4", "B3", "B2")
 STORE_NAME = "map.zarr"
+#: Single-band value layers shown as colour ramps: name -> (label, vmin, vmax, ramp).
+RAMP_LAYERS: dict[str, tuple[str, float, float, str]] = {
+    "margin": ("Margin, top-1 minus top-2 (0–1)", 0.0, 1.0, "viridis"),
+    "entropy": ("Entropy, normalised (0–1)", 0.0, 1.0, "magma"),
+    "ood": ("Out of distribution (score 0–2, > 1 flagged)", 0.0, 2.0, "magma"),
+    "postprocessed": ("Changed by post-processing (0/1)", 0.0, 1.0, "cividis"),
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class MapSources:
     :ivar store_has_composite: the store holds ``composite`` with bands B4, B3, B2.
     :ivar field: where to open the embedding field for free-text queries (the map folder when it
         has a store; the field API decides whether it holds a field), or None.
+    :ivar ramps: the value layers of :data:`RAMP_LAYERS` the folder holds, name -> COG/VRT.
     :ivar untrained: the map was made with untrained (random) weights.
     :ivar warning: a line the page shows above the map (e.g. the untrained-weights warning).
     """
@@ -66,6 +74,7 @@ class MapSources:
     store: Path | None = None
     store_has_composite: bool = False
     field: Path | None = None
+    ramps: tuple[tuple[str, Path], ...] = ()
     untrained: bool = False
     warning: str | None = None
 
@@ -176,6 +185,7 @@ def find_sources(root: str | Path) -> MapSources:
         store=store,
         store_has_composite=store is not None and _store_has_composite(store),
         field=root if store is not None else None,
+        ramps=tuple((n, p) for n in RAMP_LAYERS if (p := _layer(root, n)) is not None),
         untrained=untrained,
         warning=warning,
     )

@@ -42,10 +42,11 @@ from pipeline.reading.blocks import worker_cores
 from pipeline.writers.layers import LAYERS, LayerSpec, cog_layers
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 
-__all__ = ["LAYERS", "build_cogs", "write_tile_rasters"]
+__all__ = ["LAYERS", "build_cogs", "rewrite_tile_layers", "write_tile_rasters"]
 
-#: The layers tile tasks write as GeoTIFFs: every run's, and the optional true-colour composite.
-TILE_LAYERS = cog_layers("map", "tile")
+#: The layers tile tasks write as GeoTIFFs: every run's, and the optional ones (true-colour
+#: composite, OOD score, post-processing), mosaicked when the tiles wrote them.
+TILE_LAYERS = cog_layers("map", "ood", "postprocess", "tile")
 _GDT = {"uint8": "Byte", "uint16": "UInt16", "float32": "Float32"}
 _BLOCK = 256
 _CACHE_MB = 256  # GDAL block cache while mosaicking (rasterio reads small ints as MB)
@@ -111,6 +112,28 @@ def write_tile_rasters(
                     for i, d in enumerate(descs, start=1):
                         dst.set_band_description(i, d)
     return {name: tile_dir / f"{name}.tif" for name in layers}
+
+
+def rewrite_tile_layers(
+    tile_dir: str | os.PathLike[str], tile: Tile, layers: dict[str, np.ndarray]
+) -> None:
+    """Replace single-band layers of a tile folder written by :func:`write_tile_rasters` (e.g.
+    the post-processed ``classes``), each file atomically; ``layers``: name -> (h, w) array."""
+    import rasterio
+
+    from pipeline.writers.layers import layer
+
+    for name, data in layers.items():
+        spec = layer(name)
+        if data.shape != tile.shape:
+            raise ValueError(f"tile {tile.id}: {name} is {data.shape}, the tile {tile.shape}")
+        prof = _profile(tile, spec.file_dtype, 1, spec.nodata)
+        with (
+            atomic_path(Path(tile_dir) / f"{name}.tif") as tmp,
+            rasterio.Env(GDAL_PAM_ENABLED="NO"),
+        ):
+            with rasterio.open(tmp, "w", **prof) as dst:
+                dst.write(np.asarray(data, spec.file_dtype)[None])
 
 
 # --- mosaic -------------------------------------------------------------------------------------
@@ -325,7 +348,7 @@ def _write_layer(
     import rasterio.shutil
 
     name = spec.name
-    if spec.group == "tile" and (_is_zarr(source) or not _sources(source, grid, name)[0]):
+    if spec.group != "map" and (_is_zarr(source) or not _sources(source, grid, name)[0]):
         return None  # an optional layer the tiles did not write
     sources, descriptions = _sources(source, grid, name)
     dtype, nodata = spec.file_dtype, spec.nodata

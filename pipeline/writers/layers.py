@@ -42,8 +42,9 @@ class LayerSpec:
             float; their nodata chunks are written instead) and counts have none (0 is a count).
         long_name: Zarr ``long_name`` (CF).
         group: when the layer exists: ``map`` (every run), ``composite`` (with composite bands),
-            ``embeddings`` / ``field`` (``--save-embeddings``, float16 or the compact field), or
-            ``tile`` (only in per-tile GeoTIFFs, mosaicked when the tiles wrote it).
+            ``embeddings`` / ``field`` (``--save-embeddings``, float16 or the compact field),
+            ``ood`` (``--ood``), ``postprocess`` (``--majority`` or ``--mmu``), or ``tile``
+            (only in per-tile GeoTIFFs, mosaicked when the tiles wrote it).
         kind: how values are shown: ``classes`` (class indices: CF flags, colour table, STAC
             classification), ``rgb`` (three true-colour bands) or ``values``.
         units: Zarr ``units`` attribute.
@@ -64,7 +65,7 @@ class LayerSpec:
     nodata: float | None
     fill: float | None
     long_name: str
-    group: Literal["map", "composite", "embeddings", "field", "tile"] = "map"
+    group: Literal["map", "composite", "embeddings", "field", "ood", "postprocess", "tile"] = "map"
     kind: Literal["classes", "rgb", "values"] = "values"
     units: str | None = None
     attrs: Mapping[str, Any] = field(default_factory=dict)
@@ -139,6 +140,42 @@ LAYER_SPECS: tuple[LayerSpec, ...] = (
         "rgb", ("band", "y", "x"), "uint8", 0, None, "true-colour composite", group="tile",
         kind="rgb", cog="composite_rgb", resampling="AVERAGE",
         title="True-colour composite (B4, B3, B2, median)", roles=("visual",),
+    ),
+    LayerSpec(
+        "margin", ("y", "x"), "float32", _NAN, _NAN,
+        "top-1 minus top-2 class probability", units="1",
+        attrs={"valid_min": 0.0, "valid_max": 1.0},
+        cog="margin", description="top-1 minus top-2 probability", resampling="AVERAGE",
+        title="Margin: top-1 minus top-2 class probability (low = confused)", stac_unit="1",
+    ),
+    LayerSpec(
+        "entropy", ("y", "x"), "float32", _NAN, _NAN,
+        "Shannon entropy of the class probabilities over ln(number of classes)", units="1",
+        attrs={"valid_min": 0.0, "valid_max": 1.0},
+        cog="entropy", description="normalised entropy (0 certain, 1 uniform)",
+        resampling="AVERAGE", title="Normalised entropy of the class probabilities (0-1)",
+        stac_unit="1",
+    ),
+    LayerSpec(
+        "ood", ("y", "x"), "float32", _NAN, _NAN,
+        "out-of-distribution score: k-NN distance to the reference sample over its threshold "
+        "(> 1: flagged)", group="ood", units="1",
+        cog="ood", description="k-NN distance / threshold (> 1: out of distribution)",
+        resampling="AVERAGE", title="Out-of-distribution score (> 1: unlike the reference sample)",
+        stac_unit="1",
+    ),
+    LayerSpec(
+        "classes_raw", ("y", "x"), "uint8", CLASS_NODATA, None,
+        "land-cover class before post-processing", group="postprocess", kind="classes",
+        cog="classes_raw", description="land-cover class before post-processing",
+        resampling="NEAREST", title="Land-cover classes before post-processing",
+    ),
+    LayerSpec(
+        "postprocessed", ("y", "x"), "uint8", CLASS_NODATA, CLASS_NODATA,
+        "1 where post-processing changed the class, 0 where not", group="postprocess",
+        attrs={"flag_values": [0, 1, CLASS_NODATA], "flag_meanings": "unchanged changed nodata"},
+        cog="postprocessed", description="1: class changed by post-processing",
+        resampling="NEAREST", title="Post-processing flag (1: class changed)",
     ),
 )  # fmt: skip
 

@@ -28,6 +28,15 @@ class TileResult:
         field_scale: (h, w) float16 their per-pixel scale (NaN = nodata), or None.
         rgb: (3, h, w) uint8 true-colour composite (B4, B3, B2; see :func:`true_colour`); 0 =
             nodata. None: not written.
+        margin: (h, w) float32 top-1 minus top-2 probability (0-1); NaN = nodata. None: not
+            computed (written as nodata).
+        entropy: (h, w) float32 Shannon entropy of the probabilities over ln(C) (0-1); NaN =
+            nodata. None: not computed.
+        ood: (h, w) float32 out-of-distribution score (> 1: flagged, see
+            :mod:`pipeline.adapters.uncertainty`); NaN = nodata. None: not computed.
+        classes_raw: (h, w) uint8 classes before post-processing (255 = nodata), or None.
+        postprocessed: (h, w) uint8 1 where post-processing changed the class, 0 where not,
+            255 = nodata; or None.
     """
 
     classes: np.ndarray
@@ -40,6 +49,11 @@ class TileResult:
     field_codes: np.ndarray | None = None
     field_scale: np.ndarray | None = None
     rgb: np.ndarray | None = None
+    margin: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    ood: np.ndarray | None = None
+    classes_raw: np.ndarray | None = None
+    postprocessed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.classes = _as(self.classes, np.uint8, 2, "classes")
@@ -68,6 +82,12 @@ class TileResult:
             self.rgb = _as(self.rgb, np.uint8, 3, "rgb", (h, w))
             if self.rgb.shape[0] != 3:
                 raise ValueError(f"rgb must have 3 bands, got {self.rgb.shape[0]}")
+        for name in ("margin", "entropy", "ood"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _as(getattr(self, name), np.float32, 2, name, (h, w)))
+        for name in ("classes_raw", "postprocessed"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _as(getattr(self, name), np.uint8, 2, name, (h, w)))
 
     @property
     def shape(self) -> tuple[int, int]:

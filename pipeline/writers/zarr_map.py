@@ -49,7 +49,7 @@ from pipeline.grid.tiling import Tile, TileGrid
 from pipeline.writers.layers import LAYER_SPECS, LayerSpec
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 
-__all__ = ["create_map_store", "open_map", "write_tile"]
+__all__ = ["create_map_store", "open_map", "read_layer", "write_layer", "write_tile"]
 
 _EMBED_CHUNK_BYTES = 64 * 2**20
 _CRS_VAR = "spatial_ref"
@@ -69,6 +69,8 @@ def _layout(
     band_names: Sequence[str] | None,
     embed_dim: int | None,
     field_dims: int | None = None,
+    ood: bool = False,
+    postprocess: bool = False,
 ) -> dict[str, Any]:
     a = grid.geobox.affine
     return {
@@ -82,6 +84,8 @@ def _layout(
         "bands": None if band_names is None else list(band_names),
         "embed_dim": embed_dim,
         **({"field_dims": field_dims} if field_dims is not None else {}),
+        **({"ood": True} if ood else {}),
+        **({"postprocess": True} if postprocess else {}),
     }
 
 
@@ -99,6 +103,8 @@ def create_map_store(
     band_names: Sequence[str] | None = None,
     embed_dim: int | None = None,
     field_dims: int | None = None,
+    ood: bool = False,
+    postprocess: bool = False,
     attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Create the (empty) map store at ``path``, or reopen it if it already matches.
@@ -110,6 +116,8 @@ def create_map_store(
 
     With ``field_dims`` (and ``embed_dim``), the embeddings are stored as the compact field
     (``field_*`` arrays, :mod:`pipeline.writers.codec`) instead of the float16 ``embeddings``.
+    ``ood`` adds the ``ood`` layer, ``postprocess`` the ``classes_raw`` and ``postprocessed``
+    layers (:mod:`pipeline.writers.layers`).
     """
     path = Path(path)
     attrs = dict(attrs or {})
@@ -127,7 +135,15 @@ def create_map_store(
             f"field_dims must be between 1 and embed_dim ({embed_dim}), got {field_dims}"
         )
     layout = _layout(
-        grid, names, k, [str(p) for p in period_labels], band_names, embed_dim, field_dims
+        grid,
+        names,
+        k,
+        [str(p) for p in period_labels],
+        band_names,
+        embed_dim,
+        field_dims,
+        ood,
+        postprocess,
     )
     layout_hash = _layout_hash(layout)
 
@@ -307,6 +323,10 @@ def store_layers(layout: Mapping[str, Any]) -> tuple[LayerSpec, ...]:
         groups.add("field")
     elif layout.get("embed_dim") is not None:
         groups.add("embeddings")
+    if layout.get("ood"):
+        groups.add("ood")
+    if layout.get("postprocess"):
+        groups.add("postprocess")
     return tuple(s for s in LAYER_SPECS if s.group in groups)
 
 
@@ -412,3 +432,20 @@ def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> 
             )
         lead = (slice(None),) * (data.ndim - 2)
         arr[(*lead, ys, xs)] = data
+
+
+def read_layer(path: str | os.PathLike[str], name: str) -> np.ndarray:
+    """The whole array ``name`` of the store at ``path`` (e.g. the raw classes to post-process)."""
+    import zarr
+
+    return zarr.open_group(str(path), mode="r", zarr_format=2)[name][...]
+
+
+def write_layer(path: str | os.PathLike[str], name: str, data: np.ndarray) -> None:
+    """Overwrite the whole array ``name`` of the store at ``path`` (shape and dtype as stored)."""
+    import zarr
+
+    arr = zarr.open_group(str(path), mode="r+", zarr_format=2)[name]
+    if tuple(data.shape) != tuple(arr.shape):
+        raise ValueError(f"{name} has shape {data.shape}, the store {arr.shape}")
+    arr[...] = np.asarray(data, dtype=arr.dtype)

@@ -115,6 +115,8 @@ def generate_catalog(
     partial_swath: int | None = -1,
     baseline: str = BASELINE,
     mgrs_tile: str = MGRS_TILE,
+    plant: str | None = None,
+    plant_px: int = 14,
 ) -> Path:
     """Write a synthetic Sentinel-2 L2A catalog into ``root`` and return ``root``.
 
@@ -132,6 +134,11 @@ def generate_catalog(
             spring; None: none).
         baseline: ``s2:processing_baseline`` of every item.
         mgrs_tile: the Sentinel-2 tile the items name (ids, ``s2:mgrs_tile``, ``grid:code``).
+        plant: opt-in: a material no class describes (``glacier`` or ``solar``), planted as a
+            ``plant_px`` square inside the AOI (at 30 % of its height and 60 % of its width);
+            its truth is 255 and ``planted.tif`` (uint8 1/0) marks it. None (the demo): the
+            catalog is byte for byte the unplanted one.
+        plant_px: edge of the planted square in pixels.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -142,6 +149,8 @@ def generate_catalog(
         raise ValueError(f"bounds must be multiples of {2 * resolution:g} m, got {bounds}")
     dates = list(dates) if dates is not None else default_dates()
     land = build_landscape(seed, (w, s, e, n), resolution, aoi)
+    if plant is not None:
+        land.plant(plant, _plant_box(land.classes.shape, (w, s, e, n), aoi, resolution, plant_px))
     rng = np.random.default_rng([seed, 2])
     specs = draw_specs(rng, [d.month for d in dates])
     if cloud_fractions is not None:
@@ -202,8 +211,26 @@ def generate_catalog(
         )
     write_json(root / "items.json", {"type": "FeatureCollection", "features": items})
     write_json(root / "collection.json", _collection(items, layout))
-    _write_truth(root, land, (w, n), resolution, epsg, seed, (w, s, e, n), aoi, layout)
+    _write_truth(root, land, (w, n), resolution, epsg, seed, (w, s, e, n), aoi, layout, plant)
+    if land.planted is not None:
+        prof = {
+            "driver": "COG", "height": land.classes.shape[0], "width": land.classes.shape[1],
+            "count": 1, "dtype": "uint8", "crs": f"EPSG:{epsg}",
+            "transform": Affine(resolution, 0, w, 0, -resolution, n), "compress": "DEFLATE",
+        }  # fmt: skip
+        with rasterio.open(root / "planted.tif", "w", **prof) as dst:
+            dst.write(land.planted.astype(np.uint8), 1)
     return root
+
+
+def _plant_box(shape, bounds, aoi, resolution, px) -> tuple[int, int, int, int]:
+    """(row0, col0, row1, col1) of a ``px`` square at 30 % of the AOI's height, 60 % of its width."""
+    w, _, _, n = bounds
+    aw, as_, ae, an = aoi if aoi is not None else bounds
+    r = round((n - an) / resolution + 0.3 * (an - as_) / resolution)
+    c = round((aw - w) / resolution + 0.6 * (ae - aw) / resolution)
+    r0, c0 = min(max(0, r - px // 2), shape[0] - px), min(max(0, c - px // 2), shape[1] - px)
+    return r0, c0, r0 + px, c0 + px
 
 
 def _item_id(
@@ -412,7 +439,7 @@ def _collection(items: list[dict], layout: str) -> dict:
     }
 
 
-def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout) -> None:
+def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout, plant=None):
 
     profile = {
         "driver": "COG",
@@ -444,6 +471,7 @@ def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout
                 "resolution": resolution,
                 "epsg": epsg,
                 "layout": layout,
+                **({"plant": plant} if plant is not None else {}),
             },
         },
     )

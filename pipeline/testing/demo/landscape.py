@@ -68,6 +68,10 @@ class Landscape:
     """(P, 4) mowing days of year for grassland parcels (NaN elsewhere)."""
     texture: np.ndarray
     """(10, H, W) float32 static per-pixel, per-band factor."""
+    planted: np.ndarray | None = None
+    """(H, W) bool, pixels of a planted material no class describes (None: none planted)."""
+    planted_spectrum: np.ndarray | None = None
+    """(10,) its reflectance (constant through the year, texture applied)."""
 
     def parcel_spectra(self, doy: float) -> np.ndarray:
         """(P, 10) clean parcel spectra on a day of year (brightness included, texture not)."""
@@ -86,7 +90,24 @@ class Landscape:
     def reflectance(self, doy: float) -> np.ndarray:
         """(10, H, W) float32 clean surface reflectance on a day of year."""
         spec = self.parcel_spectra(doy)  # (P, 10)
-        return spec.T[:, self.parcel] * self.texture
+        refl = spec.T[:, self.parcel] * self.texture
+        if self.planted is not None:
+            refl[:, self.planted] = (
+                self.planted_spectrum[:, None] * self.texture[:, self.planted]
+            ).astype(np.float32)
+        return refl
+
+    def plant(self, material: str, box: tuple[int, int, int, int]) -> None:
+        """Plant ``material`` (a row of :data:`spectra.ROWS`: ``glacier``, ``solar``) over the
+        pixels ``box`` = (row0, col0, row1, col1); their truth class becomes 255 (none)."""
+        if material not in ("glacier", "solar"):
+            raise ValueError(f"unknown planted material {material!r}; choose glacier or solar")
+        r0, c0, r1, c1 = box
+        mask = np.zeros(self.classes.shape, bool)
+        mask[r0:r1, c0:c1] = True
+        self.planted = mask
+        self.planted_spectrum = spectra.R[material]
+        self.classes = np.where(mask, np.uint8(255), self.classes).astype(np.uint8)
 
 
 def _mown_ndvi(doy: np.ndarray, cuts: np.ndarray) -> np.ndarray:

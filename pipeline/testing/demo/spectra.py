@@ -30,6 +30,11 @@ ROWS: dict[str, tuple[float, ...]] = {
     "bare_dry": (.100, .140, .190, .220, .240, .250, .260, .270, .380, .320),
     "bare_wet": (.040, .060, .075, .090, .100, .105, .110, .115, .150, .110),
     "cloud": (.50, .49, .49, .50, .52, .53, .53, .54, .34, .22),
+    # planted materials no demo class describes (opt-in, generate_catalog(plant=...)):
+    # glacier ice (bright in the visible, falling through the NIR, near 0 in the SWIR) and a
+    # solar farm (dark, flat, blue-tinted glass over panels, some SWIR from the frames)
+    "glacier": (.62, .60, .57, .53, .48, .43, .38, .35, .04, .03),
+    "solar": (.090, .075, .060, .058, .057, .057, .058, .059, .075, .065),
     "snow": (.85, .85, .83, .81, .79, .77, .75, .73, .08, .06),
 }  # fmt: skip
 R = {k: np.asarray(v, dtype=np.float32) for k, v in ROWS.items()}

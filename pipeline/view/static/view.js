@@ -185,6 +185,9 @@
     const extra = [];
     if ('confidence' in res) extra.push('confidence ' + (res.confidence === null ? '–' : pct(res.confidence)));
     if ('valid_obs' in res) extra.push('clear observations ' + (res.valid_obs === null ? '–' : res.valid_obs));
+    for (const r of (state.meta.ramps || [])) {
+      if (r.name in res) extra.push(r.name + ' ' + (res[r.name] === null ? '–' : res[r.name]));
+    }
     if (res.query) extra.push(`"${res.query.text}" ` + (res.query.score === null ? '–' : res.query.score.toFixed(3)));
     extra.forEach((x) => box.appendChild(el('div', { text: x })));
     L.popup().setLatLng(ll).setContent(box.innerHTML).openOn(state.map);
@@ -209,6 +212,10 @@
     layerRow('classes', 'Classes', true, 0.8);
     if (L_.confidence) layerRow('confidence', 'Confidence (0–1)', false, 0.9, 'viridis');
     if (L_.valid_obs) layerRow('valid_obs', `Clear observations (0–${m.valid_obs_max})`, false, 0.9, 'cividis');
+    for (const r of (m.ramps || [])) {
+      state.layers[r.name] = tileLayer('/tiles/' + r.name + '/{z}/{x}/{y}.png', 24);
+      layerRow(r.name, r.label, false, 0.9, r.ramp);
+    }
     if (L_.rgb) layerRow('rgb', 'True colour (composite)', true, 1.0);
     setupQuery();
     state.map.on('click', showPixel);

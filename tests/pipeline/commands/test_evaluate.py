@@ -177,3 +177,18 @@ def test_evaluate_map_olofsson(tmp_path):
     assert rep["sample_metrics"]["overall_accuracy"] == pytest.approx(0.9)
     for png in ("confusion_matrix.png", "area_estimates.png"):
         assert (out / png).stat().st_size > 1000
+    # per-point results as CSV and GeoParquet (EPSG:4326 points), one row per reference point
+    import geopandas as gpd
+    import pandas as pd
+
+    gdf = gpd.read_parquet(out / "points.parquet")
+    table = pd.read_csv(out / "points.csv", keep_default_na=False)
+    assert gdf.crs.to_epsg() == 4326 and len(gdf) == len(table) == 91
+    assert list(gdf["point_id"]) == [f"r{i}" for i in range(90)] + ["out"]
+    np.testing.assert_allclose(gdf.geometry.x[:90], lon, atol=1e-9)
+    np.testing.assert_allclose(gdf.geometry.y[:90], lat, atol=1e-9)
+    assert gdf["used"].sum() == 90 and not gdf["used"].iloc[-1]
+    assert gdf["correct"].sum() == 81  # 3 deliberate errors per stratum
+    assert list(gdf["map_class"][:90]) == [names[k] for k in np.repeat([0, 1, 2], 30)]
+    assert list(gdf["reference_class"][:90]) == [names[t] for t in truth]
+    assert list(table["correct"]) == list(gdf["correct"]) and rep["points_files"]

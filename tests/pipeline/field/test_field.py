@@ -203,11 +203,10 @@ def test_classify_with_the_runs_legend_reproduces_the_map(field_map, env, tmp_pa
     for layer in ("classes.tif", "valid_obs.tif"):
         with rasterio.open(field_map / layer) as a, rasterio.open(out / layer) as b:
             assert a.transform == b.transform and np.array_equal(a.read(), b.read()), layer
-    with (
-        rasterio.open(field_map / "confidence.tif") as a,
-        rasterio.open(out / "confidence.tif") as b,
-    ):
-        assert np.allclose(a.read(1), b.read(1), equal_nan=True, atol=1e-6)
+    for layer in ("confidence.tif", "margin.tif", "entropy.tif"):
+        with rasterio.open(field_map / layer) as a, rasterio.open(out / layer) as b:
+            assert np.isfinite(a.read(1)).any(), layer
+            assert np.allclose(a.read(1), b.read(1), equal_nan=True, atol=1e-6), layer
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["source_field"] == str(field_map)
 

@@ -298,4 +298,17 @@ def test_extract_points_cli(tmp_path, small_catalog, small_api, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["points"] == 5 and summary["periods"] == 2 and summary["columns"] == ["label"]
     assert PointTable.load(out).attrs["label"].tolist() == ["c0", "c1", "c0", "c1", "c0"]
+    # the same table as GeoParquet beside the .npz: one row per point, lon/lat points
+    import geopandas as gpd
+
+    table = PointTable.load(out)
+    gdf = gpd.read_parquet(tmp_path / "x.parquet")
+    assert summary["geoparquet"] == str(tmp_path / "x.parquet") and gdf.crs.to_epsg() == 4326
+    assert list(gdf["point_id"]) == table.ids.astype(str).tolist()
+    assert list(gdf["label"]) == ["c0", "c1", "c0", "c1", "c0"]
+    np.testing.assert_allclose(gdf.geometry.x, table.lon)
+    np.testing.assert_allclose(gdf.geometry.y, table.lat)
+    start = str(table.period_starts[1].astype("datetime64[D]"))
+    np.testing.assert_array_equal(gdf[f"B4_{start}"], table.values[:, 1, table.bands.index("B4")])
+    np.testing.assert_array_equal(gdf[f"n_obs_{start}"], table.counts[:, 1])
     assert main(["extract-points", "--points", str(csv), "--out", str(out)]) == 2  # no dates

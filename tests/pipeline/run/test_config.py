@@ -83,7 +83,8 @@ def test_execution_settings_do_not_change_the_hash_and_every_other_part_does():
                  "retries": 9, "max_attempts": 2}.get(f.name, True)  # fmt: skip
         assert cfg.with_(**{f.name: value}).output_hash() == cfg.output_hash(), f.name
     changes = {"start": dt.date(2023, 2, 1), "model": "senclip", "max_cloud": 10.0,
-               "mask_snow": False, "tile_size": 128, "top_k": 1, "seed": 1, "bbox": (1, 2, 3, 4)}  # fmt: skip
+               "mask_snow": False, "tile_size": 128, "top_k": 1, "seed": 1, "bbox": (1, 2, 3, 4),
+               "ood": True, "majority": 1, "mmu": 9}  # fmt: skip
     for key, value in changes.items():
         assert cfg.with_(**{key: value}).output_hash() != cfg.output_hash(), key
 
@@ -95,5 +96,9 @@ def test_unknown_flat_key_and_part_validation_are_one_line_errors():
         RunConfig.of(region="demo", **YEAR, untrained=True, top_k=11)
     with pytest.raises(UserError, match="--window must be between 8 and 512"):
         RunConfig.of(region="demo", **YEAR, untrained=True, model="senclip", window=4)
+    with pytest.raises(UserError, match="--majority must be a radius of 0"):
+        RunConfig.of(region="demo", **YEAR, untrained=True, majority=-1)
+    with pytest.raises(UserError, match="--mmu must be 0 .off. or 2"):
+        RunConfig.of(region="demo", **YEAR, untrained=True, mmu=1)
     with pytest.raises(UserError, match="no weights for timesenclip"):
         RunConfig.of(region="demo", **YEAR)

@@ -185,3 +185,27 @@ def test_serving_a_folder_without_a_catalog_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="missing"):
         with serve(tmp_path):
             pass
+
+
+@pytest.mark.parametrize("material", ["glacier", "solar"])
+def test_planted_material_is_opt_in_and_marked(tmp_path, small_catalog, small_params, material):
+    """``plant=``: a square of a spectrum no class has, marked in planted.tif (truth 255 there);
+    everything else is the unplanted catalog's, pixel for pixel."""
+    from pipeline.testing.demo import spectra
+
+    dates = small_params["dates"][:2]
+    cat = generate_catalog(tmp_path / material, **{**small_params, "dates": dates},
+                           plant=material, plant_px=5)  # fmt: skip
+    planted = _read(str(cat / "planted.tif")) == 1
+    truth = _read(str(cat / "truth.tif"))
+    assert planted.sum() == 25 and (truth[planted] == 255).all() and (truth[~planted] != 255).all()
+    assert json.loads((cat / "truth.json").read_text())["params"]["plant"] == material
+    a, b = _items(small_catalog)[1], _items(cat)[1]
+    red_a, red_b = _read(a["assets"]["red"]["href"]), _read(b["assets"]["red"]["href"])
+    np.testing.assert_array_equal(red_a[~planted], red_b[~planted])
+    scl = np.repeat(np.repeat(_read(b["assets"]["scl"]["href"]), 2, 0), 2, 1)
+    clear = planted & np.isin(scl, (4, 5, 6, 7))
+    if clear.any():  # the planted spectrum's red, within texture and noise
+        red = spectra.R[material][BANDS.index("B4")]
+        assert np.median(np.abs(red_b[clear] / 1e4 - red) / red) < 0.08
+    assert not (small_catalog / "planted.tif").exists()

@@ -82,6 +82,8 @@ def write_view_map(root: Path) -> dict:
                 topk_classes=np.stack([cls, second]),
                 topk_probs=np.stack([conf, (1 - conf) / 2]),
                 valid_obs=np.where(cls != 255, 3, 0)[None].repeat(len(PERIODS), 0),
+                margin=conf - (1 - conf) / 2,
+                entropy=np.where(cls != 255, 0.5, np.nan).astype(np.float32),
             ),
         )
     build_cogs(store, root, grid, NAMES, COLORS, period_labels=PERIODS)
@@ -257,7 +259,9 @@ def test_meta_gives_the_legend_with_exact_class_shares(server, map_dir):
     assert [c["color"] for c in meta["classes"]] == COLORS
     assert np.allclose([c["share"] for c in meta["classes"]], shares)
     assert meta["shares_exact"] is True
-    assert meta["layers"] == {"classes": True, "confidence": True, "valid_obs": True, "rgb": False}
+    assert meta["layers"] == {"classes": True, "confidence": True, "valid_obs": True,
+                              "rgb": False, "margin": True, "entropy": True}  # fmt: skip
+    assert [r["name"] for r in meta["ramps"]] == ["margin", "entropy"]
     assert meta["query"]["available"] is False and meta["query"]["reason"]
     w, s, e, n = meta["bounds"]
     assert w < AOI.centroid.x < e and s < AOI.centroid.y < n
@@ -282,7 +286,8 @@ def test_class_tiles_show_legend_colours_and_hide_a_toggled_class(server, map_di
     assert far.status_code == 200 and not _opaque_colours(far.content)
     assert requests.get(f"{server}tiles/nope/{z}/{x}/{y}.png", timeout=30).status_code == 404
     assert requests.get(f"{server}tiles/rgb/{z}/{x}/{y}.png", timeout=30).status_code == 404
-    for layer in ("confidence", "valid_obs"):
+    assert requests.get(f"{server}tiles/ood/{z}/{x}/{y}.png", timeout=30).status_code == 404
+    for layer in ("confidence", "valid_obs", "margin", "entropy"):
         r = requests.get(f"{server}tiles/{layer}/{z}/{x}/{y}.png", timeout=30)
         assert r.status_code == 200 and _opaque_colours(r.content)
 
@@ -298,6 +303,8 @@ def test_pixel_gives_the_stored_top_k(server, map_dir):
     assert res["topk"][0]["prob"] == pytest.approx(conf, abs=1e-4)
     assert res["topk"][1]["prob"] == pytest.approx((1 - conf) / 2, abs=1e-4)
     assert res["confidence"] == pytest.approx(conf, abs=1e-4) and res["valid_obs"] == 6
+    assert res["margin"] == pytest.approx(conf - (1 - conf) / 2, abs=1e-4)
+    assert res["entropy"] == pytest.approx(0.5)
     lon, lat = _lonlat_of_pixel(grid, 1, col)  # the nodata strip
     res = requests.get(f"{server}api/pixel", params={"lon": lon, "lat": lat}, timeout=30).json()
     assert res["topk"] == []

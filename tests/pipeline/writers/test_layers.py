@@ -49,6 +49,11 @@ def _result(tile, rgb: bool) -> TileResult:
         valid_obs=rng.integers(1, 4, (len(PERIODS), h, w)),
         embeddings=rng.standard_normal((4, h, w)).astype(np.float16),
         rgb=rng.integers(1, 256, (3, h, w)).astype(np.uint8) if rgb else None,
+        margin=rng.uniform(0, 1, (h, w)).astype(np.float32),
+        entropy=rng.uniform(0, 1, (h, w)).astype(np.float32),
+        ood=rng.uniform(0, 2, (h, w)).astype(np.float32),
+        classes_raw=cls,
+        postprocessed=np.zeros((h, w), np.uint8),
     )
 
 
@@ -57,7 +62,10 @@ def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("layers")
     grid = make_grid(AOI, UTM, 10, 16)
     store = root / "map.zarr"
-    create_map_store(store, grid, class_names=NAMES, k=1, period_labels=PERIODS, embed_dim=4)
+    create_map_store(
+        store, grid, class_names=NAMES, k=1, period_labels=PERIODS, embed_dim=4, ood=True,
+        postprocess=True,
+    )  # fmt: skip
     for t in grid.tiles:
         r = _result(t, rgb=True)
         write_tile(store, t, r)
@@ -72,7 +80,7 @@ def published(tmp_path_factory):
 
 def test_every_tile_result_field_is_a_layer_of_the_table():
     assert [f.name for f in dataclasses.fields(TileResult)] == [s.name for s in LAYER_SPECS]
-    assert LAYERS == ("classes", "confidence", "valid_obs")
+    assert LAYERS == ("classes", "confidence", "valid_obs", "margin", "entropy")
     assert layer("rgb").cog == "composite_rgb" and layer_of_product("composite_rgb").name == "rgb"
 
 
@@ -84,6 +92,7 @@ def test_store_arrays_follow_the_table(published):
     specs = store_layers(layout)
     assert [s.name for s in specs] == [
         "classes", "confidence", "topk_classes", "topk_probs", "valid_obs", "embeddings",
+        "margin", "entropy", "ood", "classes_raw", "postprocessed",
     ]  # fmt: skip
     for spec in specs:
         arr = g[spec.name]
@@ -95,15 +104,18 @@ def test_store_arrays_follow_the_table(published):
     for spec in LAYER_SPECS:
         if spec not in specs:
             assert spec.name not in g  # no composite (no bands), no field, rgb is tiles only
-    assert store_layers({**layout, "field_dims": 2})[-2:] == (
+    plain = {k: v for k, v in layout.items() if k not in ("ood", "postprocess")}
+    assert store_layers({**plain, "field_dims": 2})[-4:] == (
         layer("field_codes"),
         layer("field_scale"),
+        layer("margin"),
+        layer("entropy"),
     )
 
 
 def test_cogs_and_the_stac_item_follow_the_table(published):
     cogs, assets = published["cogs"], published["item"]["assets"]
-    assert set(cogs) == {s.cog for s in cog_layers("map", "tile")}
+    assert set(cogs) == {s.cog for s in cog_layers("map", "ood", "postprocess", "tile")}
     for product, path in cogs.items():
         spec = layer_of_product(product)
         with rasterio.open(path) as src:
@@ -123,10 +135,13 @@ def test_cogs_and_the_stac_item_follow_the_table(published):
 def test_the_workspace_lists_the_tables_products():
     assert PRODUCTS[1:4] == ("classes.tif", "confidence.tif", "valid_obs.tif")
     assert GRIDDED_PRODUCTS[2:5] == ("classes.vrt", "confidence.vrt", "valid_obs.vrt")
-    assert SIDECARS == ("classes.tif.aux.xml",)
+    assert SIDECARS == ("classes.tif.aux.xml", "classes_raw.tif.aux.xml")
     assert OPTIONAL_PRODUCTS == (
         "field.tif",
         "field_scale.tif",
         "composite_rgb.tif",
+        "ood.tif",
+        "classes_raw.tif",
+        "postprocessed.tif",
         "composite_rgb.png",
     )
