@@ -103,6 +103,9 @@ class BlockReader:
         self.same_crs: dict[tuple[str, str], bool] = {}
         """(target CRS string, href) -> whether the asset is in that CRS (pipeline.reading.native):
         comparing two CRS objects costs more than decoding a 256 px window of a block."""
+        self.gone: dict[str, dict] = {}
+        """Scene id -> failure record of scenes this process found permanently unreadable
+        (pipeline.run.tile_task.load_composite): later tiles drop them without asking again."""
         self._scratch = threading.local()
         """Per (scene ids, group key), the offset-plausibility verdict (pipeline.reading.native)."""
 
@@ -127,7 +130,9 @@ class BlockReader:
             ds.close()
             from pipeline.reading.cube import ReadFailure
 
-            raise ReadFailure(f"unreadable file: {href} has no raster band", "corrupt")
+            raise ReadFailure(
+                f"unreadable file: {href} has no raster band", "corrupt", asset=href.split("?")[0]
+            )
         self.opens += 1
         self._datasets[href] = ds
         while len(self._datasets) > self.max_open:
@@ -246,6 +251,16 @@ class BlockReader:
                     ]
             return out
 
+    def forget(self, href: str) -> None:
+        """Close ``href``'s dataset and drop its cached blocks (it is read afresh next time)."""
+        with self._lock:
+            ds = self._datasets.pop(href, None)
+            if ds is not None:
+                ds.close()
+            self._info.pop(href, None)
+            for key in [k for k in self._blocks if k[0] == href]:
+                self._nbytes -= self._blocks.pop(key).nbytes
+
     def clear(self) -> None:
         """Close every dataset and drop every cached block."""
         with self._lock:
@@ -268,8 +283,10 @@ def _raise_read_failure(exc: Exception, href: str) -> None:
     failure = classify_read_error(exc)
     if failure is None:
         raise exc
-    if href.split("?")[0] not in failure.message:
-        failure.message = f"{failure.message} ({href.split('?')[0]})"
+    asset = href.split("?")[0]
+    if asset not in failure.message:
+        failure.message = f"{failure.message} ({asset})"
+    failure.asset = asset
     raise failure from None
 
 

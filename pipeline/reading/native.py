@@ -280,7 +280,10 @@ def load_native(
     if failed:
         first = next(iter(failed.values()))
         more = f" (and {len(failed) - 1} more scene(s))" if len(failed) > 1 else ""
-        raise ReadFailure(first.message + more, first.kind, first.status, list(failed))
+        per_scene = {sid: {**e.to_dict(), "scenes": [sid]} for sid, e in failed.items()}
+        raise ReadFailure(
+            first.message + more, first.kind, first.status, list(failed), first.asset, per_scene
+        )
     scale = np.array([k[1] for k, _ in groups], np.float32)
     offset = np.array([k[2] for k, _ in groups], np.float32)
     masked = np.zeros(256, np.bool_)
