@@ -15,7 +15,9 @@ truncated file) raises :class:`pipeline.reading.cube.ReadFailure` (classified by
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,18 @@ CACHE_ENV = "S2LC_BLOCK_CACHE_MB"
 DEFAULT_CACHE_MB = 768
 #: At most this many datasets stay open per worker process.
 DEFAULT_MAX_OPEN = 512
+#: Attempts of one request (a dataset's open, a block's read) before its failure counts: a
+#: transient failure (HTTP 429 or 5xx, a connection reset, a truncated body, a timeout) closes
+#: the dataset, drops GDAL's cached bytes of the file and tries again after an exponential
+#: backoff with jitter (:func:`backoff_s`; about 16 s in all). HTTP 403 (re-signed by the
+#: caller), 404 and 410 are final at once. A local file that decodes as corrupt is final at once;
+#: over HTTP a truncated body decodes as corrupt too, so it is retried like the others.
+READ_ATTEMPTS = 8
+#: First backoff (seconds); each further retry doubles it, up to :data:`BACKOFF_MAX_S`.
+BACKOFF_S = 0.2
+BACKOFF_MAX_S = 5.0
+#: HTTP statuses that are never retried here (see :data:`READ_ATTEMPTS`).
+FINAL_STATUS = frozenset({403, 404, 410})
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,13 @@ def worker_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def backoff_s(attempt: int, rng: Any = random) -> float:
+    """Seconds to wait before retry ``attempt`` (1, 2, ...): ``BACKOFF_S * 2**(attempt - 1)``,
+    capped at :data:`BACKOFF_MAX_S`, times a uniform jitter in [0.5, 1.5) so that workers hit by
+    one burst do not retry in step."""
+    return min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (attempt - 1)) * (0.5 + rng.random())
+
+
 def gdal_options(threads: int | None = None) -> dict[str, Any]:
     """GDAL settings of the read path (documented in the README's "Reading" section).
 
@@ -62,8 +83,10 @@ def gdal_options(threads: int | None = None) -> dict[str, Any]:
       directory listing or side-car probing over HTTP.
     * ``GDAL_HTTP_MERGE_CONSECUTIVE_RANGES``, ``GDAL_HTTP_MULTIPLEX``: fewer range requests;
       ``GDAL_HTTP_MULTIRANGE=SERIAL``: one plain range per request (what every object store serves).
-    * ``GDAL_HTTP_MAX_RETRY=3``, ``GDAL_HTTP_RETRY_DELAY=1``: transient 429/5xx are retried before
-      a read counts as failed.
+    * ``GDAL_HTTP_MAX_RETRY=3``, ``GDAL_HTTP_RETRY_DELAY=0.2``: GDAL retries each HTTP request
+      answered 429/5xx itself (doubling the delay); :class:`BlockReader` then retries what still
+      fails, and what GDAL does not retry (resets, truncated bodies), per open or block read
+      (:data:`READ_ATTEMPTS`, jittered backoff).
     """
     return {
         "GDAL_NUM_THREADS": str(threads or worker_cores()),
@@ -74,7 +97,7 @@ def gdal_options(threads: int | None = None) -> dict[str, Any]:
         "GDAL_HTTP_MULTIRANGE": "SERIAL",
         "GDAL_HTTP_MULTIPLEX": "YES",
         "GDAL_HTTP_MAX_RETRY": "3",
-        "GDAL_HTTP_RETRY_DELAY": "1",
+        "GDAL_HTTP_RETRY_DELAY": "0.2",
     }
 
 
@@ -94,7 +117,9 @@ class BlockReader:
         self._nbytes = 0
         self._lock = threading.RLock()
         self._env = gdal_options()
-        self.opens = self.decoded = self.hits = 0
+        self.opens = self.decoded = self.hits = self.retries = 0
+        self._urls: dict[str, str | None] = {}
+        """href -> the URL it was opened from (a signed URL), to reopen it after a failure."""
         self.offset_checks: dict = {}
         self.items: OrderedDict[tuple, tuple[list, list]] = OrderedDict()
         """Converted STAC items per item set (pipeline.reading.load_reflectance), LRU."""
@@ -115,17 +140,25 @@ class BlockReader:
 
     # -- datasets -------------------------------------------------------------------------
     def _dataset(self, href: str, url: str | None = None) -> Any:
+        """The open dataset of ``href`` (opened from ``url`` if given), retried
+        (:meth:`_retrying`); raises :class:`pipeline.reading.cube.ReadFailure`."""
+        ds = self._datasets.get(href)
+        if ds is not None:
+            self._datasets.move_to_end(href)
+            return ds
+        return self._retrying(href, lambda: self._open(href, url))
+
+    def _open(self, href: str, url: str | None = None) -> Any:
+        """Open ``href`` once (no retry; GDAL's and rasterio's errors raised as they are)."""
         import rasterio
 
         ds = self._datasets.get(href)
         if ds is not None:
             self._datasets.move_to_end(href)
             return ds
-        try:
-            with rasterio.Env(**self._env):
-                ds = rasterio.open(url or href)
-        except Exception as exc:  # noqa: BLE001 - classified, others re-raised
-            _raise_read_failure(exc, href)
+        url = url or self._urls.get(href)
+        with rasterio.Env(**self._env):
+            ds = rasterio.open(url or href)
         if ds.count < 1:
             ds.close()
             from pipeline.reading.cube import ReadFailure
@@ -135,11 +168,68 @@ class BlockReader:
             )
         self.opens += 1
         self._datasets[href] = ds
+        self._urls[href] = url
         while len(self._datasets) > self.max_open:
             old_href, old = self._datasets.popitem(last=False)
             self._info.pop(old_href, None)
+            self._urls.pop(old_href, None)
             old.close()
         return ds
+
+    def _retrying(self, href: str, request: Any) -> Any:
+        """``request()``, tried up to :data:`READ_ATTEMPTS` times while it fails transiently.
+
+        Between tries the dataset is closed and GDAL's cached bytes of the file dropped (a
+        truncated body leaves a dataset that fails every later read), then it waits
+        :func:`backoff_s`. Raises the classified :class:`pipeline.reading.cube.ReadFailure` of
+        the last try; errors that are not about reading propagate as they are.
+        """
+        from pipeline.reading.cube import ReadFailure, classify_read_error
+
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return request()
+            except Exception as exc:  # noqa: BLE001 - classified, others re-raised
+                failure = classify_read_error(exc)
+                if failure is None:
+                    raise
+                url = self._urls.get(href) or href
+                remote = url.startswith(("http://", "https://"))
+                if failure.kind == "corrupt" and remote:
+                    # GDAL says "not recognized as a supported file format" when the request
+                    # for the header failed (429, 503, a reset): ask the store what it says.
+                    status = probe_status(url)
+                    if status is None or status >= 400:
+                        failure = ReadFailure(
+                            f"HTTP {status}: {failure.message}" if status else failure.message,
+                            "http" if status else "io",
+                            status,
+                        )
+                final = (
+                    attempt == READ_ATTEMPTS
+                    or failure.status in FINAL_STATUS
+                    or (failure.kind == "corrupt" and not remote)
+                )
+                if final:
+                    if isinstance(exc, ReadFailure) and failure.kind == exc.kind:
+                        raise
+                    _raise_read_failure(failure, href)
+            self.retries += 1
+            self._reopen_later(href)
+            time.sleep(backoff_s(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reopen_later(self, href: str) -> None:
+        """Close ``href``'s dataset and drop GDAL's cached bytes of it (kept: the URL)."""
+        import rasterio.cache
+
+        ds = self._datasets.pop(href, None)
+        if ds is not None:
+            ds.close()
+        self._info.pop(href, None)
+        url = self._urls.get(href) or href
+        if "://" in url:
+            rasterio.cache.invalidate(url.split("?")[0])
 
     def info(self, href: str, url: str | None = None) -> RasterInfo:
         """CRS, transform, shape, block shape and dtype of ``href`` (opened once, from ``url``
@@ -179,11 +269,12 @@ class BlockReader:
         h, w = ds.shape
         r0, c0 = br * bh, bc * bw
         win = Window(c0, r0, min(bw, w - c0), min(bh, h - r0))
-        try:
+
+        def request() -> np.ndarray:
             with self._env_ctx():
-                blk = ds.read(1, window=win)
-        except Exception as exc:  # noqa: BLE001 - classified, others re-raised
-            _raise_read_failure(exc, href)
+                return self._open(href).read(1, window=win)
+
+        blk = self._retrying(href, request)
         self.decoded += 1
         self._blocks[key] = blk
         self._nbytes += blk.nbytes
@@ -231,13 +322,15 @@ class BlockReader:
             if bh < 16:  # striped (not tiled): a block cache does not pay off
                 from rasterio.windows import Window
 
-                try:
+                win = Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
+
+                def request() -> np.ndarray:
                     with self._env_ctx():
-                        out[r_lo - row0 : r_hi - row0, c_lo - col0 : c_hi - col0] = ds.read(
-                            1, window=Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
-                        )
-                except Exception as exc:  # noqa: BLE001 - classified, others re-raised
-                    _raise_read_failure(exc, href)
+                        return self._open(href).read(1, window=win)
+
+                out[r_lo - row0 : r_hi - row0, c_lo - col0 : c_hi - col0] = self._retrying(
+                    href, request
+                )
                 self.decoded += 1
                 return out
             for br in range(r_lo // bh, (r_hi - 1) // bh + 1):
@@ -254,10 +347,8 @@ class BlockReader:
     def forget(self, href: str) -> None:
         """Close ``href``'s dataset and drop its cached blocks (it is read afresh next time)."""
         with self._lock:
-            ds = self._datasets.pop(href, None)
-            if ds is not None:
-                ds.close()
-            self._info.pop(href, None)
+            self._reopen_later(href)
+            self._urls.pop(href, None)
             for key in [k for k in self._blocks if k[0] == href]:
                 self._nbytes -= self._blocks.pop(key).nbytes
 
@@ -267,6 +358,7 @@ class BlockReader:
             for ds in self._datasets.values():
                 ds.close()
             self._datasets.clear()
+            self._urls.clear()
             self._info.clear()
             self._blocks.clear()
             self._nbytes = 0
@@ -274,6 +366,25 @@ class BlockReader:
     @property
     def cached_mb(self) -> float:
         return self._nbytes / 2**20
+
+
+def probe_status(url: str, timeout_s: float = 10.0) -> int | None:
+    """The HTTP status of a one-byte range request for ``url``, or None when none came back
+    (a reset, a timeout): tells a lost object (404), a refusal (403) or an overloaded store (429,
+    5xx) from a file that arrived and is corrupt (206/200)."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
+            resp.read()
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, http.client.HTTPException):
+        return None
 
 
 def _raise_read_failure(exc: Exception, href: str) -> None:

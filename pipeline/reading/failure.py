@@ -125,7 +125,14 @@ def classify_read_error(exc: BaseException, scenes: Iterable[str] = ()) -> ReadF
 
     if not isinstance(exc, (rasterio.errors.RasterioError, OSError)):
         return None
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    # rasterio raises "Read failed. See previous exception for details." with GDAL's error
+    # (the HTTP status, the curl error) chained: read the chain too.
+    parts, seen, e = [], set(), exc
+    while e is not None and id(e) not in seen and len(parts) < 4:
+        seen.add(id(e))
+        parts.append(" ".join(str(e).split()))
+        e = e.__cause__ or e.__context__
+    text = "; ".join(p for p in parts if p) or type(exc).__name__
     scenes = tuple(scenes)
     m = _HTTP_STATUS.search(text)
     if m:
