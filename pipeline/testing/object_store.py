@@ -19,16 +19,27 @@ does against a real store. What a remote store adds is configurable (:class:`Sto
 :class:`StoreCounter` counts requests, range requests, body bytes, faults by kind and the most
 requests in flight at once, so a benchmark can compare what a reader fetched with what it needed
 and how many requests it kept in flight.
+
+:func:`serve_store` runs the store in this process (tests change its config live);
+:func:`serve_store_process` in a process of its own (``python -m pipeline.testing.object_store``),
+which timings need: a reader that holds the GIL while GDAL waits on a socket would otherwise
+stall the server answering it (measured: 132 open datasets read from one in-process server hang
+until curl times out).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import random
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections import Counter as _Tally
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,12 +48,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-__all__ = ["FAULT_KINDS", "ObjectStore", "StoreConfig", "StoreCounter", "serve_store"]
+__all__ = [
+    "FAULT_KINDS",
+    "ObjectStore",
+    "StoreConfig",
+    "StoreCounter",
+    "serve_store",
+    "serve_store_process",
+]
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 #: Transient faults the store can inject (:attr:`StoreConfig.fault_kinds`).
 FAULT_KINDS = ("429", "503", "reset", "truncate")
 _CHUNK = 64 * 1024
+#: ``GET /<COUNTER_PATH>``: the store's counts as JSON (not counted themselves).
+COUNTER_PATH = "_store/counter"
 
 
 @dataclass
@@ -120,6 +140,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, body: bool) -> None:
         store = self.store
         rel = unquote(urlparse(self.path).path).lstrip("/")
+        if rel == COUNTER_PATH:  # the counts, for a store in another process
+            return self._counts()
         with store.lock:
             c = store.counter
             c.requests += 1
@@ -182,18 +204,31 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = fh.read(min(_CHUNK, left))
                 if not chunk:
                     break
+                if cfg.bandwidth_mbps:  # paced before it is sent: the last byte arrives late too
+                    time.sleep(len(chunk) * 8 / (cfg.bandwidth_mbps * 1e6))
                 self.wfile.write(chunk)
                 left -= len(chunk)
                 with store.lock:
                     store.counter.bytes += len(chunk)
-                if cfg.bandwidth_mbps:
-                    time.sleep(len(chunk) * 8 / (cfg.bandwidth_mbps * 1e6))
         if fault == "truncate":
             with store.lock:
                 store.counter.faults[fault] += 1
             self.wfile.flush()
             self._reset()
         return None
+
+    def _counts(self) -> None:
+        with self.store.lock:
+            c = self.store.counter
+            doc = {k: getattr(c, k) for k in ("requests", "range_requests", "bytes", "not_found",
+                                                "max_in_flight")}  # fmt: skip
+            doc["faults"] = dict(c.faults)
+        body = json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _empty(self, status: int, retry_after: bool = False) -> None:
         self.send_response(status)
@@ -273,3 +308,67 @@ def serve_store(root: Path, config: StoreConfig | None = None) -> Iterator[Objec
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+class StoreProcess:
+    """A store serving from another process (:func:`serve_store_process`)."""
+
+    def __init__(self, url: str, root: Path) -> None:
+        self.url = url
+        self.root = Path(root).resolve()
+
+    def href(self, path: Path | str) -> str:
+        """The URL of a file under the store's folder (absolute or relative path)."""
+        p = Path(path)
+        rel = p.resolve().relative_to(self.root) if p.is_absolute() else p
+        return f"{self.url}/{rel.as_posix()}"
+
+    def counter(self) -> dict:
+        """The store's counts now (requests, range_requests, bytes, not_found, max_in_flight,
+        faults)."""
+        with urllib.request.urlopen(f"{self.url}/{COUNTER_PATH}", timeout=30) as resp:  # noqa: S310
+            return json.loads(resp.read())
+
+
+@contextmanager
+def serve_store_process(root: Path, config: StoreConfig | None = None) -> Iterator[StoreProcess]:
+    """Like :func:`serve_store`, in a process of its own (config fixed at start: latency,
+    bandwidth, fault rate, kinds, burst, seed; not ``missing`` nor ``fail_paths``)."""
+    cfg = config or StoreConfig()
+    cmd = [sys.executable, "-m", "pipeline.testing.object_store", str(root),
+           "--ttfb-s", str(cfg.ttfb_s), "--fault-rate", str(cfg.fault_rate),
+           "--fault-kinds", ",".join(cfg.fault_kinds), "--burst", str(cfg.burst),
+           "--seed", str(cfg.seed)]  # fmt: skip
+    if cfg.bandwidth_mbps:
+        cmd += ["--bandwidth-mbps", str(cfg.bandwidth_mbps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        url = (proc.stdout.readline() if proc.stdout else "").strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"the object store did not start ({url!r})")
+        yield StoreProcess(url, Path(root))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline.testing.object_store ROOT [--ttfb-s S] ...``: print the URL, serve."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("root", type=Path)
+    p.add_argument("--ttfb-s", type=float, default=0.0)
+    p.add_argument("--bandwidth-mbps", type=float)
+    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--fault-kinds", default=",".join(FAULT_KINDS))
+    p.add_argument("--burst", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    cfg = StoreConfig(a.ttfb_s, a.bandwidth_mbps, a.fault_rate,
+                      tuple(k for k in a.fault_kinds.split(",") if k), a.burst, a.seed)  # fmt: skip
+    with serve_store(a.root, cfg) as store:
+        print(store.url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

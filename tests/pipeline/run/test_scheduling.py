@@ -95,7 +95,7 @@ def test_dead_letter_then_retry_failed(one_bad_tile_catalog, tmp_path):
 
     root, store = one_bad_tile_catalog
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "S2LC_READ_ATTEMPTS": "2"}  # fail in seconds
     with serve(root) as url:
         base = [
             sys.executable, "-m", "pipeline", "run", "--bbox", *_bbox(), "--start", "2023-05-01",
