@@ -175,6 +175,113 @@ def http_reads(items: list[dict], root: Path, tile: int, unit: int) -> dict:
         }
 
 
+def latency_reads(
+    items: list[dict],
+    root: Path,
+    ttfb_s: float = 0.03,
+    threads: int | None = None,
+    tile: int = TILE,
+    unit: int = UNIT,
+) -> dict:
+    """One read unit (``unit`` px at ``tile`` px tiles, the scenes' first) loaded through the
+    loopback object store (:func:`pipeline.testing.object_store.serve_store_process`, a process
+    of its own) with 0 and ``ttfb_s`` seconds
+    to first byte per request, in this order, with a fresh reader of ``threads`` threads each.
+
+    Returns per latency (``"0ms"``, ``"30ms"``): wall and CPU seconds, requests, range requests,
+    body bytes and the most requests in flight; plus the compressed bytes of the blocks needed.
+    """
+    import copy
+
+    import rasterio.cache
+
+    from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.reading.blocks import READ_THREADS
+    from pipeline.testing.object_store import StoreConfig, serve_store_process
+
+    threads = threads or READ_THREADS
+    paths = [Path(h.removeprefix("file://")) for h in _hrefs(items)]
+    needed, n_blocks = _needed_bytes(paths, (0, 0, unit, unit))
+    out: dict = {"needed_bytes": needed, "needed_blocks": n_blocks, "mpx": unit * unit / 1e6}
+    for delay in (0.0, ttfb_s):
+        rasterio.cache.invalidate_all()
+        with serve_store_process(root, StoreConfig(ttfb_s=delay)) as store:
+            remote = copy.deepcopy(items)
+            for it in remote:
+                for a in it["assets"].values():
+                    a["href"] = store.href(Path(a["href"].removeprefix("file://")))
+            reader = BlockReader(threads=threads)
+            wall, cpu = time.perf_counter(), time.process_time()
+            for r, c in windows(unit, tile, unit):
+                refl = load_reflectance(remote, _geobox(r, c, tile, tile), reader=reader)
+                assert refl.native
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            reader.clear()
+            c = store.counter()
+            out[f"{round(delay * 1000)}ms"] = {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                **{k: c[k] for k in ("requests", "range_requests", "bytes", "max_in_flight")},
+            }
+    return out
+
+
+def latency_entries(ttfb_s: float = 0.03, size: int = UNIT) -> list[Entry]:
+    """``read_latency_ratio_30ms`` (load wall time at ``ttfb_s`` per request / at 0 ms, one
+    run) and ``http_bytes_per_needed`` of the same loads, with the one-request-at-a-time reader
+    (``threads=1``, the read path before issue 26) measured beside it in the same run."""
+    import os
+
+    from pipeline.base.paths import cache_dir
+    from pipeline.bench.cogs import provider_scenes
+    from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.reading.blocks import READ_THREADS
+
+    root = cache_dir("bench", "cogs")
+    items = provider_scenes(root, size, ACQUISITIONS, BLOCK)
+    folder = root / f"es-like-{size}-{ACQUISITIONS}-{BLOCK}-0"
+    load_reflectance(items, _geobox(0, 0, 64, 64), reader=BlockReader())  # compiled kernels
+    serial = latency_reads(items, folder, ttfb_s, threads=1)
+    many = latency_reads(items, folder, ttfb_s, threads=READ_THREADS)
+    ms = f"{round(ttfb_s * 1000)}ms"
+    load = os.getloadavg()
+    notes = {
+        "scenes": f"{ACQUISITIONS} acquisitions x 11 assets, {size} px at 10 m, {BLOCK} px "
+        "blocks (pipeline.bench.cogs)",
+        "work": f"one {UNIT} px read unit at {TILE} px tiles, a fresh reader per load",
+        "server": "pipeline.testing.object_store on 127.0.0.1 (HTTP/1.1, single byte ranges, "
+        f"{ms} time to first byte per request)",
+        "reader_threads": READ_THREADS,
+        "load_average_1_5_15": [round(v, 2) for v in load],
+        "machine": f"{os.cpu_count()} cores, shared with other engineers: wall times are noisy",
+        "this_reader": many,
+        "one_request_at_a_time": serial,
+        "one_request_at_a_time_ratio": serial[ms]["wall_s"] / serial["0ms"]["wall_s"],
+    }
+    per = many[ms]
+    return [
+        Entry(
+            f"read_latency_ratio_{ms}",
+            per["wall_s"] / many["0ms"]["wall_s"],
+            f"load wall time at {ms} per request / at 0 ms (same run)",
+            threads=READ_THREADS,
+            notes={**notes, "target": "<= 1.3 (goal 1.1)"},
+        ),
+        Entry(
+            "http_bytes_per_needed",
+            per["bytes"] / many["needed_bytes"],
+            "bytes fetched / compressed bytes of the blocks needed",
+            notes={
+                **notes,
+                "bytes_per_mpx": per["bytes"] / many["mpx"],
+                "requests_per_mpx": per["requests"] / many["mpx"],
+                "range_requests_per_mpx": per["range_requests"] / many["mpx"],
+                "target": "<= 1.2",
+            },
+        ),
+    ]
+
+
 def _write_cpu_s_per_mpx() -> dict:
     """CPU seconds per Mpx of the per-tile raster writes and of the COG mosaic (in all and per
     layer, one GDAL thread per layer, so the CPU time is the work), synthetic 2048 px map."""

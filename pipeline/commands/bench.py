@@ -7,7 +7,17 @@ import argparse
 NAME = "bench"
 HELP = "benchmarks vs same-run baselines (models, composite, demo end to end) -> bench/results.json"
 
-SECTIONS = ("models", "composite", "demo", "stages", "reading", "projection", "field", "view")
+SECTIONS = (
+    "models",
+    "composite",
+    "demo",
+    "stages",
+    "reading",
+    "latency",
+    "projection",
+    "field",
+    "view",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
         log.info("read path vs decode floor, HTTP bytes, CPU precision (generated COGs)")
         entries += reading_entries(node_cores=args.node_cores)
+    if "latency" in sections:
+        from pipeline.bench.reading import latency_entries
+
+        log.info("reads through the loopback object store at 0 and 30 ms per request")
+        entries += latency_entries()
     if "field" in sections:
         from pipeline.bench.field import field_entries
 

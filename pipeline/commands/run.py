@@ -90,6 +90,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="attempts over all runs before a failing tile is dead-lettered (default 6: two "
         "runs with 2 retries each)",
     )
+    g.add_argument(
+        "--max-unreadable",
+        help="permanently unreadable scenes (HTTP 404/410, corrupt files) a run tolerates: they "
+        "are dropped and the map made from the others; the run fails when they exceed every "
+        "limit given: a share (5%%), a count (2) or both (default 5%%,2)",
+    )
     g = p.add_argument_group("outputs")
     g.add_argument("--out", help="output folder (default outputs/<region>/<period>/<model>/)")
     g.add_argument("--save-composite", action="store_true", help="add the composites to map.zarr")

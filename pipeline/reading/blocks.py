@@ -15,7 +15,9 @@ truncated file) raises :class:`pipeline.reading.cube.ReadFailure` (classified by
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,25 @@ CACHE_ENV = "S2LC_BLOCK_CACHE_MB"
 DEFAULT_CACHE_MB = 768
 #: At most this many datasets stay open per worker process.
 DEFAULT_MAX_OPEN = 512
+#: Attempts of one request (a dataset's open, a block's read) before its failure counts: a
+#: transient failure (HTTP 429 or 5xx, a connection reset, a truncated body, a timeout) closes
+#: the dataset, drops GDAL's cached bytes of the file and tries again after an exponential
+#: backoff with jitter (:func:`backoff_s`; about 16 s in all). HTTP 403 (re-signed by the
+#: caller), 404 and 410 are final at once. A local file that decodes as corrupt is final at once;
+#: over HTTP a truncated body decodes as corrupt too, so it is retried like the others.
+READ_ATTEMPTS = 8
+#: Files a reader fetches at once (:meth:`BlockReader.prefetch`): requests in flight per worker,
+#: which hide the store's time to first byte (30 ms in the same cloud region).
+READ_THREADS = 16
+#: Environment variable: :data:`READ_THREADS` of the process's reader (1: one request at a time).
+THREADS_ENV = "S2LC_READ_THREADS"
+#: Environment variable: :data:`READ_ATTEMPTS` of the process's reader (an integer >= 1).
+ATTEMPTS_ENV = "S2LC_READ_ATTEMPTS"
+#: First backoff (seconds); each further retry doubles it, up to :data:`BACKOFF_MAX_S`.
+BACKOFF_S = 0.2
+BACKOFF_MAX_S = 5.0
+#: HTTP statuses that are never retried here (see :data:`READ_ATTEMPTS`).
+FINAL_STATUS = frozenset({403, 404, 410})
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,13 @@ def worker_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def backoff_s(attempt: int, rng: Any = random) -> float:
+    """Seconds to wait before retry ``attempt`` (1, 2, ...): ``BACKOFF_S * 2**(attempt - 1)``,
+    capped at :data:`BACKOFF_MAX_S`, times a uniform jitter in [0.5, 1.5) so that workers hit by
+    one burst do not retry in step."""
+    return min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (attempt - 1)) * (0.5 + rng.random())
+
+
 def gdal_options(threads: int | None = None) -> dict[str, Any]:
     """GDAL settings of the read path (documented in the README's "Reading" section).
 
@@ -62,8 +90,10 @@ def gdal_options(threads: int | None = None) -> dict[str, Any]:
       directory listing or side-car probing over HTTP.
     * ``GDAL_HTTP_MERGE_CONSECUTIVE_RANGES``, ``GDAL_HTTP_MULTIPLEX``: fewer range requests;
       ``GDAL_HTTP_MULTIRANGE=SERIAL``: one plain range per request (what every object store serves).
-    * ``GDAL_HTTP_MAX_RETRY=3``, ``GDAL_HTTP_RETRY_DELAY=1``: transient 429/5xx are retried before
-      a read counts as failed.
+    * ``GDAL_HTTP_MAX_RETRY=3``, ``GDAL_HTTP_RETRY_DELAY=0.2``: GDAL retries each HTTP request
+      answered 429/5xx itself (doubling the delay); :class:`BlockReader` then retries what still
+      fails, and what GDAL does not retry (resets, truncated bodies), per open or block read
+      (:data:`READ_ATTEMPTS`, jittered backoff).
     """
     return {
         "GDAL_NUM_THREADS": str(threads or worker_cores()),
@@ -74,7 +104,7 @@ def gdal_options(threads: int | None = None) -> dict[str, Any]:
         "GDAL_HTTP_MULTIRANGE": "SERIAL",
         "GDAL_HTTP_MULTIPLEX": "YES",
         "GDAL_HTTP_MAX_RETRY": "3",
-        "GDAL_HTTP_RETRY_DELAY": "1",
+        "GDAL_HTTP_RETRY_DELAY": "0.2",
     }
 
 
@@ -85,7 +115,18 @@ class BlockReader:
     ``hits``) let benchmarks and tests check that each block is decoded once.
     """
 
-    def __init__(self, cache_mb: float = DEFAULT_CACHE_MB, max_open: int = DEFAULT_MAX_OPEN):
+    def __init__(
+        self,
+        cache_mb: float = DEFAULT_CACHE_MB,
+        max_open: int = DEFAULT_MAX_OPEN,
+        attempts: int = READ_ATTEMPTS,
+        threads: int = READ_THREADS,
+    ):
+        self.attempts = max(1, int(attempts))
+        """Tries of one request before its failure counts (:data:`READ_ATTEMPTS`)."""
+        self.threads = max(1, int(threads))
+        """Files read at once by :meth:`open_many` and :meth:`prefetch` (1: one at a time)."""
+        self._executor: Any = None
         self.cache_bytes = int(cache_mb * 2**20)
         self.max_open = max(1, int(max_open))
         self._datasets: OrderedDict[str, Any] = OrderedDict()
@@ -94,7 +135,9 @@ class BlockReader:
         self._nbytes = 0
         self._lock = threading.RLock()
         self._env = gdal_options()
-        self.opens = self.decoded = self.hits = 0
+        self.opens = self.decoded = self.hits = self.retries = 0
+        self._urls: dict[str, str | None] = {}
+        """href -> the URL it was opened from (a signed URL), to reopen it after a failure."""
         self.offset_checks: dict = {}
         self.items: OrderedDict[tuple, tuple[list, list]] = OrderedDict()
         """Converted STAC items per item set (pipeline.reading.load_reflectance), LRU."""
@@ -103,6 +146,9 @@ class BlockReader:
         self.same_crs: dict[tuple[str, str], bool] = {}
         """(target CRS string, href) -> whether the asset is in that CRS (pipeline.reading.native):
         comparing two CRS objects costs more than decoding a 256 px window of a block."""
+        self.gone: dict[str, dict] = {}
+        """Scene id -> failure record of scenes this process found permanently unreadable
+        (pipeline.run.tile_task.load_composite): later tiles drop them without asking again."""
         self._scratch = threading.local()
         """Per (scene ids, group key), the offset-plausibility verdict (pipeline.reading.native)."""
 
@@ -112,29 +158,106 @@ class BlockReader:
 
     # -- datasets -------------------------------------------------------------------------
     def _dataset(self, href: str, url: str | None = None) -> Any:
-        import rasterio
-
+        """The open dataset of ``href`` (opened from ``url`` if given), retried
+        (:meth:`_retrying`); raises :class:`pipeline.reading.cube.ReadFailure`."""
         ds = self._datasets.get(href)
         if ds is not None:
             self._datasets.move_to_end(href)
             return ds
-        try:
-            with rasterio.Env(**self._env):
-                ds = rasterio.open(url or href)
-        except Exception as exc:  # noqa: BLE001 - classified, others re-raised
-            _raise_read_failure(exc, href)
+        return self._retrying(href, lambda: self._open(href, url))
+
+    def _open(self, href: str, url: str | None = None) -> Any:
+        """Open ``href`` once (no retry; GDAL's and rasterio's errors raised as they are).
+
+        Thread-safe: the open itself runs outside the lock, so :meth:`prefetch` opens many files
+        at once."""
+        import rasterio
+
+        with self._lock:
+            ds = self._datasets.get(href)
+            if ds is not None:
+                self._datasets.move_to_end(href)
+                return ds
+            url = url or self._urls.get(href)
+        with rasterio.Env(**self._env):
+            ds = rasterio.open(url or href)
         if ds.count < 1:
             ds.close()
             from pipeline.reading.cube import ReadFailure
 
-            raise ReadFailure(f"unreadable file: {href} has no raster band", "corrupt")
-        self.opens += 1
-        self._datasets[href] = ds
-        while len(self._datasets) > self.max_open:
-            old_href, old = self._datasets.popitem(last=False)
-            self._info.pop(old_href, None)
-            old.close()
+            raise ReadFailure(
+                f"unreadable file: {href} has no raster band", "corrupt", asset=href.split("?")[0]
+            )
+        with self._lock:
+            raced = self._datasets.get(href)
+            if raced is not None:  # another thread opened it meanwhile
+                ds.close()
+                return raced
+            self.opens += 1
+            self._datasets[href] = ds
+            self._urls[href] = url
+            while len(self._datasets) > self.max_open:
+                old_href, old = self._datasets.popitem(last=False)
+                self._info.pop(old_href, None)
+                self._urls.pop(old_href, None)
+                old.close()
         return ds
+
+    def _retrying(self, href: str, request: Any) -> Any:
+        """``request()``, tried up to ``attempts`` times while it fails transiently.
+
+        Between tries the dataset is closed and GDAL's cached bytes of the file dropped (a
+        truncated body leaves a dataset that fails every later read), then it waits
+        :func:`backoff_s`. Raises the classified :class:`pipeline.reading.cube.ReadFailure` of
+        the last try; errors that are not about reading propagate as they are.
+        """
+        from pipeline.reading.cube import ReadFailure, classify_read_error
+
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return request()
+            except Exception as exc:  # noqa: BLE001 - classified, others re-raised
+                failure = classify_read_error(exc)
+                if failure is None:
+                    raise
+                url = self._urls.get(href) or href
+                remote = url.startswith(("http://", "https://"))
+                if failure.kind == "corrupt" and remote:
+                    # GDAL says "not recognized as a supported file format" when the request
+                    # for the header failed (429, 503, a reset): ask the store what it says.
+                    status = probe_status(url)
+                    if status is None or status >= 400:
+                        failure = ReadFailure(
+                            f"HTTP {status}: {failure.message}" if status else failure.message,
+                            "http" if status else "io",
+                            status,
+                        )
+                final = (
+                    attempt == self.attempts
+                    or failure.status in FINAL_STATUS
+                    or (failure.kind == "corrupt" and not remote)
+                )
+                if final:
+                    if isinstance(exc, ReadFailure) and failure.kind == exc.kind:
+                        raise
+                    _raise_read_failure(failure, href)
+            self.retries += 1
+            self._reopen_later(href)
+            time.sleep(backoff_s(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reopen_later(self, href: str) -> None:
+        """Close ``href``'s dataset and drop GDAL's cached bytes of it (kept: the URL)."""
+        import rasterio.cache
+
+        with self._lock:
+            ds = self._datasets.pop(href, None)
+            if ds is not None:
+                ds.close()
+            self._info.pop(href, None)
+            url = self._urls.get(href) or href
+        if "://" in url:
+            rasterio.cache.invalidate(url.split("?")[0])
 
     def info(self, href: str, url: str | None = None) -> RasterInfo:
         """CRS, transform, shape, block shape and dtype of ``href`` (opened once, from ``url``
@@ -174,11 +297,12 @@ class BlockReader:
         h, w = ds.shape
         r0, c0 = br * bh, bc * bw
         win = Window(c0, r0, min(bw, w - c0), min(bh, h - r0))
-        try:
+
+        def request() -> np.ndarray:
             with self._env_ctx():
-                blk = ds.read(1, window=win)
-        except Exception as exc:  # noqa: BLE001 - classified, others re-raised
-            _raise_read_failure(exc, href)
+                return self._open(href).read(1, window=win)
+
+        blk = self._retrying(href, request)
         self.decoded += 1
         self._blocks[key] = blk
         self._nbytes += blk.nbytes
@@ -226,13 +350,15 @@ class BlockReader:
             if bh < 16:  # striped (not tiled): a block cache does not pay off
                 from rasterio.windows import Window
 
-                try:
+                win = Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
+
+                def request() -> np.ndarray:
                     with self._env_ctx():
-                        out[r_lo - row0 : r_hi - row0, c_lo - col0 : c_hi - col0] = ds.read(
-                            1, window=Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
-                        )
-                except Exception as exc:  # noqa: BLE001 - classified, others re-raised
-                    _raise_read_failure(exc, href)
+                        return self._open(href).read(1, window=win)
+
+                out[r_lo - row0 : r_hi - row0, c_lo - col0 : c_hi - col0] = self._retrying(
+                    href, request
+                )
                 self.decoded += 1
                 return out
             for br in range(r_lo // bh, (r_hi - 1) // bh + 1):
@@ -246,12 +372,128 @@ class BlockReader:
                     ]
             return out
 
+    # -- many requests in flight ---------------------------------------------------------
+    def open_many(self, assets: list[tuple[str, str | None]]) -> None:
+        """Open the (href, url) files not open yet, :attr:`threads` at a time (errors are left
+        to the caller's own open, which retries and classifies them)."""
+        todo = [(h, u) for h, u in dict(assets).items() if not self.is_open(h)]
+        if self.threads <= 1 or len(todo) <= 1:
+            return
+        for batch in _batches(todo, max(1, self.max_open // 2)):
+            list(self._pool().map(lambda a: _quietly(self._dataset, *a), batch))
+
+    def prefetch(self, windows: list[tuple[str, int, int, int, int]]) -> None:
+        """Fetch and decode, :attr:`threads` files at a time, the blocks of these windows
+        (href, row0, col0, height, width; full-resolution pixels) that are not cached; a file
+        listed twice is fetched for its first window only.
+
+        Latency hiding: each file's missing blocks are read by one thread, in one read when they
+        form a rectangle (GDAL then merges the byte ranges of consecutive blocks into one
+        request), while the other threads wait on other files. Memory stays bounded: at most
+        half the block cache is fetched per round, and no more than half of ``max_open`` files.
+        Errors are left to :meth:`read`, which retries and classifies them. Files must be open.
+        """
+        if self.threads <= 1:
+            return
+        plan: list[tuple[str, list[tuple[int, int]], int, int, tuple[int, int], int]] = []
+        planned: set[str] = set()  # one thread per file: a dataset is never read concurrently
+        with self._lock:
+            for href, row0, col0, height, width in windows:
+                if href in planned:
+                    continue
+                planned.add(href)
+                ds = self._datasets.get(href)
+                if ds is None:
+                    continue
+                h, w = ds.shape
+                bh, bw = ds.block_shapes[0]
+                r_lo, r_hi = max(row0, 0), min(row0 + height, h)
+                c_lo, c_hi = max(col0, 0), min(col0 + width, w)
+                if bh < 16 or r_lo >= r_hi or c_lo >= c_hi:
+                    continue
+                missing = [
+                    (br, bc)
+                    for br in range(r_lo // bh, (r_hi - 1) // bh + 1)
+                    for bc in range(c_lo // bw, (c_hi - 1) // bw + 1)
+                    if (href, br, bc) not in self._blocks
+                ]
+                if missing:
+                    size = bh * bw * np.dtype(ds.dtypes[0]).itemsize
+                    plan.append((href, missing, bh, bw, (h, w), size))
+        budget = max(1, self.cache_bytes // 2)
+        batch: list = []
+        used = 0
+        for job in plan:
+            cost = len(job[1]) * job[5]
+            if batch and (used + cost > budget or len(batch) >= self.max_open // 2):
+                list(self._pool().map(lambda j: _quietly(self._fetch, *j[:5]), batch))
+                batch, used = [], 0
+            batch.append(job)
+            used += cost
+        if batch:
+            list(self._pool().map(lambda j: _quietly(self._fetch, *j[:5]), batch))
+
+    def _fetch(self, href, blocks, bh, bw, shape) -> None:
+        """Decode ``blocks`` ((row, col) block indices) of ``href`` into the cache."""
+        from rasterio.windows import Window
+
+        h, w = shape
+        rows = sorted({b[0] for b in blocks})
+        cols = sorted({b[1] for b in blocks})
+        rect = (
+            len(blocks) == len(rows) * len(cols)
+            and rows == list(range(rows[0], rows[-1] + 1))
+            and cols == list(range(cols[0], cols[-1] + 1))
+        )
+        parts = [blocks] if rect else [[b] for b in blocks]
+        for part in parts:
+            r0, c0 = part[0][0] * bh, part[0][1] * bw
+            r1 = min(h, (part[-1][0] + 1) * bh)
+            c1 = min(w, (part[-1][1] + 1) * bw)
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+
+            def request(win=win) -> np.ndarray:
+                with self._env_ctx():
+                    return self._open(href).read(1, window=win)
+
+            arr = self._retrying(href, request)
+            with self._lock:
+                for br, bc in part:
+                    key = (href, br, bc)
+                    if key in self._blocks:
+                        continue
+                    y, x = br * bh - r0, bc * bw - c0
+                    blk = np.ascontiguousarray(arr[y : y + bh, x : x + bw])
+                    self.decoded += 1
+                    self._blocks[key] = blk
+                    self._nbytes += blk.nbytes
+                while self._nbytes > self.cache_bytes and len(self._blocks) > 1:
+                    _, old = self._blocks.popitem(last=False)
+                    self._nbytes -= old.nbytes
+
+    def _pool(self) -> Any:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="s2lc-read")
+            return self._executor
+
+    def forget(self, href: str) -> None:
+        """Close ``href``'s dataset and drop its cached blocks (it is read afresh next time)."""
+        with self._lock:
+            self._reopen_later(href)
+            self._urls.pop(href, None)
+            for key in [k for k in self._blocks if k[0] == href]:
+                self._nbytes -= self._blocks.pop(key).nbytes
+
     def clear(self) -> None:
         """Close every dataset and drop every cached block."""
         with self._lock:
             for ds in self._datasets.values():
                 ds.close()
             self._datasets.clear()
+            self._urls.clear()
             self._info.clear()
             self._blocks.clear()
             self._nbytes = 0
@@ -261,6 +503,39 @@ class BlockReader:
         return self._nbytes / 2**20
 
 
+def _batches(seq: list, n: int) -> list[list]:
+    return [seq[i : i + n] for i in range(0, len(seq), n)]
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    """``fn(*args)``, read failures ignored: the serial path meets them again and raises them."""
+    from pipeline.reading.failure import ReadFailure
+
+    try:
+        fn(*args)
+    except ReadFailure:
+        pass
+
+
+def probe_status(url: str, timeout_s: float = 10.0) -> int | None:
+    """The HTTP status of a one-byte range request for ``url``, or None when none came back
+    (a reset, a timeout): tells a lost object (404), a refusal (403) or an overloaded store (429,
+    5xx) from a file that arrived and is corrupt (206/200)."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
+            resp.read()
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, http.client.HTTPException):
+        return None
+
+
 def _raise_read_failure(exc: Exception, href: str) -> None:
     """Raise ``exc`` as a classified :class:`pipeline.reading.cube.ReadFailure` (others as they are)."""
     from pipeline.reading.cube import classify_read_error
@@ -268,8 +543,10 @@ def _raise_read_failure(exc: Exception, href: str) -> None:
     failure = classify_read_error(exc)
     if failure is None:
         raise exc
-    if href.split("?")[0] not in failure.message:
-        failure.message = f"{failure.message} ({href.split('?')[0]})"
+    asset = href.split("?")[0]
+    if asset not in failure.message:
+        failure.message = f"{failure.message} ({asset})"
+    failure.asset = asset
     raise failure from None
 
 
@@ -278,7 +555,8 @@ _READER_LOCK = threading.Lock()
 
 
 def block_reader() -> BlockReader:
-    """This process's :class:`BlockReader` (cache size from ``S2LC_BLOCK_CACHE_MB``)."""
+    """This process's :class:`BlockReader` (cache size from ``S2LC_BLOCK_CACHE_MB``, attempts per
+    request from ``S2LC_READ_ATTEMPTS``)."""
     global _READER
     with _READER_LOCK:
         if _READER is None:
@@ -291,5 +569,15 @@ def block_reader() -> BlockReader:
                 from pipeline.base.errors import UserError
 
                 raise UserError(f"{CACHE_ENV}={env!r}: give the block cache size in MiB (>= 0)")
-            _READER = BlockReader(mb)
+            tries = os.environ.get(ATTEMPTS_ENV, "").strip() or str(READ_ATTEMPTS)
+            if not tries.isdigit() or int(tries) < 1:
+                from pipeline.base.errors import UserError
+
+                raise UserError(f"{ATTEMPTS_ENV}={tries!r}: give the attempts per request (>= 1)")
+            threads = os.environ.get(THREADS_ENV, "").strip() or str(READ_THREADS)
+            if not threads.isdigit() or int(threads) < 1:
+                from pipeline.base.errors import UserError
+
+                raise UserError(f"{THREADS_ENV}={threads!r}: give the files read at once (>= 1)")
+            _READER = BlockReader(mb, attempts=int(tries), threads=int(threads))
         return _READER

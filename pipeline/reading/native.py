@@ -109,17 +109,11 @@ def _read_asset(
     row, col = _lattice_offset(geobox, info, _same_crs(reader, geobox, href, info))
     ny, nx = geobox.shape
     res = int(round(info.transform.a))
-    if res != NATIVE_RESOLUTION[band]:
-        raise NotNative(f"{band} at {res} m, expected {NATIVE_RESOLUTION[band]} m")
     if out is not None and (out.shape != (ny, nx) or out.dtype != np.dtype(info.dtype)):
         out = None  # e.g. a provider's SCL stored as uint16: convert when fusing
+    sr0, sc0, sh, sw = _source_window(reader, href, band, geobox, resampling, info)
     if res == 10:
-        return reader.read(href, row, col, ny, nx, url, out=out)
-    # 20 m: the source pixels under the window (bilinear: one pixel of margin, which may sit in
-    # the neighbouring block; nearest needs none, so no neighbour block is decoded for it).
-    m = 0 if (band == SCL or resampling == "nearest") else 1
-    sr0, sc0 = row // 2 - m, col // 2 - m
-    sh, sw = (row + ny - 1) // 2 + m - sr0 + 1, (col + nx - 1) // 2 + m - sc0 + 1
+        return reader.read(href, sr0, sc0, sh, sw, url, out=out)
     src = reader.read(href, sr0, sc0, sh, sw, url)
     if out is None:
         out = np.empty((ny, nx), dtype=src.dtype)
@@ -130,6 +124,60 @@ def _read_asset(
             raise NotNative(f"{band} is {src.dtype}, the compiled path reads uint16")
         upsample2x_bilinear(src, sr0, sc0, row, col, out)
     return out
+
+
+def _source_window(
+    reader: BlockReader, href: str, band: str, geobox: Any, resampling: str, info: Any
+) -> tuple[int, int, int, int]:
+    """(row0, col0, height, width) of the asset's own pixels that ``geobox`` needs.
+
+    Raises NotNative when the asset is not on the window's lattice or resolution.
+    """
+    row, col = _lattice_offset(geobox, info, _same_crs(reader, geobox, href, info))
+    ny, nx = geobox.shape
+    res = int(round(info.transform.a))
+    if res != NATIVE_RESOLUTION[band]:
+        raise NotNative(f"{band} at {res} m, expected {NATIVE_RESOLUTION[band]} m")
+    if res == 10:
+        return row, col, ny, nx
+    # 20 m: the source pixels under the window (bilinear: one pixel of margin, which may sit in
+    # the neighbouring block; nearest needs none, so no neighbour block is decoded for it).
+    m = 0 if (band == SCL or resampling == "nearest") else 1
+    sr0, sc0 = row // 2 - m, col // 2 - m
+    return sr0, sc0, (row + ny - 1) // 2 + m - sr0 + 1, (col + nx - 1) // 2 + m - sc0 + 1
+
+
+def _prefetch(reader: BlockReader, groups: list, geobox: Any, resampling: str) -> None:
+    """Open every asset of the window's scenes and fetch the blocks it needs, many requests in
+    flight (:meth:`BlockReader.open_many`, :meth:`BlockReader.prefetch`): the serial assembly
+    that follows then finds them in the cache. Failures are left to it (retried, classified)."""
+    from pipeline.reading.cube import ReadFailure, sign_on_read
+
+    if reader.threads <= 1:
+        return
+    assets = [
+        (it.assets[band].href, band)
+        for _, members in groups
+        for _, it in members
+        for band in (*BANDS, SCL)
+    ]
+    opening = []
+    for href, _ in assets:
+        try:
+            opening.append((href, None if reader.is_open(href) else sign_on_read(href)))
+        except ReadFailure:
+            continue
+    reader.open_many(opening)
+    windows = []
+    for href, band in assets:
+        if not reader.is_open(href):
+            continue
+        try:
+            info = reader.info(href)
+            windows.append((href, *_source_window(reader, href, band, geobox, resampling, info)))
+        except (NotNative, ReadFailure):
+            return  # the serial path says why
+    reader.prefetch(windows)
 
 
 def group_items(items: list[Any]) -> list[tuple[tuple[Any, float, float], list[tuple[Any, Any]]]]:
@@ -259,6 +307,7 @@ def load_native(
     dn = reader.scratch("dn", (nt, len(BANDS), ny, nx), np.dtype(np.uint16))
     scl = reader.scratch("scl", (nt, ny, nx), np.dtype(np.uint8))
     failed: dict[str, ReadFailure] = {}  # every unreadable scene is named, not only the first
+    _prefetch(reader, groups, geobox, mask.resampling)
     for t, (_, members) in enumerate(groups):
         for m, (_, it) in enumerate(members):
             for k, band in enumerate((*BANDS, SCL)):
@@ -280,7 +329,10 @@ def load_native(
     if failed:
         first = next(iter(failed.values()))
         more = f" (and {len(failed) - 1} more scene(s))" if len(failed) > 1 else ""
-        raise ReadFailure(first.message + more, first.kind, first.status, list(failed))
+        per_scene = {sid: {**e.to_dict(), "scenes": [sid]} for sid, e in failed.items()}
+        raise ReadFailure(
+            first.message + more, first.kind, first.status, list(failed), first.asset, per_scene
+        )
     scale = np.array([k[1] for k, _ in groups], np.float32)
     offset = np.array([k[2] for k, _ in groups], np.float32)
     masked = np.zeros(256, np.bool_)

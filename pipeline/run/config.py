@@ -187,10 +187,52 @@ class ExecutionConfig:
     """Run only the tiles that failed earlier (dead-lettered or not)."""
     progress: bool = True
     """Show progress bars."""
+    max_unreadable: str = "5%,2"
+    """How many permanently unreadable scenes (HTTP 404/410, corrupt files: dropped, the map made
+    from the others) a run tolerates: ``P%`` (a share of the run's scenes), ``N`` (scenes) or
+    ``P%,N`` (the run fails only when both are exceeded). See :func:`unreadable_limit`."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise UserError(f"--max-attempts must be at least 1, got {self.max_attempts}")
+        unreadable_limit(self.max_unreadable)
+
+
+def unreadable_limit(spec: str | int | float) -> tuple[float | None, int | None]:
+    """(share, count) of ``--max-unreadable``: ``"5%,2"`` -> (0.05, 2), ``"3"`` -> (None, 3).
+
+    A run fails when its permanently unreadable scenes exceed every limit given (the default
+    ``5%,2``: more than 5 % of the scenes and more than 2 scenes). Raises :class:`UserError`
+    (one line) for anything else.
+    """
+    share: float | None = None
+    count: int | None = None
+    parts = [p.strip() for p in str(spec).split(",")]
+    try:
+        for part in parts:
+            if part.endswith("%") and share is None:
+                share = float(part[:-1]) / 100.0
+                if not 0.0 <= share <= 1.0:
+                    raise ValueError
+            elif part.isdigit() and count is None:
+                count = int(part)
+            else:
+                raise ValueError
+    except ValueError:
+        raise UserError(
+            f"--max-unreadable {spec!r}: give a share of the scenes (5%), a number of scenes (2) "
+            "or both (5%,2)"
+        ) from None
+    return share, count
+
+
+def too_many_unreadable(spec: str, unreadable: int, scenes: int) -> bool:
+    """Whether ``unreadable`` of ``scenes`` scenes exceed every limit of ``spec``
+    (:func:`unreadable_limit`)."""
+    share, count = unreadable_limit(spec)
+    over_share = share is None or unreadable > share * scenes
+    over_count = count is None or unreadable > count
+    return unreadable > 0 and over_share and over_count
 
 
 #: The fields of the existing search and mask configs that a run sets (the others keep their

@@ -25,12 +25,24 @@ from pipeline.run.calibration import (
     fit_field,
     fit_ood_reference,
 )
-from pipeline.run.config import RunConfig, default_output_dir
+from pipeline.run.config import RunConfig, default_output_dir, too_many_unreadable
 from pipeline.run.inputs import RunInputs
 from pipeline.run.prepare import Prepared, check_inputs, prepare_tiles, resolve_precision
 from pipeline.run.publishing import field_attrs, field_dims, publish
-from pipeline.run.reporting import coverage_report, ledger_from_tiles, run_report, up_to_date
-from pipeline.run.scheduling import TilesFailed, failure_summary, run_tiles, select_tiles
+from pipeline.run.reporting import (
+    coverage_report,
+    ledger_from_tiles,
+    run_report,
+    unreadable_warnings,
+    up_to_date,
+)
+from pipeline.run.scheduling import (
+    TilesFailed,
+    TooManyUnreadable,
+    failure_summary,
+    run_tiles,
+    select_tiles,
+)
 from pipeline.run.workspace import TileFailure, Workspace
 from pipeline.stac.scenes import SceneLedger
 from pipeline.stac.search import search_run_scenes
@@ -299,9 +311,12 @@ def report_run(run: RunState) -> dict[str, Any]:
     """``run.json``'s content: the run's report plus precision, field, scene ledger, coverage."""
     cfg, prep, stats = run.cfg, run.prep, run.stats
     all_stats = {**run.done_before, **stats}
-    ledger_from_tiles(run.ledger, stats, run.failures)
+    # earlier runs' tiles too: a resumed run keeps their dropped scenes and failures
+    ledger_from_tiles(run.ledger, all_stats, {**run.dead_before, **run.failures})
     for line in run.ledger.summary_lines():
         _log.info("%s", line)
+    for line in unreadable_warnings(run.ledger):
+        _log.warning("%s", line)
     for stage in ("load", "composite", "infer", "write"):
         run.seconds[f"{stage}_worker_sum"] = float(
             sum(s["seconds"].get(stage, 0.0) for s in stats.values())
@@ -354,10 +369,20 @@ def publish_run(run: RunState, report: dict[str, Any]) -> None:
         **{t: f for t, f in failures.items() if f.attempts >= cfg.execution.max_attempts},
     }
     report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
-    if failures or dead:
+    unreadable = run.ledger.unreadable()
+    too_many = too_many_unreadable(cfg.execution.max_unreadable, len(unreadable), len(run.items))
+    if failures or dead or too_many:
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - run.t0
         write_json(ws.out / "run.json", report)
+    if too_many and not (failures or dead):
+        raise TooManyUnreadable(
+            f"{len(unreadable)} of {len(run.items)} scenes cannot be read (HTTP 404/410 or "
+            f"corrupt: {', '.join(unreadable[:3])}{' ...' if len(unreadable) > 3 else ''}), more "
+            f"than --max-unreadable {cfg.execution.max_unreadable}; the map is not published, "
+            f"finished tiles are kept; see {ws.out / 'run.json'} (scene_ledger)"
+        )
+    if failures or dead:
         every = {**dead, **failures}
         msg = failure_summary(every, len(prep.grid.tiles), ws.out / "run.json")
         if dead:

@@ -13,14 +13,43 @@ from pipeline.stac.scenes import SceneLedger
 
 
 def ledger_from_tiles(ledger: SceneLedger, stats: dict, failures: dict[str, TileFailure]) -> None:
-    """Add the tiles' read failures and offset warnings to the scene ledger."""
+    """Add the tiles' read failures and offset warnings to the scene ledger.
+
+    ``stats`` (tile id -> stats) should hold every done tile, earlier runs' included, and
+    ``failures`` every failed tile, dead-lettered ones included: the scenes tiles dropped as
+    permanently unreadable (``stats[tid]["unreadable"]``) and those that failed tiles then stay
+    in the ledger of a resumed run.
+    """
     for tid, f in failures.items():
         if f.error_kind == "read_failure":
             for sid in f.scenes:
-                ledger.read_failure(sid, f.message, tid)
-    for s in stats.values():
+                ledger.read_failure(sid, f.message, tid, status=f.http_status)
+    for tid, s in stats.items():
+        for sid, rec in (s.get("unreadable") or {}).items():
+            ledger.read_failure(
+                sid,
+                rec.get("message", ""),
+                s.get("tile", tid),
+                status=rec.get("status"),
+                permanent=True,
+                asset=rec.get("asset"),
+            )
         for sid, text in (s.get("offset_warnings") or {}).items():
             ledger.warn(sid, text)
+
+
+def unreadable_warnings(ledger: SceneLedger) -> list[str]:
+    """One line per scene the map was made without because it cannot be read (for the log)."""
+    out = []
+    for sid in ledger.unreadable():
+        e = ledger.scenes[sid]
+        tiles = e.get("tiles", [])
+        what = f"HTTP {e['http_status']}" if e.get("http_status") else "corrupt or unreadable"
+        out.append(
+            f"scene {sid} cannot be read ({what}, {e.get('asset') or 'asset unknown'}): the map "
+            f"of {len(tiles)} tile(s) was made from the other scenes; see run.json's scene_ledger"
+        )
+    return out
 
 
 #: A period gap-filled (no clear observation) over more than this share of the region warns.

@@ -188,6 +188,14 @@ class TilesFailed(UserError):
     exit_code = 3
 
 
+class TooManyUnreadable(UserError):
+    """More scenes than ``--max-unreadable`` allows cannot be read ever (HTTP 404/410, corrupt):
+    the tiles finished without them, nothing is published. Exit code 3, like
+    :class:`TilesFailed`."""
+
+    exit_code = 3
+
+
 def failure_summary(failures: dict[str, TileFailure], total: int, where: Path) -> str:
     """One line: how many tiles failed, the first few with their reason, where the list is."""
     shown = []

@@ -55,30 +55,70 @@ class TileJob:
     then return embeddings, and the tile scores them."""
 
 
-def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str]]:
+def load_composite(
+    job: TileJob, geobox
+) -> tuple[Any, int, float, dict[str, str], dict[str, dict[str, Any]]]:
     """The window's composite (eager, inside the task), its observation count (acquisition days),
-    the load seconds and the scenes whose DN contradict their offset (id -> reason).
+    the load seconds, the scenes whose DN contradict their offset (id -> reason) and the scenes
+    dropped because they cannot be read, ever (id -> failure record, see below).
 
     The shared window path (:func:`pipeline.composite.window.composite_window`): reads through
     :func:`pipeline.reading.load_reflectance` (the native-grid fast path on the scenes' own
-    lattice, odc-stac's warp elsewhere). Raises :class:`pipeline.reading.cube.ReadFailure`
-    when a scene cannot be read: lost input fails the tile, it is never composited as "no
-    observation".
+    lattice, odc-stac's warp elsewhere).
+
+    A scene whose read fails permanently (HTTP 404/410, a corrupt file:
+    :attr:`pipeline.reading.failure.ReadFailure.permanent`), twice in a row, is dropped from this
+    window and the window is read again without it: one lost object never blocks a map. Its
+    record (``kind``, ``status``, ``permanent``, ``asset``, ``message``) is returned so the run's
+    scene ledger and warnings name it. Any other read failure raises
+    :class:`pipeline.reading.cube.ReadFailure` and fails the tile: lost input is never
+    composited as "no observation".
     """
 
     from pipeline.composite.window import composite_window
+    from pipeline.reading import block_reader
+    from pipeline.reading.cube import ReadFailure
 
     c = job.composite
     # the worker's cached item dicts: the reader converts a worker's scenes once, not per tile
-    w = composite_window(
-        job.inputs.items(),
-        geobox,
-        start=c.start,
-        end=c.end,
-        period=c.period,
-        mask_snow=job.mask.mask_snow,
-    )
-    return w.composite, w.acquisitions, w.load_seconds, w.offset_warnings
+    items = job.inputs.items()
+    reader = block_reader()
+    # scenes this worker already found gone are not asked for again
+    dropped = {it["id"]: reader.gone[it["id"]] for it in items if it["id"] in reader.gone}
+    suspect: set[str] = set()  # failed permanently once: dropped if it fails so again
+    load_seconds = 0.0
+    while True:
+        t0 = time.perf_counter()
+        try:
+            w = composite_window(
+                [it for it in items if it["id"] not in dropped],
+                geobox,
+                start=c.start,
+                end=c.end,
+                period=c.period,
+                mask_snow=job.mask.mask_snow,
+            )
+        except ReadFailure as exc:
+            load_seconds += time.perf_counter() - t0
+            gone = exc.permanent_scenes()
+            if not gone or set(gone) & set(dropped):
+                raise
+            if not set(gone) <= suspect:  # read once more (cold): a truncated body is no proof
+                suspect |= set(gone)
+                for rec in gone.values():
+                    if rec.get("asset"):
+                        reader.forget(rec["asset"])
+                continue
+            dropped.update(gone)
+            reader.gone.update(gone)
+            continue
+        return (
+            w.composite,
+            w.acquisitions,
+            load_seconds + w.load_seconds,
+            w.offset_warnings,
+            dropped,
+        )
 
 
 def predict(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -116,7 +156,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     geom = job.inputs.region()
     adapter = job.model.adapter
     plan = adapter.chip_layout(tile.geobox, job.chips.window, job.chips.stride)
-    comp_full, n_scenes, t_load, offset_warnings = load_composite(
+    comp_full, n_scenes, t_load, offset_warnings, unreadable = load_composite(
         job, plan.geobox if plan else tile.geobox
     )
     t["composite"] = time.perf_counter()
@@ -202,6 +242,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
         "valid_pixels": int(valid.sum()),
         "coverage": coverage_counts(counts, inside),
         "offset_warnings": offset_warnings,
+        "unreadable": unreadable,
         "seconds": {
             "model": t["model"] - t["start"],
             "load": t_load,
@@ -235,5 +276,5 @@ def sample_embeddings(job: TileJob, n: int, seed: int) -> np.ndarray:
     m = job.model.load()
     rng = np.random.default_rng(seed)
     plan = adapter.chip_layout(job.tile.geobox, job.chips.window, job.chips.stride)
-    comp, _, _, _ = load_composite(job, plan.geobox if plan else job.tile.geobox)
+    comp, _, _, _, _ = load_composite(job, plan.geobox if plan else job.tile.geobox)
     return adapter.sample(job, m, comp, plan, n, rng)

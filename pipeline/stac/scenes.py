@@ -64,15 +64,43 @@ class SceneLedger:
         if text not in warnings:
             warnings.append(text)
 
-    def read_failure(self, scene_id: str, detail: str, tile: str | None = None) -> None:
-        """A scene whose pixels could not be read (in ``tile``): dropped, with the reason."""
+    def read_failure(
+        self,
+        scene_id: str,
+        detail: str,
+        tile: str | None = None,
+        *,
+        status: int | None = None,
+        permanent: bool = False,
+        asset: str | None = None,
+    ) -> None:
+        """A scene whose pixels could not be read (in ``tile``): dropped, with the reason.
+
+        ``status`` (HTTP status or None), ``permanent`` (True: the object is gone or corrupt, the
+        map was made without the scene; False: its tiles failed) and ``asset`` (the href) are
+        kept in the entry; tiles accumulate over calls (and over resumed runs).
+        """
         entry = self.scenes.get(scene_id, {})
         tiles = list(entry.get("tiles", []))
         if tile and tile not in tiles:
             tiles.append(tile)
         self.drop(scene_id, "read_failure", detail)
+        entry = self.scenes[scene_id]
         if tiles:
-            self.scenes[scene_id]["tiles"] = tiles
+            entry["tiles"] = tiles
+        entry["permanent"] = bool(permanent or entry.get("permanent"))
+        if status is not None:
+            entry["http_status"] = status
+        if asset:
+            entry["asset"] = asset
+
+    def unreadable(self) -> list[str]:
+        """Ids of the scenes dropped because they cannot be read ever (``permanent``)."""
+        return [
+            k
+            for k, v in self.scenes.items()
+            if v.get("reason") == "read_failure" and v.get("permanent")
+        ]
 
     @property
     def used(self) -> list[str]:

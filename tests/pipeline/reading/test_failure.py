@@ -43,3 +43,27 @@ def test_without_detaching_dask_would_lose_the_type():
     if isinstance(got, ReadFailure):
         pytest.skip("this rasterio's errors unpickle: the wrapper is belt and braces here")
     assert type(got) is Exception and "ReadFailure" in str(got)
+
+
+def test_404_410_and_corrupt_are_permanent_other_failures_transient():
+    import pickle
+
+    gone = ReadFailure("HTTP 404: gone", "http", 404, ["s1"], asset="http://h/s1/B04.tif")
+    assert gone.permanent and ReadFailure("x", "http", 410, ["s1"]).permanent
+    assert ReadFailure("bad tiff", "corrupt", None, ["s1"]).permanent
+    for transient in (
+        ReadFailure("x", "http", 503, ["s1"]),
+        ReadFailure("x", "http", 429, ["s1"]),
+        ReadFailure("x", "http", 403, ["s1"]),
+        ReadFailure("reset", "io", None, ["s1"]),
+    ):
+        assert not transient.permanent and transient.permanent_scenes() == {}
+    rec = gone.permanent_scenes()["s1"]
+    assert (rec["status"], rec["permanent"], rec["asset"]) == (404, True, "http://h/s1/B04.tif")
+    # a failure that names several scenes is pinned on none of them, unless each has its record
+    assert ReadFailure("x", "http", 404, ["s1", "s2"]).permanent_scenes() == {}
+    per = {"s1": rec, "s2": {**ReadFailure("x", "http", 503, ["s2"]).to_dict()}}
+    both = ReadFailure("x", "http", 404, ["s1", "s2"], per_scene=per)
+    assert list(both.permanent_scenes()) == ["s1"]
+    again = pickle.loads(pickle.dumps(both))
+    assert (again.asset, again.per_scene, again.permanent) == (both.asset, per, True)

@@ -80,7 +80,7 @@ def test_execution_settings_do_not_change_the_hash_and_every_other_part_does():
     cfg = RunConfig.of(region="demo", **YEAR, untrained=True)
     for f in dataclasses.fields(ExecutionConfig):
         value = {"out": "/elsewhere", "cluster": "slurm", "workers": 7, "cluster_config": "x.yaml",
-                 "retries": 9, "max_attempts": 2}.get(f.name, True)  # fmt: skip
+                 "retries": 9, "max_attempts": 2, "max_unreadable": "0"}.get(f.name, True)  # fmt: skip
         assert cfg.with_(**{f.name: value}).output_hash() == cfg.output_hash(), f.name
     changes = {"start": dt.date(2023, 2, 1), "model": "senclip", "max_cloud": 10.0,
                "mask_snow": False, "tile_size": 128, "top_k": 1, "seed": 1, "bbox": (1, 2, 3, 4),

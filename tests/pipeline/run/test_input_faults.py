@@ -231,3 +231,76 @@ def test_refused_reads_fail_their_tiles_and_a_rerun_redoes_only_those(tmp_path, 
     assert any("no clear observation in any period" in w for w in cov["warnings"])
     assert "no clear observation in any period" in second.stderr
     assert np.isfinite(cov["periods"]["2023"]["gap_filled_fraction"])
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1800)  # three runs of minutes each on a loaded 2-core machine
+def test_one_missing_object_drops_its_scene_and_the_map_is_made_from_the_others(tmp_path):
+    """Case one-missing-object-blocks-map (issue 26): one scene's B04 answers 404 forever. The
+    run publishes at once, the same map as a run without that scene, and the ledger and a
+    warning name it; with --max-unreadable 0 the run fails in one line and publishes nothing."""
+    import rasterio
+
+    from pipeline.testing.demo import generate_catalog
+    from pipeline.testing.object_store import serve_store
+    from pipeline.testing.stac_server import serve
+
+    bounds = (600000.0, 5340000.0, 600640.0, 5340640.0)
+    dates = [dt.datetime(2023, m, d, 10, 30, tzinfo=dt.UTC)
+             for m, d in ((5, 10), (5, 20), (6, 9), (6, 19))]  # fmt: skip
+    data = generate_catalog(tmp_path / "data", seed=9, layout="planetary-computer", bounds=bounds,
+                            aoi=bounds, dates=dates, cloud_fractions=[0.0] * 4,
+                            partial_swath=None)  # fmt: skip
+    collection = json.loads((data / "collection.json").read_text())
+    region = _region(tmp_path, bounds, "missing")
+    with serve_store(data) as store:
+        feats = json.loads((data / "items.json").read_text())["features"]
+        for f in feats:
+            for a in f["assets"].values():
+                a["href"] = a["href"].replace(data.as_uri(), store.url)
+        broken = feats[1]
+        b04 = broken["assets"]["B04"]["href"]
+        store.config.missing.add(b04.removeprefix(store.url + "/"))
+        cat = _write_catalog(tmp_path / "catalog", feats, collection)
+        without = _write_catalog(
+            tmp_path / "without", [f for f in feats if f["id"] != broken["id"]], collection
+        )
+        out, ref, strict = tmp_path / "out", tmp_path / "ref", tmp_path / "strict"
+        with serve(cat) as url:
+            first = _run(region, url, out, "2023-05-01", "2023-06-30")
+            again = _run(region, url, out, "2023-05-01", "2023-06-30")
+            refused = _run(region, url, strict, "2023-05-01", "2023-06-30",
+                           "--max-unreadable", "0")  # fmt: skip
+        with serve(without) as url:
+            plain = _run(region, url, ref, "2023-05-01", "2023-06-30")
+        assert store.counter.not_found >= 1
+
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    rep = json.loads((out / "run.json").read_text())
+    assert rep["status"] == "complete" and rep["tiles"]["failures"] == {}
+    assert rep["scene_ledger"]["counts"] == {"returned": 4, "used": 3, "read_failure": 1}
+    entry = rep["scene_ledger"]["scenes"][broken["id"]]
+    assert (entry["reason"], entry["http_status"], entry["permanent"]) == (
+        "read_failure",
+        404,
+        True,
+    )
+    assert entry["asset"] == b04 and entry["tiles"]  # the tiles it was dropped from
+    warned = [ln for ln in first.stderr.splitlines() if "WARNING" in ln and broken["id"] in ln]
+    assert warned and "HTTP 404" in warned[0]
+    for name in ("valid_obs.tif", "classes.tif", "confidence.tif"):
+        with rasterio.open(out / name) as a, rasterio.open(ref / name) as b:
+            np.testing.assert_array_equal(a.read(), b.read())  # the map of the other 3 scenes
+    with rasterio.open(out / "valid_obs.tif") as src:
+        assert src.read(1).max() == 3
+    # a rerun finds the map complete; the ledger still names the scene
+    assert again.returncode == 0 and "up to date" in again.stderr
+    assert json.loads((out / "run.json").read_text())["scene_ledger"] == rep["scene_ledger"]
+    # --max-unreadable 0: one line, exit 3, nothing published, the ledger written
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "1 of 4 scenes cannot be read" in last and "--max-unreadable 0" in last
+    assert not list(strict.glob("*.tif")) and not (strict / "map.zarr").exists()
+    rep3 = json.loads((strict / "run.json").read_text())
+    assert rep3["status"] == "incomplete" and broken["id"] in rep3["scene_ledger"]["scenes"]

@@ -2,7 +2,9 @@
 exit code says so, plain reruns leave it, and ``run --retry-failed`` redoes only it.
 
 A real run (local STAC API, LocalCluster of two processes) over the small catalog plus one extra
-scene whose footprint touches only the top-left tile and whose red band is corrupt.
+scene whose footprint touches only the top-left tile and whose red band the loopback object
+store refuses (HTTP 503, a transient failure that lasts: a permanently lost object would be
+dropped from the tile instead, see tests/pipeline/run/test_unreadable.py).
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ def test_select_tiles_dead_letter_and_retry_failed():
 
 @pytest.fixture()
 def one_bad_tile_catalog(small_catalog, tmp_path):
-    """The small catalog plus a scene covering only the first 32 px tile, with a corrupt COG."""
+    """The small catalog plus a scene covering only the first 32 px tile, whose red COG the
+    loopback object store answers with 503 (until ``store.config.fail_paths`` is cleared)."""
     from pyproj import Transformer
 
+    from pipeline.testing.object_store import StoreConfig, serve_store
     from tests.conftest import SMALL_BOUNDS
 
     root = tmp_path / "cat"
@@ -66,13 +70,13 @@ def one_bad_tile_catalog(small_catalog, tmp_path):
     bad["geometry"] = {"type": "Polygon", "coordinates": [[list(p) for p in ring]]}
     xs, ys = [p[0] for p in ring], [p[1] for p in ring]
     bad["bbox"] = [min(xs), min(ys), max(xs), max(ys)]
-    good_red = Path(bad["assets"]["red"]["href"].removeprefix("file://"))
-    corrupt = root / "damaged-red.tif"
-    corrupt.write_bytes(b"\0garbage")
-    bad["assets"]["red"]["href"] = corrupt.as_uri()
-    feats.append(bad)
-    (root / "items.json").write_text(json.dumps(doc))
-    return root, corrupt, good_red
+    refused = root / "refused-red.tif"
+    shutil.copyfile(Path(bad["assets"]["red"]["href"].removeprefix("file://")), refused)
+    with serve_store(root, StoreConfig(fail_paths={refused.name})) as store:
+        bad["assets"]["red"]["href"] = store.href(refused)
+        feats.append(bad)
+        (root / "items.json").write_text(json.dumps(doc))
+        yield root, store
 
 
 def _bbox():
@@ -89,9 +93,9 @@ def _bbox():
 def test_dead_letter_then_retry_failed(one_bad_tile_catalog, tmp_path):
     from pipeline.testing.stac_server import serve
 
-    root, corrupt, good_red = one_bad_tile_catalog
+    root, store = one_bad_tile_catalog
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "S2LC_READ_ATTEMPTS": "2"}  # fail in seconds
     with serve(root) as url:
         base = [
             sys.executable, "-m", "pipeline", "run", "--bbox", *_bbox(), "--start", "2023-05-01",
@@ -123,7 +127,7 @@ def test_dead_letter_then_retry_failed(one_bad_tile_catalog, tmp_path):
             "0 to run" in again.stderr or json.loads((out / "run.json").read_text())["dead_letter"]
         )
 
-        shutil.copyfile(good_red, corrupt)  # the input is fixed
+        store.config.fail_paths.clear()  # the storage answers again
         retried = run("--retry-failed")
         assert retried.returncode == 0, retried.stderr[-2000:]
         report = json.loads((out / "run.json").read_text())

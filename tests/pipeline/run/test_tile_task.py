@@ -115,3 +115,92 @@ def test_run_tiles_marks_done_tiles_and_records_a_failing_one(run):
     assert failures[bad].error_kind == "error" and "always fails" in failures[bad].message
     assert failures[bad].attempts == cfg.execution.retries + 1
     assert ws.failed_tiles() == failures
+
+
+def _over_http(feats: list[dict], store, root) -> list[dict]:
+    """The items with their assets read from the loopback object store."""
+    import copy
+    from pathlib import Path
+
+    out = copy.deepcopy(feats)
+    for f in out:
+        for a in f["assets"].values():
+            if a["href"].startswith("file://"):
+                p = Path(a["href"].removeprefix("file://"))
+                if p.is_relative_to(root):
+                    a["href"] = store.href(p)
+    return out
+
+
+def test_a_scene_whose_object_is_gone_is_dropped_and_the_tile_made_from_the_others(
+    run, small_catalog
+):
+    """Issue 26: a 404 (after a second try) drops its scene from the tile; the composite is the
+    one of the other scenes, bit for bit; later tiles on the worker do not ask for it again."""
+    from pathlib import Path
+
+    from pipeline.reading import block_reader
+    from pipeline.testing.object_store import serve_store
+
+    cfg, prep, ws, _ = run
+    feats = json.loads((small_catalog / "items.json").read_text())["features"]
+    gone = feats[3]
+    b04 = Path(gone["assets"]["red"]["href"].removeprefix("file://"))
+    tiles = prep.grid.tiles[:2]
+    reader = block_reader()
+    with serve_store(small_catalog) as store:
+        http = _over_http(feats, store, small_catalog)
+        store.config.missing.add(b04.relative_to(small_catalog).as_posix())
+        everything = RunInputs.write(ws.work, prep.geometry, http)
+        others = RunInputs.write(
+            ws.work / "others", prep.geometry, [f for f in http if f["id"] != gone["id"]]
+        )
+        reader.clear()
+        reader.gone.clear()
+        got = load_composite(tile_job(cfg, prep, ws, everything, tiles[0], None), tiles[0].geobox)
+        asked = store.counter.not_found
+        second = load_composite(
+            tile_job(cfg, prep, ws, everything, tiles[1], None), tiles[1].geobox
+        )
+        assert store.counter.not_found == asked >= 1  # known gone on this worker: not asked again
+        reader.clear()
+        want = load_composite(tile_job(cfg, prep, ws, others, tiles[0], None), tiles[0].geobox)
+        reader.gone.clear()
+    comp, n, _, _, dropped = got
+    assert list(dropped) == [gone["id"]] and list(second[4]) == [gone["id"]]
+    rec = dropped[gone["id"]]
+    assert (rec["status"], rec["permanent"], rec["kind"]) == (404, True, "http")
+    assert rec["asset"] == f"{store.url}/{b04.relative_to(small_catalog).as_posix()}"
+    assert want[4] == {} and n == want[1] == len(feats) - 1
+    np.testing.assert_array_equal(comp.values, want[0].values)
+    np.testing.assert_array_equal(comp.counts, want[0].counts)
+
+
+def test_a_transient_read_failure_fails_the_tile_and_drops_nothing(run, small_catalog):
+    """A 503 that outlasts the retries is not a lost scene: the tile fails (and is redone)."""
+    from pathlib import Path
+
+    from pipeline.reading import block_reader
+    from pipeline.reading.failure import ReadFailure
+    from pipeline.testing.object_store import serve_store
+
+    cfg, prep, ws, _ = run
+    feats = json.loads((small_catalog / "items.json").read_text())["features"]
+    b04 = Path(feats[3]["assets"]["red"]["href"].removeprefix("file://"))
+    tile = prep.grid.tiles[0]
+    reader = block_reader()
+    with serve_store(small_catalog) as store:
+        http = _over_http(feats, store, small_catalog)
+        store.config.fail_paths.add(b04.relative_to(small_catalog).as_posix())
+        inputs = RunInputs.write(ws.work, prep.geometry, http)
+        reader.clear()
+        reader.gone.clear()
+        attempts, reader.attempts = reader.attempts, 2  # the test need not wait 16 s
+        try:
+            with pytest.raises(ReadFailure) as info:
+                load_composite(tile_job(cfg, prep, ws, inputs, tile, None), tile.geobox)
+        finally:
+            reader.attempts = attempts
+        assert store.counter.faults["503"] >= 2 * 4  # 2 tries of GDAL's 1 + 3 retries
+    assert info.value.status == 503 and not info.value.permanent
+    assert info.value.scenes == (feats[3]["id"],) and reader.gone == {}

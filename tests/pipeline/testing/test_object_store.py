@@ -1,0 +1,99 @@
+"""The loopback object store is real HTTP: latency, bandwidth, faults and 404s as a client sees them."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.testing.object_store import StoreConfig, serve_store
+
+
+@pytest.fixture()
+def blob(tmp_path) -> Path:
+    p = tmp_path / "scene" / "B04.tif"
+    p.parent.mkdir()
+    p.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    return p
+
+
+def _get(url: str, path: str, rng: str | None = None):
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", path, headers={"Range": rng} if rng else {})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+def test_ranges_are_served_and_counted(blob, tmp_path):
+    with serve_store(tmp_path) as store:
+        status, body, headers = _get(store.url, "/scene/B04.tif", "bytes=10-19")
+        assert store.href(blob) == f"{store.url}/scene/B04.tif"
+    assert status == 206 and body == blob.read_bytes()[10:20]
+    assert headers["Content-Range"] == f"bytes 10-19/{blob.stat().st_size}"
+    c = store.counter
+    assert (c.requests, c.range_requests, c.bytes) == (1, 1, 10)
+
+
+def test_time_to_first_byte_is_per_request_and_bandwidth_limits_the_body(blob, tmp_path):
+    with serve_store(tmp_path, StoreConfig(ttfb_s=0.05)) as store:
+        host, port = store.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        t = time.perf_counter()
+        for _ in range(4):  # one keep-alive connection: the latency is paid per request
+            conn.request("GET", "/scene/B04.tif", headers={"Range": "bytes=0-99"})
+            assert conn.getresponse().read() == blob.read_bytes()[:100]
+        assert time.perf_counter() - t >= 4 * 0.05
+        conn.close()
+        store.config.ttfb_s = 0.0
+        store.config.bandwidth_mbps = 40.0  # 1 MiB at 40 Mbit/s: >= 0.21 s
+        t = time.perf_counter()
+        status, body, _ = _get(store.url, "/scene/B04.tif")
+        assert status == 200 and len(body) == blob.stat().st_size
+        assert time.perf_counter() - t >= 2**20 * 8 / 40e6
+
+
+def test_missing_objects_answer_404_forever(blob, tmp_path):
+    with serve_store(tmp_path, StoreConfig(missing={"scene/B04.tif"})) as store:
+        assert [_get(store.url, "/scene/B04.tif")[0] for _ in range(3)] == [404] * 3
+        assert _get(store.url, "/scene/B08.tif")[0] == 404  # no such file
+        assert store.counter.not_found == 4 and store.counter.bytes == 0
+
+
+def test_transient_faults_come_in_seeded_bursts_of_each_kind(blob, tmp_path):
+    def outcomes(kind: str, seed: int) -> list[str]:
+        cfg = StoreConfig(fault_rate=0.3, fault_kinds=(kind,), burst=2, seed=seed)
+        out = []
+        with serve_store(tmp_path, cfg) as store:
+            for _ in range(30):
+                try:
+                    status, body, _ = _get(store.url, "/scene/B04.tif", "bytes=0-65535")
+                    out.append(str(status) if status != 206 or len(body) == 65536 else "short")
+                except http.client.IncompleteRead:
+                    out.append("truncate")
+                except (ConnectionError, http.client.RemoteDisconnected):
+                    out.append("reset")
+            assert sum(store.counter.faults.values()) == sum(o != "206" for o in out)
+        return out
+
+    for kind in ("429", "503", "reset", "truncate"):
+        got = outcomes(kind, seed=3)
+        assert got == outcomes(kind, seed=3)  # reproducible
+        faults = [k for k, o in enumerate(got) if o != "206"]
+        assert faults and set(got) == {"206", kind}
+        # bursts: every fault starts a run of 2 (or ends the sequence)
+        starts = [k for k in faults if k - 1 not in faults]
+        assert all(k + 1 in faults or k == 29 for k in starts)
+
+
+def test_fail_paths_answer_503_until_cleared(blob, tmp_path):
+    cfg = StoreConfig(fail_paths={"scene/B04.tif"})
+    with serve_store(tmp_path, cfg) as store:
+        assert _get(store.url, "/scene/B04.tif")[0] == 503
+        store.config.fail_paths.clear()
+        assert _get(store.url, "/scene/B04.tif")[0] == 200
