@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if "reading" in sections:
         from pipeline.bench.reading import reading_entries
 
-        log.info("read path vs decode floor, HTTP bytes, CPU precision (generated COGs)")
+        log.info("read path vs decode floor, HTTP bytes (generated COGs)")
         entries += reading_entries(node_cores=args.node_cores)
     if "field" in sections:
         from pipeline.bench.field import field_entries

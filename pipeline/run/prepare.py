@@ -203,19 +203,42 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
     return names, colors, info, w
 
 
-def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
-    """``cfg`` with ``--precision auto`` resolved for this machine (:mod:`model.precision`).
+def resolve_precision(
+    cfg: RunConfig, threads: int | None = None
+) -> tuple[RunConfig, dict[str, Any]]:
+    """``cfg`` with ``--backend auto`` resolved for this machine (:mod:`model.precision`).
 
-    Runs before the output hash, so the hash covers the precision the pixels are computed in.
+    The driver runs this once, before the output hash, so the hash covers the backend and CPU
+    batch the pixels are computed with, and every worker gets them in its config (mixed nodes or
+    a resume elsewhere keep one hash). The measurement is timed with the driver's torch threads,
+    which :mod:`pipeline.run.cluster` also gives each worker (cores // workers).
+
+    Args:
+        cfg: the run's settings.
+        threads: torch threads per worker (:func:`pipeline.run.cluster.worker_threads`); the
+            measurement runs with that many (None: this process's).
     """
     if cfg.model.precision != "auto":
-        return cfg, {"requested": cfg.model.precision, "resolved": cfg.model.precision}
+        return cfg, {
+            "requested": cfg.model.precision,
+            "resolved": cfg.model.precision,
+            "batch": cfg.model.cpu_batch,
+        }
+    import torch
+
     from model.precision import resolve
 
     m = cfg.model.load()
     w = _legend_and_classifier(cfg, m)[3]
-    resolved, info = resolve(m, "auto", np.asarray(w, np.float32))
-    return cfg.with_(precision=resolved), info
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        resolved, info = resolve(m, "auto", np.asarray(w, np.float32), batch=cfg.model.cpu_batch)
+    finally:
+        torch.set_num_threads(before)
+    batch = info.get("batch") if m.device.type == "cpu" else None
+    return cfg.with_(precision=resolved, cpu_batch=batch), info
 
 
 def fit_tile_size(
