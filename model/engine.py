@@ -10,13 +10,15 @@
   back through a pinned buffer, and preprocessing (normalisation, min-max stretch, resize) runs on
   the GPU. :func:`pixel_probabilities` / :func:`chip_probabilities` also apply the text classifier
   on the GPU, so only (N, C) probabilities cross the bus.
-- CPU: the model's precision (:func:`set_precision`, from ``run --precision auto|fp32|bf16``;
-  ``auto`` is decided per machine by :mod:`model.precision`). bf16 runs a bf16-weight copy of the
-  TimeSenCLIP encoder (SenCLIP: bf16 autocast). Whether bf16 pays off depends on the CPU: on a
-  2-core Xeon without AVX512-BF16 it was 2-4x *slower* (:data:`CPU_DTYPE_NOTE`), on this project's
-  current machines (AVX-512 with bf16) 3.2-4.4x faster at >= 99 % argmax agreement. Without a
-  precision set, ``S2LC_CPU_DTYPE=bfloat16`` still opts in. CPU batches are
-  :data:`CPU_PIXEL_BATCH` pixels (cache-sized; results are bit-identical across batch sizes).
+- CPU: the model's backend (:func:`set_precision`, from ``run --backend auto|fp32|bf16|int8|
+  openvino-fp32|openvino-bf16``, alias ``--precision``; ``auto`` is decided per machine by
+  :mod:`model.precision`, the backends are :mod:`model.backends`). Whether bf16 pays off depends
+  on the CPU: on a 2-core Xeon without AVX512-BF16 it was 2-4x *slower* (:data:`CPU_DTYPE_NOTE`),
+  on AVX-512 with bf16 (AMD EPYC, 2026-12-07) OpenVINO bf16 ran 3.5x and torch bf16 1.5x fp32
+  per CPU-second. Without a backend set, ``S2LC_CPU_DTYPE=bfloat16`` still opts in to torch
+  bf16. CPU batches are the model's measured ``cpu_batch`` (``set_precision(..., batch=)``),
+  else :data:`CPU_PIXEL_BATCH` pixels (cache-sized; fp32 results are bit-identical across batch
+  sizes).
 
 Measured on one H100 (torch 2.11, untrained weights, 524,288 pixels / 4,096 64-px chips, numpy
 in and out, 2026-11-22): ``embed_pixels`` 394k px/s (T = 12), 500k (T = 4), 620k (T = 1);

@@ -76,6 +76,10 @@ class Workers:
 def _machine(entry: dict[str, Any]) -> str:
     notes = entry.get("notes") or {}
     where = notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
+    if notes.get("cpu_model"):  # CPU entries name the CPU and the backend ``auto`` picked there
+        where = f"{notes['cpu_model']}, {entry.get('threads')} threads"
+    if notes.get("backend"):
+        where += f", backend {notes['backend']} (batch {entry.get('batch')})"
     return (
         f"{entry['name']} ({entry.get('device')}) measured {entry.get('date', '?')[:10]} on {where}"
     )

@@ -241,6 +241,34 @@ def resolve_precision(
     return cfg.with_(precision=resolved, cpu_batch=batch), info
 
 
+def use_backend(m: Any, requested: str = "auto", legend: str | None = None) -> dict[str, Any]:
+    """Put model ``m`` on the backend ``requested`` (``auto``: as a map run decides it).
+
+    For commands that embed pixels outside a map run (``probe``): ``auto`` is resolved with the
+    classifier of ``legend`` (default lucas-lc8, a map's default), the same cached per-machine
+    decision a map run with that legend gets.
+
+    Returns:
+        the decision (``requested``, ``resolved``, ``batch``, ...), to record with the outputs.
+    """
+    from model.engine import set_precision
+    from model.legends import load_legend
+    from model.precision import resolve
+    from model.zeroshot import build_classifier
+
+    if requested == "auto" and m.device.type == "cpu" and not getattr(m, "has_text", True):
+        info = {"requested": "auto", "resolved": "fp32", "reason": "no text tower: no classifier"}
+        set_precision(m, "fp32")
+        return info
+    w = np.zeros((1, m.embed_dim), np.float32)
+    if requested == "auto" and m.device.type == "cpu":
+        w = build_classifier(m, load_legend(legend or "lucas-lc8", style="aerial"))
+        w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w)
+    backend, info = resolve(m, requested, np.asarray(w, np.float32))
+    set_precision(m, backend, batch=info.get("batch"))
+    return info
+
+
 def fit_tile_size(
     cfg: RunConfig, cluster: Any, previous: dict[str, Any] | None
 ) -> tuple[RunConfig, TileGrid]:
