@@ -187,6 +187,7 @@ def _timesenclip_cpu_entries(m, series, w, prompts, threads: int) -> list[Entry]
             best[k] = max(best[k], n / (time.perf_counter() - t))
     m.__dict__.pop("precision", None)
     m.__dict__.pop("cpu_batch", None)
+    covering = agreement_entry(m, threads)
     cpu = cpu_info()
     machine = {
         "cpu_model": cpu["model"],
@@ -240,6 +241,7 @@ def _timesenclip_cpu_entries(m, series, w, prompts, threads: int) -> list[Entry]
             },
         ),
     ]
+    entries.append(covering)
     common = {
         "sample": f"model.precision.covering_sample: {info['sample']} px covering "
         f"{info['classes_covered']} of {info['classes']} lucas-lc8 classes (fp32 argmax)",
@@ -282,6 +284,60 @@ def _timesenclip_cpu_entries(m, series, w, prompts, threads: int) -> list[Entry]
             )
         )
     return entries
+
+
+def spread_classifier(m, k: int = 8) -> np.ndarray:
+    """(k, D) unit class vectors: fp32 embeddings of k mutually distant pool pixels.
+
+    With untrained weights the lucas-lc8 text classifier puts the whole fixed sample in one class
+    (``classes_covered`` 1 of 8), so its agreement says nothing; these k vectors split the same
+    pool into k classes (greedy farthest-point choice), which the backends must then keep.
+    """
+    from model import engine
+    from model.precision import fixed_sample
+
+    previous = m.__dict__.get("precision")
+    engine.set_precision(m, "fp32")
+    e = engine.embed_pixels(m, fixed_sample(2048, seed=5))
+    if previous is None:
+        m.__dict__.pop("precision", None)
+    else:
+        m.precision = previous
+    take = [0]
+    for _ in range(k - 1):
+        take.append(int((e @ e[take].T).max(1).argmin()))
+    return e[take]
+
+
+def agreement_entry(m, threads: int, k: int = 8) -> Entry:
+    """Each backend's agreement with fp32 when the sample covers all ``k`` classes (1 round)."""
+    from model.precision import cpu_info, measure
+
+    load = _load()
+    meas = measure(m, spread_classifier(m, k), rounds=1)
+    res = meas["backends"]
+    return Entry(
+        "timesenclip_cpu_backend_agreement_covering",
+        min(r["agreement"] for r in res.values() if "agreement" in r),
+        "lowest argmax agreement with fp32",
+        device="cpu",
+        threads=threads,
+        notes={
+            "classifier": f"{k} mutually distant fp32 pool embeddings (spread_classifier)",
+            "classes_covered": meas["classes_covered"],
+            "sample": meas["sample"],
+            "backends": {
+                n: {
+                    key: r.get(key)
+                    for key in ("agreement", "cosine_mean", "cosine_min", "qualifies", "speedup")
+                }
+                for n, r in res.items()
+            },
+            "cpu_model": cpu_info()["model"],
+            "load_average_before": load,
+            "load_average_after": _load(),
+        },
+    )
 
 
 def _reference_chip_preprocess(chips: np.ndarray) -> torch.Tensor:
