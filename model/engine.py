@@ -55,7 +55,9 @@ GPU_BYTES_PER_CHIP = 5 * 512 * 1024  # measured 1.9 MB (ViT-B/32, 224 px)
 #: 256 x 13 tokens x 512 wide activations stay in L2; measured 2026-11-29 on the 2-core AVX-512
 #: machine (fp32, 1 thread): 1.33x the px/s of 2,048 and bit-identical (tests/model/test_precision.py).
 #: On a 2-core AMD EPYC without AVX-512 under heavy load the same day: 0.73x (bench entry
-#: ``timesenclip_cpu_batch_px_per_core_s``): re-measure before relying on either.
+#: ``timesenclip_cpu_batch_px_per_core_s``, since replaced): ``--backend auto`` now measures the
+#: batch per machine (2026-12-07, AVX-512 bf16 EPYC, OpenVINO bf16: 692 / 706 / 708 px per
+#: CPU-second at 256 / 1,024 / 2,048, within noise). This is the default without a measurement.
 CPU_PIXEL_BATCH = 256
 GPU_CHIP_BATCH = 512
 CPU_CHIP_BATCH = 16
