@@ -10,13 +10,15 @@
   back through a pinned buffer, and preprocessing (normalisation, min-max stretch, resize) runs on
   the GPU. :func:`pixel_probabilities` / :func:`chip_probabilities` also apply the text classifier
   on the GPU, so only (N, C) probabilities cross the bus.
-- CPU: the model's precision (:func:`set_precision`, from ``run --precision auto|fp32|bf16``;
-  ``auto`` is decided per machine by :mod:`model.precision`). bf16 runs a bf16-weight copy of the
-  TimeSenCLIP encoder (SenCLIP: bf16 autocast). Whether bf16 pays off depends on the CPU: on a
-  2-core Xeon without AVX512-BF16 it was 2-4x *slower* (:data:`CPU_DTYPE_NOTE`), on this project's
-  current machines (AVX-512 with bf16) 3.2-4.4x faster at >= 99 % argmax agreement. Without a
-  precision set, ``S2LC_CPU_DTYPE=bfloat16`` still opts in. CPU batches are
-  :data:`CPU_PIXEL_BATCH` pixels (cache-sized; results are bit-identical across batch sizes).
+- CPU: the model's backend (:func:`set_precision`, from ``run --backend auto|fp32|bf16|int8|
+  openvino-fp32|openvino-bf16``, alias ``--precision``; ``auto`` is decided per machine by
+  :mod:`model.precision`, the backends are :mod:`model.backends`). Whether bf16 pays off depends
+  on the CPU: on a 2-core Xeon without AVX512-BF16 it was 2-4x *slower* (:data:`CPU_DTYPE_NOTE`),
+  on AVX-512 with bf16 (AMD EPYC, 2026-12-07) OpenVINO bf16 ran 3.5x and torch bf16 1.5x fp32
+  per CPU-second. Without a backend set, ``S2LC_CPU_DTYPE=bfloat16`` still opts in to torch
+  bf16. CPU batches are the model's measured ``cpu_batch`` (``set_precision(..., batch=)``),
+  else :data:`CPU_PIXEL_BATCH` pixels (cache-sized; fp32 results are bit-identical across batch
+  sizes).
 
 Measured on one H100 (torch 2.11, untrained weights, 524,288 pixels / 4,096 64-px chips, numpy
 in and out, 2026-11-22): ``embed_pixels`` 394k px/s (T = 12), 500k (T = 4), 620k (T = 1);
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.backends import BACKENDS
 from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
@@ -52,7 +55,9 @@ GPU_BYTES_PER_CHIP = 5 * 512 * 1024  # measured 1.9 MB (ViT-B/32, 224 px)
 #: 256 x 13 tokens x 512 wide activations stay in L2; measured 2026-11-29 on the 2-core AVX-512
 #: machine (fp32, 1 thread): 1.33x the px/s of 2,048 and bit-identical (tests/model/test_precision.py).
 #: On a 2-core AMD EPYC without AVX-512 under heavy load the same day: 0.73x (bench entry
-#: ``timesenclip_cpu_batch_px_per_core_s``): re-measure before relying on either.
+#: ``timesenclip_cpu_batch_px_per_core_s``, since replaced): ``--backend auto`` now measures the
+#: batch per machine (2026-12-07, AVX-512 bf16 EPYC, OpenVINO bf16: 692 / 706 / 708 px per
+#: CPU-second at 256 / 1,024 / 2,048, within noise). This is the default without a measurement.
 CPU_PIXEL_BATCH = 256
 GPU_CHIP_BATCH = 512
 CPU_CHIP_BATCH = 16
@@ -68,22 +73,30 @@ def _dtype_from_env() -> torch.dtype | None:
     return table[name]
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
-"""Values of ``run --precision`` (``auto`` is resolved by :func:`model.precision.resolve`)."""
+PRECISIONS = ("auto", *BACKENDS)
+"""Values of ``run --backend`` (alias ``--precision``; ``auto`` is resolved by
+:func:`model.precision.resolve`). See :mod:`model.backends`."""
 
 
 def inference_dtype(device: torch.device | str, precision: str | None = None) -> torch.dtype:
-    """The compute dtype used on ``device`` (float32 means no autocast).
+    """The autocast dtype used on ``device`` (float32 means no autocast).
 
     Args:
         device: the model's device.
-        precision: ``"fp32"`` or ``"bf16"`` (fp16 on GPUs without bf16); None: the default
-            (bf16 on CUDA, ``S2LC_CPU_DTYPE`` or float32 on CPU).
+        precision: a backend (:data:`model.backends.BACKENDS`): ``"bf16"`` is bf16 (fp16 on
+            GPUs without bf16); the others compute in their own precision without autocast
+            (float32 here). None: the default (bf16 on CUDA, ``S2LC_CPU_DTYPE`` or float32 on
+            CPU).
+
+    Raises:
+        UserError: ``precision`` is not a backend (``auto`` must be resolved first).
     """
     dev = torch.device(device)
-    if precision not in (None, "fp32", "bf16"):
-        raise UserError(f"precision {precision!r}: use fp32 or bf16 (auto is resolved first)")
-    if precision == "fp32":
+    if precision is not None and precision not in BACKENDS:
+        raise UserError(
+            f"backend {precision!r}: use one of {', '.join(BACKENDS)} (auto is resolved first)"
+        )
+    if precision is not None and precision != "bf16":
         return torch.float32
     if dev.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -92,14 +105,38 @@ def inference_dtype(device: torch.device | str, precision: str | None = None) ->
     return _dtype_from_env() or torch.float32
 
 
-def set_precision(m, precision: str) -> None:
-    """Run ``m``'s inference in ``precision`` (``"fp32"`` or ``"bf16"``) from now on."""
-    inference_dtype(m.device, precision)  # validates
+def set_precision(m, precision: str, batch: int | None = None) -> None:
+    """Run ``m``'s inference on backend ``precision`` from now on (:mod:`model.backends`).
+
+    Args:
+        m: a loaded model.
+        precision: a backend available for ``m`` (``fp32``, ``bf16``, ``int8``,
+            ``openvino-fp32``, ``openvino-bf16``; chip models: ``fp32``, ``bf16``).
+        batch: CPU items per batch (None: keep the model's, else :data:`CPU_PIXEL_BATCH` /
+            :data:`CPU_CHIP_BATCH`).
+
+    Raises:
+        UserError: unknown backend, or one this model or device cannot run.
+    """
+    from model.backends import available
+
+    inference_dtype(m.device, precision)  # validates the name
+    if m.device.type == "cpu" and precision not in available(m):
+        raise UserError(
+            f"backend {precision!r} is not available for {m.name} on {m.device} "
+            f"(available: {', '.join(available(m))})"
+        )
     m.precision = precision
+    if batch is not None:
+        m.cpu_batch = int(batch)
+
+
+set_backend = set_precision
+"""Alias: the precision of a model is now its backend."""
 
 
 def model_dtype(m) -> torch.dtype:
-    """The compute dtype of model ``m`` (its :func:`set_precision`, else the device default)."""
+    """The autocast dtype of model ``m`` (its :func:`set_precision`, else the device default)."""
     return inference_dtype(m.device, getattr(m, "precision", None))
 
 
@@ -220,7 +257,16 @@ def _fast_encoder(m) -> tuple[torch.nn.Module, torch.dtype]:
 
 
 def _pixel_fn(m) -> Callable[[torch.Tensor], torch.Tensor]:
-    """batch -> L2-normalised embeddings (fp32 encoder, or its bf16-weight copy; no autocast)."""
+    """batch -> L2-normalised embeddings (the model's backend on CPU; no autocast)."""
+    backend = getattr(m, "precision", None)
+    if m.device.type == "cpu" and backend not in (None, "fp32", "bf16"):
+        from model.backends import encoder_fn
+
+        def run(b: torch.Tensor) -> torch.Tensor:
+            x = m.preprocess(b)
+            return F.normalize(encoder_fn(m, backend, x.shape[1])(x).float(), dim=-1)
+
+        return run
     enc, dtype = _fast_encoder(m)
     if dtype == torch.float32:
         return lambda b: m.pixel_embed(m.preprocess(b))
@@ -230,6 +276,11 @@ def _pixel_fn(m) -> Callable[[torch.Tensor], torch.Tensor]:
         return F.normalize(enc.inference(x).float(), dim=-1)
 
     return fn
+
+
+def _cpu_batch(m) -> int | None:
+    """The model's measured CPU batch (``set_precision(..., batch=)``), on CPU only."""
+    return getattr(m, "cpu_batch", None) if m.device.type == "cpu" else None
 
 
 def _check_pixels(m, series_x1e4) -> np.ndarray:
@@ -263,7 +314,7 @@ def embed_pixels(m, series_x1e4: np.ndarray, batch_size: int | None = None) -> n
         (N, 512) float32, L2-normalised.
     """
     x = _check_pixels(m, series_x1e4)
-    batch = int(batch_size or pixel_batch_size(m.device))
+    batch = int(batch_size or _cpu_batch(m) or pixel_batch_size(m.device))
     return _run_batches(x, batch, m.device, m.embed_dim, _pixel_fn(m))
 
 
@@ -279,7 +330,7 @@ def embed_chips(m, rgb: np.ndarray, batch_size: int | None = None) -> np.ndarray
         (N, D) float32, L2-normalised (D = 512 for ViT-B/32, 1024 for RN50).
     """
     x = _check_chips(m, rgb)
-    batch = int(batch_size or chip_batch_size(m.device))
+    batch = int(batch_size or _cpu_batch(m) or chip_batch_size(m.device))
     fn = lambda b: m.image_embed(m.preprocess(b))  # noqa: E731
     return _run_batches(x, batch, m.device, m.embed_dim, fn, model_dtype(m))
 
@@ -312,7 +363,7 @@ def pixel_probabilities(
     (N, C) probabilities leave the GPU, not (N, 512) embeddings.
     """
     x = _check_pixels(m, series_x1e4)
-    batch = int(batch_size or pixel_batch_size(m.device))
+    batch = int(batch_size or _cpu_batch(m) or pixel_batch_size(m.device))
     fn = _probability_fn(_pixel_fn(m), w, calibration, mode, logit_scale, m.device)
     return _run_batches(x, batch, m.device, int(torch.as_tensor(w).shape[0]), fn)
 
@@ -329,7 +380,7 @@ def chip_probabilities(
 ) -> np.ndarray:
     """(N, C) zero-shot class probabilities of RGB chips (see :func:`pixel_probabilities`)."""
     x = _check_chips(m, rgb)
-    batch = int(batch_size or chip_batch_size(m.device))
+    batch = int(batch_size or _cpu_batch(m) or chip_batch_size(m.device))
     embed = lambda b: m.image_embed(m.preprocess(b))  # noqa: E731
     fn = _probability_fn(embed, w, calibration, mode, logit_scale, m.device)
     n_classes = int(torch.as_tensor(w).shape[0])

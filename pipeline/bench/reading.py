@@ -1,4 +1,6 @@
-"""The read path against its decode floor, HTTP bytes against the blocks needed, CPU precision.
+"""The read path against its decode floor, HTTP bytes against the blocks needed.
+
+(The CPU inference backends are the ``models`` section: :mod:`pipeline.bench.models`.)
 
 All times are process CPU time (``time.process_time``: every thread of this process, nothing
 else), warm (files in the page cache, compiled kernels), because the machines running the bench
@@ -13,8 +15,6 @@ provider_scenes`, laid out like Earth Search's COGs (uint16 DEFLATE predictor 2,
   the floor.
 * ``http_bytes_per_needed``: bytes and range requests fetched from a loopback HTTP server for one
   1024 px read unit at 256 px tiles, against the compressed size of the blocks it needs.
-* ``timesenclip_cpu_{fp32,bf16}_px_per_core_s``: TimeSenCLIP pixels per CPU-second at each
-  precision on :func:`model.precision.fixed_sample`, with the argmax agreement.
 * ``worker_peak_rss_mib`` (and ``_read_unit``): peak RSS of a fresh worker process that loads
   and composites one 2048 px read group at 256 px tiles (and at 1024 px tiles).
 * ``mgrs_tile_year_cpu_min``: the CPU stages of one MGRS tile-year (load, mask, composite, tile
@@ -367,77 +367,6 @@ def peak_rss(tile: int, group: int = 2 * BLOCK) -> dict:
         return pool.submit(_peak_rss, tile, group).result()
 
 
-def precision_entries(n_pixels: int = 1024) -> list[Entry]:
-    """TimeSenCLIP px per CPU-second at fp32 and bf16, batch 256 vs 2048, on the fixed sample."""
-    import torch
-
-    import model
-    from model import engine
-    from model.precision import fixed_sample, measure
-
-    m = model.get_model("timesenclip", untrained=True, seed=0, device="cpu")
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(8, m.embed_dim)).astype(np.float32)
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
-    meas = measure(m, w)
-    x = fixed_sample(n_pixels)
-    rates, outs = {}, {}
-    engine.set_precision(m, "fp32")
-    for b in (2048, engine.CPU_PIXEL_BATCH):
-        engine.embed_pixels(m, x[:64], batch_size=b)
-        t = time.process_time()
-        outs[b] = engine.embed_pixels(m, x, batch_size=b)
-        rates[b] = len(x) / (time.process_time() - t)
-    threads = torch.get_num_threads()
-    common = {
-        "sample": "model.precision.fixed_sample (seeded endmember series, T = 12)",
-        "model": "TimeSenCLIP, untrained weights (seed 0), 8 random unit class vectors",
-        "cpu_time": "process CPU time (all threads)",
-    }
-    return [
-        Entry(
-            "timesenclip_cpu_fp32_px_per_core_s",
-            meas["fp32_items_per_cpu_s"],
-            "pixels per CPU-second",
-            dtype="float32",
-            batch=engine.CPU_PIXEL_BATCH,
-            threads=threads,
-            notes=common,
-        ),
-        Entry(
-            "timesenclip_cpu_bf16_px_per_core_s",
-            meas["bf16_items_per_cpu_s"],
-            "pixels per CPU-second",
-            baseline=meas["fp32_items_per_cpu_s"],
-            dtype="bfloat16",
-            batch=engine.CPU_PIXEL_BATCH,
-            threads=threads,
-            notes={
-                **common,
-                "argmax_agreement": meas["agreement"],
-                "cosine_min": meas["cosine_min"],
-                "auto_picks": "bf16"
-                if meas["speedup"] >= 1.1 and meas["agreement"] >= 0.99
-                else "fp32",
-            },
-        ),
-        Entry(
-            "timesenclip_cpu_batch_px_per_core_s",
-            rates[engine.CPU_PIXEL_BATCH],
-            "pixels per CPU-second",
-            baseline=rates[2048],
-            dtype="float32",
-            batch=engine.CPU_PIXEL_BATCH,
-            threads=threads,
-            notes={
-                **common,
-                "baseline": "batch 2048 (the previous CPU default)",
-                "bit_identical": bool(np.array_equal(outs[2048], outs[engine.CPU_PIXEL_BATCH])),
-            },
-        ),
-    ]
-
-
 def reading_entries(node_cores: int = 16) -> list[Entry]:
     """The read-path entries (see the module docstring); generates the scenes on first use."""
     from pipeline.base.paths import cache_dir
@@ -505,7 +434,6 @@ def reading_entries(node_cores: int = 16) -> list[Entry]:
             },
         )
     )
-    entries += precision_entries()
     for tile in (TILE, UNIT):
         rss = peak_rss(tile)
         entries.append(

@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     p.add_argument("--device", default="auto", help="auto (cuda if present, and cpu), cpu or cuda")
     p.add_argument("--out", default="bench/results.json", help="results file (entries are merged)")
+    p.add_argument(
+        "--model",
+        choices=("timesenclip", "senclip"),
+        help="models section: only this model (default both)",
+    )
     p.add_argument("--pixels", type=int, help="TimeSenCLIP pixels per timing (default by device)")
     p.add_argument("--chips", type=int, help="SenCLIP chips per timing (default by device)")
     p.add_argument("--cube-size", type=int, default=192, help="composite cube edge in pixels")
@@ -56,12 +61,14 @@ def run(args: argparse.Namespace) -> int:
     if "models" in sections:
         for dev in devices:
             gpu = dev == "cuda"
-            log.info("TimeSenCLIP on %s", dev)
-            entries += timesenclip_entries(
-                dev, args.pixels or (2_000_000 if gpu else 8192), threads
-            )
-            log.info("SenCLIP on %s", dev)
-            entries += senclip_entries(dev, args.chips or (4096 if gpu else 64), threads)
+            if args.model in (None, "timesenclip"):
+                log.info("TimeSenCLIP on %s", dev)
+                entries += timesenclip_entries(
+                    dev, args.pixels or (2_000_000 if gpu else 8192), threads
+                )
+            if args.model in (None, "senclip"):
+                log.info("SenCLIP on %s", dev)
+                entries += senclip_entries(dev, args.chips or (4096 if gpu else 64), threads)
     if "composite" in sections:
         log.info("composite")
         entries += composite_entries(args.cube_size, threads)
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if "reading" in sections:
         from pipeline.bench.reading import reading_entries
 
-        log.info("read path vs decode floor, HTTP bytes, CPU precision (generated COGs)")
+        log.info("read path vs decode floor, HTTP bytes (generated COGs)")
         entries += reading_entries(node_cores=args.node_cores)
     if "latency" in sections:
         from pipeline.bench.reading import latency_entries

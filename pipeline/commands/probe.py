@@ -25,6 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--untrained", action="store_true", help="random weights (mechanics only)")
     g.add_argument("--clip-checkpoint", help="TimeSenCLIP's CLIP text encoder (not used here)")
     g.add_argument("--device", help="cpu or cuda")
+    from model.backends import BACKENDS
+
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", *BACKENDS),
+        help="CPU inference backend (default auto: as a map run on this machine decides it)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of the split and --untrained weights")
     g = p.add_argument_group("fit")
     g.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on the weights (1e-3)")
@@ -94,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
+    from pipeline.run.prepare import use_backend
+
+    backend = use_backend(m, args.backend, args.legend)
     emb = adapter.embed(m, table.series_x1e4()[use])
     yy = y[use]
     tr, te = _stratified_split(yy, args.test_fraction, args.shots, args.seed)
@@ -132,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         summary["test_overall_accuracy"] = rep["overall_accuracy"]
         summary["test_macro_f1"] = rep["macro_f1"]
         head.meta["test"] = {k: rep[k] for k in ("n", "overall_accuracy", "macro_f1")}
+    head.meta["backend"] = {k: backend.get(k) for k in ("requested", "resolved", "batch")}
+    summary["backend"] = backend.get("resolved")
     if args.legend:  # maps made with this head take the legend's colours
         head.meta["legend"] = str(args.legend)
     path = head.save(args.out)

@@ -110,6 +110,21 @@ def _cuda_devices() -> int:
         return 0
 
 
+def worker_threads(cfg: ClusterConfig) -> int | None:
+    """Torch threads each worker of ``cfg`` will get (what ``--backend auto`` times with).
+
+    Local: :func:`local_layout`'s (workers x threads <= cores); Slurm: cores per job //
+    processes per job; a remote scheduler: None (not known before it is connected).
+    """
+    if cfg.kind == "local":
+        return local_layout(
+            os.cpu_count() or 1, _cuda_devices(), cfg.workers, cfg.threads_per_worker
+        )[1]
+    if cfg.kind == "slurm":
+        return max(1, cfg.slurm.cores // cfg.slurm.processes)
+    return None
+
+
 class TorchThreads(WorkerPlugin):
     """Worker plugin: pin torch's intra-op threads so workers do not oversubscribe the cores."""
 

@@ -85,8 +85,11 @@ class ModelConfig:
     """Random weights from ``seed`` (offline demo only; every output says so)."""
     seed: int = 0
     """Seed of untrained weights and of the calibration sample."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Inference precision; ``auto`` is resolved per machine before the hash is taken."""
+    precision: str = "auto"
+    """Inference backend (``--backend``, alias ``--precision``): ``auto`` or one of
+    :data:`model.backends.BACKENDS`; ``auto`` is resolved per machine before the hash is taken."""
+    cpu_batch: int | None = None
+    """CPU items per inference batch (None: the engine's; ``--backend auto`` measures it)."""
     legend: str | None = None
     """Zero-shot: the classes and prompts (default lucas-lc8). With a head: only the colours
     (default: the legend the head was fitted with, ``probe --legend``)."""
@@ -106,8 +109,15 @@ class ModelConfig:
             )
         if self.checkpoint is not None and self.untrained:
             raise UserError("--checkpoint and --untrained are mutually exclusive")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UserError(f"--precision {self.precision!r}: choose one of auto, fp32, bf16")
+        from model.backends import BACKENDS
+
+        if self.precision not in ("auto", *BACKENDS):
+            raise UserError(
+                f"--backend (--precision) {self.precision!r}: choose one of auto, "
+                + ", ".join(BACKENDS)
+            )
+        if self.cpu_batch is not None and self.cpu_batch < 1:
+            raise UserError(f"cpu_batch must be >= 1, got {self.cpu_batch}")
 
     @property
     def adapter(self) -> adapters.ModelAdapter:
@@ -115,12 +125,12 @@ class ModelConfig:
         return adapters.get(self.name)
 
     def load(self) -> Any:
-        """The model (once per process, by its adapter) in the resolved precision."""
+        """The model (once per process, by its adapter) on the resolved backend and batch."""
         m = self.adapter.load(self)
         if self.precision != "auto":
             from model.engine import set_precision
 
-            set_precision(m, self.precision)
+            set_precision(m, self.precision, batch=self.cpu_batch)
         return m
 
 
@@ -324,6 +334,8 @@ class RunConfig:
         for key, off in (("ood", False), ("majority", 0), ("mmu", 0)):
             if plain.get(key) == off:  # off: the hash of the maps made before these options
                 plain.pop(key, None)
+        if self.model.cpu_batch is None:
+            plain.pop("cpu_batch", None)  # the engine's default: hashes as before the key existed
         head, checkpoint = self.model.head, self.model.checkpoint
         if head and Path(head).expanduser().is_file():
             # the head's content, not only its path: a refitted head makes another map

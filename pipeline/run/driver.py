@@ -152,7 +152,9 @@ def prepare(cfg: RunConfig) -> RunState | None:
         if cfg.execution.cluster == "slurm"
         else ClusterConfig().slurm,
     )
-    cfg, precision_info = resolve_precision(cfg)
+    from pipeline.run.cluster import worker_threads
+
+    cfg, precision_info = resolve_precision(cfg, threads=worker_threads(cluster_cfg))
     output_hash = cfg.output_hash()
     if not cfg.execution.overwrite and up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)

@@ -81,6 +81,8 @@ def _machine(entry: dict[str, Any]) -> str:
         if entry.get("hardware")
         else notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
     )
+    if notes.get("backend"):  # CPU entries name the backend ``auto`` picked there
+        where += f", backend {notes['backend']} (batch {entry.get('batch')})"
     return (
         f"{entry['name']} ({entry.get('device')}) measured {entry.get('date', '?')[:10]} on {where}"
     )
@@ -162,6 +164,13 @@ def load_rates(path: Path, model: str) -> Rates:
     if cpu is not None:
         sources["infer_cpu"] = _machine(cpu)
     cpu_rate = float(cpu["value"]) / max(1, int(cpu.get("threads") or 1)) if cpu else float("nan")
+    backend = ((cpu or {}).get("notes") or {}).get("backend")
+    per_cpu_s = find(f"{infer_name.removesuffix('_pixels_per_s')}_cpu_backend_{backend}", "cpu")
+    if backend and per_cpu_s and float(per_cpu_s.get("value") or 0) > 0:
+        # the backend ``auto`` picked, in pixels per CPU-second (timed in process CPU time, so a
+        # shared machine's load does not lower it as it lowers the wall-clock rate)
+        cpu_rate = float(per_cpu_s["value"])
+        sources["infer_cpu"] = _machine(per_cpu_s) + f", the backend auto picked ({backend})"
     return Rates(
         load_core_s_per_mpx_scene=load,
         composite_core_s_per_mpx_scene=composite,

@@ -203,19 +203,70 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
     return names, colors, info, w
 
 
-def resolve_precision(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
-    """``cfg`` with ``--precision auto`` resolved for this machine (:mod:`model.precision`).
+def resolve_precision(
+    cfg: RunConfig, threads: int | None = None
+) -> tuple[RunConfig, dict[str, Any]]:
+    """``cfg`` with ``--backend auto`` resolved for this machine (:mod:`model.precision`).
 
-    Runs before the output hash, so the hash covers the precision the pixels are computed in.
+    The driver runs this once, before the output hash, so the hash covers the backend and CPU
+    batch the pixels are computed with, and every worker gets them in its config (mixed nodes or
+    a resume elsewhere keep one hash). The measurement is timed with the driver's torch threads,
+    which :mod:`pipeline.run.cluster` also gives each worker (cores // workers).
+
+    Args:
+        cfg: the run's settings.
+        threads: torch threads per worker (:func:`pipeline.run.cluster.worker_threads`); the
+            measurement runs with that many (None: this process's).
     """
     if cfg.model.precision != "auto":
-        return cfg, {"requested": cfg.model.precision, "resolved": cfg.model.precision}
+        return cfg, {
+            "requested": cfg.model.precision,
+            "resolved": cfg.model.precision,
+            "batch": cfg.model.cpu_batch,
+        }
+    import torch
+
     from model.precision import resolve
 
     m = cfg.model.load()
     w = _legend_and_classifier(cfg, m)[3]
-    resolved, info = resolve(m, "auto", np.asarray(w, np.float32))
-    return cfg.with_(precision=resolved), info
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        resolved, info = resolve(m, "auto", np.asarray(w, np.float32), batch=cfg.model.cpu_batch)
+    finally:
+        torch.set_num_threads(before)
+    batch = info.get("batch") if m.device.type == "cpu" else None
+    return cfg.with_(precision=resolved, cpu_batch=batch), info
+
+
+def use_backend(m: Any, requested: str = "auto", legend: str | None = None) -> dict[str, Any]:
+    """Put model ``m`` on the backend ``requested`` (``auto``: as a map run decides it).
+
+    For commands that embed pixels outside a map run (``probe``): ``auto`` is resolved with the
+    classifier of ``legend`` (default lucas-lc8, a map's default), the same cached per-machine
+    decision a map run with that legend gets.
+
+    Returns:
+        the decision (``requested``, ``resolved``, ``batch``, ...), to record with the outputs.
+    """
+    from model.engine import set_precision
+    from model.legends import load_legend
+    from model.precision import resolve
+    from model.zeroshot import build_classifier
+
+    if requested == "auto" and m.device.type == "cpu" and not getattr(m, "has_text", True):
+        info = {"requested": "auto", "resolved": "fp32", "reason": "no text tower: no classifier"}
+        set_precision(m, "fp32")
+        return info
+    w = np.zeros((1, m.embed_dim), np.float32)
+    if requested == "auto" and m.device.type == "cpu":
+        w = build_classifier(m, load_legend(legend or "lucas-lc8", style="aerial"))
+        w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w)
+    backend, info = resolve(m, requested, np.asarray(w, np.float32))
+    set_precision(m, backend, batch=info.get("batch"))
+    return info
 
 
 def fit_tile_size(

@@ -1,4 +1,7 @@
-"""CPU inference precision: --precision auto|fp32|bf16 and the cache-sized CPU batch."""
+"""CPU inference precision: the cache-sized CPU batch, bf16, and the backend in the config/hash.
+
+The backends and ``--backend auto`` are tested in ``test_backends.py``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ def tsc():
     m = model.get_model("timesenclip", untrained=True, seed=0, device="cpu")
     yield m
     m.__dict__.pop("precision", None)
+    m.__dict__.pop("cpu_batch", None)
 
 
 def test_cpu_batch_size_is_bit_identical(tsc):
@@ -42,26 +46,19 @@ def test_bf16_runs_in_bf16_and_stays_close(tsc):
         engine.set_precision(tsc, "fp16")
 
 
-def test_resolve_auto_measures_once_and_caches(tsc, tmp_path, monkeypatch):
-    from model.precision import resolve
-
-    monkeypatch.setenv("S2LC_CACHE_DIR", str(tmp_path))
-    w = np.random.default_rng(0).normal(size=(5, tsc.embed_dim)).astype(np.float32)
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
-    got, info = resolve(tsc, "auto", w)
-    assert got in ("fp32", "bf16") and info["resolved"] == got
-    assert 0 <= info["agreement"] <= 1 and info["fp32_items_per_cpu_s"] > 0
-    wants_bf16 = info["speedup"] >= 1.1 and info["agreement"] >= 0.99
-    assert got == ("bf16" if wants_bf16 else "fp32")
-    assert not hasattr(tsc, "precision")  # measuring leaves the model as it was
-    again, info2 = resolve(tsc, "auto", w)
-    assert again == got and "cached" in info2
-    assert resolve(tsc, "fp32", w)[0] == "fp32"
-    with pytest.raises(UserError, match="precision"):
-        resolve(tsc, "half", w)
+def test_model_batch_is_used(tsc, monkeypatch):
+    """``set_precision(..., batch=)`` sets the CPU batch the engine runs."""
+    seen = []
+    real = engine._run_batches
+    monkeypatch.setattr(
+        engine, "_run_batches", lambda x, b, *a, **k: seen.append(b) or real(x, b, *a, **k)
+    )
+    engine.set_precision(tsc, "fp32", batch=96)
+    engine.embed_pixels(tsc, np.ones((4, 12, 10), np.float32))
+    assert seen == [96]
 
 
-def test_precision_is_part_of_the_config_and_hash():
+def test_backend_is_part_of_the_config_and_hash():
     import datetime as dt
 
     from pipeline.run.config import RunConfig
@@ -69,13 +66,27 @@ def test_precision_is_part_of_the_config_and_hash():
     base = RunConfig.of(
         region="demo", start=dt.date(2023, 1, 1), end=dt.date(2023, 12, 31), untrained=True
     )
-    assert base.model.precision == "auto"
-    fp32, bf16 = base.with_(precision="fp32"), base.with_(precision="bf16")
-    assert fp32.output_hash() != bf16.output_hash()
-    with pytest.raises(UserError, match="precision"):
+    assert base.model.precision == "auto" and base.model.cpu_batch is None
+    runs = [base.with_(precision=p) for p in ("fp32", "bf16", "int8", "openvino-bf16")]
+    assert len({r.output_hash() for r in runs}) == 4
+    assert runs[0].with_(cpu_batch=1024).output_hash() != runs[0].output_hash()
+    with pytest.raises(UserError, match="backend"):
         base.with_(precision="fp16")
-    m = bf16.model.load()
+    m = base.with_(precision="int8", cpu_batch=512).model.load()
     try:
-        assert m.precision == "bf16"
+        assert (m.precision, m.cpu_batch) == ("int8", 512)
     finally:
         m.__dict__.pop("precision", None)
+        m.__dict__.pop("cpu_batch", None)
+
+
+def test_backend_flag_and_its_old_name():
+    import argparse
+
+    from pipeline.commands import run
+
+    p = argparse.ArgumentParser()
+    run.add_arguments(p)
+    a = p.parse_args(["--region", "demo", "--backend", "openvino-bf16"])
+    b = p.parse_args(["--region", "demo", "--precision", "bf16"])
+    assert (a.precision, b.precision) == ("openvino-bf16", "bf16")

@@ -51,3 +51,32 @@ def test_an_older_results_file_falls_back_to_the_demo_window(tmp_path):
 def test_no_stage_rates_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="make bench"):
         _rates(tmp_path)
+
+
+def test_the_cpu_inference_rate_is_that_of_the_backend_auto_picked(tmp_path):
+    """``make bench`` records the CPU entry at the backend ``--backend auto`` chose there."""
+    auto = {
+        **INFER,
+        "value": 900.0,
+        "batch": 1024,
+        "notes": {"backend": "openvino-bf16", "cpu_model": "AMD EPYC", "vs_fp32": 3.1},
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([auto, READ_PATH]))
+    r = load_rates(path, "timesenclip")
+    assert r.infer_cpu_px_per_core_s == pytest.approx(450.0)
+    assert "AMD EPYC" in r.sources["infer_cpu"]
+    assert "backend openvino-bf16 (batch 1024)" in r.sources["infer_cpu"]
+
+
+def test_the_cpu_rate_is_the_picked_backends_rate_per_cpu_second(tmp_path):
+    auto = {**INFER, "value": 200.0, "notes": {"backend": "openvino-bf16"}}
+    per_backend = [
+        {"name": f"timesenclip_cpu_backend_{b}", "value": v, "device": "cpu", "threads": 2}
+        for b, v in (("fp32", 218.0), ("openvino-bf16", 670.0))
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([auto, *per_backend, READ_PATH]))
+    r = load_rates(path, "timesenclip")
+    assert r.infer_cpu_px_per_core_s == pytest.approx(670.0)
+    assert "auto picked (openvino-bf16)" in r.sources["infer_cpu"]
