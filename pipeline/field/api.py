@@ -29,7 +29,7 @@ from odc.geo.geobox import GeoBox
 from pipeline.base.errors import UserError
 from pipeline.grid.tiling import TileGrid
 from pipeline.run.config import ModelConfig
-from pipeline.writers.codec import FieldCodec
+from pipeline.writers.codec import FieldCodec, ProjectedVectors
 from pipeline.writers.field import FIELD_ATTR, read_codec
 
 _log = logging.getLogger(__name__)
@@ -205,6 +205,32 @@ def decode_valid(f: Field, window: Window) -> tuple[np.ndarray, np.ndarray]:
     return valid, emb
 
 
+def project(f: Field, vectors: np.ndarray) -> ProjectedVectors:
+    """Project (K, D) class or text vectors once into the field's components (see
+    :meth:`~pipeline.writers.codec.FieldCodec.project`); pass the result to :func:`code_cosines`."""
+    return f.codec.project(np.asarray(vectors, dtype=np.float32))
+
+
+def code_cosines(
+    f: Field, window: Window, vectors: ProjectedVectors
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines of a window's pixels with K projected vectors, computed from the int8 codes and
+    scales (no 512-d decode; :meth:`~pipeline.writers.codec.FieldCodec.cosines`).
+
+    Returns:
+        (valid (h, w) bool, cosines (N, K) float32 of the valid pixels in row-major order), the
+        same numbers as ``similarity(decode_valid(f, window)[1], normalise(vectors))`` to ~1e-6.
+    """
+    codes, scale = read_codes(f, window)
+    d = codes.shape[0]
+    valid = np.isfinite(scale)
+    flat = valid.ravel()
+    if not flat.any():
+        return valid, np.zeros((0, vectors.count), np.float32)
+    cos = f.codec.cosines(codes.reshape(d, -1).T, scale.ravel(), vectors)
+    return valid, cos if flat.all() else cos[flat]
+
+
 # --- the model behind a field --------------------------------------------------------------------
 
 
@@ -342,11 +368,13 @@ def query_window(
                 "a probability needs classes to compare with: the map has no text legend, so "
                 "give two or more queries (or use kind='similarity')"
             )
-    valid, emb = decode_valid(f, window)
+    vecs = q if w_classes is None else np.concatenate([q, w_classes])
+    valid, cos_all = code_cosines(f, window, project(f, vecs))
     out = np.full((len(texts), *valid.shape), np.nan, np.float32)
-    if emb.shape[0]:
-        cos = similarity(emb, q)
+    if cos_all.shape[0]:
+        cos = cos_all[:, : len(texts)]
         if kind == "probability":
-            cos = query_probability(cos, None if w_classes is None else similarity(emb, w_classes))
+            cc = None if w_classes is None else cos_all[:, len(texts) :]
+            cos = query_probability(cos, cc)
         out[:, valid] = cos.T
     return out

@@ -128,6 +128,44 @@ def test_released_checkpoint_embeds_without_a_text_tower(form, tmp_path, monkeyp
     assert m2._text is None and m2.text_embed(["a lake"]).shape == (1, 512)
 
 
+@pytest.mark.parametrize("dims", [62, 512])
+def test_code_space_cosines_and_classes_equal_the_decoded_path(dims):
+    """Issue 28: cosines from the int8 codes (the class vectors projected once) equal today's
+    decode-then-cosine path to 1e-5, and the classes agree except on exact ties (class index)."""
+    from model.zeroshot import cosine, fit_calibration, probabilities
+    from pipeline.field.classify import probabilities_from_cosines
+    from pipeline.run.tile_task import predict
+
+    c = fit_codec(_embeddings(2000, seed=1), dims)
+    e = _embeddings(4000, seed=2)
+    e[11] = np.nan
+    codes, scale = c.encode(e)
+    # class vectors near the data (close cosines, so the argmax is a real test), one random, one
+    # exact duplicate (an exact tie: the lower class index wins), not normalised
+    w = np.concatenate(
+        [_embeddings(6, seed=7) * 3.0, np.random.default_rng(3).normal(size=(1, 512))]
+    )
+    w = np.concatenate([w, w[2:3]]).astype(np.float32)
+    got = c.cosines(codes, scale, c.project(w))
+    ok = np.arange(len(e)) != 11
+    assert got.shape == (len(e), len(w)) and got.dtype == np.float32 and np.isnan(got[11]).all()
+    dec = c.decode(codes[ok], scale[ok])
+    ref = cosine(dec, w).numpy()
+    assert np.abs(got[ok] - ref).max() < 1e-5
+    # classes: the same calibration and softmax, then the run's own argmax (stable)
+    calib = fit_calibration(dec[:500], w)
+    p_ref = probabilities(dec, w, calib)
+    p_got = probabilities_from_cosines(got[ok], calib)
+    cls_ref, cls_got = predict(p_ref, 3)[0], predict(p_got, 3)[0]
+    top2 = np.sort(ref[:, :-1], axis=1)[:, -2:]  # the near-ties, not counting the duplicate
+    tie = (top2[:, 1] - top2[:, 0]) < 1e-5
+    assert np.array_equal(cls_ref[~tie], cls_got[~tie]) and tie.mean() < 0.01
+    assert not np.isin(cls_got, [len(w) - 1]).any()  # the duplicate of class 2 never wins
+    assert np.abs(p_ref - p_got).max() < 1e-3
+    with pytest.raises(ValueError):
+        c.project(np.ones((2, 511), np.float32))
+
+
 # --- end to end on the demo ----------------------------------------------------------------------
 
 
