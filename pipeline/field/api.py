@@ -31,6 +31,7 @@ from pipeline.grid.tiling import TileGrid
 from pipeline.run.config import ModelConfig
 from pipeline.writers.codec import FieldCodec, ProjectedVectors
 from pipeline.writers.field import FIELD_ATTR, read_codec
+from pipeline.writers.zarr_map import read_store_attrs
 
 _log = logging.getLogger(__name__)
 
@@ -139,9 +140,12 @@ def open_field(map_dir: str | Path) -> Field:
     p = Path(map_dir).expanduser()
     store = p if p.name.endswith(".zarr") else p / "map.zarr"
     root = store.parent
-    if not (store / ".zattrs").is_file():
+    if not ((store / "zarr.json").is_file() or (store / ".zattrs").is_file()):
         raise UserError(f"{p}: no map store (expected {store}); is this a finished map folder?")
-    attrs = _read_json(store / ".zattrs")
+    try:
+        attrs = read_store_attrs(store)  # Zarr v3, or v2 of older s2lc (read the same way)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{store}: unreadable ({exc})") from None
     meta = attrs.get(FIELD_ATTR)
     if not meta:
         raise UserError(
@@ -172,7 +176,7 @@ def _group(f: Field) -> Any:
     key = str(f.store.resolve())
     with _GROUPS_LOCK:
         if key not in _GROUPS:
-            _GROUPS[key] = zarr.open_group(key, mode="r", zarr_format=2)
+            _GROUPS[key] = zarr.open_group(key, mode="r")  # v3, or v2 of older s2lc
         return _GROUPS[key]
 
 
@@ -180,9 +184,14 @@ def read_codes(f: Field, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """The raw field of a window: codes (d, h, w) int8 and scale (h, w) float32 (NaN = nodata)."""
     ys, xs = window
     g = _group(f)
-    codes = np.asarray(g["field_codes"][:, ys, xs])
-    scale = np.asarray(g["field_scale"][ys, xs], dtype=np.float32)
-    return codes, scale
+    codes, scale = g["field_codes"], g["field_scale"]
+    if codes.ndim == 4:  # Zarr v3: (time, embedding, y, x); one time step per map
+        return (
+            np.asarray(codes[0, :, ys, xs]),
+            np.asarray(scale[0, ys, xs], dtype=np.float32),
+        )
+    # Zarr v2 of older s2lc: (component, y, x)
+    return np.asarray(codes[:, ys, xs]), np.asarray(scale[ys, xs], dtype=np.float32)
 
 
 def decode_window(f: Field, window: Window) -> np.ndarray:

@@ -41,7 +41,7 @@ def write_codec(store: str | os.PathLike[str], codec: Any) -> None:
     """Write the codec's mean and basis into the store's ``field_mean`` / ``field_basis``."""
     import zarr
 
-    g = zarr.open_group(str(store), mode="r+", zarr_format=2)
+    g = zarr.open_group(str(store), mode="r+")
     g["field_mean"][...] = codec.mean
     g["field_basis"][...] = codec.basis
 
@@ -52,7 +52,7 @@ def read_codec(store: str | os.PathLike[str]) -> Any | None:
 
     from pipeline.writers.codec import FieldCodec
 
-    g = zarr.open_group(str(store), mode="r", zarr_format=2)
+    g = zarr.open_group(str(store), mode="r")  # Zarr v3, or v2 of older s2lc
     if "field_basis" not in g:
         return None
     mean, basis = np.asarray(g["field_mean"][...]), np.asarray(g["field_basis"][...])
