@@ -57,6 +57,7 @@ SIDECARS = tuple(f"{s.cog}.tif.aux.xml" for s in cog_layers("map") if s.kind == 
 OPTIONAL_PRODUCTS = (
     *product_files("field", "tile"),
     *(f"{s.cog}.png" for s in cog_layers("tile") if s.kind == "rgb"),
+    "model_card.json",  # beside the field (pipeline.run.publishing.write_model_card)
 )
 
 

@@ -208,6 +208,26 @@ def test_run_writes_the_field(field_map):
     assert f.meta["model"] == json.loads((field_map / "run.json").read_text())["model"]["identity"]
     g = zarr.open_group(str(field_map / "map.zarr"), mode="r")
     assert g["field_codes"].dtype == np.int8 and "embeddings" not in g
+    # Zarr v3 in the geoembeddings conventions' order, the year as time (issue 28)
+    assert g.metadata.zarr_format == 3
+    assert g["field_codes"].metadata.dimension_names == ("time", "embedding", "y", "x")
+    assert g["field_codes"].shape[:2] == (1, 62) and str(g["time"][0]) == "2023"
+    # the STAC item carries the embeddings extension, the model card the basis hash
+    from pipeline.run.publishing import EMBEDDINGS_EXTENSION, basis_sha256
+
+    item = json.loads((field_map / "item.json").read_text())
+    card = json.loads((field_map / "model_card.json").read_text())
+    assert EMBEDDINGS_EXTENSION in item["stac_extensions"]
+    props = item["properties"]
+    assert props["emb:dimensions"] == 62 and props["emb:type"] == "pixel"
+    assert (
+        props["s2lc:field_basis_sha256"] == card["field"]["basis_sha256"] == basis_sha256(f.codec)
+    )
+    assert card["model"]["identity"] == f.meta["model"] and card["prompt_sets"]["legend"]
+    assert item["assets"]["model_card"]["href"] == "./model_card.json"
+    with rasterio.open(f'ZARR:"{field_map / "map.zarr"}":/field_scale') as z:
+        with rasterio.open(field_map / "classes.tif") as c:
+            assert (z.transform, z.crs) == (c.transform, c.crs)
     with rasterio.open(field_map / "classes.tif") as c, rasterio.open(field_map / "field.tif") as t:
         classes = c.read(1)
         assert (t.count, t.dtypes[0], t.transform, t.crs) == (62, "int8", c.transform, c.crs)
