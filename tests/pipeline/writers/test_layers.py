@@ -131,4 +131,5 @@ def test_the_workspace_lists_the_tables_products():
         "field_scale.tif",
         "composite_rgb.tif",
         "composite_rgb.png",
+        "model_card.json",
     )
