@@ -7,7 +7,17 @@ import argparse
 NAME = "bench"
 HELP = "benchmarks vs same-run baselines (models, composite, demo end to end) -> bench/results.json"
 
-SECTIONS = ("models", "composite", "demo", "stages", "reading", "projection", "field", "view")
+SECTIONS = (
+    "models",
+    "composite",
+    "demo",
+    "stages",
+    "reading",
+    "projection",
+    "field",
+    "view",
+    "ask",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
 
         log.info("embedding field")
         entries += field_entries(args.field_map)
+    if "ask" in sections:
+        from pipeline.bench.ask import ask_scale_entries
+
+        log.info("ask the map on a 16 Mpx field: fixed and per-pixel costs, lower bound")
+        entries += ask_scale_entries()
     if "view" in sections:
         from pipeline.bench.view import view_entries
 

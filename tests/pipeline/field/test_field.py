@@ -166,6 +166,40 @@ def test_code_space_cosines_and_classes_equal_the_decoded_path(dims):
         c.project(np.ones((2, 511), np.float32))
 
 
+def test_synthetic_field_is_a_format_valid_field(tmp_path):
+    """The bench's generator (pipeline.testing.field) writes a field the field API opens: Zarr
+    v3 on its grid (GDAL puts it in place), codes that decode, code-space cosines that match."""
+    import rasterio
+
+    from pipeline.field import code_cosines, decode_window, open_field, project
+    from pipeline.testing.field import write_synthetic_field
+
+    out = write_synthetic_field(
+        tmp_path / "synth", (300, 260), run={"config": {}},
+        field_meta={"model": "m", "embed_dim": 512, "dims": 62}, class_names=["a", "b"],
+        colors=["#ff0000", "#00ff00"], legend_info={"name": "x"}, period_labels=["2023-01"],
+        tile_size=128, origin=(500_000.0, 5_000_000.0),
+    )  # fmt: skip
+    f = open_field(out)
+    assert f.shape == (300, 260) and f.codec.dims == 62 and f.tile_size == 128
+    emb = decode_window(f, f.full_window)
+    assert np.isfinite(emb).all() and np.allclose(np.linalg.norm(emb, axis=-1), 1, atol=1e-5)
+    w = _embeddings(3, seed=9)
+    valid, cos = code_cosines(f, f.full_window, project(f, w))
+    assert valid.all() and np.abs(cos - emb.reshape(-1, 512) @ w.T).max() < 1e-5
+    with rasterio.open(f'ZARR:"{out / "map.zarr"}":/field_codes') as z:
+        assert z.count == 62 and z.transform.c == 500_000.0 and z.transform.f == 5_000_000.0
+        assert z.crs == "EPSG:32632"
+    # same seed, same field
+    again = write_synthetic_field(
+        tmp_path / "again", (300, 260), run={"config": {}},
+        field_meta={"model": "m", "embed_dim": 512, "dims": 62}, class_names=["a", "b"],
+        colors=["#ff0000", "#00ff00"], legend_info={"name": "x"}, period_labels=["2023-01"],
+        tile_size=128, origin=(500_000.0, 5_000_000.0),
+    )  # fmt: skip
+    assert np.array_equal(decode_window(open_field(again), f.full_window), emb)
+
+
 # --- end to end on the demo ----------------------------------------------------------------------
 
 
