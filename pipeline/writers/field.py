@@ -87,6 +87,11 @@ def build_field_cogs(
                 with rasterio.Env(**env):
                     # A VRT in between sets the output type (float16 scale -> Float32) and tags.
                     rasterio.shutil.copy(src, str(vrt), driver="VRT")
+                    if layer(array).file_dtype == "float32":
+                        # GDAL >= 3.11 keeps Zarr float16 as Float16 (older GDAL promoted it);
+                        # the COG is Float32 (the floating-point predictor needs it).
+                        text = vrt.read_text()
+                        vrt.write_text(text.replace('dataType="Float16"', 'dataType="Float32"'))
                     with rasterio.open(str(vrt), "r+") as ds:
                         ds.update_tags(S2LC_FIELD=json.dumps(dict(recipe)), S2LC_ARRAY=array)
                     opts = {
