@@ -200,6 +200,42 @@ def test_synthetic_field_is_a_format_valid_field(tmp_path):
     assert np.array_equal(decode_window(open_field(again), f.full_window), emb)
 
 
+def test_a_zarr_v2_field_of_older_s2lc_still_reads(tmp_path):
+    """Stores written before issue 28 (Zarr v2, field_codes (component, y, x)) open in the field
+    API with the same numbers; a run resuming into one is refused in one line."""
+    import zarr
+
+    from pipeline.field import code_cosines, decode_window, open_field, project
+    from pipeline.grid.tiling import TileGrid
+    from pipeline.writers import create_map_store
+
+    c = fit_codec(_embeddings(500, seed=1), 62)
+    e = _embeddings(12 * 10, seed=4)
+    codes, scale = c.encode(e)
+    store = tmp_path / "old" / "map.zarr"
+    g = zarr.open_group(str(store), mode="w", zarr_format=2)
+    layout = {"crs": "EPSG:32632", "transform": [10, 0, 5e5, 0, -10, 5e6], "shape": [12, 10],
+              "tile_size": 8, "periods": ["2023-01"]}  # fmt: skip
+    g.attrs.update({"s2lc:field": {"model": "m", "dims": 62}, "s2lc:layout": layout})
+    for name, data in (
+        ("field_codes", codes.T.reshape(62, 12, 10)),
+        ("field_scale", scale.reshape(12, 10)),
+        ("field_mean", c.mean),
+        ("field_basis", c.basis),
+    ):
+        g.create_array(name, data=data, chunks=data.shape)
+    f = open_field(store.parent)
+    dec = decode_window(f, f.full_window).reshape(-1, 512)
+    assert np.array_equal(dec, c.decode(codes, scale))
+    _, cos = code_cosines(f, f.full_window, project(f, e[:2]))
+    assert np.abs(cos - dec @ e[:2].T).max() < 1e-5
+    from odc.geo.geobox import GeoBox
+
+    grid = TileGrid(GeoBox((12, 10), f.geobox.affine, "EPSG:32632"), 8, ())
+    with pytest.raises(UserError, match="Zarr v2 map store of an older s2lc"):
+        create_map_store(store, grid, class_names=["a"], k=1, period_labels=["2023-01"])
+
+
 # --- end to end on the demo ----------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Output writers on real files: atomic publishing, the Zarr v2 map store (xarray and GDAL), COGs,
+"""Output writers on real files: atomic publishing, the Zarr v3 map store (xarray and GDAL), COGs,
 legend, quicklook and the STAC item."""
 
 from __future__ import annotations
