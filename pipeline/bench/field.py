@@ -11,9 +11,9 @@ On the demo (untrained TimeSenCLIP, as every offline figure here), a map made on
   (the demo and lucas-lc8 legends) and few-shot (a linear head fitted on full-precision
   embeddings of the demo's truth classes). The value is the lowest of them; notes give each,
   and the same for other field sizes (codecs refitted on the same reference sample).
-- ``classify_s_per_100km2`` / ``query_s_per_100km2``: ``classify --field`` (new legend) and
-  ``query --field`` (three texts) on that field, tiles only (model and text encoding, a one-off
-  per process and cached on disk, are in the notes), scaled to 100 km².
+- (``classify_s_per_100km2`` / ``query_s_per_100km2`` were removed: they multiplied a first
+  call's time, model load and text encoding included, by the area. The per-pixel and fixed
+  costs are now measured on a 16 Mpx field by :mod:`pipeline.bench.ask`.)
 - ``ask_the_map_s``: the README's *Ask the map* steps as a user runs them, each a fresh
   ``python -m pipeline`` process on the demo field: ``classify --field`` with a new legend and
   ``query --field`` with three texts, first with none of their texts cached (the untrained text
@@ -23,7 +23,6 @@ On the demo (untrained TimeSenCLIP, as every offline figure here), a map made on
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -81,7 +80,6 @@ def _agreement(full: np.ndarray, dec: np.ndarray, score) -> float:
 
 
 def field_entries(map_dir: str | Path | None = None) -> list[Entry]:
-    import torch
 
     import model
     from model.engine import embed_pixels
@@ -90,8 +88,6 @@ def field_entries(map_dir: str | Path | None = None) -> list[Entry]:
     from model.zeroshot import build_classifier, probabilities
     from pipeline.field import fit_codec, open_field
     from pipeline.field.api import _group, decode_valid
-    from pipeline.field.classify import ClassifyConfig, classify_field
-    from pipeline.field.query import query_field
 
     tmp = tempfile.TemporaryDirectory(prefix="s2lc-bench-field-")
     try:
@@ -140,31 +136,10 @@ def field_entries(map_dir: str | Path | None = None) -> list[Entry]:
         )
         cog_bytes = sum((f.map_dir / n).stat().st_size for n in ("field.tif", "field_scale.tif"))
         n_valid = int(valid.sum())
-        area_km2 = float(f.run["region"]["area_km2"])
-        threads = torch.get_num_threads()
-
-        t = time.perf_counter()
-        out = classify_field(
-            f, ClassifyConfig(legend="lucas-lc8", out=Path(tmp.name) / "c1", progress=False)
-        )
-        first = time.perf_counter() - t
-        tiles_s = json.loads((out / "run.json").read_text())["seconds"]["tiles"]
-        t = time.perf_counter()
-        classify_field(
-            f, ClassifyConfig(legend="lucas-lc8", out=Path(tmp.name) / "c2", progress=False)
-        )
-        again = time.perf_counter() - t
-        t = time.perf_counter()
-        query_field(f, list(QUERIES), Path(tmp.name) / "q1")
-        q_first = time.perf_counter() - t
-        t = time.perf_counter()
-        query_field(f, list(QUERIES), Path(tmp.name) / "q2")
-        q_again = time.perf_counter() - t
         ask = ask_entries(map_dir)
     finally:
         tmp.cleanup()
     bpp = f.codec.bytes_per_pixel
-    per100 = 100.0 / area_km2
     return [
         Entry(
             "field_bytes_per_pixel",
@@ -195,32 +170,6 @@ def field_entries(map_dir: str | Path | None = None) -> list[Entry]:
                 },
                 "by_bytes_per_pixel": by_dims,
                 "model": "untrained TimeSenCLIP (demo); trained weights were not available here",
-            },
-        ),
-        Entry(
-            "classify_s_per_100km2",
-            tiles_s * per100,
-            "s/100km2",
-            threads=threads,
-            notes={
-                "area_km2": area_km2,
-                "first_call_s": first,
-                "second_call_s": again,
-                "what": "classify --field, new legend (lucas-lc8), decode + classify + write per "
-                "tile; first call includes model load and text encoding, second is cached",
-            },
-        ),
-        Entry(
-            "query_s_per_100km2",
-            q_again * per100,
-            "s/100km2",
-            threads=threads,
-            notes={
-                "area_km2": area_km2,
-                "queries": list(QUERIES),
-                "first_call_s": q_first,
-                "what": "query --field, 3 texts, COGs + quicklook; value from a second call "
-                "(text embeddings cached), first call in notes",
             },
         ),
         *ask,

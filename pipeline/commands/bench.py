@@ -17,6 +17,7 @@ SECTIONS = (
     "projection",
     "field",
     "view",
+    "ask",
 )
 
 
@@ -95,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
 
         log.info("embedding field")
         entries += field_entries(args.field_map)
+    if "ask" in sections:
+        from pipeline.bench.ask import ask_scale_entries
+
+        log.info("ask the map on a 16 Mpx field: fixed and per-pixel costs, lower bound")
+        entries += ask_scale_entries()
     if "view" in sections:
         from pipeline.bench.view import view_entries
 

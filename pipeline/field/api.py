@@ -29,8 +29,9 @@ from odc.geo.geobox import GeoBox
 from pipeline.base.errors import UserError
 from pipeline.grid.tiling import TileGrid
 from pipeline.run.config import ModelConfig
-from pipeline.writers.codec import FieldCodec
+from pipeline.writers.codec import FieldCodec, ProjectedVectors
 from pipeline.writers.field import FIELD_ATTR, read_codec
+from pipeline.writers.zarr_map import read_store_attrs
 
 _log = logging.getLogger(__name__)
 
@@ -139,9 +140,12 @@ def open_field(map_dir: str | Path) -> Field:
     p = Path(map_dir).expanduser()
     store = p if p.name.endswith(".zarr") else p / "map.zarr"
     root = store.parent
-    if not (store / ".zattrs").is_file():
+    if not ((store / "zarr.json").is_file() or (store / ".zattrs").is_file()):
         raise UserError(f"{p}: no map store (expected {store}); is this a finished map folder?")
-    attrs = _read_json(store / ".zattrs")
+    try:
+        attrs = read_store_attrs(store)  # Zarr v3, or v2 of older s2lc (read the same way)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{store}: unreadable ({exc})") from None
     meta = attrs.get(FIELD_ATTR)
     if not meta:
         raise UserError(
@@ -172,7 +176,7 @@ def _group(f: Field) -> Any:
     key = str(f.store.resolve())
     with _GROUPS_LOCK:
         if key not in _GROUPS:
-            _GROUPS[key] = zarr.open_group(key, mode="r", zarr_format=2)
+            _GROUPS[key] = zarr.open_group(key, mode="r")  # v3, or v2 of older s2lc
         return _GROUPS[key]
 
 
@@ -180,9 +184,14 @@ def read_codes(f: Field, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """The raw field of a window: codes (d, h, w) int8 and scale (h, w) float32 (NaN = nodata)."""
     ys, xs = window
     g = _group(f)
-    codes = np.asarray(g["field_codes"][:, ys, xs])
-    scale = np.asarray(g["field_scale"][ys, xs], dtype=np.float32)
-    return codes, scale
+    codes, scale = g["field_codes"], g["field_scale"]
+    if codes.ndim == 4:  # Zarr v3: (time, embedding, y, x); one time step per map
+        return (
+            np.asarray(codes[0, :, ys, xs]),
+            np.asarray(scale[0, ys, xs], dtype=np.float32),
+        )
+    # Zarr v2 of older s2lc: (component, y, x)
+    return np.asarray(codes[:, ys, xs]), np.asarray(scale[ys, xs], dtype=np.float32)
 
 
 def decode_window(f: Field, window: Window) -> np.ndarray:
@@ -203,6 +212,32 @@ def decode_valid(f: Field, window: Window) -> tuple[np.ndarray, np.ndarray]:
     valid = np.isfinite(scale)
     emb = f.codec.decode(codes[:, valid].T, scale[valid])
     return valid, emb
+
+
+def project(f: Field, vectors: np.ndarray) -> ProjectedVectors:
+    """Project (K, D) class or text vectors once into the field's components (see
+    :meth:`~pipeline.writers.codec.FieldCodec.project`); pass the result to :func:`code_cosines`."""
+    return f.codec.project(np.asarray(vectors, dtype=np.float32))
+
+
+def code_cosines(
+    f: Field, window: Window, vectors: ProjectedVectors
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines of a window's pixels with K projected vectors, computed from the int8 codes and
+    scales (no 512-d decode; :meth:`~pipeline.writers.codec.FieldCodec.cosines`).
+
+    Returns:
+        (valid (h, w) bool, cosines (N, K) float32 of the valid pixels in row-major order), the
+        same numbers as ``similarity(decode_valid(f, window)[1], normalise(vectors))`` to ~1e-6.
+    """
+    codes, scale = read_codes(f, window)
+    d = codes.shape[0]
+    valid = np.isfinite(scale)
+    flat = valid.ravel()
+    if not flat.any():
+        return valid, np.zeros((0, vectors.count), np.float32)
+    cos = f.codec.cosines(codes.reshape(d, -1).T, scale.ravel(), vectors)
+    return valid, cos if flat.all() else cos[flat]
 
 
 # --- the model behind a field --------------------------------------------------------------------
@@ -342,11 +377,13 @@ def query_window(
                 "a probability needs classes to compare with: the map has no text legend, so "
                 "give two or more queries (or use kind='similarity')"
             )
-    valid, emb = decode_valid(f, window)
+    vecs = q if w_classes is None else np.concatenate([q, w_classes])
+    valid, cos_all = code_cosines(f, window, project(f, vecs))
     out = np.full((len(texts), *valid.shape), np.nan, np.float32)
-    if emb.shape[0]:
-        cos = similarity(emb, q)
+    if cos_all.shape[0]:
+        cos = cos_all[:, : len(texts)]
         if kind == "probability":
-            cos = query_probability(cos, None if w_classes is None else similarity(emb, w_classes))
+            cc = None if w_classes is None else cos_all[:, len(texts) :]
+            cos = query_probability(cos, cc)
         out[:, valid] = cos.T
     return out

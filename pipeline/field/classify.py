@@ -7,6 +7,12 @@ legend, quicklook, STAC item). Classification is the run's too: the zero-shot te
 with the optional class-mean calibration (:func:`model.zeroshot.probabilities`) or a few-shot
 head, and :func:`pipeline.run.tile_task.predict`. Because a ``--save-embeddings`` run classifies the
 decoded field, the run's own legend reproduces the run's class map exactly.
+
+A text legend is computed in the code space: its class vectors are projected once into the
+field's components and each tile's cosines come from the int8 codes and scales
+(:func:`pipeline.field.api.code_cosines`), with no 512-d decode; they equal the decoded path's
+to ~1e-6, so classes agree except on exact ties, which break by class index in both. A few-shot
+head (a learned model on the full embedding) still decodes the tile.
 """
 
 from __future__ import annotations
@@ -22,14 +28,22 @@ import numpy as np
 from tqdm import tqdm
 
 from model.train.probe import check_head_matches, load_head
-from model.zeroshot import fit_calibration, probabilities
+from model.zeroshot import LOGIT_SCALE, calibrated_cosine
 from pipeline.adapters.base import cached_head
 from pipeline.adapters.uncertainty import margin_entropy
 from pipeline.base.config import to_plain
 from pipeline.base.errors import UserError
 from pipeline.base.hashing import json_digest
 from pipeline.base.jsonio import write_json
-from pipeline.field.api import Field, _group, decode_valid, load_model, model_spec
+from pipeline.field.api import (
+    Field,
+    _group,
+    code_cosines,
+    decode_valid,
+    load_model,
+    model_spec,
+    project,
+)
 from pipeline.run.config import FLAT_KEYS, RunConfig
 from pipeline.run.prepare import prepare_run
 from pipeline.run.publishing import publish
@@ -107,16 +121,34 @@ def _calibration(f: Field, cfg: Any, prep: Any) -> list[float] | None:
         if f.run.get("calibration") is not None:
             return list(f.run["calibration"])
 
+    # The per-class mean cosine (model.zeroshot.fit_calibration) of the same sample as before,
+    # computed in the code space.
     rng = np.random.default_rng(cfg.model.seed)
+    vectors = project(f, _classifier(prep))
     parts = []
     per_tile = max(1, CALIBRATION_SAMPLES // max(1, len(prep.grid.tiles)))
     for tile in prep.grid.tiles:
-        _, emb = decode_valid(f, tile.window)
-        if len(emb):
-            parts.append(emb[np.sort(rng.permutation(len(emb))[:per_tile])])
+        _, cos = code_cosines(f, tile.window, vectors)
+        if len(cos):
+            parts.append(cos[np.sort(rng.permutation(len(cos))[:per_tile])])
     if not parts:
         raise UserError(f"{f.map_dir}: the field has no valid pixel to calibrate on")
-    return np.asarray(fit_calibration(np.concatenate(parts), prep.classifier)).tolist()
+    return np.concatenate(parts).astype(np.float64).mean(axis=0).tolist()
+
+
+def _classifier(prep: Any) -> np.ndarray:
+    """The (C, D) text classifier as float32 numpy (it may be a torch tensor)."""
+    w = prep.classifier
+    return np.asarray(w.detach().cpu().numpy() if hasattr(w, "detach") else w, np.float32)
+
+
+def probabilities_from_cosines(cos: np.ndarray, calibration: Any) -> np.ndarray:
+    """(N, C) float32 class probabilities from (N, C) cosines: the calibration and softmax of
+    :func:`model.zeroshot.probabilities`, without its cosine step."""
+    import torch  # noqa: PLC0415 (already loaded with the model)
+
+    c = calibrated_cosine(torch.from_numpy(np.ascontiguousarray(cos, np.float32)), calibration)
+    return torch.softmax(LOGIT_SCALE * c, dim=-1).numpy().astype(np.float32)
 
 
 def _output_hash(f: Field, cfg: Any) -> str:
@@ -161,6 +193,7 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
     ws.prepare(output_hash, cfg.execution.overwrite)
     calibration = _calibration(f, cfg, prep)
     calib = None if calibration is None else np.asarray(calibration, np.float32)
+    vectors = None if cfg.model.head else project(f, _classifier(prep))
     ws.save_manifest({"output_hash": output_hash, "source_field": str(f.map_dir)})
     labels = [str(p) for p in f.layout.get("periods", [])]
     k = min(cfg.output.top_k, len(prep.class_names))
@@ -182,7 +215,7 @@ def classify_field(f: Field, c: ClassifyConfig) -> Path:
     todo = [t for t in prep.grid.tiles if t.id not in done]
 
     for tile in tqdm(todo, unit="tile", desc="classify", disable=not cfg.execution.progress):
-        ws.mark_done(tile.id, _classify_tile(f, ws, tile, cfg, prep, calib, k))
+        ws.mark_done(tile.id, _classify_tile(f, ws, tile, cfg, vectors, calib, k))
     report = {
         "status": "complete",
         "untrained": cfg.model.untrained,
@@ -218,10 +251,13 @@ def _valid_obs(f: Field, tile: Any) -> np.ndarray:
     return np.asarray(_group(f)["valid_obs"][:, ys, xs])
 
 
-def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, prep: Any, calib, k: int) -> dict:
+def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, vectors: Any, calib, k: int) -> dict:
 
     t = time.perf_counter()
-    valid, emb = decode_valid(f, tile.window)
+    if cfg.model.head:
+        valid, emb = decode_valid(f, tile.window)
+    else:
+        valid, emb = code_cosines(f, tile.window, vectors)  # emb: (N, C) cosines
     ny, nx = tile.shape
     classes = np.full((ny, nx), 255, np.uint8)
     conf = np.full((ny, nx), np.nan, np.float32)
@@ -233,7 +269,7 @@ def _classify_tile(f: Field, ws: Any, tile: Any, cfg: Any, prep: Any, calib, k: 
         if cfg.model.head:
             probs = np.asarray(cached_head(cfg.model.head).predict(emb), dtype=np.float32)
         else:
-            probs = np.asarray(probabilities(emb, prep.classifier, calib), dtype=np.float32)
+            probs = probabilities_from_cosines(emb, calib)
         cls, cf, tc, tp = predict(probs, k)
         classes[valid] = cls.astype(np.uint8)
         conf[valid] = cf

@@ -28,12 +28,12 @@ from pipeline.base.errors import UserError
 from pipeline.base.jsonio import write_json
 from pipeline.field.api import (
     Field,
-    decode_valid,
+    code_cosines,
     encode_text,
     legend_classifier,
     load_model,
+    project,
     query_probability,
-    similarity,
 )
 
 _log = logging.getLogger(__name__)
@@ -70,6 +70,10 @@ def query_field(
     q = encode_text(f, texts, checkpoint=checkpoint)  # fails early (model, text tower)
     w_classes = legend_classifier(f, load_model(f, checkpoint))
     with_prob = w_classes is not None or len(texts) > 1
+    # The queries (and the legend's classes) projected once into the field's components: each
+    # window is then one small GEMM of its int8 codes, no 512-d decode (pipeline.writers.codec).
+    vectors = project(f, q if w_classes is None else np.concatenate([q, w_classes]))
+    nq = len(texts)
     out.mkdir(parents=True, exist_ok=True)
     geobox = f.geobox
     h, w = f.shape
@@ -95,14 +99,14 @@ def query_field(
         dsts = [rasterio.open(p, "w", **profile) for p in tmps]
         try:
             for window in tqdm(f.windows(), unit="window", desc="query", disable=not progress):
-                valid, emb = decode_valid(f, window)
+                valid, cos_all = code_cosines(f, window, vectors)
                 ys, xs = window
                 block = np.full((len(texts), bands, *valid.shape), np.nan, np.float32)
-                if len(emb):
-                    cos = similarity(emb, q)  # (N, Q)
+                if len(cos_all):
+                    cos = cos_all[:, :nq]  # (N, Q)
                     block[:, 0, valid] = cos.T
                     if with_prob:
-                        cc = None if w_classes is None else similarity(emb, w_classes)
+                        cc = None if w_classes is None else cos_all[:, nq:]
                         block[:, 1, valid] = query_probability(cos, cc).T
                 win = rasterio.windows.Window(
                     xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start

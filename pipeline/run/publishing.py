@@ -11,6 +11,10 @@ from pipeline.run.config import RunConfig
 from pipeline.run.prepare import Prepared
 from pipeline.run.workspace import Workspace
 
+#: The STAC embeddings extension (stac-extensions.github.io/embeddings; ``emb:`` fields).
+EMBEDDINGS_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+MODEL_CARD = "model_card.json"
+
 
 def field_dims(cfg: RunConfig, prep: Prepared) -> int | None:
     """Components of the compact field (None without ``--save-embeddings``)."""
@@ -41,6 +45,86 @@ def field_attrs(cfg: RunConfig, prep: Prepared) -> dict[str, Any]:
             "field_scale NaN = nodata (pipeline.writers.codec)",
         }
     }
+
+
+def basis_sha256(codec: Any) -> str:
+    """SHA-256 of a field's decoding recipe: its float32 mean then basis (C order) bytes."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256(np.ascontiguousarray(codec.mean, np.float32).tobytes())
+    h.update(np.ascontiguousarray(codec.basis, np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _licence(cfg: RunConfig) -> str:
+    """What is known of the weights' licence (model.weights), or why nothing is."""
+    if cfg.model.untrained:
+        return "untrained random weights (demo): no licence applies"
+    from model.weights import get_spec
+
+    names = [cfg.model.checkpoint, cfg.model.clip_checkpoint]
+    for name in (str(n) for n in names if n):
+        try:
+            return f"{name}: {get_spec(name).licence}"
+        except Exception:  # a local file, not a registered weights name
+            continue
+    return "unknown: a local checkpoint (see its source)"
+
+
+def write_model_card(
+    cfg: RunConfig, prep: Prepared, ws: Workspace, report: dict
+) -> tuple[Path, dict[str, Any]]:
+    """``model_card.json`` beside the field: model, checkpoint hash, basis hash, prompt set,
+    calibration and licence (the geoembeddings conventions' model card); returns its path and
+    the ``emb:`` / ``s2lc:field_*`` STAC properties of the item.
+
+    Raises:
+        UserError: the store has no complete field recipe (the run did not fit it).
+    """
+    from pipeline.base.errors import UserError
+    from pipeline.base.jsonio import write_json
+    from pipeline.writers.field import read_codec
+
+    codec = read_codec(ws.store)
+    if codec is None:
+        raise UserError(f"{ws.store}: the embedding field has no decoding recipe")
+    meta = field_attrs(cfg, prep)["s2lc:field"]
+    digest = basis_sha256(codec)
+    card = {
+        "model": {
+            "name": prep.model_info["name"],
+            "identity": prep.model_info["identity"],
+            "embedding_identity": prep.model_info.get("embedding_identity"),
+            "arch": prep.model_info.get("arch"),
+            "checkpoint": prep.model_info.get("checkpoint"),
+            "checkpoint_sha256": prep.model_info.get("checkpoint_sha256"),
+            "untrained": prep.model_info.get("untrained"),
+            "embed_dim": prep.model_info["embed_dim"],
+        },
+        "field": {
+            **{k: meta[k] for k in ("encoding", "version", "dims", "bytes_per_pixel", "decode")},
+            "basis_sha256": digest,
+            "basis": "PCA of this run's reference sample of embeddings (pipeline.run.calibration)",
+            "store": "map.zarr: field_codes (time, embedding, y, x) int8, field_scale (time, y, x)"
+            " float16, field_mean, field_basis",
+        },
+        "prompt_sets": {"legend": dict(prep.legend_info)},
+        "calibration": {"mode": cfg.model.calibration, "class_mean_cosine": report["calibration"]},
+        "licence": _licence(cfg),
+    }
+    path = write_json(ws.out / MODEL_CARD, card)
+    props = {
+        "emb:type": "pixel",
+        "emb:dimensions": meta["dims"],
+        "emb:chip_layout": {"layout_type": "regular_grid"},
+        "data_type": "int8",
+        "s2lc:field_encoding": meta["encoding"],
+        "s2lc:field_basis_sha256": digest,
+        "s2lc:field_bytes_per_pixel": meta["bytes_per_pixel"],
+    }
+    return Path(path), props
 
 
 def write_legend_and_quicklook(
@@ -88,11 +172,13 @@ def publish(cfg: RunConfig, prep: Prepared, ws: Workspace, report: dict, labels:
     cogs = build_cogs(
         ws.tiles, ws.out, prep.grid, list(prep.class_names), list(prep.colors), period_labels=labels
     )
-    field_cogs = {}
+    field_cogs: dict[str, Path] = {}
+    field_props: dict[str, Any] = {}
     if cfg.output.save_embeddings:
         from pipeline.writers.field import build_field_cogs
 
         field_cogs = build_field_cogs(ws.store, ws.out, field_attrs(cfg, prep)["s2lc:field"])
+        field_cogs["model_card"], field_props = write_model_card(cfg, prep, ws, report)
     zarr_path = ws.publish_store()
     ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record
     write_legend_and_quicklook(cfg, prep, ws, report, cogs["classes"])
@@ -131,6 +217,8 @@ def publish(cfg: RunConfig, prep: Prepared, ws: Workspace, report: dict, labels:
                 if cfg.output.postprocess
                 else {}
             ),
+            **field_props,
         },
+        extensions=[EMBEDDINGS_EXTENSION] if field_props else [],
         item_id=f"s2lc-{prep.region_name}-{cfg.composite.start}-{cfg.composite.end}-{cfg.composite.period}-{cfg.model.name}",
     )

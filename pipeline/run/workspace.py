@@ -59,6 +59,7 @@ SIDECARS = tuple(
 OPTIONAL_PRODUCTS = (
     *product_files("field", "ood", "postprocess", "tile"),
     *(f"{s.cog}.png" for s in cog_layers("tile") if s.kind == "rgb"),
+    "model_card.json",  # beside the field (pipeline.run.publishing.write_model_card)
 )
 
 

@@ -141,8 +141,14 @@ def _legend_from_raster(path: Path) -> tuple[ClassInfo, ...]:
 
 
 def _store_has_composite(store: Path) -> bool:
+    v3 = _read_json(store / "zarr.json") or {}  # Zarr v3; older s2lc wrote v2
     meta = _read_json(store / ".zmetadata") or {}
-    attrs = (meta.get("metadata") or {}).get(".zattrs") or _read_json(store / ".zattrs") or {}
+    attrs = (
+        v3.get("attributes")
+        or (meta.get("metadata") or {}).get(".zattrs")
+        or _read_json(store / ".zattrs")
+        or {}
+    )
     bands = (attrs.get("s2lc:layout") or {}).get("bands") or []
     return (store / "composite").is_dir() and all(b in bands for b in RGB_BANDS)
 

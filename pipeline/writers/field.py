@@ -41,7 +41,7 @@ def write_codec(store: str | os.PathLike[str], codec: Any) -> None:
     """Write the codec's mean and basis into the store's ``field_mean`` / ``field_basis``."""
     import zarr
 
-    g = zarr.open_group(str(store), mode="r+", zarr_format=2)
+    g = zarr.open_group(str(store), mode="r+")
     g["field_mean"][...] = codec.mean
     g["field_basis"][...] = codec.basis
 
@@ -52,7 +52,7 @@ def read_codec(store: str | os.PathLike[str]) -> Any | None:
 
     from pipeline.writers.codec import FieldCodec
 
-    g = zarr.open_group(str(store), mode="r", zarr_format=2)
+    g = zarr.open_group(str(store), mode="r")  # Zarr v3, or v2 of older s2lc
     if "field_basis" not in g:
         return None
     mean, basis = np.asarray(g["field_mean"][...]), np.asarray(g["field_basis"][...])
@@ -87,6 +87,11 @@ def build_field_cogs(
                 with rasterio.Env(**env):
                     # A VRT in between sets the output type (float16 scale -> Float32) and tags.
                     rasterio.shutil.copy(src, str(vrt), driver="VRT")
+                    if layer(array).file_dtype == "float32":
+                        # GDAL >= 3.11 keeps Zarr float16 as Float16 (older GDAL promoted it);
+                        # the COG is Float32 (the floating-point predictor needs it).
+                        text = vrt.read_text()
+                        vrt.write_text(text.replace('dataType="Float16"', 'dataType="Float32"'))
                     with rasterio.open(str(vrt), "r+") as ds:
                         ds.update_tags(S2LC_FIELD=json.dumps(dict(recipe)), S2LC_ARRAY=array)
                     opts = {

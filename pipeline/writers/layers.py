@@ -124,15 +124,15 @@ LAYER_SPECS: tuple[LayerSpec, ...] = (
         "surface reflectance composite", group="composite", units="1", lead_chunks=(1, None),
     ),
     LayerSpec(
-        "embeddings", ("embedding", "y", "x"), "float16", _NAN, _NAN, "per-pixel embedding",
+        "embeddings", ("time", "embedding", "y", "x"), "float16", _NAN, _NAN, "per-pixel embedding",
         group="embeddings",
     ),
     LayerSpec(
-        "field_codes", ("component", "y", "x"), "int8", None, 0,
+        "field_codes", ("time", "embedding", "y", "x"), "int8", None, 0,
         "compact embedding field: int8 codes", group="field", cog="field",
     ),
     LayerSpec(
-        "field_scale", ("y", "x"), "float16", _NAN, _NAN,
+        "field_scale", ("time", "y", "x"), "float16", _NAN, _NAN,
         "compact embedding field: per-pixel scale of the codes", group="field",
         cog="field_scale", cog_dtype="float32",
     ),

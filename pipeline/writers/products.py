@@ -203,6 +203,7 @@ _ASSET_META: dict[str, tuple[str, list[str]]] = {
     "quicklook": ("Quicklook", ["overview", "visual"]),
     "composite_quicklook": ("True-colour composite, quicklook", ["overview"]),
     "run": ("Run provenance", ["metadata"]),
+    "model_card": ("Model card of the embedding field", ["metadata"]),
 }
 
 
@@ -256,8 +257,12 @@ def write_stac_item(
     colors: Sequence[Any],
     properties: Mapping[str, Any] | None = None,
     item_id: str | None = None,
+    extensions: Sequence[str] = (),
 ) -> Path:
     """A STAC item for the outputs, with the projection and classification extensions.
+
+    ``extensions``: further schema URLs the ``properties`` follow (e.g. the embeddings
+    extension of a map with an embedding field).
 
     Asset hrefs are relative to the item's folder when the files are inside it. The classes
     asset (and the Zarr store) carry ``classification:classes``; COG assets ``raster:bands``.
@@ -282,6 +287,9 @@ def write_stac_item(
         end_datetime=_utc(end, end=True),
         properties=props,
     )
+    for url in extensions:
+        if url not in item.stac_extensions:
+            item.stac_extensions.append(url)
     crs = grid.geobox.crs
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     x0, y0, x1, y1 = grid.geobox.boundingbox

@@ -1,7 +1,7 @@
-"""The map store: a Zarr v2 group with one array per layer, chunked on the tile grid.
+"""The map store: a Zarr v3 group with one array per layer, chunked on the tile grid.
 
-Layout (dimension names as in ``_ARRAY_DIMENSIONS``; one row of :mod:`pipeline.writers.layers`
-per per-pixel array)::
+Layout (the arrays' ``dimension_names``; one row of :mod:`pipeline.writers.layers` per per-pixel
+array; the embedding layers in the geoembeddings conventions' order ``(time, embedding, y, x)``)::
 
     classes       (y, x)                 uint8    255 = nodata (a CF flag value; xarray keeps uint8)
     confidence    (y, x)                 float32  NaN = nodata
@@ -9,20 +9,30 @@ per per-pixel array)::
     topk_probs    (k, y, x)              float32  NaN = nodata
     valid_obs     (period, y, x)         uint16   0 = no valid observation (no fill value)
     composite     (period, band, y, x)   float32  NaN = nodata           (optional)
-    embeddings    (embedding, y, x)      float16  NaN = nodata           (optional)
-    field_codes   (component, y, x)      int8     the compact embedding field (optional, see
-    field_scale   (y, x)                 float16  NaN = nodata            pipeline.writers.codec)
-    field_mean    (embedding,)           float32  its decoding recipe: mean and
-    field_basis   (embedding, component) float32  projection basis
-    x, y, k, period, band, embedding, component   coordinates (pixel centres for x/y)
+    embeddings    (time, embedding, y, x)  float16  NaN = nodata         (optional)
+    field_codes   (time, embedding, y, x)  int8     the compact embedding field (optional, see
+    field_scale   (time, y, x)             float16  NaN = nodata          pipeline.writers.codec)
+    field_mean    (feature,)             float32  its decoding recipe: mean and
+    field_basis   (feature, embedding)   float32  projection basis
+    x, y, k, period, band, time, embedding, feature   coordinates (pixel centres for x/y)
     spatial_ref                          CF grid mapping (crs_wkt, spatial_ref, GeoTransform)
 
-Why Zarr **v2**: the GDAL (3.10) bundled with rasterio cannot read Zarr v3 stores, and the map
-must open in GDAL/QGIS as well as in xarray. The CRS is stored twice so both understand it: the
-CF ``grid_mapping`` -> ``spatial_ref`` variable (xarray with ``decode_coords="all"``, rioxarray,
+``time`` has one entry, the year of the map's first period (a map is one year); a composite
+keeps its own ``period``. ``embedding`` is the stored embedding's dimension: the field's ``d``
+components, or the model's ``D`` for float16 ``embeddings``; ``feature`` is the model's ``D``
+when the field is projected.
+
+Why Zarr **v3**, ZSTD, **not sharded**: GDAL 3.12.2 (rasterio 1.5.2) reads zarr-python 3's v3
+stores with plain/bytes, ZSTD and Blosc-ZSTD codecs but refuses sharding ("Unsupported codec:
+sharding_indexed"; GDAL >= 3.13 reads it), and the map must open in GDAL/QGIS as well as in
+xarray, so chunks stay one object each. One store per CRS (a map is on one grid; a gridded run
+keeps one store per cell grid). The CRS is stored twice so both understand it: the CF
+``grid_mapping`` -> ``spatial_ref`` variable (xarray with ``decode_coords="all"``, rioxarray,
 odc-geo) and GDAL's own ``_CRS`` attribute on every array; GDAL derives the geotransform from the
 ``x``/``y`` coordinate arrays. Read it back with ``xr.open_zarr(path, decode_coords="all")`` or
-``rasterio.open('ZARR:"path":/classes')``.
+``rasterio.open('ZARR:"path":/classes')`` (GDAL >= 3.11 for Zarr v3; older GDAL refuses the
+``bytes`` codec). Stores written before (Zarr v2) still open with :func:`open_map`, the field
+API and the viewer; :func:`store_format` tells which.
 
 Concurrency: every spatial chunk is ``tile_size`` square and the tile lattice starts at the
 grid's first pixel (:mod:`pipeline.grid.tiling`), so each chunk belongs to exactly one tile and
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,16 +60,56 @@ from pipeline.grid.tiling import Tile, TileGrid
 from pipeline.writers.layers import LAYER_SPECS, LayerSpec
 from pipeline.writers.tile_result import CLASS_NODATA, TileResult
 
-__all__ = ["create_map_store", "open_map", "read_layer", "write_layer", "write_tile"]
+__all__ = [
+    "ZARR_FORMAT",
+    "create_map_store",
+    "open_map",
+    "read_layer",
+    "read_store_attrs",
+    "store_format",
+    "write_layer",
+    "write_tile",
+]
 
 _EMBED_CHUNK_BYTES = 64 * 2**20
 _CRS_VAR = "spatial_ref"
 
 
-def _compressor() -> Any:
-    import numcodecs
+#: The map store's Zarr format.
+ZARR_FORMAT = 3
 
-    return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+
+def _compressor() -> Any:
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=3)
+
+
+def store_format(path: str | os.PathLike[str]) -> int:
+    """The Zarr format of a map store: 3 (``zarr.json``) or 2 (``.zattrs``, older s2lc).
+
+    Raises:
+        UserError: no Zarr group at ``path``.
+    """
+    p = Path(path)
+    if (p / "zarr.json").is_file():
+        return 3
+    if (p / ".zgroup").is_file() or (p / ".zattrs").is_file():
+        return 2
+    raise UserError(f"{p}: not a Zarr map store (no zarr.json or .zattrs)")
+
+
+def read_store_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The store group's attributes (Zarr v3 ``zarr.json`` or v2 ``.zattrs``), without zarr.
+
+    Raises:
+        UserError: no Zarr group at ``path``.
+    """
+    p = Path(path)
+    if store_format(p) == 3:
+        return dict(json.loads((p / "zarr.json").read_text()).get("attributes") or {})
+    f = p / ".zattrs"
+    return json.loads(f.read_text()) if f.is_file() else {}
 
 
 def _layout(
@@ -160,11 +211,16 @@ def create_map_store(
 
 def _check_existing(path: Path, layout_hash: str, config_hash: Any) -> None:
     try:
+        fmt = store_format(path)
         found = _read_attrs(path)
     except Exception:  # not a zarr group, unreadable metadata
         raise UserError(
             f"{path} exists and is not a map store; remove it or use --overwrite"
         ) from None
+    if fmt != ZARR_FORMAT:
+        raise UserError(
+            f"{path} holds a Zarr v{fmt} map store of an older s2lc; remove it or use --overwrite"
+        )
     if found.get("s2lc:layout_hash") != layout_hash:
         raise UserError(
             f"{path} holds a map store with another grid or layers; remove it or use --overwrite"
@@ -177,7 +233,7 @@ def _check_existing(path: Path, layout_hash: str, config_hash: Any) -> None:
 
 
 def _read_attrs(path: Path) -> dict[str, Any]:
-    return json.loads((path / ".zattrs").read_text())
+    return read_store_attrs(path)
 
 
 def _crs_attrs(grid: TileGrid) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -209,7 +265,7 @@ def _build_store(
     bands, embed_dim = layout["bands"], layout["embed_dim"]
     cf_crs, gdal_crs = _crs_attrs(grid)
     comp = _compressor()
-    g = zarr.open_group(str(root), mode="w-", zarr_format=2)
+    g = zarr.open_group(str(root), mode="w-", zarr_format=ZARR_FORMAT)
     g.attrs.update(
         to_json_safe(
             {
@@ -224,14 +280,16 @@ def _build_store(
     )
 
     def coord(name: str, values: np.ndarray, extra: Mapping[str, Any] | None = None) -> None:
+        text = values.dtype.kind == "U"  # Zarr v3's variable-length UTF-8 strings
         a = g.create_array(
             name,
             shape=values.shape,
-            dtype=values.dtype,
+            dtype="str" if text else values.dtype,
             chunks=values.shape or None,
-            fill_value=None,
+            fill_value="" if text else None,
             compressors=comp,
-            attributes={"_ARRAY_DIMENSIONS": [name], **(extra or {})},
+            dimension_names=[name],
+            attributes=dict(extra or {}),
         )
         a[...] = values
 
@@ -243,21 +301,29 @@ def _build_store(
     coord("period", np.array(periods, dtype=str), {"long_name": "composite period"})
     if bands is not None:
         coord("band", np.array(bands, dtype=str), {"long_name": "spectral band"})
-    if embed_dim is not None:
-        coord("embedding", np.arange(embed_dim, dtype=np.int32), {"long_name": "embedding dim"})
     field_dims = layout.get("field_dims")
-    if field_dims is not None:
+    if embed_dim is not None:
         coord(
-            "component",
-            np.arange(field_dims, dtype=np.int32),
-            {"long_name": "component of the compact embedding field"},
+            "time",
+            np.array([_year(periods)], dtype=str),
+            {"long_name": "year of the map (its first period)"},
         )
+        if field_dims is not None:
+            coord(
+                "embedding",
+                np.arange(field_dims, dtype=np.int32),
+                {"long_name": "component of the compact embedding field"},
+            )
+            coord("feature", np.arange(embed_dim, dtype=np.int32), {"long_name": "model dim"})
+        else:
+            coord("embedding", np.arange(embed_dim, dtype=np.int32), {"long_name": "model dim"})
     sref = g.create_array(
         _CRS_VAR,
         shape=(),
         dtype=np.int32,
         fill_value=None,
-        attributes={"_ARRAY_DIMENSIONS": [], **cf_crs},
+        dimension_names=[],
+        attributes=cf_crs,
     )
     sref[...] = int(grid.geobox.crs.epsg or 0)
 
@@ -281,8 +347,8 @@ def _build_store(
         "k": k,
         "period": len(periods),
         "band": len(bands or ()),
-        "embedding": max(1, min(embed_dim or 1, _EMBED_CHUNK_BYTES // (2 * ts * ts))),
-        "component": layout.get("field_dims") or 0,
+        "time": 1,
+        "embedding": field_dims or max(1, min(embed_dim or 1, _EMBED_CHUNK_BYTES // (2 * ts * ts))),
     }
     for spec in store_layers(layout):
         lead = spec.dims[:-2]
@@ -291,15 +357,18 @@ def _build_store(
             for d, n in zip(lead, spec.lead_chunks or (None,) * len(lead), strict=True)
         )
         classes = spec.kind == "classes"
+        # Zarr v3 arrays always have a fill value; xarray does not mask with it (only CF
+        # _FillValue), so class layers stay uint8 with 255 = nodata, counts 0.
+        fill = spec.fill if spec.fill is not None else (CLASS_NODATA if classes else 0)
         g.create_array(
             spec.name,
             shape=tuple(len(_dim_values(d, layout)) for d in lead) + (h, w),
             dtype=np.dtype(spec.dtype),
             chunks=chunks + (ts, ts),
-            fill_value=CLASS_NODATA if classes and sparse else spec.fill,
+            fill_value=fill,
             compressors=comp,
+            dimension_names=list(spec.dims),
             attributes={
-                "_ARRAY_DIMENSIONS": list(spec.dims),
                 **common,
                 **spec.zarr_attrs,
                 **(flags if classes else {}),
@@ -310,7 +379,15 @@ def _build_store(
     if not sparse:
         classes = [s.name for s in store_layers(layout) if s.kind == "classes"]
         _fill_uncovered_chunks(g, grid, classes, CLASS_NODATA)
-    zarr.consolidate_metadata(str(root), zarr_format=2)
+    with warnings.catch_warnings():  # consolidated metadata is zarr-python's v3 extension
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(root), zarr_format=ZARR_FORMAT)
+
+
+def _year(periods: Sequence[str]) -> str:
+    """The ``time`` label of a map: the year of its first period (``2023-01`` -> ``2023``)."""
+    first = str(periods[0]) if periods else ""
+    return first[:4] if first[:4].isdigit() else first
 
 
 def store_layers(layout: Mapping[str, Any]) -> tuple[LayerSpec, ...]:
@@ -333,8 +410,8 @@ def store_layers(layout: Mapping[str, Any]) -> tuple[LayerSpec, ...]:
 def _field_recipe_arrays(g: Any, embed_dim: int, dims: int, comp: Any) -> None:
     """The compact field's decoding recipe (mean and basis), next to its per-pixel layers."""
     for name, shape, dimnames in (
-        ("field_mean", (embed_dim,), ["embedding"]),
-        ("field_basis", (embed_dim, dims), ["embedding", "component"]),
+        ("field_mean", (embed_dim,), ["feature"]),
+        ("field_basis", (embed_dim, dims), ["feature", "embedding"]),
     ):
         g.create_array(
             name,
@@ -343,7 +420,7 @@ def _field_recipe_arrays(g: Any, embed_dim: int, dims: int, comp: Any) -> None:
             chunks=shape,
             fill_value=np.nan,
             compressors=comp,
-            attributes={"_ARRAY_DIMENSIONS": dimnames},
+            dimension_names=dimnames,
         )
 
 
@@ -378,8 +455,8 @@ def _dim_values(dim: str, layout: Mapping[str, Any]) -> Sequence[Any]:
         "k": range(layout["k"]),
         "period": layout["periods"],
         "band": layout["bands"] or (),
-        "embedding": range(layout["embed_dim"] or 0),
-        "component": range(layout.get("field_dims") or 0),
+        "time": range(1),
+        "embedding": range(layout.get("field_dims") or layout["embed_dim"] or 0),
     }[dim]
 
 
@@ -407,7 +484,7 @@ def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> 
     """
     import zarr
 
-    g = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    g = zarr.open_group(str(path), mode="r+", zarr_format=ZARR_FORMAT)
     ys, xs = tile.window
     if result.shape != tile.shape:
         raise ValueError(f"tile {tile.id} is {tile.shape} pixels, the result {result.shape}")
@@ -426,6 +503,8 @@ def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> 
             if fill is None:  # class layers: nodata 255; counts: 0 observations
                 fill = spec.nodata
             data = np.full(want, fill, dtype=arr.dtype)
+        if spec.dims[0] == "time" and data.ndim == len(want) - 1:
+            data = data[None]  # a tile's result is one time step
         if data.shape != want:
             raise ValueError(
                 f"tile {tile.id}: {spec.name} has shape {data.shape}, the store {want}"
@@ -438,14 +517,14 @@ def read_layer(path: str | os.PathLike[str], name: str) -> np.ndarray:
     """The whole array ``name`` of the store at ``path`` (e.g. the raw classes to post-process)."""
     import zarr
 
-    return zarr.open_group(str(path), mode="r", zarr_format=2)[name][...]
+    return zarr.open_group(str(path), mode="r", zarr_format=ZARR_FORMAT)[name][...]
 
 
 def write_layer(path: str | os.PathLike[str], name: str, data: np.ndarray) -> None:
     """Overwrite the whole array ``name`` of the store at ``path`` (shape and dtype as stored)."""
     import zarr
 
-    arr = zarr.open_group(str(path), mode="r+", zarr_format=2)[name]
+    arr = zarr.open_group(str(path), mode="r+", zarr_format=ZARR_FORMAT)[name]
     if tuple(data.shape) != tuple(arr.shape):
         raise ValueError(f"{name} has shape {data.shape}, the store {arr.shape}")
     arr[...] = np.asarray(data, dtype=arr.dtype)

@@ -128,6 +128,114 @@ def test_released_checkpoint_embeds_without_a_text_tower(form, tmp_path, monkeyp
     assert m2._text is None and m2.text_embed(["a lake"]).shape == (1, 512)
 
 
+@pytest.mark.parametrize("dims", [62, 512])
+def test_code_space_cosines_and_classes_equal_the_decoded_path(dims):
+    """Issue 28: cosines from the int8 codes (the class vectors projected once) equal today's
+    decode-then-cosine path to 1e-5, and the classes agree except on exact ties (class index)."""
+    from model.zeroshot import cosine, fit_calibration, probabilities
+    from pipeline.field.classify import probabilities_from_cosines
+    from pipeline.run.tile_task import predict
+
+    c = fit_codec(_embeddings(2000, seed=1), dims)
+    e = _embeddings(4000, seed=2)
+    e[11] = np.nan
+    codes, scale = c.encode(e)
+    # class vectors near the data (close cosines, so the argmax is a real test), one random, one
+    # exact duplicate (an exact tie: the lower class index wins), not normalised
+    w = np.concatenate(
+        [_embeddings(6, seed=7) * 3.0, np.random.default_rng(3).normal(size=(1, 512))]
+    )
+    w = np.concatenate([w, w[2:3]]).astype(np.float32)
+    got = c.cosines(codes, scale, c.project(w))
+    ok = np.arange(len(e)) != 11
+    assert got.shape == (len(e), len(w)) and got.dtype == np.float32 and np.isnan(got[11]).all()
+    dec = c.decode(codes[ok], scale[ok])
+    ref = cosine(dec, w).numpy()
+    assert np.abs(got[ok] - ref).max() < 1e-5
+    # classes: the same calibration and softmax, then the run's own argmax (stable)
+    calib = fit_calibration(dec[:500], w)
+    p_ref = probabilities(dec, w, calib)
+    p_got = probabilities_from_cosines(got[ok], calib)
+    cls_ref, cls_got = predict(p_ref, 3)[0], predict(p_got, 3)[0]
+    top2 = np.sort(ref[:, :-1], axis=1)[:, -2:]  # the near-ties, not counting the duplicate
+    tie = (top2[:, 1] - top2[:, 0]) < 1e-5
+    assert np.array_equal(cls_ref[~tie], cls_got[~tie]) and tie.mean() < 0.01
+    assert not np.isin(cls_got, [len(w) - 1]).any()  # the duplicate of class 2 never wins
+    assert np.abs(p_ref - p_got).max() < 1e-3
+    with pytest.raises(ValueError):
+        c.project(np.ones((2, 511), np.float32))
+
+
+def test_synthetic_field_is_a_format_valid_field(tmp_path):
+    """The bench's generator (pipeline.testing.field) writes a field the field API opens: Zarr
+    v3 on its grid (GDAL puts it in place), codes that decode, code-space cosines that match."""
+    import rasterio
+
+    from pipeline.field import code_cosines, decode_window, open_field, project
+    from pipeline.testing.field import write_synthetic_field
+
+    out = write_synthetic_field(
+        tmp_path / "synth", (300, 260), run={"config": {}},
+        field_meta={"model": "m", "embed_dim": 512, "dims": 62}, class_names=["a", "b"],
+        colors=["#ff0000", "#00ff00"], legend_info={"name": "x"}, period_labels=["2023-01"],
+        tile_size=128, origin=(500_000.0, 5_000_000.0),
+    )  # fmt: skip
+    f = open_field(out)
+    assert f.shape == (300, 260) and f.codec.dims == 62 and f.tile_size == 128
+    emb = decode_window(f, f.full_window)
+    assert np.isfinite(emb).all() and np.allclose(np.linalg.norm(emb, axis=-1), 1, atol=1e-5)
+    w = _embeddings(3, seed=9)
+    valid, cos = code_cosines(f, f.full_window, project(f, w))
+    assert valid.all() and np.abs(cos - emb.reshape(-1, 512) @ w.T).max() < 1e-5
+    with rasterio.open(f'ZARR:"{out / "map.zarr"}":/field_codes') as z:
+        assert z.count == 62 and z.transform.c == 500_000.0 and z.transform.f == 5_000_000.0
+        assert z.crs == "EPSG:32632"
+    # same seed, same field
+    again = write_synthetic_field(
+        tmp_path / "again", (300, 260), run={"config": {}},
+        field_meta={"model": "m", "embed_dim": 512, "dims": 62}, class_names=["a", "b"],
+        colors=["#ff0000", "#00ff00"], legend_info={"name": "x"}, period_labels=["2023-01"],
+        tile_size=128, origin=(500_000.0, 5_000_000.0),
+    )  # fmt: skip
+    assert np.array_equal(decode_window(open_field(again), f.full_window), emb)
+
+
+def test_a_zarr_v2_field_of_older_s2lc_still_reads(tmp_path):
+    """Stores written before issue 28 (Zarr v2, field_codes (component, y, x)) open in the field
+    API with the same numbers; a run resuming into one is refused in one line."""
+    import zarr
+
+    from pipeline.field import code_cosines, decode_window, open_field, project
+    from pipeline.grid.tiling import TileGrid
+    from pipeline.writers import create_map_store
+
+    c = fit_codec(_embeddings(500, seed=1), 62)
+    e = _embeddings(12 * 10, seed=4)
+    codes, scale = c.encode(e)
+    store = tmp_path / "old" / "map.zarr"
+    g = zarr.open_group(str(store), mode="w", zarr_format=2)
+    layout = {"crs": "EPSG:32632", "transform": [10, 0, 5e5, 0, -10, 5e6], "shape": [12, 10],
+              "tile_size": 8, "periods": ["2023-01"]}  # fmt: skip
+    g.attrs.update({"s2lc:field": {"model": "m", "dims": 62}, "s2lc:layout": layout})
+    for name, data in (
+        ("field_codes", codes.T.reshape(62, 12, 10)),
+        ("field_scale", scale.reshape(12, 10)),
+        ("field_mean", c.mean),
+        ("field_basis", c.basis),
+    ):
+        g.create_array(name, data=data, chunks=data.shape)
+    f = open_field(store.parent)
+    dec = decode_window(f, f.full_window).reshape(-1, 512)
+    assert np.array_equal(dec, c.decode(codes, scale))
+    _, cos = code_cosines(f, f.full_window, project(f, e[:2]))
+    assert np.abs(cos - dec @ e[:2].T).max() < 1e-5
+    from odc.geo.geobox import GeoBox
+
+    grid = TileGrid(GeoBox((12, 10), f.geobox.affine, "EPSG:32632"), 8, ())
+    with pytest.raises(UserError, match="Zarr v2 map store of an older s2lc"):
+        create_map_store(store, grid, class_names=["a"], k=1, period_labels=["2023-01"])
+
+
 # --- end to end on the demo ----------------------------------------------------------------------
 
 
@@ -170,6 +278,26 @@ def test_run_writes_the_field(field_map):
     assert f.meta["model"] == json.loads((field_map / "run.json").read_text())["model"]["identity"]
     g = zarr.open_group(str(field_map / "map.zarr"), mode="r")
     assert g["field_codes"].dtype == np.int8 and "embeddings" not in g
+    # Zarr v3 in the geoembeddings conventions' order, the year as time (issue 28)
+    assert g.metadata.zarr_format == 3
+    assert g["field_codes"].metadata.dimension_names == ("time", "embedding", "y", "x")
+    assert g["field_codes"].shape[:2] == (1, 62) and str(g["time"][0]) == "2023"
+    # the STAC item carries the embeddings extension, the model card the basis hash
+    from pipeline.run.publishing import EMBEDDINGS_EXTENSION, basis_sha256
+
+    item = json.loads((field_map / "item.json").read_text())
+    card = json.loads((field_map / "model_card.json").read_text())
+    assert EMBEDDINGS_EXTENSION in item["stac_extensions"]
+    props = item["properties"]
+    assert props["emb:dimensions"] == 62 and props["emb:type"] == "pixel"
+    assert (
+        props["s2lc:field_basis_sha256"] == card["field"]["basis_sha256"] == basis_sha256(f.codec)
+    )
+    assert card["model"]["identity"] == f.meta["model"] and card["prompt_sets"]["legend"]
+    assert item["assets"]["model_card"]["href"] == "./model_card.json"
+    with rasterio.open(f'ZARR:"{field_map / "map.zarr"}":/field_scale') as z:
+        with rasterio.open(field_map / "classes.tif") as c:
+            assert (z.transform, z.crs) == (c.transform, c.crs)
     with rasterio.open(field_map / "classes.tif") as c, rasterio.open(field_map / "field.tif") as t:
         classes = c.read(1)
         assert (t.count, t.dtypes[0], t.transform, t.crs) == (62, "int8", c.transform, c.crs)

@@ -1,4 +1,4 @@
-"""Output writers on real files: atomic publishing, the Zarr v2 map store (xarray and GDAL), COGs,
+"""Output writers on real files: atomic publishing, the Zarr v3 map store (xarray and GDAL), COGs,
 legend, quicklook and the STAC item."""
 
 from __future__ import annotations
@@ -97,8 +97,10 @@ def written(tmp_path_factory):
         "confidence": np.full(grid.shape, np.nan, np.float32),
         "valid_obs": np.zeros((len(PERIODS), *grid.shape), np.uint16),
         "rgb": np.zeros((3, *grid.shape), np.uint8),
+        "embeddings": np.full((8, *grid.shape), np.nan, np.float16),
     }
     for t in grid.tiles:
+        full["embeddings"][(slice(None), *t.window)] = expected[t.id].embeddings
         full["rgb"][(slice(None), *t.window)] = expected[t.id].rgb
         full["classes"][t.window] = expected[t.id].classes
         full["confidence"][t.window] = expected[t.id].confidence
@@ -185,7 +187,9 @@ def test_map_store_reads_back_in_xarray_with_its_crs(written):
     assert ds.classes.dims == ("y", "x") and ds.topk_probs.dims == ("k", "y", "x")
     assert ds.valid_obs.dims == ("period", "y", "x") and list(ds.period.values) == PERIODS
     assert ds.composite.dims == ("period", "band", "y", "x") and list(ds.band.values) == BANDS
-    assert ds.embeddings.dims == ("embedding", "y", "x") and ds.embeddings.dtype == np.float16
+    # the geoembeddings conventions' order; the year is the time step
+    assert ds.embeddings.dims == ("time", "embedding", "y", "x")
+    assert ds.embeddings.dtype == np.float16 and list(ds.time.values) == [PERIODS[0][:4]]
     assert ds.classes.encoding["chunks"] == (32, 32)
     # classes stay uint8 (nodata 255 is a CF flag value, not a _FillValue decoded to NaN)
     assert ds.classes.dtype == np.uint8 and ds.topk_classes.dtype == np.uint8
@@ -202,7 +206,15 @@ def test_map_store_reads_back_in_xarray_with_its_crs(written):
 
 
 def test_map_store_reads_in_gdal(written):
+    """Zarr v3 (issue 28): ZSTD chunks, not sharded (GDAL 3.12 refuses sharding_indexed), read
+    by the GDAL of rasterio 1.5 with the map in the right place."""
     grid, full, store = written["grid"], written["full"], written["store"]
+    meta = json.loads((store / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and not (store / ".zattrs").exists()
+    arr = json.loads((store / "classes" / "zarr.json").read_text())
+    codecs = [c["name"] for c in arr["codecs"]]
+    assert codecs == ["bytes", "zstd"] and "sharding_indexed" not in codecs
+    assert arr["dimension_names"] == ["y", "x"]
     with rasterio.open(f'ZARR:"{store}":/classes') as src:
         assert src.crs == grid.geobox.crs
         assert src.transform.almost_equals(grid.geobox.affine)
@@ -214,14 +226,17 @@ def test_map_store_reads_in_gdal(written):
     with rasterio.open(f'ZARR:"{store}":/valid_obs') as src:
         assert src.count == len(PERIODS) and src.crs == grid.geobox.crs
         np.testing.assert_array_equal(src.read(), full["valid_obs"])
+    with rasterio.open(f'ZARR:"{store}":/embeddings') as src:  # (time, embedding, y, x)
+        assert src.transform.almost_equals(grid.geobox.affine) and src.count == 8
+        np.testing.assert_array_equal(src.read(3), full["embeddings"][2])
 
 
 def test_map_store_create_is_atomic_and_idempotent(written, tmp_path):
     grid, store = written["grid"], written["store"]
     kw = dict(class_names=NAMES, k=2, period_labels=PERIODS, band_names=BANDS, embed_dim=8)
-    before = (store / "classes" / "0.0").read_bytes()
+    before = (store / "classes" / "c" / "0" / "0").read_bytes()
     assert create_map_store(store, grid, **kw, attrs={"config_hash": "h1"}) == store  # reopen
-    assert (store / "classes" / "0.0").read_bytes() == before  # written tiles kept
+    assert (store / "classes" / "c" / "0" / "0").read_bytes() == before  # written tiles kept
     with pytest.raises(UserError, match="other settings"):
         create_map_store(store, grid, **kw, attrs={"config_hash": "h2"})
     with pytest.raises(UserError, match="another grid"):
@@ -242,7 +257,7 @@ def test_map_store_create_is_atomic_and_idempotent(written, tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert not errors and (new / ".zmetadata").is_file()
+    assert not errors and (new / "zarr.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
 
 
