@@ -41,6 +41,7 @@ from pipeline.stac.bands import (
     reflectance_scale_offset,
     scl_masked_classes,
 )
+from pipeline.stac.hrefs import readable_href
 
 __all__ = ["ReadFailure", "classify_read_error", "load_cube", "MaskConfig", "canonical_item"]
 
@@ -93,7 +94,11 @@ def canonical_item(item: Any) -> Any:
     """A copy of ``item`` whose assets are exactly :data:`BANDS` + SCL under canonical names.
 
     The CRS, given as ``proj:epsg`` or ``proj:code`` on the item or its assets, becomes each
-    asset's ``proj:code`` (projection extension v2), which odc-stac reads.
+    asset's ``proj:code`` (projection extension v2), which odc-stac reads. Each href becomes what
+    GDAL opens (:func:`pipeline.stac.hrefs.readable_href`): resolved against the item's self link
+    when relative, and a ``file://`` URI percent-decoded into a local path.
+
+    :raises UserError: an href is relative and the item has no self link.
     """
     import pystac
 
@@ -123,18 +128,22 @@ def canonical_item(item: Any) -> Any:
         clone.add_asset(
             band,
             pystac.Asset(
-                href=asset.href, media_type=asset.media_type, roles=["data"], extra_fields=extra
+                href=readable_href(asset),
+                media_type=asset.media_type,
+                roles=["data"],
+                extra_fields=extra,
             ),
         )
     return clone
 
 
 def usable_items(items: Iterable[Any]) -> list[Any]:
-    """The items that have every band and SCL; a scene missing an asset is logged and skipped."""
+    """The items that have every band and SCL, each href resolvable; others are logged and skipped."""
     keep = []
     for it in items:
         try:
-            asset_keys(it)
+            for key in asset_keys(it).values():
+                readable_href(it.assets[key])
         except UserError as exc:
             _log.warning("skipping scene %s: %s", it.id, exc)
             continue
