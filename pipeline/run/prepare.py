@@ -79,10 +79,12 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
 
 
 def resolve_region(cfg: RunConfig):
-    """The region, its geometry clipped to ``--bbox`` when given."""
+    """The region and the geometry to map: clipped to ``--bbox`` when given, and the pixels it
+    touches when it holds no pixel centre (:func:`pipeline.grid.tiling.pixel_footprint`)."""
     from shapely.geometry import box
 
     from aoi import load_region
+    from pipeline.grid.tiling import pixel_footprint
 
     region = load_region(cfg.region)
     geometry = region.geometry
@@ -90,7 +92,7 @@ def resolve_region(cfg: RunConfig):
         geometry = geometry.intersection(box(*cfg.bbox))
         if geometry.is_empty or geometry.area == 0:
             raise UserError(f"--bbox {list(cfg.bbox)} does not overlap region {region.name}")
-    return region, geometry
+    return region, pixel_footprint(geometry, region.crs, region.resolution)
 
 
 def check_size(cfg: RunConfig, area_km2: float) -> None:

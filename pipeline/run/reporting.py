@@ -48,7 +48,11 @@ def coverage_report(all_stats: dict[str, dict], labels: list[str]) -> dict[str, 
         for lab, g in zip(labels, gap, strict=True)
     }
     warnings = []
-    frac_none = no_data / inside if inside else 0.0
+    # No pixel counted is no map, not a fully mapped one (a region must hold a pixel; see
+    # pipeline.grid.tiling.pixel_footprint).
+    frac_none = no_data / inside if inside else 1.0
+    if not inside:
+        warnings.append("no pixel of the region was counted: the map holds no class")
     for lab, v in periods.items():
         f = v["gap_filled_fraction"]
         if f > GAP_FILLED_WARN_FRACTION:

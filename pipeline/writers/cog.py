@@ -243,7 +243,11 @@ def _classes_band_extra(class_names: Sequence[str], colors: Sequence[Any]) -> st
 
 
 def _overview_count(grid: TileGrid) -> int:
-    """Levels down to <= 256 px, and at least one (small maps get an overview too)."""
+    """Levels down to <= 256 px, and at least one (small maps get an overview too), except for a
+    one-pixel map: GDAL's COG driver fails on an overview of a 1 x 1 raster ("Unknown GDAL
+    Error"), and there is nothing to reduce."""
+    if max(grid.shape) < 2:
+        return 0
     n, size = 0, max(grid.shape)
     while size / 2**n > _BLOCK:
         n += 1
