@@ -120,11 +120,19 @@ def normalise_geometry(geom: Any, src_crs: Any = "EPSG:4326") -> Any:
     return Geometry(geom, crs).to_crs("EPSG:4326", resolution=resolution).geom
 
 
+def bbox_number(value: float) -> str:
+    """``value`` as text that reads back as the same float: ``%g`` when that is exact (``11``,
+    ``48.3``), else the shortest exact form (``repr``: ``50.81874``, which ``%g`` rounds to
+    ``50.8187``, about 4 m). Used for ``bbox:W,S,E,N`` region names, so a box keeps its edges."""
+    short = f"{float(value):g}"
+    return short if float(short) == float(value) else repr(float(value))
+
+
 def bbox_region(w: float, s: float, e: float, n: float) -> Region:
     """A region that is just a lon/lat box (``--bbox W S E N`` without ``--region``)."""
     if not (w < e and s < n):
         raise UserError(f"--bbox must be W S E N with W < E and S < N, got {[w, s, e, n]}")
-    name = f"bbox_{w:g}_{s:g}_{e:g}_{n:g}"
+    name = "bbox_" + "_".join(bbox_number(v) for v in (w, s, e, n))
     return _region_from_doc({"name": name, "bbox": [w, s, e, n]}, name, BBOX_PREFIX)
 
 
