@@ -35,11 +35,12 @@ from pipeline.reading.failure import ReadFailure, classify_read_error
 from pipeline.stac.bands import (
     BANDS,
     SCL,
+    SCL_SNOW,
     asset_keys,
     item_crs,
     offset_contradiction,
+    parse_scl_mask,
     reflectance_scale_offset,
-    scl_masked_classes,
 )
 from pipeline.stac.hrefs import readable_href
 
@@ -65,7 +66,12 @@ class MaskConfig:
     """Which pixels become NaN."""
 
     mask_snow: bool = True
-    """Mask SCL 11 (snow/ice) as well as no data, defective, shadow, clouds and cirrus."""
+    """Mask SCL 11 (snow/ice) when ``scl_mask`` has it; False (``--keep-snow``) removes class 11
+    from whatever ``scl_mask`` says."""
+    scl_mask: str = "default"
+    """The SCL classes masked to NaN (``--scl-mask``): preset names and class numbers
+    (:func:`pipeline.stac.bands.parse_scl_mask`, presets in :data:`pipeline.stac.bands.SCL_PRESETS`).
+    Stored as the sorted class numbers, so equal masks hash equally."""
     use_scl: bool = True
     """Apply the SCL mask at all (nodata DN 0 is always masked)."""
     resampling: str = "nearest"
@@ -81,10 +87,16 @@ class MaskConfig:
     def __post_init__(self) -> None:
         if self.resampling not in ("nearest", "bilinear", "cubic", "average"):
             raise UserError(f"unknown resampling {self.resampling!r}")
+        canonical = ",".join(map(str, parse_scl_mask(self.scl_mask)))
+        object.__setattr__(self, "scl_mask", canonical)
 
     @property
     def scl_classes(self) -> tuple[int, ...]:
-        return scl_masked_classes(self.mask_snow) if self.use_scl else (0,)
+        """The SCL classes masked: ``scl_mask`` less snow/ice (11) under ``mask_snow=False``."""
+        if not self.use_scl:
+            return (0,)
+        classes = parse_scl_mask(self.scl_mask)
+        return tuple(c for c in classes if self.mask_snow or c != SCL_SNOW)
 
 
 PROJECTION_V2 = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"

@@ -73,6 +73,7 @@ def load_composite(job: TileJob, geobox) -> tuple[Any, int, float, dict[str, str
         end=c.end,
         period=c.period,
         mask_snow=job.mask.mask_snow,
+        scl_mask=job.mask.scl_mask,
     )
     return w.composite, w.acquisitions, w.load_seconds, w.offset_warnings
 
