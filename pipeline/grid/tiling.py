@@ -356,6 +356,12 @@ def pixel_footprint(geometry_4326: Any, crs: str, resolution: float) -> Any:
     import shapely
     from odc.geo.xr import rasterize
 
+    if geometry_4326 is None or geometry_4326.is_empty or not geometry_4326.area > 0:
+        # (also: odc-geo's densifying reprojection does not end on a zero-area polygon)
+        raise UserError(
+            f"the region has no area: it touches no {float(resolution):g} m pixel of the output "
+            f"grid ({crs}); give it an area"
+        )
     try:
         geom = Geometry(geometry_4326, "EPSG:4326").to_crs(crs, resolution="auto")
         gbox = _on_lattice(GeoBox.from_geopolygon(geom, resolution=float(resolution), crs=crs))
