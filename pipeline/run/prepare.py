@@ -70,11 +70,11 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
 
     region, geometry = resolve_region(cfg)
     area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
-    check_size(cfg, area_km2)
     c = cfg.composite
     labels = tuple(period_labels(c.start, c.end, c.period))
     cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
     preflight(cfg, len(labels))
+    check_size(cfg, area_km2)  # last: above the CPU limit it counts GPUs (imports torch)
     return CheckedInputs(region.name, geometry, area_km2, labels)
 
 
@@ -99,6 +99,8 @@ def check_size(cfg: RunConfig, area_km2: float) -> None:
     """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed."""
     if cfg.execution.cluster != "local" or cfg.execution.allow_large:
         return
+    if area_km2 <= min(LOCAL_CPU_LIMIT_KM2, LOCAL_GPU_LIMIT_KM2):
+        return  # small enough either way: no GPU count, so torch is not imported for it
     from pipeline.run.cluster import _cuda_devices
 
     limit = LOCAL_GPU_LIMIT_KM2 if _cuda_devices() else LOCAL_CPU_LIMIT_KM2
@@ -111,13 +113,18 @@ def check_size(cfg: RunConfig, area_km2: float) -> None:
 
 
 def preflight(cfg: RunConfig, n_periods: int) -> None:
-    """Cheap checks of the legend and the few-shot head, before any model is built.
+    """Cheap checks of the checkpoints, the legend and the few-shot head, before any model is
+    built and before torch is imported.
 
-    Raises UserError for an unknown legend, an unreadable head, or a head fitted on another model
+    Raises UserError for a checkpoint that is neither a file nor a weights name, an unknown legend, an unreadable head, or a head fitted on another model
     kind, composite period or number of periods T than this run makes.
     """
+    from model import weights
     from model.legends import load_legend
 
+    for checkpoint in (cfg.model.checkpoint, getattr(cfg.model, "clip_checkpoint", None)):
+        if checkpoint:
+            weights.check(checkpoint)
     if not cfg.model.head:
         load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
         return
