@@ -74,6 +74,10 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
     labels = tuple(period_labels(c.start, c.end, c.period))
     cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
     preflight(cfg, len(labels))
+    if cfg.execution.cluster == "slurm":
+        from pipeline.run.cluster import check_sbatch
+
+        check_sbatch()
     check_size(cfg, area_km2)  # last: above the CPU limit it counts GPUs (imports torch)
     return CheckedInputs(region.name, geometry, area_km2, labels)
 

@@ -34,8 +34,10 @@ BASE = ["run", "--region", "demo", "--year", "2023", "--model", "timesenclip"]
         (["--untrained", "--workers", "0"], "--workers must be >= 1"),
         (["--checkpoint", "/no/such/weights.pt"], "checkpoint not found"),
         (["--untrained", "--head", "/no/such/head.npz"], "head file not found"),
+        # PATH below holds no sbatch: a Slurm run fails in one line instead of hanging
+        (["--untrained", "--cluster", "slurm"], "'sbatch' is not on PATH"),
     ],
-    ids=["legend", "workers", "checkpoint", "head"],
+    ids=["legend", "workers", "checkpoint", "head", "slurm-without-sbatch"],
 )
 def test_bad_input_fails_before_torch_is_imported(extra, message, tmp_path):
     proc = subprocess.run(
@@ -44,7 +46,7 @@ def test_bad_input_fails_before_torch_is_imported(extra, message, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "S2LC_CACHE_DIR": str(tmp_path / "cache")},
+        env={**os.environ, "S2LC_CACHE_DIR": str(tmp_path / "cache"), "PATH": str(tmp_path)},
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
