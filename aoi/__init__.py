@@ -120,6 +120,20 @@ def normalise_geometry(geom: Any, src_crs: Any = "EPSG:4326") -> Any:
     return Geometry(geom, crs).to_crs("EPSG:4326", resolution=resolution).geom
 
 
+def location_text(geometry: Any, crs: str, description: str = "") -> str:
+    """Where a region is, in one phrase for the first log line and ``plan``: its centre in
+    lon/lat, what the region's file says it is (a named region's ``description``: the country),
+    and the output CRS, e.g. ``centre 11.70°E 48.37°N (Freising, Bavaria), CRS EPSG:32632``.
+
+    A lon/lat box given with its axes swapped lands elsewhere on Earth; this line shows where.
+    """
+    c = geometry.centroid
+    lon = f"{abs(c.x):.2f}°{'E' if c.x >= 0 else 'W'}"
+    lat = f"{abs(c.y):.2f}°{'N' if c.y >= 0 else 'S'}"
+    about = f" ({description})" if description else ""
+    return f"centre {lon} {lat}{about}, CRS {crs}"
+
+
 def bbox_number(value: float) -> str:
     """``value`` as text that reads back as the same float: ``%g`` when that is exact (``11``,
     ``48.3``), else the shortest exact form (``repr``: ``50.81874``, which ``%g`` rounds to

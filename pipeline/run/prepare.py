@@ -55,6 +55,8 @@ class CheckedInputs:
     geometry: Any
     area_km2: float
     labels: tuple[str, ...]
+    location: str = ""
+    """Where the region is (:func:`aoi.location_text`): centre, description, CRS."""
 
 
 def check_inputs(cfg: RunConfig) -> CheckedInputs:
@@ -65,11 +67,14 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
             ``--allow-large``, periods the model cannot take, an unknown legend, an unreadable
             head or one fitted for another model, period or number of periods.
     """
-    from aoi import to_crs
+    from aoi import location_text, to_crs
     from pipeline.composite.median import period_labels
 
     region, geometry = resolve_region(cfg)
     area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
+    # First: where the region is (a --bbox with its axes swapped maps another continent).
+    where = location_text(geometry, region.crs, region.description)
+    _log.info("region %s: %s, %.2f km2", region.name, where, area_km2)
     c = cfg.composite
     labels = tuple(period_labels(c.start, c.end, c.period))
     cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
@@ -79,7 +84,7 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
 
         check_sbatch()
     check_size(cfg, area_km2)  # last: above the CPU limit it counts GPUs (imports torch)
-    return CheckedInputs(region.name, geometry, area_km2, labels)
+    return CheckedInputs(region.name, geometry, area_km2, labels, where)
 
 
 def resolve_region(cfg: RunConfig):

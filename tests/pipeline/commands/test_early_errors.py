@@ -54,3 +54,23 @@ def test_bad_input_fails_before_torch_is_imported(extra, message, tmp_path):
     assert result["torch"] is False, f"torch was imported before: {errors[0]}"
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_the_first_log_line_says_where_the_region_is(tmp_path):
+    """The README's Freising box with its axes swapped (S W N E) is a valid lon/lat box in the
+    Gulf of Aden: the first line says so (centre, CRS) before anything else happens."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, "run", "--bbox", "48.3", "11.6", "48.45", "11.8",
+         "--year", "2023", "--untrained", "--legend", "no-such-legend", "--out", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "S2LC_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    first = proc.stderr.strip().splitlines()[0]
+    assert "centre 48.38°E 11.70°N" in first and "CRS EPSG:32639" in first, proc.stderr[-500:]
+    # A named region also says what it is (its description names the country or state).
+    from aoi import load_region, location_text
+
+    r = load_region("freising")
+    text = location_text(r.geometry, r.crs, r.description)
+    assert text.startswith("centre 11.75°E 48.45°N (") and "Bavaria" in text
+    assert text.endswith("CRS EPSG:32632")
