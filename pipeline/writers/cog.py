@@ -385,8 +385,8 @@ def _write_layer(
                 "bigtiff": "if_safer",
                 "num_threads": str(threads),
             }
-            if spec.kind == "rgb":
-                opts["photometric"] = "RGB"
+            # No PHOTOMETRIC option: the COG driver does not take it (GDAL warned on every run);
+            # the true-colour bands are red, green, blue through the VRT's ColorInterp.
             # PAM only for classes: its category names go to the .aux.xml sidecar.
             env: dict[str, Any] = {
                 "GDAL_PAM_ENABLED": "YES" if spec.kind == "classes" else "NO",

@@ -65,7 +65,7 @@ def _result(tile, mask):
 
 
 @pytest.mark.parametrize("name", sorted(REGIONS))
-def test_small_and_thin_regions_are_mapped_as_cog_and_zarr(name, tmp_path):
+def test_small_and_thin_regions_are_mapped_as_cog_and_zarr(name, tmp_path, caplog):
     bounds, shape = REGIONS[name]
     geom = pixel_footprint(_region(bounds), UTM, 10)
     grid = make_grid(geom, UTM, 10, 32)
@@ -79,7 +79,9 @@ def test_small_and_thin_regions_are_mapped_as_cog_and_zarr(name, tmp_path):
         r = _result(tile, mask)
         write_tile(store, tile, r)
         write_tile_rasters(tiles / tile.id, tile, r, period_labels=PERIODS)
-    cogs = build_cogs(tiles, tmp_path / "out", grid, NAMES, COLORS, period_labels=PERIODS)
+    with caplog.at_level("WARNING"):
+        cogs = build_cogs(tiles, tmp_path / "out", grid, NAMES, COLORS, period_labels=PERIODS)
+    assert "PHOTOMETRIC" not in caplog.text  # a healthy run's log stays quiet
 
     with rasterio.open(cogs["classes"]) as src:
         assert src.shape == shape and src.crs == grid.geobox.crs
@@ -87,6 +89,8 @@ def test_small_and_thin_regions_are_mapped_as_cog_and_zarr(name, tmp_path):
         np.testing.assert_array_equal(src.read(1), np.ones(shape, np.uint8))
     with rasterio.open(cogs["valid_obs"]) as src:
         assert (src.read(1) == 3).all()
+    with rasterio.open(cogs["composite_rgb"]) as src:  # RGB without GDAL's PHOTOMETRIC warning
+        assert [c.name for c in src.colorinterp] == ["red", "green", "blue"]
     ds = open_map(store)
     np.testing.assert_array_equal(ds.classes.values, np.ones(shape, np.uint8))
     assert ds.odc.geobox == grid.geobox
