@@ -109,3 +109,21 @@ def test_a_region_that_touches_no_pixel_is_refused():
     flat = _region((600_100, 5_340_100, 600_100, 5_340_200))  # zero width
     with pytest.raises(UserError, match="touches no 10 m pixel"):
         pixel_footprint(flat, UTM, 10)
+
+
+def test_the_few_shot_demo_legend_does_not_call_its_classes_not_land_cover(tmp_path):
+    """The few-shot demo (untrained encoder + a head fitted on labelled points) reports its
+    accuracy; its legend and viewer banner say what it is instead of "not land cover"."""
+    import json
+
+    from pipeline.writers import write_legend_json
+
+    kw = dict(
+        class_names=NAMES, colors=COLORS, legend_name="demo", prompt_hash=None, untrained=True
+    )
+    head = json.loads(
+        write_legend_json(tmp_path / "h.json", style="few-shot head", **kw).read_text()
+    )
+    zero = json.loads(write_legend_json(tmp_path / "z.json", style="prompts", **kw).read_text())
+    assert "few-shot head" in head["warning"] and "not land cover" not in head["warning"]
+    assert "not land cover" in zero["warning"]
