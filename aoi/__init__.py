@@ -120,11 +120,33 @@ def normalise_geometry(geom: Any, src_crs: Any = "EPSG:4326") -> Any:
     return Geometry(geom, crs).to_crs("EPSG:4326", resolution=resolution).geom
 
 
+def location_text(geometry: Any, crs: str, description: str = "") -> str:
+    """Where a region is, in one phrase for the first log line and ``plan``: its centre in
+    lon/lat, what the region's file says it is (a named region's ``description``: the country),
+    and the output CRS, e.g. ``centre 11.70°E 48.37°N (Freising, Bavaria), CRS EPSG:32632``.
+
+    A lon/lat box given with its axes swapped lands elsewhere on Earth; this line shows where.
+    """
+    c = geometry.centroid
+    lon = f"{abs(c.x):.2f}°{'E' if c.x >= 0 else 'W'}"
+    lat = f"{abs(c.y):.2f}°{'N' if c.y >= 0 else 'S'}"
+    about = f" ({description})" if description else ""
+    return f"centre {lon} {lat}{about}, CRS {crs}"
+
+
+def bbox_number(value: float) -> str:
+    """``value`` as text that reads back as the same float: ``%g`` when that is exact (``11``,
+    ``48.3``), else the shortest exact form (``repr``: ``50.81874``, which ``%g`` rounds to
+    ``50.8187``, about 4 m). Used for ``bbox:W,S,E,N`` region names, so a box keeps its edges."""
+    short = f"{float(value):g}"
+    return short if float(short) == float(value) else repr(float(value))
+
+
 def bbox_region(w: float, s: float, e: float, n: float) -> Region:
     """A region that is just a lon/lat box (``--bbox W S E N`` without ``--region``)."""
     if not (w < e and s < n):
         raise UserError(f"--bbox must be W S E N with W < E and S < N, got {[w, s, e, n]}")
-    name = f"bbox_{w:g}_{s:g}_{e:g}_{n:g}"
+    name = "bbox_" + "_".join(bbox_number(v) for v in (w, s, e, n))
     return _region_from_doc({"name": name, "bbox": [w, s, e, n]}, name, BBOX_PREFIX)
 
 

@@ -54,9 +54,10 @@ MEMBERS: dict[str, tuple[str, ...]] = {
     "spain": ("ESP",),
     "sweden": ("SWE",),
 }
-#: Explicit output CRS where a country keeps today's single-file outputs although it reaches a
-#: few km into a second UTM zone (the rest use ``auto``: one zone -> UTM, several -> EPSG:3035).
-CRS_OVERRIDES = {"netherlands": "EPSG:32631"}
+#: Explicit output CRS per country; none: every member state uses ``auto`` (one UTM zone ->
+#: that zone, any part in a second zone -> EPSG:3035), the README's rule. The Netherlands, with
+#: 32.5 % of its area in zone 32, was mapped in EPSG:32631 against it until issue 25.
+CRS_OVERRIDES: dict[str, str] = {}
 EUROPE_BOX = (-32.0, 27.0, 45.0, 72.0)  # lon/lat, inside the area of use of EPSG:3035
 TOLERANCE_DEG = 0.005
 MIN_PART_KM2 = 2.0

@@ -18,7 +18,17 @@ Zero-shot classification: :mod:`model.legends`, :mod:`model.zeroshot`; batched i
 :mod:`model.engine`; released weights: :mod:`model.weights`.
 """
 
-from model import _torchvision_compat  # noqa: F401  (must run before anything imports torchvision)
-from model.api import NAMES, clear_cache, get_model, load, pick_device
+from typing import Any
 
 __all__ = ["NAMES", "clear_cache", "get_model", "load", "pick_device"]
+
+
+def __getattr__(name: str) -> Any:
+    """The public API, imported on first use: ``import model`` (and ``model.legends``, the
+    few-shot head reader) must not import torch, so a run's cheap checks fail in a second."""
+    if name in __all__:
+        import model._torchvision_compat  # noqa: F401, PLC0415 (before anything imports torchvision)
+        from model import api  # noqa: PLC0415
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'model' has no attribute {name!r}")

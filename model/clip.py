@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+import model._torchvision_compat  # noqa: F401 (before open_clip imports torchvision)
 from model.checkpoints import Checkpoint, find_prefix, match_keys, strip_prefix
 from pipeline.base.atomic import atomic_path
 from pipeline.base.errors import UserError

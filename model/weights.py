@@ -202,14 +202,21 @@ def fetch(name: str, force: bool = False) -> Path:
     return Path(got)
 
 
-def resolve(checkpoint: str | os.PathLike) -> Path:
-    """A checkpoint argument (a file path or a registry name) -> an existing file path."""
-    p = Path(checkpoint).expanduser()
-    if p.is_file():
-        return p
-    if str(checkpoint) in REGISTRY:
-        return cached_path(str(checkpoint))
+def check(checkpoint: str | os.PathLike) -> None:
+    """Raise UserError unless ``checkpoint`` is a file or a registry name (no download, no
+    torch: a run's cheap checks call it before any model is built)."""
+    if Path(checkpoint).expanduser().is_file() or str(checkpoint) in REGISTRY:
+        return
     raise UserError(
         f"checkpoint not found: {checkpoint} (not a file, nor a weights name: "
         f"{', '.join(REGISTRY)})"
     )
+
+
+def resolve(checkpoint: str | os.PathLike) -> Path:
+    """A checkpoint argument (a file path or a registry name) -> an existing file path."""
+    check(checkpoint)
+    p = Path(checkpoint).expanduser()
+    if p.is_file():
+        return p
+    return cached_path(str(checkpoint))

@@ -91,5 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        sys.stderr.write(
+            "interrupted: run the same command again to resume (a run keeps its finished tiles)\n"
+        )
         return 130

@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-from model.checkpoints import _torch_load
 from pipeline.base.colours import to_hex
 from pipeline.base.errors import UserError
 
@@ -231,6 +230,8 @@ def _load_embeddings(path: Path, style: str) -> Legend:
         except Exception as exc:  # noqa: BLE001 - any failure: not a readable npz
             raise UserError(f"{where}: not a readable .npz ({exc})") from None
     else:
+        from model.checkpoints import _torch_load  # noqa: PLC0415 (torch only for .pt files)
+
         obj = _torch_load(path)
         if not isinstance(obj, dict):
             raise UserError(f"{where}: expected a dict with 'names' and 'embeddings'")

@@ -17,14 +17,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from pipeline.base.atomic import atomic_path
 from pipeline.base.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 _log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class LinearHead:
 
     def logits(self, embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, C) float32 logits (a torch tensor on the embeddings' device)."""
+        import torch  # noqa: PLC0415 (lazy: reading a head must not import torch)
+        import torch.nn.functional as F  # noqa: PLC0415, N812
+
         x = torch.as_tensor(embeddings)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected embeddings (N, {self.dim}), got {tuple(x.shape)}")
@@ -81,6 +85,8 @@ class LinearHead:
 
     def predict(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Class probabilities (N, C); numpy in -> numpy out, torch in -> torch out."""
+        import torch  # noqa: PLC0415 (lazy)
+
         probs = torch.softmax(self.logits(embeddings), dim=-1)
         return probs if isinstance(embeddings, torch.Tensor) else probs.cpu().numpy()
 
@@ -195,6 +201,9 @@ def fit_linear_head(
         max_iter: L-BFGS iterations.
         model_identity: stored in the head (``name``, ``checkpoint_sha256``, ``dim``...).
     """
+    import torch  # noqa: PLC0415 (lazy: reading a head must not import torch)
+    import torch.nn.functional as F  # noqa: PLC0415, N812
+
     x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     c = len(class_names)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bench.results import Entry
+from pipeline.stac.hrefs import gdal_href
 
 _log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def windows(size: int, tile: int, group: int) -> list[tuple[int, int]]:
 
 
 def _hrefs(items: list[dict]) -> list[str]:
-    return [a["href"] for it in items for a in it["assets"].values()]
+    return [gdal_href(a["href"]) for it in items for a in it["assets"].values()]
 
 
 def decode_floor(items: list[dict], region: tuple[int, int, int, int] | None = None) -> dict:
@@ -152,13 +153,13 @@ def http_reads(items: list[dict], root: Path, tile: int, unit: int) -> dict:
     from pipeline.reading import BlockReader, load_reflectance
 
     region = (0, 0, unit, unit)
-    paths = [Path(h.removeprefix("file://")) for h in _hrefs(items)]
+    paths = [Path(h) for h in _hrefs(items)]
     needed, n_blocks = _needed_bytes(paths, region)
     with serve_ranges(root) as (url, counter):
         remote = copy.deepcopy(items)
         for it in remote:
             for a in it["assets"].values():
-                rel = Path(a["href"].removeprefix("file://")).relative_to(root)
+                rel = Path(gdal_href(a["href"])).relative_to(root)
                 a["href"] = f"{url}/{rel.as_posix()}"
         reader = BlockReader()
         for r, c in windows(unit, tile, unit):

@@ -49,4 +49,15 @@ def add_data(
         help="maximum scene cloud cover in %% (default 60)",
     )
     if keep_snow:
-        g.add_argument("--keep-snow", action="store_true", help="do not mask SCL snow/ice")
+        g.add_argument(
+            "--scl-mask",
+            metavar="CLASSES",
+            help="SCL classes masked as not clear: presets (default, clouds, none) and class "
+            "numbers, comma-separated, e.g. 'clouds,2' (default: 'default' = 0,1,2,3,8,9,10,11; "
+            "see the README's 'Cloud and shadow mask')",
+        )
+        g.add_argument(
+            "--keep-snow",
+            action="store_true",
+            help="do not mask SCL snow/ice: removes class 11 from --scl-mask",
+        )

@@ -14,7 +14,8 @@ command line that reproduces it):
    labelled from the reference map, away from the training pixels;
 7. ``evaluate map``: accuracies and area-adjusted estimates on the validation points.
 
-The encoder is untrained (random weights: no TimeSenCLIP weights are public) and the scenes are
+The encoder is untrained (random weights: the demo runs offline, without the released
+TimeSenCLIP_1x1.ckpt) and the scenes are
 synthetic; the summary says so. A linear head on random-projection embeddings still separates
 the demo's spectrally distinct classes, which is what the accuracy measures.
 """

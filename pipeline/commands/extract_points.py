@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             collection=args.collection,
             max_cloud=args.max_cloud,
         ),
-        mask=MaskConfig(mask_snow=not args.keep_snow),
+        mask=MaskConfig(mask_snow=not args.keep_snow, scl_mask=args.scl_mask or "default"),
         resolution=args.resolution,
         crs=args.crs,
         tile_size=args.tile_size,

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
     cells = len(cells_of(grid)) if is_gridded(region.crs) else 0
     tile_pixels = float(sum(t.shape[0] * t.shape[1] for t in grid.tiles))
-    from aoi import to_crs
+    from aoi import location_text, to_crs
 
     area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
     scenes = (
@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         "period": [str(cfg.composite.start), str(cfg.composite.end)],
         "model": cfg.model.name,
         "crs": region.crs,
+        "location": location_text(geometry, region.crs, region.description),
         "resolution": region.resolution,
         "tile_size": cfg.chips.tile_size,
         "layout": "100 km EEA grid cells" if cells else "single files",
@@ -164,6 +165,7 @@ def _summary(p: dict, out: Path) -> str:
     lines = [
         f"plan for {p['region']} {p['period'][0]}..{p['period'][1]} ({p['model']}, {p['crs']}, "
         f"{p['layout']})",
+        f"  where           {p['location']}",
         f"  area            {p['area_km2']:,.0f} km2",
         f"  output          {p['output']['tiles']:,} tiles of {p['tile_size']} px, "
         f"{p['output']['pixels'] / 1e9:,.2f} Gpx"

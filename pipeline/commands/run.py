@@ -230,9 +230,10 @@ def resolve(args: argparse.Namespace):
         args, base = apply_config(args, load_yaml(args.config))
     region_name = args.region
     if not region_name and args.bbox:  # --bbox alone defines the region
-        from aoi import BBOX_PREFIX
+        from aoi import BBOX_PREFIX, bbox_number
 
-        region_name = BBOX_PREFIX + ",".join(f"{float(v):g}" for v in args.bbox)
+        # Full precision: %g kept 6 significant digits (up to 5.5 m in latitude, 55 m in longitude)
+        region_name = BBOX_PREFIX + ",".join(bbox_number(v) for v in args.bbox)
     if not region_name:
         raise UserError(
             "give the region: --region NAME|FILE (see 'python -m pipeline regions'), "

@@ -89,11 +89,13 @@ def composite_window(
     end: Any,
     period: str,
     mask_snow: bool = True,
+    scl_mask: str = "default",
     gap_fill: bool = True,
     native: bool = True,
 ) -> WindowComposite:
     """Load ``items`` (the ones touching the window) on ``geobox``, mask them and composite.
 
+    ``mask_snow`` and ``scl_mask``: the SCL mask (:class:`pipeline.reading.cube.MaskConfig`).
     ``native=False`` skips the native-grid fast path and reads through odc-stac's warp
     (:func:`pipeline.reading.cube.load_cube`) on every grid. Raises :class:`pipeline.reading.cube.ReadFailure`
     when a scene cannot be read: lost input is never composited as "no observation".
@@ -107,7 +109,11 @@ def composite_window(
     if items:
         # The values are composited at once and dropped: the reader's work array holds them.
         refl = load_reflectance(
-            items, geobox, mask=MaskConfig(mask_snow=mask_snow), native=native, work_buffer=True
+            items,
+            geobox,
+            mask=MaskConfig(mask_snow=mask_snow, scl_mask=scl_mask),
+            native=native,
+            work_buffer=True,
         )
         values, times, warnings = refl.values, refl.times, dict(refl.offset_warnings)
     else:  # no scene touches this window: everything is nodata

@@ -45,6 +45,7 @@ __all__ = [
     "Tile",
     "TileGrid",
     "aoi_mask",
+    "pixel_footprint",
     "blend",
     "blend_weights",
     "chip_layout",
@@ -328,6 +329,58 @@ def aoi_mask(geobox: GeoBox, geometry_4326: Any) -> np.ndarray:
     if geom.is_empty:
         return np.zeros(geobox.shape, dtype=bool)
     return rasterize(geom, geobox).values
+
+
+#: Regions whose grid has at most this many pixels are checked for a pixel centre inside
+#: (:func:`pixel_footprint`). A larger region with none would be a line thousands of km long.
+FOOTPRINT_CHECK_PX = 1 << 24
+
+
+def pixel_footprint(geometry_4326: Any, crs: str, resolution: float) -> Any:
+    """The region to map at this grid: ``geometry_4326`` itself, or, when it holds no pixel
+    centre, the pixels it touches.
+
+    The small-region rule (README, "Small and thin regions"): a pixel belongs to the region when
+    its centre lies inside (:func:`aoi_mask`). A region that holds no pixel centre at all (a
+    hedge, a stream or a plot narrower than a pixel, a box smaller than one) is mapped at every
+    pixel it touches instead (GDAL's ``ALL_TOUCHED``), so it is never an empty map. Only a region
+    that touches no pixel (zero area) is refused.
+
+    :param geometry_4326: shapely (Multi)Polygon in EPSG:4326 (lon, lat).
+    :param crs: the output CRS.
+    :param resolution: pixel size in CRS units.
+    :returns: shapely geometry in EPSG:4326: the input, or the union of the touched pixels'
+        squares (each pixel's centre then lies inside it).
+    :raises UserError: the region touches no pixel, or cannot be projected to ``crs``.
+    """
+    import shapely
+    from odc.geo.xr import rasterize
+
+    if geometry_4326 is None or geometry_4326.is_empty or not geometry_4326.area > 0:
+        # (also: odc-geo's densifying reprojection does not end on a zero-area polygon)
+        raise UserError(
+            f"the region has no area: it touches no {float(resolution):g} m pixel of the output "
+            f"grid ({crs}); give it an area"
+        )
+    try:
+        geom = Geometry(geometry_4326, "EPSG:4326").to_crs(crs, resolution="auto")
+        gbox = _on_lattice(GeoBox.from_geopolygon(geom, resolution=float(resolution), crs=crs))
+    except Exception as exc:  # pyproj/odc raise several types for a bad CRS
+        raise UserError(f"cannot project the area of interest to {crs!r}: {exc}") from None
+    ny, nx = gbox.shape
+    if ny * nx > FOOTPRINT_CHECK_PX or rasterize(geom, gbox).values.any():
+        return geometry_4326
+    touched = rasterize(geom, gbox, all_touched=True).values
+    if not touched.any():
+        raise UserError(
+            f"the region touches no {float(resolution):g} m pixel of the output grid ({crs}): "
+            "give it an area"
+        )
+    res, row0, col0 = grid_offset(gbox)
+    rows, cols = np.nonzero(touched)
+    left, top = (col0 + cols) * res, -(row0 + rows) * res
+    squares = shapely.union_all(shapely.box(left, top - res, left + res, top))
+    return Geometry(squares, crs).to_crs("EPSG:4326", resolution="auto").geom
 
 
 def grid_offset(geobox: GeoBox) -> tuple[float, int, int]:

@@ -66,6 +66,7 @@ class ExtractConfig:
             "collection": s.collection,
             "max_cloud": s.max_cloud,
             "mask_snow": self.mask.mask_snow,
+            "scl_mask": self.mask.scl_mask,
             "resolution": self.resolution,
             "crs": self.crs,
             "tile_size": self.tile_size,
@@ -109,7 +110,7 @@ def _extract_block(
         comp = composite_window(
             index.for_window(w.geobox), w.geobox, start=cfg.composite.start,
             end=cfg.composite.end, period=cfg.composite.period, mask_snow=cfg.mask.mask_snow,
-            gap_fill=cfg.gap_fill, native=False,
+            scl_mask=cfg.mask.scl_mask, gap_fill=cfg.gap_fill, native=False,
         ).composite  # fmt: skip
         vals = np.asarray(comp.values)[:, :, w.rows, w.cols]  # (P, B, n)
         cnts = np.asarray(comp.counts)[:, w.rows, w.cols]  # (P, n)
@@ -221,6 +222,7 @@ def extract_points(
         "collection": cfg.search.collection,
         "max_cloud": cfg.search.max_cloud,
         "mask_snow": cfg.mask.mask_snow,
+        "scl_mask": cfg.mask.scl_mask,
         "resolution": cfg.resolution,
         "gap_fill": cfg.gap_fill,
         "n_items": int(sum(t.meta.get("n_items", 0) for t in tables)),

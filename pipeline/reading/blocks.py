@@ -86,8 +86,11 @@ def gdal_options(threads: int | None = None) -> dict[str, Any]:
 
     * ``GDAL_NUM_THREADS``: the worker's cores (multi-block reads decode in parallel).
     * ``GDAL_CACHEMAX`` 64 MB: decoded blocks are cached by :class:`BlockCache`, not twice.
-    * ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``, ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS``: no
-      directory listing or side-car probing over HTTP.
+    * ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``: no directory listing or side-car probing over
+      HTTP. ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` is deliberately not set: it makes GDAL treat
+      every remote file whose name lacks a listed extension as missing, which refused the
+      JPEG2000 assets (``.jp2``) the Copernicus Data Space and the SAFE buckets serve, and every
+      extension-less download URL (OData ``.../$value``).
     * ``GDAL_HTTP_MERGE_CONSECUTIVE_RANGES``, ``GDAL_HTTP_MULTIPLEX``: fewer range requests;
       ``GDAL_HTTP_MULTIRANGE=SERIAL``: one plain range per request (what every object store serves).
     * ``GDAL_HTTP_MAX_RETRY=3``, ``GDAL_HTTP_RETRY_DELAY=0.2``: GDAL retries each HTTP request
@@ -99,7 +102,6 @@ def gdal_options(threads: int | None = None) -> dict[str, Any]:
         "GDAL_NUM_THREADS": str(threads or worker_cores()),
         "GDAL_CACHEMAX": 64,
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
         "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
         "GDAL_HTTP_MULTIRANGE": "SERIAL",
         "GDAL_HTTP_MULTIPLEX": "YES",

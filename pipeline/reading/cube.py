@@ -35,12 +35,14 @@ from pipeline.reading.failure import ReadFailure, classify_read_error
 from pipeline.stac.bands import (
     BANDS,
     SCL,
+    SCL_SNOW,
     asset_keys,
     item_crs,
     offset_contradiction,
+    parse_scl_mask,
     reflectance_scale_offset,
-    scl_masked_classes,
 )
+from pipeline.stac.hrefs import readable_href
 
 __all__ = ["ReadFailure", "classify_read_error", "load_cube", "MaskConfig", "canonical_item"]
 
@@ -64,7 +66,12 @@ class MaskConfig:
     """Which pixels become NaN."""
 
     mask_snow: bool = True
-    """Mask SCL 11 (snow/ice) as well as no data, defective, shadow, clouds and cirrus."""
+    """Mask SCL 11 (snow/ice) when ``scl_mask`` has it; False (``--keep-snow``) removes class 11
+    from whatever ``scl_mask`` says."""
+    scl_mask: str = "default"
+    """The SCL classes masked to NaN (``--scl-mask``): preset names and class numbers
+    (:func:`pipeline.stac.bands.parse_scl_mask`, presets in :data:`pipeline.stac.bands.SCL_PRESETS`).
+    Stored as the sorted class numbers, so equal masks hash equally."""
     use_scl: bool = True
     """Apply the SCL mask at all (nodata DN 0 is always masked)."""
     resampling: str = "nearest"
@@ -80,10 +87,16 @@ class MaskConfig:
     def __post_init__(self) -> None:
         if self.resampling not in ("nearest", "bilinear", "cubic", "average"):
             raise UserError(f"unknown resampling {self.resampling!r}")
+        canonical = ",".join(map(str, parse_scl_mask(self.scl_mask)))
+        object.__setattr__(self, "scl_mask", canonical)
 
     @property
     def scl_classes(self) -> tuple[int, ...]:
-        return scl_masked_classes(self.mask_snow) if self.use_scl else (0,)
+        """The SCL classes masked: ``scl_mask`` less snow/ice (11) under ``mask_snow=False``."""
+        if not self.use_scl:
+            return (0,)
+        classes = parse_scl_mask(self.scl_mask)
+        return tuple(c for c in classes if self.mask_snow or c != SCL_SNOW)
 
 
 PROJECTION_V2 = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -93,7 +106,11 @@ def canonical_item(item: Any) -> Any:
     """A copy of ``item`` whose assets are exactly :data:`BANDS` + SCL under canonical names.
 
     The CRS, given as ``proj:epsg`` or ``proj:code`` on the item or its assets, becomes each
-    asset's ``proj:code`` (projection extension v2), which odc-stac reads.
+    asset's ``proj:code`` (projection extension v2), which odc-stac reads. Each href becomes what
+    GDAL opens (:func:`pipeline.stac.hrefs.readable_href`): resolved against the item's self link
+    when relative, and a ``file://`` URI percent-decoded into a local path.
+
+    :raises UserError: an href is relative and the item has no self link.
     """
     import pystac
 
@@ -123,18 +140,22 @@ def canonical_item(item: Any) -> Any:
         clone.add_asset(
             band,
             pystac.Asset(
-                href=asset.href, media_type=asset.media_type, roles=["data"], extra_fields=extra
+                href=readable_href(asset),
+                media_type=asset.media_type,
+                roles=["data"],
+                extra_fields=extra,
             ),
         )
     return clone
 
 
 def usable_items(items: Iterable[Any]) -> list[Any]:
-    """The items that have every band and SCL; a scene missing an asset is logged and skipped."""
+    """The items that have every band and SCL, each href resolvable; others are logged and skipped."""
     keep = []
     for it in items:
         try:
-            asset_keys(it)
+            for key in asset_keys(it).values():
+                readable_href(it.assets[key])
         except UserError as exc:
             _log.warning("skipping scene %s: %s", it.id, exc)
             continue

@@ -56,8 +56,13 @@ class SlurmProfile:
     lifetime_stagger: str | None = "5m"
     interface: str | None = None
     python: str | None = None
+    worker_timeout_s: float = 900.0
+    """Seconds to wait for the first worker after submitting the jobs; then the run fails with
+    one line instead of waiting forever (a queue that never starts the jobs, a job that dies)."""
 
     def __post_init__(self) -> None:
+        if not self.worker_timeout_s > 0:
+            raise UserError("slurm profile: worker_timeout_s must be > 0 seconds")
         if self.cores < 1 or self.processes < 1 or self.jobs < 1 or self.gpus < 0:
             raise UserError("slurm profile: cores, processes and jobs must be >= 1, gpus >= 0")
         if self.processes > self.cores:
@@ -207,10 +212,23 @@ def open_client(cfg: ClusterConfig) -> Iterator[object]:
         client.close()
 
 
+def check_sbatch() -> None:
+    """Raise UserError (one line) when Slurm's ``sbatch`` is not on PATH: no job can be
+    submitted from this host (checked before any work, and again before submitting)."""
+    import shutil
+
+    if shutil.which("sbatch") is None:
+        raise UserError(
+            "--cluster slurm: 'sbatch' is not on PATH here; run from a Slurm login node, or use "
+            "--cluster local or a scheduler address"
+        )
+
+
 @contextlib.contextmanager
 def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
 
     p = cfg.slurm
+    check_sbatch()
     directives = list(p.job_extra_directives)
     extra_args: list[str] = []
     if p.gpus:
@@ -250,6 +268,16 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
     _log.info("Slurm job script:\n%s", cluster.job_script())
     cluster.scale(jobs=jobs)
     client = Client(cluster)
+    try:
+        client.wait_for_workers(1, timeout=p.worker_timeout_s)
+    except Exception:  # noqa: BLE001 - dask raises TimeoutError (or OSError) here
+        client.close()
+        cluster.close()
+        raise UserError(
+            f"no Slurm worker started within {p.worker_timeout_s:g} s of submitting {jobs} "
+            "job(s): check 'squeue -u $USER' and the job logs; raise worker_timeout_s in the "
+            "Slurm profile for a busy queue; a rerun resumes"
+        ) from None
     with _serving(client, cluster, threads):
         _log.info(
             "Slurm cluster: %d job(s) x %d worker(s); dashboard %s",

@@ -248,7 +248,7 @@ def too_many_unreadable(spec: str, unreadable: int, scenes: int) -> bool:
 #: The fields of the existing search and mask configs that a run sets (the others keep their
 #: defaults: request paging, timeouts and HTTP retries, SCL use and resampling).
 _RUN_SEARCH_FIELDS = ("profile", "stac_url", "collection", "max_cloud")
-_RUN_MASK_FIELDS = ("mask_snow",)
+_RUN_MASK_FIELDS = ("mask_snow", "scl_mask")
 
 
 @dataclass(frozen=True)
@@ -328,7 +328,7 @@ class RunConfig:
 
     def output_hash(self) -> str:
         """A short hash of every setting that changes output pixels: all parts but execution."""
-        plain = {k: v for k, v in to_plain(self.flat()).items() if FLAT_KEYS[k][0] != "execution"}
+        plain = hashed_settings(self)
         if not self.output.save_embeddings:
             plain.pop("field_dims", None)  # no field, no effect on the outputs
         for key, off in (("ood", False), ("majority", 0), ("mmu", 0)):
@@ -344,6 +344,13 @@ class RunConfig:
             # weights replaced under the same path make another map (memoised: hashed once)
             plain["checkpoint_sha256"] = sha256_file(Path(checkpoint).expanduser())
         return json_digest(plain)
+
+
+def hashed_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The flat settings (JSON-plain) that enter :meth:`RunConfig.output_hash`: all but the
+    execution part (a refused rerun names those that differ)."""
+    plain = to_plain(cfg.flat())
+    return {k: v for k, v in plain.items() if FLAT_KEYS[k][0] != "execution"}
 
 
 _PARTS: dict[str, type] = {

@@ -25,7 +25,12 @@ from pipeline.run.calibration import (
     fit_field,
     fit_ood_reference,
 )
-from pipeline.run.config import RunConfig, default_output_dir, too_many_unreadable
+from pipeline.run.config import (
+    RunConfig,
+    default_output_dir,
+    hashed_settings,
+    too_many_unreadable,
+)
 from pipeline.run.inputs import RunInputs
 from pipeline.run.prepare import Prepared, check_inputs, prepare_tiles, resolve_precision
 from pipeline.run.publishing import field_attrs, field_dims, publish
@@ -159,7 +164,7 @@ def prepare(cfg: RunConfig) -> RunState | None:
     if not cfg.execution.overwrite and up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
         return None
-    ws.check_conflict(output_hash, cfg.execution.overwrite)
+    ws.check_conflict(output_hash, cfg.execution.overwrite, hashed_settings(cfg))
     if cfg.model.untrained:
         _log.warning(
             "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
@@ -207,7 +212,7 @@ def open_store(run: RunState) -> None:
     from pipeline.writers import create_map_store
 
     cfg, ws, prep = run.cfg, run.ws, run.prep
-    ws.prepare(run.output_hash, cfg.execution.overwrite)
+    ws.prepare(run.output_hash, cfg.execution.overwrite, hashed_settings(cfg))
     run.manifest = (
         run.previous
         if run.resumable

@@ -55,6 +55,8 @@ class CheckedInputs:
     geometry: Any
     area_km2: float
     labels: tuple[str, ...]
+    location: str = ""
+    """Where the region is (:func:`aoi.location_text`): centre, description, CRS."""
 
 
 def check_inputs(cfg: RunConfig) -> CheckedInputs:
@@ -65,24 +67,33 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
             ``--allow-large``, periods the model cannot take, an unknown legend, an unreadable
             head or one fitted for another model, period or number of periods.
     """
-    from aoi import to_crs
+    from aoi import location_text, to_crs
     from pipeline.composite.median import period_labels
 
     region, geometry = resolve_region(cfg)
     area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
-    check_size(cfg, area_km2)
+    # First: where the region is (a --bbox with its axes swapped maps another continent).
+    where = location_text(geometry, region.crs, region.description)
+    _log.info("region %s: %s, %.2f km2", region.name, where, area_km2)
     c = cfg.composite
     labels = tuple(period_labels(c.start, c.end, c.period))
     cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
     preflight(cfg, len(labels))
-    return CheckedInputs(region.name, geometry, area_km2, labels)
+    if cfg.execution.cluster == "slurm":
+        from pipeline.run.cluster import check_sbatch
+
+        check_sbatch()
+    check_size(cfg, area_km2)  # last: above the CPU limit it counts GPUs (imports torch)
+    return CheckedInputs(region.name, geometry, area_km2, labels, where)
 
 
 def resolve_region(cfg: RunConfig):
-    """The region, its geometry clipped to ``--bbox`` when given."""
+    """The region and the geometry to map: clipped to ``--bbox`` when given, and the pixels it
+    touches when it holds no pixel centre (:func:`pipeline.grid.tiling.pixel_footprint`)."""
     from shapely.geometry import box
 
     from aoi import load_region
+    from pipeline.grid.tiling import pixel_footprint
 
     region = load_region(cfg.region)
     geometry = region.geometry
@@ -90,13 +101,15 @@ def resolve_region(cfg: RunConfig):
         geometry = geometry.intersection(box(*cfg.bbox))
         if geometry.is_empty or geometry.area == 0:
             raise UserError(f"--bbox {list(cfg.bbox)} does not overlap region {region.name}")
-    return region, geometry
+    return region, pixel_footprint(geometry, region.crs, region.resolution)
 
 
 def check_size(cfg: RunConfig, area_km2: float) -> None:
     """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed."""
     if cfg.execution.cluster != "local" or cfg.execution.allow_large:
         return
+    if area_km2 <= min(LOCAL_CPU_LIMIT_KM2, LOCAL_GPU_LIMIT_KM2):
+        return  # small enough either way: no GPU count, so torch is not imported for it
     from pipeline.run.cluster import _cuda_devices
 
     limit = LOCAL_GPU_LIMIT_KM2 if _cuda_devices() else LOCAL_CPU_LIMIT_KM2
@@ -109,13 +122,18 @@ def check_size(cfg: RunConfig, area_km2: float) -> None:
 
 
 def preflight(cfg: RunConfig, n_periods: int) -> None:
-    """Cheap checks of the legend and the few-shot head, before any model is built.
+    """Cheap checks of the checkpoints, the legend and the few-shot head, before any model is
+    built and before torch is imported.
 
-    Raises UserError for an unknown legend, an unreadable head, or a head fitted on another model
+    Raises UserError for a checkpoint that is neither a file nor a weights name, an unknown legend, an unreadable head, or a head fitted on another model
     kind, composite period or number of periods T than this run makes.
     """
+    from model import weights
     from model.legends import load_legend
 
+    for checkpoint in (cfg.model.checkpoint, getattr(cfg.model, "clip_checkpoint", None)):
+        if checkpoint:
+            weights.check(checkpoint)
     if not cfg.model.head:
         load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
         return

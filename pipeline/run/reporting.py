@@ -56,6 +56,20 @@ def unreadable_warnings(ledger: SceneLedger) -> list[str]:
 GAP_FILLED_WARN_FRACTION = 0.10
 
 
+def scl_mask_info(mask: Any) -> dict[str, Any]:
+    """The SCL mask a run applied, for ``run.json``: the classes masked (after ``--keep-snow``),
+    their Sen2Cor names, and the ``--scl-mask`` / ``mask_snow`` settings they came from."""
+    from pipeline.stac.bands import SCL_NAMES
+
+    classes = list(mask.scl_classes)
+    return {
+        "masked_classes": classes,
+        "masked_names": [SCL_NAMES[c] for c in classes],
+        "scl_mask": mask.scl_mask,
+        "mask_snow": mask.mask_snow,
+    }
+
+
 def coverage_report(all_stats: dict[str, dict], labels: list[str]) -> dict[str, Any]:
     """Per period, the share of the region's pixels without a clear observation in it (gap-filled
     from other periods), the share with no observation in any period (nodata), and warnings.
@@ -77,7 +91,11 @@ def coverage_report(all_stats: dict[str, dict], labels: list[str]) -> dict[str, 
         for lab, g in zip(labels, gap, strict=True)
     }
     warnings = []
-    frac_none = no_data / inside if inside else 0.0
+    # No pixel counted is no map, not a fully mapped one (a region must hold a pixel; see
+    # pipeline.grid.tiling.pixel_footprint).
+    frac_none = no_data / inside if inside else 1.0
+    if not inside:
+        warnings.append("no pixel of the region was counted: the map holds no class")
     for lab, v in periods.items():
         f = v["gap_filled_fraction"]
         if f > GAP_FILLED_WARN_FRACTION:
@@ -148,6 +166,7 @@ def run_report(
             "area_km2": area_km2,
             "bbox_4326": list(prep.geometry.bounds),
         },
+        "scl_mask": scl_mask_info(cfg.mask),
         "model": prep.model_info,
         "legend": {**prep.legend_info, "classes": list(prep.class_names)},
         "calibration": calibration,

@@ -97,6 +97,7 @@ def load_composite(
                 end=c.end,
                 period=c.period,
                 mask_snow=job.mask.mask_snow,
+                scl_mask=job.mask.scl_mask,
             )
         except ReadFailure as exc:
             load_seconds += time.perf_counter() - t0

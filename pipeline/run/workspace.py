@@ -142,29 +142,38 @@ class Workspace:
         except (OSError, json.JSONDecodeError):
             return None
 
-    def check_conflict(self, output_hash: str, overwrite: bool) -> None:
-        """Refuse (read-only, before any work) to mix outputs of different settings."""
+    def check_conflict(
+        self, output_hash: str, overwrite: bool, settings: dict[str, Any] | None = None
+    ) -> None:
+        """Refuse (read-only, before any work) to mix outputs of different settings.
+
+        ``settings``: the run's flat settings that enter the output hash (JSON-plain); the
+        refusal then names each one that differs from the folder's manifest.
+        """
         if overwrite:
             return
         existing = self.manifest()
         if existing is not None and existing.get("output_hash") != output_hash:
+            changed = _changed_settings(existing.get("config") or {}, settings or {})
             raise UserError(
-                f"{self.out} holds a map made with other settings (hash {existing.get('output_hash')}"
-                f" != {output_hash}); use --overwrite or another --out"
+                f"{self.out} holds a map made with other settings ({changed}; hash "
+                f"{existing.get('output_hash')} != {output_hash}); use --overwrite or another --out"
             )
         if existing is None and any((self.out / p).exists() for p in PRODUCTS + GRIDDED_PRODUCTS):
             raise UserError(
                 f"{self.out} already holds map products; use --overwrite or another --out"
             )
 
-    def prepare(self, output_hash: str, overwrite: bool) -> bool:
+    def prepare(
+        self, output_hash: str, overwrite: bool, settings: dict[str, Any] | None = None
+    ) -> bool:
         """Make the folder ready for a run with ``output_hash``; True if resuming earlier work.
 
         Existing outputs of another configuration are an error unless ``overwrite``, which
         removes the products and the staging area (nothing else in the folder).
         """
         self.check_writable()
-        self.check_conflict(output_hash, overwrite)
+        self.check_conflict(output_hash, overwrite, settings)
         resuming = self.manifest() is not None and not overwrite
         if overwrite:
             self.clear()
@@ -247,3 +256,16 @@ class Workspace:
             shutil.rmtree(final)
         os.replace(self.store, final)
         return final
+
+
+def _changed_settings(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """``"period: annual -> quarterly, scl_mask: ..."`` for the keys of ``now`` whose value
+    differs from ``before`` (a run's manifest config); a content change otherwise."""
+    diffs = [
+        f"{k}: {before.get(k, '(unset)')} -> {v}"
+        for k, v in now.items()
+        if before.get(k, "(unset)") != v
+    ]
+    if diffs:
+        return ", ".join(diffs)
+    return "same options: the checkpoint's or head's file content, or the s2lc version, differs"

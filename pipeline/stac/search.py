@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.base.errors import UserError
+from pipeline.stac.hrefs import absolute_href
 from pipeline.stac.profiles import PROFILES, StacProfile, get_profile, unsigned_href
 from pipeline.stac.scenes import REASONS, SceneLedger, select_scenes
 
@@ -229,7 +230,13 @@ def search_run_scenes(
     items = []
     for it in result.items:
         d = it.to_dict()
-        for asset in d.get("assets", {}).values():  # signatures expire: signed when read
+        for key, asset in d.get("assets", {}).items():
+            # Relative hrefs resolved against the self link now (pystac's rule), so the manifest
+            # a resumed run reads them from needs no link; signatures expire: signed when read.
+            try:
+                asset["href"] = absolute_href(it.assets[key])
+            except UserError:  # the reader skips the scene and says why
+                pass
             asset["href"] = unsigned_href(asset["href"])
         items.append(d)
     return items, result.ledger

@@ -266,7 +266,11 @@ def _classes_band_extra(class_names: Sequence[str], colors: Sequence[Any]) -> st
 
 
 def _overview_count(grid: TileGrid) -> int:
-    """Levels down to <= 256 px, and at least one (small maps get an overview too)."""
+    """Levels down to <= 256 px, and at least one (small maps get an overview too), except for a
+    one-pixel map: GDAL's COG driver fails on an overview of a 1 x 1 raster ("Unknown GDAL
+    Error"), and there is nothing to reduce."""
+    if max(grid.shape) < 2:
+        return 0
     n, size = 0, max(grid.shape)
     while size / 2**n > _BLOCK:
         n += 1
@@ -404,8 +408,8 @@ def _write_layer(
                 "bigtiff": "if_safer",
                 "num_threads": str(threads),
             }
-            if spec.kind == "rgb":
-                opts["photometric"] = "RGB"
+            # No PHOTOMETRIC option: the COG driver does not take it (GDAL warned on every run);
+            # the true-colour bands are red, green, blue through the VRT's ColorInterp.
             # PAM only for classes: its category names go to the .aux.xml sidecar.
             env: dict[str, Any] = {
                 "GDAL_PAM_ENABLED": "YES" if spec.kind == "classes" else "NO",

@@ -59,7 +59,14 @@ def write_legend_json(
             for i, (n, c) in enumerate(zip(class_names, colors, strict=False))
         ],
     }
-    if untrained:
+    if untrained and style == "few-shot head":
+        # The few-shot demo: random-weight embeddings, but a head fitted on labelled points of
+        # this scene; its classes are land cover as far as its accuracy report says.
+        doc["warning"] = (
+            "UNTRAINED ENCODER (demo): classes from a few-shot head fitted on labelled points "
+            "of this scene; see its accuracy report"
+        )
+    elif untrained:
         doc["warning"] = "UNTRAINED WEIGHTS (demo): the classes are not land cover"
     for key, value in (extra or {}).items():
         doc.setdefault(key, value)

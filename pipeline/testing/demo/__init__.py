@@ -23,6 +23,7 @@ import rasterio
 from odc.geo.geobox import GeoBox
 
 from pipeline.base.paths import cache_dir
+from pipeline.stac.hrefs import local_path
 from pipeline.testing.demo.catalog import (
     COLLECTION,
     DEMO_AOI,
@@ -75,7 +76,8 @@ def is_complete(catalog_dir: Path) -> bool:
         href = next(iter(items[0]["assets"].values()))["href"]
     except (ValueError, KeyError, IndexError, StopIteration):
         return False
-    return Path(href.removeprefix("file://")).is_file()
+    path = local_path(href)  # a file:// URI: percent-decoded
+    return path is not None and path.is_file()
 
 
 @contextlib.contextmanager

@@ -103,6 +103,10 @@ def test_timesenclip_products(timesenclip_map):
     assert run["tiles"]["done"] == run["tiles"]["total"] >= 4 and not run["tiles"]["failed"]
     assert run["model"]["identity"].startswith("timesenclip")
     assert run["legend"]["prompt_hash"] and run["calibration"] is None  # none for timesenclip
+    # The SCL mask applied is recorded, class numbers and names (issue 25, point 5).
+    assert run["config"]["scl_mask"] == "0,1,2,3,8,9,10,11" and run["config"]["mask_snow"]
+    assert run["scl_mask"]["masked_classes"] == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert "dark_features" in run["scl_mask"]["masked_names"]
 
     with rasterio.open(out / "classes.tif") as src:
         classes = src.read(1)
@@ -143,7 +147,14 @@ def test_rerun_is_a_noop_and_other_settings_refused(timesenclip_map, env):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "--overwrite" in errors[0]
+    assert "period: monthly -> quarterly" in errors[0]  # says what changed, not only two hashes
     assert "scene(s)" not in proc.stderr  # refused before searching or loading anything
+    # Another SCL mask is another map: refused the same way, naming the mask.
+    proc = _run([*_base_args(), "--out", str(out), "--save-composite", "--scl-mask", "clouds"],
+                env, check=False)  # fmt: skip
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1
+    assert "scl_mask: 0,1,2,3,8,9,10,11 -> 0,1,3,8,9,10,11" in errors[0]
 
 
 def test_kill_and_resume_matches_uninterrupted(timesenclip_map, env, tmp_path):

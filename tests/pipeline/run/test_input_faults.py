@@ -58,7 +58,7 @@ def test_cdse_catalogue_with_two_baselines_maps_each_acquisition_once(tmp_path, 
     import rasterio
 
     from pipeline.testing.stac_server import serve
-    from tests.pipeline.test_input_faults import _to_cdse, _two_baselines
+    from tests.pipeline.stac.test_input_faults import _to_cdse, _two_baselines
 
     feats, b05 = _two_baselines(tmp_path)
     doc = _to_cdse({"features": feats})
