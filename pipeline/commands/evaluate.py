@@ -117,6 +117,24 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("choose what to evaluate: eurosat, eurosat-ms, bigearthnet, points, map")
     if target == "map":
         return _run_map(args)
+    # The data first: a wrong folder or file fails in a second, before any model is built.
+    if target in ("eurosat", "eurosat-ms"):
+        from pipeline.evaluate.datasets import eurosat_ms, eurosat_rgb
+
+        reader = eurosat_rgb if target == "eurosat" else eurosat_ms
+        ds = reader(args.root, limit_per_class=args.limit_per_class)
+    elif target == "bigearthnet":
+        from pipeline.evaluate.datasets import bigearthnet
+
+        ds = bigearthnet(args.root, split=args.split)
+    elif target == "points":
+        from pipeline.evaluate.labels import load_label_map
+        from pipeline.points import PointTable
+
+        table = PointTable.load(args.points)
+        label_map = load_label_map(args.label_map)
+    else:
+        raise UserError(f"unknown evaluation {target!r}")
     from pipeline.evaluate.classify import (
         evaluate_multilabel,
         evaluate_points,
@@ -135,18 +153,12 @@ def run(args: argparse.Namespace) -> int:
     if m.untrained:
         header["warning"] = "UNTRAINED WEIGHTS: these numbers measure nothing but the mechanics"
     if target in ("eurosat", "eurosat-ms"):
-        from pipeline.evaluate.datasets import eurosat_ms, eurosat_rgb
-
-        reader = eurosat_rgb if target == "eurosat" else eurosat_ms
-        ds = reader(args.root, limit_per_class=args.limit_per_class)
         rep, cm = evaluate_single_label(ds, m, scorer, batch_size=args.batch_size)
         rep.update(header, dataset={"root": str(args.root), "images": len(ds)})
         return _finish(args, rep, cm, f"{target}: OA {rep['overall_accuracy']:.3f}")
     if target == "bigearthnet":
-        from pipeline.evaluate.datasets import bigearthnet
         from pipeline.evaluate.plots import ap_png
 
-        ds = bigearthnet(args.root, split=args.split)
         rep = evaluate_multilabel(ds, m, scorer, batch_size=args.batch_size, limit=args.limit)
         rep.update(
             header,
@@ -161,21 +173,9 @@ def run(args: argparse.Namespace) -> int:
 
         ap_png(rep, Path(args.out) / "average_precision.png")
         return _finish(args, rep, None, "")
-    if target == "points":
-        from pipeline.evaluate.labels import load_label_map
-        from pipeline.points import PointTable
-
-        table = PointTable.load(args.points)
-        rep, cm = evaluate_points(
-            table,
-            m,
-            scorer,
-            label_column=args.label_column,
-            label_map=load_label_map(args.label_map),
-        )
-        rep.update(header, dataset={"points": str(args.points)})
-        return _finish(args, rep, cm, f"points: OA {rep['overall_accuracy']:.3f}")
-    raise UserError(f"unknown evaluation {target!r}")
+    rep, cm = evaluate_points(table, m, scorer, label_column=args.label_column, label_map=label_map)
+    rep.update(header, dataset={"points": str(args.points)})
+    return _finish(args, rep, cm, f"points: OA {rep['overall_accuracy']:.3f}")
 
 
 def _write_points(out, cols: dict) -> None:

@@ -74,3 +74,36 @@ def test_the_first_log_line_says_where_the_region_is(tmp_path):
     text = location_text(r.geometry, r.crs, r.description)
     assert text.startswith("centre 11.75°E 48.45°N (") and "Bavaria" in text
     assert text.endswith("CRS EPSG:32632")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (["eurosat", "--root"], "not found"),
+        (["bigearthnet", "--root"], "no BigEarthNet-v1.0 folder"),
+    ],
+    ids=["eurosat", "bigearthnet"],
+)
+def test_evaluate_checks_the_dataset_folder_before_any_model(target, message, tmp_path):
+    """A missing dataset folder fails before any model or text classifier is built (open_clip,
+    which builds both, is not imported yet)."""
+    args = [
+        "evaluate",
+        *target,
+        str(tmp_path / "missing"),
+        "--untrained",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.replace("'torch' in", "'open_clip' in"), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "S2LC_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert result["rc"] == 2 and len(errors) == 1 and message in errors[0], proc.stderr[-500:]
+    assert result["torch"] is False, f"a model was built before: {errors[0]}"
