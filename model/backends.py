@@ -32,12 +32,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from model.backend_names import BACKENDS
 from pipeline.base.errors import UserError
 
 _log = logging.getLogger(__name__)
 
-#: Every backend name, in the order ``auto`` lists them (fp32 first: the reference).
-BACKENDS = ("fp32", "bf16", "int8", "openvino-fp32", "openvino-bf16")
 #: Backends of a chip model (SenCLIP): fp32 and bf16 autocast.
 CHIP_BACKENDS = ("fp32", "bf16")
 

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--untrained", action="store_true", help="random weights (mechanics only)")
     g.add_argument("--clip-checkpoint", help="TimeSenCLIP's CLIP text encoder (not used here)")
     g.add_argument("--device", help="cpu or cuda")
-    from model.backends import BACKENDS
+    from model.backend_names import BACKENDS
 
     g.add_argument(
         "--backend",

@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window", type=int, help="SenCLIP chip size in pixels (default 64)")
     g.add_argument("--stride", type=int, help="SenCLIP chip stride in pixels (default 32)")
     g.add_argument("--seed", type=int, help="seed for --untrained weights and sampling")
-    from model.backends import BACKENDS
+    from model.backend_names import BACKENDS
 
     g.add_argument(
         "--backend",

@@ -109,7 +109,7 @@ class ModelConfig:
             )
         if self.checkpoint is not None and self.untrained:
             raise UserError("--checkpoint and --untrained are mutually exclusive")
-        from model.backends import BACKENDS
+        from model.backend_names import BACKENDS
 
         if self.precision not in ("auto", *BACKENDS):
             raise UserError(

@@ -76,11 +76,12 @@ class Workers:
 
 def _machine(entry: dict[str, Any]) -> str:
     notes = entry.get("notes") or {}
-    where = (
-        label(entry["hardware"])
-        if entry.get("hardware")
-        else notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
-    )
+    if entry.get("hardware"):
+        where = label(entry["hardware"])
+    elif notes.get("cpu_model"):
+        where = f"{notes['cpu_model']}, {entry.get('threads')} threads"
+    else:
+        where = notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
     if notes.get("backend"):  # CPU entries name the backend ``auto`` picked there
         where += f", backend {notes['backend']} (batch {entry.get('batch')})"
     return (
