@@ -1,7 +1,7 @@
 """Day one: artefacts that check each other, cheap checks before any model is built, ``--config``
 with every option, stratified reference samples, and the demo truth as an output.
 
-The bad-input cases assert the one-line message and that no model was built (``prepare_run`` is
+The bad-input cases assert the one-line message and that no model was built (``prepare_tiles`` is
 replaced by a function that fails the test), not how many seconds they took.
 """
 
@@ -20,13 +20,13 @@ DEMO = ["--region", "demo", "--untrained", "--no-progress"]
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """Fail the test if a run gets as far as building the model (prepare_run)."""
+    """Fail the test if a run gets as far as preparing the tiles (grid, classifier)."""
     import pipeline.run.driver
 
-    def refuse(cfg):  # noqa: ARG001
+    def refuse(*args, **kwargs):  # noqa: ARG001
         raise AssertionError("a model was built before the cheap checks failed")
 
-    monkeypatch.setattr(pipeline.run.driver, "prepare_run", refuse)
+    monkeypatch.setattr(pipeline.run.driver, "prepare_tiles", refuse)
 
 
 def _error(capsys, argv, out: Path | None = None) -> str:
