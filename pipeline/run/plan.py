@@ -81,7 +81,9 @@ def _machine(entry: dict[str, Any]) -> str:
     elif notes.get("cpu_model"):
         where = f"{notes['cpu_model']}, {entry.get('threads')} threads"
     else:
-        where = notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
+        where = (
+            notes.get("machine") or f"{entry.get('device', 'cpu')}, {entry.get('threads')} threads"
+        )
     if notes.get("backend"):  # CPU entries name the backend ``auto`` picked there
         where += f", backend {notes['backend']} (batch {entry.get('batch')})"
     return (

@@ -274,14 +274,18 @@ def use_backend(m: Any, requested: str = "auto", legend: str | None = None) -> d
     from model.precision import resolve
     from model.zeroshot import build_classifier
 
-    if requested == "auto" and m.device.type == "cpu" and not getattr(m, "has_text", True):
-        info = {"requested": "auto", "resolved": "fp32", "reason": "no text tower: no classifier"}
+    def exact(reason: str) -> dict[str, Any]:
         set_precision(m, "fp32")
-        return info
+        return {"requested": "auto", "resolved": "fp32", "reason": reason}
+
+    if requested == "auto" and m.device.type == "cpu" and not getattr(m, "has_text", True):
+        return exact("no text tower: no classifier")
     w = np.zeros((1, m.embed_dim), np.float32)
     if requested == "auto" and m.device.type == "cpu":
         w = build_classifier(m, load_legend(legend or "lucas-lc8", style="aerial"))
         w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w)
+        if w.shape[-1] != m.embed_dim:  # a checkpoint trained for another embedding space
+            return exact(f"the text tower's {w.shape[-1]}-d classes cannot rank its embeddings")
     backend, info = resolve(m, requested, np.asarray(w, np.float32))
     set_precision(m, backend, batch=info.get("batch"))
     return info
