@@ -318,6 +318,6 @@ def test_transient_http_faults_are_retried_and_the_pixels_stay_bit_identical(es_
         reader = BlockReader()
         got = load_reflectance(remote, gb, reader=reader)
     assert store.counter.faults[kind] >= 2
-    if kind in ("reset", "truncate"):  # GDAL retries 429/5xx itself, not these
-        assert reader.retries >= 1
+    if kind == "reset":  # GDAL retries 429/5xx itself, not resets (a truncated body it may
+        assert reader.retries >= 1  # re-request itself, depending on where the cut falls)
     np.testing.assert_array_equal(got.values, local.values)
