@@ -36,8 +36,11 @@ $(STAMP): requirements.txt requirements-test.txt
 
 env: $(STAMP) ## Create/refresh .venv from the pinned requirements (no-op when unchanged)
 
+# The suite's processes: one per core (pytest-xdist, whole files per worker). TEST_WORKERS=0: one.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) ## Run the test suite (offline, no GPU needed)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-integration: $(STAMP) ## Run the slow integration tests (real Slurm, pgstac, faults, the full make map demo)
 	$(PY) -m pytest -m integration -o addopts="" --timeout=1800
