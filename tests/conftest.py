@@ -28,6 +28,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Nothing is downloaded in tests: Hugging Face and torch hubs stay offline.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # Map runs use fp32 unless a test asks for --backend: `auto` times every backend (OpenVINO
+    # compiles included) once per model and classifier, which tests/model/test_backends.py and
+    # tests/model/test_precision.py cover; paid again in every map test it cost minutes.
+    os.environ.setdefault("S2LC_BACKEND", "fp32")
     # affine 3 deprecates `*` for matrix products; odc-geo still uses it (thousands of lines)
     config.addinivalue_line("filterwarnings", "ignore:Use `@` matmul:PendingDeprecationWarning")
     if importlib.util.find_spec("torch") is not None:
