@@ -41,7 +41,7 @@ import numpy as np
 
 from pipeline.base.errors import UserError
 from pipeline.reading.failure import ReadFailure, classify_read_error
-from pipeline.reading.native import NotNative, Reflectance, _fuse_same_day, _offset_warnings
+from pipeline.reading.native import NotNative, Reflectance, to_reflectance
 from pipeline.stac.bands import BANDS, NATIVE_RESOLUTION, SCL, item_crs
 from pipeline.stac.eopf import EOPF_FORMAT, EopfRef, eopf_ref
 
@@ -530,7 +530,7 @@ def _load_eopf(
     """:func:`load_eopf` without turning :class:`NotNative` into :class:`OffLattice`."""
     from pipeline.reading.blocks import block_reader
     from pipeline.reading.cube import MaskConfig
-    from pipeline.reading.kernels import fill_nodata, reflectance
+    from pipeline.reading.kernels import fill_nodata
 
     mask = mask or MaskConfig()
     if mask.resampling not in ("nearest", "bilinear"):
@@ -569,21 +569,7 @@ def _load_eopf(
                 else:
                     fill_nodata(dst, arr.astype(dst.dtype, copy=False))
     _raise_failed(failed)
-    scale = np.array([k[1] for k, _ in groups], np.float32)
-    offset = np.array([k[2] for k, _ in groups], np.float32)
-    masked = np.zeros(256, np.bool_)
-    if mask.use_scl:
-        masked[list(mask.scl_classes)] = True
-    values = (
-        reader.scratch("values", dn.shape, np.dtype(np.float32))
-        if work_buffer
-        else np.empty(dn.shape, np.float32)
-    )
-    reflectance(dn, scl, scale, offset, masked, values)
-    warnings = _offset_warnings(dn, scl, masked, groups, reader.offset_checks)
-    values, keep = _fuse_same_day(values, groups)
-    times = np.array([groups[t][1][0][0].replace(tzinfo=None) for t in keep], "datetime64[ns]")
-    return Reflectance(values, times, warnings, native=True)
+    return to_reflectance(dn, scl, groups, mask, reader, work_buffer)
 
 
 def _key(items: list[Any]) -> tuple:

@@ -253,6 +253,37 @@ def _fuse_same_day(values: np.ndarray, groups: list) -> tuple[np.ndarray, list[i
     return values[keep], keep
 
 
+def to_reflectance(
+    dn: np.ndarray, scl: np.ndarray, groups: list, mask: Any, reader: BlockReader, work_buffer: bool
+) -> Reflectance:
+    """The window's DN of every acquisition, turned into masked, same-day-fused reflectance.
+
+    Shared by every native reader (COG blocks, EOPF chunks): each group's scale and offset
+    (``groups`` from :func:`group_items`), the SCL classes ``mask`` masks, the offset check
+    against the DN (:func:`_offset_warnings`) and the fusion of one day's scenes.
+
+    :param dn: (acquisitions, bands, y, x) uint16 DN; :param scl: (acquisitions, y, x) classes.
+    :returns: :class:`Reflectance` of (days, bands, y, x) float32, NaN where masked.
+    """
+    from pipeline.reading.kernels import reflectance
+
+    scale = np.array([k[1] for k, _ in groups], np.float32)
+    offset = np.array([k[2] for k, _ in groups], np.float32)
+    masked = np.zeros(256, np.bool_)
+    if mask.use_scl:
+        masked[list(mask.scl_classes)] = True
+    values = (
+        reader.scratch("values", dn.shape, np.dtype(np.float32))
+        if work_buffer
+        else np.empty(dn.shape, np.float32)
+    )
+    reflectance(dn, scl, scale, offset, masked, values)
+    warnings = _offset_warnings(dn, scl, masked, groups, reader.offset_checks)
+    values, keep = _fuse_same_day(values, groups)
+    times = np.array([groups[t][1][0][0].replace(tzinfo=None) for t in keep], "datetime64[ns]")
+    return Reflectance(values, times, warnings, native=True)
+
+
 def load_native(
     items: Iterable[Any],
     geobox: Any,
@@ -283,7 +314,7 @@ def load_native(
         pipeline.reading.cube.ReadFailure: a scene's file cannot be read (its id in ``scenes``).
     """
     from pipeline.reading.cube import MaskConfig, ReadFailure
-    from pipeline.reading.kernels import fill_nodata, reflectance
+    from pipeline.reading.kernels import fill_nodata
 
     mask = mask or MaskConfig()
     if mask.resampling not in _KERNELS:
@@ -333,18 +364,4 @@ def load_native(
         raise ReadFailure(
             first.message + more, first.kind, first.status, list(failed), first.asset, per_scene
         )
-    scale = np.array([k[1] for k, _ in groups], np.float32)
-    offset = np.array([k[2] for k, _ in groups], np.float32)
-    masked = np.zeros(256, np.bool_)
-    if mask.use_scl:
-        masked[list(mask.scl_classes)] = True
-    values = (
-        reader.scratch("values", dn.shape, np.dtype(np.float32))
-        if work_buffer
-        else np.empty(dn.shape, np.float32)
-    )
-    reflectance(dn, scl, scale, offset, masked, values)
-    warnings = _offset_warnings(dn, scl, masked, groups, reader.offset_checks)
-    values, keep = _fuse_same_day(values, groups)
-    times = np.array([groups[t][1][0][0].replace(tzinfo=None) for t in keep], "datetime64[ns]")
-    return Reflectance(values, times, warnings, native=True)
+    return to_reflectance(dn, scl, groups, mask, reader, work_buffer)
