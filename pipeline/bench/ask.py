@@ -35,20 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.bench.field import ASK_LEGEND, QUERIES  # the README's own legend and queries
 from pipeline.bench.results import Entry
 
 #: Edge of the large field (16 Mpx) and of the small one (fixed cost), in pixels.
 LARGE = 4000
 SMALL = 512
 TILE = 512
-QUERIES = ("a lake", "a village", "a forest")
-ASK_LEGEND = """name: my-legend
-classes:
-  water: {color: "#1f78b4", prompts: ["a lake", "a river"]}
-  settlement: {color: "#e31a1c", prompts: ["a village", "houses and streets"]}
-  forest: {color: "#33a02c", prompts: ["a forest"]}
-  farmland: {color: "#ff7f00", prompts: ["a wheat field", "a meadow"]}
-"""
 
 
 def _uptime() -> str:
