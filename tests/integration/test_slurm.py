@@ -224,3 +224,45 @@ def test_map_on_slurm(
     while _squeue_ids() and time.monotonic() < deadline:
         time.sleep(1)
     assert not _squeue_ids(), "the map run left Slurm jobs behind"
+
+
+@pytest.mark.timeout(300)
+def test_cluster_that_never_gives_a_worker_fails_after_its_timeout(
+    slurm: SlurmInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue that never starts the jobs: one UserError after ``worker_timeout_s``, no hang.
+
+    The jobs are held pending by Slurm itself (``--begin=now+1hour``), as a busy queue would
+    hold them. The run must give up after the profile's timeout, say so in one line, and
+    cancel the jobs it submitted.
+    """
+    from pipeline.base.errors import UserError
+    from pipeline.run.cluster import ClusterConfig, SlurmProfile, open_client
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))  # sbatch/scancel of this test's cluster
+    profile = SlurmProfile(
+        queue=slurm.partition,
+        cores=1,
+        processes=1,
+        memory="1GB",
+        walltime="00:05:00",
+        jobs=1,
+        interface="lo",
+        local_directory=str(tmp_path / "dask"),
+        job_extra_directives=("--begin=now+1hour",),
+        worker_timeout_s=8.0,
+    )
+    before = _squeue_ids()
+    t = time.monotonic()
+    with pytest.raises(UserError) as err:
+        with open_client(ClusterConfig(kind="slurm", slurm=profile)):
+            pytest.fail("a client was handed out although no worker ever started")
+    waited = time.monotonic() - t
+    message = str(err.value)
+    assert "\n" not in message
+    assert "no Slurm worker started within 8 s" in message, message
+    assert 8.0 <= waited < 90.0, waited
+    deadline = time.monotonic() + 60
+    while _squeue_ids() - before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _squeue_ids() - before, "the held job was left in the queue"
