@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -99,7 +100,12 @@ def _no_op(module: nn.Module, args: tuple) -> None:
 def _int8(encoder: nn.Module) -> Encoder:
     from torch.ao.quantization import quantize_dynamic  # noqa: PLC0415
 
-    enc = quantize_dynamic(copy.deepcopy(encoder).eval(), {nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates the quantised tensor types that ``quantize_dynamic`` still builds
+        # (pytorch#184982); the backend works as measured, and the notice repeats on every
+        # measurement of ``--backend auto``.
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+        enc = quantize_dynamic(copy.deepcopy(encoder).eval(), {nn.Linear}, dtype=torch.qint8)
     # PyTorch's fused encoder-layer kernel wants float weights (a quantised Linear's ``weight`` is
     # a method): a no-op hook makes the layers take their plain path.
     for layer in enc.transformer.layers:
