@@ -88,12 +88,12 @@ def _check_network_command(argv: list[str]) -> None:
         return
     from aoi import to_crs
     from pipeline.commands.run import resolve
-    from pipeline.run.prepare import check_size, resolve_region
+    from pipeline.run.checks import check_size, resolve_region
 
     cfg = resolve(args)
     if cfg.execution.cluster == "local":
-        region, geometry = resolve_region(cfg)
-        check_size(cfg, float(to_crs(geometry, region.crs).area) / 1e6)
+        region, geometry = resolve_region(cfg.region, cfg.bbox)
+        check_size(cfg.execution, float(to_crs(geometry, region.crs).area) / 1e6)
 
 
 def _runs_quickly(argv: list[str]) -> bool:

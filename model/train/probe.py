@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model.legends import load_legend
 from pipeline.base.atomic import atomic_path
 from pipeline.base.errors import UserError
 
@@ -173,6 +174,26 @@ def check_head_matches(head: LinearHead, identity: dict[str, Any], *, where: str
         raise UserError(
             f"{where}: fitted on series of T = {a} composites, but this run gives T = {b}"
         )
+
+
+def head_legend(head: LinearHead, legend: str | None = None, style: str = "aerial"):
+    """The legend whose colours a head's map takes (:func:`model.legends.load_legend`):
+    ``legend`` when given (``--legend``), else the one the head was fitted with (``probe
+    --legend``, kept in its ``meta``), else None (a generic palette).
+
+    Raises:
+        UserError: ``legend`` is given and unknown. A head's own legend that no longer loads
+            (its file moved) gives None instead.
+    """
+    name = legend if legend is not None else head.meta.get("legend")
+    if not name:
+        return None
+    try:
+        return load_legend(name, style=style)
+    except UserError:
+        if legend is not None:
+            raise
+        return None  # the head's legend file moved: fall back to a palette
 
 
 def fit_linear_head(

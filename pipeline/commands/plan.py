@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.base.jsonio import write_json
     from pipeline.commands.run import resolve
     from pipeline.grid.cells import cells_of, is_gridded, output_grid
+    from pipeline.run.checks import resolve_region
     from pipeline.run.config import default_output_dir
     from pipeline.run.plan import Workers, estimate, load_rates
-    from pipeline.run.prepare import resolve_region
 
     t0 = time.perf_counter()
     if not 0 < args.clear_fraction <= 1:
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         price_gpu_hour=args.price_gpu_hour,
     )
     rates = load_rates(args.rates, cfg.model.name)
-    region, geometry = resolve_region(cfg)
+    region, geometry = resolve_region(cfg.region, cfg.bbox)
     grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
     cells = len(cells_of(grid)) if is_gridded(region.crs) else 0
     tile_pixels = float(sum(t.shape[0] * t.shape[1] for t in grid.tiles))

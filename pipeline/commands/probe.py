@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    from pipeline.run.prepare import use_backend
+    from pipeline.run.precision import use_backend
 
     backend = use_backend(m, args.backend, args.legend)
     emb = adapter.embed(m, table.series_x1e4()[use])

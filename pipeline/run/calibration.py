@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +31,42 @@ CALIBRATION_TILE_SIZE = 128
 CALIBRATION_SAMPLES_PER_TILE = 2048
 
 
+@dataclass(frozen=True)
+class References:
+    """What a run fits once on its reference sample: the calibration vector (None: none), the
+    compact field's codec (``--save-embeddings``) and the OOD reference (``--ood``)."""
+
+    calibration: list[float] | None = None
+    codec: Any = None
+    ood: Any = None
+    """:class:`pipeline.adapters.uncertainty.OodReference`, or None."""
+
+
+def fit_references(
+    client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs, manifest: dict
+) -> References:
+    """The calibration vector (from the manifest, or fitted and stored there), the field codec
+    and the OOD reference, all fitted on one reference sample of the region
+    (:func:`reference_sample`), computed on first need and only once."""
+    cache: list[np.ndarray] = []
+
+    def sample() -> np.ndarray:
+        if not cache:
+            cache.append(reference_sample(client, cfg, prep, ws, inputs))
+        return cache[0]
+
+    calibration = manifest.get("calibration")
+    if cfg.model.calibration == "reference" and calibration is None and not cfg.model.head:
+        calibration = calibrate(sample(), prep.classifier).tolist()
+        manifest["calibration"] = calibration
+        ws.save_manifest(manifest)
+    codec = (
+        fit_field(ws.store, sample, cfg.output.field_dims) if cfg.output.save_embeddings else None
+    )
+    ood = fit_ood_reference(ws.work / "ood.npz", sample, cfg.model.seed) if cfg.output.ood else None
+    return References(calibration, codec, ood)
+
+
 def _calibration_tiles(tiles: tuple, n: int) -> list:
     """``n`` tiles spread evenly through the grid's order (deterministic)."""
     if len(tiles) <= n:
@@ -35,24 +75,24 @@ def _calibration_tiles(tiles: tuple, n: int) -> list:
     return [tiles[i] for i in sorted(set(idx))]
 
 
-def calibrate(
-    client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs
-) -> np.ndarray:
-    """Fit the class-mean calibration once on a fixed reference sample of the region.
+def calibrate(emb: np.ndarray, classifier: np.ndarray) -> np.ndarray:
+    """The class-mean calibration (C,) of the (C, D) text ``classifier``, fitted on the (N, D)
+    embeddings of the reference sample (:func:`model.zeroshot.fit_calibration`).
 
     The sample comes from a reference grid of its own (``CALIBRATION_TILE_SIZE``), not the run's
     tiles, so the calibration, and therefore the map, does not depend on ``--tile-size``.
     """
     from model.zeroshot import fit_calibration
 
-    emb = reference_sample(client, cfg, prep, ws, inputs)
-    vec = np.asarray(fit_calibration(emb, prep.classifier), dtype=np.float64)
+    vec = np.asarray(fit_calibration(emb, classifier), dtype=np.float64)
     _log.info("calibration fitted on %d samples", len(emb))
     return vec
 
 
-def fit_field(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs):
-    """The compact field's codec: read back from the store (resume) or fitted and written once.
+def fit_field(store: Any, sample: Callable[[], np.ndarray], dims: int):
+    """The compact field's codec of ``dims`` components: read back from the map's ``store``
+    (resume) or fitted on ``sample()`` (the reference sample's (N, D) embeddings) and written
+    there once.
 
     Fitted on the same fixed reference sample as the calibration, so it does not depend on
     ``--tile-size`` either.
@@ -60,12 +100,11 @@ def fit_field(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: Run
     from pipeline.writers.codec import fit_codec
     from pipeline.writers.field import read_codec, write_codec
 
-    codec = read_codec(ws.store)
+    codec = read_codec(store)
     if codec is not None:
         return codec
-    emb = reference_sample(client, cfg, prep, ws, inputs)
-    codec = fit_codec(emb, cfg.output.field_dims)
-    write_codec(ws.store, codec)
+    codec = fit_codec(sample(), dims)
+    write_codec(store, codec)
     _log.info(
         "embedding field: %d -> %d dims (%.2f%% of the sample's variance), %d bytes/pixel",
         codec.embed_dim,
@@ -76,13 +115,13 @@ def fit_field(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: Run
     return codec
 
 
-def fit_ood_reference(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs):
-    """The OOD reference (``--ood``): read back from the workspace (resume) or fitted once on
-    the same fixed reference sample as the calibration and kept in ``.s2lc/ood.npz``, so every
-    tile of a run, resumed or not, is scored against the same reference and threshold."""
+def fit_ood_reference(path: Path, sample: Callable[[], np.ndarray], seed: int):
+    """The OOD reference (``--ood``): read back from ``path`` (``.s2lc/ood.npz``, resume) or
+    fitted once on ``sample()`` (the reference sample's embeddings, as the calibration's) and
+    kept there, so every tile of a run, resumed or not, is scored against the same reference and
+    threshold."""
     from pipeline.adapters.uncertainty import OodReference, fit_ood
 
-    path = ws.work / "ood.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return OodReference(
@@ -91,8 +130,7 @@ def fit_ood_reference(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inp
                 threshold=float(z["threshold"]),
                 quantile=float(z["quantile"]),
             )
-    emb = reference_sample(client, cfg, prep, ws, inputs)
-    ref = fit_ood(emb, seed=cfg.model.seed)
+    ref = fit_ood(sample(), seed=seed)
     from pipeline.base.atomic import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -103,19 +141,14 @@ def fit_ood_reference(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inp
     return ref
 
 
-_SAMPLES: dict[str, np.ndarray] = {}
-
-
-def clear_reference_sample() -> None:
-    """Forget the reference sample kept for the run (once calibration and field are fitted)."""
-    _SAMPLES.clear()
-
-
 def reference_sample(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs):
-    """Embeddings of a fixed reference sample of the region (computed once per run)."""
-    key = str(ws.out.resolve()) + cfg.output_hash()
-    if key in _SAMPLES:
-        return _SAMPLES[key]
+    """(N, D) embeddings of a fixed reference sample of the region: a few tiles of a reference
+    grid of its own (:data:`CALIBRATION_TILE_SIZE`), a fixed number of pixels (or chips) each.
+
+    Raises:
+        UserError: the sample's scenes cannot be read.
+        NoScenesError: the sample holds no valid observation.
+    """
     from pipeline.grid.tiling import make_grid
     from pipeline.run.tile_task import sample_embeddings
 
@@ -166,6 +199,4 @@ def reference_sample(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inpu
             "scenes (check --start/--end and --max-cloud)"
         )
     _log.info("reference sample: %d embeddings from %d tiles", len(emb), len(tiles))
-    _SAMPLES.clear()
-    _SAMPLES[key] = emb
     return emb

@@ -13,18 +13,12 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.run.calibration import (
-    calibrate,
-    clear_reference_sample,
-    fit_field,
-    fit_ood_reference,
-)
+from pipeline.run.calibration import References, fit_references
+from pipeline.run.checks import CheckedInputs, check_inputs
 from pipeline.run.config import (
     RunConfig,
     default_output_dir,
@@ -32,7 +26,8 @@ from pipeline.run.config import (
     too_many_unreadable,
 )
 from pipeline.run.inputs import RunInputs
-from pipeline.run.prepare import Prepared, check_inputs, prepare_tiles, resolve_precision
+from pipeline.run.precision import resolve_precision
+from pipeline.run.prepare import Prepared, prepare_map
 from pipeline.run.publishing import field_attrs, field_dims, publish
 from pipeline.run.reporting import (
     coverage_report,
@@ -45,7 +40,7 @@ from pipeline.run.scheduling import (
     TilesFailed,
     TooManyUnreadable,
     failure_summary,
-    run_tiles,
+    run_todo,
     select_tiles,
 )
 from pipeline.run.workspace import TileFailure, Workspace
@@ -55,86 +50,70 @@ from pipeline.stac.search import search_run_scenes
 _log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunState:
-    """What the stages of one run share: its settings and workspace, then what each stage adds
-    (scenes, preparation, manifest, tiles to run, calibration, tile results)."""
+    """What :func:`start` resolved for the stages of one run: its settings (precision resolved),
+    the checked region, the workspace, the output hash, the cluster and the manifest of the run
+    being resumed (None when it starts afresh)."""
 
     cfg: RunConfig
+    checked: CheckedInputs
+    """The region, geometry, area and period labels that the cheap checks resolved."""
     ws: Workspace
     output_hash: str
     precision_info: dict[str, Any]
-    geometry: Any
-    area_km2: float
-    labels: list[str]
     cluster: Any
     previous: dict[str, Any] | None
     resumable: bool
     t0: float
-    seconds: dict[str, float] = field(default_factory=dict)
-    items: list[dict] = field(default_factory=list)
-    inputs: RunInputs | None = None
-    """The run's inputs file (region and items) that the tiles' work orders reference."""
-    ledger: SceneLedger | None = None
-    prep: Prepared | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
-    done_before: dict[str, dict] = field(default_factory=dict)
-    todo: list = field(default_factory=list)
-    dead_before: dict[str, TileFailure] = field(default_factory=dict)
-    calibration: list[float] | None = None
-    codec: Any = None
-    ood: Any = None
-    """The OOD reference (``--ood``), :class:`pipeline.adapters.uncertainty.OodReference`."""
-    stats: dict[str, dict] = field(default_factory=dict)
-    failures: dict[str, TileFailure] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpenStore:
+    """What :func:`open_store` wrote and chose: the manifest, the inputs file that the tiles' work
+    orders reference, the tiles done earlier, the tiles to run and those left dead-lettered."""
+
+    manifest: dict[str, Any]
+    inputs: RunInputs
+    done_before: dict[str, dict]
+    todo: list
+    dead_before: dict[str, TileFailure]
 
 
 def execute(cfg: RunConfig) -> int:
     """Run (or resume) a map; returns the exit code (0 complete, 1 some tiles failed)."""
     from pipeline.run.cluster import open_client
 
-    run = prepare(cfg)
+    run = start(cfg)
     if run is None:
         return 0
-    with _timed(run, "search"):
-        find_scenes(run)
-    with _timed(run, "prepare"):
-        run.cfg, run.prep = prepare_tiles(
-            run.cfg, run.cluster, run.previous if run.resumable else None
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "search"):
+        items, ledger = find_scenes(run)
+    with _timed(seconds, "prepare"):
+        cfg, prep = prepare_map(
+            run.cfg, run.checked, run.cluster, run.previous if run.resumable else None
         )
-    open_store(run)
+    store = open_store(run, cfg, prep, items, ledger)
     with open_client(run.cluster) as client:
-        with _timed(run, "calibrate"):
-            calibrate_once(run, client)
-        with _timed(run, "tiles_wall"):
-            run_todo(run, client)
-    report = report_run(run)
-    publish_run(run, report)
+        with _timed(seconds, "calibrate"):
+            refs = fit_references(client, cfg, prep, run.ws, store.inputs, store.manifest)
+        with _timed(seconds, "tiles_wall"):
+            stats, failures = run_todo(client, cfg, prep, run.ws, store.inputs, refs, store.todo)
+    report = report_run(run, cfg, prep, items, ledger, store, refs, seconds, stats, failures)
+    publish_run(run, cfg, prep, items, ledger, store, stats, failures, report)
     return 0
 
 
-def _check_postprocess(cfg: RunConfig) -> None:
-    """--majority / --mmu need the whole map at once: refused on gridded (per-cell) runs."""
-    from aoi import load_region
-    from pipeline.base.errors import UserError
-    from pipeline.grid.cells import is_gridded
-
-    if cfg.output.postprocess and is_gridded(load_region(cfg.region).crs):
-        raise UserError(
-            "--majority/--mmu work on regional runs only: a gridded (EPSG:3035) run publishes "
-            "each 100 km cell as its tiles finish (see the README, 'Post-processing')"
-        )
-
-
 @contextmanager
-def _timed(run: RunState, stage: str) -> Iterator[None]:
-    """Time the ``with`` block into ``run.seconds[stage]`` (``run.json``'s ``seconds``)."""
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Time the ``with`` block into ``seconds[stage]`` (``run.json``'s ``seconds``)."""
     t = time.perf_counter()
     yield
-    run.seconds[stage] = time.perf_counter() - t
+    seconds[stage] = time.perf_counter() - t
 
 
-def prepare(cfg: RunConfig) -> RunState | None:
+def start(cfg: RunConfig) -> RunState | None:
     """Resolve the run and make the cheap checks (None: the map is complete and up to date).
 
     Bad input fails here in seconds (region, size, periods, legend, head), before the STAC search,
@@ -146,7 +125,6 @@ def prepare(cfg: RunConfig) -> RunState | None:
     # Cheap checks first (region, size, periods, legend, head): bad input fails in seconds,
     # before any model is built, before the STAC search and before anything is written.
     checked = check_inputs(cfg)
-    _check_postprocess(cfg)
     out = Path(cfg.execution.out) if cfg.execution.out else default_output_dir(cfg, checked.name)
     ws = Workspace(out)
     ws.check_writable()
@@ -180,12 +158,10 @@ def prepare(cfg: RunConfig) -> RunState | None:
     )
     return RunState(
         cfg=cfg,
+        checked=checked,
         ws=ws,
         output_hash=output_hash,
         precision_info=precision_info,
-        geometry=checked.geometry,
-        area_km2=checked.area_km2,
-        labels=list(checked.labels),
         cluster=cluster_cfg,
         previous=previous,
         resumable=resumable,
@@ -193,39 +169,43 @@ def prepare(cfg: RunConfig) -> RunState | None:
     )
 
 
-def find_scenes(run: RunState) -> None:
+def find_scenes(run: RunState) -> tuple[list[dict], SceneLedger]:
     """The run's scenes and their ledger: from the manifest when resuming, else the STAC search."""
     if run.resumable:
-        run.items = run.previous["items"]
-        run.ledger = SceneLedger.from_dict(run.previous.get("ledger"))
-        _log.info("resuming %s: %d scenes from the manifest", run.ws.out, len(run.items))
-    else:
-        run.items, run.ledger = search_run_scenes(
-            run.geometry, run.cfg.composite.start, run.cfg.composite.end, run.cfg.search
-        )
-        _log.info("%d scenes found", len(run.items))
+        items = run.previous["items"]
+        _log.info("resuming %s: %d scenes from the manifest", run.ws.out, len(items))
+        return items, SceneLedger.from_dict(run.previous.get("ledger"))
+    c = run.cfg.composite
+    items, ledger = search_run_scenes(run.checked.geometry, c.start, c.end, run.cfg.search)
+    _log.info("%d scenes found", len(items))
+    return items, ledger
 
 
-def open_store(run: RunState) -> None:
-    """Write the manifest, create (or reclaim) the Zarr store, and choose the tiles to run."""
+def open_store(
+    run: RunState, cfg: RunConfig, prep: Prepared, items: list[dict], ledger: SceneLedger
+) -> OpenStore:
+    """Write the manifest, create (or reclaim) the Zarr store, and choose the tiles to run.
+
+    :param cfg: the run's settings with the tile size fitted (:func:`pipeline.run.prepare.prepare_map`).
+    """
     from pipeline.base.config import to_plain
     from pipeline.writers import create_map_store
 
-    cfg, ws, prep = run.cfg, run.ws, run.prep
+    ws = run.ws
     ws.prepare(run.output_hash, cfg.execution.overwrite, hashed_settings(cfg))
-    run.manifest = (
+    manifest = (
         run.previous
         if run.resumable
         else {
             "output_hash": run.output_hash,
             "config": to_plain(cfg.flat()),
-            "items": run.items,
-            "ledger": run.ledger.to_dict(),
+            "items": items,
+            "ledger": ledger.to_dict(),
             "calibration": None,
         }
     )
-    ws.save_manifest(run.manifest)
-    run.inputs = RunInputs.write(ws.work, prep.geometry, run.items)
+    ws.save_manifest(manifest)
+    inputs = RunInputs.write(ws.work, prep.geometry, items)
     if run.resumable:
         ws.reclaim_store()
     create_map_store(
@@ -233,7 +213,7 @@ def open_store(run: RunState) -> None:
         prep.grid,
         class_names=list(prep.class_names),
         k=min(cfg.output.top_k, len(prep.class_names)),
-        period_labels=run.labels,
+        period_labels=list(run.checked.labels),
         band_names=_bands() if cfg.output.save_composite else None,
         embed_dim=prep.model_info["embed_dim"] if cfg.output.save_embeddings else None,
         field_dims=field_dims(cfg, prep),
@@ -247,18 +227,17 @@ def open_store(run: RunState) -> None:
             **field_attrs(cfg, prep),
         },
     )
-    run.done_before = ws.done_tiles()
-    run.todo, run.dead_before = select_tiles(
-        prep.grid.tiles, run.done_before, ws.failed_tiles(), cfg
-    )
+    done_before = ws.done_tiles()
+    todo, dead_before = select_tiles(prep.grid.tiles, done_before, ws.failed_tiles(), cfg)
     _log.info(
         "%d tiles: %d done earlier, %d to run, %d left in the dead-letter list%s",
         len(prep.grid.tiles),
-        len(run.done_before),
-        len(run.todo),
-        len(run.dead_before),
-        " (--retry-failed redoes them)" if run.dead_before else "",
+        len(done_before),
+        len(todo),
+        len(dead_before),
+        " (--retry-failed redoes them)" if dead_before else "",
     )
+    return OpenStore(manifest, inputs, done_before, todo, dead_before)
 
 
 def _bands() -> list[str]:
@@ -267,65 +246,29 @@ def _bands() -> list[str]:
     return list(BANDS)
 
 
-def calibrate_once(run: RunState, client) -> None:
-    """The calibration vector (from the manifest, or fitted and stored there) and the field codec."""
-    cfg = run.cfg
-    run.calibration = run.manifest.get("calibration")
-    if cfg.model.calibration == "reference" and run.calibration is None and not cfg.model.head:
-        run.calibration = calibrate(client, cfg, run.prep, run.ws, run.inputs).tolist()
-        run.manifest["calibration"] = run.calibration
-        run.ws.save_manifest(run.manifest)
-    run.codec = (
-        fit_field(client, cfg, run.prep, run.ws, run.inputs) if cfg.output.save_embeddings else None
-    )
-    if cfg.output.ood:
-        run.ood = fit_ood_reference(client, cfg, run.prep, run.ws, run.inputs)
-    clear_reference_sample()
-
-
-def run_todo(run: RunState, client) -> None:
-    """Run the tiles still to do, with a progress bar in pixels."""
-    if not run.todo:
-        return
-    from tqdm import tqdm
-
-    calib = None if run.calibration is None else np.asarray(run.calibration, np.float32)
-    # Pixels, not tiles: a few large tiles still move the bar and give an ETA.
-    with tqdm(
-        total=sum(tl.shape[0] * tl.shape[1] for tl in run.todo),
-        unit="px",
-        unit_scale=True,
-        desc=f"{len(run.todo)} tiles",
-        disable=not run.cfg.execution.progress,
-        mininterval=1.0,
-        dynamic_ncols=True,
-    ) as bar:
-        run.stats, run.failures = run_tiles(
-            client,
-            run.cfg,
-            run.prep,
-            run.ws,
-            run.inputs,
-            calib,
-            run.todo,
-            bar,
-            field=run.codec,
-            ood=run.ood,
-        )
-
-
-def report_run(run: RunState) -> dict[str, Any]:
+def report_run(
+    run: RunState,
+    cfg: RunConfig,
+    prep: Prepared,
+    items: list[dict],
+    ledger: SceneLedger,
+    store: OpenStore,
+    refs: References,
+    seconds: dict[str, float],
+    stats: dict[str, dict],
+    failures: dict[str, TileFailure],
+) -> dict[str, Any]:
     """``run.json``'s content: the run's report plus precision, field, scene ledger, coverage."""
-    cfg, prep, stats = run.cfg, run.prep, run.stats
-    all_stats = {**run.done_before, **stats}
+    all_stats = {**store.done_before, **stats}
+    labels = list(run.checked.labels)
     # earlier runs' tiles too: a resumed run keeps their dropped scenes and failures
-    ledger_from_tiles(run.ledger, all_stats, {**run.dead_before, **run.failures})
-    for line in run.ledger.summary_lines():
+    ledger_from_tiles(ledger, all_stats, {**store.dead_before, **failures})
+    for line in ledger.summary_lines():
         _log.info("%s", line)
-    for line in unreadable_warnings(run.ledger):
+    for line in unreadable_warnings(ledger):
         _log.warning("%s", line)
     for stage in ("load", "composite", "infer", "write"):
-        run.seconds[f"{stage}_worker_sum"] = float(
+        seconds[f"{stage}_worker_sum"] = float(
             sum(s["seconds"].get(stage, 0.0) for s in stats.values())
         )
     report = run_report(
@@ -333,58 +276,69 @@ def report_run(run: RunState) -> dict[str, Any]:
         prep,
         run.ws,
         run.output_hash,
-        run.items,
-        run.calibration,
-        run.seconds,
+        items,
+        refs.calibration,
+        seconds,
         all_stats,
-        run.done_before,
-        run.failures,
-        run.area_km2,
+        store.done_before,
+        failures,
+        run.checked.area_km2,
     )
     report["precision"] = run.precision_info
-    if run.codec is not None:
+    if refs.codec is not None:
         report["field"] = {
             **field_attrs(cfg, prep)["s2lc:field"],
-            "explained_variance": run.codec.explained_variance,
+            "explained_variance": refs.codec.explained_variance,
         }
-    if run.ood is not None:
-        report["ood"] = run.ood.describe()
-    report["scene_ledger"] = run.ledger.to_dict()
-    report["coverage"] = coverage_report(all_stats, run.labels)
+    if refs.ood is not None:
+        report["ood"] = refs.ood.describe()
+    report["scene_ledger"] = ledger.to_dict()
+    report["coverage"] = coverage_report(all_stats, labels)
     for line in report["coverage"]["warnings"]:
         _log.warning("%s", line)
     return report
 
 
-def publish_run(run: RunState, report: dict[str, Any]) -> None:
+def publish_run(
+    run: RunState,
+    cfg: RunConfig,
+    prep: Prepared,
+    items: list[dict],
+    ledger: SceneLedger,
+    store: OpenStore,
+    stats: dict[str, dict],
+    failures: dict[str, TileFailure],
+    report: dict[str, Any],
+) -> None:
     """Publish the map and write ``run.json``; raise TilesFailed (``run.json`` written, nothing
     published over the failed tiles) when tiles failed or are dead-lettered."""
     from pipeline.base.jsonio import write_json
     from pipeline.grid.cells import is_gridded
 
-    cfg, prep, ws, failures = run.cfg, run.prep, run.ws, run.failures
-    all_stats = {**run.done_before, **run.stats}
+    ws = run.ws
+    labels = list(run.checked.labels)
+    all_stats = {**store.done_before, **stats}
     gridded = is_gridded(prep.crs)
     if gridded:  # cells whose tiles are all done are published now, failed tiles or not
         from pipeline.run.continental import publish_cells
 
         t = time.perf_counter()
-        report["cells"] = publish_cells(cfg, prep, ws, report, run.labels, all_stats)
+        report["cells"] = publish_cells(cfg, prep, ws, report, labels, all_stats)
         report["seconds"]["publish_cells"] = time.perf_counter() - t
     dead = {
-        **run.dead_before,
+        **store.dead_before,
         **{t: f for t, f in failures.items() if f.attempts >= cfg.execution.max_attempts},
     }
     report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
-    unreadable = run.ledger.unreadable()
-    too_many = too_many_unreadable(cfg.execution.max_unreadable, len(unreadable), len(run.items))
+    unreadable = ledger.unreadable()
+    too_many = too_many_unreadable(cfg.execution.max_unreadable, len(unreadable), len(items))
     if failures or dead or too_many:
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - run.t0
         write_json(ws.out / "run.json", report)
     if too_many and not (failures or dead):
         raise TooManyUnreadable(
-            f"{len(unreadable)} of {len(run.items)} scenes cannot be read (HTTP 404/410 or "
+            f"{len(unreadable)} of {len(items)} scenes cannot be read (HTTP 404/410 or "
             f"corrupt: {', '.join(unreadable[:3])}{' ...' if len(unreadable) > 3 else ''}), more "
             f"than --max-unreadable {cfg.execution.max_unreadable}; the map is not published, "
             f"finished tiles are kept; see {ws.out / 'run.json'} (scene_ledger)"
@@ -406,9 +360,9 @@ def publish_run(run: RunState, report: dict[str, Any]) -> None:
     if gridded:
         from pipeline.run.continental import publish_gridded
 
-        publish_gridded(cfg, prep, ws, report, run.labels)
+        publish_gridded(cfg, prep, ws, report, labels)
     else:
-        publish(cfg, prep, ws, report, run.labels)
+        publish(cfg, prep, ws, report, labels)
     report["seconds"]["publish"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - run.t0
     write_json(ws.out / "run.json", report)

@@ -1,9 +1,11 @@
-"""Run preparation: what a run resolves on the driver before any tile runs.
+"""Run preparation: what a run resolves on the driver before any tile runs, in one step.
 
-The region (clipped to ``--bbox``), the size check, the cheap preflight of legend and head, the
-precision, the tile size that gives every worker a tile, and :class:`Prepared` (grid, legend,
-classifier, model identity). The scenes come from :func:`pipeline.stac.search.search_run_scenes`; the
-tiles to run and their work orders from :mod:`pipeline.run.scheduling`.
+:func:`prepare_map` takes the region that the cheap checks resolved
+(:class:`pipeline.run.checks.CheckedInputs`), fits the tile size so that every worker gets a tile,
+builds the output grid once, loads the model and its classifier (legend or few-shot head), and
+returns them as one frozen :class:`Prepared`. The cheap checks themselves are
+:mod:`pipeline.run.checks`, the backend :mod:`pipeline.run.precision`, the scenes
+:func:`pipeline.stac.search.search_run_scenes` and the tiles to run :mod:`pipeline.run.scheduling`.
 
 Everything here runs on the driver and fails before anything is written.
 """
@@ -21,13 +23,10 @@ from pipeline.base.colours import palette
 from pipeline.base.errors import UserError
 from pipeline.base.hashing import sha256_file
 from pipeline.grid.tiling import TileGrid
-from pipeline.run.config import RunConfig
+from pipeline.run.checks import CheckedInputs, resolve_region
+from pipeline.run.config import ModelConfig, RunConfig
 
 _log = logging.getLogger(__name__)
-
-#: Local runs larger than this (km²) need --allow-large: hours of CPU inference.
-LOCAL_CPU_LIMIT_KM2 = 100.0
-LOCAL_GPU_LIMIT_KM2 = 20_000.0
 
 
 @dataclass(frozen=True)
@@ -46,145 +45,74 @@ class Prepared:
     model_info: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class CheckedInputs:
-    """What :func:`check_inputs` resolved: the region's name, its geometry (EPSG:4326, clipped to
-    ``--bbox``), its area in km² and the composite's period labels."""
+def prepare_map(
+    cfg: RunConfig, checked: CheckedInputs, cluster: Any, previous: dict[str, Any] | None
+) -> tuple[RunConfig, Prepared]:
+    """The run's settings with the tile size fitted to the workers (:func:`fit_tile_size`), and
+    its :class:`Prepared` (grid, legend, classifier, model identity) on that grid.
 
-    name: str
-    geometry: Any
-    area_km2: float
-    labels: tuple[str, ...]
-    location: str = ""
-    """Where the region is (:func:`aoi.location_text`): centre, description, CRS."""
-
-
-def check_inputs(cfg: RunConfig) -> CheckedInputs:
-    """The cheap checks of a run, in seconds and before any model is built or anything written.
-
-    Raises:
-        UserError: an unknown region or a ``--bbox`` outside it, a local run too large without
-            ``--allow-large``, periods the model cannot take, an unknown legend, an unreadable
-            head or one fitted for another model, period or number of periods.
+    :param checked: the region and geometry that :func:`pipeline.run.checks.check_inputs`
+        resolved (not resolved again here).
+    :param cluster: the run's :class:`~pipeline.run.cluster.ClusterConfig`.
+    :param previous: the manifest of the run being resumed, or None.
+    :raises UserError: a legend of more than 254 classes, or a head fitted on another model.
     """
-    from aoi import location_text, to_crs
-    from pipeline.composite.median import period_labels
-
-    region, geometry = resolve_region(cfg)
-    area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
-    # First: where the region is (a --bbox with its axes swapped maps another continent).
-    where = location_text(geometry, region.crs, region.description)
-    _log.info("region %s: %s, %.2f km2", region.name, where, area_km2)
-    c = cfg.composite
-    labels = tuple(period_labels(c.start, c.end, c.period))
-    cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
-    preflight(cfg, len(labels))
-    if cfg.execution.cluster == "slurm":
-        from pipeline.run.cluster import check_sbatch
-
-        check_sbatch()
-    check_size(cfg, area_km2)  # last: above the CPU limit it counts GPUs (imports torch)
-    return CheckedInputs(region.name, geometry, area_km2, labels, where)
+    cfg, grid = fit_tile_size(cfg, checked.region, checked.geometry, cluster, previous)
+    return cfg, _on_grid(cfg.model, checked.region, checked.geometry, grid)
 
 
-def resolve_region(cfg: RunConfig):
-    """The region and the geometry to map: clipped to ``--bbox`` when given, and the pixels it
-    touches when it holds no pixel centre (:func:`pipeline.grid.tiling.pixel_footprint`)."""
-    from shapely.geometry import box
+def prepare_run(cfg: RunConfig, grid: TileGrid | None = None) -> Prepared:
+    """:class:`Prepared` for commands that classify outside a map run (``classify``, benches):
+    the region resolved here, on ``grid`` or on the grid of ``cfg.chips.tile_size``.
 
-    from aoi import load_region
-    from pipeline.grid.tiling import pixel_footprint
-
-    region = load_region(cfg.region)
-    geometry = region.geometry
-    if cfg.bbox is not None:
-        geometry = geometry.intersection(box(*cfg.bbox))
-        if geometry.is_empty or geometry.area == 0:
-            raise UserError(f"--bbox {list(cfg.bbox)} does not overlap region {region.name}")
-    return region, pixel_footprint(geometry, region.crs, region.resolution)
-
-
-def check_size(cfg: RunConfig, area_km2: float) -> None:
-    """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed."""
-    if cfg.execution.cluster != "local" or cfg.execution.allow_large:
-        return
-    if area_km2 <= min(LOCAL_CPU_LIMIT_KM2, LOCAL_GPU_LIMIT_KM2):
-        return  # small enough either way: no GPU count, so torch is not imported for it
-    from pipeline.run.cluster import _cuda_devices
-
-    limit = LOCAL_GPU_LIMIT_KM2 if _cuda_devices() else LOCAL_CPU_LIMIT_KM2
-    if area_km2 > limit:
-        raise UserError(
-            f"the region covers {area_km2:,.0f} km2, more than a local cluster maps in reasonable "
-            f"time ({limit:,.0f} km2 here); use --cluster slurm|tcp://..., a smaller --bbox, "
-            "or pass --allow-large to run it anyway"
-        )
-
-
-def preflight(cfg: RunConfig, n_periods: int) -> None:
-    """Cheap checks of the checkpoints, the legend and the few-shot head, before any model is
-    built and before torch is imported.
-
-    Raises UserError for a checkpoint that is neither a file nor a weights name, an unknown legend, an unreadable head, or a head fitted on another model
-    kind, composite period or number of periods T than this run makes.
+    :raises UserError: as :func:`pipeline.run.checks.resolve_region` and :func:`prepare_map`.
     """
-    from model import weights
-    from model.legends import load_legend
+    from pipeline.grid.cells import output_grid
 
-    for checkpoint in (cfg.model.checkpoint, getattr(cfg.model, "clip_checkpoint", None)):
-        if checkpoint:
-            weights.check(checkpoint)
-    if not cfg.model.head:
-        load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
-        return
-    from model.train.probe import check_head_matches, load_head
+    region, geometry = resolve_region(cfg.region, cfg.bbox)
+    if grid is None:
+        grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
+    return _on_grid(cfg.model, region, geometry, grid)
 
-    head = load_head(cfg.model.head)
-    check_head_matches(
-        head,
-        {"name": cfg.model.name, "period": cfg.composite.period, "periods": n_periods},
-        where=cfg.model.head,
+
+def _on_grid(model: ModelConfig, region: Any, geometry: Any, grid: TileGrid) -> Prepared:
+    """The model, its classifier and its identity (on the driver; fails before writing)."""
+    m = model.load()
+    names, colors, legend_info, w = legend_and_classifier(model, m)
+    if len(names) > 254:
+        raise UserError(f"the legend has {len(names)} classes; at most 254 fit a uint8 map")
+    model_info = {
+        "name": m.name,
+        "identity": m.identity,
+        "checkpoint": model.checkpoint,
+        "checkpoint_sha256": m.checkpoint_sha256,
+        "untrained": m.untrained,
+        "embed_dim": m.embed_dim,
+        "arch": getattr(m, "arch", model.arch),
+        "embedding_identity": getattr(m, "embedding_identity", m.identity),
+    }
+    return Prepared(
+        region.name,
+        geometry,
+        region.crs,
+        region.resolution,
+        grid,
+        names,
+        colors,
+        legend_info,
+        w,
+        model_info,
     )
-    fitted = head.model_identity
-    if fitted.get("start") and str(fitted["start"]) != str(cfg.composite.start):
-        _log.warning(
-            "the head was fitted on composites of %s..%s and maps %s..%s: a head transfers "
-            "between years only as far as the land cover's seasonal signal does",
-            fitted["start"],
-            fitted.get("end"),
-            cfg.composite.start,
-            cfg.composite.end,
-        )
-    legend = _head_legend(cfg, head)
-    if legend is not None and tuple(legend.names) != tuple(head.class_names):
-        raise UserError(
-            f"--legend {cfg.model.legend} has classes {', '.join(legend.names)}; the head "
-            f"{cfg.model.head} predicts {', '.join(head.class_names)}"
-        )
 
 
-def _head_legend(cfg: RunConfig, head: Any):
-    """The legend whose colours a head's map takes: --legend, else the one the head was fitted
-    with (``probe --legend``), else None (a generic palette)."""
-    from model.legends import load_legend
+def legend_and_classifier(model: ModelConfig, m: Any):
+    """Class names, colours, legend facts for legend.json, and the (C, D) text classifier of the
+    loaded model ``m``: the few-shot head's classes (``--head``, a zero classifier: the head
+    classifies) or the legend's prompts (``--legend``, default lucas-lc8)."""
+    if model.head:
+        from model.train.probe import check_head_matches, head_legend, load_head
 
-    name = cfg.model.legend if cfg.model.legend is not None else head.meta.get("legend")
-    if not name:
-        return None
-    try:
-        return load_legend(name, style=cfg.model.style)
-    except UserError:
-        if cfg.model.legend is not None:
-            raise
-        return None  # the head's legend file moved: fall back to a palette
-
-
-def _legend_and_classifier(cfg: RunConfig, m: Any):
-    """Class names, colours, legend facts for legend.json, and the (C, D) text classifier."""
-    if cfg.model.head:
-        from model.train.probe import check_head_matches, load_head
-
-        head = load_head(cfg.model.head)
+        head = load_head(model.head)
         check_head_matches(
             head,
             {
@@ -193,26 +121,26 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
                 "dim": int(m.embed_dim),
                 "checkpoint_sha256": m.checkpoint_sha256,
             },
-            where=cfg.model.head,
+            where=model.head,
         )
         names = tuple(head.class_names)
-        legend = _head_legend(cfg, head)
+        legend = head_legend(head, model.legend, model.style)
         if legend is not None and tuple(legend.names) == names:
             colors = tuple(legend.colors)
         else:
             colors = tuple(palette(len(names)))
         info = {
-            "name": legend.name if legend is not None else Path(cfg.model.head).name,
+            "name": legend.name if legend is not None else Path(model.head).name,
             "style": "few-shot head",
             "prompt_hash": None,
-            "head": Path(cfg.model.head).name,
-            "head_sha256": sha256_file(Path(cfg.model.head)),
+            "head": Path(model.head).name,
+            "head_sha256": sha256_file(Path(model.head)),
         }
         return names, colors, info, np.zeros((len(names), m.embed_dim), np.float32)
     from model.legends import load_legend
     from model.zeroshot import build_classifier
 
-    legend = load_legend(cfg.model.legend or "lucas-lc8", style=cfg.model.style)
+    legend = load_legend(model.legend or "lucas-lc8", style=model.style)
     w = build_classifier(m, legend)
     w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w, np.float32)
     names = tuple(c.name for c in legend.classes)
@@ -221,94 +149,24 @@ def _legend_and_classifier(cfg: RunConfig, m: Any):
     return names, colors, info, w
 
 
-def resolve_precision(
-    cfg: RunConfig, threads: int | None = None
-) -> tuple[RunConfig, dict[str, Any]]:
-    """``cfg`` with ``--backend auto`` resolved for this machine (:mod:`model.precision`).
-
-    The driver runs this once, before the output hash, so the hash covers the backend and CPU
-    batch the pixels are computed with, and every worker gets them in its config (mixed nodes or
-    a resume elsewhere keep one hash). The measurement is timed with the driver's torch threads,
-    which :mod:`pipeline.run.cluster` also gives each worker (cores // workers).
-
-    Args:
-        cfg: the run's settings.
-        threads: torch threads per worker (:func:`pipeline.run.cluster.worker_threads`); the
-            measurement runs with that many (None: this process's).
-    """
-    if cfg.model.precision != "auto":
-        return cfg, {
-            "requested": cfg.model.precision,
-            "resolved": cfg.model.precision,
-            "batch": cfg.model.cpu_batch,
-        }
-    import torch
-
-    from model.precision import resolve
-
-    m = cfg.model.load()
-    w = _legend_and_classifier(cfg, m)[3]
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        resolved, info = resolve(m, "auto", np.asarray(w, np.float32), batch=cfg.model.cpu_batch)
-    finally:
-        torch.set_num_threads(before)
-    batch = info.get("batch") if m.device.type == "cpu" else None
-    return cfg.with_(precision=resolved, cpu_batch=batch), info
-
-
-def use_backend(m: Any, requested: str = "auto", legend: str | None = None) -> dict[str, Any]:
-    """Put model ``m`` on the backend ``requested`` (``auto``: as a map run decides it).
-
-    For commands that embed pixels outside a map run (``probe``): ``auto`` is resolved with the
-    classifier of ``legend`` (default lucas-lc8, a map's default), the same cached per-machine
-    decision a map run with that legend gets.
-
-    Returns:
-        the decision (``requested``, ``resolved``, ``batch``, ...), to record with the outputs.
-    """
-    from model.engine import set_precision
-    from model.legends import load_legend
-    from model.precision import resolve
-    from model.zeroshot import build_classifier
-
-    def exact(reason: str) -> dict[str, Any]:
-        set_precision(m, "fp32")
-        return {"requested": "auto", "resolved": "fp32", "reason": reason}
-
-    if requested == "auto" and m.device.type == "cpu" and not getattr(m, "has_text", True):
-        return exact("no text tower: no classifier")
-    w = np.zeros((1, m.embed_dim), np.float32)
-    if requested == "auto" and m.device.type == "cpu":
-        w = build_classifier(m, load_legend(legend or "lucas-lc8", style="aerial"))
-        w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w)
-        if w.shape[-1] != m.embed_dim:  # a checkpoint trained for another embedding space
-            return exact(f"the text tower's {w.shape[-1]}-d classes cannot rank its embeddings")
-    backend, info = resolve(m, requested, np.asarray(w, np.float32))
-    set_precision(m, backend, batch=info.get("batch"))
-    return info
-
-
 def fit_tile_size(
-    cfg: RunConfig, cluster: Any, previous: dict[str, Any] | None
+    cfg: RunConfig, region: Any, geometry: Any, cluster: Any, previous: dict[str, Any] | None
 ) -> tuple[RunConfig, TileGrid]:
     """The run's settings with tiles small enough that every worker gets one, and their grid.
 
     A region smaller than workers x tile is split finer (:func:`pipeline.grid.cells.fit_tiles_to_workers`;
     never below a patch model's chip window). A resumed run keeps the tile edge recorded in its
     manifest, whatever the workers now, so its finished tiles still fit. The output hash is taken
-    before this, from the tile size asked for. The grid goes to :func:`prepare_run`, so it is built
-    once.
+    before this, from the tile size asked for.
 
+    :param region: the run's :class:`aoi.Region` (CRS, resolution); ``geometry`` the area to map
+        (:func:`pipeline.run.checks.resolve_region`).
     :param cluster: the run's :class:`~pipeline.run.cluster.ClusterConfig`.
     :param previous: the manifest of the run being resumed, or None.
     """
     from pipeline.grid.cells import fit_tiles_to_workers, output_grid
 
     asked = cfg.chips.tile_size
-    region, geometry = resolve_region(cfg)
     workers = None if previous is not None else cluster.planned_workers()
     if previous is not None:
         size = int((previous.get("config") or {}).get("tile_size", asked))
@@ -328,51 +186,3 @@ def fit_tile_size(
             workers,
         )
     return (cfg if size == asked else cfg.with_(tile_size=size)), grid
-
-
-def prepare_tiles(
-    cfg: RunConfig, cluster: Any, previous: dict[str, Any] | None
-) -> tuple[RunConfig, Prepared]:
-    """The run's settings with the tile size fitted to the workers (:func:`fit_tile_size`), and
-    its :class:`Prepared` (grid, legend, classifier, model identity) on that grid."""
-    cfg, grid = fit_tile_size(cfg, cluster, previous)
-    return cfg, prepare_run(cfg, grid)
-
-
-def prepare_run(cfg: RunConfig, grid: TileGrid | None = None) -> Prepared:
-    """Resolve region, grid, model identity and classifier on the driver (fails before writing).
-
-    :param grid: the run's output grid when already built (:func:`fit_tile_size`); else built
-        here at ``cfg.chips.tile_size``.
-    """
-    from pipeline.grid.cells import output_grid
-
-    region, geometry = resolve_region(cfg)
-    if grid is None:
-        grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
-    m = cfg.model.load()
-    names, colors, legend_info, w = _legend_and_classifier(cfg, m)
-    if len(names) > 254:
-        raise UserError(f"the legend has {len(names)} classes; at most 254 fit a uint8 map")
-    model_info = {
-        "name": m.name,
-        "identity": m.identity,
-        "checkpoint": cfg.model.checkpoint,
-        "checkpoint_sha256": m.checkpoint_sha256,
-        "untrained": m.untrained,
-        "embed_dim": m.embed_dim,
-        "arch": getattr(m, "arch", cfg.model.arch),
-        "embedding_identity": getattr(m, "embedding_identity", m.identity),
-    }
-    return Prepared(
-        region.name,
-        geometry,
-        region.crs,
-        region.resolution,
-        grid,
-        names,
-        colors,
-        legend_info,
-        w,
-        model_info,
-    )

@@ -87,6 +87,34 @@ def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure
     return TileFailure(tile_id, "error", f"{type(exc).__name__}: {text}", attempts, time=when)
 
 
+def run_todo(client, cfg, prep, ws, inputs, refs, todo) -> tuple[dict, dict[str, TileFailure]]:
+    """Run the tiles still to do (:func:`run_tiles`) with a progress bar in pixels; returns
+    (stats, failures) by tile id.
+
+    :param refs: the run's :class:`~pipeline.run.calibration.References` (calibration vector,
+        field codec, OOD reference).
+    """
+    if not todo:
+        return {}, {}
+    import numpy as np
+    from tqdm import tqdm
+
+    calib = None if refs.calibration is None else np.asarray(refs.calibration, np.float32)
+    # Pixels, not tiles: a few large tiles still move the bar and give an ETA.
+    with tqdm(
+        total=sum(tl.shape[0] * tl.shape[1] for tl in todo),
+        unit="px",
+        unit_scale=True,
+        desc=f"{len(todo)} tiles",
+        disable=not cfg.execution.progress,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
+        return run_tiles(
+            client, cfg, prep, ws, inputs, calib, todo, bar, field=refs.codec, ood=refs.ood
+        )
+
+
 def run_tiles(
     client, cfg, prep, ws, inputs, calibration, todo, progress=None, task=None, field=None, ood=None
 ) -> tuple[dict, dict[str, TileFailure]]:

@@ -17,12 +17,12 @@ BOX = ["4.4", "50.8", "4.41", "50.81874"]
 def _region(bbox: list[str]):
     from pipeline.commands.run import add_arguments, resolve
     from pipeline.grid.tiling import aoi_mask, make_grid
-    from pipeline.run.prepare import resolve_region
+    from pipeline.run.checks import resolve_region
 
     p = argparse.ArgumentParser()
     add_arguments(p)
     cfg = resolve(p.parse_args(["--bbox", *bbox, "--year", "2023", "--untrained"]))
-    region, geom = resolve_region(cfg)
+    region, geom = resolve_region(cfg.region, cfg.bbox)
     grid = make_grid(geom, region.crs, region.resolution, 256)
     return cfg, region, geom, grid, aoi_mask(grid.geobox, geom)
 

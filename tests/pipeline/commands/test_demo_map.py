@@ -1,8 +1,8 @@
 """Day one: artefacts that check each other, cheap checks before any model is built, ``--config``
 with every option, stratified reference samples, and the demo truth as an output.
 
-The bad-input cases assert the one-line message and that no model was built (``prepare_tiles`` is
-replaced by a function that fails the test), not how many seconds they took.
+The bad-input cases assert the one-line message and that no model was built (the driver's
+``prepare_map`` is replaced by a function that fails the test), not how many seconds they took.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):  # noqa: ARG001
         raise AssertionError("a model was built before the cheap checks failed")
 
-    monkeypatch.setattr(pipeline.run.driver, "prepare_tiles", refuse)
+    monkeypatch.setattr(pipeline.run.driver, "prepare_map", refuse)
 
 
 def _error(capsys, argv, out: Path | None = None) -> str:

@@ -10,15 +10,21 @@ from shapely.geometry import box
 
 from aoi import load_region
 from pipeline.grid.cells import fit_tiles_to_workers, output_grid
+from pipeline.run.checks import resolve_region
 from pipeline.run.cluster import ClusterConfig
 from pipeline.run.config import RunConfig
-from pipeline.run.prepare import fit_tile_size
+from pipeline.run.prepare import fit_tile_size as _fit_tile_size
 
 YEAR = {"start": dt.date(2023, 1, 1), "end": dt.date(2023, 12, 31)}
 
 
 def _demo(**kw) -> RunConfig:
     return RunConfig.from_flat({"region": "demo", **YEAR, "untrained": True, **kw})
+
+
+def fit_tile_size(cfg: RunConfig, cluster: ClusterConfig, previous):
+    """The driver's fit on the region that the cheap checks resolve."""
+    return _fit_tile_size(cfg, *resolve_region(cfg.region, cfg.bbox), cluster, previous)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,165 @@
+"""The cheap checks of a run: what fails in seconds, before the STAC search, before any model is
+built and before anything is written.
+
+The region (clipped to ``--bbox``) and its size, the periods the model takes, the checkpoints,
+the legend and the few-shot head, Slurm's ``sbatch`` and the post-processing a gridded run cannot
+do. :func:`check_inputs` makes them all, in that order, and returns the region it resolved
+(:class:`CheckedInputs`), so that nothing after it resolves the region again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.base.errors import UserError
+from pipeline.run.config import CompositeConfig, ExecutionConfig, ModelConfig, RunConfig
+
+_log = logging.getLogger(__name__)
+
+#: Local runs larger than this (km²) need --allow-large: hours of CPU inference.
+LOCAL_CPU_LIMIT_KM2 = 100.0
+LOCAL_GPU_LIMIT_KM2 = 20_000.0
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """What :func:`check_inputs` resolved: the region (:class:`aoi.Region`: name, CRS,
+    resolution), the geometry to map (EPSG:4326, clipped to ``--bbox``, :func:`resolve_region`),
+    its area in km² and the composite's period labels."""
+
+    region: Any
+    geometry: Any
+    area_km2: float
+    labels: tuple[str, ...]
+    location: str = ""
+    """Where the region is (:func:`aoi.location_text`): centre, description, CRS."""
+
+    @property
+    def name(self) -> str:
+        """The region's name (output paths, ``run.json``)."""
+        return self.region.name
+
+
+def check_inputs(cfg: RunConfig) -> CheckedInputs:
+    """The cheap checks of a run, in seconds and before any model is built or anything written.
+
+    Raises:
+        UserError: an unknown region or a ``--bbox`` outside it, a local run too large without
+            ``--allow-large``, periods the model cannot take, an unknown legend, an unreadable
+            head or one fitted for another model, period or number of periods, ``sbatch``
+            missing for ``--cluster slurm``, or ``--majority``/``--mmu`` on a gridded run.
+    """
+    from aoi import location_text, to_crs
+    from pipeline.composite.median import period_labels
+
+    region, geometry = resolve_region(cfg.region, cfg.bbox)
+    area_km2 = float(to_crs(geometry, region.crs).area) / 1e6
+    # First: where the region is (a --bbox with its axes swapped maps another continent).
+    where = location_text(geometry, region.crs, region.description)
+    _log.info("region %s: %s, %.2f km2", region.name, where, area_km2)
+    c = cfg.composite
+    labels = tuple(period_labels(c.start, c.end, c.period))
+    cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
+    preflight(cfg.model, c, len(labels))
+    if cfg.execution.cluster == "slurm":
+        from pipeline.run.cluster import check_sbatch
+
+        check_sbatch()
+    check_size(cfg.execution, area_km2)  # last but one: above the CPU limit it counts GPUs
+    check_postprocess(bool(cfg.output.postprocess), region.crs)
+    return CheckedInputs(region, geometry, area_km2, labels, where)
+
+
+def resolve_region(name_or_path: str, bbox: tuple[float, ...] | None) -> tuple[Any, Any]:
+    """The region (:func:`aoi.load_region`) and the geometry to map: clipped to ``bbox``
+    (``--bbox``, lon/lat) when given, and the pixels it touches when it holds no pixel centre
+    (:func:`pipeline.grid.tiling.pixel_footprint`).
+
+    Raises:
+        UserError: an unknown region, or a ``bbox`` that does not overlap it.
+    """
+    from shapely.geometry import box
+
+    from aoi import load_region
+    from pipeline.grid.tiling import pixel_footprint
+
+    region = load_region(name_or_path)
+    geometry = region.geometry
+    if bbox is not None:
+        geometry = geometry.intersection(box(*bbox))
+        if geometry.is_empty or geometry.area == 0:
+            raise UserError(f"--bbox {list(bbox)} does not overlap region {region.name}")
+    return region, pixel_footprint(geometry, region.crs, region.resolution)
+
+
+def check_size(execution: ExecutionConfig, area_km2: float) -> None:
+    """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed."""
+    if execution.cluster != "local" or execution.allow_large:
+        return
+    if area_km2 <= min(LOCAL_CPU_LIMIT_KM2, LOCAL_GPU_LIMIT_KM2):
+        return  # small enough either way: no GPU count, so torch is not imported for it
+    from pipeline.run.cluster import _cuda_devices
+
+    limit = LOCAL_GPU_LIMIT_KM2 if _cuda_devices() else LOCAL_CPU_LIMIT_KM2
+    if area_km2 > limit:
+        raise UserError(
+            f"the region covers {area_km2:,.0f} km2, more than a local cluster maps in reasonable "
+            f"time ({limit:,.0f} km2 here); use --cluster slurm|tcp://..., a smaller --bbox, "
+            "or pass --allow-large to run it anyway"
+        )
+
+
+def check_postprocess(postprocess: bool, crs: str) -> None:
+    """--majority / --mmu need the whole map at once: refused on gridded (per-cell) runs."""
+    from pipeline.grid.cells import is_gridded
+
+    if postprocess and is_gridded(crs):
+        raise UserError(
+            "--majority/--mmu work on regional runs only: a gridded (EPSG:3035) run publishes "
+            "each 100 km cell as its tiles finish (see the README, 'Post-processing')"
+        )
+
+
+def preflight(model: ModelConfig, composite: CompositeConfig, n_periods: int) -> None:
+    """Cheap checks of the checkpoints, the legend and the few-shot head, before any model is
+    built and before torch is imported.
+
+    Raises UserError for a checkpoint that is neither a file nor a weights name, an unknown
+    legend, an unreadable head, or a head fitted on another model kind, composite period or
+    number of periods T than this run makes.
+    """
+    from model import weights
+    from model.legends import load_legend
+
+    for checkpoint in (model.checkpoint, getattr(model, "clip_checkpoint", None)):
+        if checkpoint:
+            weights.check(checkpoint)
+    if not model.head:
+        load_legend(model.legend or "lucas-lc8", style=model.style)
+        return
+    from model.train.probe import check_head_matches, head_legend, load_head
+
+    head = load_head(model.head)
+    check_head_matches(
+        head,
+        {"name": model.name, "period": composite.period, "periods": n_periods},
+        where=model.head,
+    )
+    fitted = head.model_identity
+    if fitted.get("start") and str(fitted["start"]) != str(composite.start):
+        _log.warning(
+            "the head was fitted on composites of %s..%s and maps %s..%s: a head transfers "
+            "between years only as far as the land cover's seasonal signal does",
+            fitted["start"],
+            fitted.get("end"),
+            composite.start,
+            composite.end,
+        )
+    legend = head_legend(head, model.legend, model.style)
+    if legend is not None and tuple(legend.names) != tuple(head.class_names):
+        raise UserError(
+            f"--legend {model.legend} has classes {', '.join(legend.names)}; the head "
+            f"{model.head} predicts {', '.join(head.class_names)}"
+        )
