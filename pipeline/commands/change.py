@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 
 NAME = "change"
@@ -109,6 +110,27 @@ def _read_year(folder: Path, store: Path, year: int | None):
     return layers, profile, names, colors
 
 
+def field_basis(folder: Path) -> str | None:
+    """The basis hash of the embedding field a map comes from: its own ``model_card.json`` (a run
+    with ``--save-embeddings``) or its source field's (a ``classify --field`` map); None if none."""
+    cards = [folder / "model_card.json"]
+    source = _read_json(folder / "run.json").get("source_field")
+    if source:
+        cards.append(Path(str(source)) / "model_card.json")
+    for card in cards:
+        digest = _read_json(card).get("field", {}).get("basis_sha256")
+        if digest:
+            return str(digest)
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _same_grid(pa, pb) -> bool:
     return (
         pa["crs"] == pb["crs"]
@@ -168,7 +190,6 @@ def _area_rows(change, legend, pixel_area, unit, report) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     import csv
 
-    from pipeline.base.atomic import atomic_path
     from pipeline.base.errors import UserError
     from pipeline.evaluate.change import ChangeOptions, detect_change, transition_legend
 
@@ -181,24 +202,36 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{fa} and {fb} have other legends ({names_a} vs {names_b})")
     if not _same_grid(prof_a, prof_b):
         raise UserError(f"{fa} and {fb} are not on one grid (CRS, transform or size differ)")
+    basis = field_basis(fa), field_basis(fb)
+    if args.maps and (basis[0] or basis[1]) and basis[0] != basis[1]:
+        raise UserError(
+            f"{fa} and {fb} come from embedding fields in other bases ({str(basis[0])[:12]} vs "
+            f"{str(basis[1])[:12]}): classify both from fields in one basis"
+        )
     options = ChangeOptions(args.consistency, args.min_margin)
     change = detect_change(year_a, year_b, len(names_a), options)
     legend = transition_legend(names_a, colors if all(colors) else None)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_cog(out / "transition.tif", change.transition, prof_a, 65535,
+    stage = out / ".change.tmp"  # everything is written here, then moved into place
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    _write_cog(stage / "transition.tif", change.transition, prof_a, 65535,
                f"transition {la} -> {lb}: from_class * {len(names_a)} + to_class")  # fmt: skip
-    _write_cog(out / "changed.tif", change.changed, prof_a, 255, "1 changed, 0 stable")
-    _write_cog(out / "change_confidence.tif", change.confidence, prof_a, float("nan"),
+    _write_cog(stage / "changed.tif", change.changed, prof_a, 255, "1 changed, 0 stable")
+    _write_cog(stage / "change_confidence.tif", change.confidence, prof_a, float("nan"),
                "change: pairwise margin; stable: min probability of the class")  # fmt: skip
-    with atomic_path(out / "transition_legend.json") as tmp:
-        tmp.write_text(json.dumps(legend, indent=1))
+    (stage / "transition_legend.json").write_text(json.dumps(legend, indent=1))
     report = None
-    if args.reference:
-        report = _reference_areas(args, out)
+    try:
+        if args.reference:
+            report = _reference_areas(args, stage, out)
+    except BaseException:
+        shutil.rmtree(stage)
+        raise
     t = prof_a["transform"]
     rows = _area_rows(change, legend, abs(t.a * t.e), args.area_unit, report)
-    with atomic_path(out / "change_areas.csv") as tmp, open(tmp, "w", newline="") as fh:
+    with open(stage / "change_areas.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["code"])
         w.writeheader()
         w.writerows(rows)
@@ -214,13 +247,15 @@ def run(args: argparse.Namespace) -> int:
         + (["points.csv", "points.parquet"] if report else []),
         "areas": report,
     }  # fmt: skip
-    with atomic_path(out / "change.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1, allow_nan=False))
+    (stage / "change.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
+    for f in sorted(stage.iterdir()):
+        f.replace(out / f.name)
+    stage.rmdir()
     print(json.dumps({k: v for k, v in summary.items() if k != "areas"}, indent=1))
     return 0
 
 
-def _reference_areas(args: argparse.Namespace, out: Path) -> dict:
+def _reference_areas(args: argparse.Namespace, stage: Path, out: Path) -> dict:
     """``evaluate map``'s stratified estimator on the transition layer (strata: transitions)."""
     from pipeline.commands.evaluate import _write_points
     from pipeline.evaluate.mapacc import evaluate_map
@@ -228,12 +263,13 @@ def _reference_areas(args: argparse.Namespace, out: Path) -> dict:
 
     pts = read_points(args.reference)
     rep, _, per_point = evaluate_map(
-        out / "transition.tif",
+        stage / "transition.tif",
         pts,
         label_column=args.label_column,
-        legend=out / "transition_legend.json",
+        legend=stage / "transition_legend.json",
         area_unit=args.area_unit,
         with_points=True,
     )
-    _write_points(out, per_point)
+    _write_points(stage, per_point)
+    rep.update(map=str(out / "transition.tif"), legend=str(out / "transition_legend.json"))
     return rep

@@ -179,10 +179,10 @@ def run_change(args: argparse.Namespace) -> int:
     )
     run = change_workflow(out, seed=args.seed)
     scores = {}
-    for name, extra in (("change", []), ("change-consistency", ["--consistency"])):
+    for i, (name, extra) in enumerate((("change", []), ("change-consistency", ["--consistency"]))):
         argv = ["change", "--map", str(run.map), "--from", "2022", "--to", "2023",
                 "--out", str(out / name), *extra]  # fmt: skip
-        _step(1, 1, argv, "change between the two years")
+        _step(i + 1, 4, argv, "change between the two years" + (" (consistency)" if i else ""))
         import rasterio
 
         with rasterio.open(out / name / "changed.tif") as src:
@@ -196,10 +196,10 @@ def run_change(args: argparse.Namespace) -> int:
         run.catalog, out / "change-consistency" / "transition.tif", ref / "transitions.tif", 6
     )
     points = ref / "change_points.gpkg"
-    _step(1, 2, ["sample-points", "--strata", str(out / "change-consistency" / "transition.tif"),
+    _step(3, 4, ["sample-points", "--strata", str(out / "change-consistency" / "transition.tif"),
                  "--labels", str(truth), "--per-class", "25", "--seed", str(args.seed + 1),
                  "--out", str(points)], "reference points stratified by the mapped transitions")  # fmt: skip
-    _step(2, 2, ["change", "--map", str(run.map), "--from", "2022", "--to", "2023",
+    _step(4, 4, ["change", "--map", str(run.map), "--from", "2022", "--to", "2023",
                  "--consistency", "--reference", str(points), "--out",
                  str(out / "change-consistency")], "area estimates with confidence intervals")  # fmt: skip
     print(json.dumps(scores, indent=1))

@@ -300,6 +300,13 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.run.driver import execute
 
     years = None
+    if args.config and not getattr(args, "years", None):  # --years from the YAML file
+        from pipeline.base.config import load_yaml
+
+        doc = load_yaml(args.config) or {}
+        value = doc.get("years")
+        if value is not None:
+            args.years = ",".join(map(str, value)) if isinstance(value, list) else str(value)
     if getattr(args, "years", None):
         from pipeline.run.years import execute_years, parse_years
 

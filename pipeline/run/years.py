@@ -122,7 +122,9 @@ def stack_years(root: Path, years: list[int]) -> Path:
 
     dsets = []
     for year in years:
-        ds = xr.open_zarr(root / str(year) / STACK, decode_coords="all")
+        ds = xr.open_zarr(root / str(year) / STACK, decode_coords="all", consolidated=False)
+        if "time" in ds.dims:  # the embedding field's own time (size 1: this year)
+            ds = ds.isel(time=0, drop=True)
         if "period" in ds.dims:
             labels = ds["period"].values
             ds = ds.drop_vars("period").assign_coords(

@@ -111,3 +111,28 @@ def test_change_refuses_other_grids_and_missing_years(change_demo, tmp_path):
     assert proc.returncode != 0 and "no map of 2021" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_two_runs_compare_like_two_years_and_other_bases_are_refused(change_demo, tmp_path):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(change_demo.map / "2022", a)
+    shutil.copytree(change_demo.map / "2023", b)
+    _cli("change", "--maps", a, b, "--consistency", "--out", tmp_path / "two")
+    _cli("change", "--map", change_demo.map, "--from", 2022, "--to", 2023, "--consistency",
+         "--out", tmp_path / "years")  # fmt: skip
+    import rasterio
+
+    for name in ("transition.tif", "changed.tif", "change_confidence.tif"):
+        with (
+            rasterio.open(tmp_path / "two" / name) as x,
+            rasterio.open(tmp_path / "years" / name) as y,
+        ):
+            np.testing.assert_array_equal(x.read(), y.read())
+    (a / "model_card.json").write_text(json.dumps({"field": {"basis_sha256": "0" * 64}}))
+    (b / "model_card.json").write_text(json.dumps({"field": {"basis_sha256": "1" * 64}}))
+    proc = _cli("change", "--maps", a, b, "--out", tmp_path / "refused", check=False)
+    assert proc.returncode != 0 and "other bases" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "refused").exists()
