@@ -167,8 +167,12 @@ def write_truth_transitions(catalog: Path, like: Path, out: Path, n_classes: int
             "dtype": "uint16", "crs": ref.crs, "transform": ref.transform,
             "nodata": TRANSITION_NODATA, "compress": "DEFLATE",
         }  # fmt: skip
+    from pipeline.testing.demo import CLASS_NAMES
+
+    names = [f"{a} -> {b}" for a in CLASS_NAMES for b in CLASS_NAMES]  # transition_legend's
     with atomic_path(out) as tmp, rasterio.open(tmp, "w", **prof) as dst:
         dst.write(code, 1)
+        dst.update_tags(class_names=json.dumps(names))
     return out
 
 

@@ -139,7 +139,9 @@ def _same_grid(pa, pb) -> bool:
     )
 
 
-def _write_cog(path: Path, data, profile: dict, nodata, description: str) -> None:
+def _write_cog(
+    path: Path, data, profile: dict, nodata, description: str, tags: dict | None = None
+) -> None:
     import rasterio
 
     from pipeline.base.atomic import atomic_path
@@ -154,6 +156,8 @@ def _write_cog(path: Path, data, profile: dict, nodata, description: str) -> Non
         with rasterio.open(tmp, "w", **prof) as dst:
             dst.write(data, 1)
             dst.set_band_description(1, description)
+            if tags:
+                dst.update_tags(**tags)
 
 
 def _area_rows(change, legend, pixel_area, unit, report) -> list[dict]:
@@ -217,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     _write_cog(stage / "transition.tif", change.transition, prof_a, 65535,
-               f"transition {la} -> {lb}: from_class * {len(names_a)} + to_class")  # fmt: skip
+               f"transition {la} -> {lb}: from_class * {len(names_a)} + to_class",
+               {"class_names": json.dumps([c["name"] for c in legend["classes"]])})  # fmt: skip
     _write_cog(stage / "changed.tif", change.changed, prof_a, 255, "1 changed, 0 stable")
     _write_cog(stage / "change_confidence.tif", change.confidence, prof_a, float("nan"),
                "change: pairwise margin; stable: min probability of the class")  # fmt: skip

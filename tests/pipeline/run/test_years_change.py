@@ -36,7 +36,7 @@ def test_years_are_stacked_on_time_with_one_cog_set_each(change_demo):
     import xarray as xr
 
     out = change_demo.map
-    ds = xr.open_zarr(out / "map.zarr", decode_coords="all")
+    ds = xr.open_zarr(out / "map.zarr", decode_coords="all", consolidated=False)
     assert ds["time"].values.tolist() == [2022, 2023]
     assert ds["classes"].dims == ("time", "y", "x")
     for i, year in enumerate((2022, 2023)):
