@@ -206,7 +206,7 @@ def change_entries(work: Path | None = None) -> list[Entry]:
         "workflow": "multi-year demo with planted change (generate_catalog(years=(2022, 2023))), "
         "1 x 1 km box, 24 dates a year; head fitted on 2022 points only (40 per class, untrained "
         "TimeSenCLIP encoder); run --years 2022,2023; change --from 2022 --to 2023 "
-        "[--consistency, --min-confidence 0.7]",
+        "[--consistency, --min-margin 0.1]",
         "planted": [f"{c['name']} {c['pixels']} px" for c in meta["changes"]],
         "with_consistency": cons,
         "without_consistency": plain,
