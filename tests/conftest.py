@@ -4,6 +4,8 @@
   into a temporary cache (``S2LC_CACHE_DIR`` points there for the whole session, so
   ``ensure_demo_catalog()`` and the ``demo`` STAC profile find it).
 - ``demo_stac_url`` (session): a running local STAC API (rustac) over it.
+- ``change_demo`` (session): the two-year demo with planted change mapped with ``run --years``
+  (:func:`pipeline.bench.change.change_workflow`: head fitted on the first year, 1 km box).
 - ``small_catalog`` / ``small_pc_catalog`` (session): the same small scene (640 m, 12 dates,
   seed 7) in the Earth Search v1 and the Planetary Computer layout, for quick tests.
 """
@@ -109,3 +111,11 @@ def small_eopf_catalog(small_pc_catalog: Path, tmp_path_factory: pytest.TempPath
     from pipeline.testing.eopf import eopf_catalog
 
     return eopf_catalog(small_pc_catalog, tmp_path_factory.mktemp("small-eopf"))
+
+
+@pytest.fixture(scope="session")
+def change_demo(tmp_path_factory: pytest.TempPathFactory, session_cache_dir: Path):
+    """The two-year planted-change demo, mapped once per session (a few minutes)."""
+    from pipeline.bench.change import change_workflow
+
+    return change_workflow(tmp_path_factory.mktemp("change-demo"))

@@ -18,6 +18,7 @@ SECTIONS = (
     "field",
     "view",
     "ask",
+    "change",
 )
 
 
@@ -106,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
 
         log.info("map viewer: query to heat map")
         entries += view_entries(args.field_map)
+    if "change" in sections:
+        from pipeline.bench.change import change_entries
+
+        log.info("change detection on the two-year demo with planted change")
+        entries += change_entries()
     if "projection" in sections:
         import json
 

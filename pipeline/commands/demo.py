@@ -46,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--workers", type=int, help="local worker processes of the map run")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.add_argument("--overwrite", action="store_true", help="replace an earlier demo map")
+    c = sub.add_parser(
+        "change", help="yearly maps and change on a two-year demo with planted change"
+    )
+    c.add_argument("--out", default="outputs/demo-change", help="output folder")
+    c.add_argument("--seed", type=int, default=0, help="seed of the scene and the weights (0)")
     t = sub.add_parser("truth", help="write the demo's land-cover truth as a COG")
     t.add_argument("--out", required=True, help="the GeoTIFF to write")
 
@@ -153,16 +158,66 @@ def run_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_change(args: argparse.Namespace) -> int:
+    """The yearly-maps-and-change workflow on a generated two-year demo with planted change
+    (:mod:`pipeline.bench.change`): a head fitted on 2022 only, ``run --years 2022,2023``,
+    ``change`` with and without ``--consistency``, then area estimates from a reference sample
+    stratified by the transitions; prints how well the planted change was found."""
+    import json
+
+    from pipeline.bench.change import (
+        change_truth_on,
+        change_workflow,
+        write_truth_transitions,
+    )
+    from pipeline.evaluate.change import score_change
+
+    out = Path(args.out)
+    _log.info(
+        "the s2lc change demo: two synthetic years (2022, 2023) of a 1 x 1 km box with planted "
+        "change, an UNTRAINED encoder and a head fitted on 2022 points: this shows the workflow"
+    )
+    run = change_workflow(out, seed=args.seed)
+    scores = {}
+    for i, (name, extra) in enumerate((("change", []), ("change-consistency", ["--consistency"]))):
+        argv = ["change", "--map", str(run.map), "--from", "2022", "--to", "2023",
+                "--out", str(out / name), *extra]  # fmt: skip
+        _step(i + 1, 4, argv, "change between the two years" + (" (consistency)" if i else ""))
+        import rasterio
+
+        with rasterio.open(out / name / "changed.tif") as src:
+            changed = src.read(1)
+        scores[name] = score_change(
+            changed, *change_truth_on(run.catalog, out / name / "changed.tif")
+        )
+    ref = out / "reference"
+    ref.mkdir(parents=True, exist_ok=True)
+    truth = write_truth_transitions(
+        run.catalog, out / "change-consistency" / "transition.tif", ref / "transitions.tif", 6
+    )
+    points = ref / "change_points.gpkg"
+    _step(3, 4, ["sample-points", "--strata", str(out / "change-consistency" / "transition.tif"),
+                 "--labels", str(truth), "--per-class", "25", "--seed", str(args.seed + 1),
+                 "--out", str(points)], "reference points stratified by the mapped transitions")  # fmt: skip
+    _step(4, 4, ["change", "--map", str(run.map), "--from", "2022", "--to", "2023",
+                 "--consistency", "--reference", str(points), "--out",
+                 str(out / "change-consistency")], "area estimates with confidence intervals")  # fmt: skip
+    print(json.dumps(scores, indent=1))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.base.errors import UserError
 
     target = getattr(args, "demo_target", None)
     if target == "map":
         return run_map(args)
+    if target == "change":
+        return run_change(args)
     if target == "truth":
         from pipeline.testing.demo.truth import export_truth
 
         path = export_truth(args.out)
         print(path)
         return 0
-    raise UserError("choose 'demo map' (the whole demo workflow) or 'demo truth'")
+    raise UserError("choose 'demo map' (the whole demo workflow), 'demo change' or 'demo truth'")

@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_when(g, period_help="composite period (default: the model's own, e.g. monthly for "
              "timesenclip)")  # fmt: skip
+    g.add_argument(
+        "--years",
+        help="yearly maps on one grid: a range (2019-2024) or a list (2021,2023); each year in "
+        "OUT/<year>/ (skipped when done), all stacked in OUT/map.zarr on a time dimension",
+    )
     g = p.add_argument_group("model")
     g.add_argument(
         "--model", choices=adapters.names(), help=f"the model (default {adapters.DEFAULT})"
@@ -294,9 +299,24 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.base.errors import UserError
     from pipeline.run.driver import execute
 
+    years = None
+    if args.config and not getattr(args, "years", None):  # --years from the YAML file
+        from pipeline.base.config import load_yaml
+
+        doc = load_yaml(args.config) or {}
+        value = doc.get("years")
+        if value is not None:
+            args.years = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    if getattr(args, "years", None):
+        from pipeline.run.years import execute_years, parse_years
+
+        if args.year or args.start or args.end:
+            raise UserError("--years sets the dates: leave out --year, --start and --end")
+        years = parse_years(args.years)
+        args.year = years[0]
     cfg = resolve(args)
     try:
-        return execute(cfg)
+        return execute(cfg) if years is None else execute_years(cfg, years)
     except OSError as exc:
         if errno.errorcode.get(exc.errno or 0) not in _WRITE_ERRNOS:
             raise

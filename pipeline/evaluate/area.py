@@ -44,6 +44,7 @@ def stratified_estimates(
     map_areas: Sequence[float] | np.ndarray,
     *,
     z: float = Z95,
+    census: Sequence[bool] | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Olofsson et al. (2014) stratified estimators from sample counts and mapped areas.
 
@@ -52,6 +53,9 @@ def stratified_estimates(
         map_areas: (C,) mapped area of each class (pixels, m2, ha: the area outputs share the
             unit).
         z: the normal quantile of the confidence intervals (1.96: 95 %).
+        census: (C,) True for a stratum whose every pixel is in the sample (a class of a few
+            pixels): its terms have no sampling variance (the finite-population factor
+            1 - n_i/N_i is 0), and it needs no second sample. None: no stratum is.
 
     Returns:
         numpy arrays: ``proportions`` (C, C) estimated area proportions p_ij; ``weights`` W_i;
@@ -70,8 +74,11 @@ def stratified_estimates(
     total = a.sum()
     w = a / total
     n_i = n.sum(axis=1)
+    full = np.zeros(n.shape[0], bool) if census is None else np.asarray(census, bool).ravel()
+    if full.shape[0] != n.shape[0]:
+        raise ValueError(f"{full.shape[0]} census flags for {n.shape[0]} classes")
     warnings: list[str] = []
-    for i in np.flatnonzero((a > 0) & (n_i < 2)):
+    for i in np.flatnonzero((a > 0) & (n_i < 2) & ~full):
         warnings.append(
             f"map class {i} has area but {int(n_i[i])} reference sample(s); its stratum "
             "needs at least 2 for a variance (estimates treat its missing samples as zero)"
@@ -87,7 +94,7 @@ def stratified_estimates(
 
     oa = float(diag.sum())
     ua = _safe(diag, p_row)
-    ua_var = _safe(ua * (1 - ua), dof)
+    ua_var = np.where(full, 0.0, _safe(ua * (1 - ua), dof))
     # V(O): strata without a variance make it undefined only if they carry weight.
     terms = np.where(w > 0, w**2 * ua_var, 0.0)
     oa_se = float(np.sqrt(terms.sum())) if not np.isnan(terms).any() else float("nan")
@@ -98,6 +105,7 @@ def stratified_estimates(
     c = n.shape[0]
     pa_var = np.full(c, np.nan)
     cell_var = _safe(frac * (1 - frac), dof[:, None])  # (n_ij/n_i.)(1 - n_ij/n_i.)/(n_i. - 1)
+    cell_var = np.where(full[:, None], 0.0, cell_var)
     for j in range(c):
         if not n_hat_col[j] > 0:
             continue
@@ -106,7 +114,7 @@ def stratified_estimates(
         pa_var[j] = (first + pa[j] ** 2 * float(np.sum(others))) / n_hat_col[j] ** 2
 
     cell = _safe(w[:, None] * p - p**2, dof[:, None])
-    cell = np.where(w[:, None] > 0, cell, 0.0)
+    cell = np.where((w[:, None] > 0) & ~full[:, None], cell, 0.0)
     prop_se = np.sqrt(cell.sum(axis=0))
     area = total * p_col
     area_se = total * prop_se
@@ -135,9 +143,10 @@ def accuracy_assessment(
     *,
     area_unit: str = "ha",
     z: float = Z95,
+    census: Sequence[bool] | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """:func:`stratified_estimates` as a JSON-ready report (NaN -> null) with 95 % CIs."""
-    est = stratified_estimates(cm, map_areas, z=z)
+    est = stratified_estimates(cm, map_areas, z=z, census=census)
 
     def num(x: Any) -> float | None:
         x = float(x)

@@ -210,7 +210,9 @@ def evaluate_map(
     areas = pix.astype(np.float64) if f is None else pix * pixel_area * f
     if not areas.sum() > 0:
         raise UserError(f"{tif}: no mapped pixel of any legend class")
-    rep = accuracy_assessment(cm, areas, names, area_unit=area_unit)
+    # a class whose every pixel was sampled has no sampling variance (e.g. a few-pixel class)
+    census = (pix > 0) & (cm.sum(axis=1) >= pix)
+    rep = accuracy_assessment(cm, areas, names, area_unit=area_unit, census=census)
     rep["warnings"] = list(rep["warnings"]) + _design_warnings(
         leg, points, use, mapped, names, areas, truth
     )

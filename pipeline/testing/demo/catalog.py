@@ -29,6 +29,7 @@ from pyproj import Transformer
 from pipeline.base.atomic import atomic_path
 from pipeline.base.jsonio import write_json
 from pipeline.stac.bands import BANDS, EARTH_SEARCH_V1_KEYS, NATIVE_RESOLUTION, PC_KEYS, SCL
+from pipeline.testing.demo.change import change_truth, landscape_in, plan_changes
 from pipeline.testing.demo.landscape import CLASS_NAMES, Landscape, make_landscape
 from pipeline.testing.demo.scenes import SceneSpec, block_mean, draw_specs, render
 
@@ -117,6 +118,7 @@ def generate_catalog(
     mgrs_tile: str = MGRS_TILE,
     plant: str | None = None,
     plant_px: int = 14,
+    years: Sequence[int] | None = None,
 ) -> Path:
     """Write a synthetic Sentinel-2 L2A catalog into ``root`` and return ``root``.
 
@@ -139,6 +141,14 @@ def generate_catalog(
             its truth is 255 and ``planted.tif`` (uint8 1/0) marks it. None (the demo): the
             catalog is byte for byte the unplanted one.
         plant_px: edge of the planted square in pixels.
+        years: opt-in: several years of the same landscape with planted change
+            (:mod:`pipeline.testing.demo.change`: a forest cleared, a field built on, a lake
+            shrunk, in several sizes down to 1 px, inside the AOI). Every year gets ``dates``
+            (default :func:`default_dates` of that year; given dates are moved to each year),
+            with its own clouds, gaps and noise. Beside ``truth.tif`` (the first year) it writes
+            ``truth_<year>.tif`` per year, ``change.tif`` (band 1 from-class in the first year,
+            band 2 to-class in the last, 255 nodata) and the patches in ``truth.json``
+            (``changes``). None (the demo): one year, byte for byte as before.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -147,10 +157,21 @@ def generate_catalog(
     w, s, e, n = (float(v) for v in bounds)
     if any(round(v / (2 * resolution)) * 2 * resolution != v for v in (w, s, e, n)):
         raise ValueError(f"bounds must be multiples of {2 * resolution:g} m, got {bounds}")
-    dates = list(dates) if dates is not None else default_dates()
     land = build_landscape(seed, (w, s, e, n), resolution, aoi)
     if plant is not None:
         land.plant(plant, _plant_box(land.classes.shape, (w, s, e, n), aoi, resolution, plant_px))
+    lands, changes = {}, []
+    if years is not None:
+        years = sorted({int(y) for y in years})
+        dates = _dates_in_years(dates, years)
+        changes = plan_changes(
+            land,
+            np.random.default_rng([seed, 5]),
+            years,
+            _core(land, (w, s, e, n), aoi, resolution),
+        )
+        lands = {y: landscape_in(land, changes, y, np.random.default_rng([seed, 6])) for y in years}
+    dates = list(dates) if dates is not None else default_dates()
     rng = np.random.default_rng([seed, 2])
     specs = draw_specs(rng, [d.month for d in dates])
     if cloud_fractions is not None:
@@ -174,7 +195,9 @@ def generate_catalog(
     items = []
     for k, (when, spec) in enumerate(zip(dates, specs, strict=True)):
         doy = when.timetuple().tm_yday
-        scene = render(land, doy, spec, np.random.default_rng([seed, 3, k]), resolution)
+        scene = render(
+            lands.get(when.year, land), doy, spec, np.random.default_rng([seed, 3, k]), resolution
+        )
         platform = "sentinel-2a" if k % 2 == 0 else "sentinel-2b"
         item_id = _item_id(layout, platform, when, k, mgrs_tile)
         folder = root / "items" / item_id
@@ -211,7 +234,12 @@ def generate_catalog(
         )
     write_json(root / "items.json", {"type": "FeatureCollection", "features": items})
     write_json(root / "collection.json", _collection(items, layout))
-    _write_truth(root, land, (w, n), resolution, epsg, seed, (w, s, e, n), aoi, layout, plant)
+    extra = {"years": years, "changes": [c.to_dict() for c in changes]} if years else {}
+    _write_truth(
+        root, land, (w, n), resolution, epsg, seed, (w, s, e, n), aoi, layout, plant, extra
+    )
+    if years:
+        _write_years_truth(root, lands, (w, n), resolution, epsg)
     if land.planted is not None:
         prof = {
             "driver": "COG", "height": land.classes.shape[0], "width": land.classes.shape[1],
@@ -221,6 +249,59 @@ def generate_catalog(
         with rasterio.open(root / "planted.tif", "w", **prof) as dst:
             dst.write(land.planted.astype(np.uint8), 1)
     return root
+
+
+def _dates_in_years(dates: Sequence[dt.datetime] | None, years: list[int]) -> list[dt.datetime]:
+    """The acquisition dates of every year: :func:`default_dates` of each year, or ``dates``
+    moved to each year (29 February becomes 28 February in other years)."""
+    if dates is None:
+        return [d for y in years for d in default_dates(y)]
+    out = []
+    for y in years:
+        for d in dates:
+            day = min(d.day, 28) if (d.month, d.day) == (2, 29) else d.day
+            out.append(d.replace(year=y, day=day))
+    return out
+
+
+def _core(land: Landscape, bounds, aoi, resolution) -> tuple[int, int, int, int]:
+    """(row0, col0, row1, col1) of the AOI on the landscape grid (the whole grid without one)."""
+    h, w_px = land.classes.shape
+    if aoi is None:
+        return 0, 0, h, w_px
+    w, _, _, n = bounds
+    aw, as_, ae, an = aoi
+    return (
+        max(0, round((n - an) / resolution)),
+        max(0, round((aw - w) / resolution)),
+        min(h, round((n - as_) / resolution)),
+        min(w_px, round((ae - w) / resolution)),
+    )
+
+
+def _class_cog(path: Path, bands: list[np.ndarray], origin, resolution, epsg) -> None:
+    """uint8 class COG(s) with nodata 255 and the demo class names in its tags."""
+    profile = {
+        "driver": "COG", "height": bands[0].shape[0], "width": bands[0].shape[1],
+        "count": len(bands), "dtype": "uint8", "crs": f"EPSG:{epsg}",
+        "transform": Affine(resolution, 0, origin[0], 0, -resolution, origin[1]),
+        "nodata": 255, "compress": "DEFLATE", "blocksize": 256, "overview_resampling": "nearest",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        for i, band in enumerate(bands, 1):
+            dst.write(band, i)
+        dst.update_tags(
+            class_names=json.dumps(list(CLASS_NAMES)),
+            **{f"class_{i}": name for i, name in enumerate(CLASS_NAMES)},
+        )
+
+
+def _write_years_truth(root: Path, lands: dict[int, Landscape], origin, resolution, epsg) -> None:
+    """``truth_<year>.tif`` per year and ``change.tif`` (from first year, to last year)."""
+    for year, land in lands.items():
+        _class_cog(root / f"truth_{year}.tif", [land.classes], origin, resolution, epsg)
+    first, last = lands[min(lands)].classes, lands[max(lands)].classes
+    _class_cog(root / "change.tif", list(change_truth(first, last)), origin, resolution, epsg)
 
 
 def _plant_box(shape, bounds, aoi, resolution, px) -> tuple[int, int, int, int]:
@@ -439,7 +520,9 @@ def _collection(items: list[dict], layout: str) -> dict:
     }
 
 
-def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout, plant=None):
+def _write_truth(
+    root, land, origin, resolution, epsg, seed, bounds, aoi, layout, plant=None, extra=None
+):
 
     profile = {
         "driver": "COG",
@@ -472,6 +555,8 @@ def _write_truth(root, land, origin, resolution, epsg, seed, bounds, aoi, layout
                 "epsg": epsg,
                 "layout": layout,
                 **({"plant": plant} if plant is not None else {}),
+                **({"years": extra["years"]} if extra else {}),
             },
+            **({"changes": extra["changes"]} if extra else {}),
         },
     )

@@ -136,3 +136,22 @@ def test_accuracy_assessment_report_and_warnings():
     assert rep["classes"]["a"]["users_accuracy"] == 1.0
     assert rep["classes"]["b"]["users_accuracy_se"] is None  # one sample: no variance
     assert len(rep["warnings"]) == 2  # b (1 sample) and c (none)
+
+
+def test_a_fully_sampled_stratum_has_no_sampling_variance():
+    """A class of one pixel, sampled (a census): the other classes keep their intervals."""
+    import numpy as np
+
+    from pipeline.evaluate.area import stratified_estimates
+
+    cm = np.array([[18, 2, 0], [3, 27, 0], [0, 0, 1]])
+    areas = np.array([400.0, 600.0, 1.0])
+    plain = stratified_estimates(cm, areas)
+    assert np.isnan(plain["area_se"]).all() and plain["warnings"]
+    est = stratified_estimates(cm, areas, census=[False, False, True])
+    assert np.isfinite(est["area_se"]).all() and not est["warnings"]
+    assert est["area_se"][2] == 0.0 and est["area"][2] == 1.0
+    np.testing.assert_allclose(est["area"], plain["area"])  # the estimates themselves agree
+    # without the tiny class, the same variances for the others
+    ref = stratified_estimates(cm[:2, :2], areas[:2])
+    np.testing.assert_allclose(est["area_se"][:2], ref["area_se"] * 1001 / 1000, rtol=0.01)

@@ -209,3 +209,41 @@ def test_planted_material_is_opt_in_and_marked(tmp_path, small_catalog, small_pa
         red = spectra.R[material][BANDS.index("B4")]
         assert np.median(np.abs(red_b[clear] / 1e4 - red) / red) < 0.08
     assert not (small_catalog / "planted.tif").exists()
+
+
+def test_years_plant_change_with_per_pixel_truth(tmp_path, small_catalog, small_params):
+    """Opt-in years: the same landscape each year, planted changes from 1 px up, their truth."""
+    import json
+
+    import rasterio
+
+    from pipeline.testing.demo import generate_catalog
+
+    params = {**small_params, "dates": small_params["dates"][:3]}
+    root = generate_catalog(tmp_path / "years", **params, years=(2021, 2023))
+    items = json.loads((root / "items.json").read_text())["features"]
+    assert sorted({it["properties"]["datetime"][:4] for it in items}) == ["2021", "2023"]
+    assert len(items) == 6
+    meta = json.loads((root / "truth.json").read_text())
+    changes = meta["changes"]
+    assert meta["params"]["years"] == [2021, 2023]
+    assert {c["name"] for c in changes} == {"forest cleared", "field built on", "lake shrunk"}
+    assert min(c["pixels"] for c in changes) <= 9 and max(c["pixels"] for c in changes) >= 100
+    with rasterio.open(root / "truth_2021.tif") as a, rasterio.open(root / "truth_2023.tif") as b:
+        first, last = a.read(1), b.read(1)
+    with rasterio.open(root / "change.tif") as src:
+        frm, to = src.read(1), src.read(2)
+    np.testing.assert_array_equal(frm, first)
+    np.testing.assert_array_equal(to, last)
+    assert (first != last).sum() == sum(c["pixels"] for c in changes)
+    for c in changes:  # each patch goes from its source class to its target class
+        r0, c0, r1, c1 = c["box"]
+        hit = first[r0:r1, c0:c1] != last[r0:r1, c0:c1]
+        assert hit.sum() == c["pixels"]
+        assert (first[r0:r1, c0:c1][hit] == c["from_class"]).all()
+        assert (last[r0:r1, c0:c1][hit] == c["to_class"]).all()
+    with rasterio.open(root / "truth.tif") as src:  # the first year, as load_truth reads it
+        np.testing.assert_array_equal(src.read(1), first)
+    # the one-year catalog is untouched by the option: same truth as the small catalog's
+    with rasterio.open(small_catalog / "truth.tif") as src:
+        np.testing.assert_array_equal(src.read(1), first)
