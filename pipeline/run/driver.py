@@ -66,6 +66,9 @@ class RunState:
     previous: dict[str, Any] | None
     resumable: bool
     t0: float
+    found: tuple[list[dict], SceneLedger] | None = None
+    """The search's scenes and ledger when :func:`start` searched already (a fresh run)."""
+    search_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,11 @@ def execute(cfg: RunConfig) -> int:
     if run is None:
         return 0
     seconds: dict[str, float] = {}
-    with _timed(seconds, "search"):
-        items, ledger = find_scenes(run)
+    if run.found is not None:
+        (items, ledger), seconds["search"] = run.found, run.search_s
+    else:
+        with _timed(seconds, "search"):
+            items, ledger = find_scenes(run)
     with _timed(seconds, "prepare"):
         cfg, prep = prepare_map(
             run.cfg, run.checked, run.cluster, run.previous if run.resumable else None
@@ -137,6 +143,14 @@ def start(cfg: RunConfig) -> RunState | None:
     )
     from pipeline.run.cluster import worker_threads
 
+    found, search_s = None, 0.0
+    if cfg.execution.overwrite or ws.manifest() is None:
+        # A fresh run searches before the backend is measured and any model is built, so a
+        # period or an area without scenes fails in seconds. A folder with a manifest may
+        # resume from the scenes it lists: it searches later, only if it does not resume.
+        t = time.perf_counter()
+        found = _search(cfg, checked)
+        search_s = time.perf_counter() - t
     cfg, precision_info = resolve_precision(cfg, threads=worker_threads(cluster_cfg))
     output_hash = cfg.output_hash()
     if not cfg.execution.overwrite and up_to_date(ws, output_hash):
@@ -166,6 +180,8 @@ def start(cfg: RunConfig) -> RunState | None:
         previous=previous,
         resumable=resumable,
         t0=t0,
+        found=found,
+        search_s=search_s,
     )
 
 
@@ -175,8 +191,13 @@ def find_scenes(run: RunState) -> tuple[list[dict], SceneLedger]:
         items = run.previous["items"]
         _log.info("resuming %s: %d scenes from the manifest", run.ws.out, len(items))
         return items, SceneLedger.from_dict(run.previous.get("ledger"))
-    c = run.cfg.composite
-    items, ledger = search_run_scenes(run.checked.geometry, c.start, c.end, run.cfg.search)
+    return _search(run.cfg, run.checked)
+
+
+def _search(cfg: RunConfig, checked: CheckedInputs) -> tuple[list[dict], SceneLedger]:
+    """The STAC search for the run's region and period (raises NoScenesError when empty)."""
+    c = cfg.composite
+    items, ledger = search_run_scenes(checked.geometry, c.start, c.end, cfg.search)
     _log.info("%d scenes found", len(items))
     return items, ledger
 

@@ -56,6 +56,25 @@ def test_bad_input_fails_before_torch_is_imported(extra, message, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+def test_a_period_without_scenes_fails_before_torch_is_imported(demo_catalog, tmp_path):
+    """A fresh run searches before ``--backend auto`` measures the backends and before any model
+    is built: a year the catalog has no scene for fails in one line, with torch never imported
+    (before, it failed only after the backends were timed, a minute on a loaded machine)."""
+    env = {k: v for k, v in os.environ.items() if k != "S2LC_BACKEND"}  # the default: auto
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, "run", "--region", "demo", "--year", "2019",
+         "--model", "timesenclip", "--untrained", "--out", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert result["rc"] == 2 and len(errors) == 1, proc.stderr[-800:]
+    assert "no Sentinel-2 scenes" in errors[0] and "2019-01-01" in errors[0], errors[0]
+    assert result["torch"] is False, "torch was imported before the search failed"
+    assert "--backend auto" not in proc.stderr  # no backend was measured
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
 def test_the_first_log_line_says_where_the_region_is(tmp_path):
     """The README's Freising box with its axes swapped (S W N E) is a valid lon/lat box in the
     Gulf of Aden: the first line says so (centre, CRS) before anything else happens."""
