@@ -174,3 +174,27 @@ def test_a_local_dask_cluster_gives_the_same_pixels(fields, tmp_path):
             assert np.array_equal(_read(par[text], band)[0], _read(one[text], band)[0])
     with pytest.raises(UserError, match="--cluster"):
         stream.Where(kind="nowhere")
+
+
+def test_a_call_with_cached_texts_imports_no_torch(fields, tmp_path):
+    """The fixed cost: with the legend's vectors in the text cache, classify imports neither
+    PyTorch nor Dask (with --workers 1 the units stay in the process)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.paths import REPO_ROOT
+
+    legend = tmp_path / "mine.yaml"
+    legend.write_text(LEGEND)
+    classify_fields(  # fills the text cache
+        open_fields([fields["A"]]), MapConfig(legend=str(legend), out=tmp_path / "warm")
+    )
+    cmd = [sys.executable, "-X", "importtime", "-m", "pipeline", "classify", "--no-progress",
+           "--field", str(fields["A"]), "--legend", str(legend), "--workers", "1",
+           "--out", str(tmp_path / "c")]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "distributed" not in imported
+    assert (tmp_path / "c" / "classes.tif").is_file()
