@@ -1,17 +1,17 @@
-"""``classify --field``: a new class map from a map's stored embedding field (no imagery read)."""
+"""``classify --field``: a new class map from stored embedding fields (no imagery read)."""
 
 from __future__ import annotations
 
 import argparse
 
+from pipeline.commands._ask import add_field_options, where
+
 NAME = "classify"
-HELP = "re-classify a map from its embedding field (run --save-embeddings) with another legend"
+HELP = "re-classify maps from their embedding fields (run --save-embeddings) with another legend"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--field", required=True, metavar="MAP_DIR", help="a map made with --save-embeddings"
-    )
+    add_field_options(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--legend", help="legend name (see 'legends') or a YAML/JSON/NPZ file")
     g.add_argument("--head", help="a few-shot head from 'probe' (fitted on the field's model)")
@@ -19,9 +19,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calibration",
         choices=("reference", "none"),
-        help="class-mean calibration (default: the run's; fitted on the field for a new legend)",
+        help="class-mean calibration (default: the run's; fitted on the fields for a new legend "
+        "or when the runs' calibrations differ)",
     )
-    p.add_argument("--top-k", type=int, help="probabilities kept per pixel (default: the run's)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="the run's whole product set (confidence, top-k, margin, entropy, map.zarr) for one "
+        "field, in one process; default: classes.tif, streamed tile by tile",
+    )
+    p.add_argument("--top-k", type=int, help="with --full: probabilities kept per pixel")
     p.add_argument("--checkpoint", help="the field's model weights, if they moved since the run")
     p.add_argument("--clip-checkpoint", help="CLIP text tower for TimeSenCLIP prompts")
     p.add_argument("--out", help="output folder (default MAP_DIR/maps/<legend or head name>)")
@@ -30,24 +37,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.field import open_field
-    from pipeline.field.classify import ClassifyConfig, classify_field
+    from pipeline.base.errors import UserError
+    from pipeline.field.fieldset import open_fields
 
-    f = open_field(args.field)
-    out = classify_field(
-        f,
-        ClassifyConfig(
-            legend=args.legend,
-            style=args.style,
-            head=args.head,
-            calibration=args.calibration,
-            top_k=args.top_k,
-            checkpoint=args.checkpoint,
-            clip_checkpoint=args.clip_checkpoint,
-            out=args.out,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        ),
-    )
+    w = where(args)
+    fs = open_fields(args.field)
+    if args.head or args.full:
+        if len(fs.fields) > 1:
+            raise UserError("--head and --full take one --field; give one map folder")
+        from pipeline.field.classify import ClassifyConfig, classify_field
+
+        out = classify_field(
+            fs.first,
+            ClassifyConfig(
+                legend=args.legend,
+                style=args.style,
+                head=args.head,
+                calibration=args.calibration,
+                top_k=args.top_k,
+                checkpoint=args.checkpoint,
+                clip_checkpoint=args.clip_checkpoint,
+                out=args.out,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            ),
+        )
+    else:
+        from pipeline.field.classify_map import MapConfig, classify_fields
+
+        out = classify_fields(
+            fs,
+            MapConfig(
+                legend=args.legend,
+                style=args.style,
+                calibration=args.calibration,
+                checkpoint=args.checkpoint,
+                clip_checkpoint=args.clip_checkpoint,
+                out=args.out,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            ),
+            w,
+        )
     print(out)
     return 0

@@ -27,8 +27,6 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from pipeline.base.errors import UserError
-from pipeline.grid.tiling import TileGrid
-from pipeline.run.config import ModelConfig
 from pipeline.writers.codec import FieldCodec, ProjectedVectors
 from pipeline.writers.field import FIELD_ATTR, read_codec
 from pipeline.writers.zarr_map import read_store_attrs
@@ -100,6 +98,8 @@ class Field:
     def grid(self) -> Any:
         """The field's :class:`~pipeline.grid.tiling.TileGrid`: its own grid and every tile of the
         lattice (tiles outside the map's region read as nodata)."""
+
+        from pipeline.grid.tiling import TileGrid  # noqa: PLC0415
 
         empty = TileGrid(self.geobox, self.tile_size, ())
         nr, nc = empty.lattice_shape
@@ -245,6 +245,8 @@ def code_cosines(
 
 def model_spec(f: Field, checkpoint: str | None = None, clip_checkpoint: str | None = None) -> Any:
     """The :class:`~pipeline.run.config.ModelConfig` that made the field (from its ``run.json``)."""
+
+    from pipeline.run.config import ModelConfig  # noqa: PLC0415 (imports the composite stack)
 
     cfg = f.run.get("config") or {}
     if not cfg:

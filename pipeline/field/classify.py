@@ -1,4 +1,5 @@
-"""``classify --field``: a new class map from a stored embedding field, reading no imagery.
+"""``classify --field --full`` (and ``--head``): the run's whole product set from one stored
+embedding field, reading no imagery (the streamed default is :mod:`pipeline.field.classify_map`).
 
 Tile by tile on the field's own grid (one tile's decoded embeddings in memory at a time), the
 same per-tile products as ``run`` (:class:`~pipeline.writers.TileResult` into a map store and

@@ -1,11 +1,12 @@
-"""``query --field``: free-text heat maps from a stored embedding field, reading no imagery.
+"""``query --field``: free-text heat maps from stored embedding fields, reading no imagery.
 
-For every query, one COG on the map's grid: band 1 the cosine similarity of each pixel's
-embedding with the query's text embedding (-1..1), band 2 (when there is something to compare
-with) the query's probability against the map's legend classes
-(:func:`pipeline.field.api.query_probability`). Nodata is NaN wherever the map has none. Work
-goes window by window (the store's chunks), into tiled GeoTIFFs that GDAL then rewrites as COGs,
-so memory stays bounded by one window. A quicklook PNG shows every query side by side.
+For every query, one COG on the fields' (mosaicked) grid: band 1 the cosine similarity of each
+pixel's embedding with the query's text embedding (-1..1), band 2 (when there is something to
+compare with) the query's probability against the first map's legend classes
+(:func:`pipeline.field.api.query_probability`). Nodata is NaN wherever the maps have none. The
+work is streamed tile by tile (:mod:`pipeline.field.stream`): each tile's heat maps appear under
+``OUT/tiles/<unit>/`` as soon as it is done, in parallel on ``--cluster``/``--workers``; the
+COGs are mosaicked from them at the end. A quicklook PNG shows every query side by side.
 """
 
 from __future__ import annotations
@@ -14,27 +15,14 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
-import rasterio
-import rasterio.shutil
-from rasterio.enums import Resampling
-from tqdm import tqdm
 
-from pipeline.base.atomic import atomic_path, remove_path
 from pipeline.base.errors import UserError
 from pipeline.base.jsonio import write_json
-from pipeline.field.api import (
-    Field,
-    code_cosines,
-    encode_text,
-    legend_classifier,
-    load_model,
-    project,
-    query_probability,
-)
+from pipeline.field import stream
+from pipeline.field.fieldset import FieldSet
 
 _log = logging.getLogger(__name__)
 
@@ -47,101 +35,133 @@ def slug(text: str) -> str:
     return s[:60] or "query"
 
 
+def _legend_vectors(fs: FieldSet, checkpoint: str | None) -> np.ndarray | None:
+    """(C, D) text classifier of the first map's own legend, or None (few-shot head maps)."""
+    from model.legends import load_legend  # noqa: PLC0415 (torch-free)
+    from pipeline.field.texts import legend_vectors  # noqa: PLC0415
+
+    cfg = fs.first.run.get("config") or {}
+    if cfg.get("head") or not cfg.get("legend"):
+        return None
+    legend = load_legend(cfg["legend"], style=cfg.get("style") or "aerial")
+    return legend_vectors(fs.first, legend, checkpoint=checkpoint)
+
+
 def query_field(
-    f: Field,
+    fs: Any,
     texts: list[str],
     out: str | Path | None = None,
     *,
     checkpoint: str | None = None,
     progress: bool = False,
+    cluster: Any = None,
 ) -> dict[str, Path]:
     """Write one heat-map COG per query (and a quicklook) into ``out``; returns query -> path.
+
+    Args:
+        fs: a :class:`~pipeline.field.fieldset.FieldSet` (or one :class:`Field`).
+        cluster: a :class:`pipeline.field.stream.Where`, or None (this process only).
 
     Raises:
         UserError: no query, duplicate file names, the model is not the field's or has no text
             tower.
     """
+    from pipeline.field.texts import text_vectors  # noqa: PLC0415
+
+    if not isinstance(fs, FieldSet):
+        from pipeline.field.fieldset import open_fields  # noqa: PLC0415
+
+        fs = open_fields([fs.map_dir])
     t0 = time.perf_counter()
     texts = [str(t).strip() for t in texts]
     names = [slug(t) for t in texts]
     if len(set(names)) != len(names):
         raise UserError(f"queries must differ in their letters and digits: {', '.join(texts)}")
-    out = Path(out) if out else f.map_dir / "queries"
-    q = encode_text(f, texts, checkpoint=checkpoint)  # fails early (model, text tower)
-    w_classes = legend_classifier(f, load_model(f, checkpoint))
+    first = fs.first
+    out = Path(out) if out else first.map_dir / "queries"
+    q = text_vectors(first, texts, checkpoint=checkpoint)  # fails early (model, text tower)
+    w_classes = _legend_vectors(fs, checkpoint)
     with_prob = w_classes is not None or len(texts) > 1
     # The queries (and the legend's classes) projected once into the field's components: each
-    # window is then one small GEMM of its int8 codes, no 512-d decode (pipeline.writers.codec).
-    vectors = project(f, q if w_classes is None else np.concatenate([q, w_classes]))
-    nq = len(texts)
+    # unit is then one small GEMM of its int8 codes, no 512-d decode (pipeline.writers.codec).
+    pv = first.codec.project(q if w_classes is None else np.concatenate([q, w_classes]))
     out.mkdir(parents=True, exist_ok=True)
-    geobox = f.geobox
-    h, w = f.shape
-    bands = 2 if with_prob else 1
-    profile = {
-        "driver": "GTiff",
-        "width": w,
-        "height": h,
-        "count": bands,
-        "dtype": "float32",
-        "crs": str(geobox.crs),
-        "transform": geobox.affine,
-        "nodata": float("nan"),
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "zstd",
-    }
-    tmps = [out / f".{n}.tmp.tif" for n in names]
-    finals = {t: out / f"{n}.tif" for t, n in zip(texts, names, strict=True)}
+    tiles = stream.tiles_dir_of(out)
+    stream.drop_tiles(tiles)
+    tiles.mkdir(parents=True)
+    job = stream.Job(
+        kind="query",
+        stores=tuple(str(f.store.resolve()) for f in fs.fields),
+        tiles_dir=str(tiles.resolve()),
+        crs_wkt=fs.geobox.crs.to_wkt(),
+        transform=tuple(fs.geobox.affine)[:6],
+        proj=pv.proj,
+        t_mean=pv.t_mean,
+        mean_sq=pv.mean_sq,
+        nq=len(texts),
+        names=tuple(names),
+        with_prob=with_prob,
+    )
+    units = fs.units()
+    first_s: list[float] = []
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=len(units), unit="tile", desc="query")
+    else:
+        bar = None
+
+    def done(_: dict[str, Any]) -> None:
+        first_s or first_s.append(time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(1)
 
     try:
-        dsts = [rasterio.open(p, "w", **profile) for p in tmps]
-        try:
-            for window in tqdm(f.windows(), unit="window", desc="query", disable=not progress):
-                valid, cos_all = code_cosines(f, window, vectors)
-                ys, xs = window
-                block = np.full((len(texts), bands, *valid.shape), np.nan, np.float32)
-                if len(cos_all):
-                    cos = cos_all[:, :nq]  # (N, Q)
-                    block[:, 0, valid] = cos.T
-                    if with_prob:
-                        cc = None if w_classes is None else cos_all[:, nq:]
-                        block[:, 1, valid] = query_probability(cos, cc).T
-                win = rasterio.windows.Window(
-                    xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start
-                )
-                for dst, data in zip(dsts, block, strict=True):
-                    dst.write(data, window=win)
-        finally:
-            for dst in dsts:
-                dst.close()
-        for tmp, text in zip(tmps, texts, strict=True):
-            with rasterio.open(tmp, "r+") as ds:
-                ds.set_band_description(1, f"cosine similarity to '{text}'")
-                if with_prob:
-                    against = "the legend classes" if w_classes is not None else "the other queries"
-                    ds.set_band_description(2, f"probability of '{text}' against {against}")
-                ds.update_tags(query=text, model=f.model_identity, source_field=str(f.map_dir))
-            with atomic_path(finals[text]) as final_tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"):
-                rasterio.shutil.copy(
-                    str(tmp), str(final_tmp), driver="COG", compress="deflate", predictor="yes",
-                    blocksize=256, overview_resampling="average",
-                )  # fmt: skip
+        stream.execute(units, job, cluster, done)
     finally:
-        for tmp in tmps:
-            remove_path(tmp)
-    write_quicklook(out / "quicklook.png", texts, finals, bands)
+        if bar is not None:
+            bar.close()
+    against = "the legend classes" if w_classes is not None else "the other queries"
+    finals = {}
+    for text, name in zip(texts, names, strict=True):
+        descriptions = [f"cosine similarity to '{text}'"]
+        if with_prob:
+            descriptions.append(f"probability of '{text}' against {against}")
+        finals[text] = stream.mosaic_cog(
+            out / f"{name}.tif",
+            units,
+            tiles,
+            name,
+            geobox=fs.geobox,
+            dtype="float32",
+            bands=len(descriptions),
+            nodata=float("nan"),
+            descriptions=descriptions,
+            metadata={
+                "query": text,
+                "model": first.model_identity,
+                "source_field": str(first.map_dir),
+                "source_fields": ", ".join(str(f.map_dir) for f in fs.fields),
+            },
+            resampling="average",
+        )
+    stream.drop_tiles(tiles)
+    write_quicklook(out / "quicklook.png", texts, finals, 2 if with_prob else 1)
     write_json(
         out / "queries.json",
         {
-            "source_field": str(f.map_dir),
-            "model": f.model_identity,
+            "source_field": str(first.map_dir),
+            "source_fields": [str(f.map_dir) for f in fs.fields],
+            "basis_sha256": fs.basis_sha256,
+            "model": first.model_identity,
             "queries": {t: finals[t].name for t in texts},
             "bands": ["cosine similarity"] + (["probability"] if with_prob else []),
             "probability_against": "legend" if w_classes is not None else "queries",
-            "legend_classes": list(f.class_names) if w_classes is not None else None,
-            "seconds": time.perf_counter() - t0,
+            "legend_classes": list(first.class_names) if w_classes is not None else None,
+            "seconds": {
+                "first_tile": first_s[0] if first_s else None,
+                "total": time.perf_counter() - t0,
+            },
         },
     )
     return finals
@@ -151,7 +171,14 @@ def write_quicklook(path: Path, texts: list[str], files: dict[str, Path], bands:
     """A PNG of every query's heat maps side by side: similarity (row 1, stretched to its 2-98 %
     range) and probability (row 2, 0-1) when written; read from the COGs' overviews."""
 
+    import matplotlib  # noqa: PLC0415 (only for the quicklook)
+
     matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import rasterio  # noqa: PLC0415
+    from rasterio.enums import Resampling  # noqa: PLC0415
+
+    from pipeline.base.atomic import atomic_path  # noqa: PLC0415
 
     n = len(texts)
     fig, axes = plt.subplots(bands, n, figsize=(4.2 * n, 4.0 * bands), dpi=90, squeeze=False)

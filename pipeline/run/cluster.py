@@ -78,6 +78,10 @@ class ClusterConfig:
     threads_per_worker: int | None = None
     memory_limit: str = "auto"
     slurm: SlurmProfile = field(default_factory=SlurmProfile)
+    torch: bool = True
+    """Whether the workers' tasks use torch (its threads are then pinned on each worker). False
+    for work that never imports it (``classify``/``query --field``): workers start without it
+    and only ``OMP_NUM_THREADS`` is set."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "slurm") and "://" not in self.kind:
@@ -130,6 +134,18 @@ def worker_threads(cfg: ClusterConfig) -> int | None:
     return None
 
 
+class OmpThreads(WorkerPlugin):
+    """Worker plugin: ``OMP_NUM_THREADS`` only, for tasks that never import torch."""
+
+    name = "s2lc-omp-threads"
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, int(threads))
+
+    def setup(self, worker) -> None:  # noqa: ANN001 (distributed's Worker)
+        os.environ["OMP_NUM_THREADS"] = str(self.threads)
+
+
 class TorchThreads(WorkerPlugin):
     """Worker plugin: pin torch's intra-op threads so workers do not oversubscribe the cores."""
 
@@ -168,7 +184,7 @@ def open_client(cfg: ClusterConfig) -> Iterator[object]:
     """A connected :class:`distributed.Client` for ``cfg``; clusters we start are closed on exit."""
 
     if cfg.kind == "local":
-        gpus = _cuda_devices()
+        gpus = _cuda_devices() if cfg.torch else 0  # torch-free work uses no GPU
         workers, threads = local_layout(
             os.cpu_count() or 1, gpus, cfg.workers, cfg.threads_per_worker
         )
@@ -182,7 +198,7 @@ def open_client(cfg: ClusterConfig) -> Iterator[object]:
             silence_logs=logging.WARNING,
         )
         client = Client(cluster)
-        with _serving(client, cluster, threads):
+        with _serving(client, cluster, threads, cfg.torch):
             _log.info(
                 "local cluster: %d worker processes x %d torch threads%s; dashboard %s",
                 workers,
@@ -278,7 +294,7 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
             "job(s): check 'squeue -u $USER' and the job logs; raise worker_timeout_s in the "
             "Slurm profile for a busy queue; a rerun resumes"
         ) from None
-    with _serving(client, cluster, threads):
+    with _serving(client, cluster, threads, cfg.torch):
         _log.info(
             "Slurm cluster: %d job(s) x %d worker(s); dashboard %s",
             jobs,
@@ -314,10 +330,10 @@ def close_local_workers(cluster, timeout_s: float = WORKER_EXIT_S) -> None:  # n
 
 
 @contextlib.contextmanager
-def _serving(client, cluster, threads: int) -> Iterator[None]:
-    """Pin torch threads on every worker; close the client and the cluster we started."""
+def _serving(client, cluster, threads: int, torch: bool = True) -> Iterator[None]:
+    """Pin torch (or only OpenMP) threads on every worker; close the client and the cluster."""
     try:
-        client.register_plugin(TorchThreads(threads))
+        client.register_plugin(TorchThreads(threads) if torch else OmpThreads(threads))
         yield
     finally:
         if isinstance(cluster, LocalCluster):

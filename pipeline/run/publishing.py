@@ -48,14 +48,10 @@ def field_attrs(cfg: RunConfig, prep: Prepared) -> dict[str, Any]:
 
 
 def basis_sha256(codec: Any) -> str:
-    """SHA-256 of a field's decoding recipe: its float32 mean then basis (C order) bytes."""
-    import hashlib
+    """SHA-256 of a field's decoding recipe (:func:`pipeline.writers.field.basis_sha256`)."""
+    from pipeline.writers.field import basis_sha256 as digest
 
-    import numpy as np
-
-    h = hashlib.sha256(np.ascontiguousarray(codec.mean, np.float32).tobytes())
-    h.update(np.ascontiguousarray(codec.basis, np.float32).tobytes())
-    return h.hexdigest()
+    return digest(codec)
 
 
 def _licence(cfg: RunConfig) -> str:

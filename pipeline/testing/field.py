@@ -81,6 +81,7 @@ def write_synthetic_field(
     resolution: float = 10.0,
     tile_size: int = 512,
     seed: int = 0,
+    basis_seed: int | None = None,
 ) -> Path:
     """Write a synthetic map folder with an embedding field of ``shape`` (rows, cols) pixels.
 
@@ -95,6 +96,9 @@ def write_synthetic_field(
         crs, origin, resolution: the grid (origin = top-left corner, metres).
         tile_size: the store's chunk and tile edge in pixels.
         seed: the pixels' seed (same seed, same field).
+        basis_seed: the seed of the embedding space and of the codec fitted on it (default
+            ``seed``): fields with one ``basis_seed`` share a basis (one model's, as fields of
+            several runs, regions or years are), whatever their pixels' seeds.
 
     Returns:
         ``out``.
@@ -113,9 +117,11 @@ def write_synthetic_field(
         geobox, tile_size, tuple(empty.tile(r, c) for r in range(nr) for c in range(nc))
     )
 
-    space = _space(embed_dim, seed)
-    rng = np.random.default_rng(seed + 1)
+    bseed = seed if basis_seed is None else basis_seed
+    space = _space(embed_dim, bseed)
+    rng = np.random.default_rng(bseed + 1)
     codec = fit_codec(_embeddings(rng.integers(0, PROTOTYPES, 4096), space, rng), dims)
+    rng = np.random.default_rng((bseed, seed, 2))
     # the palette: PALETTE encoded vectors per prototype, codes (P, PALETTE, d), scales (P, PALETTE)
     pal = _embeddings(np.repeat(np.arange(PROTOTYPES), PALETTE), space, rng)
     pal_codes, pal_scale = codec.encode(pal)

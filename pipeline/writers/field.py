@@ -27,7 +27,7 @@ import numpy as np
 from pipeline.base.atomic import atomic_path, remove_path
 from pipeline.writers.layers import cog_layers, layer
 
-__all__ = ["FIELD_COGS", "build_field_cogs", "read_codec", "write_codec"]
+__all__ = ["FIELD_COGS", "basis_sha256", "build_field_cogs", "read_codec", "write_codec"]
 
 #: COG file -> Zarr array it is made from (the ``field`` layers of pipeline.writers.layers).
 #: Group attribute of the map store that holds the field's metadata.
@@ -44,6 +44,16 @@ def write_codec(store: str | os.PathLike[str], codec: Any) -> None:
     g = zarr.open_group(str(store), mode="r+")
     g["field_mean"][...] = codec.mean
     g["field_basis"][...] = codec.basis
+
+
+def basis_sha256(codec: Any) -> str:
+    """SHA-256 of a field's decoding recipe: its float32 mean then basis (C order) bytes. Fields
+    with the same digest are in the same space (``s2lc:field_basis_sha256`` of the STAC item)."""
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(codec.mean, np.float32).tobytes())
+    h.update(np.ascontiguousarray(codec.basis, np.float32).tobytes())
+    return h.hexdigest()
 
 
 def read_codec(store: str | os.PathLike[str]) -> Any | None:

@@ -325,7 +325,7 @@ def test_classify_with_the_runs_legend_reproduces_the_map(field_map, env, tmp_pa
     import rasterio
 
     out = tmp_path / "same"
-    _cli(["classify", "--no-progress", "--field", str(field_map), "--legend", "demo", "--out", str(out)], env)  # fmt: skip
+    _cli(["classify", "--no-progress", "--full", "--field", str(field_map), "--legend", "demo", "--out", str(out)], env)  # fmt: skip
     for name in ("classes.tif", "confidence.tif", "valid_obs.tif", "legend.json", "quicklook.png", "item.json", "run.json", "map.zarr"):  # fmt: skip
         assert (out / name).exists(), name
     for layer in ("classes.tif", "valid_obs.tif"):
@@ -337,6 +337,12 @@ def test_classify_with_the_runs_legend_reproduces_the_map(field_map, env, tmp_pa
             assert np.allclose(a.read(1), b.read(1), equal_nan=True, atol=1e-6), layer
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["source_field"] == str(field_map)
+    # the streamed default (classes.tif only) gives the same class map
+    lean = tmp_path / "lean"
+    _cli(["classify", "--no-progress", "--field", str(field_map), "--legend", "demo", "--out", str(lean)], env)  # fmt: skip
+    with rasterio.open(field_map / "classes.tif") as a, rasterio.open(lean / "classes.tif") as b:
+        assert a.transform == b.transform and np.array_equal(a.read(), b.read())
+        assert a.colormap(1)[0] == b.colormap(1)[0]
 
 
 @e2e
