@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -48,7 +49,7 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 def openvino_version() -> str | None:
     """The installed OpenVINO's version, or None when it cannot be imported."""
     try:
-        import openvino as ov  # noqa: PLC0415 (optional runtime)
+        ov = _import_openvino()
     except Exception:  # noqa: BLE001 (missing or broken install: the backend is unavailable)
         return None
     return str(ov.__version__)
@@ -113,10 +114,32 @@ def _int8(encoder: nn.Module) -> Encoder:
     return lambda x: enc.inference(x).float()
 
 
+def _import_openvino():  # noqa: ANN202 (the optional openvino module)
+    """``import openvino`` with OpenVINO's usage telemetry off: s2lc sends nothing.
+
+    Importing ``openvino`` imports its model converter (``openvino.tools.ovc``), which posts an
+    "import" event, and every ``convert_model`` posts more, to Google Analytics
+    (``openvino_telemetry``, backend ``ga4``), creating a client id under ``$HOME/intel``. With no
+    consent file in ``$HOME`` it treats consent as given (``enable_opt_in_dialog=False``). A
+    mapping run is offline once the weights are cached, and measuring the CPU backends must not
+    reach the internet. OpenVINO uses its own stub (``openvino.tools.ovc.telemetry_stub``) when
+    ``openvino_telemetry`` cannot be imported; blocking that import in ``sys.modules`` (Python's
+    documented way: a ``None`` entry) gives the stub for this process, without touching the
+    user's consent file.
+    """
+    if "openvino.tools.ovc" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+        sys.modules.setdefault("openvino_telemetry.backend", None)  # type: ignore[arg-type]
+    import openvino  # noqa: PLC0415 (optional runtime)
+
+    return openvino
+
+
 def _openvino(encoder: nn.Module, t: int, bands: int, precision: str, threads: int) -> Encoder:
     """``encoder`` for T = ``t`` compiled by OpenVINO for the CPU (dynamic batch)."""
     import numpy as np  # noqa: PLC0415
-    import openvino as ov  # noqa: PLC0415 (optional runtime)
+
+    ov = _import_openvino()
 
     example = torch.zeros(4, t, bands)
     with torch.no_grad():

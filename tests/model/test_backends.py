@@ -173,3 +173,57 @@ def test_a_fast_backend_below_the_bar_is_not_taken():
     assert precision.choose(meas)[0] == "openvino-bf16"
     meas["backends"]["openvino-bf16"] = r(103, 0.999)  # under MIN_SPEEDUP: not worth it
     assert precision.choose(meas)[0] == "fp32"
+
+
+OFFLINE_PROBE = """
+import json, os, sys
+connects = []
+def hook(event, args):
+    if event == "socket.connect":
+        connects.append(repr(args[1]))
+    elif event == "urllib.Request":
+        connects.append(args[0])
+sys.addaudithook(hook)
+import torch
+from model import engine
+from model.timesenclip import TimeSenCLIP, build_encoder
+enc = build_encoder(seed=3, dim=32, depth=1, heads=2, mlp_dim=32)
+m = TimeSenCLIP(enc, None, device=torch.device("cpu"), identity="t", checkpoint_sha256=None,
+                untrained=True, clip_identity="none")
+engine.set_precision(m, "openvino-fp32")
+engine.embed_pixels(m, torch.zeros(4, 12, 10).numpy())
+print(json.dumps({"connects": connects, "home": sorted(os.listdir(os.environ["HOME"]))}))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_openvino_backend_sends_no_telemetry(tmp_path):
+    """Building an OpenVINO backend reaches no network and leaves nothing in ``$HOME``.
+
+    With no consent file in ``$HOME`` OpenVINO's converter would create its telemetry client id
+    under ``$HOME/intel`` and post usage events to Google Analytics (seen by a new user as a
+    traceback from ``backend_ga4`` on Ctrl-C). A fresh interpreter with an empty ``$HOME``
+    records every socket connection and URL request through Python's audit hooks.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.paths import REPO_ROOT
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    proc = subprocess.run(
+        [sys.executable, "-c", OFFLINE_PROBE],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**env, "HOME": str(home)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["connects"] == [], seen["connects"]
+    assert seen["home"] == [], f"OpenVINO wrote into $HOME: {seen['home']}"
