@@ -321,3 +321,40 @@ def test_transient_http_faults_are_retried_and_the_pixels_stay_bit_identical(es_
     if kind == "reset":  # GDAL retries 429/5xx itself, not resets (a truncated body it may
         assert reader.retries >= 1  # re-request itself, depending on where the cut falls)
     np.testing.assert_array_equal(got.values, local.values)
+
+
+def test_many_files_in_flight_each_opened_and_read_once_over_http(es_scenes):
+    """Issue 26: through the loopback store at 20 ms per request, a window's files are opened and
+    read several at once, each in one task (a file's blocks are requested before the last file
+    is open, not after every open), each with a HEAD, one header range and one range for its
+    blocks; pixels bit-identical to the local read, more than two requests in flight on
+    average."""
+    from pipeline.reading import BlockReader, load_reflectance
+    from pipeline.testing.object_store import StoreConfig, in_flight_profile, serve_store
+
+    root = Path(es_scenes[0]["assets"]["red"]["href"].removeprefix("file://")).parent
+    gb = _geobox(0, 0, 128, 128)  # one 128 px block of each file
+    local = load_reflectance(es_scenes, gb, reader=BlockReader())
+    files = sum(len(it["assets"]) for it in es_scenes)
+    with serve_store(root, StoreConfig(ttfb_s=0.02)) as store:
+        remote = copy.deepcopy(es_scenes)
+        for it in remote:
+            for a in it["assets"].values():
+                a["href"] = store.href(Path(a["href"].removeprefix("file://")).name)
+        got = load_reflectance(remote, gb, reader=BlockReader(threads=8))
+        log = list(store.counter.log)
+    np.testing.assert_array_equal(got.values, local.values)
+    assert len({r[3] for r in log}) == files
+    per_file = {}
+    for _, _, method, path, first, _ in log:
+        per_file.setdefault(path, []).append((method, first))
+    for path, reqs in per_file.items():
+        assert reqs.count(("GET", 0)) <= 1, (path, reqs)  # the header once
+        assert len(reqs) <= 3, (path, reqs)
+    assert store.counter.max_in_flight > 1
+    first_block = min(r[0] for r in log if r[2] == "GET" and r[4] > 0)
+    last_header = max(r[1] for r in log if r[2] == "GET" and r[4] == 0)
+    assert first_block < last_header  # opening and reading overlap
+    flight = in_flight_profile(log)
+    assert flight["mean"] > 2  # one request at a time would be <= 1 (no wall-time bound:
+    # the machine running the tests is shared)
