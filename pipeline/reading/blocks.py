@@ -39,8 +39,11 @@ DEFAULT_MAX_OPEN = 512
 #: caller), 404 and 410 are final at once. A local file that decodes as corrupt is final at once;
 #: over HTTP a truncated body decodes as corrupt too, so it is retried like the others.
 READ_ATTEMPTS = 8
-#: Files a reader fetches at once (:meth:`BlockReader.prefetch`): requests in flight per worker,
-#: which hide the store's time to first byte (30 ms in the same cloud region).
+#: Files a reader opens and fetches at once (:meth:`BlockReader.fetch_many`): requests in flight
+#: per worker, which hide the store's time to first byte (30 ms in the same cloud region).
+#: Measured on 2 loaded cores (loopback store, one 1024 px read unit of 12 acquisitions, two
+#: loads per latency): 16 threads 1.04x wall at 30 ms vs 0 ms, 1.39 CPU-s; 32 threads 1.15x,
+#: 1.51 CPU-s; 64 threads 1.14x, 1.90 CPU-s and more requests (GDAL's range cache evicted).
 READ_THREADS = 16
 #: Environment variable: :data:`READ_THREADS` of the process's reader (1: one request at a time).
 THREADS_ENV = "S2LC_READ_THREADS"
@@ -173,7 +176,7 @@ class BlockReader:
     def _open(self, href: str, url: str | None = None) -> Any:
         """Open ``href`` once (no retry; GDAL's and rasterio's errors raised as they are).
 
-        Thread-safe: the open itself runs outside the lock, so :meth:`prefetch` opens many files
+        Thread-safe: the open itself runs outside the lock, so :meth:`fetch_many` opens many files
         at once."""
         import rasterio
 
@@ -502,6 +505,14 @@ class BlockReader:
     @property
     def cached_mb(self) -> float:
         return self._nbytes / 2**20
+
+
+def is_remote(href: str) -> bool:
+    """Whether ``href`` is read over a network (a URL other than ``file://``, or a GDAL
+    ``/vsicurl/``, ``/vsis3/``, ... path), where each request waits on the store."""
+    if href.startswith("/vsi"):
+        return not href.startswith(("/vsimem/", "/vsizip//", "/vsigzip//", "/vsitar//"))
+    return "://" in href and not href.startswith("file://")
 
 
 def _batches(seq: list, n: int) -> list[list]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.reading.blocks import BlockReader, block_reader
+from pipeline.reading.blocks import BlockReader, block_reader, is_remote
 from pipeline.stac.bands import BANDS, NATIVE_RESOLUTION, SCL, offset_contradiction
 from pipeline.stac.bands import reflectance_scale_offset as _harmonisation
 
@@ -148,10 +148,10 @@ def _source_window(
 
 
 def _prefetch(reader: BlockReader, groups: list, geobox: Any, resampling: str) -> None:
-    """Open every asset of the window's scenes and fetch the blocks it needs, many files in
-    flight, each opened and read in one task (:meth:`BlockReader.fetch_many`): the serial
+    """Open every remote asset of the window's scenes and fetch the blocks it needs, many files
+    in flight, each opened and read in one task (:meth:`BlockReader.fetch_many`): the serial
     assembly that follows then finds them in the cache. Failures are left to it (retried,
-    classified)."""
+    classified). Local files are left to it too."""
     from pipeline.reading.cube import ReadFailure, sign_on_read
 
     if reader.threads <= 1:
@@ -161,6 +161,8 @@ def _prefetch(reader: BlockReader, groups: list, geobox: Any, resampling: str) -
         for _, it in members:
             for band in (*BANDS, SCL):
                 href = it.assets[band].href
+                if not is_remote(href):  # no latency to hide; threads only cost CPU (measured:
+                    continue  # 1.43 vs 1.14 core-s/Mpx on local files, 2 loaded cores)
                 try:
                     url = None if reader.is_open(href) else sign_on_read(href)
                 except ReadFailure:
