@@ -38,6 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--price-core-hour", type=float, default=0.0, help="price of a core-hour")
     g.add_argument("--price-gpu-hour", type=float, default=0.0, help="price of a GPU-hour")
     g.add_argument("--rates", type=Path, default=DEFAULT_RATES, help="bench results JSON")
+    g.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="object store time to first byte per request (ms; ~30 in the same cloud region)",
+    )
+    g.add_argument(
+        "--bandwidth-mbps", type=float, help="object store bandwidth per worker (megabits/s)"
+    )
     g.add_argument("--plan-out", type=Path, help="where to write plan.json (default OUT/plan.json)")
 
 
@@ -92,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.grid.cells import cells_of, is_gridded, output_grid
     from pipeline.run.checks import resolve_region
     from pipeline.run.config import default_output_dir
-    from pipeline.run.plan import Workers, estimate, load_rates
+    from pipeline.run.plan import Network, Workers, estimate, load_rates
 
     t0 = time.perf_counter()
     if not 0 < args.clear_fraction <= 1:
@@ -108,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         price_core_hour=args.price_core_hour,
         price_gpu_hour=args.price_gpu_hour,
     )
+    network = Network(args.latency_ms, args.bandwidth_mbps)
     rates = load_rates(args.rates, cfg.model.name)
     region, geometry = resolve_region(cfg.region, cfg.bbox)
     grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
@@ -132,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         stride=cfg.chips.stride,
         rates=rates,
         workers=workers,
+        network=network,
     )
     plan = {
         "region": region.name,
@@ -176,6 +187,7 @@ def _summary(p: dict, out: Path) -> str:
         f"{_gb(p['input']['decoded_bytes'])} decoded",
         "  core-hours      " + ", ".join(f"{k} {v:,.0f}" for k, v in p["core_hours"].items()),
         f"  GPU-hours       {p['gpu_hours']:,.0f}",
+        *_network_line(p["network"]),
         f"  wall time       {p['wall_hours']:,.1f} h on {w['count']} worker(s) of {kind}",
         f"  cost            {p['cost']['total']:,.2f} ({p['cost']['per_km2'] * 100:.4f} cents/km2) "
         f"at {w['price_core_hour']:g}/core-h, {w['price_gpu_hour']:g}/GPU-h",
@@ -183,3 +195,19 @@ def _summary(p: dict, out: Path) -> str:
         f"  written to      {out} ({p['plan_seconds']:.1f} s)",
     ]
     return "\n".join(lines)
+
+
+def _network_line(n: dict) -> list[str]:
+    """The summary's line on object-store waits (none when neither option is given)."""
+    if not n["latency_ms"] and not n["bandwidth_mbps"]:
+        return []
+    parts = []
+    if n["latency_ms"]:
+        parts.append(
+            f"{n['requests']:,.0f} requests at {n['latency_ms']:g} ms, "
+            f"{n['in_flight_per_worker']:.1f} in flight per worker: "
+            f"{n['read_wait_hours']:,.2f} h waiting"
+        )
+    if n["bandwidth_mbps"]:
+        parts.append(f"{n['transfer_hours']:,.2f} h of transfer at {n['bandwidth_mbps']:g} Mbit/s")
+    return ["  object store    " + "; ".join(parts) + " (overlapping the CPU stages)"]

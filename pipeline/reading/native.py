@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.reading.blocks import BlockReader, block_reader
+from pipeline.reading.blocks import BlockReader, block_reader, is_remote
 from pipeline.stac.bands import BANDS, NATIVE_RESOLUTION, SCL, offset_contradiction
 from pipeline.stac.bands import reflectance_scale_offset as _harmonisation
 
@@ -148,36 +148,40 @@ def _source_window(
 
 
 def _prefetch(reader: BlockReader, groups: list, geobox: Any, resampling: str) -> None:
-    """Open every asset of the window's scenes and fetch the blocks it needs, many requests in
-    flight (:meth:`BlockReader.open_many`, :meth:`BlockReader.prefetch`): the serial assembly
-    that follows then finds them in the cache. Failures are left to it (retried, classified)."""
+    """Open every remote asset of the window's scenes and fetch the blocks it needs, many files
+    in flight, each opened and read in one task (:meth:`BlockReader.fetch_many`): the serial
+    assembly that follows then finds them in the cache. Failures are left to it (retried,
+    classified). Local files are left to it too."""
     from pipeline.reading.cube import ReadFailure, sign_on_read
 
     if reader.threads <= 1:
         return
-    assets = [
-        (it.assets[band].href, band)
-        for _, members in groups
-        for _, it in members
-        for band in (*BANDS, SCL)
-    ]
-    opening = []
-    for href, _ in assets:
+    jobs = []
+    for _, members in groups:
+        for _, it in members:
+            for band in (*BANDS, SCL):
+                href = it.assets[band].href
+                if not is_remote(href):  # no latency to hide; threads only cost CPU (measured:
+                    continue  # 1.43 vs 1.14 core-s/Mpx on local files, 2 loaded cores)
+                try:
+                    url = None if reader.is_open(href) else sign_on_read(href)
+                except ReadFailure:
+                    continue
+                jobs.append((href, url, _window_of(reader, href, band, geobox, resampling)))
+    reader.fetch_many(jobs)
+
+
+def _window_of(reader: BlockReader, href: str, band: str, geobox: Any, resampling: str):
+    """``info -> (row0, col0, height, width)`` of the asset's pixels ``geobox`` needs, or None
+    when it is not on the native lattice (the serial path raises :class:`NotNative` then)."""
+
+    def window(info: Any) -> tuple[int, int, int, int] | None:
         try:
-            opening.append((href, None if reader.is_open(href) else sign_on_read(href)))
-        except ReadFailure:
-            continue
-    reader.open_many(opening)
-    windows = []
-    for href, band in assets:
-        if not reader.is_open(href):
-            continue
-        try:
-            info = reader.info(href)
-            windows.append((href, *_source_window(reader, href, band, geobox, resampling, info)))
-        except (NotNative, ReadFailure):
-            return  # the serial path says why
-    reader.prefetch(windows)
+            return _source_window(reader, href, band, geobox, resampling, info)
+        except NotNative:
+            return None
+
+    return window
 
 
 def group_items(items: list[Any]) -> list[tuple[tuple[Any, float, float], list[tuple[Any, Any]]]]:

@@ -19,7 +19,7 @@ from pipeline import adapters
 from pipeline.base.errors import UserError
 from pipeline.base.hardware import label
 
-__all__ = ["BYTES_PER_SCENE_PIXEL", "Rates", "Workers", "estimate", "load_rates"]
+__all__ = ["BYTES_PER_SCENE_PIXEL", "Network", "Rates", "Workers", "estimate", "load_rates"]
 
 #: Decoded bytes read per 10 m output pixel and scene: B02/B03/B04/B08 at 10 m (4 x 2 B), six
 #: 20 m bands (6 x 2 B / 4) and the 20 m SCL (1 B / 4).
@@ -40,6 +40,10 @@ class Rates:
         infer_gpu_px_per_s: model pixels (TimeSenCLIP) or chips (SenCLIP) per second per GPU.
         infer_cpu_px_per_core_s: the same per CPU core.
         sources: for each rate, the ``bench/results.json`` entry and machine it came from.
+        requests_per_mpx_scene: HTTP requests of the read path per Mpx of output per scene
+            (HEADs included; ``http_requests_per_mpx``, section ``latency``), None if not measured.
+        read_in_flight: mean requests in flight of one worker's reader at 30 ms per request
+            (same entry), None if not measured.
     """
 
     load_core_s_per_mpx_scene: float
@@ -48,6 +52,24 @@ class Rates:
     infer_gpu_px_per_s: float | None
     infer_cpu_px_per_core_s: float
     sources: dict[str, str]
+    requests_per_mpx_scene: float | None = None
+    read_in_flight: float | None = None
+
+
+@dataclass(frozen=True)
+class Network:
+    """The object store the run reads from: ``latency_ms`` to the first byte of each request
+    (0: as fast as the bench's loopback store; about 30 in the same cloud region) and the
+    bandwidth of each worker (node) in megabits per second (None: not a limit)."""
+
+    latency_ms: float = 0.0
+    bandwidth_mbps: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.latency_ms >= 0:
+            raise UserError(f"--latency-ms must be >= 0, got {self.latency_ms}")
+        if self.bandwidth_mbps is not None and not self.bandwidth_mbps > 0:
+            raise UserError(f"--bandwidth-mbps must be > 0, got {self.bandwidth_mbps}")
 
 
 @dataclass(frozen=True)
@@ -174,7 +196,16 @@ def load_rates(path: Path, model: str) -> Rates:
         # shared machine's load does not lower it as it lowers the wall-clock rate)
         cpu_rate = float(per_cpu_s["value"])
         sources["infer_cpu"] = _machine(per_cpu_s) + f", the backend auto picked ({backend})"
+    reads = find("http_requests_per_mpx")
+    notes = (reads or {}).get("notes") or {}
+    per_scene, in_flight = notes.get("requests_per_mpx_scene"), notes.get("mean_in_flight_30ms")
+    if reads is not None and per_scene and in_flight:
+        sources["reads"] = _machine(reads) + ", requests per Mpx and scene, mean in flight at 30 ms"
+    else:
+        per_scene = in_flight = None
     return Rates(
+        requests_per_mpx_scene=float(per_scene) if per_scene else None,
+        read_in_flight=float(in_flight) if in_flight else None,
         load_core_s_per_mpx_scene=load,
         composite_core_s_per_mpx_scene=composite,
         publish_core_s_per_mpx=publish,
@@ -196,6 +227,7 @@ def estimate(
     stride: int,
     rates: Rates,
     workers: Workers,
+    network: Network = Network(),
 ) -> dict[str, Any]:
     """The plan's figures.
 
@@ -203,7 +235,16 @@ def estimate(
     :param scenes_per_pixel: scenes read per output pixel (after the cloud filter).
     :param items: scenes (STAC items) the search finds or is expected to find.
     :param cells: published grid cells (0 for a single-file map).
-    :returns: a JSON-ready dict: inputs, core-/GPU-hours per stage, wall time and cost.
+    :param network: latency and bandwidth of the object store (:class:`Network`).
+    :returns: a JSON-ready dict: inputs, core-/GPU-hours per stage, network waits, wall time
+        and cost.
+    :raises UserError: a latency is given but the rates have no measured request count.
+
+    Network: each core runs one worker whose reader keeps ``rates.read_in_flight`` requests in
+    flight on average, so its requests (``rates.requests_per_mpx_scene`` x scene Mpx) wait
+    ``requests x latency / in flight``; reading threads overlap that wait with the CPU stages
+    (measured: ``read_latency_ratio_30ms``), so the tile stage takes the longer of the two, not
+    their sum. The compressed input through ``workers.count`` x ``bandwidth_mbps`` bounds it too.
     """
     mpx = tile_pixels / 1e6
     scene_mpx = mpx * scenes_per_pixel
@@ -226,6 +267,9 @@ def estimate(
     # Tiles: CPU stages on all cores, GPU inference of one tile overlapping the CPU stages of
     # others, so the slower of the two; publishing runs afterwards, one cell (or map) per core.
     tiles_h = sum(v for k, v in core_h.items() if k != "publish") / cores
+    compressed = decoded / COMPRESSION_RATIO
+    net = _network_hours(scene_mpx, compressed, rates, workers, network)
+    tiles_h = max(tiles_h, net["read_wait_hours"], net["transfer_hours"])
     if gpus:
         tiles_h = max(tiles_h, gpu_h / gpus)
     publish_h = core_h["publish"] / max(1, min(cores, cells or 1))
@@ -241,8 +285,9 @@ def estimate(
             "scenes": items,
             "scenes_per_pixel": scenes_per_pixel,
             "decoded_bytes": decoded,
-            "compressed_bytes": decoded / COMPRESSION_RATIO,
+            "compressed_bytes": compressed,
         },
+        "network": net,
         "core_hours": {**core_h, "total": sum(core_h.values())},
         "gpu_hours": gpu_h,
         "workers": asdict(workers),
@@ -257,8 +302,38 @@ def estimate(
             f"decoded input {BYTES_PER_SCENE_PIXEL:g} B per output pixel and scene; compressed "
             f"= decoded / {COMPRESSION_RATIO:g}",
             "load/decode and composite cost scale with scenes x pixels as measured (the rates' "
-            "machine); reads from object storage keep up",
+            "machine)",
+            "waits on object storage (--latency-ms) overlap the CPU stages; the longer of the "
+            "two, or the transfer at --bandwidth-mbps per worker, bounds the tile stage",
             "GPU inference of one tile overlaps the CPU stages of others; publishing follows",
             "cost = workers x wall hours x (cores x --price-core-hour + GPUs x --price-gpu-hour)",
         ],
+    }
+
+
+def _network_hours(
+    scene_mpx: float, compressed_bytes: float, rates: Rates, workers: Workers, network: Network
+) -> dict[str, Any]:
+    """Requests, hours every core waits on them, and transfer hours (see :func:`estimate`)."""
+    per_scene, in_flight = rates.requests_per_mpx_scene, rates.read_in_flight
+    if network.latency_ms > 0 and (per_scene is None or in_flight is None):
+        raise UserError(
+            "--latency-ms needs the measured requests per Mpx (http_requests_per_mpx); "
+            "run 'make bench ARGS=\"--only latency\"'"
+        )
+    requests = scene_mpx * per_scene if per_scene is not None else None
+    cores = workers.count * workers.cores
+    wait_h = 0.0
+    if network.latency_ms > 0 and requests is not None and in_flight:
+        wait_h = requests * network.latency_ms / 1000 / in_flight / cores / 3600
+    transfer_h = 0.0
+    if network.bandwidth_mbps:
+        transfer_h = compressed_bytes * 8 / (network.bandwidth_mbps * 1e6 * workers.count) / 3600
+    return {
+        "latency_ms": network.latency_ms,
+        "bandwidth_mbps": network.bandwidth_mbps,
+        "requests": requests,
+        "in_flight_per_worker": in_flight,
+        "read_wait_hours": wait_h,
+        "transfer_hours": transfer_h,
     }

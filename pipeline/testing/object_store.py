@@ -53,6 +53,7 @@ __all__ = [
     "ObjectStore",
     "StoreConfig",
     "StoreCounter",
+    "in_flight_profile",
     "serve_store",
     "serve_store_process",
 ]
@@ -63,6 +64,10 @@ FAULT_KINDS = ("429", "503", "reset", "truncate")
 _CHUNK = 64 * 1024
 #: ``GET /<COUNTER_PATH>``: the store's counts as JSON (not counted themselves).
 COUNTER_PATH = "_store/counter"
+#: ``GET /<LOG_PATH>``: the store's request log (:attr:`StoreCounter.log`) as JSON.
+LOG_PATH = "_store/log"
+#: ``GET /<RESET_PATH>``: zero the store's counts and log (:meth:`StoreCounter.reset`).
+RESET_PATH = "_store/reset"
 
 
 @dataclass
@@ -115,6 +120,10 @@ class StoreCounter:
     """Most requests being answered at the same time."""
     paths: _Tally = field(default_factory=_Tally)
     """Requests per object path."""
+    log: list = field(default_factory=list)
+    """One record per request answered: (start_s, end_s, method, path, first byte, bytes asked;
+    -1 without a Range header), start and end in seconds since the store began serving: requests
+    in flight over time (:func:`in_flight_profile`)."""
 
     def reset(self) -> None:
         """Zero every count."""
@@ -122,6 +131,38 @@ class StoreCounter:
         self.in_flight = self.max_in_flight = 0
         self.faults = _Tally()
         self.paths = _Tally()
+        self.log = []
+
+
+def in_flight_profile(log: list[tuple], step_s: float = 0.1) -> dict:
+    """Requests in flight over time, from a store's request log (:attr:`StoreCounter.log`).
+
+    Returns ``{"span_s": first start to last end, "mean": time-averaged requests in flight over
+    the span, "busy_s": seconds with at least one request in flight, "per_step": the mean in
+    flight per ``step_s`` slice}``; zeros for an empty log. The time-average is the total of the
+    requests' durations divided by the span (Little's law).
+    """
+    if not log:
+        return {"span_s": 0.0, "mean": 0.0, "busy_s": 0.0, "per_step": []}
+    t0 = min(r[0] for r in log)
+    span = max(r[1] for r in log) - t0
+    steps = [0.0] * (int(span / step_s) + 1)
+    busy = 0.0
+    edge = t0
+    for start, end, *_ in sorted(log):
+        for i in range(int((start - t0) / step_s), int((end - t0) / step_s) + 1):
+            lo, hi = max(start, t0 + i * step_s), min(end, t0 + (i + 1) * step_s)
+            if hi > lo and i < len(steps):
+                steps[i] += (hi - lo) / step_s
+        busy += max(0.0, end - max(start, edge))
+        edge = max(edge, end)
+    total = sum(r[1] - r[0] for r in log)
+    return {
+        "span_s": span,
+        "mean": total / span if span > 0 else 0.0,
+        "busy_s": busy,
+        "per_step": [round(v, 2) for v in steps],
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -142,6 +183,13 @@ class _Handler(BaseHTTPRequestHandler):
         rel = unquote(urlparse(self.path).path).lstrip("/")
         if rel == COUNTER_PATH:  # the counts, for a store in another process
             return self._counts()
+        if rel == LOG_PATH:
+            return self._log()
+        if rel == RESET_PATH:
+            with store.lock:
+                store.counter.reset()
+            return self._empty(204)
+        t0 = time.perf_counter() - store.t0
         with store.lock:
             c = store.counter
             c.requests += 1
@@ -151,8 +199,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._serve(store, rel, body)
         finally:
+            m = _RANGE.match(self.headers.get("Range", "").strip())
+            first, asked = -1, -1
+            if m:
+                first = int(m.group(1))
+                asked = int(m.group(2)) - first + 1 if m.group(2) else -1
+            t1 = time.perf_counter() - store.t0
             with store.lock:
                 store.counter.in_flight -= 1
+                store.counter.log.append((t0, t1, self.command, rel, first, asked))
 
     def _serve(self, store: ObjectStore, rel: str, body: bool) -> None:
         cfg = store.config
@@ -230,6 +285,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _log(self) -> None:
+        with self.store.lock:
+            body = json.dumps(self.store.counter.log).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def _empty(self, status: int, retry_after: bool = False) -> None:
         self.send_response(status)
         if retry_after:
@@ -262,6 +326,8 @@ class ObjectStore:
         self._rng = random.Random(config.seed)
         self._burst_left = 0
         self._burst_kind = ""
+        self.t0 = time.perf_counter()
+        """When the store began (the origin of :attr:`StoreCounter.log`'s times)."""
         self.url = ""
         """``http://127.0.0.1:PORT`` (set once serving)."""
 
@@ -328,6 +394,16 @@ class StoreProcess:
         faults)."""
         with urllib.request.urlopen(f"{self.url}/{COUNTER_PATH}", timeout=30) as resp:  # noqa: S310
             return json.loads(resp.read())
+
+    def reset(self) -> None:
+        """Zero the store's counts and log (between two measured loads)."""
+        with urllib.request.urlopen(f"{self.url}/{RESET_PATH}", timeout=30) as resp:  # noqa: S310
+            resp.read()
+
+    def log(self) -> list[tuple]:
+        """The store's request log (:attr:`StoreCounter.log`)."""
+        with urllib.request.urlopen(f"{self.url}/{LOG_PATH}", timeout=30) as resp:  # noqa: S310
+            return [tuple(r) for r in json.loads(resp.read())]
 
 
 @contextmanager

@@ -112,6 +112,22 @@ def test_plan_offline_writes_a_full_plan(tmp_path, capsys):
     expect = p["wall_hours"] * 4 * (16 * 0.05 + 1 * 2.5)
     assert p["cost"]["total"] == pytest.approx(expect) and w["count"] == 4
     assert "measured" in p["rates"]["sources"]["load"]
+    assert p["network"]["latency_ms"] == 0 and p["network"]["read_wait_hours"] == 0
+
+
+def test_plan_with_object_store_latency_and_bandwidth(tmp_path, capsys):
+    """``--latency-ms``/``--bandwidth-mbps`` (issue 26) use the bench's measured requests per
+    Mpx and requests in flight (bench/results.json); the summary names the waits."""
+    out = tmp_path / "plan.json"
+    args = ["plan", "--region", "luxembourg", "--year", "2023", "--offline", "--worker-kind",
+            "cpu", "--plan-out", str(out)]  # fmt: skip
+    assert main([*args, "--latency-ms", "30", "--bandwidth-mbps", "10000"]) == 0
+    text = capsys.readouterr().out
+    assert "requests at 30 ms" in text and "Mbit/s" in text
+    p = json.loads(out.read_text())["network"]
+    assert p["requests"] > 0 and p["read_wait_hours"] > 0 and p["transfer_hours"] > 0
+    code = main([*args, "--latency-ms", "-5"])
+    assert code == 2 and "--latency-ms" in capsys.readouterr().err
 
 
 def test_plan_searches_the_stac_api(demo_stac_url, tmp_path, capsys):

@@ -97,3 +97,37 @@ def test_fail_paths_answer_503_until_cleared(blob, tmp_path):
         assert _get(store.url, "/scene/B04.tif")[0] == 503
         store.config.fail_paths.clear()
         assert _get(store.url, "/scene/B04.tif")[0] == 200
+
+
+def test_request_log_gives_requests_in_flight_and_reset_zeroes_it(blob, tmp_path):
+    """Four concurrent 50 ms requests: the log has their ranges and overlapping times, so the
+    mean in flight is about 4; reset empties counts and log."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.testing.object_store import in_flight_profile
+
+    with serve_store(tmp_path, StoreConfig(ttfb_s=0.05)) as store:
+        rngs = [f"bytes={i * 100}-{i * 100 + 9}" for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda r: _get(store.url, "/scene/B04.tif", r), rngs))
+        log = list(store.counter.log)
+        store.counter.reset()
+        assert store.counter.log == [] and store.counter.requests == 0
+    assert sorted((r[2], r[3], r[4], r[5]) for r in log) == [
+        ("GET", "scene/B04.tif", i * 100, 10) for i in range(4)
+    ]
+    assert all(r[1] - r[0] >= 0.05 for r in log)
+    flight = in_flight_profile(log, step_s=0.01)
+    assert 2.5 < flight["mean"] <= 4.0
+    assert flight["busy_s"] <= flight["span_s"] + 1e-9
+    assert in_flight_profile([])["mean"] == 0.0
+
+
+def test_in_flight_profile_of_a_known_log():
+    """Two requests, [0, 1] and [0.5, 1.5] s: span 1.5 s, 2 request-seconds, mean 4/3."""
+    from pipeline.testing.object_store import in_flight_profile
+
+    got = in_flight_profile([(0.0, 1.0, "GET", "a", 0, 1), (0.5, 1.5, "GET", "b", 0, 1)], 0.5)
+    assert got["span_s"] == 1.5 and got["busy_s"] == 1.5
+    assert got["mean"] == pytest.approx(2.0 / 1.5)
+    assert got["per_step"] == [1.0, 2.0, 1.0, 0.0]
