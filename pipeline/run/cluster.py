@@ -240,6 +240,44 @@ def check_sbatch() -> None:
         )
 
 
+def check_submission(job_script: str, timeout_s: float = 30.0) -> None:
+    """Ask Slurm to validate ``job_script`` without submitting it (``sbatch --test-only``).
+
+    dask-jobqueue submits jobs in the background and only logs a failed ``sbatch`` (a traceback
+    per attempt) while the run waits for workers that can never start, up to the profile's
+    ``worker_timeout_s``. Checking one submission first turns a Slurm that cannot take the job
+    (no controller reachable, an unknown partition or account, directives it refuses) into one
+    line within seconds.
+
+    Raises:
+        UserError: ``sbatch`` refused the script or did not answer within ``timeout_s``; the
+            message carries sbatch's own first line.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="s2lc-job-") as f:
+        f.write(job_script)
+        f.flush()
+        try:
+            proc = subprocess.run(
+                ["sbatch", "--test-only", f.name],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            raise UserError(
+                f"--cluster slurm: 'sbatch --test-only' did not answer within {timeout_s:g} s: "
+                "is the Slurm controller reachable from this host?"
+            ) from None
+    if proc.returncode != 0:
+        said = proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}"
+        raise UserError(
+            f"--cluster slurm: sbatch cannot submit the worker job: {said.splitlines()[-1]}"
+        )
+
+
 @contextlib.contextmanager
 def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
 
@@ -282,6 +320,11 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
         raise UserError(f"cannot start a Slurm cluster: {str(exc).splitlines()[0]}") from None
     jobs = cfg.workers or p.jobs
     _log.info("Slurm job script:\n%s", cluster.job_script())
+    try:
+        check_submission(cluster.job_script())
+    except UserError:
+        cluster.close()
+        raise
     cluster.scale(jobs=jobs)
     client = Client(cluster)
     try:

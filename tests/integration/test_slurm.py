@@ -266,3 +266,44 @@ def test_cluster_that_never_gives_a_worker_fails_after_its_timeout(
     while _squeue_ids() - before and time.monotonic() < deadline:
         time.sleep(1)
     assert not _squeue_ids() - before, "the held job was left in the queue"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("fault", ["unknown-partition", "broken-config"])
+def test_a_slurm_that_cannot_take_the_job_fails_in_one_line_at_once(
+    slurm: SlurmInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """sbatch refusing the worker job is one UserError within seconds: no background tracebacks
+    from dask-jobqueue and no wait for workers that cannot start (a new user saw both, then a
+    900 s wait, with an ``sbatch`` that had no controller to talk to)."""
+    from pipeline.base.errors import UserError
+    from pipeline.run.cluster import ClusterConfig, SlurmProfile, open_client
+
+    before = _squeue_ids()
+    conf = slurm.conf
+    if fault == "broken-config":  # sbatch cannot find its controller: "Unable to process ..."
+        conf = tmp_path / "slurm.conf"
+        conf.write_text("")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    profile = SlurmProfile(
+        queue="no-such-partition" if fault == "unknown-partition" else slurm.partition,
+        cores=1,
+        processes=1,
+        memory="1GB",
+        walltime="00:05:00",
+        jobs=1,
+        interface="lo",
+        local_directory=str(tmp_path / "dask"),
+        worker_timeout_s=600.0,
+    )
+    t = time.monotonic()
+    with pytest.raises(UserError) as err:
+        with open_client(ClusterConfig(kind="slurm", slurm=profile)):
+            pytest.fail("a client was handed out although sbatch refuses the job")
+    message = str(err.value)
+    assert time.monotonic() - t < 60.0
+    assert "\n" not in message and "sbatch cannot submit the worker job" in message, message
+    if fault == "unknown-partition":
+        assert "partition" in message.lower(), message
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    assert _squeue_ids() == before  # nothing was submitted
