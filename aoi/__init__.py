@@ -304,9 +304,13 @@ def load_region(name_or_path: str | Path) -> Region:
         return _region_from_doc(_yaml_load(named.read_text()), text, str(named))
     path = Path(text).expanduser()
     if not path.exists():
+        import difflib
+
+        close = difflib.get_close_matches(text, region_names(), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UserError(
             f"unknown region {text!r}: not a named region ({', '.join(region_names())}) "
-            "nor an existing vector file"
+            f"nor an existing vector file{hint}"
         )
     if path.suffix.lower() in (".yaml", ".yml"):
         doc = _yaml_load(path.read_text()) or {}

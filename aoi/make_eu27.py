@@ -133,7 +133,7 @@ def write(geoms: dict[str, object]) -> None:
         "# The 27 EU member states (2020-): the union of the member-state regions, each from\n"
         f"# {SOURCE}.\n"
         "name: eu27\n"
-        "description: The 27 EU member states in Europe (about 4.2 million km2; plan first)\n"
+        "description: The 27 EU member states in Europe (about 4.1 million km2; plan first)\n"
         "crs: EPSG:3035\nresolution: 10\nperiod: {start: 2023-01-01, end: 2023-12-31}\n"
         f"stac: earth-search\nsource: {SOURCE}\nunion_of:\n{members}\n"
     )

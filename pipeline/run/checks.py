@@ -90,7 +90,15 @@ def resolve_region(name_or_path: str, bbox: tuple[float, ...] | None) -> tuple[A
     if bbox is not None:
         geometry = geometry.intersection(box(*bbox))
         if geometry.is_empty or geometry.area == 0:
-            raise UserError(f"--bbox {list(bbox)} does not overlap region {region.name}")
+            w, s, e, n = bbox
+            swapped = region.geometry.intersection(box(s, w, n, e))
+            hint = (
+                " (with latitude and longitude swapped it would: --bbox is W S E N, longitude "
+                "first)"
+                if not swapped.is_empty and swapped.area > 0
+                else ""
+            )
+            raise UserError(f"--bbox {list(bbox)} does not overlap region {region.name}{hint}")
     return region, pixel_footprint(geometry, region.crs, region.resolution)
 
 

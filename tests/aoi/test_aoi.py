@@ -49,3 +49,16 @@ def test_to_crs_reprojects_vertices_exactly():
     assert p.x == pytest.approx(500_000.0, abs=1e-6) and p.y == pytest.approx(0.0, abs=1e-6)
     back = to_crs(p, "EPSG:4326", src="EPSG:32632")
     assert np.allclose((back.x, back.y), (9.0, 0.0), atol=1e-9)
+
+
+def test_a_misspelt_region_gets_a_suggestion():
+    import pytest
+
+    from aoi import load_region
+    from pipeline.base.errors import UserError
+
+    with pytest.raises(UserError, match=r"did you mean 'freising'\?$"):
+        load_region("freisng")
+    with pytest.raises(UserError) as err:
+        load_region("atlantis")
+    assert "did you mean" not in str(err.value)

@@ -55,3 +55,18 @@ def test_bbox_region_names_read_back_exactly():
     ]  # fmt: skip
     r = load_region(BBOX_PREFIX + "100.1234567,10,100.2234567,10.1")
     assert r.geometry.bounds[0] == 100.1234567 and r.name == "bbox_100.1234567_10_100.2234567_10.1"
+
+
+def test_a_box_with_lat_and_lon_swapped_is_named_as_such():
+    """The README's Freising box given as S W N E misses the region: the error says why."""
+    import pytest
+
+    from pipeline.base.errors import UserError
+    from pipeline.run.checks import resolve_region
+
+    with pytest.raises(UserError, match="longitude first") as err:
+        resolve_region("freising", (48.38, 11.70, 48.44, 11.80))
+    assert "does not overlap region freising" in str(err.value)
+    with pytest.raises(UserError) as err:  # simply elsewhere: no hint
+        resolve_region("freising", (2.0, 40.0, 2.1, 40.1))
+    assert "swapped" not in str(err.value)
