@@ -74,8 +74,12 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
             "matplotlib",
             "PIL",
             "numexpr",
+            "pyogrio",  # "Created N records" for every GeoParquet/GeoPackage written
         ):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+        # urllib3 warns on each retry it makes ("Retrying (...) NameResolutionError"); the
+        # search retries on its own and ends with one line that says what failed.
+        logging.getLogger("urllib3.connectionpool").setLevel(max(level, logging.ERROR))
 
 
 def main(argv: list[str] | None = None) -> int:

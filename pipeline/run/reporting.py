@@ -96,13 +96,17 @@ def coverage_report(all_stats: dict[str, dict], labels: list[str]) -> dict[str, 
     frac_none = no_data / inside if inside else 1.0
     if not inside:
         warnings.append("no pixel of the region was counted: the map holds no class")
-    for lab, v in periods.items():
-        f = v["gap_filled_fraction"]
-        if f > GAP_FILLED_WARN_FRACTION:
-            warnings.append(
-                f"period {lab}: no clear observation over {f:.0%} of the region; those pixels "
-                "were gap-filled from neighbouring periods"
-            )
+    gappy = [
+        f"{lab} {v['gap_filled_fraction']:.0%}"
+        for lab, v in periods.items()
+        if v["gap_filled_fraction"] > GAP_FILLED_WARN_FRACTION
+    ]
+    if gappy:  # one line for all periods: a cloudy winter is not six warnings
+        warnings.append(
+            f"{len(gappy)} of {len(periods)} periods had no clear observation over more than "
+            f"{GAP_FILLED_WARN_FRACTION:.0%} of the region ({', '.join(gappy)}); those pixels "
+            "were gap-filled from neighbouring periods"
+        )
     if no_data:
         warnings.append(
             f"{frac_none:.1%} of the region ({no_data} px) has no clear observation in any "
