@@ -69,6 +69,8 @@ class RunState:
     found: tuple[list[dict], SceneLedger] | None = None
     """The search's scenes and ledger when :func:`start` searched already (a fresh run)."""
     search_s: float = 0.0
+    backend_s: float = 0.0
+    """Seconds spent choosing the inference backend (``--backend auto`` measures them)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def execute(cfg: RunConfig) -> int:
     run = start(cfg)
     if run is None:
         return 0
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {"backend": run.backend_s}
     if run.found is not None:
         (items, ledger), seconds["search"] = run.found, run.search_s
     else:
@@ -151,7 +153,9 @@ def start(cfg: RunConfig) -> RunState | None:
         t = time.perf_counter()
         found = _search(cfg, checked)
         search_s = time.perf_counter() - t
+    t = time.perf_counter()
     cfg, precision_info = resolve_precision(cfg, threads=worker_threads(cluster_cfg))
+    backend_s = time.perf_counter() - t
     output_hash = cfg.output_hash()
     if not cfg.execution.overwrite and up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
@@ -182,6 +186,7 @@ def start(cfg: RunConfig) -> RunState | None:
         t0=t0,
         found=found,
         search_s=search_s,
+        backend_s=backend_s,
     )
 
 
