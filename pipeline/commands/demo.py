@@ -55,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--out", required=True, help="the GeoTIFF to write")
 
 
+INTERRUPTED = 130
+"""The exit code :func:`pipeline.cli.main` returns on Ctrl-C (128 + SIGINT)."""
+
+
 def _step(i: int, n: int, argv: list[str], what: str) -> None:
     """Run one CLI command in this process; its command line is logged so it can be rerun."""
     import shlex
@@ -64,6 +68,8 @@ def _step(i: int, n: int, argv: list[str], what: str) -> None:
 
     _log.info("step %d/%d, %s:\n    python -m pipeline %s", i, n, what, shlex.join(argv))
     rc = main(argv)
+    if rc == INTERRUPTED:  # the step said "interrupted: ... resume" already: nothing to add
+        raise SystemExit(rc)
     if rc != 0:
         raise UserError(f"step {i}/{n} ({argv[0]}) failed with exit code {rc}; see above")
 
