@@ -1,11 +1,17 @@
 """Shared fixtures: the demo catalog behind a real STAC API, small catalogs, an offline session.
 
-- ``demo_catalog`` (session): the full demo catalog (2023, 73 dates), generated once per session
+- ``demo_catalog`` (session): the full demo catalog (2023, 73 dates), generated once per test run
   into a temporary cache (``S2LC_CACHE_DIR`` points there for the whole session, so
-  ``ensure_demo_catalog()`` and the ``demo`` STAC profile find it).
+  ``ensure_demo_catalog()`` and the ``demo`` STAC profile find it). The cache is one folder for
+  all xdist workers of the run (:func:`shared_root`): the demo catalog, the untrained text
+  towers and the classifiers are built once, under the file locks and atomic writes their
+  builders already use.
 - ``demo_stac_url`` (session): a running local STAC API (rustac) over it.
 - ``change_demo`` (session): the two-year demo with planted change mapped with ``run --years``
   (:func:`pipeline.bench.change.change_workflow`: head fitted on the first year, 1 km box).
+- ``demo_map`` (session): the shared end-to-end demo map with its embedding field
+  (tests/demo_map.py), made once per test run and shared by all workers; read-only for the tests
+  that use it.
 - ``small_catalog`` / ``small_pc_catalog`` (session): the same small scene (640 m, 12 dates,
   seed 7) in the Earth Search v1 and the Planetary Computer layout, for quick tests.
 """
@@ -42,10 +48,18 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary folder of this test run that all its xdist workers share (each worker's own
+    base folder is ``<run>/popen-gwN``); the run's base folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A temporary cache root for the session (``S2LC_CACHE_DIR``)."""
-    path = tmp_path_factory.mktemp("s2lc-cache")
+    """A temporary cache root for the test run (``S2LC_CACHE_DIR``), shared by its workers."""
+    path = shared_root(tmp_path_factory) / "s2lc-cache"
+    path.mkdir(exist_ok=True)
     mp = pytest.MonkeyPatch()
     mp.setenv("S2LC_CACHE_DIR", str(path))
     yield path
@@ -69,6 +83,15 @@ def demo_stac_url(demo_catalog: Path) -> Iterator[str]:
 
     with serve(demo_catalog) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def demo_map(demo_catalog: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The suite's shared end-to-end demo map (:class:`tests.demo_map.DemoMap`), made once per
+    test run by whichever worker asks first. Read it only: a test that writes makes its own map."""
+    from tests.demo_map import make_demo_map
+
+    return make_demo_map(shared_root(tmp_path_factory) / "demo-map")
 
 
 def _small(tmp_path_factory: pytest.TempPathFactory, layout: str) -> Path:

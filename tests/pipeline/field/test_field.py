@@ -257,13 +257,9 @@ def env(demo_catalog):
 
 
 @pytest.fixture(scope="module")
-def field_map(env, tmp_path_factory):
-    from tests.pipeline.run.test_driver import _base_args
-
-    out = tmp_path_factory.mktemp("field") / "map"
-    args = ["run", "--no-progress", "--workers", "2", *_base_args(), "--out", str(out)]
-    _cli([*args, "--save-embeddings", "--save-composite"], env)
-    return out
+def field_map(demo_map):
+    """The suite's shared demo map (tests/demo_map.py), made with ``--save-embeddings``."""
+    return demo_map.out
 
 
 @e2e

@@ -1,5 +1,7 @@
 """End to end: `python -m pipeline run` on the demo catalog, through the real local STAC API and a
-LocalCluster of 2 worker processes, for both models; outputs, nodata, seams, kill and resume."""
+LocalCluster of 2 worker processes: outputs, nodata, reruns, kill and resume. The patch model's
+seams are tests/pipeline/run/test_seamless.py (a file of its own, so the two run side by side on
+the suite's two workers)."""
 
 from __future__ import annotations
 
@@ -13,34 +15,11 @@ import time
 import numpy as np
 import pytest
 
+from tests.demo_map import base_args as _base_args
+from tests.demo_map import run as _run
 from tests.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
-# A 600 m x 600 m window inside the demo AOI (EPSG:32632), as lon/lat for --bbox.
-WINDOW_UTM = (600500.0, 5340500.0, 601100.0, 5341100.0)
-
-
-def _lonlat_box(box, crs="EPSG:32632"):
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    (w, s), (e, n) = tr.transform(box[0], box[1]), tr.transform(box[2], box[3])
-    return [w, s, e, n]
-
-
-def _inner_bbox():
-    # Shrink by a few metres so the snapped output grid is exactly the 60 x 60 pixel window.
-    w, s, e, n = _lonlat_box(WINDOW_UTM)
-    d = 2e-5
-    return [w + d, s + d, e - d, n - d]
-
-
-def _run(args, env, timeout=600, check=True):
-    cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--workers", "2", *args]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"run failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -50,23 +29,10 @@ def env(demo_catalog):
     return e
 
 
-def _base_args(model="timesenclip", tile=32):
-    bbox = [f"{v:.7f}" for v in _inner_bbox()]
-    return [
-        "--region",
-        "demo",
-        "--bbox",
-        *bbox,
-        "--untrained",
-        "--model",
-        model,
-        "--tile-size",
-        str(tile),
-    ]
-
-
 @pytest.fixture(scope="module")
 def timesenclip_map(env, tmp_path_factory):
+    # Not the suite's shared demo map (tests/demo_map.py): that one stores the embedding field,
+    # and a killed and resumed --save-embeddings run does not reproduce its probabilities.
     out = tmp_path_factory.mktemp("tsc") / "map"
     proc = _run([*_base_args(), "--out", str(out), "--save-composite"], env)
     return out, proc
@@ -202,40 +168,6 @@ def test_kill_and_resume_matches_uninterrupted(timesenclip_map, env, tmp_path):
     za, zb = xr.open_zarr(out / "map.zarr"), xr.open_zarr(ref / "map.zarr")
     for var in ("classes", "confidence", "topk_probs", "valid_obs", "composite"):
         np.testing.assert_array_equal(za[var].values, zb[var].values, err_msg=var)
-
-
-def test_senclip_seamless_across_tile_sizes(env, tmp_path):
-    import xarray as xr
-
-    outs = []
-    for tile in (32, 48):
-        out = tmp_path / f"senclip{tile}"
-        _run(
-            [*_base_args("senclip", tile), "--window", "32", "--stride", "16", "--out", str(out)],
-            env,
-        )
-        outs.append(xr.open_zarr(out / "map.zarr"))
-    a, b = outs
-    np.testing.assert_allclose(a["topk_probs"].values, b["topk_probs"].values, atol=1e-5)
-    np.testing.assert_array_equal(a["classes"].values, b["classes"].values)
-    # Seamless: every pixel inside the region is classified. The lon/lat box is slightly rotated
-    # on the UTM grid, so a few edge pixels of its envelope lie outside it and are nodata.
-    import rasterio
-    from pyproj import Transformer
-
-    with rasterio.open(tmp_path / "senclip32" / "classes.tif") as src:
-        rows, cols = np.nonzero(a["classes"].values == 255)
-        xs, ys = rasterio.transform.xy(src.transform, rows, cols)
-        lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(xs, ys)
-    w, s, e, n = _inner_bbox()
-    inside = (
-        (np.asarray(lon) > w)
-        & (np.asarray(lon) < e)
-        & (np.asarray(lat) > s)
-        & (np.asarray(lat) < n)
-    )
-    assert not inside.any(), f"{int(inside.sum())} nodata pixels inside the region"
-    assert len(rows) < 0.05 * a["classes"].size
 
 
 def test_pixels_without_observations_are_nodata(env, tmp_path):

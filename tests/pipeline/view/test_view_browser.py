@@ -42,8 +42,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# A 600 m x 600 m window inside the demo region (EPSG:32632).
-WINDOW_UTM = (600500.0, 5340500.0, 601100.0, 5341100.0)
 VIEWPORT = {"width": 1200, "height": 760}
 
 
@@ -77,23 +75,6 @@ def browser():
             shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def demo_map(demo_catalog, tmp_path_factory) -> Path:
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
-    (w, s), (e, n) = tr.transform(*WINDOW_UTM[:2]), tr.transform(*WINDOW_UTM[2:])
-    d = 2e-5
-    bbox = [f"{v:.7f}" for v in (w + d, s + d, e - d, n - d)]
-    out = tmp_path_factory.mktemp("viewdemo") / "map"
-    cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--workers", "2",
-           "--region", "demo", "--bbox", *bbox, "--untrained", "--model", "timesenclip",
-           "--tile-size", "32", "--save-embeddings", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
 @contextmanager
 def _serve(map_dir: Path) -> Iterator[str]:
     """``python -m pipeline view MAP_DIR --port 0`` in a subprocess; yields its URL."""
@@ -116,7 +97,8 @@ def _serve(map_dir: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def viewer(demo_map) -> Iterator[str]:
-    with _serve(demo_map) as url:
+    """The viewer over the suite's shared demo map (tests/demo_map.py)."""
+    with _serve(demo_map.out) as url:
         yield url
 
 
@@ -268,7 +250,7 @@ def test_query_heat_map_is_the_fields_answer(demo_map, viewer):
     from pipeline.field import open_field, query_window
     from pipeline.view.field import FieldQuery
 
-    f = open_field(demo_map)
+    f = open_field(demo_map.out)
     expected = query_window(f, ["a river"], f.full_window)[0]
     res = requests.post(viewer + "api/query", json={"text": "a river"}, timeout=300).json()
     assert res["step"] == 1

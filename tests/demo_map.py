@@ -1,0 +1,89 @@
+"""The suite's shared end-to-end demo map, made once per test run and read by the tests that only
+need a finished map with its embedding field: the field's and the viewer's (``demo_map`` in
+tests/conftest.py). The driver's tests make their own (a map without the field, which a killed
+and resumed run must reproduce).
+
+``python -m pipeline run`` through the demo STAC profile with a LocalCluster of 2 worker
+processes: TimeSenCLIP (untrained), a 600 m x 600 m window of the demo region (60 x 60 px at
+10 m, 4 tiles of 32 px), 12 monthly composites, composites and the embedding field stored.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.paths import REPO_ROOT
+
+# A 600 m x 600 m window inside the demo AOI (EPSG:32632), as lon/lat for --bbox.
+WINDOW_UTM = (600500.0, 5340500.0, 601100.0, 5341100.0)
+
+
+def lonlat_box(box, crs="EPSG:32632") -> list[float]:
+    """``box`` (west, south, east, north in ``crs``) as a lon/lat box."""
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    (w, s), (e, n) = tr.transform(box[0], box[1]), tr.transform(box[2], box[3])
+    return [w, s, e, n]
+
+
+def inner_bbox() -> list[float]:
+    """:data:`WINDOW_UTM` as --bbox, shrunk by a few metres so the snapped output grid is exactly
+    the 60 x 60 pixel window."""
+    w, s, e, n = lonlat_box(WINDOW_UTM)
+    d = 2e-5
+    return [w + d, s + d, e - d, n - d]
+
+
+def base_args(model: str = "timesenclip", tile: int = 32) -> list[str]:
+    """``run`` options for the window: region, --bbox, untrained ``model``, ``tile`` px tiles."""
+    bbox = [f"{v:.7f}" for v in inner_bbox()]
+    return ["--region", "demo", "--bbox", *bbox, "--untrained", "--model", model,
+            "--tile-size", str(tile)]  # fmt: skip
+
+
+#: The options of the shared map (``--out`` aside): a rerun with these is a no-op.
+MAP_ARGS = [*base_args(), "--save-composite", "--save-embeddings"]
+
+
+def run(args, env, timeout=600, check=True) -> subprocess.CompletedProcess:
+    """``python -m pipeline run --no-progress --workers 2 ARGS`` in the repository."""
+    cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--workers", "2", *args]
+    out = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and out.returncode != 0:
+        raise AssertionError(f"run failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return out
+
+
+@dataclass(frozen=True)
+class DemoMap:
+    """The shared map's folder and what its run wrote on stderr (the log)."""
+
+    out: Path
+    stderr: str
+
+
+def make_demo_map(root: Path) -> DemoMap:
+    """The shared map under ``root`` (``root/map``), made by the first process that asks for it;
+    the others wait for it under a file lock and read it.
+
+    Raises:
+        AssertionError: the run failed (a later caller tries again).
+    """
+    from filelock import FileLock
+
+    out, log, done = root / "map", root / "stderr.txt", root / "done"
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / "lock")):
+        if not done.is_file():
+            env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+            proc = run([*MAP_ARGS, "--out", str(out)], env, timeout=1500)
+            log.write_text(proc.stderr)
+            done.write_text("ok")
+    return DemoMap(out, log.read_text())
