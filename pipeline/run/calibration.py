@@ -1,7 +1,7 @@
-"""Class-mean calibration and the compact field codec, both fitted once per run on a fixed
-reference sample of the region (its own grid of :data:`CALIBRATION_TILE_SIZE` tiles), so neither
-depends on ``--tile-size``; the calibration vector is stored in the manifest so resumed and
-repeated runs use the same one.
+"""Class-mean calibration (and the OOD reference), fitted once per run on a fixed reference
+sample of the region (its own grid of :data:`CALIBRATION_TILE_SIZE` tiles), so neither depends on
+``--tile-size``; the calibration vector is stored in the manifest so resumed and repeated runs use
+the same one. The compact field's codec is the model's, not the run's (:func:`fit_field`).
 """
 
 from __future__ import annotations
@@ -52,26 +52,32 @@ def calibrate(
 
 
 def fit_field(client, cfg: RunConfig, prep: Prepared, ws: Workspace, inputs: RunInputs):
-    """The compact field's codec: read back from the store (resume) or fitted and written once.
+    """The compact field's codec: the model's basis (:mod:`pipeline.run.basis`), written into
+    the store once; a resumed run reads back the one its store has.
 
-    Fitted on the same fixed reference sample as the calibration, so it does not depend on
-    ``--tile-size`` either.
+    The basis is fitted once per model checkpoint on the reference sample of
+    :mod:`pipeline.testing.reference` and cached beside the weights, not on this run's pixels,
+    so every run's field with the same model is in the same space.
     """
-    from pipeline.writers.codec import fit_codec
+    from pipeline.run.basis import model_basis
+    from pipeline.run.publishing import field_dims
     from pipeline.writers.field import read_codec, write_codec
 
     codec = read_codec(ws.store)
     if codec is not None:
         return codec
-    emb = reference_sample(client, cfg, prep, ws, inputs)
-    codec = fit_codec(emb, cfg.output.field_dims)
+    basis = model_basis(
+        prep.model_info, int(field_dims(cfg, prep)), cfg.model.load, cfg.model.adapter
+    )
+    codec = basis.codec
     write_codec(ws.store, codec)
     _log.info(
-        "embedding field: %d -> %d dims (%.2f%% of the sample's variance), %d bytes/pixel",
+        "embedding field: %d -> %d dims, %d bytes/pixel, the model's basis %s (%s)",
         codec.embed_dim,
         codec.dims,
-        100 * codec.explained_variance,
         codec.bytes_per_pixel,
+        basis.hash[:16],
+        basis.path,
     )
     return codec
 

@@ -346,6 +346,7 @@ def report_run(run: RunState) -> dict[str, Any]:
         report["field"] = {
             **field_attrs(cfg, prep)["s2lc:field"],
             "explained_variance": run.codec.explained_variance,
+            "basis_sha256": run.codec.sha256,
         }
     if run.ood is not None:
         report["ood"] = run.ood.describe()
