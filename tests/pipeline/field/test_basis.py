@@ -234,9 +234,9 @@ def test_two_runs_share_the_models_basis(two_runs):
     # the same pixels get the same codes in both fields; each decodes the other's codes the same
     assert west.geobox.crs == east.geobox.crs and west.geobox.resolution == east.geobox.resolution
     ax, ex = west.geobox.affine, east.geobox.affine
-    shift = round((ex.c - ax.c) / ax.a)
-    # (the east window's lon/lat box snaps to 62 columns: the same rows, the same lattice)
-    assert (shift, ex.f) == (54, ax.f) and west.shape == (60, 60) and east.shape[0] == 60
+    shift = round((ex.c - ax.c) / ax.a)  # east's first column in west's (lon/lat boxes snap to
+    overlap = west.shape[1] - shift  # the 10 m lattice, 60 or 62 columns wide)
+    assert ex.f == ax.f and west.shape[0] == east.shape[0] == 60 and 54 <= shift and overlap >= 6
     gw = zarr.open_group(str(west.store), mode="r")
     ge = zarr.open_group(str(east.store), mode="r")
     cw, sw = (
@@ -244,13 +244,16 @@ def test_two_runs_share_the_models_basis(two_runs):
         np.asarray(gw["field_scale"][0, :, shift:]),
     )
     ce, se = (
-        np.asarray(ge["field_codes"][0, :, :, : 60 - shift]),
-        np.asarray(ge["field_scale"][0, :, : 60 - shift]),
+        np.asarray(ge["field_codes"][0, :, :, :overlap]),
+        np.asarray(ge["field_scale"][0, :, :overlap]),
     )
-    assert np.isfinite(sw).all() and np.array_equal(cw, ce) and np.array_equal(sw, se)
+    # pixels of the strip inside both regions (each run masks what lies outside its own box)
+    both = np.isfinite(sw) & np.isfinite(se)
+    assert both.sum() >= 5 * 60 and np.array_equal(cw[:, both], ce[:, both])
+    assert np.array_equal(sw[both], se[both])
     q = np.asarray(ge["field_codes"][0]).reshape(62, -1).T
     s = np.asarray(ge["field_scale"][0], np.float32).ravel()
-    assert np.array_equal(west.codec.decode(q, s), east.codec.decode(q, s))
+    assert np.array_equal(west.codec.decode(q, s), east.codec.decode(q, s), equal_nan=True)
 
 
 @e2e
@@ -264,7 +267,7 @@ def test_zero_shot_agreement_with_the_models_basis_and_a_random_one(two_runs):
         full.append(e), dec.append(d)
         rnd.append(_random_orthonormal(f.codec).roundtrip(e))
     full, dec, rnd = np.concatenate(full), np.concatenate(dec), np.concatenate(rnd)
-    assert len(full) >= 7200  # every pixel of both windows has a field
+    assert len(full) >= 7000  # both windows, less the edge pixels outside each box
     cos = (full * dec).sum(axis=1)
     assert np.median(cos) > 0.99
     agree = zero_shot_agreement(m, full, dec)
