@@ -16,6 +16,7 @@ SECTIONS = (
     "latency",
     "projection",
     "field",
+    "field-agreement",
     "view",
     "ask",
     "change",
@@ -97,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
 
         log.info("embedding field")
         entries += field_entries(args.field_map)
+    elif "field-agreement" in sections:
+        from pipeline.bench.field import field_entries
+
+        log.info("embedding field: bytes per pixel and agreement")
+        entries += field_entries(args.field_map, ask=False)
     if "ask" in sections:
         from pipeline.bench.ask import ask_scale_entries
 

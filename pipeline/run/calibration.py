@@ -1,7 +1,7 @@
-"""Class-mean calibration and the compact field codec, both fitted once per run on a fixed
-reference sample of the region (its own grid of :data:`CALIBRATION_TILE_SIZE` tiles), so neither
-depends on ``--tile-size``; the calibration vector is stored in the manifest so resumed and
-repeated runs use the same one.
+"""Class-mean calibration (and the OOD reference), fitted once per run on a fixed reference
+sample of the region (its own grid of :data:`CALIBRATION_TILE_SIZE` tiles), so neither depends on
+``--tile-size``; the calibration vector is stored in the manifest so resumed and repeated runs use
+the same one. The compact field's codec is the model's, not the run's (:func:`fit_field`).
 """
 
 from __future__ import annotations
@@ -55,13 +55,17 @@ def fit_references(
             cache.append(reference_sample(client, cfg, prep, ws, inputs))
         return cache[0]
 
+    from pipeline.run.publishing import field_dims
+
     calibration = manifest.get("calibration")
     if cfg.model.calibration == "reference" and calibration is None and not cfg.model.head:
         calibration = calibrate(sample(), prep.classifier).tolist()
         manifest["calibration"] = calibration
         ws.save_manifest(manifest)
     codec = (
-        fit_field(ws.store, sample, cfg.output.field_dims) if cfg.output.save_embeddings else None
+        fit_field(ws.store, field_dims(cfg, prep), prep.model_info, cfg.model)
+        if cfg.output.save_embeddings
+        else None
     )
     ood = fit_ood_reference(ws.work / "ood.npz", sample, cfg.model.seed) if cfg.output.ood else None
     return References(calibration, codec, ood)
@@ -89,28 +93,34 @@ def calibrate(emb: np.ndarray, classifier: np.ndarray) -> np.ndarray:
     return vec
 
 
-def fit_field(store: Any, sample: Callable[[], np.ndarray], dims: int):
-    """The compact field's codec of ``dims`` components: read back from the map's ``store``
-    (resume) or fitted on ``sample()`` (the reference sample's (N, D) embeddings) and written
-    there once.
+def fit_field(store: Any, dims: int, model_info: dict[str, Any], model: Any):
+    """The compact field's codec of ``dims`` components: the model's basis
+    (:mod:`pipeline.run.basis`), written into the map's ``store`` once; a resumed run reads back
+    the one its store has.
 
-    Fitted on the same fixed reference sample as the calibration, so it does not depend on
-    ``--tile-size`` either.
+    ``model_info`` is the loaded model's identity (``Prepared.model_info``) and ``model`` its
+    :class:`~pipeline.run.config.ModelConfig` (how to load it, should the basis need fitting).
+
+    The basis is fitted once per model checkpoint on the reference sample of
+    :mod:`pipeline.testing.reference` and cached beside the weights, not on this run's pixels,
+    so every run's field with the same model is in the same space.
     """
-    from pipeline.writers.codec import fit_codec
+    from pipeline.run.basis import model_basis
     from pipeline.writers.field import read_codec, write_codec
 
     codec = read_codec(store)
     if codec is not None:
         return codec
-    codec = fit_codec(sample(), dims)
+    basis = model_basis(model_info, int(dims), model.load, model.adapter)
+    codec = basis.codec
     write_codec(store, codec)
     _log.info(
-        "embedding field: %d -> %d dims (%.2f%% of the sample's variance), %d bytes/pixel",
+        "embedding field: %d -> %d dims, %d bytes/pixel, the model's basis %s (%s)",
         codec.embed_dim,
         codec.dims,
-        100 * codec.explained_variance,
         codec.bytes_per_pixel,
+        basis.hash[:16],
+        basis.path,
     )
     return codec
 

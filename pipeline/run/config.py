@@ -331,6 +331,10 @@ class RunConfig:
         plain = hashed_settings(self)
         if not self.output.save_embeddings:
             plain.pop("field_dims", None)  # no field, no effect on the outputs
+        else:  # the field's basis: the model's, made from this sample and codec (issue 28)
+            from pipeline.run.basis import recipe_digest
+
+            plain["field_basis"] = recipe_digest()
         for key, off in (("ood", False), ("majority", 0), ("mmu", 0)):
             if plain.get(key) == off:  # off: the hash of the maps made before these options
                 plain.pop(key, None)

@@ -315,6 +315,7 @@ def report_run(
         report["field"] = {
             **field_attrs(cfg, prep)["s2lc:field"],
             "explained_variance": refs.codec.explained_variance,
+            "basis_sha256": refs.codec.sha256,
         }
     if refs.ood is not None:
         report["ood"] = refs.ood.describe()

@@ -27,6 +27,7 @@ def field_attrs(cfg: RunConfig, prep: Prepared) -> dict[str, Any]:
     """The field's metadata in the store (``s2lc:field``): model identity and decoding recipe."""
     if not cfg.output.save_embeddings:
         return {}
+    from pipeline.run.basis import basis_definition, basis_hash
     from pipeline.writers.codec import ENCODING, ENCODING_VERSION
     from pipeline.writers.field import FIELD_ATTR
 
@@ -41,6 +42,8 @@ def field_attrs(cfg: RunConfig, prep: Prepared) -> dict[str, Any]:
             "embed_dim": prep.model_info["embed_dim"],
             "dims": dims,
             "bytes_per_pixel": dims + 2,
+            # the model's basis (pipeline.run.basis): equal hashes, the same space (issue 28)
+            "basis_hash": basis_hash(basis_definition(prep.model_info, dims)),
             "decode": "e = normalise(field_mean + field_basis @ (field_codes * field_scale)); "
             "field_scale NaN = nodata (pipeline.writers.codec)",
         }
@@ -48,10 +51,8 @@ def field_attrs(cfg: RunConfig, prep: Prepared) -> dict[str, Any]:
 
 
 def basis_sha256(codec: Any) -> str:
-    """SHA-256 of a field's decoding recipe (:func:`pipeline.writers.field.basis_sha256`)."""
-    from pipeline.writers.field import basis_sha256 as digest
-
-    return digest(codec)
+    """SHA-256 of a field's decoding recipe (:attr:`pipeline.writers.codec.FieldCodec.sha256`)."""
+    return codec.sha256
 
 
 def _licence(cfg: RunConfig) -> str:
@@ -86,8 +87,11 @@ def write_model_card(
     codec = read_codec(ws.store)
     if codec is None:
         raise UserError(f"{ws.store}: the embedding field has no decoding recipe")
+    from pipeline.run.basis import basis_definition
+
     meta = field_attrs(cfg, prep)["s2lc:field"]
     digest = basis_sha256(codec)
+    definition = basis_definition(prep.model_info, meta["dims"])
     card = {
         "model": {
             "name": prep.model_info["name"],
@@ -101,8 +105,12 @@ def write_model_card(
         },
         "field": {
             **{k: meta[k] for k in ("encoding", "version", "dims", "bytes_per_pixel", "decode")},
+            "basis_hash": meta["basis_hash"],
             "basis_sha256": digest,
-            "basis": "PCA of this run's reference sample of embeddings (pipeline.run.calibration)",
+            "basis": "the model's: PCA of its embeddings of the reference sample, fitted once per "
+            "checkpoint and cached beside the weights (pipeline.run.basis); fields with the same "
+            "basis_hash are in the same space",
+            "reference_sample": definition["sample"],
             "store": "map.zarr: field_codes (time, embedding, y, x) int8, field_scale (time, y, x)"
             " float16, field_mean, field_basis",
         },
@@ -117,6 +125,7 @@ def write_model_card(
         "emb:chip_layout": {"layout_type": "regular_grid"},
         "data_type": "int8",
         "s2lc:field_encoding": meta["encoding"],
+        "s2lc:field_basis_hash": meta["basis_hash"],
         "s2lc:field_basis_sha256": digest,
         "s2lc:field_bytes_per_pixel": meta["bytes_per_pixel"],
     }

@@ -5,8 +5,9 @@ costs ``d + 2`` bytes instead of ``2 * D`` (float16) or ``4 * D`` (float32) for 
 embedding. The recipe (:func:`fit_codec`, :meth:`FieldCodec.encode`, :meth:`FieldCodec.decode`):
 
 1. **Projection** (optional): ``z = B^T (e - mu)`` with ``mu`` (D,) the mean and ``B`` (D, d) the
-   first ``d`` principal axes (orthonormal columns) of a reference sample of the run's embeddings
-   (principal component analysis: eigenvectors of the centred sample's scatter matrix). ``d = D`` keeps every
+   first ``d`` principal axes (orthonormal columns) of a reference sample of the model's
+   embeddings (principal component analysis: eigenvectors of the centred sample's scatter matrix;
+   one basis per model checkpoint, :mod:`pipeline.run.basis`). ``d = D`` keeps every
    dimension (``B`` = identity, ``mu`` = 0).
 2. **Quantisation**: ``s = max_i |z_i| / 127`` rounded to float16, ``q = round(z / s)`` clipped to
    [-127, 127] as int8 (symmetric absmax quantisation, one scale per pixel).
@@ -155,6 +156,15 @@ class FieldCodec:
         if vectors.proj.shape[0] != self.dims:
             raise ValueError(f"vectors projected to {vectors.proj.shape[0]}-d, not {self.dims}")
         return _cosines_from_codes(q.T, s, vectors)
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 (hex) of the decoding recipe's content: float32 mean then basis (C order)."""
+        import hashlib
+
+        h = hashlib.sha256(np.ascontiguousarray(self.mean, np.float32).tobytes())
+        h.update(np.ascontiguousarray(self.basis, np.float32).tobytes())
+        return h.hexdigest()
 
     def roundtrip(self, emb: np.ndarray) -> np.ndarray:
         """``decode(encode(emb))``: what a field keeps of ``emb``."""

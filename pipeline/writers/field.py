@@ -27,7 +27,14 @@ import numpy as np
 from pipeline.base.atomic import atomic_path, remove_path
 from pipeline.writers.layers import cog_layers, layer
 
-__all__ = ["FIELD_COGS", "basis_sha256", "build_field_cogs", "read_codec", "write_codec"]
+__all__ = [
+    "FIELD_COGS",
+    "basis_sha256",
+    "build_field_cogs",
+    "field_basis_hash",
+    "read_codec",
+    "write_codec",
+]
 
 #: COG file -> Zarr array it is made from (the ``field`` layers of pipeline.writers.layers).
 #: Group attribute of the map store that holds the field's metadata.
@@ -49,11 +56,7 @@ def write_codec(store: str | os.PathLike[str], codec: Any) -> None:
 def basis_sha256(codec: Any) -> str:
     """SHA-256 of a field's decoding recipe: its float32 mean then basis (C order) bytes. Fields
     with the same digest are in the same space (``s2lc:field_basis_sha256`` of the STAC item)."""
-    import hashlib
-
-    h = hashlib.sha256(np.ascontiguousarray(codec.mean, np.float32).tobytes())
-    h.update(np.ascontiguousarray(codec.basis, np.float32).tobytes())
-    return h.hexdigest()
+    return codec.sha256
 
 
 def read_codec(store: str | os.PathLike[str]) -> Any | None:
@@ -69,6 +72,18 @@ def read_codec(store: str | os.PathLike[str]) -> Any | None:
     if not (np.isfinite(mean).all() and np.isfinite(basis).all()):
         return None
     return FieldCodec(mean, basis)
+
+
+def field_basis_hash(meta: Mapping[str, Any], codec: Any) -> str:
+    """The hash that says which space a field is in: equal hashes, the same basis.
+
+    A field made since one basis per model (issue 28) names its model's basis in its metadata
+    (``s2lc:field`` ``basis_hash``, :mod:`pipeline.run.basis`). An older field had a basis fitted
+    on its own run's pixels: it gets ``"run-"`` + the SHA-256 of its mean and basis, which no
+    other run shares (it still opens and decodes; it cannot be combined with other fields).
+    """
+    digest = meta.get("basis_hash")
+    return str(digest) if digest else f"run-{codec.sha256}"
 
 
 def build_field_cogs(
