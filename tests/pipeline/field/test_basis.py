@@ -274,3 +274,47 @@ def test_zero_shot_agreement_with_the_models_basis_and_a_random_one(two_runs):
     assert min(agree.values()) >= 0.99, agree
     # the bar means something: 62 random orthonormal axes (same mean, same int8 coding) fail it
     assert min(zero_shot_agreement(m, full, rnd).values()) < 0.99
+
+
+@e2e
+def test_one_classify_call_mosaics_the_two_runs(two_runs, tmp_path):
+    """Two demo runs over adjacent windows are one map for ``classify``: where only one run has
+    the pixel the mosaic equals classifying that run alone (issue 28, done-when), and a field of
+    another basis is refused in one line."""
+    import rasterio
+
+    from pipeline.base.errors import UserError
+    from pipeline.field.classify_map import MapConfig, classify_fields
+    from pipeline.field.fieldset import open_fields
+
+    west, east = two_runs["west"], two_runs["east"]
+    outs = {}
+    for name, paths in (("both", [west, east]), ("west", [west]), ("east", [east])):
+        cfg = MapConfig(legend="demo", calibration="none", out=tmp_path / name, progress=False)
+        outs[name] = classify_fields(open_fields(paths), cfg)
+
+    def read(name):
+        with rasterio.open(outs[name] / "classes.tif") as ds:
+            return ds.read(1), ds.transform
+
+    both, t_both = read("both")
+    w, t_w = read("west")
+    e, t_e = read("east")
+    shift = round((t_e.c - t_w.c) / t_w.a)
+    assert t_both == t_w and both.shape == (w.shape[0], shift + e.shape[1])
+    overlap = w.shape[1] - shift
+    assert np.array_equal(both[:, :shift], w[:, :shift])  # west only
+    assert np.array_equal(both[:, w.shape[1] :], e[:, overlap:])  # east only
+    assert len(np.unique(both)) > 1
+    # a field of another basis (as a run made before the model basis has its own per-run one)
+    import shutil
+
+    from pipeline.writers.field import read_codec, write_codec
+
+    other = tmp_path / "other"
+    shutil.copytree(east, other)
+    store = other / "map.zarr"
+    write_codec(store, _random_orthonormal(read_codec(store), seed=3))
+    with pytest.raises(UserError) as err:
+        open_fields([west, other])
+    assert "\n" not in str(err.value) and "basis" in str(err.value)
