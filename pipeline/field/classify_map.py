@@ -138,21 +138,8 @@ def classify_fields(fs: FieldSet, c: MapConfig, cluster: Any = None) -> Path:
     mode = c.calibration or cfg.get("calibration") or "reference"
     calibration, source = choose_calibration(fs, mode, legend.prompt_hash, pv, c.seed)
     alpha, beta = shifted_affine(calibration) if calibration is not None else (None, None)
+    job = stream.new_job("classify", fs, pv, out, alpha=alpha, beta=beta)
     tiles = stream.tiles_dir_of(out)
-    stream.drop_tiles(tiles)
-    tiles.mkdir(parents=True, exist_ok=True)
-    job = stream.Job(
-        kind="classify",
-        stores=tuple(str(f.store.resolve()) for f in fs.fields),
-        tiles_dir=str(tiles.resolve()),
-        crs_wkt=fs.geobox.crs.to_wkt(),
-        transform=tuple(fs.geobox.affine)[:6],
-        proj=pv.proj,
-        t_mean=pv.t_mean,
-        mean_sq=pv.mean_sq,
-        alpha=alpha,
-        beta=beta,
-    )
     units = fs.units()
     t_setup = time.perf_counter() - t0
     first_s: list[float] = []

@@ -86,22 +86,10 @@ def query_field(
     # unit is then one small GEMM of its int8 codes, no 512-d decode (pipeline.writers.codec).
     pv = first.codec.project(q if w_classes is None else np.concatenate([q, w_classes]))
     out.mkdir(parents=True, exist_ok=True)
-    tiles = stream.tiles_dir_of(out)
-    stream.drop_tiles(tiles)
-    tiles.mkdir(parents=True)
-    job = stream.Job(
-        kind="query",
-        stores=tuple(str(f.store.resolve()) for f in fs.fields),
-        tiles_dir=str(tiles.resolve()),
-        crs_wkt=fs.geobox.crs.to_wkt(),
-        transform=tuple(fs.geobox.affine)[:6],
-        proj=pv.proj,
-        t_mean=pv.t_mean,
-        mean_sq=pv.mean_sq,
-        nq=len(texts),
-        names=tuple(names),
-        with_prob=with_prob,
+    job = stream.new_job(
+        "query", fs, pv, out, nq=len(texts), names=tuple(names), with_prob=with_prob
     )
+    tiles = stream.tiles_dir_of(out)
     units = fs.units()
     first_s: list[float] = []
     if progress:

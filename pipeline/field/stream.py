@@ -95,6 +95,26 @@ class Job:
     logit_scale: float = 100.0
 
 
+def new_job(kind: str, fs: Any, pv: Any, out: Path, **options: Any) -> Job:
+    """The :class:`Job` of one ``classify``/``query`` call over field set ``fs`` with projected
+    vectors ``pv``, its unit files in a fresh ``OUT/tiles`` (an earlier call's are removed);
+    ``options`` are the kind's own fields (``alpha``/``beta``, or ``nq``/``names``/``with_prob``)."""
+    tiles = tiles_dir_of(out)
+    drop_tiles(tiles)
+    tiles.mkdir(parents=True, exist_ok=True)
+    return Job(
+        kind=kind,
+        stores=tuple(str(f.store.resolve()) for f in fs.fields),
+        tiles_dir=str(tiles.resolve()),
+        crs_wkt=fs.geobox.crs.to_wkt(),
+        transform=tuple(fs.geobox.affine)[:6],
+        proj=pv.proj,
+        t_mean=pv.t_mean,
+        mean_sq=pv.mean_sq,
+        **options,
+    )
+
+
 @dataclass(frozen=True)
 class Where:
     """Where units run: ``run``'s ``--cluster``/``--cluster-config``/``--workers``, checked here
@@ -110,15 +130,9 @@ class Where:
     cluster_config: str | None = None
 
     def __post_init__(self) -> None:
-        from pipeline.base.errors import UserError  # noqa: PLC0415
+        from pipeline.run.config import check_cluster  # noqa: PLC0415
 
-        if self.kind not in ("local", "slurm") and "://" not in self.kind:
-            raise UserError(
-                f"--cluster {self.kind!r}: expected local, slurm or a scheduler address "
-                "such as tcp://host:8786"
-            )
-        if self.workers is not None and self.workers < 1:
-            raise UserError("--workers must be >= 1")
+        check_cluster(self.kind, self.workers)
 
     def local_workers(self) -> int:
         """Worker processes of a local cluster: ``--workers``, else ``run``'s default without

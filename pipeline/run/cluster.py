@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dask_jobqueue import SLURMCluster
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -84,13 +83,9 @@ class ClusterConfig:
     and only ``OMP_NUM_THREADS`` is set."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("local", "slurm") and "://" not in self.kind:
-            raise UserError(
-                f"--cluster {self.kind!r}: expected local, slurm or a scheduler address "
-                "such as tcp://host:8786"
-            )
-        if self.workers is not None and self.workers < 1:
-            raise UserError("--workers must be >= 1")
+        from pipeline.run.config import check_cluster  # noqa: PLC0415
+
+        check_cluster(self.kind, self.workers)
 
     def planned_workers(self) -> int | None:
         """How many worker processes the tiles will be spread over (None: not known before
@@ -180,6 +175,29 @@ def local_layout(
 
 
 @contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start local worker processes with SIGINT ignored, then put the handler back.
+
+    Ctrl-C in a terminal reaches the whole process group: the run's own process (which says that
+    a rerun resumes and closes its cluster) and every worker process, which each printed a
+    ``KeyboardInterrupt`` traceback while being closed. Workers inherit an ignored SIGINT across
+    their spawn (POSIX keeps ignored dispositions over ``exec``; Python and asyncio then install
+    no handler), so only the run's process handles it.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@contextlib.contextmanager
 def open_client(cfg: ClusterConfig) -> Iterator[object]:
     """A connected :class:`distributed.Client` for ``cfg``; clusters we start are closed on exit."""
 
@@ -188,15 +206,16 @@ def open_client(cfg: ClusterConfig) -> Iterator[object]:
         workers, threads = local_layout(
             os.cpu_count() or 1, gpus, cfg.workers, cfg.threads_per_worker
         )
-        cluster = LocalCluster(
-            n_workers=workers,
-            resources={"GPU": 1} if gpus else None,  # tile tasks request it (one at a time)
-            threads_per_worker=1,  # one tile at a time per worker; torch gets `threads`
-            processes=True,
-            memory_limit=cfg.memory_limit,
-            dashboard_address=":0",
-            silence_logs=logging.WARNING,
-        )
+        with _workers_ignore_ctrl_c():
+            cluster = LocalCluster(
+                n_workers=workers,
+                resources={"GPU": 1} if gpus else None,  # tile tasks request it (one at a time)
+                threads_per_worker=1,  # one tile at a time per worker; torch gets `threads`
+                processes=True,
+                memory_limit=cfg.memory_limit,
+                dashboard_address=":0",
+                silence_logs=logging.WARNING,
+            )
         client = Client(cluster)
         with _serving(client, cluster, threads, cfg.torch):
             _log.info(
@@ -278,6 +297,25 @@ def check_submission(job_script: str, timeout_s: float = 30.0) -> None:
         )
 
 
+def _slurm_cluster_class() -> type:
+    """:class:`dask_jobqueue.SLURMCluster`, imported without losing Ctrl-C.
+
+    Importing ``dask_jobqueue`` runs its ``runner`` module, which replaces Python's SIGINT
+    handler with ``sys.exit()`` (dask-jobqueue 0.9). Ctrl-C then ended a run with exit code 0,
+    no "interrupted ... resume" line and the workers' tracebacks. Imported only for Slurm runs,
+    and the handler that was in place is put back.
+    """
+    import signal
+    import threading
+
+    before = signal.getsignal(signal.SIGINT)
+    from dask_jobqueue import SLURMCluster  # noqa: PLC0415
+
+    if threading.current_thread() is threading.main_thread() and before is not None:
+        signal.signal(signal.SIGINT, before)
+    return SLURMCluster
+
+
 @contextlib.contextmanager
 def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
 
@@ -301,7 +339,7 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator[object]:
         "export DASK_LOGGING__DISTRIBUTED=info",
     ]
     try:
-        cluster = SLURMCluster(
+        cluster = _slurm_cluster_class()(
             queue=p.queue,
             account=p.account,
             cores=p.cores,
@@ -375,11 +413,48 @@ def close_local_workers(cluster, timeout_s: float = WORKER_EXIT_S) -> None:  # n
 @contextlib.contextmanager
 def _serving(client, cluster, threads: int, torch: bool = True) -> Iterator[None]:
     """Pin torch (or only OpenMP) threads on every worker; close the client and the cluster."""
+    local = isinstance(cluster, LocalCluster)
     try:
         client.register_plugin(TorchThreads(threads) if torch else OmpThreads(threads))
         yield
+    except KeyboardInterrupt:
+        if local:  # Ctrl-C: stop now; finished tiles are kept, a rerun redoes the others
+            with _distributed_quiet():
+                kill_local_workers(cluster)
+                client.close()
+                cluster.close()
+        raise
     finally:
-        if isinstance(cluster, LocalCluster):
+        if local:
             close_local_workers(cluster)
         client.close()
         cluster.close()
+
+
+def kill_local_workers(cluster) -> None:  # noqa: ANN001
+    """SIGKILL a :class:`LocalCluster`'s worker processes (on Ctrl-C).
+
+    Closing them gracefully waits for the tile each is computing (a task in a thread cannot be
+    cancelled), up to :data:`WORKER_EXIT_S`, and makes each print that its task was cancelled. A
+    tile cut off this way is not marked done, so a rerun computes it again (as after a crash).
+    """
+    import signal
+
+    for nanny in list(cluster.workers.values()):
+        proc = getattr(getattr(nanny, "process", None), "process", None)
+        pid = getattr(proc, "pid", None)
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _distributed_quiet() -> Iterator[None]:
+    """Silence distributed's loggers here while a cluster is torn down on purpose."""
+    log = logging.getLogger("distributed")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -32,6 +32,23 @@ from pipeline.reading.cube import MaskConfig
 from pipeline.stac.search import SearchConfig
 
 
+def check_cluster(kind: str, workers: int | None) -> None:
+    """Check ``--cluster`` and ``--workers`` (for runs and for ``classify``/``query --field``),
+    without importing Dask.
+
+    Raises:
+        UserError: ``kind`` is not ``local``, ``slurm`` or a scheduler address, or ``workers``
+            is below 1.
+    """
+    if kind not in ("local", "slurm") and "://" not in kind:
+        raise UserError(
+            f"--cluster {kind!r}: expected local, slurm or a scheduler address "
+            "such as tcp://host:8786"
+        )
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be >= 1")
+
+
 @dataclass(frozen=True)
 class CompositeConfig:
     """Which composites the model sees."""
