@@ -110,6 +110,10 @@ def test_request_log_gives_requests_in_flight_and_reset_zeroes_it(blob, tmp_path
         rngs = [f"bytes={i * 100}-{i * 100 + 9}" for i in range(4)]
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda r: _get(store.url, "/scene/B04.tif", r), rngs))
+        # The store logs a request once its body is sent: the client can be ahead by a moment.
+        deadline = time.monotonic() + 5
+        while len(store.counter.log) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
         log = list(store.counter.log)
         store.counter.reset()
         assert store.counter.log == [] and store.counter.requests == 0
