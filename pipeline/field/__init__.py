@@ -44,25 +44,4 @@ def __getattr__(name: str):  # PEP 562: lazy re-exports
     raise AttributeError(f"module 'pipeline.field' has no attribute {name!r}")
 
 
-__all__ = [
-    "ENCODING",
-    "KINDS",
-    "Field",
-    "FieldCodec",
-    "Window",
-    "check_model",
-    "code_cosines",
-    "decode_valid",
-    "decode_window",
-    "encode_text",
-    "fit_codec",
-    "identity_codec",
-    "legend_classifier",
-    "load_model",
-    "open_field",
-    "query_probability",
-    "query_window",
-    "read_codes",
-    "project",
-    "similarity",
-]
+__all__ = sorted(_WHERE)  # the lazy table is the one list of what this package exports
