@@ -226,6 +226,23 @@ def test_map_on_slurm(
     assert not _squeue_ids(), "the map run left Slurm jobs behind"
 
 
+def _one_small_job(queue: str, tmp_path: Path, **extra):
+    """A Slurm profile of one 1-core worker job on ``queue`` (the cluster tests' job)."""
+    from pipeline.run.cluster import SlurmProfile
+
+    return SlurmProfile(
+        queue=queue,
+        cores=1,
+        processes=1,
+        memory="1GB",
+        walltime="00:05:00",
+        jobs=1,
+        interface="lo",
+        local_directory=str(tmp_path / "dask"),
+        **extra,
+    )
+
+
 @pytest.mark.timeout(300)
 def test_cluster_that_never_gives_a_worker_fails_after_its_timeout(
     slurm: SlurmInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -237,18 +254,12 @@ def test_cluster_that_never_gives_a_worker_fails_after_its_timeout(
     cancel the jobs it submitted.
     """
     from pipeline.base.errors import UserError
-    from pipeline.run.cluster import ClusterConfig, SlurmProfile, open_client
+    from pipeline.run.cluster import ClusterConfig, open_client
 
     monkeypatch.setenv("SLURM_CONF", str(slurm.conf))  # sbatch/scancel of this test's cluster
-    profile = SlurmProfile(
-        queue=slurm.partition,
-        cores=1,
-        processes=1,
-        memory="1GB",
-        walltime="00:05:00",
-        jobs=1,
-        interface="lo",
-        local_directory=str(tmp_path / "dask"),
+    profile = _one_small_job(
+        slurm.partition,
+        tmp_path,
         job_extra_directives=("--begin=now+1hour",),
         worker_timeout_s=8.0,
     )
@@ -277,7 +288,7 @@ def test_a_slurm_that_cannot_take_the_job_fails_in_one_line_at_once(
     from dask-jobqueue and no wait for workers that cannot start (a new user saw both, then a
     900 s wait, with an ``sbatch`` that had no controller to talk to)."""
     from pipeline.base.errors import UserError
-    from pipeline.run.cluster import ClusterConfig, SlurmProfile, open_client
+    from pipeline.run.cluster import ClusterConfig, open_client
 
     before = _squeue_ids()
     conf = slurm.conf
@@ -285,17 +296,8 @@ def test_a_slurm_that_cannot_take_the_job_fails_in_one_line_at_once(
         conf = tmp_path / "slurm.conf"
         conf.write_text("")
     monkeypatch.setenv("SLURM_CONF", str(conf))
-    profile = SlurmProfile(
-        queue="no-such-partition" if fault == "unknown-partition" else slurm.partition,
-        cores=1,
-        processes=1,
-        memory="1GB",
-        walltime="00:05:00",
-        jobs=1,
-        interface="lo",
-        local_directory=str(tmp_path / "dask"),
-        worker_timeout_s=600.0,
-    )
+    queue = "no-such-partition" if fault == "unknown-partition" else slurm.partition
+    profile = _one_small_job(queue, tmp_path, worker_timeout_s=600.0)
     t = time.monotonic()
     with pytest.raises(UserError) as err:
         with open_client(ClusterConfig(kind="slurm", slurm=profile)):
