@@ -25,6 +25,10 @@ and how many requests it kept in flight.
 which timings need: a reader that holds the GIL while GDAL waits on a socket would otherwise
 stall the server answering it (measured: 132 open datasets read from one in-process server hang
 until curl times out).
+
+Answers go out without Nagle's delay (``TCP_NODELAY``): a body written after its headers
+otherwise waits for the client's delayed ACK, 40-45 ms per small answer on Linux loopback
+(measured on GDAL's 16 KiB header reads), a delay no object store adds.
 """
 
 from __future__ import annotations
@@ -167,6 +171,7 @@ def in_flight_profile(log: list[tuple], step_s: float = 0.1) -> dict:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as object stores and curl use them
+    disable_nagle_algorithm = True  # TCP_NODELAY (module docstring)
     store: ObjectStore
 
     def log_message(self, *args) -> None:  # quiet
