@@ -40,11 +40,19 @@ DEFAULT_MAX_OPEN = 512
 #: over HTTP a truncated body decodes as corrupt too, so it is retried like the others.
 READ_ATTEMPTS = 8
 #: Files a reader opens and fetches at once (:meth:`BlockReader.fetch_many`): requests in flight
-#: per worker, which hide the store's time to first byte (30 ms in the same cloud region).
-#: Measured on 2 loaded cores (loopback store, one 1024 px read unit of 12 acquisitions, two
-#: loads per latency): 16 threads 1.04x wall at 30 ms vs 0 ms, 1.39 CPU-s; 32 threads 1.15x,
-#: 1.51 CPU-s; 64 threads 1.14x, 1.90 CPU-s and more requests (GDAL's range cache evicted).
-READ_THREADS = 16
+#: per worker, which hide the store's time to first byte (30 ms in the same cloud region). Through
+#: GDAL a file costs three requests one after the other (a HEAD, the header, its blocks: 90 ms at
+#: 30 ms each), so a window of 132 files (12 acquisitions x 11 assets) takes ceil(132 / threads)
+#: such rounds: 9 at 16 threads, 3 at 64. The threads wait on sockets (GDAL releases the GIL),
+#: the blocks they fetch are bounded by half the block cache, and GDAL's range cache is sized to
+#: hold what they have in flight (:data:`CURL_CACHE_BYTES`).
+READ_THREADS = 64
+#: GDAL's cache of downloaded byte ranges (``CPL_VSIL_CURL_CACHE_SIZE``, bytes, one per process,
+#: fixed when the process first reads over HTTP), set by the first :class:`BlockReader` unless the
+#: user set it. GDAL's default (16 MB) is less than 64 files' blocks in flight: a file's header
+#: range was evicted before its block read, which starts in the same 16 KiB chunk, and was fetched
+#: again (measured: up to 467 requests instead of 384 for the bench's read unit at 64 threads).
+CURL_CACHE_BYTES = 128 * 2**20
 #: Environment variable: :data:`READ_THREADS` of the process's reader (1: one request at a time).
 THREADS_ENV = "S2LC_READ_THREADS"
 #: Environment variable: :data:`READ_ATTEMPTS` of the process's reader (an integer >= 1).
@@ -133,6 +141,9 @@ class BlockReader:
         self.threads = max(1, int(threads))
         """Files read at once by :meth:`fetch_many` (1: one at a time)."""
         self._executor: Any = None
+        self._tls = threading.local()
+        """Per thread: whether GDAL's settings are in force for the thread's lifetime (the read
+        threads of :meth:`fetch_many` enter them once instead of per request)."""
         self.cache_bytes = int(cache_mb * 2**20)
         self.max_open = max(1, int(max_open))
         self._datasets: OrderedDict[str, Any] = OrderedDict()
@@ -141,6 +152,7 @@ class BlockReader:
         self._nbytes = 0
         self._lock = threading.RLock()
         self._env = gdal_options()
+        _size_curl_cache()
         self.opens = self.decoded = self.hits = self.retries = 0
         self._urls: dict[str, str | None] = {}
         """href -> the URL it was opened from (a signed URL), to reopen it after a failure."""
@@ -186,7 +198,7 @@ class BlockReader:
                 self._datasets.move_to_end(href)
                 return ds
             url = url or self._urls.get(href)
-        with rasterio.Env(**self._env):
+        with self._env_ctx():
             ds = rasterio.open(url or href)
         if ds.count < 1:
             ds.close()
@@ -319,9 +331,23 @@ class BlockReader:
         return blk
 
     def _env_ctx(self):
+        """GDAL's settings of the read path for one request (a no-op in the read threads, which
+        hold them for their lifetime)."""
+        import contextlib
+
         import rasterio
 
+        if getattr(self._tls, "env", None) is not None:
+            return contextlib.nullcontext()
         return rasterio.Env(**self._env)
+
+    def _enter_env(self) -> None:
+        """Enter GDAL's settings for the rest of this thread's life (the read threads)."""
+        import rasterio
+
+        env = rasterio.Env(**self._env)
+        env.__enter__()
+        self._tls.env = env
 
     def read(
         self,
@@ -434,11 +460,12 @@ class BlockReader:
             if not missing or cost > budget[0]:
                 return
             budget[0] -= cost
-        self._fetch(href, missing, bh, bw, (h, w))
+        self._fetch(href, missing, bh, bw, (h, w), ds)
 
-    def _fetch(self, href, blocks, bh, bw, shape) -> None:
+    def _fetch(self, href, blocks, bh, bw, shape, ds=None) -> None:
         """Decode ``blocks`` ((row, col) block indices) of ``href`` into the cache (one read of
-        their bounding rectangle when they fill it, else one read per block)."""
+        their bounding rectangle when they fill it, else one read per block). ``ds``: the open
+        dataset to read first (a retry reopens it)."""
         from rasterio.windows import Window
 
         h, w = shape
@@ -456,18 +483,24 @@ class BlockReader:
             c1 = min(w, (part[-1][1] + 1) * bw)
             win = Window(c0, r0, c1 - c0, r1 - r0)
 
-            def request(win=win) -> np.ndarray:
+            opened = [ds] if ds is not None else []
+
+            def request(win=win, opened=opened) -> np.ndarray:
+                src = opened.pop() if opened else self._open(href)  # a retry reopens the file
                 with self._env_ctx():
-                    return self._open(href).read(1, window=win)
+                    return src.read(1, window=win)
 
             arr = self._retrying(href, request)
+            blks = {
+                (href, br, bc): np.ascontiguousarray(
+                    arr[br * bh - r0 : br * bh - r0 + bh, bc * bw - c0 : bc * bw - c0 + bw]
+                )
+                for br, bc in part
+            }  # copied before taking the lock, which the other read threads wait on
             with self._lock:
-                for br, bc in part:
-                    key = (href, br, bc)
+                for key, blk in blks.items():
                     if key in self._blocks:
                         continue
-                    y, x = br * bh - r0, bc * bw - c0
-                    blk = np.ascontiguousarray(arr[y : y + bh, x : x + bw])
                     self.decoded += 1
                     self._blocks[key] = blk
                     self._nbytes += blk.nbytes
@@ -480,7 +513,9 @@ class BlockReader:
 
         with self._lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="s2lc-read")
+                self._executor = ThreadPoolExecutor(
+                    self.threads, thread_name_prefix="s2lc-read", initializer=self._enter_env
+                )
             return self._executor
 
     def forget(self, href: str) -> None:
@@ -505,6 +540,22 @@ class BlockReader:
     @property
     def cached_mb(self) -> float:
         return self._nbytes / 2**20
+
+
+_CURL_CACHE_SET = False
+
+
+def _size_curl_cache() -> None:
+    """Set GDAL's range cache to :data:`CURL_CACHE_BYTES` for the process, once, unless the
+    user set ``CPL_VSIL_CURL_CACHE_SIZE`` (GDAL reads it when it first reads over HTTP)."""
+    global _CURL_CACHE_SET
+    if _CURL_CACHE_SET:
+        return
+    _CURL_CACHE_SET = True
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    if get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE") is None:
+        set_gdal_config("CPL_VSIL_CURL_CACHE_SIZE", str(CURL_CACHE_BYTES))
 
 
 def is_remote(href: str) -> bool:

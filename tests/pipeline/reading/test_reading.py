@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import copy
 import datetime as dt
 import json
@@ -318,6 +320,22 @@ def test_transient_http_faults_are_retried_and_the_pixels_stay_bit_identical(es_
     if kind == "reset":  # GDAL retries 429/5xx itself, not resets (a truncated body it may
         assert reader.retries >= 1  # re-request itself, depending on where the cut falls)
     np.testing.assert_array_equal(got.values, local.values)
+
+
+def test_reader_sizes_gdals_range_cache_for_its_threads():
+    """Issue 26: a reader sets GDAL's range cache (process-wide) to hold what its read threads
+    have in flight, unless the user set it; with GDAL's 16 MB, 64 threads made GDAL fetch a
+    file's header range a second time."""
+    from rasterio.env import get_gdal_config
+
+    from pipeline.reading.blocks import CURL_CACHE_BYTES, READ_THREADS, BlockReader
+
+    BlockReader()
+    size = get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE")
+    assert size is not None
+    if "CPL_VSIL_CURL_CACHE_SIZE" not in os.environ:  # the user's setting is kept
+        assert int(size) == CURL_CACHE_BYTES
+    assert CURL_CACHE_BYTES >= READ_THREADS * 2**20  # a MiB per file in flight
 
 
 def test_is_remote():

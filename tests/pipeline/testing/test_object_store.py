@@ -153,3 +153,24 @@ def test_in_flight_profile_of_a_known_log():
     assert got["span_s"] == 1.5 and got["busy_s"] == 1.5
     assert got["mean"] == pytest.approx(2.0 / 1.5)
     assert got["per_step"] == [1.0, 2.0, 1.0, 0.0]
+
+
+def test_request_structure_of_a_known_log():
+    """The latency bench's structural figures from a store's log (pipeline.bench.reading): two
+    files, one with three requests back to back (3 round trips of 10 ms), one with a 10 ms gap
+    between its two requests; nothing in flight between 0.03 and 0.05 s."""
+    from pipeline.bench.reading import request_structure
+
+    log = [
+        (0.00, 0.01, "HEAD", "a", -1, -1),
+        (0.01, 0.02, "GET", "a", 0, 16384),
+        (0.02, 0.03, "GET", "a", 16384, 99),
+        (0.05, 0.06, "GET", "b", 0, 16384),
+        (0.07, 0.08, "GET", "b", 16384, 99),
+    ]
+    got = request_structure(log, 0.01)
+    assert got["requests_per_file"] == 2.5
+    assert abs(got["file_chain_rt"] - 3.0) < 1e-9  # (3 + 3) / 2
+    assert abs(got["span_rt"] - 8.0) < 1e-9
+    assert abs(got["idle_s"] - 0.03) < 1e-9  # 0.03-0.05 and 0.06-0.07
+    assert request_structure(log, 0.0)["span_rt"] is None
