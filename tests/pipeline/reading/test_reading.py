@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import copy
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import numpy as np
