@@ -530,6 +530,8 @@ _READ_THREAD = threading.local()
 """Per read thread: the GDAL settings (``env_key``) it holds for its lifetime."""
 _POOLS: dict[tuple, Any] = {}
 _POOLS_LOCK = threading.Lock()
+# A forked child has none of its parent's threads: it starts pools of its own.
+os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 def _read_pool(threads: int, env_key: tuple) -> Any:
