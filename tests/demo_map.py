@@ -4,7 +4,7 @@ tests/conftest.py). The driver's tests make their own (a map without the field, 
 and resumed run must reproduce).
 
 ``python -m pipeline run`` through the demo STAC profile with a LocalCluster of 2 worker
-processes: TimeSenCLIP (untrained), a 600 m x 600 m window of the demo region (60 x 60 px at
+processes: TimeSenCLIP (the suite's one-layer checkpoint), a 600 m x 600 m window of the demo region (60 x 60 px at
 10 m, 4 tiles of 32 px), 12 monthly composites, composites and the embedding field stored.
 """
 
@@ -39,15 +39,29 @@ def inner_bbox() -> list[float]:
     return [w + d, s + d, e - d, n - d]
 
 
+def model_args(model: str = "timesenclip") -> list[str]:
+    """``run`` options for the suite's ``model``: TimeSenCLIP from the one-layer checkpoint the
+    suite writes into its cache (:func:`pipeline.testing.models.small_timesenclip`; the
+    reference depth is the model tests' and the ``--untrained`` demo runs'), SenCLIP untrained.
+    The checkpoint goes into the cache of ``S2LC_CACHE_DIR`` (the suite's, with the
+    ``session_cache_dir`` fixture)."""
+    if model != "timesenclip":
+        return ["--untrained", "--model", model]
+    from pipeline.base.paths import cache_dir
+    from pipeline.testing.models import small_timesenclip
+
+    return ["--checkpoint", str(small_timesenclip(cache_dir("test-models"))), "--model", model]
+
+
 def base_args(model: str = "timesenclip", tile: int = 32) -> list[str]:
-    """``run`` options for the window: region, --bbox, untrained ``model``, ``tile`` px tiles."""
+    """``run`` options for the window: region, --bbox, the suite's ``model``, ``tile`` px tiles."""
     bbox = [f"{v:.7f}" for v in inner_bbox()]
-    return ["--region", "demo", "--bbox", *bbox, "--untrained", "--model", model,
-            "--tile-size", str(tile)]  # fmt: skip
+    return ["--region", "demo", "--bbox", *bbox, *model_args(model), "--tile-size", str(tile)]
 
 
-#: The options of the shared map (``--out`` aside): a rerun with these is a no-op.
-MAP_ARGS = [*base_args(), "--save-composite", "--save-embeddings"]
+def map_args() -> list[str]:
+    """The options of the shared map (``--out`` aside): a rerun with these is a no-op."""
+    return [*base_args(), "--save-composite", "--save-embeddings"]
 
 
 def run(args, env, timeout=600, check=True) -> subprocess.CompletedProcess:
@@ -83,7 +97,7 @@ def make_demo_map(root: Path) -> DemoMap:
     with FileLock(str(root / "lock")):
         if not done.is_file():
             env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-            proc = run([*MAP_ARGS, "--out", str(out)], env, timeout=1500)
+            proc = run([*map_args(), "--out", str(out)], env, timeout=1500)
             log.write_text(proc.stderr)
             done.write_text("ok")
     return DemoMap(out, log.read_text())

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.demo_map import model_args
 from tests.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -47,7 +48,7 @@ def gridded_run(tmp_path_factory):
     with serve(catalog) as url:
         args = [
             sys.executable, "-m", "pipeline", "run", "--region", str(region_file), "--year",
-            "2023", "--untrained", "--stac-url", url, "--tile-size", "50", "--workers", "2",
+            "2023", *model_args(), "--stac-url", url, "--tile-size", "50", "--workers", "2",
             "--no-progress", "--out", str(out),
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}

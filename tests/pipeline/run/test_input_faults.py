@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 
+from tests.demo_map import model_args
 from tests.paths import REPO_ROOT, TEST_DATA
 
 ROOT = REPO_ROOT
@@ -27,7 +28,7 @@ CASES = TEST_DATA / "cases"
 
 def _run(region: Path, url: str, out: Path, start: str, end: str, *extra: str):
     cmd = [sys.executable, "-m", "pipeline", "run", "--region", str(region), "--start", start,
-           "--end", end, "--period", "annual", "--model", "timesenclip", "--untrained",
+           "--end", end, "--period", "annual", *model_args(),
            "--stac-url", url, "--max-cloud", "100", "--workers", "1", "--no-progress",
            "--out", str(out), *extra]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

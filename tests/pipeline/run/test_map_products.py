@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.demo_map import model_args
 from tests.paths import REPO_ROOT
 
 # 1 km x 1 km inside the demo AOI (EPSG:32632) around the planted patch (AOI rows 57..63,
@@ -54,7 +55,7 @@ def planted_runs(tmp_path_factory):
             out = tmp / f"map{tile}"
             cmd = [
                 sys.executable, "-m", "pipeline", "run", "--region", "demo", "--bbox", *_bbox(),
-                "--year", "2023", "--untrained", "--stac-url", url, "--tile-size", str(tile),
+                "--year", "2023", *model_args(), "--stac-url", url, "--tile-size", str(tile),
                 "--workers", "2", "--no-progress", "--out", str(out), *OPTIONS,
             ]  # fmt: skip
             proc = subprocess.run(

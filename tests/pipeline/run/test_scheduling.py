@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.demo_map import model_args
 from tests.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -99,7 +100,7 @@ def test_dead_letter_then_retry_failed(one_bad_tile_catalog, tmp_path):
     with serve(root) as url:
         base = [
             sys.executable, "-m", "pipeline", "run", "--bbox", *_bbox(), "--start", "2023-05-01",
-            "--end", "2023-06-30", "--period", "annual", "--untrained", "--stac-url", url,
+            "--end", "2023-06-30", "--period", "annual", *model_args(), "--stac-url", url,
             "--tile-size", "32", "--workers", "2", "--no-progress", "--out", str(out),
             "--max-attempts", "3",
         ]  # fmt: skip
