@@ -188,7 +188,7 @@ def test_postprocessing_across_the_cell_edge_is_the_whole_maps(postprocessed_run
     raw = ds["classes_raw"].sel(**box).values
     classes = ds["classes"].sel(**box).values
     flag = ds["postprocessed"].sel(**box).values
-    edge = int(np.flatnonzero(ds["y"].sel(box["y"]).values < 2_800_000)[0])  # first row of N27
+    edge = int(np.flatnonzero(ds["y"].sel(y=box["y"]).values < 2_800_000)[0])  # first row of N27
     assert 0 < edge < raw.shape[0] and (raw[:edge] != 255).any() and (raw[edge:] != 255).any()
     assert len(np.unique(raw[raw != 255])) >= 3
     want, want_flag = postprocess(raw, majority=1, mmu=9)
