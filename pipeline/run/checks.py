@@ -48,8 +48,8 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
     Raises:
         UserError: an unknown region or a ``--bbox`` outside it, a local run too large without
             ``--allow-large``, periods the model cannot take, an unknown legend, an unreadable
-            head or one fitted for another model, period or number of periods, ``sbatch``
-            missing for ``--cluster slurm``, or ``--majority``/``--mmu`` on a gridded run.
+            head or one fitted for another model, period or number of periods, or ``sbatch``
+            missing for ``--cluster slurm``.
     """
     from aoi import location_text, to_crs
     from pipeline.composite.median import period_labels
@@ -67,8 +67,7 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
         from pipeline.run.cluster import check_sbatch
 
         check_sbatch()
-    check_size(cfg.execution, area_km2)  # last but one: above the CPU limit it counts GPUs
-    check_postprocess(bool(cfg.output.postprocess), region.crs)
+    check_size(cfg.execution, area_km2)  # last: above the CPU limit it counts GPUs
     return CheckedInputs(region, geometry, area_km2, labels, where)
 
 
@@ -116,17 +115,6 @@ def check_size(execution: ExecutionConfig, area_km2: float) -> None:
             f"the region covers {area_km2:,.0f} km2, more than a local cluster maps in reasonable "
             f"time ({limit:,.0f} km2 here); use --cluster slurm|tcp://..., a smaller --bbox, "
             "or pass --allow-large to run it anyway"
-        )
-
-
-def check_postprocess(postprocess: bool, crs: str) -> None:
-    """--majority / --mmu need the whole map at once: refused on gridded (per-cell) runs."""
-    from pipeline.grid.cells import is_gridded
-
-    if postprocess and is_gridded(crs):
-        raise UserError(
-            "--majority/--mmu work on regional runs only: a gridded (EPSG:3035) run publishes "
-            "each 100 km cell as its tiles finish (see the README, 'Post-processing')"
         )
 
 

@@ -1,7 +1,10 @@
 """Publishing a gridded run (EPSG:3035, 100 km EEA cells): cells as they complete, then the mosaics.
 
 :func:`publish_cells` publishes every cell whose tiles are all done and that is not published
-yet (a rerun skips finished cells; a cell with a failed tile waits for the rerun), and
+yet (a rerun skips finished cells; a cell with a failed tile waits for the rerun). With
+``--majority``/``--mmu`` no cell is published until every tile is done and the whole map is
+post-processed (:func:`pipeline.run.postprocess.postprocess_cells`): a region may span any number
+of cells, so a cell's result is final only then. Then
 :func:`publish_gridded` writes what covers the whole run once every cell is published: a VRT per
 layer, the STAC collection, the Zarr store, legend, quicklook and STAC item.
 """
@@ -47,17 +50,29 @@ def _item_kwargs(cfg, prep, cell: Cell, report: dict, labels: list[str]) -> dict
             "s2lc:periods": labels,
             "s2lc:output_hash": report["output_hash"],
             "grid:code": f"EEA-{cell.code}",
+            **(
+                {"s2lc:postprocess": {"majority": cfg.output.majority, "mmu": cfg.output.mmu}}
+                if cfg.output.postprocess
+                else {}
+            ),
         },
         "item_id": f"s2lc-{prep.region_name}-{cfg.composite.start}-{cfg.composite.end}-{cfg.composite.period}-{cfg.model.name}",
     }
 
 
 def publish_cells(
-    cfg, prep, ws: Workspace, report: dict, labels: list[str], done: Iterable[str]
+    cfg,
+    prep,
+    ws: Workspace,
+    report: dict,
+    labels: list[str],
+    done: Iterable[str],
+    hold: bool = False,
 ) -> dict[str, list[str]]:
     """Publish the complete cells not yet published; returns codes by state.
 
-    States: ``published`` (now), ``skipped`` (published earlier), ``waiting`` (a tile not done).
+    States: ``published`` (now), ``skipped`` (published earlier), ``waiting`` (a tile not done,
+    or ``hold``: post-processing, which needs every cell's tiles, has not run yet).
     """
 
     done = set(done)
@@ -65,7 +80,7 @@ def publish_cells(
     for code, cell in cells_of(prep.grid).items():
         if cell_is_published(ws.cells, code, report["output_hash"]):
             state["skipped"].append(code)
-        elif all(t in done for t in cell.tile_ids):
+        elif not hold and all(t in done for t in cell.tile_ids):
             publish_cell(
                 ws.tiles,
                 ws.cells,
@@ -80,8 +95,9 @@ def publish_cells(
         else:
             state["waiting"].append(code)
     _log.info(
-        "cells: %d published, %d done earlier, %d waiting for tiles",
+        "cells: %d published, %d done earlier, %d waiting for %s",
         *(len(state[k]) for k in ("published", "skipped", "waiting")),
+        "post-processing (once every tile is done)" if hold else "tiles",
     )
     return state
 

@@ -350,7 +350,10 @@ def publish_run(
         from pipeline.run.continental import publish_cells
 
         t = time.perf_counter()
-        report["cells"] = publish_cells(cfg, prep, ws, report, labels, all_stats)
+        # post-processing needs every cell: then no cell is published before it has run
+        report["cells"] = publish_cells(
+            cfg, prep, ws, report, labels, all_stats, hold=cfg.output.postprocess
+        )
         report["seconds"]["publish_cells"] = time.perf_counter() - t
     dead = {
         **store.dead_before,
@@ -380,9 +383,17 @@ def publish_run(
             )
         raise TilesFailed(msg)
     if cfg.output.postprocess:  # over the whole map, once every tile is done
-        from pipeline.run.postprocess import postprocess_map
+        from pipeline.run.postprocess import postprocess_cells, postprocess_map
 
-        report["postprocess"] = postprocess_map(cfg, prep, ws)
+        if gridded:  # cell by cell, then the cells are published
+            from pipeline.run.continental import publish_cells
+
+            report["postprocess"] = postprocess_cells(cfg, prep, ws)
+            t = time.perf_counter()
+            report["cells"] = publish_cells(cfg, prep, ws, report, labels, all_stats)
+            report["seconds"]["publish_cells"] = time.perf_counter() - t
+        else:
+            report["postprocess"] = postprocess_map(cfg, prep, ws)
     t = time.perf_counter()
     if gridded:
         from pipeline.run.continental import publish_gridded

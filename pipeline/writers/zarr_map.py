@@ -513,18 +513,35 @@ def write_tile(path: str | os.PathLike[str], tile: Tile, result: TileResult) -> 
         arr[(*lead, ys, xs)] = data
 
 
-def read_layer(path: str | os.PathLike[str], name: str) -> np.ndarray:
-    """The whole array ``name`` of the store at ``path`` (e.g. the raw classes to post-process)."""
+def read_layer(
+    path: str | os.PathLike[str], name: str, window: tuple[slice, slice] | None = None
+) -> np.ndarray:
+    """The array ``name`` of the store at ``path`` (e.g. the raw classes to post-process): whole,
+    or its (rows, cols) ``window`` of a (y, x) layer."""
     import zarr
 
-    return zarr.open_group(str(path), mode="r", zarr_format=ZARR_FORMAT)[name][...]
+    arr = zarr.open_group(str(path), mode="r", zarr_format=ZARR_FORMAT)[name]
+    return arr[...] if window is None else arr[window[0], window[1]]
 
 
-def write_layer(path: str | os.PathLike[str], name: str, data: np.ndarray) -> None:
-    """Overwrite the whole array ``name`` of the store at ``path`` (shape and dtype as stored)."""
+def write_layer(
+    path: str | os.PathLike[str],
+    name: str,
+    data: np.ndarray,
+    window: tuple[slice, slice] | None = None,
+) -> None:
+    """Overwrite the array ``name`` of the store at ``path`` (shape and dtype as stored): whole,
+    or its (rows, cols) ``window`` of a (y, x) layer (``data`` then the window's shape)."""
     import zarr
 
     arr = zarr.open_group(str(path), mode="r+", zarr_format=ZARR_FORMAT)[name]
-    if tuple(data.shape) != tuple(arr.shape):
-        raise ValueError(f"{name} has shape {data.shape}, the store {arr.shape}")
-    arr[...] = np.asarray(data, dtype=arr.dtype)
+    if window is None:
+        if tuple(data.shape) != tuple(arr.shape):
+            raise ValueError(f"{name} has shape {data.shape}, the store {arr.shape}")
+        arr[...] = np.asarray(data, dtype=arr.dtype)
+        return
+    ys, xs = window
+    want = (len(range(*ys.indices(arr.shape[0]))), len(range(*xs.indices(arr.shape[1]))))
+    if tuple(data.shape) != want:
+        raise ValueError(f"{name} window is {want}, the data {data.shape}")
+    arr[ys, xs] = np.asarray(data, dtype=arr.dtype)

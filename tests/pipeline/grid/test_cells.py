@@ -1,5 +1,6 @@
 """A run across two UTM zones and two 100 km EEA cells: EPSG:3035, per-cell COGs and STAC items,
-a VRT per layer that opens as one raster, chunk-aligned Zarr, cells skipped on rerun.
+a VRT per layer that opens as one raster, chunk-aligned Zarr, cells skipped on rerun; and the same
+region post-processed (``--majority 1 --mmu 9``) across the cell edge, as the whole map would be.
 
 The catalog is drawn by the demo generator, one scene set per UTM zone (32 and 33 at 12 E),
 served by the real local STAC API; the run uses a LocalCluster of two worker processes.
@@ -59,7 +60,9 @@ def gridded_run(tmp_path_factory):
             )
 
         first = run()
-        yield {"out": out, "first": first, "run": run, "catalog": catalog}
+        yield {
+            "out": out, "first": first, "run": run, "catalog": catalog, "region": region_file,
+        }  # fmt: skip
 
 
 def test_catalog_spans_two_zones(gridded_run):
@@ -145,3 +148,72 @@ def test_rerun_skips_finished_cells(gridded_run):
     # and with the record in place, a rerun does nothing
     assert gridded_run["run"]().returncode == 0
     assert json.loads((out / "run.json").read_text())["seconds"] == report["seconds"]
+
+
+@pytest.fixture(scope="module")
+def postprocessed_run(gridded_run, tmp_path_factory):
+    """The same region and catalog, with ``--majority 1 --mmu 9`` and the class-mean calibration
+    on the region's reference sample (the untrained map then uses several classes)."""
+    from pipeline.testing.stac_server import serve
+
+    out = tmp_path_factory.mktemp("gridded_post") / "out"
+    with serve(gridded_run["catalog"]) as url:
+        args = [
+            sys.executable, "-m", "pipeline", "run", "--region", str(gridded_run["region"]),
+            "--year", "2023", "--untrained", "--stac-url", url, "--tile-size", "50",
+            "--workers", "2", "--no-progress", "--out", str(out), "--calibration", "reference",
+            "--majority", "1", "--mmu", "9",
+        ]  # fmt: skip
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_postprocessing_across_the_cell_edge_is_the_whole_maps(postprocessed_run):
+    """Each cell is post-processed on its own with its neighbour's edge and the regions joined
+    across it: the published cells are the whole map's post-processing, not each cell's."""
+    import rasterio
+    import xarray as xr
+
+    from pipeline.writers.postprocess import postprocess
+
+    out = postprocessed_run
+    report = json.loads((out / "run.json").read_text())
+    assert set(report["cells"]["published"]) == CELLS
+    assert report["postprocess"]["cells"] == 2 and report["postprocess"]["sieve_passes"] >= 1
+    # the store over the region with a margin (all nodata outside the region)
+    x0, y0, x1, y1 = REGION_3035
+    ds = xr.open_zarr(out / "map.zarr")
+    box = {"x": slice(x0 - 200, x1 + 200), "y": slice(y1 + 200, y0 - 200)}
+    raw = ds["classes_raw"].sel(**box).values
+    classes = ds["classes"].sel(**box).values
+    flag = ds["postprocessed"].sel(**box).values
+    edge = int(np.flatnonzero(ds["y"].sel(y=box["y"]).values < 2_800_000)[0])  # first row of N27
+    assert 0 < edge < raw.shape[0] and (raw[:edge] != 255).any() and (raw[edge:] != 255).any()
+    assert len(np.unique(raw[raw != 255])) >= 3
+    want, want_flag = postprocess(raw, majority=1, mmu=9)
+    np.testing.assert_array_equal(classes, want)
+    np.testing.assert_array_equal(flag, want_flag)
+    assert ((classes == 255) == (raw == 255)).all()  # nodata never filled
+    assert report["postprocess"]["changed_pixels"] == int((flag == 1).sum()) > 0
+    # the test can tell: each cell post-processed on its own gives another map
+    alone = np.concatenate(
+        [postprocess(raw[:edge], 1, 9)[0], postprocess(raw[edge:], 1, 9)[0]], axis=0
+    )
+    assert (alone != want).any()
+    # the published cells hold the post-processed classes, the raw ones and the flag
+    for code in CELLS:
+        cell = out / "cells" / code
+        item = json.loads((cell / "item.json").read_text())
+        assert item["properties"]["s2lc:postprocess"] == {"majority": 1, "mmu": 9}
+        with rasterio.open(cell / "classes.tif") as src:
+            part = src.read(1)
+            b = src.bounds
+        sub = ds["classes"].sel(x=slice(b.left, b.right), y=slice(b.top, b.bottom)).values
+        np.testing.assert_array_equal(part, sub)
+        for name in ("classes_raw", "postprocessed"):
+            with rasterio.open(cell / f"{name}.tif") as src:
+                got = src.read(1)
+            sub = ds[name].sel(x=slice(b.left, b.right), y=slice(b.top, b.bottom)).values
+            np.testing.assert_array_equal(got, sub, err_msg=f"{code}/{name}")

@@ -165,18 +165,3 @@ def test_postprocessing_is_the_same_whatever_the_tiling(planted_runs):
     np.testing.assert_array_equal(ds["classes_raw"].values, raw)
     report = json.loads((outs[64] / "run.json").read_text())
     assert report["postprocess"]["changed_pixels"] == int((flag == 1).sum())
-
-
-def test_postprocessing_refused_on_a_gridded_run(tmp_path):
-    region = tmp_path / "gridded.yaml"
-    region.write_text(
-        "name: gridded\ncrs: auto\nresolution: 10\nstac: earth-search\n"
-        "bounds: [4469150.0, 2799700.0, 4469750.0, 2800300.0]\nbounds_crs: EPSG:3035\n"
-        "period: {start: 2023-01-01, end: 2023-12-31}\n"
-    )
-    cmd = [sys.executable, "-m", "pipeline", "run", "--region", str(region), "--untrained",
-           "--mmu", "9", "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert proc.returncode == 2 and len(errors) == 1 and "gridded" in errors[0]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
