@@ -153,14 +153,14 @@ def test_rerun_skips_finished_cells(gridded_run):
 @pytest.fixture(scope="module")
 def postprocessed_run(gridded_run, tmp_path_factory):
     """The same region and catalog, with ``--majority 1 --mmu 9`` and the class-mean calibration
-    on the region's reference sample (the untrained map then uses several classes)."""
+    on the region's reference sample (the random-init map then uses several classes)."""
     from pipeline.testing.stac_server import serve
 
     out = tmp_path_factory.mktemp("gridded_post") / "out"
     with serve(gridded_run["catalog"]) as url:
         args = [
             sys.executable, "-m", "pipeline", "run", "--region", str(gridded_run["region"]),
-            "--year", "2023", "--untrained", "--stac-url", url, "--tile-size", "50",
+            "--year", "2023", *model_args(), "--stac-url", url, "--tile-size", "50",
             "--workers", "2", "--no-progress", "--out", str(out), "--calibration", "reference",
             "--majority", "1", "--mmu", "9",
         ]  # fmt: skip
