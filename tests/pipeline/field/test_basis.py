@@ -134,7 +134,11 @@ def _bbox(box):
 @pytest.fixture(scope="module")
 def two_runs(demo_catalog, session_cache_dir, tmp_path_factory):
     """The two windows mapped at once, with the field and the composite, by two processes on a
-    cache with no basis yet (they share the demo catalog and the untrained text tower)."""
+    cache with no basis yet (they share the demo catalog and the untrained text tower).
+
+    The untrained reference-depth model, not the suite's one-layer checkpoint (tests/demo_map.py):
+    with one layer, 62 random orthonormal axes also keep 100 % zero-shot agreement (measured
+    2026-12-07), so the agreement test below could not tell the model's basis from a random one."""
     root = tmp_path_factory.mktemp("basis")
     cache = root / "cache"
     cache.mkdir()
