@@ -29,6 +29,7 @@ from typing import Any
 
 from pipeline.base.errors import UserError
 from pipeline.stac.hrefs import absolute_href
+from pipeline.stac.outline import exact_filter, search_outline
 from pipeline.stac.profiles import PROFILES, StacProfile, get_profile, unsigned_href
 from pipeline.stac.scenes import REASONS, SceneLedger, select_scenes
 
@@ -50,13 +51,18 @@ class SearchConfig:
     """Collection id overriding the profile's (``sentinel-2-l2a``)."""
     max_cloud: float = 60.0
     """Maximum scene cloud cover (``eo:cloud_cover``, percent)."""
-    page_size: int = 100
-    """Items per page requested from the API."""
+    page_size: int = 1000
+    """Items per page requested from the API (1,000: Planetary Computer's maximum; an API that
+    allows fewer sends fewer, and paging goes on). Each page costs a STAC API a query of its
+    own: on pgstac, pages of 1,000 took 30 % less time per item than pages of 100."""
     max_items: int | None = None
     """Stop after this many items (None: everything the API matched). A search stopped by it
     logs a WARNING saying the result was cut."""
     split_above: int = 5_000
     """A search the API says matches more items than this is split per month (then in halves)."""
+    parallel: int = 4
+    """Parts of a split search (months) fetched at once, each in a thread of its own (1: one
+    after the other). Pages arrive in no fixed order; the run orders its scenes afterwards."""
     retries: int = 5
     """Retries per request on 5xx/429, connection errors and timeouts."""
     backoff: float = 0.5
@@ -72,8 +78,8 @@ class SearchConfig:
             raise UserError(f"max_cloud must be within 0..100 percent, got {self.max_cloud}")
         if self.page_size < 1 or (self.max_items is not None and self.max_items < 1):
             raise UserError("page_size and max_items must be >= 1")
-        if self.split_above < 1:
-            raise UserError("split_above must be >= 1")
+        if self.split_above < 1 or self.parallel < 1:
+            raise UserError("split_above and parallel must be >= 1")
         if self.retries < 0 or self.backoff < 0 or self.timeout <= 0:
             raise UserError("retries and backoff must be >= 0 and timeout > 0")
         if self.stac_url and not self.stac_url.startswith(("http://", "https://")):
@@ -222,7 +228,7 @@ def search_run_scenes(
     try:
         result = search_scenes(geometry, start, end, cfg)
     except UserError as exc:
-        if cfg.profile != "demo" and _inside_demo(geometry):
+        if cfg.profile != "demo" and inside_demo(geometry):
             raise type(exc)(  # the same kind of error (NoScenesError stays one), with the hint
                 f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
             ) from None
@@ -242,7 +248,7 @@ def search_run_scenes(
     return items, result.ledger
 
 
-def _inside_demo(geometry) -> bool:
+def inside_demo(geometry) -> bool:
     """True when ``geometry`` (EPSG:4326) lies inside the bundled demo catalog's footprint."""
     from shapely.geometry import box
 
@@ -256,11 +262,47 @@ def _search(
     url: str, geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Every item dict the API matched (unique by id) and what it said it matched."""
+    unique: dict[str, dict] = {}
+    counts: dict[str, Any] = {}
+    for page in search_pages(url, geometry, start, end, cfg, counts):
+        for f in page:
+            unique.setdefault(str(f["id"]), f)
+    _log.debug(
+        "%d found (%d unique), %s matched", counts["returned"], len(unique), counts["matched"]
+    )
+    return list(unique.values()), counts["matched"]
+
+
+def search_pages(
+    url: str,
+    geometry: Any,
+    start: dt.date,
+    end: dt.date,
+    cfg: SearchConfig,
+    counts: dict[str, Any] | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """The API's pages of item dicts, one list at a time, footprints meeting ``geometry`` only.
+
+    The API is asked with :func:`pipeline.stac.outline.search_outline` (few vertices, containing
+    the region: a detailed outline costs the server on every page) and the footprints are then
+    filtered exactly against ``geometry`` here (:func:`pipeline.stac.outline.exact_filter`), so
+    the items are those an ``intersects`` search with ``geometry`` itself returns. ``counts``
+    (when given) receives ``returned`` (items the API sent), ``matched`` (what it said it
+    matched, None where it does not say), ``kept`` (after the exact filter) and ``pages``.
+    Items may repeat across pages (callers keep each id once).
+
+    Raises:
+        UserError: as :func:`search_scenes` (unreachable API, a truncated result).
+    """
     import requests
     from pystac_client import Client
     from pystac_client.conformance import ConformanceClasses
     from pystac_client.exceptions import APIError
 
+    counts = counts if counts is not None else {}
+    counts.update(returned=0, matched=None, kept=0, pages=0, parts=[])
+    keep = exact_filter(geometry)
+    outline = search_outline(geometry)
     try:
         client = Client.open(url, stac_io=stac_io(cfg))
         if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
@@ -270,7 +312,15 @@ def _search(
             kwargs = {"filter": cloud_filter(cfg.max_cloud), "filter_lang": "cql2-json"}
         elif client.conforms_to(ConformanceClasses.QUERY):
             kwargs = {"query": {"eo:cloud_cover": {"lte": cfg.max_cloud}}}
-        found, matched = _fetch(client, geometry, start, end, cfg, kwargs, url)
+        state = {"left": cfg.max_items}
+        for page in _fetch(client, outline, start, end, cfg, kwargs, url, counts, state):
+            counts["returned"] += len(page)
+            counts["pages"] += 1
+            page = [f for f in page if keep(f)]
+            counts["kept"] += len(page)
+            yield page
+        parts = counts["parts"]
+        counts["matched"] = None if not parts or None in parts else sum(parts)
     except UserError:
         raise
     except APIError as exc:
@@ -283,9 +333,6 @@ def _search(
         raise UserError(
             f"cannot reach the STAC API at {url} after {cfg.retries} retries: {_first_line(exc)}"
         ) from None
-    unique = {str(f["id"]): f for f in found}
-    _log.debug("%d found (%d unique), %s matched", len(found), len(unique), matched)
-    return list(unique.values()), matched
 
 
 def _matched(page: dict[str, Any]) -> int | None:
@@ -313,7 +360,14 @@ def split_period(start: dt.date, end: dt.date) -> list[tuple[dt.date, dt.date]]:
     return [(start, mid), (mid + dt.timedelta(days=1), end)] if mid < end else [(start, end)]
 
 
-def _fetch(client, geometry, start, end, cfg, kwargs, url) -> tuple[list[dict], int | None]:
+def _fetch(client, geometry, start, end, cfg, kwargs, url, counts, state) -> Iterator[list[dict]]:
+    """Pages (lists of item dicts) of one search, split per month when it matches too many.
+
+    ``counts["parts"]`` receives what the API said each searched part matched (None where it
+    does not say); ``state["left"]`` is what ``max_items`` still allows (None: no limit).
+    """
+    if state["left"] == 0:
+        return
     search = client.search(
         collections=[cfg.resolved_collection],
         intersects=geometry.__geo_interface__,
@@ -331,36 +385,113 @@ def _fetch(client, geometry, start, end, cfg, kwargs, url) -> tuple[list[dict], 
             _log.info(
                 "%d scenes matched %s..%s: searching in %d parts", matched, start, end, len(parts)
             )
-            found: list[dict] = []
-            total: int | None = 0
-            for a, b in parts:
-                part, n = _fetch(client, geometry, a, b, cfg, kwargs, url)
-                found.extend(part)
-                total = None if total is None or n is None else total + n
-            return found, total
-    found = list(first.get("features", []))
-    for page in pages:
-        if cfg.max_items is not None and len(found) >= cfg.max_items:
-            break
-        found.extend(page.get("features", []))
-    if cfg.max_items is not None and len(found) >= cfg.max_items:
-        if matched is None or matched > cfg.max_items:
-            _log.warning(
-                "search result cut at max_items=%d of %s matched scenes (%s..%s): the map would "
-                "miss scenes; raise or remove the limit",
-                cfg.max_items,
-                matched if matched is not None else "more",
-                start,
-                end,
-            )
-        return found[: cfg.max_items], matched
-    if matched is not None and len(found) < matched:
+            if cfg.parallel > 1 and state["left"] is None:
+                yield from _in_threads(
+                    [
+                        lambda a=a, b=b: _fetch(
+                            client, geometry, a, b, cfg, kwargs, url, counts, state
+                        )
+                        for a, b in parts
+                    ],
+                    cfg.parallel,
+                )
+            else:
+                for a, b in parts:
+                    yield from _fetch(client, geometry, a, b, cfg, kwargs, url, counts, state)
+            return
+    counts["parts"].append(matched)
+    found = 0
+    limit = state["left"]
+    page: list[dict] | None = list(first.get("features", []))
+    while page is not None:
+        if limit is not None and found + len(page) >= limit:
+            page = page[: limit - found]
+            found += len(page)
+            state["left"] = 0
+            if page:
+                yield page
+            if matched is None or matched > limit:
+                _log.warning(
+                    "search result cut at max_items=%d of %s matched scenes (%s..%s): the map "
+                    "would miss scenes; raise or remove the limit",
+                    cfg.max_items,
+                    matched if matched is not None else "more",
+                    start,
+                    end,
+                )
+            return
+        found += len(page)
+        if page:
+            yield page
+        nxt = next(pages, None)
+        page = None if nxt is None else list(nxt.get("features") or [])
+    if limit is not None:
+        state["left"] = limit - found
+    if matched is not None and found < matched:
         raise UserError(
             f"the STAC API at {url} matched {matched} scenes for {start}..{end} but paging returned "
-            f"only {len(found)}: the result is truncated (an API cap?); retry, or search a shorter "
+            f"only {found}: the result is truncated (an API cap?); retry, or search a shorter "
             "period or a smaller area"
         )
-    return found, matched
+
+
+def _in_threads(parts: list, n: int) -> Iterator[list[dict]]:
+    """The pages of the generators ``parts()`` (factories), ``n`` of them run at once in threads.
+
+    Pages are yielded as they arrive, at most ``2 n`` waiting (the memory stays bounded); the
+    first error of any part is raised here. Closing this generator stops the threads after
+    their current page.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=2 * n)
+    stop = threading.Event()
+    todo = list(enumerate(parts))
+    lock = threading.Lock()
+    done = object()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    if not todo:
+                        break
+                    _, factory = todo.pop(0)
+                for page in factory():
+                    if not put(page):
+                        return
+        except BaseException as exc:  # re-raised in the consumer
+            put(exc)
+        finally:
+            put(done)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(n, len(parts)))]
+    for t in threads:
+        t.start()
+    running = len(threads)
+    try:
+        while running:
+            x = q.get()
+            if x is done:
+                running -= 1
+            elif isinstance(x, BaseException):
+                raise x
+            else:
+                yield x
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
 
 
 def _first_line(exc: BaseException) -> str:
