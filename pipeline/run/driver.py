@@ -50,6 +50,10 @@ from pipeline.stac.scenes import SceneLedger
 
 _log = logging.getLogger(__name__)
 
+#: Regions larger than this search in a process of their own (:func:`pipeline.stac.found.search_run`),
+#: so the memory of the search's pages never stays in the driver (about 1.4 GB for EU-27).
+ISOLATED_SEARCH_KM2 = 100_000.0
+
 
 @dataclass(frozen=True)
 class RunState:
@@ -257,7 +261,8 @@ def _search(cfg: RunConfig, checked: CheckedInputs) -> FoundScenes:
     """The STAC search for the run's region and period, streamed into a spool file (raises
     NoScenesError when empty)."""
     c = cfg.composite
-    found = search_run(checked.geometry, c.start, c.end, cfg.search)
+    isolated = checked.area_km2 > ISOLATED_SEARCH_KM2
+    found = search_run(checked.geometry, c.start, c.end, cfg.search, isolated=isolated)
     _log.info("%d scenes found", len(found))
     return found
 

@@ -4,7 +4,7 @@ A year of EU-27 is about 94,000 items, 790 MB of JSON and about 3 GB as Python o
 run's search never holds them as one list. :func:`stream_run_scenes` writes every usable item of
 every page as one JSON line into a spool file as the page arrives (the rules of
 :class:`pipeline.stac.scenes.SceneSelector` applied on the way, each item normalised as
-:func:`run_item` says), keeping only the byte span of each line; :class:`FoundScenes` then
+:func:`pipeline.stac.search.run_item` says), keeping only the byte span of each line; :class:`FoundScenes` then
 yields the kept items in the run's order (datetime, id), one at a time, for the run's inputs
 file (:meth:`pipeline.run.inputs.RunInputs.write`). The ledger of every returned scene stays in
 memory (a few hundred bytes per scene).
@@ -15,27 +15,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import os
+import resource
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
-import pystac
 
 from pipeline.base.errors import UserError
-from pipeline.stac.hrefs import absolute_href
-from pipeline.stac.profiles import unsigned_href
 from pipeline.stac.scenes import REASONS, SceneLedger, SceneSelector
-from pipeline.stac.search import NoScenesError, api_url, inside_demo, search_pages
+from pipeline.stac.search import NoScenesError, api_url, inside_demo, run_item, search_pages
 
-__all__ = ["FoundScenes", "run_item", "search_run", "stream_run_scenes"]
+__all__ = ["FoundScenes", "search_run", "stream_run_scenes"]
 
 _log = logging.getLogger(__name__)
-
-_API_LINKS = ("root", "parent")
 
 
 class FoundScenes:
@@ -64,6 +61,8 @@ class FoundScenes:
                 yield json.loads(fh.read(int(n)))
 
     def close(self) -> None:
+        if self.path is None:  # handed over to another process
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -71,33 +70,6 @@ class FoundScenes:
 
     def __del__(self) -> None:
         self.close()
-
-
-def run_item(d: dict) -> dict:
-    """A search's item dict as a run keeps it: the API's root/parent links dropped (they would be
-    resolved over HTTP whenever the item is serialised), asset hrefs made absolute against the
-    self link (pystac's rule, :func:`pipeline.stac.hrefs.absolute_href`, only for relative ones)
-    and unsigned (signatures expire: signed when read). An href that cannot be resolved is left
-    as it is (the reader skips the scene and says why)."""
-    d = {**d, "links": [lk for lk in d.get("links", []) if lk.get("rel") not in _API_LINKS]}
-    assets = {k: dict(a) for k, a in (d.get("assets") or {}).items()}
-    relative = [
-        k
-        for k, a in assets.items()
-        if not (urlsplit(str(a.get("href", ""))).scheme or str(a.get("href", "")).startswith("/"))
-    ]
-    if relative:
-        item = pystac.Item.from_dict(d)
-        for k in relative:
-            try:
-                assets[k]["href"] = absolute_href(item.assets[k])
-            except UserError:
-                pass
-    for a in assets.values():
-        if "href" in a:
-            a["href"] = unsigned_href(a["href"])
-    d["assets"] = assets
-    return d
 
 
 def stream_run_scenes(
@@ -116,7 +88,6 @@ def stream_run_scenes(
         cannot be reached or returns fewer items than it matched); nothing is left on disk.
     """
     sel = SceneSelector(start, end, cfg.max_cloud)
-    seen: set[str] = set()
     counts: dict[str, Any] = {}
     fd, name = tempfile.mkstemp(prefix="s2lc-search-", suffix=".jsonl", dir=folder)
     path = Path(name)
@@ -126,9 +97,8 @@ def stream_run_scenes(
             for page in search_pages(url, geometry, start, end, cfg, counts):
                 for f in page:
                     sid = str(f["id"])
-                    if sid in seen:
+                    if sid in sel.ledger.scenes:  # every id seen is in the ledger
                         continue
-                    seen.add(sid)
                     line = json.dumps(run_item(f), separators=(",", ":")).encode() + b"\n"
                     if sel.add(f, (pos, len(line))):
                         fh.write(line)
@@ -168,7 +138,13 @@ def stream_run_scenes(
 
 
 def search_run(
-    geometry: Any, start: dt.date, end: dt.date, cfg: Any, folder: str | Path | None = None
+    geometry: Any,
+    start: dt.date,
+    end: dt.date,
+    cfg: Any,
+    folder: str | Path | None = None,
+    *,
+    isolated: bool = False,
 ) -> FoundScenes:
     """A run's search (:func:`stream_run_scenes`) on ``cfg``'s API (the demo catalog served for
     the duration where the profile is ``demo``).
@@ -176,8 +152,23 @@ def search_run(
     A search that finds nothing inside the bundled demo catalog's footprint under another
     profile says to add ``--profile demo``.
 
+    ``isolated``: search in a process of its own and hand the spool file and the ledger back.
+    Python does not give back to the system the memory that thousands of parsed pages leave
+    fragmented, so a continental search (EU-27: about 1.4 GB) would stay in the driver's
+    resident memory for the whole run; the process's peak is kept in ``counts["peak_mb"]``.
+
     :raises UserError: as :func:`stream_run_scenes` (:class:`NoScenesError` stays one).
     """
+    if isolated:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            path, spans, scenes, counts = pool.submit(
+                _search_in_child, geometry, start, end, cfg, folder
+            ).result()
+        found = FoundScenes(Path(path), spans, SceneLedger(scenes), counts)
+        for line in found.ledger.summary_lines():
+            _log.info("%s", line)
+        return found
     try:
         with api_url(cfg) as url:
             return stream_run_scenes(url, geometry, start, end, cfg, folder)
@@ -187,3 +178,12 @@ def search_run(
                 f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
             ) from None
         raise
+
+
+def _search_in_child(geometry, start, end, cfg, folder) -> tuple[str, np.ndarray, dict, dict]:
+    """:func:`search_run` in a child process: (spool path, spans, ledger scenes, counts)."""
+    found = search_run(geometry, start, end, cfg, folder)
+    counts = {**found.counts, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = (str(found.path), found.spans, found.ledger.scenes, counts)
+    found.path = None  # the parent owns the spool file now
+    return out

@@ -176,6 +176,23 @@ def search_scenes(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
     scene is usable (naming the reasons and, for unknown layouts, the keys found), or the API
     cannot be reached or returns fewer items than it matched.
     """
+    import pystac
+
+    kept, ledger, url, matched = _kept(geometry, start, end, cfg)
+    # Links to the API's root would be resolved (over HTTP) whenever an item is serialised.
+    items = [
+        pystac.Item.from_dict(
+            {**d, "links": [lk for lk in d.get("links", []) if lk.get("rel") not in _API_LINKS]}
+        )
+        for d in kept
+    ]
+    return SearchResult(items, ledger, url, matched)
+
+
+def _kept(
+    geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
+) -> tuple[list[dict], SceneLedger, str, int | None]:
+    """:func:`search_scenes`' usable item dicts, ledger, API URL and matched count."""
     if end < start:
         raise UserError(f"the period ends ({end}) before it starts ({start})")
     with api_url(cfg) as url:
@@ -197,17 +214,8 @@ def search_scenes(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
         raise UserError(
             f"none of the {len(found)} scenes {url} returned is usable ({reasons}); e.g. {first}"
         )
-    import pystac
-
-    # Links to the API's root would be resolved (over HTTP) whenever an item is serialised.
-    items = [
-        pystac.Item.from_dict(
-            {**d, "links": [lk for lk in d.get("links", []) if lk.get("rel") not in _API_LINKS]}
-        )
-        for d in kept
-    ]
-    _log.info("%d scene(s) from %s (%s) for %s..%s", len(items), url, collection, start, end)
-    return SearchResult(items, ledger, url, matched)
+    _log.info("%d scene(s) from %s (%s) for %s..%s", len(kept), url, collection, start, end)
+    return kept, ledger, url, matched
 
 
 _API_LINKS = ("root", "parent")
@@ -226,26 +234,46 @@ def search_run_scenes(
         UserError: as :func:`search_scenes` (the same kind, :class:`NoScenesError` stays one).
     """
     try:
-        result = search_scenes(geometry, start, end, cfg)
+        kept, ledger, _, _ = _kept(geometry, start, end, cfg)
     except UserError as exc:
         if cfg.profile != "demo" and inside_demo(geometry):
             raise type(exc)(  # the same kind of error (NoScenesError stays one), with the hint
                 f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
             ) from None
         raise
-    items = []
-    for it in result.items:
-        d = it.to_dict()
-        for key, asset in d.get("assets", {}).items():
-            # Relative hrefs resolved against the self link now (pystac's rule), so the manifest
-            # a resumed run reads them from needs no link; signatures expire: signed when read.
+    return [run_item(d) for d in kept], ledger
+
+
+def run_item(d: dict) -> dict:
+    """A search's item dict as a run keeps it (the API's dict otherwise as it is): the API's
+    root/parent links dropped (they would be resolved over HTTP whenever the item is
+    serialised), relative asset hrefs resolved against the self link now (pystac's rule,
+    :func:`pipeline.stac.hrefs.absolute_href`), so the inputs file a resumed run reads them from
+    needs no link, and every href unsigned (signatures expire: signed when read). An href that
+    cannot be resolved is left as it is (the reader skips the scene and says why)."""
+    import pystac
+
+    d = {**d, "links": [lk for lk in d.get("links", []) if lk.get("rel") not in _API_LINKS]}
+    assets = {k: dict(a) for k, a in (d.get("assets") or {}).items()}
+    relative = [k for k, a in assets.items() if not _is_absolute(str(a.get("href", "")))]
+    if relative:
+        item = pystac.Item.from_dict(d)
+        for k in relative:
             try:
-                asset["href"] = absolute_href(it.assets[key])
-            except UserError:  # the reader skips the scene and says why
+                assets[k]["href"] = absolute_href(item.assets[k])
+            except UserError:
                 pass
-            asset["href"] = unsigned_href(asset["href"])
-        items.append(d)
-    return items, result.ledger
+    for a in assets.values():
+        if "href" in a:
+            a["href"] = unsigned_href(a["href"])
+    d["assets"] = assets
+    return d
+
+
+def _is_absolute(href: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return bool(urlsplit(href).scheme) or href.startswith("/")
 
 
 def inside_demo(geometry) -> bool:
@@ -438,14 +466,14 @@ def _fetch(client, geometry, start, end, cfg, kwargs, url, counts, state) -> Ite
 def _in_threads(parts: list, n: int) -> Iterator[list[dict]]:
     """The pages of the generators ``parts()`` (factories), ``n`` of them run at once in threads.
 
-    Pages are yielded as they arrive, at most ``2 n`` waiting (the memory stays bounded); the
+    Pages are yielded as they arrive, at most ``n`` waiting (the memory stays bounded); the
     first error of any part is raised here. Closing this generator stops the threads after
     their current page.
     """
     import queue
     import threading
 
-    q: queue.Queue = queue.Queue(maxsize=2 * n)
+    q: queue.Queue = queue.Queue(maxsize=n)
     stop = threading.Event()
     todo = list(enumerate(parts))
     lock = threading.Lock()
