@@ -136,8 +136,9 @@ def run_standin(
     processes). ``out``: the run's folder (a temporary one, removed after, by default).
 
     :returns: ``search_s``, ``tiles_wall_s``, ``tasks_per_s`` (tiles / tiles_wall_s), ``scenes``,
-        ``tiles``, ``tiles_done``, ``tiles_failed``, ``driver_peak_mb``, ``inputs_file_mb``,
-        ``seconds`` (every stage) and the settings.
+        ``tiles``, ``tiles_done``, ``tiles_failed``, ``driver_peak_mb``,
+        ``search_process_peak_mb`` (None unless the search ran in a process of its own),
+        ``search_pages``, ``inputs_file_mb``, ``seconds`` (every stage) and the settings.
     """
     import datetime as dt
 
@@ -183,6 +184,9 @@ def run_standin(
         "tiles_failed": timings.get("tiles_failed"),
         "total_s": total,
         "driver_peak_mb": _peak_mb(),
+        # a continental search runs in a process of its own (pipeline.stac.found.search_run)
+        "search_process_peak_mb": (timings.get("search_counts") or {}).get("peak_mb"),
+        "search_pages": (timings.get("search_counts") or {}).get("pages"),
         "inputs_file_mb": inputs_mb,
         "seconds": {k: v for k, v in timings.items() if isinstance(v, float)},
         "tile_size": tile_size,

@@ -89,6 +89,8 @@ class Scenes:
     ledger: SceneLedger
     close: Callable[[], None] = lambda: None
     """Frees what holds them (the search's spool file)."""
+    counts: dict[str, Any] | None = None
+    """What the search did (:attr:`pipeline.stac.found.FoundScenes.counts`), None when resumed."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def execute(
     stops once every tile has run (nothing published, no ``run.json``): the driver's scale
     benchmark (:func:`pipeline.bench.scale.run_standin`) runs this path with a task that reads
     nothing. ``timings`` (when given) receives the seconds per stage, ``scenes``, ``tiles``
-    (the grid's), ``tiles_done`` and ``tiles_failed`` (this run's).
+    (the grid's), ``tiles_done`` and ``tiles_failed`` (this run's) and ``search_counts``
+    (:attr:`pipeline.stac.found.FoundScenes.counts`).
     """
     from pipeline.run.cluster import open_client
 
@@ -126,7 +129,7 @@ def execute(
     seconds["backend"] = run.backend_s
     if run.found is not None:
         found, seconds["search"] = run.found, run.search_s
-        scenes = Scenes(found.items, len(found), found.ledger, found.close)
+        scenes = Scenes(found.items, len(found), found.ledger, found.close, found.counts)
     else:
         with _timed(seconds, "search"):
             scenes = find_scenes(run)
@@ -148,7 +151,11 @@ def execute(
             )
     if timings is not None:
         timings.update(
-            scenes=n, tiles=len(prep.grid.tiles), tiles_done=len(stats), tiles_failed=len(failures)
+            scenes=n,
+            tiles=len(prep.grid.tiles),
+            tiles_done=len(stats),
+            tiles_failed=len(failures),
+            search_counts=scenes.counts,
         )
     if not publish:
         return 0
@@ -254,7 +261,7 @@ def find_scenes(run: RunState) -> Scenes:
         _log.info("resuming %s: %d scenes from %s", run.ws.out, n, path.name)
         return Scenes(lambda: RunInputs.read_items(path), n, ledger)
     found = _search(run.cfg, run.checked)
-    return Scenes(found.items, len(found), found.ledger, found.close)
+    return Scenes(found.items, len(found), found.ledger, found.close, found.counts)
 
 
 def _search(cfg: RunConfig, checked: CheckedInputs) -> FoundScenes:

@@ -4,8 +4,11 @@
 :mod:`pipeline.stac.profiles`) by ``intersects`` and datetime and pages through *everything* the
 API matched: the count is checked against ``numberMatched`` (or ``context.matched``) where the API
 gives it, and a short count is an error; a search matching more than ``split_above`` items is split
-per calendar month (then by halves of the period) so large and continental searches stay within
-API limits. Cloud cover is filtered server-side where the API conforms to the filter (or query)
+per calendar month (then by halves of the period), the months fetched ``parallel`` at a time, so
+large and continental searches stay within API limits. The API is sent a few-vertex outline
+containing the region (:mod:`pipeline.stac.outline`) and the footprints are filtered exactly
+against the region here, so the items are those of an ``intersects`` search with the region
+itself. A run streams the pages into a spool file instead of a list (:mod:`pipeline.stac.found`). Cloud cover is filtered server-side where the API conforms to the filter (or query)
 extension and always client-side as well (many servers, rustac among them, ignore filters). 5xx
 responses, connection errors and timeouts are retried with exponential backoff.
 

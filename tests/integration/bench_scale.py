@@ -115,6 +115,8 @@ def _run_entries(name: str, r: dict, notes: dict) -> list:
     notes = {**notes, "scenes": r["scenes"], "tiles": r["tiles"], "tile_size": r["tile_size"],
              "workers": r["workers"], "seconds": r["seconds"],
              "inputs_file_mb": r["inputs_file_mb"], "page_size": scfg.page_size,
+             "search_pages": r["search_pages"],
+             "search_process_peak_mb": r["search_process_peak_mb"],
              "parallel": scfg.parallel, "path": "pipeline.run.driver.execute, stand-in tile task"}  # fmt: skip
     return [
         Entry(f"scale_search_s_{name}", r["search_s"], "s", device="pgstac", notes=notes),
@@ -125,10 +127,16 @@ def _run_entries(name: str, r: dict, notes: dict) -> list:
     ]  # fmt: skip
 
 
-def run_eu27(tile_size: int = 2000, workers: int = 2, results: Path | None = RESULTS) -> dict:
+def run_eu27(
+    tile_size: int = 2000,
+    workers: int = 2,
+    results: Path | None = RESULTS,
+    stac_url: str | None = None,
+) -> dict:
     """The rehearsal's part (a): the whole of EU-27 for a year, metadata only, through ``run``.
 
-    Generates the catalog once (cached), starts the local pgstac, loads it, and runs ``run``
+    Generates the catalog once (cached), starts the local pgstac, loads it (``stac_url``: a
+    pgstac already serving that catalog instead), and runs ``run``
     from the search to the last tile scheduled with the stand-in task, in a child process
     (:func:`pipeline.bench.scale.run_standin`). Checks that the run found every item a correct
     search returns and that every tile ran; writes ``scale_search_s_eu27``,
@@ -147,15 +155,19 @@ def run_eu27(tile_size: int = 2000, workers: int = 2, results: Path | None = RES
     feet, cloud = _footprints(root)
     expect = int(_expected(feet, cloud, load_region("eu27").geometry).sum())
     del feet
-    server = LocalPgstac()
-    server.start()
-    try:
-        t = time.perf_counter()
-        server.load_catalog(root)
-        load_s = time.perf_counter() - t
-        r, wall = _run_standin("eu27", server.url, tile_size, workers)
-    finally:
-        server.stop()
+    if stac_url is not None:
+        load_s = None
+        r, wall = _run_standin("eu27", stac_url, tile_size, workers)
+    else:
+        server = LocalPgstac()
+        server.start()
+        try:
+            t = time.perf_counter()
+            server.load_catalog(root)
+            load_s = time.perf_counter() - t
+            r, wall = _run_standin("eu27", server.url, tile_size, workers)
+        finally:
+            server.stop()
     r.update(items_expected=expect, pgstac_load_s=load_s, wall_s=wall,
              load_average=list(os.getloadavg()))  # fmt: skip
     if r["scenes"] != expect or r["tiles_done"] != r["tiles"]:
@@ -190,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     from tests.integration.pgstac import LocalPgstac
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["run-eu27"]:
-        print(json.dumps(run_eu27()))
+    if argv[:1] == ["run-eu27"]:  # [--stac-url URL]: a pgstac already serving the catalog
+        url = argv[2] if argv[1:2] == ["--stac-url"] else None
+        print(json.dumps(run_eu27(stac_url=url)))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--regions", nargs="+", default=["luxembourg", "eu27"])
