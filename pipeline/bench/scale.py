@@ -6,6 +6,10 @@ reads nothing and returns at once, and reports tasks per second, the driver's pe
 the size of a work order. ``python -m pipeline.bench.scale REGION ITEMS_JSON`` runs it in a
 process of its own, so the peak is that region's (``make bench-scale`` runs one country and
 EU-27 and compares).
+
+:func:`run_standin` goes through ``run`` itself instead (:func:`pipeline.run.driver.execute`),
+from the STAC search to the last tile, with the same stand-in task: ``python -m
+pipeline.bench.scale run REGION --stac-url URL``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["schedule_only", "standin_tile"]
+__all__ = ["run_standin", "schedule_only", "standin_tile"]
 
 
 def standin_tile(job: Any) -> dict[str, Any]:
@@ -111,6 +115,86 @@ def schedule_only(
     }
 
 
+def run_standin(
+    region: str,
+    stac_url: str,
+    *,
+    year: int = 2023,
+    tile_size: int = 2000,
+    workers: int = 2,
+    max_cloud: float = 60.0,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """``run`` itself (:func:`pipeline.run.driver.execute`) from the STAC search to the last tile
+    scheduled, every tile run by :func:`standin_tile`; returns the measurements.
+
+    The search streams into the run's inputs file, the manifest and the Zarr store are written
+    and every tile's work order goes through Dask as in a real run; only the tile task reads
+    nothing and nothing is published. Run it in a process of its own (``python -m
+    pipeline.bench.scale run REGION --stac-url URL``): ``driver_peak_mb`` is that process's
+    peak RSS, from the search to the last tile (the LocalCluster's workers are other
+    processes). ``out``: the run's folder (a temporary one, removed after, by default).
+
+    :returns: ``search_s``, ``tiles_wall_s``, ``tasks_per_s`` (tiles / tiles_wall_s), ``scenes``,
+        ``tiles``, ``tiles_done``, ``tiles_failed``, ``driver_peak_mb``,
+        ``search_process_peak_mb`` (None unless the search ran in a process of its own),
+        ``search_pages``, ``inputs_file_mb``, ``seconds`` (every stage) and the settings.
+    """
+    import datetime as dt
+
+    from pipeline.run.config import RunConfig
+    from pipeline.run.driver import execute
+
+    with tempfile.TemporaryDirectory(prefix="s2lc-standin-") as tmp:
+        folder = Path(out) if out is not None else Path(tmp) / "run"
+        cfg = RunConfig.of(
+            region=region,
+            start=dt.date(year, 1, 1),
+            end=dt.date(year, 12, 31),
+            untrained=True,
+            legend="lucas-lc8",
+            tile_size=tile_size,
+            workers=workers,
+            progress=False,
+            allow_large=True,
+            profile="custom",
+            stac_url=stac_url,
+            max_cloud=max_cloud,
+            precision="fp32",
+            out=str(folder),
+            overwrite=True,
+        )
+        timings: dict[str, Any] = {}
+        t = time.perf_counter()
+        code = execute(cfg, tile_task=standin_tile, publish=False, timings=timings)
+        total = time.perf_counter() - t
+        inputs = sorted((folder / ".s2lc").glob("inputs-*.jsonl"))
+        inputs_mb = inputs[0].stat().st_size / 1e6 if inputs else float("nan")
+    wall = timings.get("tiles_wall", float("nan"))
+    return {
+        "region": region,
+        "year": year,
+        "exit_code": code,
+        "search_s": timings.get("search"),
+        "tiles_wall_s": wall,
+        "tasks_per_s": timings.get("tiles_done", 0) / wall if wall else float("nan"),
+        "scenes": timings.get("scenes"),
+        "tiles": timings.get("tiles"),
+        "tiles_done": timings.get("tiles_done"),
+        "tiles_failed": timings.get("tiles_failed"),
+        "total_s": total,
+        "driver_peak_mb": _peak_mb(),
+        # a continental search runs in a process of its own (pipeline.stac.found.search_run)
+        "search_process_peak_mb": (timings.get("search_counts") or {}).get("peak_mb"),
+        "search_pages": (timings.get("search_counts") or {}).get("pages"),
+        "inputs_file_mb": inputs_mb,
+        "seconds": {k: v for k, v in timings.items() if isinstance(v, float)},
+        "tile_size": tile_size,
+        "workers": workers,
+        "max_cloud": max_cloud,
+    }
+
+
 def _lines(path: Path) -> Iterator[dict]:
     """Items of a JSON Lines file (one per line, streamed), or of a FeatureCollection / list."""
     with open(path) as fh:
@@ -127,6 +211,9 @@ def _lines(path: Path) -> Iterator[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        return _main_run(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("region")
     p.add_argument(
@@ -141,6 +228,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     json.dump(out, sys.stdout)
     return 0
+
+
+def _main_run(argv: list[str]) -> int:
+    """``python -m pipeline.bench.scale run REGION --stac-url URL``: :func:`run_standin`, the
+    measurements as one JSON object on stdout."""
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.bench.scale run", description=run_standin.__doc__.splitlines()[0]
+    )
+    p.add_argument("region")
+    p.add_argument("--stac-url", required=True, help="the STAC API holding the catalog")
+    p.add_argument("--year", type=int, default=2023)
+    p.add_argument("--tile-size", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-cloud", type=float, default=60.0)
+    a = p.parse_args(argv)
+    out = run_standin(
+        a.region,
+        a.stac_url,
+        year=a.year,
+        tile_size=a.tile_size,
+        workers=a.workers,
+        max_cloud=a.max_cloud,
+    )
+    json.dump(out, sys.stdout)
+    return 0 if out["exit_code"] == 0 and not out["tiles_failed"] else 1
 
 
 if __name__ == "__main__":

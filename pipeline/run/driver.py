@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.base.errors import UserError
 from pipeline.run.calibration import References, fit_references
 from pipeline.run.checks import CheckedInputs, check_inputs
 from pipeline.run.config import (
@@ -44,10 +45,14 @@ from pipeline.run.scheduling import (
     select_tiles,
 )
 from pipeline.run.workspace import TileFailure, Workspace
+from pipeline.stac.found import FoundScenes, search_run
 from pipeline.stac.scenes import SceneLedger
-from pipeline.stac.search import search_run_scenes
 
 _log = logging.getLogger(__name__)
+
+#: Regions larger than this search in a process of their own (:func:`pipeline.stac.found.search_run`),
+#: so the memory of the search's pages never stays in the driver (about 1.4 GB for EU-27).
+ISOLATED_SEARCH_KM2 = 100_000.0
 
 
 @dataclass(frozen=True)
@@ -66,11 +71,26 @@ class RunState:
     previous: dict[str, Any] | None
     resumable: bool
     t0: float
-    found: tuple[list[dict], SceneLedger] | None = None
-    """The search's scenes and ledger when :func:`start` searched already (a fresh run)."""
+    found: FoundScenes | None = None
+    """The search's scenes (spooled on disk) and ledger when :func:`start` searched already (a
+    fresh run)."""
     search_s: float = 0.0
     backend_s: float = 0.0
     """Seconds spent choosing the inference backend (``--backend auto`` measures them)."""
+
+
+@dataclass(frozen=True)
+class Scenes:
+    """A run's scenes without holding them: where to stream them from, how many, their ledger."""
+
+    items: Callable[[], Iterable[dict]]
+    """A fresh iterator over the item dicts, in the run's order."""
+    count: int
+    ledger: SceneLedger
+    close: Callable[[], None] = lambda: None
+    """Frees what holds them (the search's spool file)."""
+    counts: dict[str, Any] | None = None
+    """What the search did (:attr:`pipeline.stac.found.FoundScenes.counts`), None when resumed."""
 
 
 @dataclass(frozen=True)
@@ -85,31 +105,63 @@ class OpenStore:
     dead_before: dict[str, TileFailure]
 
 
-def execute(cfg: RunConfig) -> int:
-    """Run (or resume) a map; returns the exit code (0 complete, 1 some tiles failed)."""
+def execute(
+    cfg: RunConfig,
+    tile_task: Callable | None = None,
+    publish: bool = True,
+    timings: dict[str, Any] | None = None,
+) -> int:
+    """Run (or resume) a map; returns the exit code (0 complete, 1 some tiles failed).
+
+    ``tile_task`` replaces :func:`pipeline.run.tile_task.process_tile` and ``publish=False``
+    stops once every tile has run (nothing published, no ``run.json``): the driver's scale
+    benchmark (:func:`pipeline.bench.scale.run_standin`) runs this path with a task that reads
+    nothing. ``timings`` (when given) receives the seconds per stage, ``scenes``, ``tiles``
+    (the grid's), ``tiles_done`` and ``tiles_failed`` (this run's) and ``search_counts``
+    (:attr:`pipeline.stac.found.FoundScenes.counts`).
+    """
     from pipeline.run.cluster import open_client
 
     run = start(cfg)
     if run is None:
         return 0
-    seconds: dict[str, float] = {"backend": run.backend_s}
+    seconds: dict[str, Any] = timings if timings is not None else {}
+    seconds["backend"] = run.backend_s
     if run.found is not None:
-        (items, ledger), seconds["search"] = run.found, run.search_s
+        found, seconds["search"] = run.found, run.search_s
+        scenes = Scenes(found.items, len(found), found.ledger, found.close, found.counts)
     else:
         with _timed(seconds, "search"):
-            items, ledger = find_scenes(run)
-    with _timed(seconds, "prepare"):
-        cfg, prep = prepare_map(
-            run.cfg, run.checked, run.cluster, run.previous if run.resumable else None
-        )
-    store = open_store(run, cfg, prep, items, ledger)
+            scenes = find_scenes(run)
+    try:
+        with _timed(seconds, "prepare"):
+            cfg, prep = prepare_map(
+                run.cfg, run.checked, run.cluster, run.previous if run.resumable else None
+            )
+        store = open_store(run, cfg, prep, scenes)
+    finally:
+        scenes.close()  # the items are in the run's inputs file now
+    n, ledger = scenes.count, scenes.ledger
     with open_client(run.cluster) as client:
         with _timed(seconds, "calibrate"):
             refs = fit_references(client, cfg, prep, run.ws, store.inputs, store.manifest)
         with _timed(seconds, "tiles_wall"):
-            stats, failures = run_todo(client, cfg, prep, run.ws, store.inputs, refs, store.todo)
-    report = report_run(run, cfg, prep, items, ledger, store, refs, seconds, stats, failures)
-    publish_run(run, cfg, prep, items, ledger, store, stats, failures, report)
+            stats, failures = run_todo(
+                client, cfg, prep, run.ws, store.inputs, refs, store.todo, task=tile_task
+            )
+    if timings is not None:
+        timings.update(
+            scenes=n,
+            tiles=len(prep.grid.tiles),
+            tiles_done=len(stats),
+            tiles_failed=len(failures),
+            search_counts=scenes.counts,
+        )
+    if not publish:
+        return 0
+    seconds = {k: v for k, v in seconds.items() if isinstance(v, float)}
+    report = report_run(run, cfg, prep, n, ledger, store, refs, seconds, stats, failures)
+    publish_run(run, cfg, prep, n, ledger, store, stats, failures, report)
     return 0
 
 
@@ -190,26 +242,39 @@ def start(cfg: RunConfig) -> RunState | None:
     )
 
 
-def find_scenes(run: RunState) -> tuple[list[dict], SceneLedger]:
-    """The run's scenes and their ledger: from the manifest when resuming, else the STAC search."""
+def find_scenes(run: RunState) -> Scenes:
+    """The run's scenes and their ledger: from the run's inputs file (or, for a folder of an
+    older s2lc, its manifest) when resuming, else the STAC search."""
     if run.resumable:
-        items = run.previous["items"]
-        _log.info("resuming %s: %d scenes from the manifest", run.ws.out, len(items))
-        return items, SceneLedger.from_dict(run.previous.get("ledger"))
-    return _search(run.cfg, run.checked)
+        ledger = SceneLedger.from_dict(run.previous.get("ledger"))
+        if "items" in run.previous:  # written by s2lc before the inputs file held the scenes
+            items = run.previous["items"]
+            _log.info("resuming %s: %d scenes from the manifest", run.ws.out, len(items))
+            return Scenes(lambda: items, len(items), ledger)
+        path = run.ws.work / str(run.previous.get("inputs"))
+        if not path.is_file():
+            raise UserError(
+                f"cannot resume {run.ws.out}: its scenes file {path.name} is missing; "
+                "run again with --overwrite"
+            )
+        n = int(run.previous["scenes"])
+        _log.info("resuming %s: %d scenes from %s", run.ws.out, n, path.name)
+        return Scenes(lambda: RunInputs.read_items(path), n, ledger)
+    found = _search(run.cfg, run.checked)
+    return Scenes(found.items, len(found), found.ledger, found.close, found.counts)
 
 
-def _search(cfg: RunConfig, checked: CheckedInputs) -> tuple[list[dict], SceneLedger]:
-    """The STAC search for the run's region and period (raises NoScenesError when empty)."""
+def _search(cfg: RunConfig, checked: CheckedInputs) -> FoundScenes:
+    """The STAC search for the run's region and period, streamed into a spool file (raises
+    NoScenesError when empty)."""
     c = cfg.composite
-    items, ledger = search_run_scenes(checked.geometry, c.start, c.end, cfg.search)
-    _log.info("%d scenes found", len(items))
-    return items, ledger
+    isolated = checked.area_km2 > ISOLATED_SEARCH_KM2
+    found = search_run(checked.geometry, c.start, c.end, cfg.search, isolated=isolated)
+    _log.info("%d scenes found", len(found))
+    return found
 
 
-def open_store(
-    run: RunState, cfg: RunConfig, prep: Prepared, items: list[dict], ledger: SceneLedger
-) -> OpenStore:
+def open_store(run: RunState, cfg: RunConfig, prep: Prepared, scenes: Scenes) -> OpenStore:
     """Write the manifest, create (or reclaim) the Zarr store, and choose the tiles to run.
 
     :param cfg: the run's settings with the tile size fitted (:func:`pipeline.run.prepare.prepare_map`).
@@ -219,19 +284,23 @@ def open_store(
 
     ws = run.ws
     ws.prepare(run.output_hash, cfg.execution.overwrite, hashed_settings(cfg))
-    manifest = (
-        run.previous
-        if run.resumable
-        else {
+    # the scenes streamed into the inputs file first: the manifest names it
+    inputs = RunInputs.write(ws.work, prep.geometry, scenes.items())
+    if run.resumable:
+        manifest = dict(run.previous)
+        if "items" in manifest:  # an older s2lc's manifest: its scenes move to the inputs file
+            del manifest["items"]
+            manifest["scenes"] = len(inputs)
+    else:
+        manifest = {
             "output_hash": run.output_hash,
             "config": to_plain(cfg.flat()),
-            "items": items,
-            "ledger": ledger.to_dict(),
+            "scenes": len(inputs),
+            "ledger": scenes.ledger.to_dict(),
             "calibration": None,
         }
-    )
+    manifest["inputs"] = inputs.path.name
     ws.save_manifest(manifest)
-    inputs = RunInputs.write(ws.work, prep.geometry, items)
     if run.resumable:
         ws.reclaim_store()
     create_map_store(
@@ -276,7 +345,7 @@ def report_run(
     run: RunState,
     cfg: RunConfig,
     prep: Prepared,
-    items: list[dict],
+    n_scenes: int,
     ledger: SceneLedger,
     store: OpenStore,
     refs: References,
@@ -302,7 +371,7 @@ def report_run(
         prep,
         run.ws,
         run.output_hash,
-        items,
+        n_scenes,
         refs.calibration,
         seconds,
         all_stats,
@@ -330,7 +399,7 @@ def publish_run(
     run: RunState,
     cfg: RunConfig,
     prep: Prepared,
-    items: list[dict],
+    n_scenes: int,
     ledger: SceneLedger,
     store: OpenStore,
     stats: dict[str, dict],
@@ -361,14 +430,14 @@ def publish_run(
     }
     report["dead_letter"] = [dead[t].to_dict() for t in sorted(dead)]
     unreadable = ledger.unreadable()
-    too_many = too_many_unreadable(cfg.execution.max_unreadable, len(unreadable), len(items))
+    too_many = too_many_unreadable(cfg.execution.max_unreadable, len(unreadable), n_scenes)
     if failures or dead or too_many:
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - run.t0
         write_json(ws.out / "run.json", report)
     if too_many and not (failures or dead):
         raise TooManyUnreadable(
-            f"{len(unreadable)} of {len(items)} scenes cannot be read (HTTP 404/410 or "
+            f"{len(unreadable)} of {n_scenes} scenes cannot be read (HTTP 404/410 or "
             f"corrupt: {', '.join(unreadable[:3])}{' ...' if len(unreadable) > 3 else ''}), more "
             f"than --max-unreadable {cfg.execution.max_unreadable}; the map is not published, "
             f"finished tiles are kept; see {ws.out / 'run.json'} (scene_ledger)"

@@ -29,7 +29,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,19 @@ class RunInputs:
                 remove_path(old)
         arr = np.asarray(spans, np.int64).reshape(-1, 2)
         return cls(final, digest, len(header), arr, footprints)
+
+    @staticmethod
+    def read_items(path: str | Path) -> Iterator[dict]:
+        """The item dicts of an inputs file, in order, one at a time (a resumed run's scenes).
+
+        :raises ValueError: the file is not an s2lc run inputs file.
+        """
+        with open(path, "rb") as fh:
+            head = json.loads(fh.readline())
+            if not isinstance(head, dict) or head.get("s2lc:run_inputs") != FORMAT:
+                raise ValueError(f"{path} is not an s2lc run inputs file (format {FORMAT})")
+            for line in fh:
+                yield json.loads(line)
 
     def refs(self, indices: Iterable[int]) -> TileInputs:
         """The reference to the items at ``indices`` (in that order) and the region."""

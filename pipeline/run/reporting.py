@@ -147,7 +147,7 @@ def run_report(
     prep,
     ws,
     output_hash,
-    items,
+    n_scenes,
     calibration,
     seconds,
     all_stats,
@@ -174,7 +174,7 @@ def run_report(
         "model": prep.model_info,
         "legend": {**prep.legend_info, "classes": list(prep.class_names)},
         "calibration": calibration,
-        "scenes": len(items),
+        "scenes": n_scenes,
         "tiles": {
             "total": len(prep.grid.tiles),
             "done": len(all_stats),

@@ -87,9 +87,11 @@ def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure
     return TileFailure(tile_id, "error", f"{type(exc).__name__}: {text}", attempts, time=when)
 
 
-def run_todo(client, cfg, prep, ws, inputs, refs, todo) -> tuple[dict, dict[str, TileFailure]]:
+def run_todo(
+    client, cfg, prep, ws, inputs, refs, todo, task=None
+) -> tuple[dict, dict[str, TileFailure]]:
     """Run the tiles still to do (:func:`run_tiles`) with a progress bar in pixels; returns
-    (stats, failures) by tile id.
+    (stats, failures) by tile id. ``task`` as :func:`run_tiles`.
 
     :param refs: the run's :class:`~pipeline.run.calibration.References` (calibration vector,
         field codec, OOD reference).
@@ -111,7 +113,7 @@ def run_todo(client, cfg, prep, ws, inputs, refs, todo) -> tuple[dict, dict[str,
         dynamic_ncols=True,
     ) as bar:
         return run_tiles(
-            client, cfg, prep, ws, inputs, calib, todo, bar, field=refs.codec, ood=refs.ood
+            client, cfg, prep, ws, inputs, calib, todo, bar, task, field=refs.codec, ood=refs.ood
         )
 
 

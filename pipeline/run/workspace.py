@@ -4,7 +4,7 @@ Layout of ``OUT/``::
 
     map.zarr  classes.tif  confidence.tif  valid_obs.tif      final products (published last)
     legend.json  quicklook.png  item.json  run.json
-    .s2lc/manifest.json      output hash, resolved config, STAC items, calibration
+    .s2lc/manifest.json      output hash, resolved config, scene ledger, inputs file, calibration
     .s2lc/inputs-<sha>.jsonl the region and the items, that tiles' work orders reference
                              (pipeline.run.inputs)
     .s2lc/map.zarr           the store tiles write into, moved to OUT/map.zarr when complete

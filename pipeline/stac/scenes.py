@@ -40,10 +40,17 @@ REASONS: dict[str, str] = {
 class SceneLedger:
     """Per scene id: ``{"status": "used"|"dropped", "reason", "detail", "datetime", "warnings"}``.
 
-    Insertion order is the search's order. Serialises with :meth:`to_dict` / :meth:`from_dict`.
+    Ordered by acquisition time, then id, once :meth:`sort` ran (a search's pages may arrive
+    in any order); serialises with :meth:`to_dict` / :meth:`from_dict`.
     """
 
     scenes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def sort(self) -> None:
+        """Order the scenes by acquisition time (those without one first), then id."""
+        self.scenes = dict(
+            sorted(self.scenes.items(), key=lambda kv: (kv[1].get("datetime") or "", kv[0]))
+        )
 
     def use(self, scene_id: str, when: str | None = None) -> None:
         self.scenes[scene_id] = {"status": "used", "datetime": when}
@@ -231,41 +238,72 @@ def select_scenes(
         max_cloud: maximum ``eo:cloud_cover`` in percent; items without it are kept.
         ledger: a ledger to add to (a new one by default).
     """
-    ledger = ledger if ledger is not None else SceneLedger()
-    candidates: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    sel = SceneSelector(start, end, max_cloud, ledger)
     for it in items:
+        sel.add(it, it)
+    return sel.finish(), sel.ledger
+
+
+class SceneSelector:
+    """:func:`select_scenes` one item at a time, keeping only a small reference per usable item.
+
+    :meth:`add` applies rules 1-3 and records the item in the ledger; :meth:`finish` drops the
+    superseded duplicates (rule 4) and returns the references of the kept items sorted by
+    (datetime, id). A streamed search keeps each item's byte span in a spool file as its
+    reference, so no item dictionary is held (:mod:`pipeline.stac.found`).
+    """
+
+    def __init__(
+        self, start: dt.date, end: dt.date, max_cloud: float, ledger: SceneLedger | None = None
+    ) -> None:
+        self.start, self.end, self.max_cloud = start, end, max_cloud
+        self.ledger = ledger if ledger is not None else SceneLedger()
+        self._candidates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+
+    def add(self, it: Mapping[str, Any], ref: Any) -> bool:
+        """Record item ``it`` (a STAC dict); True when usable so far (``ref`` kept for it)."""
+        ledger = self.ledger
         sid, props = str(it["id"]), it.get("properties", {})
         when = _datetime(props)
         stamp = when.isoformat() if when else None
-        if when is not None and not start <= when.date() <= end:
+        if when is not None and not self.start <= when.date() <= self.end:
             ledger.drop(sid, "outside_period", f"acquired {when:%Y-%m-%d}", stamp)
-            continue
+            return False
         cc = props.get("eo:cloud_cover")
-        if cc is not None and float(cc) > max_cloud:
-            ledger.drop(sid, "cloud", f"eo:cloud_cover {float(cc):g} > {max_cloud:g}", stamp)
-            continue
+        if cc is not None and float(cc) > self.max_cloud:
+            ledger.drop(sid, "cloud", f"eo:cloud_cover {float(cc):g} > {self.max_cloud:g}", stamp)
+            return False
         try:
             asset_keys(it)
         except UnknownAssetLayout as exc:
             ledger.drop(sid, "unknown_layout", str(exc), stamp)
-            continue
+            return False
         except MissingBand as exc:
             ledger.drop(sid, "missing_band", str(exc), stamp)
-            continue
+            return False
         ledger.use(sid, stamp)
-        candidates.setdefault(acquisition_key(it), []).append(it)
-    kept = []
-    for group in candidates.values():
-        group = sorted(group, key=publication_rank, reverse=True)
-        kept.append(group[0])
-        for older in group[1:]:
-            ledger.drop(
-                str(older["id"]),
-                "duplicate",
-                f"same acquisition as {group[0]['id']} (newer baseline or generation)",
-            )
-    kept.sort(key=lambda it: (_datetime(it.get("properties", {})) or _EPOCH, str(it["id"])))
-    return kept, ledger
+        self._candidates.setdefault(acquisition_key(it), []).append(
+            (publication_rank(it), when or _EPOCH, sid, ref)
+        )
+        return True
+
+    def finish(self) -> list[Any]:
+        """The kept items' references, sorted by (datetime, id); duplicates dropped in the
+        ledger."""
+        kept = []
+        for group in self._candidates.values():
+            group = sorted(group, key=lambda g: g[0], reverse=True)
+            kept.append(group[0])
+            for older in group[1:]:
+                self.ledger.drop(
+                    older[2],
+                    "duplicate",
+                    f"same acquisition as {group[0][2]} (newer baseline or generation)",
+                )
+        self._candidates = {}
+        self.ledger.sort()
+        kept.sort(key=lambda g: (g[1], g[2]))
+        return [g[3] for g in kept]
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -4,23 +4,24 @@
    region, the real revisit, the demo generator's item JSON: :mod:`pipeline.testing.demo.metadata`),
    generated once into the cache.
 2. Loaded into the real pgstac of the integration tests (:class:`tests.integration.pgstac.LocalPgstac`).
-3. Per region (one country, then ``eu27``): the whole year's search through ``pipeline.stac.search``
-   (time, pages, items; every generated item that should match is returned), ``plan`` (time,
-   driver peak memory), and a ``run`` of the driver with a stand-in tile task that reads nothing
-   (:mod:`pipeline.bench.scale`: tasks per second, driver peak memory, work-order size).
+3. Per region (one country, then ``eu27``): ``run`` itself from the whole year's search to the
+   last tile scheduled, with a stand-in tile task that reads nothing
+   (:func:`pipeline.bench.scale.run_standin`: search time, driver peak memory, tasks per second;
+   every generated item that should match is found), ``plan`` (time, driver peak memory), and
+   the scheduling alone on the items a correct search returns (:func:`pipeline.bench.scale.schedule_only`:
+   work-order size).
 
 Results go to ``bench/results.json`` (``scale_*`` entries). Run as
 ``python -m tests.integration.bench_scale [--regions luxembourg eu27] [--tile-size 2000]
-[--no-search eu27]`` (``--no-search``: that region is planned offline and scheduled on the items a
-correct search returns; EU-27's search through pgstac takes ~45 min on a 2-core machine).
+[--no-search eu27]`` (``--no-search``: that region is planned offline and not run through the
+search). ``python -m tests.integration.bench_scale run-eu27`` runs only ``run`` over EU-27
+(:func:`run_eu27`, the rehearsal's part (a)).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import math
 import os
 import subprocess
 import sys
@@ -94,25 +95,91 @@ def _write_selected(root: Path, keep: np.ndarray, out: Path) -> None:
                 dst.write(line)
 
 
-def _search(name: str, url: str, out: Path) -> int:
-    """Child process: the whole year's search over ``name``; items to ``out`` (JSON Lines)."""
-    from aoi import load_region
-    from pipeline.stac.search import SearchConfig, search_scenes
-
-    region = load_region(name)
-    scfg = SearchConfig(profile="custom", stac_url=url, max_cloud=MAX_CLOUD)
-    t = time.perf_counter()
-    result = search_scenes(region.geometry, dt.date(YEAR, 1, 1), dt.date(YEAR, 12, 31), scfg)
-    seconds = time.perf_counter() - t
-    with atomic_path(out) as tmp, open(tmp, "w") as fh:
-        for it in result.items:
-            fh.write(json.dumps(it.to_dict(), separators=(",", ":")) + "\n")
-    json.dump(
-        {"items": len(result.items), "matched": result.matched, "search_s": seconds,
-         "page_size": scfg.page_size, "split_above": scfg.split_above},
-        sys.stdout,
+def _run_standin(name: str, url: str, tile_size: int, workers: int) -> tuple[dict, float]:
+    """``run`` from the search to the last tile, in a child process (its peak RSS is the
+    driver's): :func:`pipeline.bench.scale.run_standin`'s measurements and the wall seconds."""
+    out, seconds, _ = _child(
+        [sys.executable, "-m", "pipeline.bench.scale", "run", name, "--stac-url", url,
+         "--year", str(YEAR), "--tile-size", str(tile_size), "--workers", str(workers),
+         "--max-cloud", str(MAX_CLOUD)]
     )  # fmt: skip
-    return 0
+    return json.loads(out), seconds
+
+
+def _run_entries(name: str, r: dict, notes: dict) -> list:
+    """The bench entries of one :func:`pipeline.bench.scale.run_standin` of region ``name``."""
+    from pipeline.bench.results import Entry
+    from pipeline.stac.search import SearchConfig
+
+    scfg = SearchConfig()
+    notes = {**notes, "scenes": r["scenes"], "tiles": r["tiles"], "tile_size": r["tile_size"],
+             "workers": r["workers"], "seconds": r["seconds"],
+             "inputs_file_mb": r["inputs_file_mb"], "page_size": scfg.page_size,
+             "search_pages": r["search_pages"],
+             "search_process_peak_mb": r["search_process_peak_mb"],
+             "parallel": scfg.parallel, "path": "pipeline.run.driver.execute, stand-in tile task"}  # fmt: skip
+    return [
+        Entry(f"scale_search_s_{name}", r["search_s"], "s", device="pgstac", notes=notes),
+        Entry(f"scale_driver_peak_mb_{name}_run", r["driver_peak_mb"], "MB",
+              device="scheduling", notes=notes),
+        Entry(f"scale_run_tasks_per_s_{name}", r["tasks_per_s"], "tasks/s",
+              device="scheduling", threads=r["workers"], notes=notes),
+    ]  # fmt: skip
+
+
+def run_eu27(
+    tile_size: int = 2000,
+    workers: int = 2,
+    results: Path | None = RESULTS,
+    stac_url: str | None = None,
+) -> dict:
+    """The rehearsal's part (a): the whole of EU-27 for a year, metadata only, through ``run``.
+
+    Generates the catalog once (cached), starts the local pgstac, loads it (``stac_url``: a
+    pgstac already serving that catalog instead), and runs ``run``
+    from the search to the last tile scheduled with the stand-in task, in a child process
+    (:func:`pipeline.bench.scale.run_standin`). Checks that the run found every item a correct
+    search returns and that every tile ran; writes ``scale_search_s_eu27``,
+    ``scale_driver_peak_mb_eu27_run`` and ``scale_run_tasks_per_s_eu27`` to ``results`` (None:
+    nothing written). Returns the run's measurements plus ``items_expected``,
+    ``pgstac_load_s`` and ``load_average`` (1, 5, 15 min, at the end).
+
+    :raises SystemExit: the run failed or found another number of items than expected.
+    """
+    from aoi import load_region
+    from pipeline.base.paths import cache_dir
+    from pipeline.bench.results import write_results
+    from tests.integration.pgstac import LocalPgstac
+
+    root = _catalog(cache_dir("scale", f"eu27-{YEAR}"))
+    feet, cloud = _footprints(root)
+    expect = int(_expected(feet, cloud, load_region("eu27").geometry).sum())
+    del feet
+    if stac_url is not None:
+        load_s = None
+        r, wall = _run_standin("eu27", stac_url, tile_size, workers)
+    else:
+        server = LocalPgstac()
+        server.start()
+        try:
+            t = time.perf_counter()
+            server.load_catalog(root)
+            load_s = time.perf_counter() - t
+            r, wall = _run_standin("eu27", server.url, tile_size, workers)
+        finally:
+            server.stop()
+    r.update(items_expected=expect, pgstac_load_s=load_s, wall_s=wall,
+             load_average=list(os.getloadavg()))  # fmt: skip
+    if r["scenes"] != expect or r["tiles_done"] != r["tiles"]:
+        raise SystemExit(
+            f"eu27: run found {r['scenes']} of {expect} items, ran {r['tiles_done']} of "
+            f"{r['tiles']} tiles"
+        )
+    if results is not None:
+        notes = {"catalog_items": len(cloud), "pgstac_load_s": load_s,
+                 "load_average_end": r["load_average"], "items_expected": expect}  # fmt: skip
+        write_results(_run_entries("eu27", r, notes), results)
+    return r
 
 
 def _child(cmd: list[str]) -> tuple[str, float, float]:
@@ -135,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     from tests.integration.pgstac import LocalPgstac
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["search"]:  # the child process of one region's search
-        return _search(argv[1], argv[2], Path(argv[3]))
+    if argv[:1] == ["run-eu27"]:  # [--stac-url URL]: a pgstac already serving the catalog
+        url = argv[2] if argv[1:2] == ["--stac-url"] else None
+        print(json.dumps(run_eu27(stac_url=url)))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--regions", nargs="+", default=["luxembourg", "eu27"])
     ap.add_argument("--tile-size", type=int, default=2000)
@@ -146,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         metavar="REGION",
-        help="regions whose pgstac search is skipped (EU-27 pages at ~3 s each here, ~45 min): "
-        "they are planned --offline and scheduled on the items a correct search returns",
+        help="regions not run through the search: planned --offline and scheduled on the items "
+        "a correct search returns",
     )
     a = ap.parse_args(argv)
     machine = f"{os.cpu_count()} CPU cores, {host_info()['platform']}"
@@ -166,18 +235,13 @@ def main(argv: list[str] | None = None) -> int:
             expect = int(keep.sum())
             searched = name not in a.no_search
             plan_args = ["--stac-url", server.url] if searched else ["--offline"]
+            items_file = root / f"expected-{name}.ndjson"
+            _write_selected(root, keep, items_file)
             if searched:
-                items_file = root / f"search-{name}.ndjson"
-                out, _, search_mb = _child(
-                    [sys.executable, "-m", "tests.integration.bench_scale", "search", name,
-                     server.url, str(items_file)]
-                )  # fmt: skip
-                found = json.loads(out)
+                run, _ = _run_standin(name, server.url, a.tile_size, a.workers)
+                found = {"items": run["scenes"], "search_s": run["search_s"]}
             else:
-                items_file = root / f"expected-{name}.ndjson"
-                _write_selected(root, keep, items_file)
-                found = {"items": expect, "matched": None, "search_s": None, "page_size": 1}
-                search_mb = None
+                run, found = None, {"items": expect, "search_s": None}
             _, plan_s, plan_mb = _child(
                 [sys.executable, "-m", "pipeline", "-q", "plan", "--region", name, "--year",
                  str(YEAR), *plan_args, "--tile-size", str(a.tile_size),
@@ -190,12 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             sched = json.loads(out)
             rows[name] = {
                 "items_found": found["items"],
-                "items_matched": found["matched"],
                 "items_expected": expect,
                 "search_s": found["search_s"],
-                "search_peak_mb": search_mb,
-                # one page per page_size items of each searched part (months when split)
-                "pages_min": math.ceil(found["items"] / found["page_size"]) if searched else None,
+                "run": run,
                 "searched": searched,
                 "plan_s": plan_s,
                 "plan_peak_mb": plan_mb,
@@ -222,13 +283,19 @@ def main(argv: list[str] | None = None) -> int:
                          "inlined_max": r["inlined_work_order_bytes_max"], "pickled": True}),
         ]  # fmt: skip
         if r["searched"]:
-            entries += [
-                Entry(f"scale_search_s_{name}", r["search_s"], "s", device="pgstac",
-                      notes={"items": r["items_found"], "pages_min": r["pages_min"],
-                             "peak_mb": r["search_peak_mb"]}),
+            entries += _run_entries(
+                name,
+                r["run"],
+                {
+                    "pgstac_load_s": load_s,
+                    "machine": machine,
+                    "load_average_end": list(os.getloadavg()),
+                },
+            )
+            entries.append(
                 Entry(f"scale_plan_s_{name}", r["plan_s"], "s", device="pgstac",
-                      notes={"peak_mb": r["plan_peak_mb"]}),
-            ]  # fmt: skip
+                      notes={"peak_mb": r["plan_peak_mb"]})
+            )  # fmt: skip
         else:
             entries.append(
                 Entry(f"scale_plan_offline_s_{name}", r["plan_s"], "s", device="cpu",
