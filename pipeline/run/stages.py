@@ -184,8 +184,15 @@ def predict_stages(
     return _stages(wall, core, used)
 
 
+#: Differences below this many seconds are the timers' noise: the error is 0 (a stage the run
+#: skips takes microseconds, and any plan of 0 s would otherwise be "100 % off").
+NEGLIGIBLE_S = 0.1
+
+
 def _error(plan: float, run: float) -> float | None:
-    return abs(plan - run) / run if run > 0 else (0.0 if plan == 0 else None)
+    if abs(plan - run) < NEGLIGIBLE_S:
+        return 0.0
+    return abs(plan - run) / run if run > 0 else None
 
 
 def compare_plan_to_run(
@@ -196,8 +203,9 @@ def compare_plan_to_run(
     :param plan_json: ``plan.json``'s content (its ``stages``, :func:`predict_stages`).
     :param run_json: ``run.json``'s content (its ``stages``, :func:`run_stages`).
     :returns: ``wall_error`` and ``core_s_error`` (totals), ``stages``: per stage ``plan_wall_s``,
-        ``run_wall_s``, ``plan_core_s``, ``run_core_s``, ``wall_error``, ``core_s_error`` (None
-        when the run spent 0 s there and the plan did not) and ``judged`` (the stage makes at
+        ``run_wall_s``, ``plan_core_s``, ``run_core_s``, ``wall_error``, ``core_s_error`` (0 when
+        they differ by less than :data:`NEGLIGIBLE_S`, None when the run spent 0 s there and the
+        plan more) and ``judged`` (the stage makes at
         least :data:`JUDGED_SHARE` of the run's wall time or core-seconds); ``max_judged_error``:
         the largest error of the totals and of the judged stages.
     :raises ValueError: either side has no ``stages`` (a plan without the bench's stage rates, or a

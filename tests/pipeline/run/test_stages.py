@@ -130,6 +130,10 @@ def test_compare_plan_to_run():
     assert cmp["max_judged_error"] == pytest.approx(0.5)
     assert not cmp["stages"]["search"]["judged"]  # 0.3 s of a ~100 s run: recorded, not judged
     assert cmp["stages"]["calibrate"]["wall_error"] == 0  # 0 s both: exact
+    skipped = {
+        "stages": {**run["stages"], "wall_s": {**run["stages"]["wall_s"], "calibrate": 8e-5}}
+    }
+    assert compare_plan_to_run(run, skipped)["stages"]["calibrate"]["wall_error"] == 0  # noise
     with pytest.raises(ValueError, match="plan JSON has no 'stages'"):
         compare_plan_to_run({}, run)
 
