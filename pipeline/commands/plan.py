@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     )
     stage_rates = load_stage_rates(args.rates, cfg.model.name)
     stages = (
-        _stages(stage_rates, cfg, grid, geometry, region, area_km2, scenes)
+        _stages(stage_rates, cfg, grid, geometry, region, area_km2, scenes, rates, network)
         if stage_rates is not None
         else None
     )
@@ -174,9 +174,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stages(rates, cfg, grid, geometry, region, area_km2: float, scenes: dict) -> dict:
+def _stages(
+    rates, cfg, grid, geometry, region, area_km2: float, scenes: dict, read_rates, network
+) -> dict:
     """Seconds per stage of the run on this machine's cluster (:func:`predict_stages`), with the
-    rates' backend, batch and tile size and what differs from the run's settings."""
+    rates' backend, batch and tile size and what differs from the run's settings; ``network``'s
+    latency adds the waits of ``read_rates``' requests (as :func:`estimate` counts them)."""
     from pipeline.grid.tiling import make_grid
     from pipeline.run.calibration import (
         CALIBRATION_SAMPLES_PER_TILE,
@@ -206,6 +209,16 @@ def _stages(rates, cfg, grid, geometry, region, area_km2: float, scenes: dict) -
         measures_backend=cfg.model.precision == "auto",
         calibration_tiles=cal_tiles,
         calibration_samples=CALIBRATION_SAMPLES_PER_TILE if calibrates else 0,
+        read_wait_s_per_mpx_scene=(
+            read_rates.requests_per_mpx_scene
+            * network.latency_ms
+            / 1000
+            / read_rates.read_in_flight
+            if network.latency_ms
+            and read_rates.requests_per_mpx_scene
+            and read_rates.read_in_flight
+            else 0.0
+        ),
     )
     differs = []
     if cfg.model.precision not in ("auto", rates.backend):

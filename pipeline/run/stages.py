@@ -124,6 +124,7 @@ def predict_stages(
     measures_backend: bool,
     calibration_tiles: list[tuple[int, int]] = (),
     calibration_samples: int = 0,
+    read_wait_s_per_mpx_scene: float = 0.0,
 ) -> dict[str, Any]:
     """The plan's stages, in :func:`run_stages`'s shape.
 
@@ -134,6 +135,10 @@ def predict_stages(
     :param measures_backend: ``--backend auto`` (the run times the backends first).
     :param calibration_tiles: (rows, cols) of the reference sample's tiles (empty: no
         calibration), each classifying ``calibration_samples`` pixels; they run in parallel.
+    :param read_wait_s_per_mpx_scene: seconds a worker waits on the object store per Mpx and
+        scene (requests x latency / requests in flight, :func:`pipeline.run.plan.estimate`'s
+        network model); the reader's threads overlap it with decoding, so a tile's load takes
+        the longer of the two.
 
     Tile stages: per tile ``fixed + rate x units``; the tile phase's wall time is the longer of
     (worker-seconds / slots used) and the longest tile, as tiles run whole on one worker each.
@@ -143,8 +148,9 @@ def predict_stages(
 
     def tile_cost(shape: tuple[int, int], infer_mpx: float) -> dict[str, float]:
         mpx = shape[0] * shape[1] / 1e6
+        load = scenes * (fix.get("load", 0.0) + per.get("load", 0.0) * mpx)
         return {
-            "load": scenes * (fix.get("load", 0.0) + per.get("load", 0.0) * mpx),
+            "load": max(load, scenes * mpx * read_wait_s_per_mpx_scene),
             "composite": scenes * (fix.get("composite", 0.0) + per.get("composite", 0.0) * mpx),
             "infer": fix.get("infer", 0.0) + per.get("infer", 0.0) * infer_mpx,
             "write": fix.get("write", 0.0) + per.get("write", 0.0) * mpx,

@@ -179,3 +179,17 @@ def test_stage_rates_are_fitted_fixed_plus_per_unit():
     assert r["fixed_s"]["backend"] == 4.0 and r["model_s_per_worker"] == 2.0
     assert r["backend"] == "bf16" and r["batch"] == 512 and r["tile_size"] == 100
     assert set(TILE_STAGES) - {"model"} == set(r["tile_s_per_unit"])
+
+
+def test_object_store_waits_bound_the_load_stage():
+    kw = dict(tile_shapes=[(100, 100)] * 4, valid_mpx=0.04, scenes_per_pixel=31, slots=2,
+              measures_backend=False)  # fmt: skip
+    fast = predict_stages(RATES, **kw)
+    # 244 requests per Mpx and scene at 50 ms, 2 in flight: 6.1 s per Mpx and scene, above the
+    # decoding (0.02 s per tile and scene + 3 s per Mpx and scene), so the waits make the load
+    slow = predict_stages(RATES, **kw, read_wait_s_per_mpx_scene=244 * 0.050 / 2)
+    assert slow["core_s"]["load"] == pytest.approx(4 * 31 * 0.01 * 6.1)
+    assert slow["core_s"]["load"] > fast["core_s"]["load"]
+    assert slow["core_s"]["infer"] == fast["core_s"]["infer"]
+    quick = predict_stages(RATES, **kw, read_wait_s_per_mpx_scene=0.5)  # hidden by decoding
+    assert quick["core_s"]["load"] == fast["core_s"]["load"]
