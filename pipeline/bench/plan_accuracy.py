@@ -5,10 +5,11 @@
 1. the demo's few-shot head, as ``make map`` fits it (``demo truth``, ``sample-points``,
    ``extract-points``, ``probe``: :func:`pipeline.commands.demo.run_map`'s steps 1-4);
 2. **stage rates** from two bench runs on boxes inside the demo region other than the whole
-   region (0.25 and 1 km², the map's settings otherwise): per-tile costs of each tile stage fitted
-   as fixed + per-unit (least squares over the tiles of both runs), fixed per-map costs of the
-   driver's stages, publishing as fixed + per output Mpx (the two runs' two points), building the
-   model once per worker. Written to ``bench/results.json`` (``plan_stage_rates``) before step 3;
+   region (0.25 and 1 km², the map's settings otherwise): each tile stage fitted as a first-use
+   cost per worker + a cost per unit (least squares over the tiles of both runs), fixed per-map
+   costs of the driver's stages, publishing's fixed part (its per-Mpx part is the bench's COG
+   mosaic at scale), building the model once per worker. Written to ``bench/results.json``
+   (``plan_stage_rates``) before step 3;
 3. ``plan`` with the mapping step's arguments (reads only those rates);
 4. the mapping step itself, ``run --region demo --untrained --seed 0 --head HEAD --tile-size
    100`` as ``make map`` runs it;
@@ -35,7 +36,7 @@ import numpy as np
 
 from pipeline.bench.results import Entry, write_results
 from pipeline.run.plan import STAGE_RATES_ENTRY
-from pipeline.run.stages import DRIVER_STAGES, compare_plan_to_run
+from pipeline.run.stages import DRIVER_STAGES, TILE_STAGES, compare_plan_to_run
 
 _log = logging.getLogger(__name__)
 
@@ -92,65 +93,77 @@ def map_argv(head: Path, out: Path) -> list[str]:
             "--tile-size", "100", "--out", str(out)]  # fmt: skip
 
 
-def _linear(x: list[float], y: list[float]) -> tuple[float, float]:
-    """(intercept, slope) >= 0 of y = a + b x by least squares; through 0 if a < 0, a mean if x
-    does not vary."""
-    xa, ya = np.asarray(x, float), np.asarray(y, float)
-    if len(xa) == 0:
+#: A tile whose model took longer than this was its worker's first (later ones hit the cache).
+FIRST_TILE_MODEL_S = 0.05
+
+
+def _first_and_rate(first: list[bool], x: list[float], y: list[float]) -> tuple[float, float]:
+    """(a, b) >= 0 of y = a [first tile of its worker] + b x, by least squares; a stage that
+    costs nothing per unit or on first use gets 0 there and the other term refitted alone."""
+    f, xa, ya = (np.asarray(v, float) for v in (first, x, y))
+    if len(ya) == 0:
         return 0.0, 0.0
-    if np.ptp(xa) > 0:
-        b, a = np.polyfit(xa, ya, 1)
-        if a >= 0 and b >= 0:
-            return float(a), float(b)
-        if b < 0:
-            return float(ya.mean()), 0.0
-    b = float((xa * ya).sum() / (xa * xa).sum()) if (xa * xa).sum() > 0 else 0.0
-    return 0.0, max(b, 0.0)
+    (a, b), *_ = np.linalg.lstsq(np.stack([f, xa], axis=1), ya, rcond=None)
+    if a < 0:
+        a, b = 0.0, float((xa * ya).sum() / (xa * xa).sum()) if (xa * xa).sum() else 0.0
+    if b < 0:
+        a, b = float(ya[f > 0].mean()) if (f > 0).any() else 0.0, 0.0
+    return float(a), float(max(b, 0.0))
 
 
-def fit_stage_rates(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fixed and per-unit costs of every stage from bench runs' ``run.json`` (at least two runs
-    of different areas). Pure; the result is :class:`pipeline.run.stages.StageRates`' fields."""
-    tiles = [(t, r) for r in reports for t in r["tile_stats"]]
-    per_unit, fixed = {}, {}
-    for s in ("load", "composite"):  # per tile and scene: opening each scene, then its pixels
-        a, b = _linear(
-            [t["pixels"] / 1e6 for t, _ in tiles],
-            [t["seconds"][s] / max(1, t["scenes"]) for t, _ in tiles],
-        )
-        fixed[s], per_unit[s] = a, b
-    fixed["infer"], per_unit["infer"] = _linear(
-        [t["valid_pixels"] / 1e6 for t, _ in tiles], [t["seconds"]["infer"] for t, _ in tiles]
+def fit_stage_rates(reports: list[dict[str, Any]], publish_s_per_mpx: float) -> dict[str, Any]:
+    """Fixed and per-unit costs of every stage from bench runs' ``run.json`` (runs of different
+    areas, at least one with several tiles on a worker). Pure; the result holds
+    :class:`pipeline.run.stages.StageRates`' fields.
+
+    :param publish_s_per_mpx: publishing's per-Mpx cost, measured at scale (the bench's COG
+        mosaic, ``mgrs_tile_year_cpu_min``): the small runs' areas are too close to fit it.
+    """
+    tiles = [t for r in reports for t in r["tile_stats"]]
+    first = [t["seconds"].get("model", 0.0) > FIRST_TILE_MODEL_S for t in tiles]
+    mpx = [t["pixels"] / 1e6 for t in tiles]
+    per_unit, once = {}, {}
+    for s in ("load", "composite"):  # per scene: opening each file once, then its pixels
+        y = [t["seconds"][s] / max(1, t["scenes"]) for t in tiles]
+        once[s], per_unit[s] = _first_and_rate(first, mpx, y)
+    once["infer"], per_unit["infer"] = _first_and_rate(
+        first, [t["valid_pixels"] / 1e6 for t in tiles], [t["seconds"]["infer"] for t in tiles]
     )
-    fixed["write"], per_unit["write"] = _linear(
-        [t["pixels"] / 1e6 for t, _ in tiles], [t["seconds"]["write"] for t, _ in tiles]
+    once["write"], per_unit["write"] = _first_and_rate(
+        first, mpx, [t["seconds"]["write"] for t in tiles]
     )
     models = [r["stages"]["core_s"]["model"] / r["stages"]["slots"] for r in reports]
-    map_fixed = {}
-    for s in DRIVER_STAGES:
-        if s not in ("publish", "calibrate"):
-            map_fixed[s] = float(np.mean([r["stages"]["wall_s"][s] for r in reports]))
+    map_fixed = {
+        s: float(np.mean([r["stages"]["wall_s"][s] for r in reports]))
+        for s in DRIVER_STAGES
+        if s not in ("publish", "calibrate")
+    }
     # the tile phase beyond its stages, less what uneven tiles explain (the plan adds that back)
     sched = []
     for r in reports:
         st = r["stages"]
-        longest = max(
-            sum(v for k, v in t["seconds"].items() if k != "model") for t in r["tile_stats"]
-        )
-        spread = sum(st["wall_s"][s] for s in ("load", "composite", "infer", "write"))
+        longest = max(sum(t["seconds"].values()) for t in r["tile_stats"])
+        spread = sum(st["wall_s"][s] for s in TILE_STAGES)
         sched.append(max(0.0, st["wall_s"]["schedule"] - max(0.0, longest - spread)))
     map_fixed["schedule"] = float(np.mean(sched))
-    pub_fixed, pub_rate = _linear(
-        [sum(t["pixels"] for t in r["tile_stats"]) / 1e6 for r in reports],
-        [r["stages"]["wall_s"]["publish"] for r in reports],
+    map_fixed["publish"] = max(
+        0.0,
+        float(
+            np.mean(
+                [
+                    r["stages"]["wall_s"]["publish"]
+                    - publish_s_per_mpx * sum(t["pixels"] for t in r["tile_stats"]) / 1e6
+                    for r in reports
+                ]
+            )
+        ),
     )
-    map_fixed["publish"] = pub_fixed
     precision = reports[-1].get("precision") or {}
     return {
         "fixed_s": map_fixed,
-        "publish_s_per_mpx": pub_rate,
+        "publish_s_per_mpx": publish_s_per_mpx,
         "model_s_per_worker": float(np.mean(models)),
-        "tile_fixed_s": fixed,
+        "worker_fixed_s": once,
         "tile_s_per_unit": per_unit,
         "backend": precision.get("resolved"),
         "batch": precision.get("batch"),
@@ -158,7 +171,7 @@ def fit_stage_rates(reports: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def rate_entry(work: Path, head: Path, log: dict[str, Any]) -> Entry:
+def rate_entry(work: Path, head: Path, log: dict[str, Any], results: Path) -> Entry:
     """Two bench runs on :data:`RATE_BOXES` with the map's settings -> ``plan_stage_rates``."""
     reports = []
     for i, box in enumerate(RATE_BOXES):
@@ -168,7 +181,7 @@ def rate_entry(work: Path, head: Path, log: dict[str, Any]) -> Entry:
                 "--out", str(out)]  # fmt: skip
         _cli(argv, log, f"rates_run_{i}")
         reports.append(json.loads((out / "run.json").read_text()))
-    rates = fit_stage_rates(reports)
+    rates = fit_stage_rates(reports, _mosaic_s_per_mpx(results))
     return Entry(
         STAGE_RATES_ENTRY,
         rates["tile_s_per_unit"]["infer"],
@@ -196,6 +209,15 @@ def rate_entry(work: Path, head: Path, log: dict[str, Any]) -> Entry:
     )
 
 
+def _mosaic_s_per_mpx(results: Path) -> float:
+    """The COG mosaic's core-seconds per output Mpx at scale (``mgrs_tile_year_cpu_min``, section
+    ``projection``); 0 when that entry is missing (publishing then counts as fixed only)."""
+    for e in json.loads(results.read_text()) if results.exists() else []:
+        if e.get("name") == "mgrs_tile_year_cpu_min":
+            return float((e.get("notes") or {}).get("mosaic_core_s_per_mpx") or 0.0)
+    return 0.0
+
+
 def _slots() -> int:
     from pipeline.run.cluster import ClusterConfig
 
@@ -213,7 +235,7 @@ def plan_entries(results: Path) -> list[Entry]:
         _log.info("plan: the demo's few-shot head (make map's steps 1-4)")
         head = fit_head(work, log)
         _log.info("plan: stage rates from two bench runs on other boxes")
-        rates = rate_entry(work, head, log)
+        rates = rate_entry(work, head, log, results)
         write_results([rates], results)  # plan reads the rates from here
         out = work / "map"
         _log.info("plan: plan, then make map's mapping step")

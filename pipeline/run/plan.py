@@ -238,8 +238,10 @@ def load_stage_rates(path: Path, model: str) -> StageRates | None:
         return None
     for e in entries:
         notes = e.get("notes") or {}
+        r = notes.get("rates") or {}
         if e.get("name") == STAGE_RATES_ENTRY and notes.get("model") == model:
-            r = notes["rates"]
+            if "worker_fixed_s" not in r:  # an entry of an earlier model of the stages
+                return None
             where = f"{STAGE_RATES_ENTRY} measured {str(e.get('date', '?'))[:10]}"
             if e.get("hardware"):
                 where += f" on {label(e['hardware'])}"
@@ -247,7 +249,7 @@ def load_stage_rates(path: Path, model: str) -> StageRates | None:
                 fixed_s={k: float(v) for k, v in r["fixed_s"].items()},
                 publish_s_per_mpx=float(r["publish_s_per_mpx"]),
                 model_s_per_worker=float(r["model_s_per_worker"]),
-                tile_fixed_s={k: float(v) for k, v in r["tile_fixed_s"].items()},
+                worker_fixed_s={k: float(v) for k, v in r["worker_fixed_s"].items()},
                 tile_s_per_unit={k: float(v) for k, v in r["tile_s_per_unit"].items()},
                 backend=r.get("backend"),
                 batch=r.get("batch"),

@@ -94,7 +94,8 @@ class StageRates:
             ``other``) and ``schedule``.
         publish_s_per_mpx: publishing per output Mpx, on top of its fixed cost.
         model_s_per_worker: building the model in a worker (once per worker used).
-        tile_fixed_s: per tile and stage (``load``, ``composite``: per tile *and scene*).
+        worker_fixed_s: per worker and stage, its first use (``load``, ``composite``: per
+            scene): opening each scene's file, compiling the inference graph, ...
         tile_s_per_unit: per stage: ``load``, ``composite`` per Mpx x scene; ``infer`` per
             valid Mpx; ``write`` per Mpx.
         backend: the precision/backend the rates were measured with (``--backend auto``'s pick).
@@ -106,7 +107,7 @@ class StageRates:
     fixed_s: dict[str, float]
     publish_s_per_mpx: float
     model_s_per_worker: float
-    tile_fixed_s: dict[str, float]
+    worker_fixed_s: dict[str, float]
     tile_s_per_unit: dict[str, float]
     backend: str | None = None
     batch: int | None = None
@@ -140,53 +141,61 @@ def predict_stages(
         network model); the reader's threads overlap it with decoding, so a tile's load takes
         the longer of the two.
 
-    Tile stages: per tile ``fixed + rate x units``; the tile phase's wall time is the longer of
-    (worker-seconds / slots used) and the longest tile, as tiles run whole on one worker each.
+    Tile stages: ``rate x units`` per tile, plus each worker's first-use cost per stage (its
+    first tile opens every scene's file, compiles the inference graph, ...: measured, these are
+    paid once per worker, not per tile). The tile phase's wall time is the longer of
+    (worker-seconds / slots used) and its longest tile, as tiles run whole on one worker each.
     """
-    f, per, fix = rates.fixed_s, rates.tile_s_per_unit, rates.tile_fixed_s
+    f, per, first = rates.fixed_s, rates.tile_s_per_unit, rates.worker_fixed_s
     scenes = max(scenes_per_pixel, 0.0)
 
     def tile_cost(shape: tuple[int, int], infer_mpx: float) -> dict[str, float]:
         mpx = shape[0] * shape[1] / 1e6
-        load = scenes * (fix.get("load", 0.0) + per.get("load", 0.0) * mpx)
         return {
-            "load": max(load, scenes * mpx * read_wait_s_per_mpx_scene),
-            "composite": scenes * (fix.get("composite", 0.0) + per.get("composite", 0.0) * mpx),
-            "infer": fix.get("infer", 0.0) + per.get("infer", 0.0) * infer_mpx,
-            "write": fix.get("write", 0.0) + per.get("write", 0.0) * mpx,
+            "load": scenes * mpx * max(per.get("load", 0.0), read_wait_s_per_mpx_scene),
+            "composite": scenes * per.get("composite", 0.0) * mpx,
+            "infer": per.get("infer", 0.0) * infer_mpx,
+            "write": per.get("write", 0.0) * mpx,
         }
 
+    once = {
+        "load": scenes * first.get("load", 0.0),
+        "composite": scenes * first.get("composite", 0.0),
+        "infer": first.get("infer", 0.0),
+        "write": first.get("write", 0.0),
+    }
     all_mpx = sum(r * c for r, c in tile_shapes) / 1e6
     costs = [
         tile_cost(s, valid_mpx * (s[0] * s[1] / 1e6) / all_mpx if all_mpx else 0.0)
         for s in tile_shapes
     ]
     used = max(1, min(slots, len(tile_shapes) or 1))
-    core: dict[str, float] = {"model": rates.model_s_per_worker * used}
-    wall: dict[str, float] = {"model": rates.model_s_per_worker}
+    calibrates = bool(calibration_tiles and calibration_samples)
+    # with calibration, the sample's tasks come first on the workers and pay their first uses
+    # (the model, reading, compositing, inference; not writing: the sample writes nothing)
+    paid = {"model", "load", "composite", "infer"} if calibrates else set()
+    core: dict[str, float] = {"model": 0.0 if calibrates else rates.model_s_per_worker * used}
     for s in ("load", "composite", "infer", "write"):
-        core[s] = sum(c[s] for c in costs)
-        wall[s] = core[s] / used
-    longest = max((sum(c.values()) for c in costs), default=0.0)
-    spread = sum(wall[s] for s in ("load", "composite", "infer", "write"))
+        core[s] = sum(c[s] for c in costs) + (0.0 if s in paid else once[s] * used)
+    wall = {s: core[s] / used for s in core}
+    longest = max((sum(c.values()) for c in costs), default=0.0) + sum(
+        v for s, v in once.items() if s not in paid
+    )
+    longest += core["model"] / used
+    spread = sum(wall[s] for s in TILE_STAGES)
     wall["schedule"] = core["schedule"] = f.get("schedule", 0.0) + max(0.0, longest - spread)
     for s in ("search", "prepare", "other"):
         wall[s] = core[s] = f.get(s, 0.0)
     wall["backend"] = core["backend"] = f.get("backend", 0.0) if measures_backend else 0.0
     wall["publish"] = core["publish"] = f.get("publish", 0.0) + rates.publish_s_per_mpx * all_mpx
-    if calibration_tiles and calibration_samples:
-        # the sample's tiles are loaded, composited and classified at the sampled pixels only,
-        # and not written
+    if calibrates:
+        # the sample's tiles are loaded, composited and classified at the sampled pixels only
         cal = [tile_cost(s, calibration_samples / 1e6) for s in calibration_tiles]
         cal_used = max(1, min(slots, len(cal)))
         sampled = sum(c["load"] + c["composite"] + c["infer"] for c in cal)
-        core["calibrate"] = sampled + rates.model_s_per_worker * cal_used
+        first_uses = rates.model_s_per_worker + once["load"] + once["composite"] + once["infer"]
+        core["calibrate"] = sampled + first_uses * cal_used
         wall["calibrate"] = core["calibrate"] / cal_used
-        # the workers built the model for the sample already
-        wall["model"], core["model"] = (
-            0.0,
-            max(0.0, core["model"] - rates.model_s_per_worker * cal_used),
-        )
     return _stages(wall, core, used)
 
 

@@ -27,7 +27,7 @@ RATES = StageRates(
     },  # fmt: skip
     publish_s_per_mpx=20.0,
     model_s_per_worker=1.5,
-    tile_fixed_s={"load": 0.02, "composite": 0.001, "infer": 0.3, "write": 0.2},
+    worker_fixed_s={"load": 0.02, "composite": 0.001, "infer": 0.3, "write": 0.2},
     tile_s_per_unit={"load": 3.0, "composite": 0.5, "infer": 4000.0, "write": 20.0},
     backend="bf16",
     tile_size=100,
@@ -83,8 +83,13 @@ def test_plan_fixed_costs_do_not_scale_with_area():
     for s in ("search", "backend", "prepare", "other", "schedule", "model"):
         assert big["wall_s"][s] == small["wall_s"][s] > 0, s
     assert big["core_s"]["model"] == small["core_s"]["model"] == 2 * 1.5  # once per worker
-    for s in ("load", "composite", "infer", "write"):
-        assert big["core_s"][s] == pytest.approx(100 * small["core_s"][s]), s
+    # each worker's first use (opening the scenes, compiling, ...) once, the pixels per pixel
+    once = {"load": 31 * 0.02, "composite": 31 * 0.001, "infer": 0.3, "write": 0.2}
+    for s, first in once.items():
+        per_pixel = small["core_s"][s] - 2 * first
+        assert per_pixel > 0, s
+        assert big["core_s"][s] == pytest.approx(2 * first + 100 * per_pixel), s
+    assert small["core_s"]["infer"] == pytest.approx(2 * 0.3 + 4000 * 0.04)
     # publishing: fixed + per Mpx, so 100x the area costs less than 100x
     assert small["wall_s"]["publish"] == pytest.approx(0.5 + 20 * 0.04)
     assert big["wall_s"]["publish"] == pytest.approx(0.5 + 20 * 4.0)
@@ -105,11 +110,14 @@ def test_calibration_is_modelled_and_builds_the_model_first():
     )
     assert without["wall_s"]["calibrate"] == 0
     # 4 sample tiles on 2 workers: their load + composite of 128 x 128 px x 31 scenes, 2048 px
-    # classified each, and the model built on each worker
-    per_tile = 31 * (0.02 + 3.0 * 0.016384 + 0.001 + 0.5 * 0.016384) + 0.3 + 4000 * 0.002048
-    assert with_cal["core_s"]["calibrate"] == pytest.approx(4 * per_tile + 2 * 1.5)
-    assert with_cal["wall_s"]["calibrate"] == pytest.approx((4 * per_tile + 3.0) / 2)
+    # classified each; each worker's first uses (model, files, inference) are paid here
+    per_tile = 31 * (3.0 * 0.016384 + 0.5 * 0.016384) + 4000 * 0.002048
+    first = 1.5 + 31 * 0.02 + 31 * 0.001 + 0.3
+    assert with_cal["core_s"]["calibrate"] == pytest.approx(4 * per_tile + 2 * first)
+    assert with_cal["wall_s"]["calibrate"] == pytest.approx((4 * per_tile + 2 * first) / 2)
     assert with_cal["core_s"]["model"] == 0  # the tiles reuse the workers' model
+    assert with_cal["core_s"]["infer"] == pytest.approx(4000 * 0.04)  # compiled already
+    assert with_cal["core_s"]["write"] == without["core_s"]["write"]  # the sample writes none
     assert with_cal["total_wall_s"] > without["total_wall_s"]
 
 
@@ -138,22 +146,23 @@ def test_compare_plan_to_run():
         compare_plan_to_run({}, run)
 
 
-def test_stage_rates_are_fitted_fixed_plus_per_unit():
-    """Two runs of different areas: the tile stages' per-tile intercept and per-pixel slope, the
-    publish stage's fixed part and per-Mpx part, the driver's fixed costs, apart."""
+def test_stage_rates_are_fitted_first_use_plus_per_unit():
+    """Two runs of different areas: each tile stage's first-use cost per worker and per-pixel
+    cost, publishing's fixed part beside its per-Mpx cost at scale, the driver's fixed costs."""
 
     def report(tiles: list[int], publish: float) -> dict:
+        # two workers: the first two tiles are each worker's first (they build the model)
         stats = [
             {
                 "pixels": px,
                 "valid_pixels": px,
                 "scenes": 10,
                 "seconds": {
-                    "model": 2.0 if i == 0 else 0.0,
-                    "load": 10 * (0.01 + 2.0 * px / 1e6),
+                    "model": 2.0 if i < 2 else 0.0,
+                    "load": 10 * ((0.5 if i < 2 else 0.0) + 2.0 * px / 1e6),
                     "composite": 10 * 0.1 * px / 1e6,
-                    "infer": 0.5 + 3000.0 * px / 1e6,
-                    "write": 0.1 + 5.0 * px / 1e6,
+                    "infer": (4.0 if i < 2 else 0.0) + 3000.0 * px / 1e6,
+                    "write": (0.1 if i < 2 else 0.0) + 5.0 * px / 1e6,
                 },
             }  # fmt: skip
             for i, px in enumerate(tiles)
@@ -162,23 +171,27 @@ def test_stage_rates_are_fitted_fixed_plus_per_unit():
                    "tiles_wall": 100.0, "total": 120.0}  # fmt: skip
         return {
             "tile_stats": stats,
-            "stages": run_stages(seconds, stats, slots=1),
+            "stages": run_stages(seconds, stats, slots=2),
             "precision": {"resolved": "bf16", "batch": 512},
             "tiles": {"tile_size": 100},
         }
 
-    r = fit_stage_rates([report([2500, 5000], 1.0 + 10 * 0.0075), report([10000] * 3, 1.3)])
-    assert r["tile_fixed_s"]["load"] == pytest.approx(0.01)
+    r = fit_stage_rates(
+        [report([2500], 1.0 + 10 * 0.0025), report([10000, 300, 200, 10000], 1.0 + 10 * 0.0205)],
+        publish_s_per_mpx=10.0,
+    )
+    assert r["worker_fixed_s"]["load"] == pytest.approx(0.5)
     assert r["tile_s_per_unit"]["load"] == pytest.approx(2.0)
+    assert r["worker_fixed_s"]["composite"] == pytest.approx(0, abs=1e-12)
     assert r["tile_s_per_unit"]["composite"] == pytest.approx(0.1)
-    assert r["tile_fixed_s"]["infer"] == pytest.approx(0.5)
+    assert r["worker_fixed_s"]["infer"] == pytest.approx(4.0)
     assert r["tile_s_per_unit"]["infer"] == pytest.approx(3000.0)
-    assert r["tile_fixed_s"]["write"] == pytest.approx(0.1)
-    assert r["fixed_s"]["publish"] == pytest.approx(1.0)
-    assert r["publish_s_per_mpx"] == pytest.approx(10.0)
+    assert r["tile_s_per_unit"]["write"] == pytest.approx(5.0)
+    assert r["worker_fixed_s"]["write"] == pytest.approx(0.1)
+    assert r["fixed_s"]["publish"] == pytest.approx(1.0) and r["publish_s_per_mpx"] == 10.0
     assert r["fixed_s"]["backend"] == 4.0 and r["model_s_per_worker"] == 2.0
     assert r["backend"] == "bf16" and r["batch"] == 512 and r["tile_size"] == 100
-    assert set(TILE_STAGES) - {"model"} == set(r["tile_s_per_unit"])
+    assert set(TILE_STAGES) - {"model"} == set(r["tile_s_per_unit"]) == set(r["worker_fixed_s"])
 
 
 def test_object_store_waits_bound_the_load_stage():
@@ -186,9 +199,9 @@ def test_object_store_waits_bound_the_load_stage():
               measures_backend=False)  # fmt: skip
     fast = predict_stages(RATES, **kw)
     # 244 requests per Mpx and scene at 50 ms, 2 in flight: 6.1 s per Mpx and scene, above the
-    # decoding (0.02 s per tile and scene + 3 s per Mpx and scene), so the waits make the load
+    # 3 s of decoding, so the waits make the load (each worker opens the files once as before)
     slow = predict_stages(RATES, **kw, read_wait_s_per_mpx_scene=244 * 0.050 / 2)
-    assert slow["core_s"]["load"] == pytest.approx(4 * 31 * 0.01 * 6.1)
+    assert slow["core_s"]["load"] == pytest.approx(4 * 31 * 0.01 * 6.1 + 2 * 31 * 0.02)
     assert slow["core_s"]["load"] > fast["core_s"]["load"]
     assert slow["core_s"]["infer"] == fast["core_s"]["infer"]
     quick = predict_stages(RATES, **kw, read_wait_s_per_mpx_scene=0.5)  # hidden by decoding
