@@ -204,7 +204,7 @@ def rate_entry(work: Path, head: Path, log: dict[str, Any], results: Path) -> En
             ],
             "load": {k: v for k, v in log.items() if k.startswith("rates_run")},
             "method": "two runs on boxes inside the demo region (not the run predicted), the map's "
-            "settings; tile stages fitted fixed + per unit over their tiles",
+            "settings; tile stages fitted as first use per worker + per unit over their tiles",
         },
     )
 
