@@ -20,6 +20,7 @@ SECTIONS = (
     "view",
     "ask",
     "change",
+    "plan",
 )
 
 
@@ -118,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
 
         log.info("change detection on the two-year demo with planted change")
         entries += change_entries()
+    if "plan" in sections:
+        from pipeline.bench.plan_accuracy import plan_entries
+
+        log.info("plan against make map's mapping step: stage rates, plan, run")
+        entries += plan_entries(Path(args.out))
     if "projection" in sections:
         import json
 

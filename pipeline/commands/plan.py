@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.grid.cells import cells_of, is_gridded, output_grid
     from pipeline.run.checks import resolve_region
     from pipeline.run.config import default_output_dir
-    from pipeline.run.plan import Network, Workers, estimate, load_rates
+    from pipeline.run.plan import Network, Workers, estimate, load_rates, load_stage_rates
 
     t0 = time.perf_counter()
     if not 0 < args.clear_fraction <= 1:
@@ -144,6 +144,12 @@ def run(args: argparse.Namespace) -> int:
         workers=workers,
         network=network,
     )
+    stage_rates = load_stage_rates(args.rates, cfg.model.name)
+    stages = (
+        _stages(stage_rates, cfg, grid, geometry, region, area_km2, scenes, rates, network)
+        if stage_rates is not None
+        else None
+    )
     plan = {
         "region": region.name,
         "period": [str(cfg.composite.start), str(cfg.composite.end)],
@@ -157,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         **plan,
         "plan_seconds": time.perf_counter() - t0,
     }
+    if stages is not None:
+        plan["stages"] = stages
     out = args.plan_out or (
         (Path(cfg.execution.out) if cfg.execution.out else default_output_dir(cfg, region.name))
         / "plan.json"
@@ -164,6 +172,67 @@ def run(args: argparse.Namespace) -> int:
     write_json(out, plan)
     print(_summary(plan, out))
     return 0
+
+
+def _stages(
+    rates, cfg, grid, geometry, region, area_km2: float, scenes: dict, read_rates, network
+) -> dict:
+    """Seconds per stage of the run on this machine's cluster (:func:`predict_stages`), with the
+    rates' backend, batch and tile size and what differs from the run's settings; ``network``'s
+    latency adds the waits of ``read_rates``' requests (as :func:`estimate` counts them)."""
+    from pipeline.grid.tiling import make_grid
+    from pipeline.run.calibration import (
+        CALIBRATION_SAMPLES_PER_TILE,
+        CALIBRATION_TILE_SIZE,
+        CALIBRATION_TILES,
+        _calibration_tiles,
+    )
+    from pipeline.run.cluster import ClusterConfig
+    from pipeline.run.stages import predict_stages
+
+    slots = (
+        ClusterConfig(kind="local", workers=cfg.execution.workers).planned_workers()
+        if cfg.execution.cluster == "local"
+        else len(grid.tiles)
+    )
+    calibrates = cfg.model.calibration == "reference" and not cfg.model.head
+    cal_tiles = []
+    if calibrates:
+        ref = make_grid(geometry, region.crs, region.resolution, CALIBRATION_TILE_SIZE)
+        cal_tiles = [t.shape for t in _calibration_tiles(ref.tiles, CALIBRATION_TILES)]
+    out = predict_stages(
+        rates,
+        tile_shapes=[tuple(t.shape) for t in grid.tiles],
+        valid_mpx=area_km2 * 1e6 / region.resolution**2 / 1e6,
+        scenes_per_pixel=scenes["scenes_per_pixel"],
+        slots=slots or 1,
+        measures_backend=cfg.model.precision == "auto",
+        calibration_tiles=cal_tiles,
+        calibration_samples=CALIBRATION_SAMPLES_PER_TILE if calibrates else 0,
+        read_wait_s_per_mpx_scene=(
+            read_rates.requests_per_mpx_scene
+            * network.latency_ms
+            / 1000
+            / read_rates.read_in_flight
+            if network.latency_ms
+            and read_rates.requests_per_mpx_scene
+            and read_rates.read_in_flight
+            else 0.0
+        ),
+    )
+    differs = []
+    if cfg.model.precision not in ("auto", rates.backend):
+        differs.append(f"the run forces backend {cfg.model.precision}, rates are {rates.backend}")
+    if rates.tile_size and cfg.chips.tile_size != rates.tile_size:
+        differs.append(f"the run's tiles are {cfg.chips.tile_size} px, rates' {rates.tile_size} px")
+    return {
+        **out,
+        "calibration": calibrates,
+        "backend": rates.backend if cfg.model.precision == "auto" else cfg.model.precision,
+        "batch": rates.batch,
+        "rates_source": rates.sources.get("stages"),
+        "rates_differ": differs,
+    }
 
 
 def _gb(b: float) -> str:
@@ -192,9 +261,27 @@ def _summary(p: dict, out: Path) -> str:
         f"  cost            {p['cost']['total']:,.2f} ({p['cost']['per_km2'] * 100:.4f} cents/km2) "
         f"at {w['price_core_hour']:g}/core-h, {w['price_gpu_hour']:g}/GPU-h",
         "  rates           " + "; ".join(f"{k}: {v}" for k, v in p["rates"]["sources"].items()),
+        *_stages_line(p.get("stages")),
         f"  written to      {out} ({p['plan_seconds']:.1f} s)",
     ]
     return "\n".join(lines)
+
+
+def _stages_line(st: dict | None) -> list[str]:
+    """The summary's lines on the run's stages on this machine (none without stage rates)."""
+    if st is None:
+        return ["  stages          no stage rates: run 'make bench ARGS=\"--only plan\"'"]
+    big = sorted(st["wall_s"].items(), key=lambda kv: -kv[1])[:4]
+    lines = [
+        f"  this machine    {st['total_wall_s']:,.0f} s wall, {st['total_core_s']:,.0f} core-s on "
+        f"{st['slots']} worker(s), backend {st['backend']}"
+        + (", with calibration" if st["calibration"] else "")
+        + " ("
+        + ", ".join(f"{k} {v:,.0f} s" for k, v in big)
+        + ")"
+    ]
+    lines += [f"  warning         {d}" for d in st["rates_differ"]]
+    return lines
 
 
 def _network_line(n: dict) -> list[str]:

@@ -362,7 +362,7 @@ def report_run(
         _log.info("%s", line)
     for line in unreadable_warnings(ledger):
         _log.warning("%s", line)
-    for stage in ("load", "composite", "infer", "write"):
+    for stage in ("model", "load", "composite", "infer", "write"):
         seconds[f"{stage}_worker_sum"] = float(
             sum(s["seconds"].get(stage, 0.0) for s in stats.values())
         )
@@ -434,6 +434,7 @@ def publish_run(
     if failures or dead or too_many:
         report["status"] = "incomplete"
         report["seconds"]["total"] = time.perf_counter() - run.t0
+        report["stages"] = _stages(run, report, stats)
         write_json(ws.out / "run.json", report)
     if too_many and not (failures or dead):
         raise TooManyUnreadable(
@@ -472,5 +473,15 @@ def publish_run(
         publish(cfg, prep, ws, report, labels)
     report["seconds"]["publish"] = time.perf_counter() - t
     report["seconds"]["total"] = time.perf_counter() - run.t0
+    report["stages"] = _stages(run, report, stats)
     write_json(ws.out / "run.json", report)
     _log.info("map written to %s (%.1f s)", ws.out, report["seconds"]["total"])
+
+
+def _stages(run: RunState, report: dict[str, Any], stats: dict[str, dict]) -> dict[str, Any]:
+    """``run.json``'s ``stages``: seconds per stage under :mod:`pipeline.run.stages`' names."""
+    from pipeline.run.stages import run_stages
+
+    # the worker processes the tiles were spread over (an existing scheduler: not known)
+    slots = run.cluster.planned_workers() or max(1, len(stats))
+    return run_stages(report["seconds"], [stats[t] for t in sorted(stats)], slots)

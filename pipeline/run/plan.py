@@ -18,8 +18,18 @@ from typing import Any
 from pipeline import adapters
 from pipeline.base.errors import UserError
 from pipeline.base.hardware import label
+from pipeline.run.stages import StageRates
 
-__all__ = ["BYTES_PER_SCENE_PIXEL", "Network", "Rates", "Workers", "estimate", "load_rates"]
+__all__ = [
+    "BYTES_PER_SCENE_PIXEL",
+    "STAGE_RATES_ENTRY",
+    "Network",
+    "Rates",
+    "Workers",
+    "estimate",
+    "load_rates",
+    "load_stage_rates",
+]
 
 #: Decoded bytes read per 10 m output pixel and scene: B02/B03/B04/B08 at 10 m (4 x 2 B), six
 #: 20 m bands (6 x 2 B / 4) and the 20 m SCL (1 B / 4).
@@ -213,6 +223,42 @@ def load_rates(path: Path, model: str) -> Rates:
         infer_cpu_px_per_core_s=cpu_rate,
         sources=sources,
     )
+
+
+#: The ``bench/results.json`` entry with the stage rates (``make bench ARGS="--only plan"``).
+STAGE_RATES_ENTRY = "plan_stage_rates"
+
+
+def load_stage_rates(path: Path, model: str) -> StageRates | None:
+    """The per-stage rates (fixed and per-pixel apart) measured for ``model`` by the bench's
+    ``plan`` section, or None when ``path`` has no such entry (an older results file)."""
+    try:
+        entries = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    for e in entries:
+        notes = e.get("notes") or {}
+        r = notes.get("rates") or {}
+        if e.get("name") == STAGE_RATES_ENTRY and notes.get("model") == model:
+            if "worker_fixed_s" not in r:  # an entry of an earlier model of the stages
+                return None
+            where = f"{STAGE_RATES_ENTRY} measured {str(e.get('date', '?'))[:10]}"
+            if e.get("hardware"):
+                where += f" on {label(e['hardware'])}"
+            return StageRates(
+                fixed_s={k: float(v) for k, v in r["fixed_s"].items()},
+                publish_s_per_mpx=float(r["publish_s_per_mpx"]),
+                model_s_per_worker=float(r["model_s_per_worker"]),
+                worker_fixed_s={k: float(v) for k, v in r["worker_fixed_s"].items()},
+                tile_s_per_unit={k: float(v) for k, v in r["tile_s_per_unit"].items()},
+                backend=r.get("backend"),
+                batch=r.get("batch"),
+                tile_size=r.get("tile_size"),
+                sources={
+                    "stages": where + f", backend {r.get('backend')}, tile {r.get('tile_size')} px"
+                },
+            )
+    return None
 
 
 def estimate(

@@ -150,3 +150,57 @@ def test_plan_refuses_bad_options(tmp_path, capsys):
     assert code == 2 and "--clear-fraction" in capsys.readouterr().err
     code = main(["plan", "--region", "demo", "--offline", "--rates", str(tmp_path / "none.json")])
     assert code == 2 and "make bench" in capsys.readouterr().err
+
+
+def test_plan_predicts_the_runs_stages(demo_stac_url, tmp_path, capsys):
+    """With the bench's stage rates (``plan_stage_rates``) the plan writes ``stages`` under the
+    run's stage names (issue 26, point 5): fixed costs once, tile stages per tile, calibration
+    when the run calibrates, the backend measurement only when the run measures it."""
+    from pipeline.commands.plan import DEFAULT_RATES
+    from pipeline.run.stages import STAGES
+
+    rates = [e for e in json.loads(DEFAULT_RATES.read_text()) if e["name"] != "plan_stage_rates"]
+    rates.append(
+        {"name": "plan_stage_rates", "device": "cpu", "value": 4000.0, "date": "2026-12-07",
+         "notes": {"model": "timesenclip", "rates": {
+             "fixed_s": {"search": 0.2, "backend": 6.0, "prepare": 0.1, "other": 4.0,
+                         "schedule": 3.0, "publish": 0.5},
+             "publish_s_per_mpx": 20.0, "model_s_per_worker": 1.5,
+             "worker_fixed_s": {"load": 0.02, "composite": 0.0, "infer": 0.3, "write": 0.2},
+             "tile_s_per_unit": {"load": 3.0, "composite": 0.5, "infer": 4000.0, "write": 20.0},
+             "backend": "bf16", "batch": None, "tile_size": 100}}}
+    )  # fmt: skip
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(rates))
+    out = tmp_path / "plan.json"
+    args = ["plan", "--region", "demo", "--stac-url", demo_stac_url, "--worker-kind", "cpu",
+            "--tile-size", "100", "--rates", str(path), "--plan-out", str(out)]  # fmt: skip
+    assert main([*args, "--backend", "auto", "--calibration", "reference"]) == 0
+    assert "this machine" in capsys.readouterr().out
+    st = json.loads(out.read_text())["stages"]
+    assert tuple(st["wall_s"]) == STAGES and tuple(st["core_s"]) == STAGES
+    assert st["calibration"] is True and st["wall_s"]["calibrate"] > 0
+    assert st["backend"] == "bf16" and st["rates_differ"] == []
+    # 4 tiles of 100 x 100 px, 2 km x 2 km inside the region: 0.04 Mpx classified
+    scenes = json.loads(out.read_text())["input"]["scenes_per_pixel"]
+    # (calibrating: each worker's first uses are paid by the calibration sample)
+    assert st["core_s"]["infer"] == pytest.approx(4000.0 * 0.04)
+    assert st["core_s"]["load"] == pytest.approx(4 * scenes * 3.0 * 0.01)
+    assert st["wall_s"]["backend"] == 6.0 and st["wall_s"]["other"] == 4.0
+    head = tmp_path / "head.npz"
+    _head(head)
+    assert main([*args, "--head", str(head), "--backend", "fp32"]) == 0
+    st = json.loads(out.read_text())["stages"]
+    assert st["calibration"] is False and st["wall_s"]["calibrate"] == 0
+    assert st["wall_s"]["backend"] == 0 and st["backend"] == "fp32"
+    assert st["core_s"]["infer"] == pytest.approx(2 * 0.3 + 4000.0 * 0.04)  # 2 workers compile
+    assert st["rates_differ"] == ["the run forces backend fp32, rates are bf16"]
+
+
+def _head(path):
+    import numpy as np
+
+    from model.train.probe import LinearHead
+
+    names = ("a", "b")
+    LinearHead(np.zeros((2, 512), np.float32), np.zeros(2, np.float32), names, {}).save(path)

@@ -77,6 +77,12 @@ def test_timesenclip_products(timesenclip_map):
     assert run["config"]["scl_mask"] == "0,1,2,3,8,9,10,11" and run["config"]["mask_snow"]
     assert run["scl_mask"]["masked_classes"] == [0, 1, 2, 3, 8, 9, 10, 11]
     assert "dark_features" in run["scl_mask"]["masked_names"]
+    # seconds per stage under the names plan.json uses (issue 26, point 5), adding up to the total
+    from pipeline.run.stages import STAGES
+
+    assert tuple(run["stages"]["wall_s"]) == STAGES and run["stages"]["slots"] >= 1
+    assert run["stages"]["total_wall_s"] == pytest.approx(run["seconds"]["total"])
+    assert run["stages"]["core_s"]["infer"] > 0
 
     with rasterio.open(out / "classes.tif") as src:
         classes = src.read(1)

@@ -1,0 +1,279 @@
+"""Does ``plan`` predict ``make map``'s mapping step? Stage rates first, then plan, then the run.
+
+``make bench ARGS="--only plan"`` does, in this order, in separate processes:
+
+1. the demo's few-shot head, as ``make map`` fits it (``demo truth``, ``sample-points``,
+   ``extract-points``, ``probe``: :func:`pipeline.commands.demo.run_map`'s steps 1-4);
+2. **stage rates** from two bench runs on boxes inside the demo region other than the whole
+   region (0.25 and 1 km², the map's settings otherwise): each tile stage fitted as a first-use
+   cost per worker + a cost per unit (least squares over the tiles of both runs), fixed per-map
+   costs of the driver's stages, publishing's fixed part (its per-Mpx part is the bench's COG
+   mosaic at scale), building the model once per worker. Written to ``bench/results.json``
+   (``plan_stage_rates``) before step 3;
+3. ``plan`` with the mapping step's arguments (reads only those rates);
+4. the mapping step itself, ``run --region demo --untrained --seed 0 --head HEAD --tile-size
+   100`` as ``make map`` runs it;
+5. :func:`pipeline.run.stages.compare_plan_to_run` of the two: ``plan_wall_error_demo``,
+   ``plan_core_s_error_demo``, ``plan_stage_errors_demo`` (|plan - run| / run).
+
+The rates never see the run they predict: they come from other processes on other boxes, run
+before it. The machine's load average is recorded around each step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.bench.results import Entry, write_results
+from pipeline.run.plan import STAGE_RATES_ENTRY
+from pipeline.run.stages import DRIVER_STAGES, TILE_STAGES, compare_plan_to_run
+
+_log = logging.getLogger(__name__)
+
+#: The rate runs' boxes (W, S, E, N in degrees), inside the demo region, 0.25 and 1 km².
+RATE_BOXES = (
+    (10.3470, 48.2060, 10.3537, 48.2105),
+    (10.3500, 48.2080, 10.3634, 48.2170),
+)
+#: The demo's seed, as ``make map`` (``demo map --seed 0``).
+SEED = "0"
+
+
+def _load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def _cli(argv: list[str], log: dict[str, Any], key: str) -> None:
+    """Run ``python -m pipeline ARGV`` in a fresh process; its seconds and the load go to ``log``."""
+    t, before = time.perf_counter(), _load()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    log[key] = {"seconds": time.perf_counter() - t, "load_before": before, "load_after": _load()}
+
+
+def fit_head(work: Path, log: dict[str, Any]) -> Path:
+    """The demo's few-shot head, fitted as ``make map`` fits it (steps 1-4); returns its path."""
+    ref = work / "reference"
+    truth, train, table, head = (
+        ref / "truth.tif",
+        ref / "training_points.gpkg",
+        ref / "training_points.npz",
+        ref / "head.npz",
+    )
+    _cli(["demo", "truth", "--out", str(truth)], log, "truth")
+    _cli(["sample-points", "--strata", str(truth), "--labels", str(truth), "--per-class", "40",
+          "--seed", SEED, "--id-prefix", "t", "--out", str(train)], log, "sample_points")  # fmt: skip
+    _cli(["extract-points", "--points", str(train), "--year", "2023", "--profile", "demo",
+          "--tile-size", "256", "--cluster-px", "256", "--out", str(table)], log, "extract_points")  # fmt: skip
+    _cli(["probe", "--points", str(table), "--label-column", "label", "--legend", "demo",
+          "--untrained", "--seed", SEED, "--test-fraction", "0", "--out", str(head)], log, "probe")  # fmt: skip
+    return head
+
+
+def map_argv(head: Path, out: Path) -> list[str]:
+    """``make map``'s mapping step (:func:`pipeline.commands.demo.run_map`, step 5)."""
+    return ["run", "--region", "demo", "--untrained", "--seed", SEED, "--head", str(head),
+            "--tile-size", "100", "--out", str(out)]  # fmt: skip
+
+
+#: A tile whose model took longer than this was its worker's first (later ones hit the cache).
+FIRST_TILE_MODEL_S = 0.05
+
+
+def _first_and_rate(first: list[bool], x: list[float], y: list[float]) -> tuple[float, float]:
+    """(a, b) >= 0 of y = a [first tile of its worker] + b x, by least squares; a stage that
+    costs nothing per unit or on first use gets 0 there and the other term refitted alone."""
+    f, xa, ya = (np.asarray(v, float) for v in (first, x, y))
+    if len(ya) == 0:
+        return 0.0, 0.0
+    (a, b), *_ = np.linalg.lstsq(np.stack([f, xa], axis=1), ya, rcond=None)
+    if a < 0:
+        a, b = 0.0, float((xa * ya).sum() / (xa * xa).sum()) if (xa * xa).sum() else 0.0
+    if b < 0:
+        a, b = float(ya[f > 0].mean()) if (f > 0).any() else 0.0, 0.0
+    return float(a), float(max(b, 0.0))
+
+
+def fit_stage_rates(reports: list[dict[str, Any]], publish_s_per_mpx: float) -> dict[str, Any]:
+    """Fixed and per-unit costs of every stage from bench runs' ``run.json`` (runs of different
+    areas, at least one with several tiles on a worker). Pure; the result holds
+    :class:`pipeline.run.stages.StageRates`' fields.
+
+    :param publish_s_per_mpx: publishing's per-Mpx cost, measured at scale (the bench's COG
+        mosaic, ``mgrs_tile_year_cpu_min``): the small runs' areas are too close to fit it.
+    """
+    tiles = [t for r in reports for t in r["tile_stats"]]
+    first = [t["seconds"].get("model", 0.0) > FIRST_TILE_MODEL_S for t in tiles]
+    mpx = [t["pixels"] / 1e6 for t in tiles]
+    per_unit, once = {}, {}
+    for s in ("load", "composite"):  # per scene: opening each file once, then its pixels
+        y = [t["seconds"][s] / max(1, t["scenes"]) for t in tiles]
+        once[s], per_unit[s] = _first_and_rate(first, mpx, y)
+    once["infer"], per_unit["infer"] = _first_and_rate(
+        first, [t["valid_pixels"] / 1e6 for t in tiles], [t["seconds"]["infer"] for t in tiles]
+    )
+    once["write"], per_unit["write"] = _first_and_rate(
+        first, mpx, [t["seconds"]["write"] for t in tiles]
+    )
+    models = [r["stages"]["core_s"]["model"] / r["stages"]["slots"] for r in reports]
+    map_fixed = {
+        s: float(np.mean([r["stages"]["wall_s"][s] for r in reports]))
+        for s in DRIVER_STAGES
+        if s not in ("publish", "calibrate")
+    }
+    # the tile phase beyond its stages, less what uneven tiles explain (the plan adds that back)
+    sched = []
+    for r in reports:
+        st = r["stages"]
+        longest = max(sum(t["seconds"].values()) for t in r["tile_stats"])
+        spread = sum(st["wall_s"][s] for s in TILE_STAGES)
+        sched.append(max(0.0, st["wall_s"]["schedule"] - max(0.0, longest - spread)))
+    map_fixed["schedule"] = float(np.mean(sched))
+    map_fixed["publish"] = max(
+        0.0,
+        float(
+            np.mean(
+                [
+                    r["stages"]["wall_s"]["publish"]
+                    - publish_s_per_mpx * sum(t["pixels"] for t in r["tile_stats"]) / 1e6
+                    for r in reports
+                ]
+            )
+        ),
+    )
+    precision = reports[-1].get("precision") or {}
+    return {
+        "fixed_s": map_fixed,
+        "publish_s_per_mpx": publish_s_per_mpx,
+        "model_s_per_worker": float(np.mean(models)),
+        "worker_fixed_s": once,
+        "tile_s_per_unit": per_unit,
+        "backend": precision.get("resolved"),
+        "batch": precision.get("batch"),
+        "tile_size": reports[-1]["tiles"]["tile_size"],
+    }
+
+
+def rate_entry(work: Path, head: Path, log: dict[str, Any], results: Path) -> Entry:
+    """Two bench runs on :data:`RATE_BOXES` with the map's settings -> ``plan_stage_rates``."""
+    reports = []
+    for i, box in enumerate(RATE_BOXES):
+        out = work / f"rates-{i}"
+        argv = ["run", "--bbox", *map(str, box), "--profile", "demo", "--year", "2023",
+                "--untrained", "--seed", SEED, "--head", str(head), "--tile-size", "100",
+                "--out", str(out)]  # fmt: skip
+        _cli(argv, log, f"rates_run_{i}")
+        reports.append(json.loads((out / "run.json").read_text()))
+    rates = fit_stage_rates(reports, _mosaic_s_per_mpx(results))
+    return Entry(
+        STAGE_RATES_ENTRY,
+        rates["tile_s_per_unit"]["infer"],
+        "core-s per valid Mpx (inference; fixed and per-unit costs of every stage in notes)",
+        dtype=str(rates["backend"]),
+        batch=rates["batch"],
+        threads=_slots(),
+        notes={
+            "model": "timesenclip",
+            "rates": rates,
+            "runs": [
+                {
+                    "bbox": list(box),
+                    "tiles": len(r["tile_stats"]),
+                    "pixels": sum(t["pixels"] for t in r["tile_stats"]),
+                    "backend": (r.get("precision") or {}).get("resolved"),
+                    "total_s": r["seconds"]["total"],
+                }
+                for box, r in zip(RATE_BOXES, reports, strict=True)
+            ],
+            "load": {k: v for k, v in log.items() if k.startswith("rates_run")},
+            "method": "two runs on boxes inside the demo region (not the run predicted), the map's "
+            "settings; tile stages fitted as first use per worker + per unit over their tiles",
+        },
+    )
+
+
+def _mosaic_s_per_mpx(results: Path) -> float:
+    """The COG mosaic's core-seconds per output Mpx at scale (``mgrs_tile_year_cpu_min``, section
+    ``projection``); 0 when that entry is missing (publishing then counts as fixed only)."""
+    for e in json.loads(results.read_text()) if results.exists() else []:
+        if e.get("name") == "mgrs_tile_year_cpu_min":
+            return float((e.get("notes") or {}).get("mosaic_core_s_per_mpx") or 0.0)
+    return 0.0
+
+
+def _slots() -> int:
+    from pipeline.run.cluster import ClusterConfig
+
+    return ClusterConfig(kind="local").planned_workers() or 1
+
+
+def plan_entries(results: Path) -> list[Entry]:
+    """Rates, then ``plan``, then the run, then the comparison (see the module docstring).
+
+    :param results: the ``bench/results.json`` the rates are written to and ``plan`` reads.
+    """
+    log: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="s2lc-bench-plan-") as tmp:
+        work = Path(tmp)
+        _log.info("plan: the demo's few-shot head (make map's steps 1-4)")
+        head = fit_head(work, log)
+        _log.info("plan: stage rates from two bench runs on other boxes")
+        rates = rate_entry(work, head, log, results)
+        write_results([rates], results)  # plan reads the rates from here
+        out = work / "map"
+        _log.info("plan: plan, then make map's mapping step")
+        _cli(
+            ["plan", *map_argv(head, out)[1:], "--worker-kind", "cpu", "--rates", str(results),
+             "--plan-out", str(work / "plan.json")],
+            log,
+            "plan",
+        )  # fmt: skip
+        _cli(map_argv(head, out), log, "run")
+        plan = json.loads((work / "plan.json").read_text())
+        run = json.loads((out / "run.json").read_text())
+    cmp = compare_plan_to_run(plan, run)
+    notes = {
+        "plan_wall_s": cmp["plan_wall_s"],
+        "run_wall_s": cmp["run_wall_s"],
+        "plan_core_s": cmp["plan_core_s"],
+        "run_core_s": cmp["run_core_s"],
+        "plan_backend": plan["stages"]["backend"],
+        "run_backend": (run.get("precision") or {}).get("resolved"),
+        "command": "python -m pipeline " + " ".join(map_argv(Path("HEAD"), Path("OUT"))),
+        "load_average": {k: [v["load_before"], v["load_after"]] for k, v in log.items()},
+        "step_seconds": {k: v["seconds"] for k, v in log.items()},
+        "rates": f"{STAGE_RATES_ENTRY}, measured just before in other processes on other boxes",
+    }
+    stages = {
+        s: {k: v[k] for k in ("plan_wall_s", "run_wall_s", "wall_error", "core_s_error", "judged")}
+        for s, v in cmp["stages"].items()
+    }
+    unit = "|plan - run| / run"
+    return [
+        rates,
+        Entry("plan_wall_error_demo", cmp["wall_error"], unit, notes=notes),
+        Entry("plan_core_s_error_demo", cmp["core_s_error"], unit, notes=notes),
+        Entry(
+            "plan_stage_errors_demo",
+            cmp["max_judged_error"],
+            unit + ", the largest of the judged stages (>= 5 % of the run) and totals",
+            notes={"stages": stages, **notes},
+        ),
+    ]

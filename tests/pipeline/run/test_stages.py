@@ -1,0 +1,208 @@
+"""Seconds per stage, one shape for ``run`` and ``plan`` (issue 26, point 5): the run's stages
+from its timings, the plan's from measured rates (fixed costs apart from per-pixel ones), and the
+comparison of the two."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.bench.plan_accuracy import fit_stage_rates
+from pipeline.run.stages import (
+    STAGES,
+    TILE_STAGES,
+    StageRates,
+    compare_plan_to_run,
+    predict_stages,
+    run_stages,
+)
+
+RATES = StageRates(
+    fixed_s={
+        "search": 0.2,
+        "backend": 6.0,
+        "prepare": 0.1,
+        "other": 4.0,
+        "schedule": 3.0,
+        "publish": 0.5,
+    },  # fmt: skip
+    publish_s_per_mpx=20.0,
+    model_s_per_worker=1.5,
+    worker_fixed_s={"load": 0.02, "composite": 0.001, "infer": 0.3, "write": 0.2},
+    tile_s_per_unit={"load": 3.0, "composite": 0.5, "infer": 4000.0, "write": 20.0},
+    backend="bf16",
+    tile_size=100,
+)
+
+
+def _seconds(tile_s: float, tiles: int) -> tuple[dict, list[dict]]:
+    stats = [
+        {
+            "seconds": {
+                "model": 1.0 if i < 2 else 0.0,
+                "load": 2.0,
+                "composite": 0.1,
+                "infer": tile_s,
+                "write": 0.5,
+            }
+        }  # fmt: skip
+        for i in range(tiles)
+    ]
+    seconds = {"search": 0.3, "backend": 5.0, "prepare": 0.2, "calibrate": 0.0,
+               "tiles_wall": tiles / 2 * (tile_s + 2.6) + 1.0 + 4.0, "publish": 1.5}  # fmt: skip
+    seconds["total"] = sum(seconds.values()) + 2.0
+    return seconds, stats
+
+
+def test_run_and_plan_record_the_same_stage_names():
+    seconds, stats = _seconds(40.0, 4)
+    run = run_stages(seconds, stats, slots=2)
+    plan = predict_stages(
+        RATES, tile_shapes=[(100, 100)] * 4, valid_mpx=0.04, scenes_per_pixel=31, slots=2,
+        measures_backend=True,
+    )  # fmt: skip
+    for st in (run, plan):
+        assert tuple(st["wall_s"]) == STAGES and tuple(st["core_s"]) == STAGES
+        assert st["total_wall_s"] == pytest.approx(sum(st["wall_s"].values()))
+        assert st["total_core_s"] == pytest.approx(sum(st["core_s"].values()))
+        assert st["slots"] == 2
+    # the run's stages add up to its measured total; tile stages are worker-seconds
+    assert run["total_wall_s"] == pytest.approx(seconds["total"])
+    assert run["core_s"]["infer"] == 160.0 and run["wall_s"]["infer"] == 80.0
+    assert run["core_s"]["model"] == 2.0 and run["wall_s"]["schedule"] == pytest.approx(4.0)
+    assert run["wall_s"]["other"] == pytest.approx(2.0)
+
+
+def test_plan_fixed_costs_do_not_scale_with_area():
+    def plan(tiles: int) -> dict:
+        return predict_stages(
+            RATES, tile_shapes=[(100, 100)] * tiles, valid_mpx=0.01 * tiles,
+            scenes_per_pixel=31, slots=2, measures_backend=True,
+        )  # fmt: skip
+
+    small, big = plan(4), plan(400)
+    for s in ("search", "backend", "prepare", "other", "schedule", "model"):
+        assert big["wall_s"][s] == small["wall_s"][s] > 0, s
+    assert big["core_s"]["model"] == small["core_s"]["model"] == 2 * 1.5  # once per worker
+    # each worker's first use (opening the scenes, compiling, ...) once, the pixels per pixel
+    once = {"load": 31 * 0.02, "composite": 31 * 0.001, "infer": 0.3, "write": 0.2}
+    for s, first in once.items():
+        per_pixel = small["core_s"][s] - 2 * first
+        assert per_pixel > 0, s
+        assert big["core_s"][s] == pytest.approx(2 * first + 100 * per_pixel), s
+    assert small["core_s"]["infer"] == pytest.approx(2 * 0.3 + 4000 * 0.04)
+    # publishing: fixed + per Mpx, so 100x the area costs less than 100x
+    assert small["wall_s"]["publish"] == pytest.approx(0.5 + 20 * 0.04)
+    assert big["wall_s"]["publish"] == pytest.approx(0.5 + 20 * 4.0)
+    # a forced backend is not measured by the run
+    forced = predict_stages(
+        RATES, tile_shapes=[(100, 100)], valid_mpx=0.01, scenes_per_pixel=31, slots=2,
+        measures_backend=False,
+    )  # fmt: skip
+    assert forced["wall_s"]["backend"] == 0
+
+
+def test_calibration_is_modelled_and_builds_the_model_first():
+    kw = dict(tile_shapes=[(100, 100)] * 4, valid_mpx=0.04, scenes_per_pixel=31, slots=2,
+              measures_backend=True)  # fmt: skip
+    without = predict_stages(RATES, **kw)
+    with_cal = predict_stages(
+        RATES, **kw, calibration_tiles=[(128, 128)] * 4, calibration_samples=2048
+    )
+    assert without["wall_s"]["calibrate"] == 0
+    # 4 sample tiles on 2 workers: their load + composite of 128 x 128 px x 31 scenes, 2048 px
+    # classified each; each worker's first uses (model, files, inference) are paid here
+    per_tile = 31 * (3.0 * 0.016384 + 0.5 * 0.016384) + 4000 * 0.002048
+    first = 1.5 + 31 * 0.02 + 31 * 0.001 + 0.3
+    assert with_cal["core_s"]["calibrate"] == pytest.approx(4 * per_tile + 2 * first)
+    assert with_cal["wall_s"]["calibrate"] == pytest.approx((4 * per_tile + 2 * first) / 2)
+    assert with_cal["core_s"]["model"] == 0  # the tiles reuse the workers' model
+    assert with_cal["core_s"]["infer"] == pytest.approx(4000 * 0.04)  # compiled already
+    assert with_cal["core_s"]["write"] == without["core_s"]["write"]  # the sample writes none
+    assert with_cal["total_wall_s"] > without["total_wall_s"]
+
+
+def test_compare_plan_to_run():
+    seconds, stats = _seconds(40.0, 4)
+    run = {"stages": run_stages(seconds, stats, slots=2)}
+    same = compare_plan_to_run(run, run)
+    assert same["wall_error"] == same["core_s_error"] == same["max_judged_error"] == 0
+    assert set(same["stages"]) == set(STAGES)
+    # a plan that predicts inference 50 % too slow and everything else right
+    plan = {"stages": run_stages(*_seconds(60.0, 4), slots=2)}
+    cmp = compare_plan_to_run(plan, run)
+    inf = cmp["stages"]["infer"]
+    assert inf["judged"] and inf["wall_error"] == pytest.approx(0.5)
+    assert inf["core_s_error"] == pytest.approx(0.5)
+    assert cmp["wall_error"] == pytest.approx(40.0 / run["stages"]["total_wall_s"])
+    assert cmp["core_s_error"] == pytest.approx(80.0 / run["stages"]["total_core_s"])
+    assert cmp["max_judged_error"] == pytest.approx(0.5)
+    assert not cmp["stages"]["search"]["judged"]  # 0.3 s of a ~100 s run: recorded, not judged
+    assert cmp["stages"]["calibrate"]["wall_error"] == 0  # 0 s both: exact
+    skipped = {
+        "stages": {**run["stages"], "wall_s": {**run["stages"]["wall_s"], "calibrate": 8e-5}}
+    }
+    assert compare_plan_to_run(run, skipped)["stages"]["calibrate"]["wall_error"] == 0  # noise
+    with pytest.raises(ValueError, match="plan JSON has no 'stages'"):
+        compare_plan_to_run({}, run)
+
+
+def test_stage_rates_are_fitted_first_use_plus_per_unit():
+    """Two runs of different areas: each tile stage's first-use cost per worker and per-pixel
+    cost, publishing's fixed part beside its per-Mpx cost at scale, the driver's fixed costs."""
+
+    def report(tiles: list[int], publish: float) -> dict:
+        # two workers: the first two tiles are each worker's first (they build the model)
+        stats = [
+            {
+                "pixels": px,
+                "valid_pixels": px,
+                "scenes": 10,
+                "seconds": {
+                    "model": 2.0 if i < 2 else 0.0,
+                    "load": 10 * ((0.5 if i < 2 else 0.0) + 2.0 * px / 1e6),
+                    "composite": 10 * 0.1 * px / 1e6,
+                    "infer": (4.0 if i < 2 else 0.0) + 3000.0 * px / 1e6,
+                    "write": (0.1 if i < 2 else 0.0) + 5.0 * px / 1e6,
+                },
+            }  # fmt: skip
+            for i, px in enumerate(tiles)
+        ]
+        seconds = {"search": 0.2, "backend": 4.0, "prepare": 0.1, "publish": publish,
+                   "tiles_wall": 100.0, "total": 120.0}  # fmt: skip
+        return {
+            "tile_stats": stats,
+            "stages": run_stages(seconds, stats, slots=2),
+            "precision": {"resolved": "bf16", "batch": 512},
+            "tiles": {"tile_size": 100},
+        }
+
+    r = fit_stage_rates(
+        [report([2500], 1.0 + 10 * 0.0025), report([10000, 300, 200, 10000], 1.0 + 10 * 0.0205)],
+        publish_s_per_mpx=10.0,
+    )
+    assert r["worker_fixed_s"]["load"] == pytest.approx(0.5)
+    assert r["tile_s_per_unit"]["load"] == pytest.approx(2.0)
+    assert r["worker_fixed_s"]["composite"] == pytest.approx(0, abs=1e-12)
+    assert r["tile_s_per_unit"]["composite"] == pytest.approx(0.1)
+    assert r["worker_fixed_s"]["infer"] == pytest.approx(4.0)
+    assert r["tile_s_per_unit"]["infer"] == pytest.approx(3000.0)
+    assert r["tile_s_per_unit"]["write"] == pytest.approx(5.0)
+    assert r["worker_fixed_s"]["write"] == pytest.approx(0.1)
+    assert r["fixed_s"]["publish"] == pytest.approx(1.0) and r["publish_s_per_mpx"] == 10.0
+    assert r["fixed_s"]["backend"] == 4.0 and r["model_s_per_worker"] == 2.0
+    assert r["backend"] == "bf16" and r["batch"] == 512 and r["tile_size"] == 100
+    assert set(TILE_STAGES) - {"model"} == set(r["tile_s_per_unit"]) == set(r["worker_fixed_s"])
+
+
+def test_object_store_waits_bound_the_load_stage():
+    kw = dict(tile_shapes=[(100, 100)] * 4, valid_mpx=0.04, scenes_per_pixel=31, slots=2,
+              measures_backend=False)  # fmt: skip
+    fast = predict_stages(RATES, **kw)
+    # 244 requests per Mpx and scene at 50 ms, 2 in flight: 6.1 s per Mpx and scene, above the
+    # 3 s of decoding, so the waits make the load (each worker opens the files once as before)
+    slow = predict_stages(RATES, **kw, read_wait_s_per_mpx_scene=244 * 0.050 / 2)
+    assert slow["core_s"]["load"] == pytest.approx(4 * 31 * 0.01 * 6.1 + 2 * 31 * 0.02)
+    assert slow["core_s"]["load"] > fast["core_s"]["load"]
+    assert slow["core_s"]["infer"] == fast["core_s"]["infer"]
+    quick = predict_stages(RATES, **kw, read_wait_s_per_mpx_scene=0.5)  # hidden by decoding
+    assert quick["core_s"]["load"] == fast["core_s"]["load"]
