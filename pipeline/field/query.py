@@ -123,7 +123,8 @@ def query_field(
             bar.close()
     against = "the legend classes" if w_classes is not None else "the other queries"
     finals = {}
-    for text, name in zip(texts, names, strict=True):
+    per_text = 2 if with_prob else 1
+    for i, (text, name) in enumerate(zip(texts, names, strict=True)):
         descriptions = [f"cosine similarity to '{text}'"]
         if with_prob:
             descriptions.append(f"probability of '{text}' against {against}")
@@ -131,8 +132,9 @@ def query_field(
             out / f"{name}.tif",
             units,
             tiles,
-            name,
+            "query",  # every text's bands in one file per unit (stream.run_unit)
             geobox=fs.geobox,
+            source_bands=[i * per_text + b for b in range(1, per_text + 1)],
             dtype=stream.QUERY_DTYPE,
             bands=len(descriptions),
             nodata=stream.QUERY_NODATA,

@@ -3,7 +3,7 @@
 The work of ``classify --field`` and ``query --field`` is split into units (each field's store
 chunks, :meth:`pipeline.field.fieldset.FieldSet.units`). A unit reads its int8 codes and scales,
 computes the cosines with the projected vectors in the code space (:func:`code_cosines32`), and
-writes its output GeoTIFF(s) under ``OUT/tiles/<unit id>/`` (each file appears complete, by a
+writes its output GeoTIFF under ``OUT/tiles/<unit id>/`` (each file appears complete, by a
 rename): the first file a user can open appears after the first unit, not at the end. When every
 unit is done, :func:`mosaic_cog` describes the whole output as a VRT over the unit files and
 GDAL's COG driver writes the final COG; the unit files are then removed.
@@ -292,9 +292,9 @@ def run_unit(unit: Any, job: Job) -> dict[str, Any]:
         classes = classify_cosines(cos, valid, job.alpha, job.beta).reshape(1, h, w)
         _write_tif(folder / "classes.tif", classes, job, unit.out, 255)
     else:
+        # one file for all the texts (band i * bands + b: text i's band b): one GeoTIFF per unit
         bands = query_bands(cos, valid, job)
-        for name, data in zip(job.names, bands, strict=True):
-            _write_tif(folder / f"{name}.tif", data.reshape(-1, h, w), job, unit.out, QUERY_NODATA)
+        _write_tif(folder / "query.tif", bands.reshape(-1, h, w), job, unit.out, QUERY_NODATA)
     return {"unit": unit.id, "valid_pixels": int(valid.sum()), "seconds": time.perf_counter() - t0}
 
 
@@ -386,10 +386,12 @@ def mosaic_cog(
     metadata: dict[str, str] | None = None,
     resampling: str = "nearest",
     threads: int | None = None,
+    source_bands: Sequence[int] = (),
 ) -> Path:
     """The units' ``<name>.tif`` files as one COG on ``geobox``: a VRT (units of earlier fields
     drawn last, each skipping its own nodata, so the first field wins where it has data) that
-    GDAL's COG driver streams block by block (bounded memory)."""
+    GDAL's COG driver streams block by block (bounded memory). ``source_bands``: the unit
+    files' band (1-based) of each output band (default: 1, 2, ...)."""
     import rasterio  # noqa: PLC0415
     import rasterio.shutil  # noqa: PLC0415
 
@@ -402,6 +404,7 @@ def mosaic_cog(
     ordered = sorted(units, key=lambda u: -u.index)  # the first field last: it paints on top
     xml = []
     for b in range(1, bands + 1):
+        src_band = source_bands[b - 1] if source_bands else b
         parts = [f'  <VRTRasterBand dataType="{gdt}" band="{b}">']
         if b <= len(descriptions):
             parts.append(f"    <Description>{escape(descriptions[b - 1])}</Description>")
@@ -413,7 +416,7 @@ def mosaic_cog(
             uh, uw = u.shape
             parts.append(
                 f'    <ComplexSource><SourceFilename relativeToVRT="0">{escape(str(f.resolve()))}'
-                f"</SourceFilename><SourceBand>{b}</SourceBand>"
+                f"</SourceFilename><SourceBand>{src_band}</SourceBand>"
                 f'<SrcRect xOff="0" yOff="0" xSize="{uw}" ySize="{uh}"/>'
                 f'<DstRect xOff="{u.out[1].start}" yOff="{u.out[0].start}" xSize="{uw}" '
                 f'ySize="{uh}"/><NODATA>{nd}</NODATA></ComplexSource>'
