@@ -245,8 +245,9 @@ def ask_scale_entries() -> list[Entry]:
         f"float16 scale, tiles of {TILE} px; small field {SMALL}x{SMALL} px; untrained TimeSenCLIP "
         "metadata (demo)",
         "legend": "README 'Ask the map' legend (4 classes, 7 prompts); query: 3 texts",
-        "how": "classify: the streamed default (classes.tif); query: one 2-band float32 COG per "
-        "text; the 16 Mpx calls on a local Dask cluster of 2 worker processes (the default), "
+        "how": "classify: the streamed default (classes.tif); query: one single-band int16 COG "
+        "per text (the cosine as round(cos / 1e-4), the band scale 1e-4; 2 bytes per pixel, no "
+        "--probability); the 16 Mpx calls on a local Dask cluster of 2 worker processes (the default), "
         "the small ones in the calling process (1 unit); units published under OUT/tiles",
         "seconds": times,
         "lower_bound": bound,

@@ -1,10 +1,14 @@
 """``query --field``: free-text heat maps from stored embedding fields, reading no imagery.
 
 For every query, one COG on the fields' (mosaicked) grid: band 1 the cosine similarity of each
-pixel's embedding with the query's text embedding (-1..1), band 2 (when there is something to
-compare with) the query's probability against the first map's legend classes
-(:func:`pipeline.field.api.query_probability`). Nodata is NaN wherever the maps have none. The
-work is streamed tile by tile (:mod:`pipeline.field.stream`): each tile's heat maps appear under
+pixel's embedding with the query's text embedding, stored as int16 with the band scale
+``QUERY_SCALE`` = 1e-4 (GDAL, rasterio and QGIS read -1..1 cosines through it; steps of 1e-4)
+and nodata -32768 wherever the maps have none; 2 bytes per pixel, about a twelfth of a two-band
+float32 file. With ``probability`` (``--probability``), band 2 the query's probability against
+the first map's legend classes (or the other queries; :func:`pipeline.field.api.query_probability`),
+0..1 in the same int16 encoding: it costs a softmax over the classes per pixel and as many bytes
+again, and the viewer computes it itself, so it is written only when asked for. The work is
+streamed tile by tile (:mod:`pipeline.field.stream`): each tile's heat maps appear under
 ``OUT/tiles/<unit>/`` as soon as it is done, in parallel on ``--cluster``/``--workers``; the
 COGs are mosaicked from them at the end. A quicklook PNG shows every query side by side.
 """
@@ -27,6 +31,7 @@ from pipeline.field.fieldset import FieldSet
 _log = logging.getLogger(__name__)
 
 QUICKLOOK_MAX_PX = 600
+_SCALE_XML = f"    <Offset>0</Offset>\n    <Scale>{stream.QUERY_SCALE!r}</Scale>"
 
 
 def slug(text: str) -> str:
@@ -55,16 +60,18 @@ def query_field(
     checkpoint: str | None = None,
     progress: bool = False,
     cluster: Any = None,
+    probability: bool = False,
 ) -> dict[str, Path]:
     """Write one heat-map COG per query (and a quicklook) into ``out``; returns query -> path.
 
     Args:
         fs: a :class:`~pipeline.field.fieldset.FieldSet` (or one :class:`Field`).
         cluster: a :class:`pipeline.field.stream.Where`, or None (this process only).
+        probability: also write band 2, the probability against the legend (or the queries).
 
     Raises:
         UserError: no query, duplicate file names, the model is not the field's or has no text
-            tower.
+            tower, a probability of one query on a map without a text legend.
     """
     from pipeline.field.texts import text_vectors  # noqa: PLC0415
 
@@ -80,8 +87,13 @@ def query_field(
     first = fs.first
     out = Path(out) if out else first.map_dir / "queries"
     q = text_vectors(first, texts, checkpoint=checkpoint)  # fails early (model, text tower)
-    w_classes = _legend_vectors(fs, checkpoint)
-    with_prob = w_classes is not None or len(texts) > 1
+    w_classes = _legend_vectors(fs, checkpoint) if probability else None
+    with_prob = probability
+    if with_prob and w_classes is None and len(texts) < 2:
+        raise UserError(
+            "--probability needs classes to compare with: the map has no text legend, so give "
+            "two or more queries"
+        )
     # The queries (and the legend's classes) projected once into the field's components: each
     # unit is then one small GEMM of its int8 codes, no 512-d decode (pipeline.writers.codec).
     pv = first.codec.project(q if w_classes is None else np.concatenate([q, w_classes]))
@@ -111,7 +123,8 @@ def query_field(
             bar.close()
     against = "the legend classes" if w_classes is not None else "the other queries"
     finals = {}
-    for text, name in zip(texts, names, strict=True):
+    per_text = 2 if with_prob else 1
+    for i, (text, name) in enumerate(zip(texts, names, strict=True)):
         descriptions = [f"cosine similarity to '{text}'"]
         if with_prob:
             descriptions.append(f"probability of '{text}' against {against}")
@@ -119,14 +132,18 @@ def query_field(
             out / f"{name}.tif",
             units,
             tiles,
-            name,
+            "query",  # every text's bands in one file per unit (stream.run_unit)
             geobox=fs.geobox,
-            dtype="float32",
+            source_bands=[i * per_text + b for b in range(1, per_text + 1)],
+            dtype=stream.QUERY_DTYPE,
             bands=len(descriptions),
-            nodata=float("nan"),
+            nodata=stream.QUERY_NODATA,
+            band_extra=[_SCALE_XML] * len(descriptions),
             descriptions=descriptions,
             metadata={
                 "query": text,
+                "encoding": f"int16: value = round(x / {stream.QUERY_SCALE:g}) (band scale), "
+                f"nodata {stream.QUERY_NODATA}",
                 "model": first.model_identity,
                 "source_field": str(first.map_dir),
                 "source_fields": ", ".join(str(f.map_dir) for f in fs.fields),
@@ -144,7 +161,13 @@ def query_field(
             "model": first.model_identity,
             "queries": {t: finals[t].name for t in texts},
             "bands": ["cosine similarity"] + (["probability"] if with_prob else []),
-            "probability_against": "legend" if w_classes is not None else "queries",
+            "dtype": stream.QUERY_DTYPE,
+            "scale": stream.QUERY_SCALE,
+            "offset": 0.0,
+            "nodata": stream.QUERY_NODATA,
+            "probability_against": None
+            if not with_prob
+            else ("legend" if w_classes is not None else "queries"),
             "legend_classes": list(first.class_names) if w_classes is not None else None,
             "seconds": {
                 "first_tile": first_s[0] if first_s else None,
@@ -177,7 +200,10 @@ def write_quicklook(path: Path, texts: list[str], files: dict[str, Path], bands:
             with rasterio.open(files[text]) as src:
                 scale = max(1.0, max(src.height, src.width) / QUICKLOOK_MAX_PX)
                 shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
-                data = src.read(out_shape=(bands, *shape), resampling=Resampling.average)
+                raw = src.read(
+                    out_shape=(bands, *shape), resampling=Resampling.average, masked=True
+                )
+                data = (raw.astype(np.float32) * np.float32(src.scales[0])).filled(np.nan)
                 b = src.bounds
             for row in range(bands):
                 ax = axes[row][col]

@@ -3,7 +3,7 @@
 The work of ``classify --field`` and ``query --field`` is split into units (each field's store
 chunks, :meth:`pipeline.field.fieldset.FieldSet.units`). A unit reads its int8 codes and scales,
 computes the cosines with the projected vectors in the code space (:func:`code_cosines32`), and
-writes its output GeoTIFF(s) under ``OUT/tiles/<unit id>/`` (each file appears complete, by a
+writes its output GeoTIFF under ``OUT/tiles/<unit id>/`` (each file appears complete, by a
 rename): the first file a user can open appears after the first unit, not at the end. When every
 unit is done, :func:`mosaic_cog` describes the whole output as a VRT over the unit files and
 GDAL's COG driver writes the final COG; the unit files are then removed.
@@ -45,6 +45,13 @@ MIN_UNITS_PER_WORKER = 2
 #: the mosaic, and deflating float32 heat maps twice cost about 1 CPU-s per 16 Mpx band.
 BLOCK = 512
 COMPRESS = "deflate"
+#: The query product (:func:`query_bands`): int16 values ``round(x / QUERY_SCALE)``, read back
+#: as ``x = value * QUERY_SCALE`` (the GeoTIFF's band scale, applied by GDAL/rasterio/QGIS);
+#: cosines -1..1 are -10000..10000, steps of 1e-4 (float32 cosines from int8 codes are good to
+#: about 1e-6, so the step is the product's precision). ``QUERY_NODATA`` where the map has none.
+QUERY_SCALE = 1e-4
+QUERY_NODATA = -32768
+QUERY_DTYPE = "int16"
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,8 @@ class Job:
     ``proj`` (d, K + 1), ``t_mean`` (K,), ``mean_sq``: the projected vectors
     (:class:`pipeline.writers.codec.ProjectedVectors`). ``kind``: ``classify`` (``alpha``,
     ``beta`` (K,): the calibration as ``alpha * cos + beta``) or ``query`` (the first ``nq``
-    vectors are the texts, the rest the legend's classes; ``with_prob``: write band 2).
+    vectors are the texts, the rest the legend's classes; ``with_prob``: write band 2,
+    the probability, which ``query --probability`` asks for).
     """
 
     kind: str
@@ -211,13 +219,15 @@ def classify_cosines(cos: np.ndarray, valid: np.ndarray, alpha, beta) -> np.ndar
 
 
 def query_bands(cos: np.ndarray, valid: np.ndarray, job: Job) -> np.ndarray:
-    """(Q, bands, N) float32: each text's cosine, and with ``with_prob`` its probability
-    against the legend's classes (or the other texts):
+    """(Q, bands, N) int16: each text's cosine, and with ``with_prob`` its probability against
+    the legend's classes (or the other texts), both quantised as ``round(x / QUERY_SCALE)``
+    (:data:`QUERY_NODATA` where not valid). The probability is
     :func:`pipeline.field.api.query_probability` in float32 (max-shifted softmax)."""
     nq = job.nq
     cq = cos[:nq]
-    out = np.empty((nq, 2 if job.with_prob else 1, cos.shape[1]), np.float32)
-    out[:, 0] = cq
+    out = np.empty((nq, 2 if job.with_prob else 1, cos.shape[1]), np.int16)
+    inv = np.float32(1.0 / QUERY_SCALE)
+    _quantise(cq, inv, out[:, 0])
     if job.with_prob:
         ls = np.float32(job.logit_scale)
         if cos.shape[0] > nq:  # the text as one extra class among the legend's
@@ -228,13 +238,20 @@ def query_bands(cos: np.ndarray, valid: np.ndarray, job: Job) -> np.ndarray:
                 x = cq[i] * ls
                 top = np.maximum(x, top_c)
                 num = np.exp(x - top)
-                out[i, 1] = num / (num + ec.sum(axis=0) * np.exp(top_c - top))
+                _quantise(num / (num + ec.sum(axis=0) * np.exp(top_c - top)), inv, out[i, 1])
         else:  # a softmax over the texts
             x = cq * ls
             e = np.exp(x - x.max(axis=0))
-            out[:, 1] = e / e.sum(axis=0)
-    out[:, :, ~valid] = np.nan
+            _quantise(e / e.sum(axis=0), inv, out[:, 1])
+    out[:, :, ~valid] = QUERY_NODATA
     return out
+
+
+def _quantise(x: np.ndarray, inv: np.float32, out: np.ndarray) -> None:
+    """``out = round(x * inv)`` as int16 (x in -1..1, so no overflow)."""
+    y = x * inv
+    np.rint(y, out=y)
+    out[...] = y
 
 
 def _write_tif(path: Path, data: np.ndarray, job: Job, out: tuple[slice, slice], nodata) -> None:
@@ -275,9 +292,9 @@ def run_unit(unit: Any, job: Job) -> dict[str, Any]:
         classes = classify_cosines(cos, valid, job.alpha, job.beta).reshape(1, h, w)
         _write_tif(folder / "classes.tif", classes, job, unit.out, 255)
     else:
+        # one file for all the texts (band i * bands + b: text i's band b): one GeoTIFF per unit
         bands = query_bands(cos, valid, job)
-        for name, data in zip(job.names, bands, strict=True):
-            _write_tif(folder / f"{name}.tif", data.reshape(-1, h, w), job, unit.out, float("nan"))
+        _write_tif(folder / "query.tif", bands.reshape(-1, h, w), job, unit.out, QUERY_NODATA)
     return {"unit": unit.id, "valid_pixels": int(valid.sum()), "seconds": time.perf_counter() - t0}
 
 
@@ -369,10 +386,12 @@ def mosaic_cog(
     metadata: dict[str, str] | None = None,
     resampling: str = "nearest",
     threads: int | None = None,
+    source_bands: Sequence[int] = (),
 ) -> Path:
     """The units' ``<name>.tif`` files as one COG on ``geobox``: a VRT (units of earlier fields
     drawn last, each skipping its own nodata, so the first field wins where it has data) that
-    GDAL's COG driver streams block by block (bounded memory)."""
+    GDAL's COG driver streams block by block (bounded memory). ``source_bands``: the unit
+    files' band (1-based) of each output band (default: 1, 2, ...)."""
     import rasterio  # noqa: PLC0415
     import rasterio.shutil  # noqa: PLC0415
 
@@ -380,11 +399,12 @@ def mosaic_cog(
     from pipeline.writers.cog import _metadata_xml, _overview_count  # noqa: PLC0415
 
     h, w = geobox.shape
-    gdt = {"uint8": "Byte", "float32": "Float32"}[dtype]
+    gdt = {"uint8": "Byte", "int16": "Int16", "float32": "Float32"}[dtype]
     nd = "nan" if isinstance(nodata, float) and math.isnan(nodata) else str(int(nodata))
     ordered = sorted(units, key=lambda u: -u.index)  # the first field last: it paints on top
     xml = []
     for b in range(1, bands + 1):
+        src_band = source_bands[b - 1] if source_bands else b
         parts = [f'  <VRTRasterBand dataType="{gdt}" band="{b}">']
         if b <= len(descriptions):
             parts.append(f"    <Description>{escape(descriptions[b - 1])}</Description>")
@@ -396,7 +416,7 @@ def mosaic_cog(
             uh, uw = u.shape
             parts.append(
                 f'    <ComplexSource><SourceFilename relativeToVRT="0">{escape(str(f.resolve()))}'
-                f"</SourceFilename><SourceBand>{b}</SourceBand>"
+                f"</SourceFilename><SourceBand>{src_band}</SourceBand>"
                 f'<SrcRect xOff="0" yOff="0" xSize="{uw}" ySize="{uh}"/>'
                 f'<DstRect xOff="{u.out[1].start}" yOff="{u.out[0].start}" xSize="{uw}" '
                 f'ySize="{uh}"/><NODATA>{nd}</NODATA></ComplexSource>'
@@ -426,7 +446,7 @@ def mosaic_cog(
             with rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_NUM_THREADS=str(threads)):
                 rasterio.shutil.copy(
                     str(vrt_path), str(tmp), driver="COG", compress=COMPRESS,
-                    predictor="yes" if dtype == "float32" else "no", blocksize=BLOCK,
+                    predictor="no" if dtype == "uint8" else "yes", blocksize=BLOCK,
                     overview_resampling=resampling, overview_count=_overview_count(_G),
                     bigtiff="if_safer", num_threads=str(threads),
                 )  # fmt: skip

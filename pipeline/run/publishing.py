@@ -119,11 +119,32 @@ def write_model_card(
         "licence": _licence(cfg),
     }
     path = write_json(ws.out / MODEL_CARD, card)
+    # The embeddings extension (v0.0.1, tests/data/stac-embeddings/schema.json) allows on an
+    # item only the per-item emb: fields below; emb:type, emb:dimensions and emb:chip_layout
+    # belong to a collection, so the item carries them as runtime parameters and s2lc: fields.
     props = {
-        "emb:type": "pixel",
-        "emb:dimensions": meta["dims"],
-        "emb:chip_layout": {"layout_type": "regular_grid"},
+        "emb:quantization": {
+            "method": f"{meta['encoding']}: the 512-d unit embedding projected on the model's "
+            f"basis (mean + {meta['dims']} principal axes), int8 codes with one float16 scale "
+            "per pixel; decode: normalise(mean + basis @ (codes * scale))",
+            "original_dtype": "float32",
+            "quantized_dtype": "int8",
+            "link": {
+                "rel": "describedby",
+                "href": f"./{MODEL_CARD}",
+                "type": "application/json",
+                "title": "model card: model, basis hash, reference sample, prompt sets",
+            },
+        },
+        "emb:runtime_parameters": {
+            "type": "pixel",
+            "dimensions": meta["dims"],
+            "embed_dim": prep.model_info["embed_dim"],
+            "model": prep.model_info["name"],
+            "period": cfg.composite.period,
+        },
         "data_type": "int8",
+        "s2lc:field_dims": meta["dims"],
         "s2lc:field_encoding": meta["encoding"],
         "s2lc:field_basis_hash": meta["basis_hash"],
         "s2lc:field_basis_sha256": digest,
@@ -197,6 +218,8 @@ def publish(cfg: RunConfig, prep: Prepared, ws: Workspace, report: dict, labels:
         **cogs,
         **field_cogs,
         "zarr": zarr_path,
+        # the embeddings extension's required asset: the field in the store
+        **({"embeddings": zarr_path} if field_props else {}),
         "legend": ws.out / "legend.json",
         "quicklook": ws.out / "quicklook.png",
         "run": ws.out / "run.json",

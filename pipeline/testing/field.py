@@ -188,3 +188,16 @@ def write_synthetic_field(
         },
     )
     return out
+
+
+def write_classes_cog(out: str | os.PathLike[str]) -> Path:
+    """The class map of a synthetic map folder's store as ``classes.tif`` (a COG with
+    overviews), so that ``pipeline view`` opens the folder; returns its path."""
+    import rasterio.shutil  # noqa: PLC0415
+
+    out = Path(out)
+    path = out / "classes.tif"
+    src = f'ZARR:"{out / "map.zarr"}":/classes'
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        rasterio.shutil.copy(src, str(path), driver="COG", compress="deflate", resampling="nearest")
+    return path

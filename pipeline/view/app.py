@@ -8,8 +8,10 @@ Routes::
     GET  /tiles/{layer}/{z}/{x}/{y}.png      classes | confidence | valid_obs | rgb
          classes takes ?alpha=a0,a1,...      per-class opacity in [0, 1] (0 hides the class)
     GET  /api/pixel?lon=..&lat=..            top-k classes and probabilities, confidence, counts
-    POST /api/query {"text": "..."}          a free-text heat map from the embedding field
-    GET  /tiles/query/{qid}/{z}/{x}/{y}.png  that heat map's tiles
+    POST /api/query {"text": "..."}          prepare a free-text query on the embedding field
+    GET  /api/query/{qid}                    its statistics (tiles computed, cached)
+    GET  /tiles/query/{qid}/{z}/{x}/{y}.png  its heat map's tiles, each computed from the field
+                                             when first asked for, then cached
 
 Nothing is fetched from outside the process: the page's scripts and styles come from
 ``pipeline/view/static`` and every tile from the map's rasters.
@@ -21,7 +23,7 @@ import logging
 import time
 from collections import OrderedDict
 from pathlib import Path
-from threading import Lock
+from threading import Event, Lock
 from typing import Any
 
 import numpy as np
@@ -42,7 +44,8 @@ __all__ = ["ViewerState", "create_app"]
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-_QUERY_CACHE = 8  # heat maps kept in memory (most recent first)
+_QUERY_CACHE = 8  # queries kept (most recent first), each with its computed tiles
+_TILE_CACHE = 512  # PNG tiles kept per query (least recently used dropped)
 _EMPTY_PNG = render.encode_png(np.zeros((reading.TILE_SIZE, reading.TILE_SIZE, 4), np.uint8))
 
 
@@ -67,8 +70,9 @@ class ViewerState:
             sources.store_has_composite and h * w <= reading.RGB_FROM_STORE_MAX_PX
         )
         self._rgb_lock = Lock()
-        self.queries: OrderedDict[str, tuple[reading.MemRaster, dict[str, Any]]] = OrderedDict()
+        self.queries: OrderedDict[str, _QueryEntry] = OrderedDict()
         self._q_lock = Lock()
+        self._q_serial = 0
         self.field: FieldQuery | None = None
         self.field_reason = "this run saved no embedding field (run --save-embeddings)"
         if load_field and sources.field is not None:
@@ -195,19 +199,30 @@ class ViewerState:
         return None
 
     def query_tile(self, qid: str, z: int, x: int, y: int) -> bytes | None:
+        """PNG of tile ``z/x/y`` of query ``qid``: from the query's cache, or computed from the
+        field now (once, even when several requests ask at the same time); None for an
+        unknown query (404)."""
         with self._q_lock:
             entry = self.queries.get(qid)
-        if entry is None:
+        if entry is None or self.field is None:
             return None
-        mem, stats = entry
-        t = reading.read_tile(mem.path, z, x, y, resampling="average")
+        return entry.tile((z, x, y), lambda: self._render_query_tile(entry, z, x, y))
+
+    def _render_query_tile(self, entry: _QueryEntry, z: int, x: int, y: int) -> bytes:
+        t = self.field.tile(entry.query, z, x, y)
         if t is None:
             return _EMPTY_PNG
+        values, valid = t
+        st = entry.stats
         return render.encode_png(
-            render.colorize_ramp(
-                t.data[0], t.valid, stats["vmin"], stats["vmax"], self._luts["magma"]
-            )
+            render.colorize_ramp(values, valid, st["vmin"], st["vmax"], self._luts["magma"])
         )
+
+    def query_stats(self, qid: str) -> dict[str, Any] | None:
+        """A query's statistics with its tile counts (``tiles_computed``, ``tiles_cached``)."""
+        with self._q_lock:
+            entry = self.queries.get(qid)
+        return None if entry is None else entry.snapshot()
 
     # --- pixel and query ---------------------------------------------------------------------
 
@@ -244,55 +259,95 @@ class ViewerState:
         for name, path in s.ramps:
             v = reading.point_values(path, lon, lat)
             out[name] = None if v is None or not np.isfinite(v[0]) else round(float(v[0]), 4)
-        if qid is not None:
+        if qid is not None and self.field is not None:
             with self._q_lock:
                 entry = self.queries.get(qid)
             if entry is not None:
-                q = reading.point_values(entry[0].path, lon, lat)
+                rc = self.field.pixel_of(lon, lat)
+                score = None if rc is None else self.field.point(entry.query, *rc)
                 out["query"] = {
-                    "text": entry[1]["text"],
-                    "score": None if q is None or not np.isfinite(q[0]) else round(q[0], 4),
+                    "text": entry.stats["text"],
+                    "score": None if score is None else round(score, 4),
                 }
         return out
 
     def query(self, text: str, kind: str = "similarity") -> dict[str, Any]:
-        """Run a free-text query on the field; returns its id, colour range and timing.
+        """Prepare a free-text query on the field (its vector, its colour range from a sample
+        of the field); its tiles are computed when asked for, and kept per text and kind (the
+        same text again returns the same query). Returns its id, colour range and timing.
 
         :raises LookupError: the map has no usable field.
         :raises ValueError: the field API refused the query (empty text, unknown kind, ...).
         """
         if self.field is None:
             raise LookupError(self.field_reason)
+        with self._q_lock:  # the same text again: the same query, its tiles already computed
+            for qid, entry in self.queries.items():
+                if (entry.stats["text"], entry.stats["kind"]) == (text, kind):
+                    self.queries.move_to_end(qid)
+                    return dict(entry.stats)
         t0 = time.perf_counter()
-        heat = self.field.heat(text, kind)
-        t1 = time.perf_counter()
-        finite = heat.values[np.isfinite(heat.values)]
-        if finite.size:
-            vmin, vmax = (float(v) for v in np.percentile(finite, [2, 98]))
-            if vmax <= vmin:
-                vmin, vmax = float(finite.min()), float(finite.max()) + 1e-6
-        else:
-            vmin, vmax = 0.0, 1.0
-        mem = reading.MemRaster(
-            heat.values.astype(np.float32), heat.crs, heat.transform, nodata=float("nan")
-        )
-        qid = f"q{int(time.time() * 1000) % 10**9}{len(self.queries)}"
+        q = self.field.prepare(text, kind)
+        vmin, vmax = self.field.colour_range(q)
+        with self._q_lock:
+            self._q_serial += 1
+            qid = f"q{self._q_serial}"
         stats = {
             "id": qid,
             "text": text,
             "kind": kind,
-            "step": heat.step,
             "vmin": vmin,
             "vmax": vmax,
-            "score_seconds": round(t1 - t0, 3),
             "seconds": round(time.perf_counter() - t0, 3),
         }
         with self._q_lock:
-            self.queries[qid] = (mem, stats)
+            self.queries[qid] = _QueryEntry(q, stats)
             while len(self.queries) > _QUERY_CACHE:
-                _, (old, _) = self.queries.popitem(last=False)
-                old.close()
+                self.queries.popitem(last=False)
         return stats
+
+
+class _QueryEntry:
+    """One query: its prepared vectors, statistics and computed PNG tiles (a bounded LRU)."""
+
+    def __init__(self, query: Any, stats: dict[str, Any]) -> None:
+        self.query = query
+        self.stats = stats
+        self.computed = 0
+        self._tiles: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self._pending: dict[tuple[int, int, int], Event] = {}
+        self._lock = Lock()
+
+    def tile(self, key: tuple[int, int, int], compute: Any) -> bytes:
+        """The cached PNG of ``key``, else ``compute()``'s (one computation per key at a time;
+        concurrent requests for it wait for that one)."""
+        while True:
+            with self._lock:
+                png = self._tiles.get(key)
+                if png is not None:
+                    self._tiles.move_to_end(key)
+                    return png
+                wait = self._pending.get(key)
+                if wait is None:
+                    done = self._pending[key] = Event()
+                    break
+            wait.wait()
+        try:
+            png = compute()
+            with self._lock:
+                self.computed += 1
+                self._tiles[key] = png
+                while len(self._tiles) > _TILE_CACHE:
+                    self._tiles.popitem(last=False)
+            return png
+        finally:
+            with self._lock:
+                del self._pending[key]
+            done.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {**self.stats, "tiles_computed": self.computed, "tiles_cached": len(self._tiles)}
 
 
 def _parse_alpha(alpha: str | None, n: int) -> dict[int, float] | None:
@@ -337,6 +392,12 @@ def create_app(state: ViewerState) -> Any:
             return Response(status_code=404)
         return Response(png, media_type="image/png", headers=png_headers)
 
+    async def query_stats(request: Request) -> Response:
+        stats = state.query_stats(request.path_params["qid"])
+        if stats is None:
+            return JSONResponse({"error": "unknown query"}, status_code=404)
+        return JSONResponse(stats)
+
     async def pixel(request: Request) -> Response:
         try:
             lon = float(request.query_params["lon"])
@@ -370,6 +431,7 @@ def create_app(state: ViewerState) -> Any:
         Route("/api/meta", meta),
         Route("/api/pixel", pixel),
         Route("/api/query", query, methods=["POST"]),
+        Route("/api/query/{qid:str}", query_stats),
         Route("/tiles/query/{qid:str}/{z:int}/{x:int}/{y:int}.png", query_tile),
         Route("/tiles/{layer:str}/{z:int}/{x:int}/{y:int}.png", tile),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),

@@ -211,6 +211,11 @@ _ASSET_META: dict[str, tuple[str, list[str]]] = {
     "composite_quicklook": ("True-colour composite, quicklook", ["overview"]),
     "run": ("Run provenance", ["metadata"]),
     "model_card": ("Model card of the embedding field", ["metadata"]),
+    "embeddings": (
+        "Embedding field: the store's field_codes (time, embedding, y, x) int8 and field_scale "
+        "(time, y, x); the decoding recipe in its s2lc:field attribute and the model card",
+        ["data"],
+    ),
 }
 
 

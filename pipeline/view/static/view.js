@@ -147,7 +147,7 @@
         state.layers.query.once('load', () => {
           const s = ((performance.now() - t0) / 1000).toFixed(2);
           $('query-status').textContent = `"${res.text}" (${res.kind}): heat map shown in ${s} s ` +
-            `(field ${res.seconds.toFixed(2)} s)`;
+            `(text ${res.seconds.toFixed(2)} s; each tile computed from the field when first shown)`;
           $('query-status').dataset.seconds = s;
         });
         state.layers.query.addTo(state.map);

@@ -285,7 +285,7 @@ def test_run_writes_the_field(field_map):
     card = json.loads((field_map / "model_card.json").read_text())
     assert EMBEDDINGS_EXTENSION in item["stac_extensions"]
     props = item["properties"]
-    assert props["emb:dimensions"] == 62 and props["emb:type"] == "pixel"
+    assert props["s2lc:field_dims"] == 62 and props["emb:runtime_parameters"]["type"] == "pixel"
     assert (
         props["s2lc:field_basis_sha256"] == card["field"]["basis_sha256"] == basis_sha256(f.codec)
     )
@@ -380,33 +380,114 @@ def test_classify_another_legend_and_a_head(field_map, env, tmp_path):
     assert (got[~valid] == 255).all()
 
 
+EMBEDDINGS_SCHEMA = REPO_ROOT / "tests" / "data" / "stac-embeddings" / "schema.json"
+
+
+def _check_item_by_the_schema(schema: dict, item: dict) -> list[str]:
+    """What the embeddings extension's schema (v0.0.1) asks of an item, read from the schema
+    itself: the extension's URL, an ``embeddings`` asset, on the item only the item-level
+    ``emb:`` fields (each of its declared type and keys), no ``emb:`` field on an asset."""
+    d = schema["definitions"]
+    errors = []
+    if d["stac_extensions"]["properties"]["stac_extensions"]["contains"]["const"] not in item.get(
+        "stac_extensions", []
+    ):
+        errors.append("stac_extensions lacks the embeddings extension")
+    branch = schema["oneOf"][0]["allOf"][2]
+    errors += [f"no {k}" for k in branch["required"] if k not in item]
+    errors += [f"no asset {k}" for k in branch["properties"]["assets"]["required"]]
+    errors = [e for e in errors if not (e.startswith("no asset ") and e[9:] in item["assets"])]
+    allowed = d["item_properties_fields"]["properties"]
+    for key, value in item["properties"].items():
+        if not key.startswith("emb:"):
+            continue
+        if key not in allowed:
+            errors.append(f"{key} is not an item field")
+            continue
+        ref = allowed[key].get("$ref", "")
+        if ref.startswith("#/definitions/"):
+            sub = d[ref.rsplit("/", 1)[1]]
+            errors += [f"{key} lacks {r}" for r in sub.get("required", []) if r not in value]
+            if sub.get("additionalProperties") is False:
+                errors += [f"{key}.{k} not allowed" for k in value if k not in sub["properties"]]
+        elif allowed[key].get("type") == "object" and not isinstance(value, dict):
+            errors.append(f"{key} is not an object")
+    for name, asset in item["assets"].items():
+        errors += [f"asset {name}: {k}" for k in asset if k.startswith("emb:")]
+    return errors
+
+
+@e2e
+def test_the_item_validates_with_the_embeddings_extension(field_map):
+    """The map's STAC item against the extension's published JSON schema (v0.0.1, copied into
+    tests/data/stac-embeddings with its provenance): with jsonschema where it is installed (the
+    core STAC item's own schema, a remote $ref, is checked by stac-pydantic instead), and always
+    by the schema's item rules read from the file."""
+    schema = json.loads(EMBEDDINGS_SCHEMA.read_text())
+    item = json.loads((field_map / "item.json").read_text())
+    assert _check_item_by_the_schema(schema, item) == []
+    # the rules catch what the item used to carry (collection-level fields on the item)
+    bad = {**item, "properties": {**item["properties"], "emb:dimensions": 62}}
+    assert _check_item_by_the_schema(schema, bad) == ["emb:dimensions is not an item field"]
+    bad = {**item, "assets": {k: v for k, v in item["assets"].items() if k != "embeddings"}}
+    assert _check_item_by_the_schema(schema, bad) == ["no asset embeddings"]
+    from stac_pydantic import Item
+
+    Item.model_validate(item)  # the core STAC item
+    try:
+        import jsonschema
+        from referencing import Registry, Resource
+    except ImportError:  # not in the project's environment (requirements-test.txt)
+        return
+    # the remote core STAC schemas: the item is checked by stac-pydantic above; their link
+    # definition (STAC 1.0.0: an object with string rel and href) is what the extension uses
+    link = {
+        "type": "object",
+        "required": ["rel", "href"],
+        "properties": {"rel": {"type": "string"}, "href": {"type": "string"}},
+    }
+    remote = Resource.from_contents(
+        {"$schema": "http://json-schema.org/draft-07/schema#", "definitions": {"link": link}}
+    )
+    registry = Registry(retrieve=lambda uri: remote)
+    jsonschema.Draft7Validator(schema, registry=registry).validate(item)
+
+
 @e2e
 def test_query_heat_maps_on_the_map_grid(field_map, env, tmp_path):
+    """One int16 band per query whose GeoTIFF scale gives the cosines (GDAL/rasterio users read
+    real cosines), nodata where the map has none; --probability adds band 2 (0..1)."""
     import rasterio
 
     out = tmp_path / "q"
     _cli(["query", "--no-progress", "--field", str(field_map), "a lake", "a village", "--out", str(out)], env)  # fmt: skip
+    _cli(["query", "--no-progress", "--field", str(field_map), "a lake", "--probability", "--out", str(tmp_path / "p")], env)  # fmt: skip
     with rasterio.open(field_map / "classes.tif") as c:
         nodata = c.read(1) == 255
         grid = (c.transform, c.crs, c.shape)
-    assert nodata.any() or True
     for name in ("a-lake.tif", "a-village.tif"):
         with rasterio.open(out / name) as q:
-            assert (q.transform, q.crs, q.shape) == grid and q.count == 2
-            sim, prob = q.read(1), q.read(2)
-        assert np.array_equal(np.isnan(sim), nodata) and np.array_equal(np.isnan(prob), nodata)
-        assert (np.abs(sim[~nodata]) <= 1.0001).all()
-        assert ((prob[~nodata] >= 0) & (prob[~nodata] <= 1)).all()
+            assert (q.transform, q.crs, q.shape) == grid and q.count == 1
+            assert q.dtypes == ("int16",) and q.scales == (1e-4,) and q.offsets == (0.0,)
+            raw = q.read(1, masked=True)
+            sim = raw.astype(np.float64) * q.scales[0]
+        assert np.array_equal(raw.mask, nodata)
+        assert (np.abs(sim[~nodata]) <= 1.0).all()
+    with rasterio.open(tmp_path / "p" / "a-lake.tif") as q:
+        assert q.count == 2 and q.scales == (1e-4, 1e-4)
+        assert np.array_equal(q.read(1), rasterio.open(out / "a-lake.tif").read(1))
+        prob = q.read(2, masked=True).astype(np.float64) * q.scales[1]
+    assert np.array_equal(prob.mask, nodata) and ((prob >= 0) & (prob <= 1)).all()
     assert (out / "quicklook.png").stat().st_size > 1000
-    # the API gives the same numbers for a window
+    # the API gives the same numbers for a window, to the product's step of 1e-4
     from pipeline.field import open_field, query_window
 
     f = open_field(field_map)
     win = (slice(5, 30), slice(10, 40))
     api = query_window(f, ["a lake"], win)[0]
     with rasterio.open(out / "a-lake.tif") as q:
-        cog = q.read(1)[win]
-    assert np.allclose(api, cog, atol=1e-6, equal_nan=True)
+        cog = (q.read(1, masked=True).astype(np.float64) * q.scales[0]).filled(np.nan)[win]
+    assert np.allclose(api, cog, atol=0.5e-4 + 1e-6, equal_nan=True)
 
 
 @e2e

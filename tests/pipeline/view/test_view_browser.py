@@ -7,7 +7,8 @@ disappears and the others stay. Over a small demo run (600 m x 600 m, untrained 
 the embedding field), served by ``python -m pipeline view``: the class layer renders in legend
 colours, a toggled class disappears, a click shows the pixel's top-k, a free-text query draws
 its heat map (and the heat map holds the field API's scores), and the page fetches nothing from
-outside the viewer. Screenshots are saved under ``$S2LC_TEST_ARTEFACTS`` (default
+outside the viewer. Over a synthetic 2048 x 2048 px field zoomed in on its middle, a query
+computes only the tiles on screen. Screenshots are saved under ``$S2LC_TEST_ARTEFACTS`` (default
 ``outputs/test-artefacts/browser``).
 """
 
@@ -248,12 +249,10 @@ def test_query_heat_map_is_the_fields_answer(demo_map, viewer):
     from pyproj import Transformer
 
     from pipeline.field import open_field, query_window
-    from pipeline.view.field import FieldQuery
 
     f = open_field(demo_map.out)
     expected = query_window(f, ["a river"], f.full_window)[0]
     res = requests.post(viewer + "api/query", json={"text": "a river"}, timeout=300).json()
-    assert res["step"] == 1
     gb = f.geobox
     rows, cols = np.nonzero(np.isfinite(expected))
     for i in np.linspace(0, len(rows) - 1, 5).astype(int):
@@ -266,9 +265,68 @@ def test_query_heat_map_is_the_fields_answer(demo_map, viewer):
             viewer + "api/pixel", params={"lon": lon, "lat": lat, "query": res["id"]}, timeout=60
         ).json()
         assert px["query"]["score"] == pytest.approx(float(expected[r, c]), abs=1e-4)
-    # A map larger than the query budget is answered on every n-th pixel.
-    h, w = f.shape
-    q = FieldQuery(f, max_px=int(h * w / 8.9))
-    heat = q.heat("a river")
-    assert heat.step == 3 and heat.values.shape == (-(-h // 3), -(-w // 3))
-    assert np.allclose(heat.values, expected[::3, ::3], equal_nan=True, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def large_viewer(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """The viewer over a synthetic 2048 x 2048 px field (20 km x 20 km at 10 m, chunks of 256 px),
+    written by the product's writers (pipeline.testing.field), with its class map."""
+    from pipeline.bench.ask import _demo_run_metadata
+    from pipeline.testing.field import write_classes_cog, write_synthetic_field
+
+    meta = _demo_run_metadata(256)
+    out = write_synthetic_field(
+        tmp_path_factory.mktemp("large") / "map", (2048, 2048), run=meta["run"],
+        field_meta=meta["field_meta"], class_names=meta["class_names"], colors=meta["colors"],
+        legend_info=meta["legend_info"], period_labels=["2023-01"], crs=meta["crs"],
+        tile_size=256,
+    )  # fmt: skip
+    write_classes_cog(out)
+    with _serve(out) as url:
+        yield url, out
+
+
+def test_a_query_over_a_large_field_computes_only_the_visible_tiles(browser, large_viewer):
+    """Zoomed in on the middle of a 2048 x 2048 px field, a query draws its heat map and the
+    server computes only the tiles on screen: a small part of the field's tiles at that zoom."""
+    import morecantile
+    import requests
+
+    url, _ = large_viewer
+    page, errors, outside = _open(browser, url)
+    meta = page.evaluate("window.s2lcView.state.meta")
+    w, s, e, n = meta["bounds"]
+    z = meta["maxzoom"] + 2  # about 3 m per screen pixel: some 600 tiles over the field
+    page.evaluate(
+        f"window.s2lcView.state.map.setView([{(s + n) / 2}, {(w + e) / 2}], {z}, {{animate: false}})"
+    )
+    page.uncheck("#layer-classes")
+    _wait_idle(page)
+    page.fill("#query-text", "a lake")
+    page.click("#query-run")
+    page.wait_for_function(
+        "(s => s.dataset.seconds !== undefined || s.textContent.startsWith('query failed'))"
+        "(document.getElementById('query-status'))",
+        timeout=300_000,
+    )
+    assert page.get_attribute("#query-status", "data-seconds"), page.inner_text("#query-status")
+    _wait_idle(page)
+    px = _map_pixels(page, "4-large-query")
+    heat = px.shape[0] * px.shape[1] - _count(px, "#3a3a3a", tol=0)
+    assert heat > 0.5 * px.shape[0] * px.shape[1], "the query heat map did not render"
+    qid = page.evaluate("window.s2lcView.state.query.id")
+    stats = requests.get(url + f"api/query/{qid}", timeout=30).json()
+    # the tiles Leaflet shows at this zoom: those under the map's pixel bounds
+    on_screen = page.evaluate(
+        "(() => { const m = window.s2lcView.state.map, b = m.getPixelBounds();"
+        " return (Math.floor((b.max.x - 1) / 256) - Math.floor(b.min.x / 256) + 1) *"
+        " (Math.floor((b.max.y - 1) / 256) - Math.floor(b.min.y / 256) + 1); })()"
+    )
+    field_tiles = len(list(morecantile.tms.get("WebMercatorQuad").tiles(w, s, e, n, [z])))
+    (_artefacts() / "large-query-tiles.txt").write_text(
+        f"zoom {z}: computed {stats['tiles_computed']}, on screen {on_screen}, "
+        f"field {field_tiles}\n"
+    )
+    assert 0 < stats["tiles_computed"] <= on_screen, (stats, on_screen)
+    assert field_tiles >= 10 * stats["tiles_computed"], (stats, field_tiles)
+    assert not errors and not outside, (errors, outside)
