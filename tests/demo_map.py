@@ -47,10 +47,15 @@ def model_args(model: str = "timesenclip") -> list[str]:
     ``session_cache_dir`` fixture)."""
     if model != "timesenclip":
         return ["--untrained", "--model", model]
+    return ["--checkpoint", str(suite_checkpoint()), "--model", model]
+
+
+def suite_checkpoint() -> Path:
+    """The suite's one-layer TimeSenCLIP checkpoint (written on first use into the cache)."""
     from pipeline.base.paths import cache_dir
     from pipeline.testing.models import small_timesenclip
 
-    return ["--checkpoint", str(small_timesenclip(cache_dir("test-models"))), "--model", model]
+    return small_timesenclip(cache_dir("test-models"))
 
 
 def base_args(model: str = "timesenclip", tile: int = 32) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 import model
 from pipeline.base.errors import UserError
 from pipeline.writers.codec import QMAX, fit_codec, identity_codec
+from tests.demo_map import suite_checkpoint
 from tests.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -307,7 +308,7 @@ def test_run_writes_the_field(field_map):
     series = np.transpose(comp[:, :, valid], (2, 0, 1)) * np.float32(1e4)
     from model.engine import embed_pixels
 
-    m = model.load("timesenclip", untrained=True, seed=0, device="cpu")
+    m = model.load("timesenclip", suite_checkpoint(), device="cpu")  # the map's model
     full = embed_pixels(m, series)
     from pipeline.field import decode_window
 
@@ -420,9 +421,9 @@ def _check_item_by_the_schema(schema: dict, item: dict) -> list[str]:
 @e2e
 def test_the_item_validates_with_the_embeddings_extension(field_map):
     """The map's STAC item against the extension's published JSON schema (v0.0.1, copied into
-    tests/data/stac-embeddings with its provenance): with jsonschema where it is installed (the
-    core STAC item's own schema, a remote $ref, is checked by stac-pydantic instead), and always
-    by the schema's item rules read from the file."""
+    tests/data/stac-embeddings with its provenance) with jsonschema (the core STAC item's own
+    schema, a remote $ref, is checked by stac-pydantic instead), and by the schema's item rules
+    read from the file."""
     schema = json.loads(EMBEDDINGS_SCHEMA.read_text())
     item = json.loads((field_map / "item.json").read_text())
     assert _check_item_by_the_schema(schema, item) == []
@@ -434,11 +435,9 @@ def test_the_item_validates_with_the_embeddings_extension(field_map):
     from stac_pydantic import Item
 
     Item.model_validate(item)  # the core STAC item
-    try:
-        import jsonschema
-        from referencing import Registry, Resource
-    except ImportError:  # not in the project's environment (requirements-test.txt)
-        return
+    import jsonschema
+    from referencing import Registry, Resource
+
     # the remote core STAC schemas: the item is checked by stac-pydantic above; their link
     # definition (STAC 1.0.0: an object with string rel and href) is what the extension uses
     link = {
