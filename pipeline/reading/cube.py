@@ -209,7 +209,11 @@ def load_cube(
     ds, groups = None, {}
     resigned = False
     attempts = _read_attempts()
-    for attempt in range(1, attempts + 1):
+    # A load reads hundreds of objects and stops at the first failure, so a faulty store can fail
+    # every try somewhere else: tries continue while the failure changes, and end after
+    # `attempts` tries in a row fail alike, or 16 x `attempts` in all.
+    last, alike = "", 0
+    for attempt in range(1, 16 * attempts + 1):
         failure = None
         try:
             ds, groups = _odc_load(canon, harm, geobox, mask, chunks, pool)
@@ -227,11 +231,13 @@ def load_cube(
         remote = sorted({h for h in href_scene if h.startswith(("http://", "https://"))})
         if remote and failure.status != 403 and not failure.permanent_scenes():
             failure = _pin_gone(failure, remote, href_scene)
+        alike = alike + 1 if failure.message == last else 1
+        last = failure.message
         if not remote or failure.permanent_scenes() or failure.status in (403, 404, 410) \
-                or attempt == attempts:  # fmt: skip
+                or alike >= attempts or attempt == 16 * attempts:  # fmt: skip
             # Raised outside the handler: no chained GDAL exception (not always picklable).
             raise failure
-        _retry_later(failure, remote, attempt)
+        _retry_later(failure, remote, alike)
     keys = sorted(groups)
     if len(keys) != ds.sizes["time"]:  # odc-stac changed its grouping: fail loudly
         raise RuntimeError(f"{len(keys)} groups but {ds.sizes['time']} time steps")
