@@ -189,6 +189,8 @@ def _run(cmd: list[str], out: Path, cfg: RehearsalConfig, kill_after: list[int])
         while proc.poll() is None:
             if time.perf_counter() - t0 > cfg.timeout_s:
                 proc.kill()
+                with open(log, "a") as err:
+                    err.write(f"\nrehearsal: no end after {cfg.timeout_s:.0f} s: killed\n")
                 break
             done = len(list(markers.glob("*.json"))) if markers.is_dir() else 0
             if pending and done >= pending[0]:
@@ -448,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fault-kinds",
         help=f"comma-separated transient faults (default {','.join(FULL.fault_kinds)})",
     )
+    p.add_argument("--kills", type=int, help="workers killed during the faulty run (default 2)")
     p.add_argument("--out", type=Path, default=Path("outputs/rehearsal"), help="work folder")
     p.add_argument("--results", type=Path, default=Path("bench/results.json"))
     a = p.parse_args(argv)
@@ -457,13 +460,22 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, size_m=a.size_km * 1000)
     if a.tile_size:
         cfg = replace(cfg, tile_size=a.tile_size)
+    if a.kills is not None:
+        cfg = replace(cfg, kills=a.kills)
     if a.fault_kinds:
         cfg = replace(cfg, fault_kinds=tuple(a.fault_kinds.split(",")))
     load_before = _load()
-    result = rehearse(cfg, a.out)
-    (a.out / "rehearsal.json").write_text(json.dumps(result, indent=2, default=str))
-    from pipeline.bench.results import table, write_results
+    from pipeline.bench.results import Entry, table, write_results
 
+    try:
+        result = rehearse(cfg, a.out)
+    except RuntimeError as exc:  # a run failed or hung: the rehearsal's answer is 0, with why
+        notes = {"error": str(exc)[-2000:], "config": asdict(cfg), "load_before": load_before,
+                 "load_after": _load(), "work_folder": str(a.out)}  # fmt: skip
+        write_results([Entry("rehearsal_identical", 0.0, "bool", notes=notes)], a.results)
+        print(f"error: the rehearsal failed: {str(exc)[-500:]}", file=sys.stderr)
+        return 1
+    (a.out / "rehearsal.json").write_text(json.dumps(result, indent=2, default=str))
     entries = rehearsal_entries(result, load_before)
     entries += plan_entries(Path(result["plan_json"]), Path(result["run_json"]))
     write_results(entries, a.results)
