@@ -74,7 +74,7 @@ bench-scale: $(STAMP) ## Search/plan/scheduling at EU-27 scale on pgstac, no pix
 	$(PY) -m tests.integration.bench_scale $(ARGS)
 
 # Issue 26, 6: (b) the pixel-real rehearsal (400 km2 across UTM 32|33 and two EEA cells, 30
-# acquisitions, faulty object store, two workers killed; about RUNTIME on 2 cores), then (a).
+# acquisitions, faulty object store, two workers killed; see the README for its time), then (a).
 REHEARSAL_EU27 ?=
 rehearsal: $(STAMP) ## Rehearse a continental run under faults (pixel-real, 400 km2) -> bench/results.json
 	nice $(PY) -m pipeline.bench.rehearsal $(ARGS)
