@@ -371,7 +371,7 @@ def rehearse(cfg: RehearsalConfig, root: Path) -> dict[str, Any]:
         "kills": faulty.kills,
         "kill_after_tiles": kill_after,
         "store": store_counts,
-        "area_km2": round(float(region.area_km2), 3),
+        "area_km2": round(float(region.area_km2()), 3),
         "acquisitions": len({f["properties"]["datetime"] for f in items}),
         "items": len(items),
         "utm_epsg": zones,
