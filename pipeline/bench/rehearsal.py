@@ -92,7 +92,7 @@ class RehearsalConfig:
 #: ``make rehearsal``: 20 x 20 km (400 km^2), 30 acquisitions.
 FULL = RehearsalConfig()
 #: The integration test's: 1.2 x 1.2 km, 30 acquisitions, small tiles (several per cell).
-SMALL = RehearsalConfig(size_m=1_200.0, tile_size=80, timeout_s=1800.0)
+SMALL = RehearsalConfig(size_m=1_200.0, tile_size=80, timeout_s=900.0)
 
 _LAYERS = ("classes.tif", "confidence.tif", "valid_obs.tif")
 
