@@ -21,15 +21,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory) -> dict:
-    try:
-        return rehearse(SMALL, tmp_path_factory.mktemp("rehearsal") / "r")
-    except RuntimeError as exc:
-        if "no end after" in str(exc):  # a hang, not a wrong map: the known bug, until fixed
-            pytest.xfail(
-                "known (README, Running a continent): the run hangs when no worker is alive for "
-                "a moment (both killed), its remaining tiles pinned to dead workers"
-            )
-        raise
+    return rehearse(SMALL, tmp_path_factory.mktemp("rehearsal") / "r")
 
 
 def test_faulty_run_gives_the_clean_runs_map(rehearsal):
