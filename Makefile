@@ -21,7 +21,7 @@ ARGS ?=
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help env test test-integration test-real test-browser map demo-zeroshot bench bench-scale lint clean
+.PHONY: help env test test-integration test-real test-browser map demo-zeroshot bench bench-scale rehearsal lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -72,6 +72,14 @@ bench: $(STAMP) ## Benchmarks against same-run baselines -> bench/results.json
 
 bench-scale: $(STAMP) ## Search/plan/scheduling at EU-27 scale on pgstac, no pixels (integration, minutes)
 	$(PY) -m tests.integration.bench_scale $(ARGS)
+
+# Issue 26, 6: (b) the pixel-real rehearsal (400 km2 across UTM 32|33 and two EEA cells, 30
+# acquisitions, faulty object store, two workers killed; see the README for its time), then (a).
+REHEARSAL_EU27 ?=
+rehearsal: $(STAMP) ## Rehearse a continental run under faults (pixel-real, 400 km2) -> bench/results.json
+	nice $(PY) -m pipeline.bench.rehearsal $(ARGS)
+	@# (a) EU-27 metadata only; the lead wires it after merging h26b (REHEARSAL_EU27=items.jsonl)
+	$(if $(REHEARSAL_EU27),nice $(PY) -m pipeline.bench.scale eu27 $(REHEARSAL_EU27))
 
 lint: $(STAMP) ## ruff lint + format check + the import layers (import-linter, pyproject.toml)
 	$(PY) -m ruff check pipeline model aoi tests

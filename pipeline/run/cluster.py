@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distributed import Client, LocalCluster
-from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from pipeline.base.config import from_mapping, load_yaml
 from pipeline.base.errors import UserError
@@ -458,3 +458,24 @@ def _distributed_quiet() -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+class OrphanedPins(SchedulerPlugin):
+    """A scheduler plugin: tasks pinned to a worker that died are freed when a worker joins.
+
+    ``run_tiles`` pins a tile to its read group's worker (``allow_other_workers=True``). When no
+    worker is alive for a moment (both killed, one restarting), such a task becomes unrunnable,
+    and distributed's ``bulk_schedule_unrunnable_after_adding_worker`` ignores loose
+    restrictions, so a new worker never gets it and the run waits forever (found by the
+    rehearsal, :mod:`pipeline.bench.rehearsal`). On every ``add_worker`` (called before that
+    step), this drops the worker restriction of unrunnable loose tasks whose pinned workers are
+    all gone.
+    """
+
+    name = "s2lc-orphaned-pins"
+
+    def add_worker(self, scheduler, worker: str) -> None:  # noqa: ANN001
+        for ts in list(scheduler.unrunnable):
+            pins = ts.worker_restrictions
+            if ts.loose_restrictions and pins and not any(w in scheduler.workers for w in pins):
+                ts.worker_restrictions = set()

@@ -138,6 +138,14 @@ def run_tiles(
     task = task or process_tile
 
     workers = sorted(client.scheduler_info().get("workers", {}))
+    if len(workers) > 1:  # tiles are pinned below: free them if all their workers die
+        from pipeline.run.cluster import OrphanedPins
+
+        try:
+            client.register_plugin(OrphanedPins())
+        except Exception as exc:  # noqa: BLE001 - a scheduler that refuses plugins still runs
+            _log.warning("scheduler plugin not registered (%s): a run can wait on tiles pinned "
+                         "to dead workers", exc)  # fmt: skip
     n_workers = max(1, len(workers))
     max_in_flight = max(4, 3 * n_workers)
     resources = task_resources(client)
