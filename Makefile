@@ -73,13 +73,14 @@ bench: $(STAMP) ## Benchmarks against same-run baselines -> bench/results.json
 bench-scale: $(STAMP) ## Search/plan/scheduling at EU-27 scale on pgstac, no pixels (integration, minutes)
 	$(PY) -m tests.integration.bench_scale $(ARGS)
 
-# Issue 26, 6: (b) the pixel-real rehearsal (400 km2 across UTM 32|33 and two EEA cells, 30
-# acquisitions, faulty object store, two workers killed; see the README for its time), then (a).
-REHEARSAL_EU27 ?=
-rehearsal: $(STAMP) ## Rehearse a continental run under faults (pixel-real, 400 km2) -> bench/results.json
+# The continental rehearsal: (b) the pixel-real run (400 km2 across UTM 32|33 and two EEA cells,
+# 30 acquisitions, faulty object store, two workers killed), then (a) the whole of EU-27, metadata
+# only: run from the search on pgstac to every tile scheduled, a stand-in tile task. See the
+# README for their times. REHEARSAL_EU27=0 skips (a).
+REHEARSAL_EU27 ?= 1
+rehearsal: $(STAMP) ## Rehearse a continental run: 400 km2 under faults, then EU-27 metadata only -> bench/results.json
 	nice $(PY) -m pipeline.bench.rehearsal $(ARGS)
-	@# (a) EU-27 metadata only; the lead wires it after merging h26b (REHEARSAL_EU27=items.jsonl)
-	$(if $(REHEARSAL_EU27),nice $(PY) -m pipeline.bench.scale eu27 $(REHEARSAL_EU27))
+	$(if $(filter 1,$(REHEARSAL_EU27)),nice $(PY) -m tests.integration.bench_scale run-eu27)
 
 lint: $(STAMP) ## ruff lint + format check + the import layers (import-linter, pyproject.toml)
 	$(PY) -m ruff check pipeline model aoi tests

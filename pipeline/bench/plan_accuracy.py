@@ -261,17 +261,23 @@ def plan_entries(results: Path) -> list[Entry]:
         "step_seconds": {k: v["seconds"] for k, v in log.items()},
         "rates": f"{STAGE_RATES_ENTRY}, measured just before in other processes on other boxes",
     }
+    return [rates, *error_entries(cmp, "_demo", notes)]
+
+
+def error_entries(cmp: dict[str, Any], suffix: str, notes: dict[str, Any]) -> list[Entry]:
+    """``plan_wall_error{suffix}``, ``plan_core_s_error{suffix}`` and
+    ``plan_stage_errors{suffix}`` (the largest error of the judged stages and the totals, every
+    stage in its notes) from :func:`~pipeline.run.stages.compare_plan_to_run`'s ``cmp``."""
     stages = {
         s: {k: v[k] for k in ("plan_wall_s", "run_wall_s", "wall_error", "core_s_error", "judged")}
         for s, v in cmp["stages"].items()
     }
     unit = "|plan - run| / run"
     return [
-        rates,
-        Entry("plan_wall_error_demo", cmp["wall_error"], unit, notes=notes),
-        Entry("plan_core_s_error_demo", cmp["core_s_error"], unit, notes=notes),
+        Entry(f"plan_wall_error{suffix}", cmp["wall_error"], unit, notes=notes),
+        Entry(f"plan_core_s_error{suffix}", cmp["core_s_error"], unit, notes=notes),
         Entry(
-            "plan_stage_errors_demo",
+            f"plan_stage_errors{suffix}",
             cmp["max_judged_error"],
             unit + ", the largest of the judged stages (>= 5 % of the run) and totals",
             notes={"stages": stages, **notes},

@@ -383,12 +383,22 @@ def rehearse(cfg: RehearsalConfig, root: Path) -> dict[str, Any]:
 
 
 def plan_entries(plan_json: Path, run_json: Path) -> list:
-    """HOOK (issue 26 point 5, branch h26c): the plan's errors against the rehearsal run.
+    """The plan's errors against the faulty rehearsal run (issue 26, point 5):
+    ``plan_wall_error``, ``plan_core_s_error`` and ``plan_stage_errors``
+    (:func:`pipeline.run.stages.compare_plan_to_run`); none, with a warning, when the plan has no
+    stages (no ``plan_stage_rates`` in the results file: run ``bench --only plan`` first)."""
+    from pipeline.bench.plan_accuracy import error_entries
+    from pipeline.run.stages import compare_plan_to_run
 
-    The lead wires ``compare_plan_to_run(plan_json, run_json)`` here after merging h26c (its
-    entries: ``plan_wall_error``, ``plan_core_s_error``, ``plan_stage_errors``); until then none.
-    """
-    return []
+    plan, run = json.loads(plan_json.read_text()), json.loads(run_json.read_text())
+    try:
+        cmp = compare_plan_to_run(plan, run)
+    except ValueError as exc:
+        _log.warning("no plan errors for the rehearsal: %s", exc)
+        return []
+    notes = {k: cmp[k] for k in ("plan_wall_s", "run_wall_s", "plan_core_s", "run_core_s")}
+    notes["rates"] = "plan_stage_rates of the results file (the model's, not the stand-in's)"
+    return error_entries(cmp, "", notes)
 
 
 def _load() -> list[float]:

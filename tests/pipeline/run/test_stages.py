@@ -4,6 +4,8 @@ comparison of the two."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline.bench.plan_accuracy import fit_stage_rates
@@ -206,3 +208,21 @@ def test_object_store_waits_bound_the_load_stage():
     assert slow["core_s"]["infer"] == fast["core_s"]["infer"]
     quick = predict_stages(RATES, **kw, read_wait_s_per_mpx_scene=0.5)  # hidden by decoding
     assert quick["core_s"]["load"] == fast["core_s"]["load"]
+
+
+def test_rehearsal_records_the_plans_errors(tmp_path):
+    """The rehearsal's bench entries: the plan's errors against its faulty run, by name; none
+    when the plan was made without stage rates."""
+    from pipeline.bench.rehearsal import plan_entries
+
+    seconds, stats = _seconds(40.0, 4)
+    run = {"stages": run_stages(seconds, stats, slots=2)}
+    plan = {"stages": run_stages(*_seconds(60.0, 4), slots=2)}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    entries = {e.name: e for e in plan_entries(tmp_path / "plan.json", tmp_path / "run.json")}
+    assert set(entries) == {"plan_wall_error", "plan_core_s_error", "plan_stage_errors"}
+    assert entries["plan_stage_errors"].value == pytest.approx(0.5)  # inference 50 % off
+    assert entries["plan_stage_errors"].notes["stages"]["infer"]["judged"]
+    (tmp_path / "plan.json").write_text(json.dumps({"summary": "no rates"}))
+    assert plan_entries(tmp_path / "plan.json", tmp_path / "run.json") == []
