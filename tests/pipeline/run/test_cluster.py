@@ -47,10 +47,18 @@ def test_local_layout_shares_the_cores() -> None:
     assert local_layout(cores=8, gpus=0, workers=4, threads=None) == (4, 2)
 
 
+def sigint_as_in_a_terminal() -> None:
+    """A child's SIGINT as a terminal starts a command: the default disposition. A suite started
+    in the background by a non-interactive shell (``make test &``) runs with SIGINT ignored, and
+    its children would inherit that (Python then installs no handler, and Ctrl-C does nothing)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_is_python_s_own_after_importing_the_cluster_code() -> None:
     """dask-jobqueue replaces the SIGINT handler with ``sys.exit()`` when imported; the run's
     code imports it only for Slurm and puts Python's handler back (else Ctrl-C exited 0)."""
-    import signal
     import subprocess
     import sys
 
@@ -63,10 +71,10 @@ def test_ctrl_c_is_python_s_own_after_importing_the_cluster_code() -> None:
         "print(a, signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        preexec_fn=sigint_as_in_a_terminal,
+    )  # fmt: skip
     assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.timeout(400)
@@ -89,7 +97,7 @@ def test_ctrl_c_during_a_run_is_one_line_and_exit_130(demo_catalog, tmp_path: Pa
             [sys.executable, "-m", "pipeline", "run", "--region", "demo", "--untrained",
              "--tile-size", "100", "--no-progress", "--out", str(out)],
             cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=sigint_as_in_a_terminal,
         )  # fmt: skip
         deadline = time.monotonic() + 300
         while "local cluster:" not in log.read_text() and time.monotonic() < deadline:
