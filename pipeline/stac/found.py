@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.base.errors import UserError
-from pipeline.stac.scenes import REASONS, SceneLedger, SceneSelector
-from pipeline.stac.search import NoScenesError, api_url, inside_demo, run_item, search_pages
+from pipeline.stac.scenes import SceneLedger, SceneSelector
+from pipeline.stac.search import api_url, inside_demo, raise_none_usable, run_item, search_pages
 
 __all__ = ["FoundScenes", "search_run", "stream_run_scenes"]
 
@@ -112,19 +112,7 @@ def stream_run_scenes(
         _log.info("%s", line)
     if not len(spans):
         path.unlink(missing_ok=True)
-        lc = ledger.counts()
-        returned = lc["returned"]
-        if not returned or lc.get("cloud", 0) == returned:
-            raise NoScenesError(
-                f"no Sentinel-2 scenes in {cfg.resolved_collection} at {url} intersect the area "
-                f"between {start} and {end} with cloud cover <= {cfg.max_cloud:g}% ({returned} "
-                "before the cloud filter); widen the period, raise --max-cloud or check the area"
-            )
-        reasons = ", ".join(f"{REASONS[r]}: {n}" for r, n in lc.items() if r in REASONS)
-        first = next(v.get("detail") for v in ledger.scenes.values() if v.get("detail"))
-        raise UserError(
-            f"none of the {returned} scenes {url} returned is usable ({reasons}); e.g. {first}"
-        )
+        raise_none_usable(ledger, ledger.counts()["returned"], url, start, end, cfg)
     _log.info(
         "%d scene(s) from %s (%s) for %s..%s, %d page(s)",
         len(spans),

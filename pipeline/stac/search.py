@@ -192,6 +192,30 @@ def search_scenes(geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
     return SearchResult(items, ledger, url, matched)
 
 
+def raise_none_usable(
+    ledger: SceneLedger, returned: int, url: str, start: dt.date, end: dt.date, cfg: SearchConfig
+) -> None:
+    """Why a search kept no scene, as one line: none found (or all over the cloud limit), or
+    every scene dropped for a reason of the ``ledger`` (the counts and the first detail).
+
+    Raises:
+        NoScenesError: nothing matched, or every scene was over ``cfg.max_cloud``.
+        UserError: scenes were returned but none is usable.
+    """
+    counts = ledger.counts()
+    if not returned or counts.get("cloud", 0) == returned:
+        raise NoScenesError(
+            f"no Sentinel-2 scenes in {cfg.resolved_collection} at {url} intersect the area "
+            f"between {start} and {end} with cloud cover <= {cfg.max_cloud:g}% ({returned} "
+            "before the cloud filter); widen the period, raise --max-cloud or check the area"
+        )
+    reasons = ", ".join(f"{REASONS[r]}: {n}" for r, n in counts.items() if r in REASONS)
+    first = next(v.get("detail") for v in ledger.scenes.values() if v.get("detail"))
+    raise UserError(
+        f"none of the {returned} scenes {url} returned is usable ({reasons}); e.g. {first}"
+    )
+
+
 def _kept(
     geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
 ) -> tuple[list[dict], SceneLedger, str, int | None]:
@@ -205,18 +229,7 @@ def _kept(
     for line in ledger.summary_lines():
         _log.info("%s", line)
     if not kept:
-        counts = ledger.counts()
-        if not found or counts.get("cloud", 0) == len(found):
-            raise NoScenesError(
-                f"no Sentinel-2 scenes in {collection} at {url} intersect the area between {start} "
-                f"and {end} with cloud cover <= {cfg.max_cloud:g}% ({len(found)} before the cloud "
-                "filter); widen the period, raise --max-cloud or check the area"
-            )
-        reasons = ", ".join(f"{REASONS[r]}: {n}" for r, n in counts.items() if r in REASONS)
-        first = next(v.get("detail") for v in ledger.scenes.values() if v.get("detail"))
-        raise UserError(
-            f"none of the {len(found)} scenes {url} returned is usable ({reasons}); e.g. {first}"
-        )
+        raise_none_usable(ledger, len(found), url, start, end, cfg)
     _log.info("%d scene(s) from %s (%s) for %s..%s", len(kept), url, collection, start, end)
     return kept, ledger, url, matched
 
