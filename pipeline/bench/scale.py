@@ -37,6 +37,27 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def scale_config(region: str, year: int, tile_size: int, workers: int, **more: Any) -> Any:
+    """The scale benches' run: ``region`` for the calendar ``year``, untrained, LUCAS LC8 legend,
+    no progress bar, any size allowed; ``more`` adds other :class:`RunConfig` fields."""
+    import datetime as dt
+
+    from pipeline.run.config import RunConfig
+
+    return RunConfig.of(
+        region=region,
+        start=dt.date(year, 1, 1),
+        end=dt.date(year, 12, 31),
+        untrained=True,
+        legend="lucas-lc8",
+        tile_size=tile_size,
+        workers=workers,
+        progress=False,
+        allow_large=True,
+        **more,
+    )
+
+
 def schedule_only(
     region: str, items: Iterable[dict], *, year: int, tile_size: int, workers: int = 2
 ) -> dict[str, Any]:
@@ -47,26 +68,14 @@ def schedule_only(
     measured on a sample of tiles, with references (what is sent) and, for comparison, with the
     items and region outline inlined (what was sent before).
     """
-    import datetime as dt
 
     from pipeline.run.cluster import ClusterConfig, open_client
-    from pipeline.run.config import RunConfig
     from pipeline.run.inputs import RunInputs
     from pipeline.run.prepare import prepare_run
     from pipeline.run.scheduling import run_tiles, tile_job
     from pipeline.run.workspace import Workspace
 
-    cfg = RunConfig.of(
-        region=region,
-        start=dt.date(year, 1, 1),
-        end=dt.date(year, 12, 31),
-        untrained=True,
-        legend="lucas-lc8",
-        tile_size=tile_size,
-        workers=workers,
-        progress=False,
-        allow_large=True,
-    )
+    cfg = scale_config(region, year, tile_size, workers)
     t = time.perf_counter()
     prep = prepare_run(cfg)
     plan_s = time.perf_counter() - t
@@ -140,23 +149,16 @@ def run_standin(
         ``search_process_peak_mb`` (None unless the search ran in a process of its own),
         ``search_pages``, ``inputs_file_mb``, ``seconds`` (every stage) and the settings.
     """
-    import datetime as dt
 
-    from pipeline.run.config import RunConfig
     from pipeline.run.driver import execute
 
     with tempfile.TemporaryDirectory(prefix="s2lc-standin-") as tmp:
         folder = Path(out) if out is not None else Path(tmp) / "run"
-        cfg = RunConfig.of(
-            region=region,
-            start=dt.date(year, 1, 1),
-            end=dt.date(year, 12, 31),
-            untrained=True,
-            legend="lucas-lc8",
-            tile_size=tile_size,
-            workers=workers,
-            progress=False,
-            allow_large=True,
+        cfg = scale_config(
+            region,
+            year,
+            tile_size,
+            workers,
             profile="custom",
             stac_url=stac_url,
             max_cloud=max_cloud,
