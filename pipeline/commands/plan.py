@@ -69,27 +69,42 @@ def _scenes_offline(geometry, cfg, clear_fraction: float) -> dict:
     }
 
 
-def _scenes_searched(geometry, cfg, crs: str) -> dict:
+def _scenes_searched(geometry, cfg, crs: str, area_km2: float) -> dict:
+    """What the run's own search finds (:func:`pipeline.stac.found.search_run`, streamed into a
+    spool file and read back one item at a time, in a process of its own above the driver's
+    :data:`~pipeline.run.driver.ISOLATED_SEARCH_KM2`), so that planning a continent holds no
+    more items in memory than the run does: the kept items, their MGRS tiles and the mean number
+    of scenes over a pixel of the region (the footprints' areas inside it, summed, over its area).
+    """
+    import itertools
+
     import shapely
     from shapely.geometry import shape
 
     from aoi import to_crs
-    from pipeline.stac.search import search_run_scenes
+    from pipeline.run.driver import ISOLATED_SEARCH_KM2
+    from pipeline.stac.found import search_run
 
     t = time.perf_counter()
-    items, _ = search_run_scenes(geometry, cfg.composite.start, cfg.composite.end, cfg.search)
+    c = cfg.composite
+    found = search_run(
+        geometry, c.start, c.end, cfg.search, isolated=area_km2 > ISOLATED_SEARCH_KM2
+    )
     seconds = time.perf_counter() - t
     region = to_crs(geometry, crs)
-    if items:
-        feet = to_crs(shapely.GeometryCollection([shape(d["geometry"]) for d in items]), crs)
-        covered = float(sum(shapely.area(shapely.intersection(list(feet.geoms), region))))
-    else:
-        covered = 0.0
-    tiles = {(d.get("properties") or {}).get("s2:mgrs_tile") for d in items} - {None}
+    covered, tiles = 0.0, set()
+    try:
+        for batch in itertools.batched(found.items(), 1000):
+            feet = to_crs(shapely.GeometryCollection([shape(d["geometry"]) for d in batch]), crs)
+            covered += float(sum(shapely.area(shapely.intersection(list(feet.geoms), region))))
+            tiles |= {(d.get("properties") or {}).get("s2:mgrs_tile") for d in batch} - {None}
+        items = len(found)
+    finally:
+        found.close()
     return {
         "source": f"STAC search ({cfg.search.profile}), {seconds:.1f} s",
         "mgrs_tiles": len(tiles),
-        "items": len(items),
+        "items": items,
         "scenes_per_pixel": covered / region.area if region.area else 0.0,
     }
 
@@ -129,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     scenes = (
         _scenes_offline(geometry, cfg, args.clear_fraction)
         if args.offline
-        else _scenes_searched(geometry, cfg, region.crs)
+        else _scenes_searched(geometry, cfg, region.crs, area_km2)
     )
     plan = estimate(
         tiles=len(grid.tiles),
