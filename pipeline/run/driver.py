@@ -23,7 +23,6 @@ from pipeline.run.checks import CheckedInputs, check_inputs
 from pipeline.run.config import (
     RunConfig,
     default_output_dir,
-    hashed_settings,
     too_many_unreadable,
 )
 from pipeline.run.inputs import RunInputs
@@ -66,6 +65,9 @@ class RunState:
     """The region, geometry, area and period labels that the cheap checks resolved."""
     ws: Workspace
     output_hash: str
+    settings: dict[str, Any]
+    """The flat settings that enter the output hash (:meth:`pipeline.run.config.RunConfig.identity`):
+    a refused rerun names those that differ."""
     precision_info: dict[str, Any]
     cluster: Any
     previous: dict[str, Any] | None
@@ -208,11 +210,11 @@ def start(cfg: RunConfig) -> RunState | None:
     t = time.perf_counter()
     cfg, precision_info = resolve_precision(cfg, threads=worker_threads(cluster_cfg))
     backend_s = time.perf_counter() - t
-    output_hash = cfg.output_hash()
+    output_hash, settings = cfg.identity()
     if not cfg.execution.overwrite and up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
         return None
-    ws.check_conflict(output_hash, cfg.execution.overwrite, hashed_settings(cfg))
+    ws.check_conflict(output_hash, cfg.execution.overwrite, settings)
     if cfg.model.untrained:
         _log.warning(
             "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
@@ -231,6 +233,7 @@ def start(cfg: RunConfig) -> RunState | None:
         checked=checked,
         ws=ws,
         output_hash=output_hash,
+        settings=settings,
         precision_info=precision_info,
         cluster=cluster_cfg,
         previous=previous,
@@ -283,7 +286,7 @@ def open_store(run: RunState, cfg: RunConfig, prep: Prepared, scenes: Scenes) ->
     from pipeline.writers import create_map_store
 
     ws = run.ws
-    ws.prepare(run.output_hash, cfg.execution.overwrite, hashed_settings(cfg))
+    ws.prepare(run.output_hash, cfg.execution.overwrite, run.settings)
     # the scenes streamed into the inputs file first: the manifest names it
     inputs = RunInputs.write(ws.work, prep.geometry, scenes.items())
     if run.resumable:
