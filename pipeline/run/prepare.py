@@ -40,6 +40,9 @@ class Prepared:
     legend_info: dict[str, Any]
     classifier: np.ndarray
     model_info: dict[str, Any]
+    field_dims: int | None = None
+    """Components of the compact field: ``--field-dims``, at most the model's embedding size
+    (None without ``--save-embeddings``)."""
 
 
 def prepare_map(
@@ -57,6 +60,8 @@ def prepare_map(
     region, geometry = checked.region, checked.geometry
     cfg, grid = fit_tile_size(cfg, region, geometry, cluster, previous)
     c = model_classes(cfg.model)
+    out = cfg.output
+    dims = min(int(out.field_dims), int(c.model_info["embed_dim"])) if out.save_embeddings else None
     return cfg, Prepared(
         region.name,
         geometry,
@@ -68,6 +73,7 @@ def prepare_map(
         c.legend_info,
         c.classifier,
         c.model_info,
+        dims,
     )
 
 
@@ -83,6 +89,8 @@ def prepare_run(cfg: RunConfig, grid: TileGrid | None = None) -> Prepared:
     if grid is None:
         grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
     c = model_classes(cfg.model)
+    out = cfg.output
+    dims = min(int(out.field_dims), int(c.model_info["embed_dim"])) if out.save_embeddings else None
     return Prepared(
         region.name,
         geometry,
@@ -94,6 +102,7 @@ def prepare_run(cfg: RunConfig, grid: TileGrid | None = None) -> Prepared:
         c.legend_info,
         c.classifier,
         c.model_info,
+        dims,
     )
 
 
