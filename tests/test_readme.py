@@ -88,12 +88,13 @@ def _check_network_command(argv: list[str]) -> None:
         return
     from aoi import to_crs
     from pipeline.commands.run import resolve
-    from pipeline.run.checks import check_size, resolve_region
+    from pipeline.run.checks import resolve_region
+    from pipeline.run.cluster import check_local_size
 
     cfg = resolve(args)
     if cfg.execution.cluster == "local":
         region, geometry = resolve_region(cfg.region, cfg.bbox)
-        check_size(cfg.execution, float(to_crs(geometry, region.crs).area) / 1e6)
+        check_local_size(cfg.execution, float(to_crs(geometry, region.crs).area) / 1e6)
 
 
 def _runs_quickly(argv: list[str]) -> bool:

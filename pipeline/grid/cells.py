@@ -121,7 +121,7 @@ MIN_SPLIT_TILE = 64
 
 
 def fit_tiles_to_workers(
-    geometry: Any, crs: str, resolution: float, tile_size: int, workers: int, floor: int
+    geometry: Any, crs: str, resolution: float, tile_size: int, workers: int | None, floor: int
 ) -> TileGrid:
     """The output grid, tiled so that every worker of a small run gets a tile.
 
@@ -131,14 +131,15 @@ def fit_tiles_to_workers(
     Larger regions keep ``tile_size`` (their grid is built once). The grid's extent never
     changes, only its tiling.
 
-    :param workers: worker processes the tiles are spread over (>= 1).
+    :param workers: worker processes the tiles are spread over (>= 1; None: ``tile_size`` is
+        kept, as for a resumed run).
     :param floor: smallest acceptable edge, e.g. a patch model's chip window.
     :returns: the :func:`output_grid` at the chosen tile edge (``grid.tile_size``).
     """
     floor = max(MIN_SPLIT_TILE, floor)
     cell_px = CELL_M / resolution if is_gridded(crs) else None
     grid = output_grid(geometry, crs, resolution, tile_size)
-    while len(grid.tiles) < workers:
+    while workers and len(grid.tiles) < workers:
         size = grid.tile_size
         half = size // 2
         if size % 2 or half < floor or (cell_px is not None and cell_px % half):

@@ -55,15 +55,13 @@ def fit_references(
             cache.append(reference_sample(client, cfg, prep, ws, inputs))
         return cache[0]
 
-    from pipeline.run.publishing import field_dims
-
     calibration = manifest.get("calibration")
     if cfg.model.calibration == "reference" and calibration is None and not cfg.model.head:
         calibration = calibrate(sample(), prep.classifier).tolist()
         manifest["calibration"] = calibration
         ws.save_manifest(manifest)
     codec = (
-        fit_field(ws.store, field_dims(cfg, prep), prep.model_info, cfg.model)
+        fit_field(ws.store, prep.field_dims, prep.model_info, cfg.model)
         if cfg.output.save_embeddings
         else None
     )

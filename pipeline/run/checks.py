@@ -1,9 +1,9 @@
 """The cheap checks of a run: what fails in seconds, before the STAC search, before any model is
 built and before anything is written.
 
-The region (clipped to ``--bbox``) and its size, the periods the model takes, the checkpoints,
-the legend and the few-shot head, Slurm's ``sbatch`` and the post-processing a gridded run cannot
-do. :func:`check_inputs` makes them all, in that order, and returns the region it resolved
+The region (clipped to ``--bbox``), the periods the model takes, the checkpoints, the legend and
+the few-shot head, Slurm's ``sbatch`` and the region's size for a local cluster
+(:func:`pipeline.run.cluster.check_local_size`). :func:`check_inputs` makes them all, in that order, and returns the region it resolved
 (:class:`CheckedInputs`), so that nothing after it resolves the region again.
 """
 
@@ -14,13 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.base.errors import UserError
-from pipeline.run.config import CompositeConfig, ExecutionConfig, ModelConfig, RunConfig
+from pipeline.run.config import CompositeConfig, ModelConfig, RunConfig
 
 _log = logging.getLogger(__name__)
-
-#: Local runs larger than this (km²) need --allow-large: hours of CPU inference.
-LOCAL_CPU_LIMIT_KM2 = 100.0
-LOCAL_GPU_LIMIT_KM2 = 20_000.0
 
 
 @dataclass(frozen=True)
@@ -63,11 +59,11 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
     labels = tuple(period_labels(c.start, c.end, c.period))
     cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
     preflight(cfg.model, c, len(labels))
-    if cfg.execution.cluster == "slurm":
-        from pipeline.run.cluster import check_sbatch
+    from pipeline.run.cluster import check_local_size, check_sbatch
 
+    if cfg.execution.cluster == "slurm":
         check_sbatch()
-    check_size(cfg.execution, area_km2)  # last: above the CPU limit it counts GPUs
+    check_local_size(cfg.execution, area_km2)  # last: above the CPU limit it counts GPUs
     return CheckedInputs(region, geometry, area_km2, labels, where)
 
 
@@ -99,23 +95,6 @@ def resolve_region(name_or_path: str, bbox: tuple[float, ...] | None) -> tuple[A
             )
             raise UserError(f"--bbox {list(bbox)} does not overlap region {region.name}{hint}")
     return region, pixel_footprint(geometry, region.crs, region.resolution)
-
-
-def check_size(execution: ExecutionConfig, area_km2: float) -> None:
-    """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed."""
-    if execution.cluster != "local" or execution.allow_large:
-        return
-    if area_km2 <= min(LOCAL_CPU_LIMIT_KM2, LOCAL_GPU_LIMIT_KM2):
-        return  # small enough either way: no GPU count, so torch is not imported for it
-    from pipeline.run.cluster import _cuda_devices
-
-    limit = LOCAL_GPU_LIMIT_KM2 if _cuda_devices() else LOCAL_CPU_LIMIT_KM2
-    if area_km2 > limit:
-        raise UserError(
-            f"the region covers {area_km2:,.0f} km2, more than a local cluster maps in reasonable "
-            f"time ({limit:,.0f} km2 here); use --cluster slurm|tcp://..., a smaller --bbox, "
-            "or pass --allow-large to run it anyway"
-        )
 
 
 def preflight(model: ModelConfig, composite: CompositeConfig, n_periods: int) -> None:

@@ -24,12 +24,16 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from pipeline.base.config import from_mapping, load_yaml
 from pipeline.base.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.run.config import ExecutionConfig
 
 _log = logging.getLogger(__name__)
 
@@ -103,6 +107,32 @@ def load_slurm_profile(path: str | Path | None, jobs: int | None = None) -> Slur
     if jobs is not None:
         data["jobs"] = jobs
     return from_mapping(SlurmProfile, data, where=f"slurm profile {path or 'default'}")
+
+
+#: Local runs larger than this (km²) need --allow-large: hours of CPU inference.
+LOCAL_CPU_LIMIT_KM2 = 100.0
+LOCAL_GPU_LIMIT_KM2 = 20_000.0
+
+
+def check_local_size(execution: ExecutionConfig, area_km2: float) -> None:
+    """Refuse a local run far beyond what a laptop does in reasonable time, unless confirmed
+    (``--allow-large``): above :data:`LOCAL_CPU_LIMIT_KM2` without a GPU, above
+    :data:`LOCAL_GPU_LIMIT_KM2` with one. Other clusters are not limited.
+
+    Raises:
+        UserError: the region is larger than the local limit.
+    """
+    if execution.cluster != "local" or execution.allow_large:
+        return
+    if area_km2 <= min(LOCAL_CPU_LIMIT_KM2, LOCAL_GPU_LIMIT_KM2):
+        return  # small enough either way: no GPU count, so torch is not imported for it
+    limit = LOCAL_GPU_LIMIT_KM2 if _cuda_devices() else LOCAL_CPU_LIMIT_KM2
+    if area_km2 > limit:
+        raise UserError(
+            f"the region covers {area_km2:,.0f} km2, more than a local cluster maps in reasonable "
+            f"time ({limit:,.0f} km2 here); use --cluster slurm|tcp://..., a smaller --bbox, "
+            "or pass --allow-large to run it anyway"
+        )
 
 
 def _cuda_devices() -> int:

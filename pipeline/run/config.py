@@ -345,7 +345,13 @@ class RunConfig:
 
     def output_hash(self) -> str:
         """A short hash of every setting that changes output pixels: all parts but execution."""
-        plain = hashed_settings(self)
+        return self.identity()[0]
+
+    def identity(self) -> tuple[str, dict[str, Any]]:
+        """The output hash (:meth:`output_hash`) and the flat settings it covers
+        (:func:`hashed_settings`, which a refused rerun names where they differ), in one step."""
+        settings = hashed_settings(self)
+        plain = dict(settings)
         if not self.output.save_embeddings:
             plain.pop("field_dims", None)  # no field, no effect on the outputs
         else:  # the field's basis: the model's, made from this sample and codec (issue 28)
@@ -364,7 +370,7 @@ class RunConfig:
         if checkpoint and Path(checkpoint).expanduser().is_file():
             # weights replaced under the same path make another map (memoised: hashed once)
             plain["checkpoint_sha256"] = sha256_file(Path(checkpoint).expanduser())
-        return json_digest(plain)
+        return json_digest(plain), settings
 
 
 def hashed_settings(cfg: RunConfig) -> dict[str, Any]:

@@ -11,32 +11,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.base.errors import UserError
-from pipeline.run.calibration import References, fit_references
+from pipeline.run.calibration import fit_references
 from pipeline.run.checks import CheckedInputs, check_inputs
 from pipeline.run.config import (
     RunConfig,
     default_output_dir,
-    hashed_settings,
     too_many_unreadable,
 )
-from pipeline.run.inputs import RunInputs
+from pipeline.run.inputs import RunInputs, Scenes
 from pipeline.run.precision import resolve_precision
 from pipeline.run.prepare import Prepared, prepare_map
-from pipeline.run.publishing import field_attrs, field_dims, publish
-from pipeline.run.reporting import (
-    coverage_report,
-    ledger_from_tiles,
-    run_report,
-    unreadable_warnings,
-    up_to_date,
-)
+from pipeline.run.publishing import field_attrs, publish
+from pipeline.run.reporting import run_report, up_to_date
 from pipeline.run.scheduling import (
     TilesFailed,
     TooManyUnreadable,
@@ -45,7 +37,7 @@ from pipeline.run.scheduling import (
     select_tiles,
 )
 from pipeline.run.workspace import TileFailure, Workspace
-from pipeline.stac.found import FoundScenes, search_run
+from pipeline.stac.found import search_run
 from pipeline.stac.scenes import SceneLedger
 
 _log = logging.getLogger(__name__)
@@ -66,43 +58,34 @@ class RunState:
     """The region, geometry, area and period labels that the cheap checks resolved."""
     ws: Workspace
     output_hash: str
+    settings: dict[str, Any]
+    """The flat settings that enter the output hash (:meth:`pipeline.run.config.RunConfig.identity`):
+    a refused rerun names those that differ."""
     precision_info: dict[str, Any]
     cluster: Any
     previous: dict[str, Any] | None
     resumable: bool
     t0: float
-    found: FoundScenes | None = None
-    """The search's scenes (spooled on disk) and ledger when :func:`start` searched already (a
-    fresh run)."""
+    scenes: Scenes | None = None
+    """The run's scenes: the search's (spooled on disk) for a fresh run, the inputs file's when
+    it resumes (:meth:`pipeline.run.workspace.Workspace.resumed_scenes`)."""
     search_s: float = 0.0
     backend_s: float = 0.0
     """Seconds spent choosing the inference backend (``--backend auto`` measures them)."""
 
 
 @dataclass(frozen=True)
-class Scenes:
-    """A run's scenes without holding them: where to stream them from, how many, their ledger."""
-
-    items: Callable[[], Iterable[dict]]
-    """A fresh iterator over the item dicts, in the run's order."""
-    count: int
-    ledger: SceneLedger
-    close: Callable[[], None] = lambda: None
-    """Frees what holds them (the search's spool file)."""
-    counts: dict[str, Any] | None = None
-    """What the search did (:attr:`pipeline.stac.found.FoundScenes.counts`), None when resumed."""
-
-
-@dataclass(frozen=True)
 class OpenStore:
     """What :func:`open_store` wrote and chose: the manifest, the inputs file that the tiles' work
-    orders reference, the tiles done earlier, the tiles to run and those left dead-lettered."""
+    orders reference, the tiles done earlier, the tiles to run, those left dead-lettered and the
+    failure records of earlier runs."""
 
     manifest: dict[str, Any]
     inputs: RunInputs
     done_before: dict[str, dict]
     todo: list
     dead_before: dict[str, TileFailure]
+    failed_before: dict[str, TileFailure]
 
 
 def execute(
@@ -127,12 +110,7 @@ def execute(
         return 0
     seconds: dict[str, Any] = timings if timings is not None else {}
     seconds["backend"] = run.backend_s
-    if run.found is not None:
-        found, seconds["search"] = run.found, run.search_s
-        scenes = Scenes(found.items, len(found), found.ledger, found.close, found.counts)
-    else:
-        with _timed(seconds, "search"):
-            scenes = find_scenes(run)
+    scenes, seconds["search"] = run.scenes, run.search_s
     try:
         with _timed(seconds, "prepare"):
             cfg, prep = prepare_map(
@@ -147,8 +125,9 @@ def execute(
             refs = fit_references(client, cfg, prep, run.ws, store.inputs, store.manifest)
         with _timed(seconds, "tiles_wall"):
             stats, failures = run_todo(
-                client, cfg, prep, run.ws, store.inputs, refs, store.todo, task=tile_task
-            )
+                client, cfg, prep, run.ws, store.inputs, refs, store.todo, tile_task,
+                store.failed_before,
+            )  # fmt: skip
     if timings is not None:
         timings.update(
             scenes=n,
@@ -160,7 +139,22 @@ def execute(
     if not publish:
         return 0
     seconds = {k: v for k, v in seconds.items() if isinstance(v, float)}
-    report = report_run(run, cfg, prep, n, ledger, store, refs, seconds, stats, failures)
+    report = run_report(
+        cfg,
+        prep,
+        output_hash=run.output_hash,
+        precision=run.precision_info,
+        area_km2=run.checked.area_km2,
+        labels=run.checked.labels,
+        n_scenes=n,
+        ledger=ledger,
+        done_before=store.done_before,
+        dead_before=store.dead_before,
+        refs=refs,
+        seconds=seconds,
+        stats=stats,
+        failures=failures,
+    )
     publish_run(run, cfg, prep, n, ledger, store, stats, failures, report)
     return 0
 
@@ -197,22 +191,32 @@ def start(cfg: RunConfig) -> RunState | None:
     )
     from pipeline.run.cluster import worker_threads
 
-    found, search_s = None, 0.0
-    if cfg.execution.overwrite or ws.manifest() is None:
+    previous = ws.manifest()
+    scenes, search_s = None, 0.0
+    if cfg.execution.overwrite or previous is None:
         # A fresh run searches before the backend is measured and any model is built, so a
-        # period or an area without scenes fails in seconds. A folder with a manifest may
-        # resume from the scenes it lists: it searches later, only if it does not resume.
+        # period or an area without scenes fails in seconds. A folder with a manifest resumes
+        # from the scenes it lists (below), or is refused for other settings.
         t = time.perf_counter()
-        found = _search(cfg, checked)
+        c = cfg.composite
+        found = search_run(
+            checked.geometry,
+            c.start,
+            c.end,
+            cfg.search,
+            isolated=checked.area_km2 > ISOLATED_SEARCH_KM2,
+        )
+        _log.info("%d scenes found", len(found))
+        scenes = Scenes(found.items, len(found), found.ledger, found.close, found.counts)
         search_s = time.perf_counter() - t
     t = time.perf_counter()
     cfg, precision_info = resolve_precision(cfg, threads=worker_threads(cluster_cfg))
     backend_s = time.perf_counter() - t
-    output_hash = cfg.output_hash()
+    output_hash, settings = cfg.identity()
     if not cfg.execution.overwrite and up_to_date(ws, output_hash):
         _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
         return None
-    ws.check_conflict(output_hash, cfg.execution.overwrite, hashed_settings(cfg))
+    ws.check_conflict(output_hash, cfg.execution.overwrite, settings)
     if cfg.model.untrained:
         _log.warning(
             "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
@@ -220,58 +224,30 @@ def start(cfg: RunConfig) -> RunState | None:
             cfg.model.name,
             " until a few-shot head classifies it" if cfg.model.head else "",
         )
-    previous = ws.manifest()
     resumable = (
         previous is not None
         and previous.get("output_hash") == output_hash
         and not cfg.execution.overwrite
     )
+    if scenes is None:  # not fresh, not refused: this run's folder, resumed from its scenes
+        t = time.perf_counter()
+        scenes = ws.resumed_scenes(previous)
+        search_s = time.perf_counter() - t
     return RunState(
         cfg=cfg,
         checked=checked,
         ws=ws,
         output_hash=output_hash,
+        settings=settings,
         precision_info=precision_info,
         cluster=cluster_cfg,
         previous=previous,
         resumable=resumable,
         t0=t0,
-        found=found,
+        scenes=scenes,
         search_s=search_s,
         backend_s=backend_s,
     )
-
-
-def find_scenes(run: RunState) -> Scenes:
-    """The run's scenes and their ledger: from the run's inputs file (or, for a folder of an
-    older s2lc, its manifest) when resuming, else the STAC search."""
-    if run.resumable:
-        ledger = SceneLedger.from_dict(run.previous.get("ledger"))
-        if "items" in run.previous:  # written by s2lc before the inputs file held the scenes
-            items = run.previous["items"]
-            _log.info("resuming %s: %d scenes from the manifest", run.ws.out, len(items))
-            return Scenes(lambda: items, len(items), ledger)
-        path = run.ws.work / str(run.previous.get("inputs"))
-        if not path.is_file():
-            raise UserError(
-                f"cannot resume {run.ws.out}: its scenes file {path.name} is missing; "
-                "run again with --overwrite"
-            )
-        n = int(run.previous["scenes"])
-        _log.info("resuming %s: %d scenes from %s", run.ws.out, n, path.name)
-        return Scenes(lambda: RunInputs.read_items(path), n, ledger)
-    found = _search(run.cfg, run.checked)
-    return Scenes(found.items, len(found), found.ledger, found.close, found.counts)
-
-
-def _search(cfg: RunConfig, checked: CheckedInputs) -> FoundScenes:
-    """The STAC search for the run's region and period, streamed into a spool file (raises
-    NoScenesError when empty)."""
-    c = cfg.composite
-    isolated = checked.area_km2 > ISOLATED_SEARCH_KM2
-    found = search_run(checked.geometry, c.start, c.end, cfg.search, isolated=isolated)
-    _log.info("%d scenes found", len(found))
-    return found
 
 
 def open_store(run: RunState, cfg: RunConfig, prep: Prepared, scenes: Scenes) -> OpenStore:
@@ -283,7 +259,7 @@ def open_store(run: RunState, cfg: RunConfig, prep: Prepared, scenes: Scenes) ->
     from pipeline.writers import create_map_store
 
     ws = run.ws
-    ws.prepare(run.output_hash, cfg.execution.overwrite, hashed_settings(cfg))
+    ws.prepare(run.output_hash, cfg.execution.overwrite, run.settings)
     # the scenes streamed into the inputs file first: the manifest names it
     inputs = RunInputs.write(ws.work, prep.geometry, scenes.items())
     if run.resumable:
@@ -311,7 +287,7 @@ def open_store(run: RunState, cfg: RunConfig, prep: Prepared, scenes: Scenes) ->
         period_labels=list(run.checked.labels),
         band_names=_bands() if cfg.output.save_composite else None,
         embed_dim=prep.model_info["embed_dim"] if cfg.output.save_embeddings else None,
-        field_dims=field_dims(cfg, prep),
+        field_dims=prep.field_dims,
         ood=cfg.output.ood,
         postprocess=cfg.output.postprocess,
         attrs={
@@ -322,8 +298,8 @@ def open_store(run: RunState, cfg: RunConfig, prep: Prepared, scenes: Scenes) ->
             **field_attrs(cfg, prep),
         },
     )
-    done_before = ws.done_tiles()
-    todo, dead_before = select_tiles(prep.grid.tiles, done_before, ws.failed_tiles(), cfg)
+    done_before, failed_before = ws.done_tiles(), ws.failed_tiles()
+    todo, dead_before = select_tiles(prep.grid.tiles, done_before, failed_before, cfg)
     _log.info(
         "%d tiles: %d done earlier, %d to run, %d left in the dead-letter list%s",
         len(prep.grid.tiles),
@@ -332,67 +308,13 @@ def open_store(run: RunState, cfg: RunConfig, prep: Prepared, scenes: Scenes) ->
         len(dead_before),
         " (--retry-failed redoes them)" if dead_before else "",
     )
-    return OpenStore(manifest, inputs, done_before, todo, dead_before)
+    return OpenStore(manifest, inputs, done_before, todo, dead_before, failed_before)
 
 
 def _bands() -> list[str]:
     from pipeline.stac.bands import BANDS
 
     return list(BANDS)
-
-
-def report_run(
-    run: RunState,
-    cfg: RunConfig,
-    prep: Prepared,
-    n_scenes: int,
-    ledger: SceneLedger,
-    store: OpenStore,
-    refs: References,
-    seconds: dict[str, float],
-    stats: dict[str, dict],
-    failures: dict[str, TileFailure],
-) -> dict[str, Any]:
-    """``run.json``'s content: the run's report plus precision, field, scene ledger, coverage."""
-    all_stats = {**store.done_before, **stats}
-    labels = list(run.checked.labels)
-    # earlier runs' tiles too: a resumed run keeps their dropped scenes and failures
-    ledger_from_tiles(ledger, all_stats, {**store.dead_before, **failures})
-    for line in ledger.summary_lines():
-        _log.info("%s", line)
-    for line in unreadable_warnings(ledger):
-        _log.warning("%s", line)
-    for stage in ("model", "load", "composite", "infer", "write"):
-        seconds[f"{stage}_worker_sum"] = float(
-            sum(s["seconds"].get(stage, 0.0) for s in stats.values())
-        )
-    report = run_report(
-        cfg,
-        prep,
-        run.ws,
-        run.output_hash,
-        n_scenes,
-        refs.calibration,
-        seconds,
-        all_stats,
-        store.done_before,
-        failures,
-        run.checked.area_km2,
-    )
-    report["precision"] = run.precision_info
-    if refs.codec is not None:
-        report["field"] = {
-            **field_attrs(cfg, prep)["s2lc:field"],
-            "explained_variance": refs.codec.explained_variance,
-            "basis_sha256": refs.codec.sha256,
-        }
-    if refs.ood is not None:
-        report["ood"] = refs.ood.describe()
-    report["scene_ledger"] = ledger.to_dict()
-    report["coverage"] = coverage_report(all_stats, labels)
-    for line in report["coverage"]["warnings"]:
-        _log.warning("%s", line)
-    return report
 
 
 def publish_run(

@@ -29,7 +29,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,3 +230,21 @@ def _open(path: str):
             f"the run's inputs file {path} is not visible on this worker: every worker must "
             "see the run's output folder (a shared filesystem)"
         ) from None
+
+
+@dataclass(frozen=True)
+class Scenes:
+    """A run's scenes before they are written into its inputs file, without holding them: where
+    to stream them from, how many, their ledger (the search's spool file for a fresh run,
+    :class:`pipeline.stac.found.FoundScenes`; the inputs file when it resumes,
+    :meth:`pipeline.run.workspace.Workspace.resumed_scenes`)."""
+
+    items: Callable[[], Iterable[dict]]
+    """A fresh iterator over the item dicts, in the run's order."""
+    count: int
+    ledger: Any
+    """The :class:`pipeline.stac.scenes.SceneLedger` of every scene the search returned."""
+    close: Callable[[], None] = lambda: None
+    """Frees what holds them (the search's spool file)."""
+    counts: dict[str, Any] | None = None
+    """What the search did (:attr:`pipeline.stac.found.FoundScenes.counts`), None when resumed."""

@@ -38,10 +38,10 @@ def resolve_precision(
     import torch
 
     from model.precision import resolve
-    from pipeline.run.prepare import legend_and_classifier
+    from pipeline.run.classifier import model_classes
 
     m = cfg.model.load()
-    w = legend_and_classifier(cfg.model, m)[3]
+    w = model_classes(cfg.model).classifier  # the classifier of that model (loaded once)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

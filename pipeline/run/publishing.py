@@ -16,13 +16,6 @@ EMBEDDINGS_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/sche
 MODEL_CARD = "model_card.json"
 
 
-def field_dims(cfg: RunConfig, prep: Prepared) -> int | None:
-    """Components of the compact field (None without ``--save-embeddings``)."""
-    if not cfg.output.save_embeddings:
-        return None
-    return min(int(cfg.output.field_dims), int(prep.model_info["embed_dim"]))
-
-
 def field_attrs(cfg: RunConfig, prep: Prepared) -> dict[str, Any]:
     """The field's metadata in the store (``s2lc:field``): model identity and decoding recipe."""
     if not cfg.output.save_embeddings:
@@ -31,7 +24,7 @@ def field_attrs(cfg: RunConfig, prep: Prepared) -> dict[str, Any]:
     from pipeline.writers.codec import ENCODING, ENCODING_VERSION
     from pipeline.writers.field import FIELD_ATTR
 
-    dims = field_dims(cfg, prep)
+    dims = prep.field_dims
     return {
         FIELD_ATTR: {
             "encoding": ENCODING,

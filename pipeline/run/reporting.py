@@ -4,12 +4,15 @@ the scene ledger's tile-level entries, and whether a finished map is already up 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from pipeline.run.workspace import TileFailure, Workspace
 from pipeline.stac.scenes import SceneLedger
+
+_log = logging.getLogger(__name__)
 
 
 def ledger_from_tiles(ledger: SceneLedger, stats: dict, failures: dict[str, TileFailure]) -> None:
@@ -143,22 +146,51 @@ def up_to_date(ws: Workspace, output_hash: str) -> bool:
 
 
 def run_report(
-    cfg,
-    prep,
-    ws,
-    output_hash,
-    n_scenes,
-    calibration,
-    seconds,
-    all_stats,
-    done_before,
-    failures,
-    area_km2,
+    cfg: Any,
+    prep: Any,
+    *,
+    output_hash: str,
+    precision: dict[str, Any],
+    area_km2: float,
+    labels: tuple[str, ...],
+    n_scenes: int,
+    ledger: SceneLedger,
+    done_before: dict[str, dict],
+    dead_before: dict[str, TileFailure],
+    refs: Any,
+    seconds: dict[str, float],
+    stats: dict[str, dict],
+    failures: dict[str, TileFailure],
 ) -> dict[str, Any]:
+    """``run.json``'s content: settings, region, model, legend, tiles and timings, plus the
+    backend (``precision``), the field, the OOD reference, the scene ledger and the coverage.
+
+    :param cfg: the run's :class:`~pipeline.run.config.RunConfig` (tile size fitted) and ``prep``
+        its :class:`~pipeline.run.prepare.Prepared`.
+    :param labels: the composite's period labels; ``area_km2`` the region's area.
+    :param ledger: the search's scene ledger; the tiles' read failures and warnings, earlier
+        runs' included (``done_before``, ``dead_before``), are added to it here.
+    :param refs: the run's :class:`~pipeline.run.calibration.References`.
+    :param seconds: seconds per stage; the tiles' worker seconds are added to it here.
+    :param stats: this run's tile stats and ``failures`` its failed tiles, by tile id.
+    """
+    all_stats = {**done_before, **stats}
+    coverage = coverage_report(all_stats, list(labels))
+    scl_mask = scl_mask_info(cfg.mask)
+    # earlier runs' tiles too: a resumed run keeps their dropped scenes and failures
+    ledger_from_tiles(ledger, all_stats, {**dead_before, **failures})
+    for line in ledger.summary_lines():
+        _log.info("%s", line)
+    for line in unreadable_warnings(ledger):
+        _log.warning("%s", line)
+    for stage in ("model", "load", "composite", "infer", "write"):
+        seconds[f"{stage}_worker_sum"] = float(
+            sum(s["seconds"].get(stage, 0.0) for s in stats.values())
+        )
     from pipeline.base.config import to_plain
     from pipeline.run.provenance import host_info, package_versions
 
-    return {
+    report = {
         "status": "complete",
         "untrained": cfg.model.untrained,
         "output_hash": output_hash,
@@ -170,10 +202,10 @@ def run_report(
             "area_km2": area_km2,
             "bbox_4326": list(prep.geometry.bounds),
         },
-        "scl_mask": scl_mask_info(cfg.mask),
+        "scl_mask": scl_mask,
         "model": prep.model_info,
         "legend": {**prep.legend_info, "classes": list(prep.class_names)},
-        "calibration": calibration,
+        "calibration": refs.calibration,
         "scenes": n_scenes,
         "tiles": {
             "total": len(prep.grid.tiles),
@@ -188,4 +220,20 @@ def run_report(
         "tile_stats": [all_stats[k] for k in sorted(all_stats)],
         "versions": package_versions(),
         "host": host_info(),
+        "precision": precision,
     }
+    if refs.codec is not None:
+        from pipeline.run.publishing import field_attrs
+
+        report["field"] = {
+            **field_attrs(cfg, prep)["s2lc:field"],
+            "explained_variance": refs.codec.explained_variance,
+            "basis_sha256": refs.codec.sha256,
+        }
+    if refs.ood is not None:
+        report["ood"] = refs.ood.describe()
+    report["scene_ledger"] = ledger.to_dict()
+    report["coverage"] = coverage
+    for line in coverage["warnings"]:
+        _log.warning("%s", line)
+    return report

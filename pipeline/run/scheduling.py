@@ -88,10 +88,10 @@ def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure
 
 
 def run_todo(
-    client, cfg, prep, ws, inputs, refs, todo, task=None
+    client, cfg, prep, ws, inputs, refs, todo, task=None, earlier=None
 ) -> tuple[dict, dict[str, TileFailure]]:
     """Run the tiles still to do (:func:`run_tiles`) with a progress bar in pixels; returns
-    (stats, failures) by tile id. ``task`` as :func:`run_tiles`.
+    (stats, failures) by tile id. ``task`` and ``earlier`` as :func:`run_tiles`.
 
     :param refs: the run's :class:`~pipeline.run.calibration.References` (calibration vector,
         field codec, OOD reference).
@@ -113,13 +113,14 @@ def run_todo(
         dynamic_ncols=True,
     ) as bar:
         return run_tiles(
-            client, cfg, prep, ws, inputs, calib, todo, bar, task, field=refs.codec, ood=refs.ood
+            client, cfg, prep, ws, inputs, calib, todo, bar, task, refs.codec, refs.ood, earlier
         )
 
 
 def run_tiles(
-    client, cfg, prep, ws, inputs, calibration, todo, progress=None, task=None, field=None, ood=None
-) -> tuple[dict, dict[str, TileFailure]]:
+    client, cfg, prep, ws, inputs, calibration, todo, progress=None, task=None, field=None, ood=None,
+    earlier=None,
+) -> tuple[dict, dict[str, TileFailure]]:  # fmt: skip
     """Run ``todo`` tiles, a bounded number in flight; returns (stats, failures) by tile id.
 
     ``inputs`` is the run's :class:`~pipeline.run.inputs.RunInputs` (each work order references
@@ -128,7 +129,9 @@ def run_tiles(
 
     A tile that raises is resubmitted up to ``cfg.execution.retries`` times; one that still fails gets a
     :class:`~pipeline.run.workspace.TileFailure` (kept in the workspace, attempts counted over reruns)
-    and no done marker, so the next run redoes it.
+    and no done marker, so the next run redoes it. ``earlier``: the failure records of earlier
+    runs by tile id (:meth:`~pipeline.run.workspace.Workspace.failed_tiles`, read once by the
+    driver), whose attempts a failure adds to (None: none).
     """
     from distributed import as_completed
 
@@ -149,6 +152,7 @@ def run_tiles(
     n_workers = max(1, len(workers))
     max_in_flight = max(4, 3 * n_workers)
     resources = task_resources(client)
+    earlier = earlier or {}
     # Tiles of one read group run on one worker (others may still steal them), so the worker's
     # block cache decodes each source block once (pipeline.reading.read_order).
     order = read_order(todo, n_workers)
@@ -156,7 +160,6 @@ def run_tiles(
     pending = [t for t, _ in order]
     stats: dict[str, dict] = {}
     failures: dict[str, TileFailure] = {}
-    earlier = ws.failed_tiles()
     tile_of: dict[str, tuple[Any, int]] = {}
 
     output_hash = cfg.output_hash()
@@ -188,9 +191,7 @@ def run_tiles(
         tile, attempt = tile_of.pop(fut.key)
         tid = tile.id
         if fut.status == "finished":
-            s = result
-            ws.mark_done(tid, s)
-            stats[tid] = s
+            stats[tid] = result
         else:
             exc = fut.exception()
             if attempt <= cfg.execution.retries:
@@ -200,7 +201,6 @@ def run_tiles(
                 continue
             before = earlier[tid].attempts if tid in earlier else 0
             failures[tid] = tile_failure(tid, exc, before + attempt)
-            ws.record_failure(failures[tid])
             _log.error(
                 "tile %s failed after %d attempt(s): %s: %s",
                 tid,
@@ -208,6 +208,7 @@ def run_tiles(
                 failures[tid].error_kind,
                 failures[tid].message,
             )
+        ws.record_tile(tid, stats[tid] if tid in stats else failures[tid])
         fut.release()
         if progress is not None:  # counts pixels (tiles done: in the postfix)
             progress.update(prep.grid[tid].shape[0] * prep.grid[tid].shape[1])

@@ -20,6 +20,7 @@ skips tiles that have a marker; a different hash refuses to mix, unless ``--over
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,7 +30,10 @@ from typing import Any
 
 from pipeline.base.errors import UserError
 from pipeline.base.jsonio import write_json
+from pipeline.run.inputs import RunInputs, Scenes
 from pipeline.writers.layers import cog_layers, product_files
+
+_log = logging.getLogger(__name__)
 
 #: Products of every run: the store, a COG per layer (pipeline.writers.layers), the rest.
 PRODUCTS = (
@@ -142,6 +146,29 @@ class Workspace:
         except (OSError, json.JSONDecodeError):
             return None
 
+    def resumed_scenes(self, manifest: dict[str, Any]) -> Scenes:
+        """The scenes of the run being resumed, from its ``manifest``: streamed from the run's
+        inputs file (or, for a folder of an older s2lc, listed in the manifest itself).
+
+        :raises UserError: the inputs file the manifest names is missing.
+        """
+        from pipeline.stac.scenes import SceneLedger
+
+        ledger = SceneLedger.from_dict(manifest.get("ledger"))
+        if "items" in manifest:  # written by s2lc before the inputs file held the scenes
+            items = manifest["items"]
+            _log.info("resuming %s: %d scenes from the manifest", self.out, len(items))
+            return Scenes(lambda: items, len(items), ledger)
+        path = self.work / str(manifest.get("inputs"))
+        if not path.is_file():
+            raise UserError(
+                f"cannot resume {self.out}: its scenes file {path.name} is missing; "
+                "run again with --overwrite"
+            )
+        n = int(manifest["scenes"])
+        _log.info("resuming %s: %d scenes from %s", self.out, n, path.name)
+        return Scenes(lambda: RunInputs.read_items(path), n, ledger)
+
     def check_conflict(
         self, output_hash: str, overwrite: bool, settings: dict[str, Any] | None = None
     ) -> None:
@@ -209,6 +236,14 @@ class Workspace:
             except (OSError, json.JSONDecodeError):
                 continue  # a marker is only ever complete (atomic); ignore strays
         return done
+
+    def record_tile(self, tile_id: str, outcome: dict[str, Any] | TileFailure) -> None:
+        """Keep how a tile's attempt ended: its stats as its done marker (:meth:`mark_done`), or
+        why it failed (:meth:`record_failure`)."""
+        if isinstance(outcome, TileFailure):
+            self.record_failure(outcome)
+        else:
+            self.mark_done(tile_id, outcome)
 
     def mark_done(self, tile_id: str, stats: dict[str, Any]) -> None:
         write_json(self.marker(tile_id), stats)

@@ -12,6 +12,7 @@ memory (a few hundred bytes per scene).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -73,17 +74,19 @@ class FoundScenes:
 
 
 def stream_run_scenes(
-    url: str,
     geometry: Any,
     start: dt.date,
     end: dt.date,
     cfg: Any,
     folder: str | Path | None = None,
+    url: str | None = None,
 ) -> FoundScenes:
-    """Search ``url`` and spool the usable items (:class:`FoundScenes`), page by page.
+    """Search and spool the usable items (:class:`FoundScenes`), page by page.
 
     :param cfg: the :class:`pipeline.stac.search.SearchConfig`.
     :param folder: where the spool file goes (the system's temporary folder by default).
+    :param url: the API root to search (default: ``cfg``'s, :func:`pipeline.stac.search.api_url`:
+        the demo catalog served for the duration where the profile is ``demo``).
     :raises UserError: as :func:`pipeline.stac.search.search_scenes` (nothing usable, an API that
         cannot be reached or returns fewer items than it matched); nothing is left on disk.
     """
@@ -92,7 +95,10 @@ def stream_run_scenes(
     fd, name = tempfile.mkstemp(prefix="s2lc-search-", suffix=".jsonl", dir=folder)
     path = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with (
+            api_url(cfg) if url is None else contextlib.nullcontext(url) as url,
+            os.fdopen(fd, "wb") as fh,
+        ):
             pos = 0
             for page in search_pages(url, geometry, start, end, cfg, counts):
                 for f in page:
@@ -158,8 +164,7 @@ def search_run(
             _log.info("%s", line)
         return found
     try:
-        with api_url(cfg) as url:
-            return stream_run_scenes(url, geometry, start, end, cfg, folder)
+        return stream_run_scenes(geometry, start, end, cfg, folder)
     except UserError as exc:
         if cfg.profile != "demo" and inside_demo(geometry):
             raise type(exc)(

@@ -209,10 +209,13 @@ def acquisition_key(item: Mapping[str, Any]) -> tuple[str, ...]:
     return (_platform(props, str(item.get("id", ""))), f"{when:%Y%m%dT%H%M%S}", tile)
 
 
-def publication_rank(item: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Sort key of publications of one acquisition: higher is newer (baseline, generation, id)."""
+def publication_rank(item: Mapping[str, Any], baseline: tuple[int, int] | None) -> tuple[Any, ...]:
+    """Sort key of publications of one acquisition: higher is newer (baseline, generation, id).
+
+    ``baseline``: the item's :func:`~pipeline.stac.bands.processing_baseline` (None: unknown,
+    ranked below every known one), read with its asset layout."""
     props = item.get("properties", {})
-    baseline = processing_baseline(item) or (-1, -1)
+    baseline = baseline or (-1, -1)
     generated = str(props.get("s2:generation_time") or "")
     if not generated:
         for key in ("s2:product_uri", "sentinel:product_id"):
@@ -281,9 +284,10 @@ class SceneSelector:
         except MissingBand as exc:
             ledger.drop(sid, "missing_band", str(exc), stamp)
             return False
+        baseline = processing_baseline(it)
         ledger.use(sid, stamp)
         self._candidates.setdefault(acquisition_key(it), []).append(
-            (publication_rank(it), when or _EPOCH, sid, ref)
+            (publication_rank(it, baseline), when or _EPOCH, sid, ref)
         )
         return True
 

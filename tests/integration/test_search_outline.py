@@ -121,7 +121,7 @@ def test_outline_search_returns_the_exact_search_items(
         profile="custom", stac_url=pgstac_server.url, collection=COLLECTION, page_size=25
     )
     listed = {it.id for it in search_items(region, *YEAR, cfg)}
-    found = stream_run_scenes(pgstac_server.url, region, *YEAR, cfg, tmp_path)
+    found = stream_run_scenes(region, *YEAR, cfg, tmp_path, url=pgstac_server.url)
     try:
         streamed = [d["id"] for d in found.items()]
     finally:

@@ -41,7 +41,7 @@ def test_streamed_run_search_equals_the_listed_one(demo_stac_url, tmp_path):
         parallel=3,
     )  # fmt: skip
     items, ledger = search_run_scenes(geom, *YEAR, cfg)
-    found = stream_run_scenes(demo_stac_url, geom, *YEAR, cfg, tmp_path)
+    found = stream_run_scenes(geom, *YEAR, cfg, tmp_path, url=demo_stac_url)
     try:
         streamed = list(found.items())
         assert len(found) == len(items) > 10
