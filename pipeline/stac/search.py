@@ -237,29 +237,6 @@ def _kept(
 _API_LINKS = ("root", "parent")
 
 
-def search_run_scenes(
-    geometry: Any, start: dt.date, end: dt.date, cfg: SearchConfig
-) -> tuple[list[dict], SceneLedger]:
-    """A run's scenes: the usable items as dicts with unsigned hrefs, and the ledger of all returned.
-
-    Signatures expire, so hrefs are kept unsigned and signed when read. A search that finds
-    nothing inside the bundled demo catalog's footprint under another profile says to add
-    ``--profile demo``.
-
-    Raises:
-        UserError: as :func:`search_scenes` (the same kind, :class:`NoScenesError` stays one).
-    """
-    try:
-        kept, ledger, _, _ = _kept(geometry, start, end, cfg)
-    except UserError as exc:
-        if cfg.profile != "demo" and inside_demo(geometry):
-            raise type(exc)(  # the same kind of error (NoScenesError stays one), with the hint
-                f"{exc}; this area lies inside the offline demo catalog: add --profile demo"
-            ) from None
-        raise
-    return [run_item(d) for d in kept], ledger
-
-
 def run_item(d: dict) -> dict:
     """A search's item dict as a run keeps it (the API's dict otherwise as it is): the API's
     root/parent links dropped (they would be resolved over HTTP whenever the item is
