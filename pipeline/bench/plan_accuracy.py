@@ -4,9 +4,10 @@
 
 1. the demo's few-shot head, as ``make map`` fits it (``demo truth``, ``sample-points``,
    ``extract-points``, ``probe``: :func:`pipeline.commands.demo.run_map`'s steps 1-4);
-2. **stage rates** from two bench runs on boxes inside the demo region other than the whole
-   region (0.25 and 1 km², the map's settings otherwise): each tile stage fitted as a first-use
-   cost per worker + a cost per unit (least squares over the tiles of both runs), fixed per-map
+2. **stage rates** from two bench runs (after a warm-up run, :func:`rate_entry`) on boxes
+   inside the demo region other than the whole region (0.25 and 1 km², the map's settings otherwise): each tile stage fitted as a first-use
+   cost per worker + a cost per unit (least squares over the tiles of both runs, in the workers'
+   CPU seconds: the machine's other processes inflate wall seconds, not those), fixed per-map
    costs of the driver's stages, publishing's fixed part (its per-Mpx part is the bench's COG
    mosaic at scale), building the model once per worker. Written to ``bench/results.json``
    (``plan_stage_rates``) before step 3;
@@ -17,7 +18,10 @@
    ``plan_core_s_error_demo``, ``plan_stage_errors_demo`` (|plan - run| / run).
 
 The rates never see the run they predict: they come from other processes on other boxes, run
-before it. The machine's load average is recorded around each step.
+before it. The machine's load average is recorded around each step, and each run's
+``cpu_share`` (its tile stages' CPU seconds over their wall seconds): the plan predicts a
+machine of its own, so on a shared one the run's wall time exceeds the plan by about
+1 / ``cpu_share`` while core-seconds still agree.
 """
 
 from __future__ import annotations
@@ -35,8 +39,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.bench.results import Entry, write_results
-from pipeline.run.plan import STAGE_RATES_ENTRY
-from pipeline.run.stages import DRIVER_STAGES, TILE_STAGES, compare_plan_to_run
+from pipeline.run.plan import STAGE_RATES_ENTRY, STANDIN_STAGE_RATES_ENTRY
+from pipeline.run.stages import (
+    DRIVER_STAGES,
+    TILE_STAGES,
+    compare_plan_to_run,
+    tile_cpu_seconds,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -53,11 +62,11 @@ def _load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def _cli(argv: list[str], log: dict[str, Any], key: str) -> None:
-    """Run ``python -m pipeline ARGV`` in a fresh process; its seconds and the load go to ``log``."""
+def _cli(argv: list[str], log: dict[str, Any], key: str, module: str = "pipeline") -> None:
+    """Run ``python -m MODULE ARGV`` in a fresh process; its seconds and the load go to ``log``."""
     t, before = time.perf_counter(), _load()
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", *argv],
+        [sys.executable, "-m", module, *argv],
         capture_output=True,
         text=True,
         env={**os.environ},
@@ -121,31 +130,23 @@ def fit_stage_rates(reports: list[dict[str, Any]], publish_s_per_mpx: float) -> 
     """
     tiles = [t for r in reports for t in r["tile_stats"]]
     first = [t["seconds"].get("model", 0.0) > FIRST_TILE_MODEL_S for t in tiles]
+    cpu = [tile_cpu_seconds(t) for t in tiles]  # what each stage occupied of a core
     mpx = [t["pixels"] / 1e6 for t in tiles]
     per_unit, once = {}, {}
     for s in ("load", "composite"):  # per scene: opening each file once, then its pixels
-        y = [t["seconds"][s] / max(1, t["scenes"]) for t in tiles]
+        y = [c[s] / max(1, t["scenes"]) for c, t in zip(cpu, tiles, strict=True)]
         once[s], per_unit[s] = _first_and_rate(first, mpx, y)
     once["infer"], per_unit["infer"] = _first_and_rate(
-        first, [t["valid_pixels"] / 1e6 for t in tiles], [t["seconds"]["infer"] for t in tiles]
+        first, [t["valid_pixels"] / 1e6 for t in tiles], [c["infer"] for c in cpu]
     )
-    once["write"], per_unit["write"] = _first_and_rate(
-        first, mpx, [t["seconds"]["write"] for t in tiles]
-    )
+    once["write"], per_unit["write"] = _first_and_rate(first, mpx, [c["write"] for c in cpu])
     models = [r["stages"]["core_s"]["model"] / r["stages"]["slots"] for r in reports]
     map_fixed = {
         s: float(np.mean([r["stages"]["wall_s"][s] for r in reports]))
         for s in DRIVER_STAGES
         if s not in ("publish", "calibrate")
     }
-    # the tile phase beyond its stages, less what uneven tiles explain (the plan adds that back)
-    sched = []
-    for r in reports:
-        st = r["stages"]
-        longest = max(sum(t["seconds"].values()) for t in r["tile_stats"])
-        spread = sum(st["wall_s"][s] for s in TILE_STAGES)
-        sched.append(max(0.0, st["wall_s"]["schedule"] - max(0.0, longest - spread)))
-    map_fixed["schedule"] = float(np.mean(sched))
+    gap, map_fixed["schedule"] = schedule_costs(reports)
     map_fixed["publish"] = max(
         0.0,
         float(
@@ -168,22 +169,80 @@ def fit_stage_rates(reports: list[dict[str, Any]], publish_s_per_mpx: float) -> 
         "backend": precision.get("resolved"),
         "batch": precision.get("batch"),
         "tile_size": reports[-1]["tiles"]["tile_size"],
+        "task_gap_s": gap,
     }
 
 
-def rate_entry(work: Path, head: Path, log: dict[str, Any], results: Path) -> Entry:
-    """Two bench runs on :data:`RATE_BOXES` with the map's settings -> ``plan_stage_rates``."""
+def task_gaps(tile_stats: list[dict]) -> list[float]:
+    """Wall seconds each worker waited between two of its tiles (``wall_span``s, per worker in
+    start order); empty for tiles without spans (an older s2lc)."""
+    by_worker: dict[Any, list[list[float]]] = {}
+    for t in tile_stats:
+        if "wall_span" not in t or "worker" not in t:
+            return []
+        by_worker.setdefault(t["worker"], []).append(t["wall_span"])
+    return [
+        max(0.0, b[0] - a[1])
+        for spans in by_worker.values()
+        for a, b in zip(sorted(spans), sorted(spans)[1:])
+    ]
+
+
+def schedule_costs(reports: list[dict[str, Any]]) -> tuple[float, float]:
+    """(wait between two tiles on a worker, the tile phase's fixed start and end), seconds, from
+    bench runs' ``run.json``: the tile phase less its busiest worker's time inside tasks is the
+    start, the end and the waits between that worker's tasks (the plan adds the imbalance of
+    uneven tiles back, :func:`pipeline.run.stages.tile_phase_s`). Pure."""
+    gaps = [g for r in reports for g in task_gaps(r["tile_stats"])]
+    gap = float(np.mean(gaps)) if gaps else 0.0
+    fixed = []
+    for r in reports:
+        tiles, tiles_wall = r["tile_stats"], r["seconds"]["tiles_wall"]
+        if not all("worker" in t for t in tiles):  # an older s2lc: beyond worker-seconds / slots
+            st = r["stages"]
+            longest = max(sum(t["seconds"].values()) for t in tiles)
+            spread = sum(st["wall_s"][s] for s in TILE_STAGES)
+            fixed.append(max(0.0, st["wall_s"]["schedule"] - max(0.0, longest - spread)))
+            continue
+        busy: dict[Any, float] = {}  # each worker's time inside tasks and between them
+        for t in tiles:
+            w = t["worker"]
+            busy[w] = busy.get(w, -gap) + gap + sum(t["seconds"].values())
+        fixed.append(max(0.0, tiles_wall - max(busy.values())))
+    return gap, float(np.mean(fixed))
+
+
+def rate_entry(
+    work: Path, head: Path | None, log: dict[str, Any], results: Path, standin: bool = False
+) -> Entry:
+    """Two bench runs on :data:`RATE_BOXES` with the map's settings -> ``plan_stage_rates``.
+
+    :param standin: the rehearsal's settings instead (:mod:`pipeline.testing.standin_run`: the
+        deterministic stand-in encoder in place of the model, backend fp32, zero-shot with the
+        reference calibration, no head) -> ``plan_stage_rates_standin``, which ``plan`` reads when
+        it runs under the stand-in launcher.
+    """
+    module = "pipeline.testing.standin_run" if standin else "pipeline"
+    key = "standin_" if standin else ""
+
+    def argv(box: tuple[float, ...], out: Path) -> list[str]:
+        model = ["--backend", "fp32"] if standin else ["--head", str(head)]
+        return ["run", "--bbox", *map(str, box), "--profile", "demo", "--year", "2023",
+                "--untrained", "--seed", SEED, *model, "--tile-size", "100",
+                "--out", str(out)]  # fmt: skip
+
+    # Warm-up, not fitted: the first run of a checkout compiles the reader's numba kernels into
+    # their on-disk cache (measured: ~4.5 CPU-s more in its first tile's read), which the run
+    # predicted, coming after, never pays.
+    _cli(argv(RATE_BOXES[0], work / f"{key}warm-up"), log, f"{key}rates_warm_up", module)
     reports = []
     for i, box in enumerate(RATE_BOXES):
-        out = work / f"rates-{i}"
-        argv = ["run", "--bbox", *map(str, box), "--profile", "demo", "--year", "2023",
-                "--untrained", "--seed", SEED, "--head", str(head), "--tile-size", "100",
-                "--out", str(out)]  # fmt: skip
-        _cli(argv, log, f"rates_run_{i}")
+        out = work / f"{key}rates-{i}"
+        _cli(argv(box, out), log, f"{key}rates_run_{i}", module)
         reports.append(json.loads((out / "run.json").read_text()))
     rates = fit_stage_rates(reports, _mosaic_s_per_mpx(results))
     return Entry(
-        STAGE_RATES_ENTRY,
+        STANDIN_STAGE_RATES_ENTRY if standin else STAGE_RATES_ENTRY,
         rates["tile_s_per_unit"]["infer"],
         "core-s per valid Mpx (inference; fixed and per-unit costs of every stage in notes)",
         dtype=str(rates["backend"]),
@@ -191,6 +250,9 @@ def rate_entry(work: Path, head: Path, log: dict[str, Any], results: Path) -> En
         threads=_slots(),
         notes={
             "model": "timesenclip",
+            "encoder": "the stand-in (pipeline.testing.encoder.FakeEncoder), as the rehearsal"
+            if standin
+            else "timesenclip",
             "rates": rates,
             "runs": [
                 {
@@ -199,12 +261,17 @@ def rate_entry(work: Path, head: Path, log: dict[str, Any], results: Path) -> En
                     "pixels": sum(t["pixels"] for t in r["tile_stats"]),
                     "backend": (r.get("precision") or {}).get("resolved"),
                     "total_s": r["seconds"]["total"],
+                    "cpu_share": r["stages"].get("cpu_share"),
                 }
                 for box, r in zip(RATE_BOXES, reports, strict=True)
             ],
-            "load": {k: v for k, v in log.items() if k.startswith("rates_run")},
-            "method": "two runs on boxes inside the demo region (not the run predicted), the map's "
-            "settings; tile stages fitted as first use per worker + per unit over their tiles",
+            "load": {k: v for k, v in log.items() if k.startswith(f"{key}rates_")},
+            "method": "two runs on boxes inside the demo region (not the run predicted) after a "
+            "warm-up run, the predicted run's settings; tile stages fitted as first use per "
+            "worker + per unit over their tiles, in the workers' CPU seconds (process_time), not "
+            "wall seconds, so other processes on the machine do not inflate them; the wait "
+            "between two tiles on a worker and the tile phase's start and end from the tiles' "
+            "spans",
         },
     )
 
@@ -236,7 +303,9 @@ def plan_entries(results: Path) -> list[Entry]:
         head = fit_head(work, log)
         _log.info("plan: stage rates from two bench runs on other boxes")
         rates = rate_entry(work, head, log, results)
-        write_results([rates], results)  # plan reads the rates from here
+        _log.info("plan: the stand-in encoder's stage rates (the rehearsal's plan reads them)")
+        standin = rate_entry(work, None, log, results, standin=True)
+        write_results([rates, standin], results)  # plan reads the rates from here
         out = work / "map"
         _log.info("plan: plan, then make map's mapping step")
         _cli(
@@ -256,12 +325,17 @@ def plan_entries(results: Path) -> list[Entry]:
         "run_core_s": cmp["run_core_s"],
         "plan_backend": plan["stages"]["backend"],
         "run_backend": (run.get("precision") or {}).get("resolved"),
+        # the run's tile stages: CPU seconds / wall seconds (1: each worker had a core to
+        # itself; below 1: other processes took a share, and the run's wall time grew by 1/share
+        # where the plan, made for a machine of its own, cannot know it)
+        "run_cpu_share": run["stages"].get("cpu_share"),
+        "rates_cpu_share": [r.get("cpu_share") for r in rates.notes["runs"]],
         "command": "python -m pipeline " + " ".join(map_argv(Path("HEAD"), Path("OUT"))),
         "load_average": {k: [v["load_before"], v["load_after"]] for k, v in log.items()},
         "step_seconds": {k: v["seconds"] for k, v in log.items()},
         "rates": f"{STAGE_RATES_ENTRY}, measured just before in other processes on other boxes",
     }
-    return [rates, *error_entries(cmp, "_demo", notes)]
+    return [rates, standin, *error_entries(cmp, "_demo", notes)]
 
 
 def error_entries(cmp: dict[str, Any], suffix: str, notes: dict[str, Any]) -> list[Entry]:

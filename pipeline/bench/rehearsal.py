@@ -397,7 +397,10 @@ def plan_entries(plan_json: Path, run_json: Path) -> list:
         _log.warning("no plan errors for the rehearsal: %s", exc)
         return []
     notes = {k: cmp[k] for k in ("plan_wall_s", "run_wall_s", "plan_core_s", "run_core_s")}
-    notes["rates"] = "plan_stage_rates of the results file (the model's, not the stand-in's)"
+    notes["rates"] = (
+        "plan_stage_rates_standin of the results file: the stand-in encoder's own rates, "
+        "measured by bench processes before the run"
+    )
     return error_entries(cmp, "", notes)
 
 

@@ -289,7 +289,7 @@ def _stages_line(st: dict | None) -> list[str]:
     big = sorted(st["wall_s"].items(), key=lambda kv: -kv[1])[:4]
     lines = [
         f"  this machine    {st['total_wall_s']:,.0f} s wall, {st['total_core_s']:,.0f} core-s on "
-        f"{st['slots']} worker(s), backend {st['backend']}"
+        f"{st['slots']} worker(s) with a core each, backend {st['backend']}"
         + (", with calibration" if st["calibration"] else "")
         + " ("
         + ", ".join(f"{k} {v:,.0f} s" for k, v in big)

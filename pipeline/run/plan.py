@@ -23,6 +23,7 @@ from pipeline.run.stages import StageRates
 __all__ = [
     "BYTES_PER_SCENE_PIXEL",
     "STAGE_RATES_ENTRY",
+    "STANDIN_STAGE_RATES_ENTRY",
     "Network",
     "Rates",
     "Workers",
@@ -227,11 +228,27 @@ def load_rates(path: Path, model: str) -> Rates:
 
 #: The ``bench/results.json`` entry with the stage rates (``make bench ARGS="--only plan"``).
 STAGE_RATES_ENTRY = "plan_stage_rates"
+#: The same for the deterministic stand-in encoder in place of the model (the rehearsal's runs).
+STANDIN_STAGE_RATES_ENTRY = "plan_stage_rates_standin"
 
 
-def load_stage_rates(path: Path, model: str) -> StageRates | None:
+def stage_rates_entry() -> str:
+    """The entry :func:`load_stage_rates` reads: the model's, unless the model factory in use
+    names another (:func:`pipeline.testing.standin_run.install` names the stand-in's as
+    ``model.get_model.stage_rates_entry``)."""
+    import model  # noqa: PLC0415 (the factory in use now, which a launcher may have replaced)
+
+    return getattr(model.get_model, "stage_rates_entry", STAGE_RATES_ENTRY)
+
+
+def load_stage_rates(path: Path, model: str, entry: str | None = None) -> StageRates | None:
     """The per-stage rates (fixed and per-pixel apart) measured for ``model`` by the bench's
-    ``plan`` section, or None when ``path`` has no such entry (an older results file)."""
+    ``plan`` section, or None when ``path`` has no such entry (an older results file).
+
+    :param entry: the entry's name (default :func:`stage_rates_entry`: the model's own rates, or
+        the stand-in encoder's under :mod:`pipeline.testing.standin_run`).
+    """
+    name = entry or stage_rates_entry()
     try:
         entries = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
@@ -239,10 +256,10 @@ def load_stage_rates(path: Path, model: str) -> StageRates | None:
     for e in entries:
         notes = e.get("notes") or {}
         r = notes.get("rates") or {}
-        if e.get("name") == STAGE_RATES_ENTRY and notes.get("model") == model:
+        if e.get("name") == name and notes.get("model") == model:
             if "worker_fixed_s" not in r:  # an entry of an earlier model of the stages
                 return None
-            where = f"{STAGE_RATES_ENTRY} measured {str(e.get('date', '?'))[:10]}"
+            where = f"{name} measured {str(e.get('date', '?'))[:10]}"
             if e.get("hardware"):
                 where += f" on {label(e['hardware'])}"
             return StageRates(
@@ -254,6 +271,7 @@ def load_stage_rates(path: Path, model: str) -> StageRates | None:
                 backend=r.get("backend"),
                 batch=r.get("batch"),
                 tile_size=r.get("tile_size"),
+                task_gap_s=float(r.get("task_gap_s") or 0.0),
                 sources={
                     "stages": where + f", backend {r.get('backend')}, tile {r.get('tile_size')} px"
                 },

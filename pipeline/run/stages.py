@@ -27,6 +27,8 @@ __all__ = [
     "compare_plan_to_run",
     "predict_stages",
     "run_stages",
+    "tile_cpu_seconds",
+    "tile_phase_s",
 ]
 
 #: Stages of the driver process, in run order (one core each).
@@ -52,16 +54,45 @@ def _stages(wall: Mapping[str, float], core: Mapping[str, float], slots: int) ->
     }
 
 
+def tile_cpu_seconds(tile: Mapping[str, Any]) -> dict[str, float]:
+    """A tile's CPU seconds per tile stage (its worker process's ``time.process_time``, all its
+    threads), or its wall seconds where the tile has no CPU times (a run of an older s2lc).
+
+    ``load`` and ``composite`` are timed together on the CPU (``cpu_seconds["read"]``: the
+    reader's threads interleave them) and split here in the ratio of their wall seconds.
+    """
+    wall = {s: float(tile.get("seconds", {}).get(s, 0.0)) for s in TILE_STAGES}
+    cpu = tile.get("cpu_seconds")
+    if not cpu:
+        return wall
+    read = float(cpu.get("read", 0.0))
+    both = wall["load"] + wall["composite"]
+    share = wall["load"] / both if both > 0 else 1.0
+    return {
+        "model": float(cpu.get("model", 0.0)),
+        "load": read * share,
+        "composite": read * (1.0 - share),
+        "infer": float(cpu.get("infer", 0.0)),
+        "write": float(cpu.get("write", 0.0)),
+    }
+
+
 def run_stages(seconds: Mapping[str, float], tile_stats: list[dict], slots: int) -> dict[str, Any]:
     """A run's stages from ``run.json``'s ``seconds`` and this run's ``tile_stats``.
 
     :param seconds: the driver's timings (``search``, ``backend``, ``prepare``, ``calibrate``,
         ``tiles_wall``, ``publish``, ``publish_cells``, ``postprocess``, ``total``; seconds).
-    :param tile_stats: per tile ``{"seconds": {"model", "load", "composite", "infer", "write"}}``.
+    :param tile_stats: per tile ``{"seconds": {"model", "load", "composite", "infer", "write"}}``
+        (wall) and ``"cpu_seconds"`` (:func:`tile_cpu_seconds`).
     :param slots: worker processes (or threads) that ran tiles at once.
     :returns: ``{"wall_s": {stage: s}, "core_s": {stage: s}, "total_wall_s", "total_core_s",
-        "slots"}`` (``slots``: the tiles that ran at once);
+        "slots", "cpu_share"}`` (``slots``: the tiles that ran at once; ``cpu_share``: the tile
+        stages' CPU seconds over their wall seconds, about 1 when each worker had a core to itself
+        and below 1 when other processes took a share of the cores);
         ``total_wall_s`` equals ``seconds["total"]`` (``other`` is what no stage accounts for).
+
+    A tile stage's core-seconds are its CPU seconds (what it occupied of the cores, whatever else
+    ran on the machine); its wall seconds the tiles' wall seconds over the slots used.
     """
     wall: dict[str, float] = {}
     core: dict[str, float] = {}
@@ -71,15 +102,19 @@ def run_stages(seconds: Mapping[str, float], tile_stats: list[dict], slots: int)
         seconds.get("publish", 0.0) + seconds.get("publish_cells", 0.0)
     )
     used = max(1, min(int(slots), len(tile_stats) or 1))
+    cpu = [tile_cpu_seconds(t) for t in tile_stats]
     for s in TILE_STAGES:
-        core[s] = float(sum(t.get("seconds", {}).get(s, 0.0) for t in tile_stats))
-        wall[s] = core[s] / used
+        core[s] = float(sum(c[s] for c in cpu))
+        wall[s] = float(sum(t.get("seconds", {}).get(s, 0.0) for t in tile_stats)) / used
     tiles_wall = float(seconds.get("tiles_wall", 0.0))
     wall["schedule"] = core["schedule"] = max(0.0, tiles_wall - sum(wall[s] for s in TILE_STAGES))
     known = sum(wall.values()) - sum(wall[s] for s in TILE_STAGES) - wall["schedule"] + tiles_wall
     total = float(seconds.get("total", known))
     wall["other"] = core["other"] = max(0.0, total - known)
-    return _stages(wall, core, used)
+    out = _stages(wall, core, used)
+    tile_wall = sum(wall[s] for s in TILE_STAGES) * used
+    out["cpu_share"] = sum(core[s] for s in TILE_STAGES) / tile_wall if tile_wall > 0 else None
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,6 +137,9 @@ class StageRates:
         batch: the CPU batch they were measured with (None: the model's default).
         tile_size: the tile edge (px) they were measured with.
         sources: where each figure comes from (entry, machine, date).
+        task_gap_s: wall seconds a worker waits between one tile task and its next (the
+            result's trip to the scheduler, the next work order's); ``fixed_s["schedule"]`` is
+            the tile phase's start and end beyond the tasks (once per run).
     """
 
     fixed_s: dict[str, float]
@@ -113,6 +151,30 @@ class StageRates:
     batch: int | None = None
     tile_size: int | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    task_gap_s: float = 0.0
+
+
+def tile_phase_s(tile_s: list[float], first_s: float, slots: int, gap_s: float = 0.0) -> float:
+    """Wall seconds from the first tile task's start to the last one's end (the makespan).
+
+    :param tile_s: each tile's seconds on a worker, in submission order.
+    :param first_s: what a worker's first tile costs on top (building the model, opening the
+        files, compiling the inference graph).
+    :param slots: workers that run tiles at once (one tile each).
+    :param gap_s: a worker's wait between two of its tiles.
+
+    Greedy list scheduling (Graham 1966): each tile goes to the worker free first, as Dask's
+    scheduler hands a freed worker the next task. With few tiles per worker the last ones leave
+    workers idle while others finish: the tile phase is longer than worker-seconds / slots.
+    Pure.
+    """
+    free = [0.0] * max(1, min(int(slots), len(tile_s) or 1))
+    started = [False] * len(free)
+    for s in tile_s:
+        i = min(range(len(free)), key=free.__getitem__)
+        free[i] += (gap_s if started[i] else first_s) + s
+        started[i] = True
+    return max(free) if tile_s else 0.0
 
 
 def predict_stages(
@@ -143,8 +205,10 @@ def predict_stages(
 
     Tile stages: ``rate x units`` per tile, plus each worker's first-use cost per stage (its
     first tile opens every scene's file, compiles the inference graph, ...: measured, these are
-    paid once per worker, not per tile). The tile phase's wall time is the longer of
-    (worker-seconds / slots used) and its longest tile, as tiles run whole on one worker each.
+    paid once per worker, not per tile). Seconds are CPU seconds, each worker on a core of its
+    own: wall = core-seconds / slots used. ``schedule``: the tile phase's fixed start and end,
+    plus what :func:`tile_phase_s` (tiles run whole, one per worker, with ``task_gap_s`` between
+    two on a worker) adds to worker-seconds / slots.
     """
     f, per, first = rates.fixed_s, rates.tile_s_per_unit, rates.worker_fixed_s
     scenes = max(scenes_per_pixel, 0.0)
@@ -178,12 +242,10 @@ def predict_stages(
     for s in ("load", "composite", "infer", "write"):
         core[s] = sum(c[s] for c in costs) + (0.0 if s in paid else once[s] * used)
     wall = {s: core[s] / used for s in core}
-    longest = max((sum(c.values()) for c in costs), default=0.0) + sum(
-        v for s, v in once.items() if s not in paid
-    )
-    longest += core["model"] / used
+    first = core["model"] / used + sum(v for s, v in once.items() if s not in paid)
+    makespan = tile_phase_s([sum(c.values()) for c in costs], first, used, rates.task_gap_s)
     spread = sum(wall[s] for s in TILE_STAGES)
-    wall["schedule"] = core["schedule"] = f.get("schedule", 0.0) + max(0.0, longest - spread)
+    wall["schedule"] = core["schedule"] = f.get("schedule", 0.0) + max(0.0, makespan - spread)
     for s in ("search", "prepare", "other"):
         wall[s] = core[s] = f.get(s, 0.0)
     wall["backend"] = core["backend"] = f.get("backend", 0.0) if measures_backend else 0.0

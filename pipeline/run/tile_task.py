@@ -151,16 +151,18 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     from pipeline.writers import TileResult, write_tile, write_tile_rasters
 
     t = {"start": time.perf_counter()}
+    c = {"start": time.process_time()}  # the worker process's CPU time (all its threads)
+    started = time.time()
     tile = job.tile
     m = job.model.load()
-    t["model"] = time.perf_counter()
+    t["model"], c["model"] = time.perf_counter(), time.process_time()
     geom = job.inputs.region()
     adapter = job.model.adapter
     plan = adapter.chip_layout(tile.geobox, job.chips.window, job.chips.stride)
     comp_full, n_scenes, t_load, offset_warnings, unreadable = load_composite(
         job, plan.geobox if plan else tile.geobox
     )
-    t["composite"] = time.perf_counter()
+    t["composite"], c["composite"] = time.perf_counter(), time.process_time()
 
     # The tile's own pixels inside the (possibly halo'd) composite.
     ny, nx = tile.geobox.shape
@@ -175,7 +177,7 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     valid = (counts.sum(axis=0) > 0) & inside
 
     probs, emb, valid = adapter.infer(job, m, comp_full, plan, valid)
-    t["infer"] = time.perf_counter()
+    t["infer"], c["infer"] = time.perf_counter(), time.process_time()
 
     field_codes = field_scale = None
     if job.output.save_embeddings and job.field is not None and emb is not None:
@@ -232,7 +234,8 @@ def process_tile(job: TileJob) -> dict[str, Any]:
     )
     write_tile(job.store, tile, result)
     write_tile_rasters(Path(job.tile_dir), tile, result)
-    t["write"] = time.perf_counter()
+    t["write"], c["write"] = time.perf_counter(), time.process_time()
+    import os
     import resource
 
     return {
@@ -251,6 +254,17 @@ def process_tile(job: TileJob) -> dict[str, Any]:
             "infer": t["infer"] - t["composite"],
             "write": t["write"] - t["infer"],
         },
+        # CPU seconds of the worker process per stage (load and composite together: the
+        # reader's threads interleave them); what the stage really occupies of a core, apart
+        # from other processes that share the machine (wall seconds above include their share)
+        "cpu_seconds": {
+            "model": c["model"] - c["start"],
+            "read": c["composite"] - c["model"],
+            "infer": c["infer"] - c["composite"],
+            "write": c["write"] - c["infer"],
+        },
+        "worker": os.getpid(),
+        "wall_span": [started, time.time()],
     }
 
 

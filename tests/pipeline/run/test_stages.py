@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pipeline.bench.plan_accuracy import fit_stage_rates
+from pipeline.bench.plan_accuracy import fit_stage_rates, schedule_costs, task_gaps
 from pipeline.run.stages import (
     STAGES,
     TILE_STAGES,
@@ -16,6 +16,8 @@ from pipeline.run.stages import (
     compare_plan_to_run,
     predict_stages,
     run_stages,
+    tile_cpu_seconds,
+    tile_phase_s,
 )
 
 RATES = StageRates(
@@ -148,30 +150,49 @@ def test_compare_plan_to_run():
         compare_plan_to_run({}, run)
 
 
+def _cpu_and_wall(cpu: dict[str, float], slow: float) -> dict:
+    """A tile's CPU seconds per stage and its wall seconds ``slow`` times them."""
+    return {
+        "seconds": {s: slow * v for s, v in cpu.items()},
+        "cpu_seconds": {
+            "model": cpu["model"],
+            "read": cpu["load"] + cpu["composite"],
+            "infer": cpu["infer"],
+            "write": cpu["write"],
+        },  # fmt: skip
+    }
+
+
 def test_stage_rates_are_fitted_first_use_plus_per_unit():
     """Two runs of different areas: each tile stage's first-use cost per worker and per-pixel
-    cost, publishing's fixed part beside its per-Mpx cost at scale, the driver's fixed costs."""
+    cost, publishing's fixed part beside its per-Mpx cost at scale, the driver's fixed costs.
+    Fitted on CPU seconds: the second run's tiles took 1.7x their CPU seconds in wall time (a
+    shared machine), which changes no rate."""
 
-    def report(tiles: list[int], publish: float) -> dict:
+    def report(tiles: list[int], publish: float, slow: float) -> dict:
         # two workers: the first two tiles are each worker's first (they build the model)
         stats = [
             {
                 "pixels": px,
                 "valid_pixels": px,
                 "scenes": 10,
-                "seconds": {
-                    "model": 2.0 if i < 2 else 0.0,
-                    "load": 10 * ((0.5 if i < 2 else 0.0) + 2.0 * px / 1e6),
-                    "composite": 10 * 0.1 * px / 1e6,
-                    "infer": (4.0 if i < 2 else 0.0) + 3000.0 * px / 1e6,
-                    "write": (0.1 if i < 2 else 0.0) + 5.0 * px / 1e6,
-                },
+                **_cpu_and_wall(
+                    {
+                        "model": 2.0 if i < 2 else 0.0,
+                        "load": 10 * ((0.5 if i < 2 else 0.0) + 2.0 * px / 1e6),
+                        "composite": 10 * 0.1 * px / 1e6,
+                        "infer": (4.0 if i < 2 else 0.0) + 3000.0 * px / 1e6,
+                        "write": (0.1 if i < 2 else 0.0) + 5.0 * px / 1e6,
+                    },
+                    slow,
+                ),
             }  # fmt: skip
             for i, px in enumerate(tiles)
         ]
         seconds = {"search": 0.2, "backend": 4.0, "prepare": 0.1, "publish": publish,
                    "tiles_wall": 100.0, "total": 120.0}  # fmt: skip
         return {
+            "seconds": seconds,
             "tile_stats": stats,
             "stages": run_stages(seconds, stats, slots=2),
             "precision": {"resolved": "bf16", "batch": 512},
@@ -179,7 +200,10 @@ def test_stage_rates_are_fitted_first_use_plus_per_unit():
         }
 
     r = fit_stage_rates(
-        [report([2500], 1.0 + 10 * 0.0025), report([10000, 300, 200, 10000], 1.0 + 10 * 0.0205)],
+        [
+            report([2500], 1.0 + 10 * 0.0025, 1.0),
+            report([10000, 300, 200, 10000], 1.0 + 10 * 0.0205, 1.7),
+        ],
         publish_s_per_mpx=10.0,
     )
     assert r["worker_fixed_s"]["load"] == pytest.approx(0.5)
@@ -191,7 +215,7 @@ def test_stage_rates_are_fitted_first_use_plus_per_unit():
     assert r["tile_s_per_unit"]["write"] == pytest.approx(5.0)
     assert r["worker_fixed_s"]["write"] == pytest.approx(0.1)
     assert r["fixed_s"]["publish"] == pytest.approx(1.0) and r["publish_s_per_mpx"] == 10.0
-    assert r["fixed_s"]["backend"] == 4.0 and r["model_s_per_worker"] == 2.0
+    assert r["fixed_s"]["backend"] == 4.0 and r["model_s_per_worker"] == 2.0  # CPU-s
     assert r["backend"] == "bf16" and r["batch"] == 512 and r["tile_size"] == 100
     assert set(TILE_STAGES) - {"model"} == set(r["tile_s_per_unit"]) == set(r["worker_fixed_s"])
 
@@ -226,3 +250,97 @@ def test_rehearsal_records_the_plans_errors(tmp_path):
     assert entries["plan_stage_errors"].notes["stages"]["infer"]["judged"]
     (tmp_path / "plan.json").write_text(json.dumps({"summary": "no rates"}))
     assert plan_entries(tmp_path / "plan.json", tmp_path / "run.json") == []
+
+
+def test_tile_stages_count_cpu_seconds_as_core_seconds():
+    """A run on a shared machine: its tiles' wall seconds are twice their CPU seconds (other
+    processes had half the cores). Core-seconds are the CPU seconds, wall the wall seconds, and
+    ``cpu_share`` says how much of the cores the workers had."""
+    seconds, stats = _seconds(40.0, 4)
+    for t in stats:
+        w = t["seconds"]
+        t["cpu_seconds"] = {"model": w["model"] / 2, "read": (w["load"] + w["composite"]) / 2,
+                            "infer": w["infer"] / 2, "write": w["write"] / 2}  # fmt: skip
+    run = run_stages(seconds, stats, slots=2)
+    assert run["wall_s"]["infer"] == 80.0 and run["core_s"]["infer"] == 80.0  # 4 x 20 CPU-s
+    assert run["core_s"]["load"] == pytest.approx(4 * 1.0)  # read CPU split by the wall ratio
+    assert run["core_s"]["composite"] == pytest.approx(4 * 0.05)
+    assert run["cpu_share"] == pytest.approx(0.5)
+    # a tile of an older s2lc (no CPU times) counts its wall seconds
+    assert tile_cpu_seconds({"seconds": {"infer": 3.0}})["infer"] == 3.0
+    assert run_stages(*_seconds(40.0, 4), slots=2)["cpu_share"] == pytest.approx(1.0)
+
+
+def test_tile_phase_is_the_makespan_of_whole_tiles():
+    # 4 equal tiles on 2 workers: no idle worker, only the first uses and the wait between tiles
+    assert tile_phase_s([10.0] * 4, first_s=2.0, slots=2, gap_s=0.5) == pytest.approx(22.5)
+    # 5 equal tiles on 2 workers: one worker runs the fifth alone (worker-seconds / 2 = 25)
+    assert tile_phase_s([10.0] * 5, first_s=0.0, slots=2) == pytest.approx(30.0)
+    # one big tile and small ones: the big one bounds the phase, the small ones fill the other
+    assert tile_phase_s([20.0, 1.0, 1.0, 1.0], first_s=1.0, slots=2) == pytest.approx(21.0)
+    assert tile_phase_s([], first_s=1.0, slots=2) == 0.0
+    assert tile_phase_s([3.0, 4.0], first_s=1.0, slots=8) == pytest.approx(5.0)
+
+
+def test_plan_schedules_the_idle_tail_of_uneven_tiles():
+    """5 tiles on 2 workers: the plan's tile phase is the makespan, not worker-seconds / 2."""
+    rates = StageRates(**{**RATES.__dict__, "task_gap_s": 0.5})
+    kw = dict(valid_mpx=0.05, scenes_per_pixel=31, slots=2, measures_backend=False)
+    five = predict_stages(rates, tile_shapes=[(100, 100)] * 5, **kw)
+    tile = 31 * 0.01 * (3.0 + 0.5) + 4000 * 0.01 + 20 * 0.01
+    first = 1.5 + 31 * 0.02 + 31 * 0.001 + 0.3 + 0.2
+    # worker A: first + 3 tiles + 2 waits; B: first + 2 tiles + 1 wait
+    phase = first + 3 * tile + 2 * 0.5
+    spread = sum(five["wall_s"][s] for s in TILE_STAGES)
+    assert spread == pytest.approx((5 * tile + 2 * first) / 2)
+    assert five["wall_s"]["schedule"] == pytest.approx(3.0 + phase - spread)
+    four = predict_stages(rates, tile_shapes=[(100, 100)] * 4, **{**kw, "valid_mpx": 0.04})
+    assert four["wall_s"]["schedule"] == pytest.approx(3.0 + 0.5)  # balanced: start + one wait
+
+
+def test_schedule_costs_from_the_tiles_spans():
+    """Bench runs' tiles name their worker and wall span: the wait between two tiles on a
+    worker, and the phase's start and end beyond its busiest worker's tasks and waits."""
+
+    def tile(worker: int, start: float, end: float) -> dict:
+        return {"worker": worker, "wall_span": [start, end], "seconds": {"infer": end - start}}
+
+    one = {"tile_stats": [tile(1, 100.0, 110.0)], "seconds": {"tiles_wall": 11.0}}
+    two = {
+        "tile_stats": [tile(1, 200.0, 210.0), tile(2, 200.0, 205.0), tile(2, 205.5, 206.5)],
+        "seconds": {"tiles_wall": 11.2},
+    }
+    assert task_gaps(two["tile_stats"]) == pytest.approx([0.5])
+    gap, fixed = schedule_costs([one, two])
+    assert gap == pytest.approx(0.5)
+    assert fixed == pytest.approx((1.0 + 1.2) / 2)  # worker 1 is the busiest of both runs
+
+
+def test_the_stand_in_launcher_plans_with_the_stand_ins_rates(tmp_path, monkeypatch):
+    """The rehearsal plans through :mod:`pipeline.testing.standin_run`, whose stand-in encoder
+    replaces the model: ``plan`` there reads the stand-in's own measured rates, not the model's."""
+    import model
+    from pipeline.bench.rehearsal import RehearsalConfig, _command
+    from pipeline.run.plan import STAGE_RATES_ENTRY, STANDIN_STAGE_RATES_ENTRY, load_stage_rates
+    from pipeline.testing import standin_run
+
+    def entry(name: str, infer: float) -> dict:
+        rates = {"fixed_s": {"schedule": 1.0}, "publish_s_per_mpx": 1.0,
+                 "model_s_per_worker": 0.1, "worker_fixed_s": {"infer": 0.0},
+                 "tile_s_per_unit": {"infer": infer}, "backend": "fp32", "task_gap_s": 0.2}  # fmt: skip
+        return {"name": name, "device": "cpu", "date": "2026-12-07", "value": infer,
+                "notes": {"model": "timesenclip", "rates": rates}}  # fmt: skip
+
+    results = tmp_path / "results.json"
+    results.write_text(
+        json.dumps([entry(STAGE_RATES_ENTRY, 1200.0), entry(STANDIN_STAGE_RATES_ENTRY, 3.0)])
+    )
+    assert load_stage_rates(results, "timesenclip").tile_s_per_unit["infer"] == 1200.0
+    monkeypatch.setattr(model, "get_model", model.get_model)  # restored after the test
+    standin_run.install()
+    standin = load_stage_rates(results, "timesenclip")
+    assert standin.tile_s_per_unit["infer"] == 3.0 and standin.task_gap_s == 0.2
+    assert STANDIN_STAGE_RATES_ENTRY in standin.sources["stages"]
+    # and the rehearsal's plan goes through that launcher
+    cmd = _command("plan", tmp_path / "r.geojson", "http://x", tmp_path, RehearsalConfig())
+    assert cmd[1:4] == ["-m", "pipeline.testing.standin_run", "plan"]
