@@ -219,8 +219,8 @@ def rate_entry(
 
     :param standin: the rehearsal's settings instead (:mod:`pipeline.testing.standin_run`: the
         deterministic stand-in encoder in place of the model, backend fp32, zero-shot with the
-        reference calibration, no head) -> ``plan_stage_rates_standin``, which ``plan`` reads when
-        it runs under the stand-in launcher.
+        reference calibration, no head) -> ``plan_stage_rates_standin``, which
+        ``plan --stage-rates plan_stage_rates_standin`` reads (the rehearsal's plan).
     """
     module = "pipeline.testing.standin_run" if standin else "pipeline"
     key = "standin_" if standin else ""

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.run.plan import STANDIN_STAGE_RATES_ENTRY
+
 _log = logging.getLogger(__name__)
 
 __all__ = [
@@ -322,6 +324,7 @@ def rehearse(cfg: RehearsalConfig, root: Path) -> dict[str, Any]:
         with serve(cat) as url:
             plan_cmd = _command("plan", region_file, url, faulty_out, cfg)
             plan_cmd += ["--latency-ms", str(cfg.latency_s * 1000),
+                         "--stage-rates", STANDIN_STAGE_RATES_ENTRY,
                          "--plan-out", str(faulty_out / "plan.json")]  # fmt: skip
             store.config.fault_rate = 0.0  # the plan searches only; its HEADs are not the run's
             p = subprocess.run(plan_cmd, env=_env(), capture_output=True, text=True, timeout=600)

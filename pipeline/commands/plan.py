@@ -39,6 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--price-gpu-hour", type=float, default=0.0, help="price of a GPU-hour")
     g.add_argument("--rates", type=Path, default=DEFAULT_RATES, help="bench results JSON")
     g.add_argument(
+        "--stage-rates",
+        default="plan_stage_rates",
+        metavar="ENTRY",
+        help="the --rates entry with this machine's stage rates (default plan_stage_rates, the "
+        "model's; plan_stage_rates_standin: the stand-in encoder of the rehearsal)",
+    )
+    g.add_argument(
         "--latency-ms",
         type=float,
         default=0.0,
@@ -159,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         workers=workers,
         network=network,
     )
-    stage_rates = load_stage_rates(args.rates, cfg.model.name)
+    stage_rates = load_stage_rates(args.rates, cfg.model.name, args.stage_rates)
     stages = (
         _stages(stage_rates, cfg, grid, geometry, region, area_km2, scenes, rates, network)
         if stage_rates is not None

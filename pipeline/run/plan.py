@@ -232,23 +232,15 @@ STAGE_RATES_ENTRY = "plan_stage_rates"
 STANDIN_STAGE_RATES_ENTRY = "plan_stage_rates_standin"
 
 
-def stage_rates_entry() -> str:
-    """The entry :func:`load_stage_rates` reads: the model's, unless the model factory in use
-    names another (:func:`pipeline.testing.standin_run.install` names the stand-in's as
-    ``model.get_model.stage_rates_entry``)."""
-    import model  # noqa: PLC0415 (the factory in use now, which a launcher may have replaced)
-
-    return getattr(model.get_model, "stage_rates_entry", STAGE_RATES_ENTRY)
-
-
-def load_stage_rates(path: Path, model: str, entry: str | None = None) -> StageRates | None:
+def load_stage_rates(path: Path, model: str, entry: str = STAGE_RATES_ENTRY) -> StageRates | None:
     """The per-stage rates (fixed and per-pixel apart) measured for ``model`` by the bench's
     ``plan`` section, or None when ``path`` has no such entry (an older results file).
 
-    :param entry: the entry's name (default :func:`stage_rates_entry`: the model's own rates, or
-        the stand-in encoder's under :mod:`pipeline.testing.standin_run`).
+    :param entry: the entry's name: the model's own rates (default), or
+        :data:`STANDIN_STAGE_RATES_ENTRY` for a run whose model the deterministic stand-in
+        encoder replaces (the rehearsal, ``plan --stage-rates``).
     """
-    name = entry or stage_rates_entry()
+    name = entry
     try:
         entries = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):

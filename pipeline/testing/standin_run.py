@@ -5,9 +5,9 @@ scheduling, reading, compositing, cell publishing) under real faults; GPU infere
 its own (``bench --only models``), so the model is replaced by the deterministic
 :class:`pipeline.testing.encoder.FakeEncoder`. This launcher makes that swap and nothing else:
 
-* in this (the driver's) process, ``model.get_model`` returns one ``FakeEncoder`` per model kind,
-  and ``plan`` predicts with the stand-in's stage rates (``make bench ARGS="--only plan"``
-  measures them as it measures the model's);
+* in this (the driver's) process, ``model.get_model`` returns one ``FakeEncoder`` per model kind
+  (``plan --stage-rates plan_stage_rates_standin`` then predicts with the stand-in's own stage
+  rates, which ``make bench ARGS="--only plan"`` measures as it measures the model's);
 * every Dask worker process imports this module as a worker preload (``distributed.worker.preload``
   through ``DASK_DISTRIBUTED__WORKER__PRELOAD``, set before Dask is imported, so the nanny hands it
   to the workers it spawns and to those it restarts after a kill) and makes the same swap in
@@ -37,8 +37,7 @@ _MODELS: dict[tuple[str, int], object] = {}
 
 
 def install() -> None:
-    """Make ``model.get_model(name, ...)`` return a memoised ``FakeEncoder(name, seed)`` here, and
-    ``plan`` read the stand-in's stage rates (``plan_stage_rates_standin``)."""
+    """Make ``model.get_model(name, ...)`` return a memoised ``FakeEncoder(name, seed)`` here."""
 
     def get_model(name: str, checkpoint=None, **kwargs):  # noqa: ANN001, ARG001
         key = (str(name).lower(), int(kwargs.get("seed") or 0))
@@ -47,9 +46,6 @@ def install() -> None:
                 _MODELS[key] = FakeEncoder(*key)
             return _MODELS[key]
 
-    # and ``plan`` predicts with the stand-in's measured stage rates, not the model's
-    # (:data:`pipeline.run.plan.STANDIN_STAGE_RATES_ENTRY`; the run layer is above this one)
-    get_model.stage_rates_entry = "plan_stage_rates_standin"  # type: ignore[attr-defined]
     model.get_model = get_model
 
 

@@ -316,13 +316,11 @@ def test_schedule_costs_from_the_tiles_spans():
     assert fixed == pytest.approx((1.0 + 1.2) / 2)  # worker 1 is the busiest of both runs
 
 
-def test_the_stand_in_launcher_plans_with_the_stand_ins_rates(tmp_path, monkeypatch):
-    """The rehearsal plans through :mod:`pipeline.testing.standin_run`, whose stand-in encoder
-    replaces the model: ``plan`` there reads the stand-in's own measured rates, not the model's."""
-    import model
+def test_the_rehearsals_plan_reads_the_stand_ins_rates(tmp_path):
+    """The rehearsal's runs replace the model with the stand-in encoder: its ``plan`` reads the
+    stand-in's own measured rates (``--stage-rates plan_stage_rates_standin``), not the model's."""
     from pipeline.bench.rehearsal import RehearsalConfig, _command
     from pipeline.run.plan import STAGE_RATES_ENTRY, STANDIN_STAGE_RATES_ENTRY, load_stage_rates
-    from pipeline.testing import standin_run
 
     def entry(name: str, infer: float) -> dict:
         rates = {"fixed_s": {"schedule": 1.0}, "publish_s_per_mpx": 1.0,
@@ -336,11 +334,9 @@ def test_the_stand_in_launcher_plans_with_the_stand_ins_rates(tmp_path, monkeypa
         json.dumps([entry(STAGE_RATES_ENTRY, 1200.0), entry(STANDIN_STAGE_RATES_ENTRY, 3.0)])
     )
     assert load_stage_rates(results, "timesenclip").tile_s_per_unit["infer"] == 1200.0
-    monkeypatch.setattr(model, "get_model", model.get_model)  # restored after the test
-    standin_run.install()
-    standin = load_stage_rates(results, "timesenclip")
+    standin = load_stage_rates(results, "timesenclip", STANDIN_STAGE_RATES_ENTRY)
     assert standin.tile_s_per_unit["infer"] == 3.0 and standin.task_gap_s == 0.2
     assert STANDIN_STAGE_RATES_ENTRY in standin.sources["stages"]
-    # and the rehearsal's plan goes through that launcher
+    # and the rehearsal's plan goes through the stand-in launcher
     cmd = _command("plan", tmp_path / "r.geojson", "http://x", tmp_path, RehearsalConfig())
     assert cmd[1:4] == ["-m", "pipeline.testing.standin_run", "plan"]
