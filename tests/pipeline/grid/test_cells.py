@@ -1,9 +1,11 @@
 """A run across two UTM zones and two 100 km EEA cells: EPSG:3035, per-cell COGs and STAC items,
-a VRT per layer that opens as one raster, chunk-aligned Zarr, cells skipped on rerun; and the same
+a VRT per layer that opens as one raster, chunk-aligned Zarr, cells skipped on rerun, and the
 region post-processed (``--majority 1 --mmu 9``) across the cell edge, as the whole map would be.
 
 The catalog is drawn by the demo generator, one scene set per UTM zone (32 and 33 at 12 E),
-served by the real local STAC API; the run uses a LocalCluster of two worker processes.
+served by the real local STAC API; the run uses a LocalCluster of two worker processes. One run
+(with the post-processing and the class-mean calibration) serves every test of the file: the
+cells, the VRTs and the rerun do not depend on the post-processing options.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ CELLS = {"100kmE44N27", "100kmE44N28"}
 
 @pytest.fixture(scope="module")
 def gridded_run(tmp_path_factory):
+    """The run, ``--majority 1 --mmu 9`` and the class-mean calibration on the region's reference
+    sample (the random-init map then uses several classes), and how to run it again."""
     from aoi import load_region
     from pipeline.testing.demo.multizone import generate_multizone_catalog
     from pipeline.testing.stac_server import serve
@@ -50,7 +54,8 @@ def gridded_run(tmp_path_factory):
         args = [
             sys.executable, "-m", "pipeline", "run", "--region", str(region_file), "--year",
             "2023", *model_args(), "--stac-url", url, "--tile-size", "50", "--workers", "2",
-            "--no-progress", "--out", str(out),
+            "--no-progress", "--out", str(out), "--calibration", "reference", "--majority", "1",
+            "--mmu", "9",
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -60,8 +65,11 @@ def gridded_run(tmp_path_factory):
             )
 
         first = run()
+        # the first run's report (the rerun test rewrites run.json)
+        report = json.loads((out / "run.json").read_text()) if first.returncode == 0 else None
         yield {
-            "out": out, "first": first, "run": run, "catalog": catalog, "region": region_file,
+            "out": out, "first": first, "report": report, "run": run, "catalog": catalog,
+            "region": region_file,
         }  # fmt: skip
 
 
@@ -77,7 +85,7 @@ def test_gridded_outputs_open_as_one_layer(gridded_run):
 
     first, out = gridded_run["first"], gridded_run["out"]
     assert first.returncode == 0, first.stderr[-3000:]
-    report = json.loads((out / "run.json").read_text())
+    report = gridded_run["report"]
     assert report["status"] == "complete" and report["region"]["crs"] == "EPSG:3035"
     assert set(report["cells"]["published"]) == CELLS
     # one COG set and STAC item per cell, named by the EEA grid code
@@ -122,55 +130,7 @@ def test_gridded_outputs_open_as_one_layer(gridded_run):
     assert y_top % 100_000 == 0
 
 
-def test_rerun_skips_finished_cells(gridded_run):
-    import xarray as xr
-
-    out = gridded_run["out"]
-    assert gridded_run["first"].returncode == 0
-
-    def mapped():  # the store's pixels over the region (not the two cells' 2 x 10^8 pixels)
-        x0, y0, x1, y1 = REGION_3035
-        da = xr.open_zarr(out / "map.zarr")["classes"]
-        return da.sel(x=slice(x0 - 500, x1 + 500), y=slice(y1 + 500, y0 - 500)).values
-
-    classes = mapped()
-    assert (classes == 255).sum() + np.isnan(classes).sum() < classes.size  # mapped pixels
-    mtimes = {c: (out / "cells" / c / "classes.tif").stat().st_mtime_ns for c in CELLS}
-    # The completion record is lost: the rerun resumes, finds every tile and cell done, and
-    # republishes the mosaics without rebuilding a cell or losing the store's pixels.
-    (out / "run.json").unlink()
-    again = gridded_run["run"]()
-    assert again.returncode == 0, again.stderr[-3000:]
-    report = json.loads((out / "run.json").read_text())
-    assert report["cells"]["published"] == [] and set(report["cells"]["skipped"]) == CELLS
-    assert {c: (out / "cells" / c / "classes.tif").stat().st_mtime_ns for c in CELLS} == mtimes
-    assert np.array_equal(mapped(), classes, equal_nan=True)
-    # and with the record in place, a rerun does nothing
-    assert gridded_run["run"]().returncode == 0
-    assert json.loads((out / "run.json").read_text())["seconds"] == report["seconds"]
-
-
-@pytest.fixture(scope="module")
-def postprocessed_run(gridded_run, tmp_path_factory):
-    """The same region and catalog, with ``--majority 1 --mmu 9`` and the class-mean calibration
-    on the region's reference sample (the random-init map then uses several classes)."""
-    from pipeline.testing.stac_server import serve
-
-    out = tmp_path_factory.mktemp("gridded_post") / "out"
-    with serve(gridded_run["catalog"]) as url:
-        args = [
-            sys.executable, "-m", "pipeline", "run", "--region", str(gridded_run["region"]),
-            "--year", "2023", *model_args(), "--stac-url", url, "--tile-size", "50",
-            "--workers", "2", "--no-progress", "--out", str(out), "--calibration", "reference",
-            "--majority", "1", "--mmu", "9",
-        ]  # fmt: skip
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
-def test_postprocessing_across_the_cell_edge_is_the_whole_maps(postprocessed_run):
+def test_postprocessing_across_the_cell_edge_is_the_whole_maps(gridded_run):
     """Each cell is post-processed on its own with its neighbour's edge and the regions joined
     across it: the published cells are the whole map's post-processing, not each cell's."""
     import rasterio
@@ -178,8 +138,9 @@ def test_postprocessing_across_the_cell_edge_is_the_whole_maps(postprocessed_run
 
     from pipeline.writers.postprocess import postprocess
 
-    out = postprocessed_run
-    report = json.loads((out / "run.json").read_text())
+    first, out = gridded_run["first"], gridded_run["out"]
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = gridded_run["report"]
     assert set(report["cells"]["published"]) == CELLS
     assert report["postprocess"]["cells"] == 2 and report["postprocess"]["sieve_passes"] >= 1
     # the store over the region with a margin (all nodata outside the region)
@@ -217,3 +178,31 @@ def test_postprocessing_across_the_cell_edge_is_the_whole_maps(postprocessed_run
                 got = src.read(1)
             sub = ds[name].sel(x=slice(b.left, b.right), y=slice(b.top, b.bottom)).values
             np.testing.assert_array_equal(got, sub, err_msg=f"{code}/{name}")
+
+
+def test_rerun_skips_finished_cells(gridded_run):
+    import xarray as xr
+
+    out = gridded_run["out"]
+    assert gridded_run["first"].returncode == 0
+
+    def mapped():  # the store's pixels over the region (not the two cells' 2 x 10^8 pixels)
+        x0, y0, x1, y1 = REGION_3035
+        da = xr.open_zarr(out / "map.zarr")["classes"]
+        return da.sel(x=slice(x0 - 500, x1 + 500), y=slice(y1 + 500, y0 - 500)).values
+
+    classes = mapped()
+    assert (classes == 255).sum() + np.isnan(classes).sum() < classes.size  # mapped pixels
+    mtimes = {c: (out / "cells" / c / "classes.tif").stat().st_mtime_ns for c in CELLS}
+    # The completion record is lost: the rerun resumes, finds every tile and cell done, and
+    # republishes the mosaics without rebuilding a cell or losing the store's pixels.
+    (out / "run.json").unlink()
+    again = gridded_run["run"]()
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads((out / "run.json").read_text())
+    assert report["cells"]["published"] == [] and set(report["cells"]["skipped"]) == CELLS
+    assert {c: (out / "cells" / c / "classes.tif").stat().st_mtime_ns for c in CELLS} == mtimes
+    assert np.array_equal(mapped(), classes, equal_nan=True)
+    # and with the record in place, a rerun does nothing
+    assert gridded_run["run"]().returncode == 0
+    assert json.loads((out / "run.json").read_text())["seconds"] == report["seconds"]

@@ -186,6 +186,7 @@ def test_pixels_without_observations_are_nodata(env, tmp_path):
     from shapely.geometry import box
 
     # Half of this region lies east of the demo scenes' footprint (which ends at x = 602640).
+    # Four summer months as one period and one worker process: the footprint is the subject.
     region = tmp_path / "edge.geojson"
     gpd.GeoDataFrame(geometry=[box(602400, 5341000, 602880, 5341320)], crs="EPSG:32632").to_file(
         region
@@ -197,13 +198,19 @@ def test_pixels_without_observations_are_nodata(env, tmp_path):
             str(region),
             "--profile",
             "demo",
-            "--year",
-            "2023",
+            "--start",
+            "2023-05-01",
+            "--end",
+            "2023-08-31",
+            "--period",
+            "annual",
             *_model_args(),
             "--legend",
             "demo",
             "--tile-size",
             "32",
+            "--workers",
+            "1",
             "--out",
             str(out),
         ],
