@@ -277,6 +277,38 @@ def open_client(cfg: ClusterConfig) -> Iterator[object]:
         client.close()
 
 
+class OnDemandClient:
+    """A stand-in for :func:`open_client`'s client that opens it on first use.
+
+    Any attribute (``submit``, ``scheduler_info``, ...) opens the cluster and is then the real
+    :class:`distributed.Client`'s. A run resumed with every tile done and nothing left to fit
+    (the calibration in the manifest, the OOD reference on disk) then publishes without
+    starting a worker: on Slurm that is no job submitted, on a local machine no seconds of
+    worker start-up. Made by :func:`open_client_on_demand`, which closes what was opened.
+    """
+
+    def __init__(self, stack: contextlib.ExitStack, cfg: ClusterConfig) -> None:
+        self._stack, self._cfg, self._client = stack, cfg, None
+
+    @property
+    def opened(self) -> bool:
+        """Whether the cluster was needed (and so started or connected to)."""
+        return self._client is not None
+
+    def __getattr__(self, name: str):  # noqa: ANN204 (the real client's attribute)
+        if self._client is None:
+            self._client = self._stack.enter_context(open_client(self._cfg))
+        return getattr(self._client, name)
+
+
+@contextlib.contextmanager
+def open_client_on_demand(cfg: ClusterConfig) -> Iterator[OnDemandClient]:
+    """:func:`open_client`, entered only when the client is first used (:class:`OnDemandClient`);
+    an exception in the ``with`` block reaches the opened cluster's context as it would there."""
+    with contextlib.ExitStack() as stack:
+        yield OnDemandClient(stack, cfg)
+
+
 def check_sbatch() -> None:
     """Raise UserError (one line) when Slurm's ``sbatch`` is not on PATH: no job can be
     submitted from this host (checked before any work, and again before submitting)."""

@@ -103,7 +103,7 @@ def execute(
     (the grid's), ``tiles_done`` and ``tiles_failed`` (this run's) and ``search_counts``
     (:attr:`pipeline.stac.found.FoundScenes.counts`).
     """
-    from pipeline.run.cluster import open_client
+    from pipeline.run.cluster import open_client_on_demand
 
     run = start(cfg)
     if run is None:
@@ -120,7 +120,7 @@ def execute(
     finally:
         scenes.close()  # the items are in the run's inputs file now
     n, ledger = scenes.count, scenes.ledger
-    with open_client(run.cluster) as client:
+    with open_client_on_demand(run.cluster) as client:  # none started if nothing runs
         with _timed(seconds, "calibrate"):
             refs = fit_references(client, cfg, prep, run.ws, store.inputs, store.manifest)
         with _timed(seconds, "tiles_wall"):

@@ -128,6 +128,8 @@ def test_dead_letter_then_retry_failed(one_bad_tile_catalog, tmp_path):
 
         again = run()  # a plain rerun leaves the dead-lettered tile alone
         assert again.returncode == 3 and "--retry-failed" in again.stderr
+        # with no tile to run and nothing to fit, it starts no cluster at all
+        assert "local cluster:" in first.stderr and "local cluster:" not in again.stderr
         assert (
             "0 to run" in again.stderr or json.loads((out / "run.json").read_text())["dead_letter"]
         )
