@@ -41,20 +41,6 @@ def ledger_from_tiles(ledger: SceneLedger, stats: dict, failures: dict[str, Tile
             ledger.warn(sid, text)
 
 
-def unreadable_warnings(ledger: SceneLedger) -> list[str]:
-    """One line per scene the map was made without because it cannot be read (for the log)."""
-    out = []
-    for sid in ledger.unreadable():
-        e = ledger.scenes[sid]
-        tiles = e.get("tiles", [])
-        what = f"HTTP {e['http_status']}" if e.get("http_status") else "corrupt or unreadable"
-        out.append(
-            f"scene {sid} cannot be read ({what}, {e.get('asset') or 'asset unknown'}): the map "
-            f"of {len(tiles)} tile(s) was made from the other scenes; see run.json's scene_ledger"
-        )
-    return out
-
-
 #: A period gap-filled (no clear observation) over more than this share of the region warns.
 GAP_FILLED_WARN_FRACTION = 0.10
 
@@ -181,7 +167,7 @@ def run_report(
     ledger_from_tiles(ledger, all_stats, {**dead_before, **failures})
     for line in ledger.summary_lines():
         _log.info("%s", line)
-    for line in unreadable_warnings(ledger):
+    for line in ledger.unreadable_lines():
         _log.warning("%s", line)
     for stage in ("model", "load", "composite", "infer", "write"):
         seconds[f"{stage}_worker_sum"] = float(

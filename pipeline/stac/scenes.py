@@ -109,6 +109,20 @@ class SceneLedger:
             if v.get("reason") == "read_failure" and v.get("permanent")
         ]
 
+    def unreadable_lines(self) -> list[str]:
+        """One line per scene the map was made without because it cannot be read (for the
+        log's warnings): its id, the HTTP status (or corrupt), the asset and its tiles' count."""
+        out = []
+        for sid in self.unreadable():
+            e = self.scenes[sid]
+            what = f"HTTP {e['http_status']}" if e.get("http_status") else "corrupt or unreadable"
+            out.append(
+                f"scene {sid} cannot be read ({what}, {e.get('asset') or 'asset unknown'}): the "
+                f"map of {len(e.get('tiles', []))} tile(s) was made from the other scenes; see "
+                "run.json's scene_ledger"
+            )
+        return out
+
     @property
     def used(self) -> list[str]:
         return [k for k, v in self.scenes.items() if v.get("status") == "used"]

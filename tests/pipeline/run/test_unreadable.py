@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.base.errors import UserError
 from pipeline.run.config import ExecutionConfig, too_many_unreadable, unreadable_limit
-from pipeline.run.reporting import ledger_from_tiles, unreadable_warnings
+from pipeline.run.reporting import ledger_from_tiles
 from pipeline.run.workspace import TileFailure
 from pipeline.stac.scenes import SceneLedger
 
@@ -55,7 +55,7 @@ def test_ledger_keeps_a_dropped_scene_with_status_asset_tiles_from_done_and_resu
     assert (t["reason"], t["http_status"], t["permanent"]) == ("read_failure", 503, False)
     assert ledger.unreadable() == ["s2"]
     assert ledger.counts() == {"returned": 3, "used": 1, "read_failure": 2}
-    (line,) = unreadable_warnings(ledger)
+    (line,) = ledger.unreadable_lines()
     assert "s2" in line and "HTTP 404" in line and "B04.tif" in line and "2 tile(s)" in line
     # the ledger survives run.json/the manifest and a resumed run adds to it
     again = SceneLedger.from_dict(ledger.to_dict())
