@@ -21,10 +21,10 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
@@ -287,8 +287,8 @@ class OnDemandClient:
     worker start-up. Made by :func:`open_client_on_demand`, which closes what was opened.
     """
 
-    def __init__(self, stack: contextlib.ExitStack, cfg: ClusterConfig) -> None:
-        self._stack, self._cfg, self._client = stack, cfg, None
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._opener, self._client = opener, None
 
     @property
     def opened(self) -> bool:
@@ -297,7 +297,7 @@ class OnDemandClient:
 
     def __getattr__(self, name: str):  # noqa: ANN204 (the real client's attribute)
         if self._client is None:
-            self._client = self._stack.enter_context(open_client(self._cfg))
+            self._client = self._opener()
         return getattr(self._client, name)
 
 
@@ -306,7 +306,7 @@ def open_client_on_demand(cfg: ClusterConfig) -> Iterator[OnDemandClient]:
     """:func:`open_client`, entered only when the client is first used (:class:`OnDemandClient`);
     an exception in the ``with`` block reaches the opened cluster's context as it would there."""
     with contextlib.ExitStack() as stack:
-        yield OnDemandClient(stack, cfg)
+        yield OnDemandClient(lambda: stack.enter_context(open_client(cfg)))
 
 
 def check_sbatch() -> None:
