@@ -3,9 +3,11 @@ need a finished map with its embedding field: the field's and the viewer's (``de
 tests/conftest.py). The driver's tests make their own (a map without the field, which a killed
 and resumed run must reproduce).
 
-``python -m pipeline run`` through the demo STAC profile with a LocalCluster of 2 worker
-processes: TimeSenCLIP (the suite's one-layer checkpoint), a 600 m x 600 m window of the demo region (60 x 60 px at
-10 m, 4 tiles of 32 px), 12 monthly composites, composites and the embedding field stored.
+``python -m pipeline run`` through the demo STAC profile with a LocalCluster of one worker
+process (the tests that read it read the map, not how it was scheduled; the driver's and the
+cluster's tests run two): TimeSenCLIP (the suite's one-layer checkpoint), a 600 m x 600 m window
+of the demo region (60 x 62 px at 10 m, 4 tiles of 32 px), 12 monthly composites, composites
+and the embedding field stored.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ def lonlat_box(box, crs="EPSG:32632") -> list[float]:
     return [w, s, e, n]
 
 
-def inner_bbox() -> list[float]:
-    """:data:`WINDOW_UTM` as --bbox, shrunk by a few metres so the snapped output grid is exactly
-    the 60 x 60 pixel window."""
-    w, s, e, n = lonlat_box(WINDOW_UTM)
+def inner_bbox(box=WINDOW_UTM) -> list[float]:
+    """``box`` (default :data:`WINDOW_UTM`) as --bbox, shrunk by a few metres so the snapped
+    output grid has exactly its rows (60 for the window; the lon/lat box is slightly rotated on
+    the UTM grid, so its envelope may have two columns more)."""
+    w, s, e, n = lonlat_box(box)
     d = 2e-5
     return [w + d, s + d, e - d, n - d]
 
@@ -58,9 +61,10 @@ def suite_checkpoint() -> Path:
     return small_timesenclip(cache_dir("test-models"))
 
 
-def base_args(model: str = "timesenclip", tile: int = 32) -> list[str]:
-    """``run`` options for the window: region, --bbox, the suite's ``model``, ``tile`` px tiles."""
-    bbox = [f"{v:.7f}" for v in inner_bbox()]
+def base_args(model: str = "timesenclip", tile: int = 32, box=WINDOW_UTM) -> list[str]:
+    """``run`` options for ``box`` (default: the window): region, --bbox, the suite's ``model``,
+    ``tile`` px tiles."""
+    bbox = [f"{v:.7f}" for v in inner_bbox(box)]
     return ["--region", "demo", "--bbox", *bbox, *model_args(model), "--tile-size", str(tile)]
 
 
@@ -102,7 +106,7 @@ def make_demo_map(root: Path) -> DemoMap:
     with FileLock(str(root / "lock")):
         if not done.is_file():
             env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-            proc = run([*map_args(), "--out", str(out)], env, timeout=1500)
+            proc = run([*map_args(), "--workers", "1", "--out", str(out)], env, timeout=1500)
             log.write_text(proc.stderr)
             done.write_text("ok")
     return DemoMap(out, log.read_text())

@@ -51,6 +51,7 @@ def test_model_basis_keeps_zero_shot_classes_of_real_pixels(
     from tests.pipeline.field.test_basis import (
         _model_info,
         _random_orthonormal,
+        legend_classifiers,
         zero_shot_agreement,
     )
 
@@ -59,14 +60,15 @@ def test_model_basis_keeps_zero_shot_classes_of_real_pixels(
     basis = model_basis(_model_info(), 62, lambda: m, get("timesenclip"))  # the product's sample
     dec = basis.codec.roundtrip(full)
     cos = (full * dec).sum(axis=1)
-    agree = zero_shot_agreement(m, full, dec)
+    classifiers = legend_classifiers(m)
+    agree = zero_shot_agreement(classifiers, full, dec)
     classes = {
         name: int(
             len(np.unique(probabilities(full, build_classifier(m, load_legend(name))).argmax(1)))
         )
         for name in agree
     }
-    rnd = zero_shot_agreement(m, full, _random_orthonormal(basis.codec).roundtrip(full))
+    rnd = zero_shot_agreement(classifiers, full, _random_orthonormal(basis.codec).roundtrip(full))
     report = {
         "pixels": len(full),
         "basis_hash": basis.hash,

@@ -6,9 +6,6 @@ run's legend reproduces the run's map exactly; another legend; a few-shot head),
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,8 +16,6 @@ from pipeline.base.errors import UserError
 from pipeline.writers.codec import QMAX, fit_codec, identity_codec
 from tests.demo_map import suite_checkpoint
 from tests.paths import REPO_ROOT
-
-ROOT = REPO_ROOT
 
 
 def _embeddings(n=3000, d=512, rank=24, noise=0.3, seed=0):
@@ -240,21 +235,19 @@ def test_a_zarr_v2_field_of_older_s2lc_still_reads(tmp_path):
 # --- end to end on the demo ----------------------------------------------------------------------
 
 
-def _cli(args, env, check=True, timeout=900):
-    cmd = [sys.executable, "-m", "pipeline", *args]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{args[0]} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return out
+def _cli(args, check=True) -> int:
+    """``python -m pipeline ARGS`` in this process (:func:`pipeline.cli.main`: the same parser,
+    logging and one-line errors; no second interpreter importing torch for each command)."""
+    from pipeline.cli import main
+
+    rc = main([str(a) for a in args])
+    if check and rc != 0:
+        raise AssertionError(f"{args[0]} failed ({rc})")
+    return rc
 
 
 #: The end-to-end tests make a map first (a few minutes on a busy 2-core machine).
 e2e = pytest.mark.timeout(1800)
-
-
-@pytest.fixture(scope="module")
-def env(demo_catalog):
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -318,11 +311,11 @@ def test_run_writes_the_field(field_map):
 
 
 @e2e
-def test_classify_with_the_runs_legend_reproduces_the_map(field_map, env, tmp_path):
+def test_classify_with_the_runs_legend_reproduces_the_map(field_map, tmp_path):
     import rasterio
 
     out = tmp_path / "same"
-    _cli(["classify", "--no-progress", "--full", "--field", str(field_map), "--legend", "demo", "--out", str(out)], env)  # fmt: skip
+    _cli(["classify", "--no-progress", "--full", "--field", str(field_map), "--legend", "demo", "--out", str(out)])  # fmt: skip
     for name in ("classes.tif", "confidence.tif", "valid_obs.tif", "legend.json", "quicklook.png", "item.json", "run.json", "map.zarr"):  # fmt: skip
         assert (out / name).exists(), name
     for layer in ("classes.tif", "valid_obs.tif"):
@@ -336,14 +329,14 @@ def test_classify_with_the_runs_legend_reproduces_the_map(field_map, env, tmp_pa
     assert run["status"] == "complete" and run["source_field"] == str(field_map)
     # the streamed default (classes.tif only) gives the same class map
     lean = tmp_path / "lean"
-    _cli(["classify", "--no-progress", "--field", str(field_map), "--legend", "demo", "--out", str(lean)], env)  # fmt: skip
+    _cli(["classify", "--no-progress", "--field", str(field_map), "--legend", "demo", "--out", str(lean)])  # fmt: skip
     with rasterio.open(field_map / "classes.tif") as a, rasterio.open(lean / "classes.tif") as b:
         assert a.transform == b.transform and np.array_equal(a.read(), b.read())
         assert a.colormap(1)[0] == b.colormap(1)[0]
 
 
 @e2e
-def test_classify_another_legend_and_a_head(field_map, env, tmp_path):
+def test_classify_another_legend_and_a_head(field_map, tmp_path):
     import rasterio
 
     legend = tmp_path / "mine.yaml"
@@ -354,7 +347,7 @@ def test_classify_another_legend_and_a_head(field_map, env, tmp_path):
         "  - {name: trees, color: '#33a02c', prompts: ['a forest']}\n"
     )
     out = tmp_path / "mine"
-    _cli(["classify", "--no-progress", "--field", str(field_map), "--legend", str(legend), "--out", str(out)], env)  # fmt: skip
+    _cli(["classify", "--no-progress", "--field", str(field_map), "--legend", str(legend), "--out", str(out)])  # fmt: skip
     with rasterio.open(field_map / "classes.tif") as a, rasterio.open(out / "classes.tif") as b:
         src, new = a.read(1), b.read(1)
     assert np.array_equal(new == 255, src == 255) and set(np.unique(new)) <= {0, 1, 2, 255}
@@ -374,7 +367,7 @@ def test_classify_another_legend_and_a_head(field_map, env, tmp_path):
     head = fit_linear_head(emb[valid], labels, ["p", "q", "r"], max_iter=30, model_identity=ident)
     hp = head.save(tmp_path / "head.npz")
     out2 = tmp_path / "head"
-    _cli(["classify", "--no-progress", "--field", str(field_map), "--head", str(hp), "--out", str(out2)], env)  # fmt: skip
+    _cli(["classify", "--no-progress", "--field", str(field_map), "--head", str(hp), "--out", str(out2)])  # fmt: skip
     with rasterio.open(out2 / "classes.tif") as b:
         got = b.read(1)
     assert np.array_equal(got[valid], head.predict(emb[valid]).argmax(axis=1))
@@ -453,14 +446,14 @@ def test_the_item_validates_with_the_embeddings_extension(field_map):
 
 
 @e2e
-def test_query_heat_maps_on_the_map_grid(field_map, env, tmp_path):
+def test_query_heat_maps_on_the_map_grid(field_map, tmp_path):
     """One int16 band per query whose GeoTIFF scale gives the cosines (GDAL/rasterio users read
     real cosines), nodata where the map has none; --probability adds band 2 (0..1)."""
     import rasterio
 
     out = tmp_path / "q"
-    _cli(["query", "--no-progress", "--field", str(field_map), "a lake", "a village", "--out", str(out)], env)  # fmt: skip
-    _cli(["query", "--no-progress", "--field", str(field_map), "a lake", "--probability", "--out", str(tmp_path / "p")], env)  # fmt: skip
+    _cli(["query", "--no-progress", "--field", str(field_map), "a lake", "a village", "--out", str(out)])  # fmt: skip
+    _cli(["query", "--no-progress", "--field", str(field_map), "a lake", "--probability", "--out", str(tmp_path / "p")])  # fmt: skip
     with rasterio.open(field_map / "classes.tif") as c:
         nodata = c.read(1) == 255
         grid = (c.transform, c.crs, c.shape)
@@ -490,7 +483,7 @@ def test_query_heat_maps_on_the_map_grid(field_map, env, tmp_path):
 
 
 @e2e
-def test_another_model_is_refused(field_map, env, tmp_path):
+def test_another_model_is_refused(field_map, tmp_path, capsys):
     from model.timesenclip import build_encoder, save_checkpoint
 
     other = save_checkpoint(build_encoder(seed=9), tmp_path / "other.pt", clip="untrained-seed0")
@@ -498,8 +491,9 @@ def test_another_model_is_refused(field_map, env, tmp_path):
         ["classify", "--field", str(field_map), "--legend", "demo", "--out", str(tmp_path / "x")],
         ["query", "--field", str(field_map), "a lake", "--out", str(tmp_path / "y")],
     ):
-        r = _cli([*cmd, "--checkpoint", str(other)], env, check=False)
-        assert r.returncode != 0 and "field was made by" in r.stderr
+        capsys.readouterr()
+        rc = _cli([*cmd, "--checkpoint", str(other)], check=False)
+        assert rc != 0 and "field was made by" in capsys.readouterr().err
         assert not (tmp_path / "x" / "classes.tif").exists() and not (tmp_path / "y").exists()
-    r = _cli(["query", "--field", str(tmp_path), "a lake"], env, check=False)
-    assert r.returncode != 0 and "no map store" in r.stderr
+    rc = _cli(["query", "--field", str(tmp_path), "a lake"], check=False)
+    assert rc != 0 and "no map store" in capsys.readouterr().err

@@ -3,8 +3,9 @@
 One seeded demo catalog (12 dates) with a 6 x 6 px glacier planted in it (a material none of the
 demo classes describes, ``generate_catalog(plant="glacier")``), served by the real local STAC
 API; ``python -m pipeline run --ood --calibration reference --majority 1 --mmu 9`` maps a 1 km
-box around the glacier twice, tiled at 64 and at 256 px, with a LocalCluster of two worker
-processes.
+box around the glacier twice, tiled at 64 and at 256 px, with a LocalCluster of one worker
+process (the tiles' order and placement are what the tiling changes; how many processes run them
+is the cluster tests' subject).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def planted_runs(tmp_path_factory):
             cmd = [
                 sys.executable, "-m", "pipeline", "run", "--region", "demo", "--bbox", *_bbox(),
                 "--year", "2023", *model_args(), "--stac-url", url, "--tile-size", str(tile),
-                "--workers", "2", "--no-progress", "--out", str(out), *OPTIONS,
+                "--workers", "1", "--no-progress", "--out", str(out), *OPTIONS,
             ]  # fmt: skip
             proc = subprocess.run(
                 cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500
