@@ -48,30 +48,6 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-#: The suite's longest files (``make test``'s ``--durations``, 2026-12-07), handed out first. With
-#: whole files per xdist worker (``--dist loadfile``) the last file handed out sets the run's tail,
-#: so the long ones go first (longest processing time first). Only the order changes.
-LONGEST_FIRST = (
-    "tests/pipeline/run/test_driver.py",
-    "tests/pipeline/field/test_basis.py",
-    "tests/pipeline/grid/test_cells.py",
-    "tests/pipeline/run/test_seamless.py",
-    "tests/pipeline/run/test_map_products.py",
-    "tests/pipeline/run/test_input_faults.py",
-    "tests/model/train/test_planted.py",
-    "tests/pipeline/run/test_scheduling.py",
-    "tests/pipeline/field/test_field.py",
-    "tests/pipeline/commands/test_evaluate.py",
-    "tests/pipeline/run/test_cluster.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run :data:`LONGEST_FIRST` first, in that order; every other file keeps its place."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
-
-
 def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A temporary folder of this test run that all its xdist workers share (each worker's own
     base folder is ``<run>/popen-gwN``); the run's base folder without xdist."""
