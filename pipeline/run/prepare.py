@@ -45,49 +45,10 @@ class Prepared:
     (None without ``--save-embeddings``)."""
 
 
-def prepare_map(
-    cfg: RunConfig, checked: CheckedInputs, cluster: Any, previous: dict[str, Any] | None
-) -> tuple[RunConfig, Prepared]:
-    """The run's settings with the tile size fitted to the workers (:func:`fit_tile_size`), and
-    its :class:`Prepared` (grid, legend, classifier, model identity) on that grid.
-
-    :param checked: the region and geometry that :func:`pipeline.run.checks.check_inputs`
-        resolved (not resolved again here).
-    :param cluster: the run's :class:`~pipeline.run.cluster.ClusterConfig`.
-    :param previous: the manifest of the run being resumed, or None.
-    :raises UserError: a legend of more than 254 classes, or a head fitted on another model.
-    """
-    region, geometry = checked.region, checked.geometry
-    cfg, grid = fit_tile_size(cfg, region, geometry, cluster, previous)
-    c = model_classes(cfg.model)
-    out = cfg.output
-    dims = min(int(out.field_dims), int(c.model_info["embed_dim"])) if out.save_embeddings else None
-    return cfg, Prepared(
-        region.name,
-        geometry,
-        region.crs,
-        region.resolution,
-        grid,
-        c.class_names,
-        c.colors,
-        c.legend_info,
-        c.classifier,
-        c.model_info,
-        dims,
-    )
-
-
-def prepare_run(cfg: RunConfig, grid: TileGrid | None = None) -> Prepared:
-    """:class:`Prepared` for commands that classify outside a map run (``classify``, benches):
-    the region resolved here, on ``grid`` or on the grid of ``cfg.chips.tile_size``.
-
-    :raises UserError: as :func:`pipeline.run.checks.resolve_region` and :func:`prepare_map`.
-    """
-    from pipeline.grid.cells import output_grid
-
-    region, geometry = resolve_region(cfg.region, cfg.bbox)
-    if grid is None:
-        grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
+def _prepared(cfg: RunConfig, region: Any, geometry: Any, grid: Any) -> Prepared:
+    """:class:`Prepared` on ``grid``: the model's classes and classifier
+    (:func:`pipeline.run.classifier.model_classes`) and, with ``--save-embeddings``, the field's
+    components (``--field-dims``, at most the model's embedding size)."""
     c = model_classes(cfg.model)
     out = cfg.output
     dims = min(int(out.field_dims), int(c.model_info["embed_dim"])) if out.save_embeddings else None
@@ -104,6 +65,37 @@ def prepare_run(cfg: RunConfig, grid: TileGrid | None = None) -> Prepared:
         c.model_info,
         dims,
     )
+
+
+def prepare_map(
+    cfg: RunConfig, checked: CheckedInputs, cluster: Any, previous: dict[str, Any] | None
+) -> tuple[RunConfig, Prepared]:
+    """The run's settings with the tile size fitted to the workers (:func:`fit_tile_size`), and
+    its :class:`Prepared` (grid, legend, classifier, model identity) on that grid.
+
+    :param checked: the region and geometry that :func:`pipeline.run.checks.check_inputs`
+        resolved (not resolved again here).
+    :param cluster: the run's :class:`~pipeline.run.cluster.ClusterConfig`.
+    :param previous: the manifest of the run being resumed, or None.
+    :raises UserError: a legend of more than 254 classes, or a head fitted on another model.
+    """
+    region, geometry = checked.region, checked.geometry
+    cfg, grid = fit_tile_size(cfg, region, geometry, cluster, previous)
+    return cfg, _prepared(cfg, region, geometry, grid)
+
+
+def prepare_run(cfg: RunConfig, grid: TileGrid | None = None) -> Prepared:
+    """:class:`Prepared` for commands that classify outside a map run (``classify``, benches):
+    the region resolved here, on ``grid`` or on the grid of ``cfg.chips.tile_size``.
+
+    :raises UserError: as :func:`pipeline.run.checks.resolve_region` and :func:`prepare_map`.
+    """
+    from pipeline.grid.cells import output_grid
+
+    region, geometry = resolve_region(cfg.region, cfg.bbox)
+    if grid is None:
+        grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
+    return _prepared(cfg, region, geometry, grid)
 
 
 def fit_tile_size(
