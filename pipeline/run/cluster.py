@@ -290,11 +290,6 @@ class OnDemandClient:
     def __init__(self, opener: Callable[[], Any]) -> None:
         self._opener, self._client = opener, None
 
-    @property
-    def opened(self) -> bool:
-        """Whether the cluster was needed (and so started or connected to)."""
-        return self._client is not None
-
     def __getattr__(self, name: str):  # noqa: ANN204 (the real client's attribute)
         if self._client is None:
             self._client = self._opener()
