@@ -71,20 +71,41 @@ def task_resources(client) -> dict[str, int] | None:
     return None
 
 
-def tile_failure(tile_id: str, exc: BaseException, attempts: int) -> TileFailure:
-    """The failure record of a tile whose last attempt raised ``exc``."""
+def tile_failure(tile_id: str, exc: BaseException, attempts: int, tb: Any = None) -> TileFailure:
+    """The failure record of a tile whose last attempt raised ``exc``.
+
+    ``tb``: the attempt's traceback (``Future.traceback()``; defaults to ``exc.__traceback__``),
+    whose innermost frames become the record's ``where``.
+    """
     import datetime as dt
 
     from pipeline.reading.cube import ReadFailure
 
     text = str(exc).splitlines()[0] if str(exc) else ""
     when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    where = raised_at(tb if tb is not None else exc.__traceback__)
     if isinstance(exc, ReadFailure):
         return TileFailure(
             tile_id, "read_failure", text, attempts, http_status=exc.status,
-            scenes=exc.scenes, time=when,
+            scenes=exc.scenes, time=when, where=where,
         )  # fmt: skip
-    return TileFailure(tile_id, "error", f"{type(exc).__name__}: {text}", attempts, time=when)
+    return TileFailure(
+        tile_id, "error", f"{type(exc).__name__}: {text}", attempts, time=when, where=where
+    )
+
+
+def raised_at(tb: Any, frames: int = 3) -> str:
+    """The innermost ``frames`` frames of traceback ``tb`` as ``file.py:LINE in function``, joined
+    by `` < `` (innermost first); "" without a traceback."""
+    import traceback
+
+    if tb is None:
+        return ""
+    try:
+        stack = traceback.extract_tb(tb)[-frames:]
+    except Exception:  # noqa: BLE001 - a traceback that cannot be read says nothing
+        return ""
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(stack))
 
 
 def run_todo(
@@ -195,18 +216,20 @@ def run_tiles(
         else:
             exc = fut.exception()
             if attempt <= cfg.execution.retries:
-                _log.warning("tile %s attempt %d failed (%s); retrying", tid, attempt, exc)
+                _log.warning("tile %s attempt %d failed (%s: %s at %s); retrying", tid, attempt,
+                             type(exc).__name__, exc, raised_at(fut.traceback(), 1) or "?")  # fmt: skip
                 fut.release()
                 ac.add(submit(tile, attempt + 1))
                 continue
             before = earlier[tid].attempts if tid in earlier else 0
-            failures[tid] = tile_failure(tid, exc, before + attempt)
+            failures[tid] = tile_failure(tid, exc, before + attempt, fut.traceback())
             _log.error(
-                "tile %s failed after %d attempt(s): %s: %s",
+                "tile %s failed after %d attempt(s): %s: %s (at %s)",
                 tid,
                 attempt,
                 failures[tid].error_kind,
                 failures[tid].message,
+                failures[tid].where or "?",
             )
         ws.record_tile(tid, stats[tid] if tid in stats else failures[tid])
         fut.release()
@@ -241,7 +264,8 @@ def failure_summary(failures: dict[str, TileFailure], total: int, where: Path) -
     for tid in sorted(failures)[:3]:
         f = failures[tid]
         scenes = f" (scenes {', '.join(f.scenes[:3])})" if f.scenes else ""
-        shown.append(f"{tid}: {f.error_kind}, {f.message[:160]}{scenes}")
+        at = f" at {f.where.split(' < ')[0]}" if f.where and f.error_kind == "error" else ""
+        shown.append(f"{tid}: {f.error_kind}, {f.message[:160]}{at}{scenes}")
     more = f"; +{len(failures) - 3} more" if len(failures) > 3 else ""
     return (
         f"{len(failures)} of {total} tiles failed: {'; '.join(shown)}{more}. The map is not "

@@ -92,6 +92,10 @@ class TileFailure:
     """Scenes whose read failed (read failures)."""
     time: str = ""
     """UTC time of the last attempt (ISO 8601)."""
+    where: str = ""
+    """Where the last attempt raised: the innermost frames of the worker's traceback
+    (``file.py:LINE in function``, innermost last), so an error with no message still says
+    which code raised it."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

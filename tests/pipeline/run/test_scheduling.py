@@ -47,6 +47,34 @@ def test_select_tiles_dead_letter_and_retry_failed():
     assert [t.id for t in todo] == ["b", "c"] and dead == {}
 
 
+def _check_shapes(a, b):
+    if a.shape != b.shape:  # a library's bare ``assert`` (pytest would rewrite one written here)
+        raise AssertionError
+
+
+def test_failure_record_says_where_an_error_without_message_was_raised():
+    """An ``AssertionError`` with no text (CI once recorded only "AssertionError: ") still names the
+    file, line and function that raised it, in the record and in the one-line summary."""
+    import numpy as np
+
+    from pipeline.run.scheduling import failure_summary, tile_failure
+    from pipeline.run.workspace import TileFailure
+
+    try:
+        _check_shapes(np.zeros(2), np.zeros(3))
+    except AssertionError as exc:
+        rec = tile_failure("r0_c0", exc, 3)
+    assert rec.message == "AssertionError: " and rec.error_kind == "error"
+    inner = rec.where.split(" < ")[0]
+    assert inner.startswith("test_scheduling.py:") and inner.endswith(" in _check_shapes"), (
+        rec.where
+    )
+    assert "in test_failure_record_says_where" in rec.where
+    assert TileFailure.from_dict(rec.to_dict()) == rec  # kept in run.json and .s2lc/failed/
+    line = failure_summary({"r0_c0": rec}, 4, Path("run.json"))
+    assert f"AssertionError:  at {inner}" in line, line
+
+
 @pytest.fixture()
 def one_bad_tile_catalog(small_catalog, tmp_path):
     """The small catalog plus a scene covering only the top-left tile (its first 28 px), whose red COG the
