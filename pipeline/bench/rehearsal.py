@@ -214,7 +214,7 @@ def _run(cmd: list[str], out: Path, cfg: RehearsalConfig, kill_after: list[int])
             proc.kill()
             proc.wait()
     wall = time.perf_counter() - t0
-    return RunRecord(out, proc.returncode, wall, log.read_text()[-4000:], kills)
+    return RunRecord(out, proc.returncode, wall, _log_tail(log), kills)
 
 
 def _chunk_slices(arr: Any, key: str) -> tuple[slice, ...]:
@@ -271,6 +271,37 @@ def compare_outputs(a: Path, b: Path) -> list[str]:
                     diff.append(f"{code}/{layer}")
     diff += [f"map.zarr/{n}" for n in _store_differences(a / "map.zarr", b / "map.zarr")]
     return diff
+
+
+#: Log lines that say nothing about a failure: odc-stac's per-read messages (each retried) and
+#: the empty exception reports of a worker's read threads when the worker is killed.
+_NOISE = ("Error in sys.excepthook", "Original exception was", "Failed to load ")
+
+
+def _log_tail(log: Path, chars: int = 4000) -> str:
+    """The last ``chars`` characters of ``log`` without blank and :data:`_NOISE` lines."""
+    keep = [ln for ln in log.read_text(errors="replace").splitlines()
+            if ln.strip() and not ln.startswith(_NOISE)]  # fmt: skip
+    return "\n".join(keep)[-chars:]
+
+
+def _why(run: RunRecord) -> str:
+    """Why ``run`` failed: its tile failures from ``run.json`` (error, where it was raised,
+    attempts) where it wrote one, and the last lines of its log that are not a worker's teardown
+    noise; the log's path for the rest."""
+    lines = []
+    report = run.out / "run.json"
+    if report.is_file():
+        try:
+            failures = (json.loads(report.read_text()).get("tiles") or {}).get("failures") or {}
+        except ValueError:
+            failures = {}
+        for tid, f in sorted(failures.items()):
+            lines.append(f"tile {tid}: {f.get('error_kind')}, {f.get('message')} "
+                         f"(attempts {f.get('attempts')}, at {f.get('where') or '?'})")  # fmt: skip
+    lines += run.stderr_tail.splitlines()[-12:]
+    lines.append(f"(whole log: {run.out.parent / (run.out.name + '.log')})")
+    return "\n".join(lines)
 
 
 def _kill_points(cfg: RehearsalConfig, n_tiles: int) -> list[int]:
@@ -342,14 +373,14 @@ def rehearse(cfg: RehearsalConfig, root: Path) -> dict[str, Any]:
                             "faults": dict(counts.faults),
                             "max_in_flight": counts.max_in_flight}  # fmt: skip
     if faulty.returncode != 0:
-        raise RuntimeError(f"the faulty run exited {faulty.returncode}: {faulty.stderr_tail}")
+        raise RuntimeError(f"the faulty run exited {faulty.returncode}: {_why(faulty)}")
 
     local = [f for f in items if f["id"] != lost["id"]]
     cat = _write_catalog(root / "catalog-local", local, data / "collection.json")
     with serve(cat) as url:
         clean = _run(_command("run", region_file, url, clean_out, cfg), clean_out, cfg, [])
     if clean.returncode != 0:
-        raise RuntimeError(f"the clean run exited {clean.returncode}: {clean.stderr_tail}")
+        raise RuntimeError(f"the clean run exited {clean.returncode}: {_why(clean)}")
 
     report = json.loads((faulty_out / "run.json").read_text())
     entry = ((report.get("scene_ledger") or {}).get("scenes") or {}).get(lost["id"], {})
