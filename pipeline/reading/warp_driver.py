@@ -16,8 +16,8 @@ fail somewhere on nearly every try and was redone from the start.
   one file (``rasterio.cache.invalidate``: a truncated body would otherwise be served again from
   GDAL's range cache) and reads again after :func:`pipeline.reading.blocks.backoff_s`, up to
   :data:`~pipeline.reading.blocks.READ_ATTEMPTS` tries (``S2LC_READ_ATTEMPTS``);
-* HTTP 403 (re-signed by the caller), 404 and 410 are final at once, and so is a corrupt local
-  file. GDAL often names no status (a missing object reads as "not recognized as a supported
+* HTTP 403 (re-signed by the caller), 404 and 410 are final at once, and so are a corrupt local
+  file and a local file that is not there. GDAL often names no status (a missing object reads as "not recognized as a supported
   file format"), so a remote read that failed without one asks the store for the object's status
   (:func:`pipeline.reading.blocks.probe_status`, one request).
 
@@ -113,7 +113,7 @@ class RetryingRioReader(RioReader):
             final = (
                 attempt == drv.attempts
                 or failure.status in FINAL_STATUS
-                or (failure.kind == "corrupt" and not remote)
+                or (not remote and (failure.kind == "corrupt" or _missing_local(uri)))
             )
             if final:
                 if asset not in failure.message:
@@ -130,6 +130,14 @@ class RetryingRioReader(RioReader):
                 rasterio.cache.invalidate(asset)
             time.sleep(backoff_s(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _missing_local(uri: str) -> bool:
+    """Whether ``uri`` is a local path (or ``file://`` URI) with no file there: no retry helps."""
+    import os
+
+    path = uri.removeprefix("file://")
+    return "://" not in path and not path.startswith("/vsi") and not os.path.exists(path)
 
 
 def _ungeoreferenced(uri: str) -> bool:

@@ -73,7 +73,7 @@ def test_an_object_gone_for_good_is_pinned_on_its_scene(small_catalog):
 #: Per fault kind, (fault rate, burst). 429/503 come in bursts of 4, which outlast GDAL's own
 #: 1 + 3 tries of one request, so the read itself fails and is retried; resets and truncated
 #: bodies GDAL does not retry at all.
-FAULTS = {"429": (0.02, 4), "503": (0.02, 4), "reset": (0.05, 1), "truncate": (0.05, 1)}
+FAULTS = {"429": (0.01, 4), "503": (0.01, 4), "reset": (0.05, 1), "truncate": (0.05, 1)}
 
 
 @pytest.fixture(scope="module")
