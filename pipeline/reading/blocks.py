@@ -37,7 +37,9 @@ DEFAULT_MAX_OPEN = 512
 #: the dataset, drops GDAL's cached bytes of the file and tries again after an exponential
 #: backoff with jitter (:func:`backoff_s`; about 16 s in all). HTTP 403 (re-signed by the
 #: caller), 404 and 410 are final at once. A local file that decodes as corrupt is final at once;
-#: over HTTP a truncated body decodes as corrupt too, so it is retried like the others.
+#: over HTTP a truncated body decodes as corrupt too, so it is retried like the others. The warp
+#: path retries each of odc-stac's source reads (one band of one scene into the window) the same
+#: way and as often (:class:`pipeline.reading.warp_driver.RetryingRioDriver`).
 READ_ATTEMPTS = 8
 #: Files a reader opens and fetches at once (:meth:`BlockReader.fetch_many`): requests in flight
 #: per worker, which hide the store's time to first byte (30 ms in the same cloud region). Through
@@ -108,7 +110,9 @@ def gdal_options(threads: int | None = None) -> dict[str, Any]:
     * ``GDAL_HTTP_MAX_RETRY=3``, ``GDAL_HTTP_RETRY_DELAY=0.2``: GDAL retries each HTTP request
       answered 429/5xx itself (doubling the delay); :class:`BlockReader` then retries what still
       fails, and what GDAL does not retry (resets, truncated bodies), per open or block read
-      (:data:`READ_ATTEMPTS`, jittered backoff).
+      (:data:`READ_ATTEMPTS`, jittered backoff). The warp path (odc-stac) uses these two as
+      well, instead of odc-stac's 10 retries from 0.5 s, and retries per source read
+      (:class:`pipeline.reading.warp_driver.RetryingRioDriver`); its other settings are odc-stac's.
     """
     return {
         "GDAL_NUM_THREADS": str(threads or worker_cores()),

@@ -13,9 +13,12 @@ same solar day (items of one day with different harmonisations) are fused after 
 acquisition day stays one observation. Duplicate publications of one acquisition are removed
 before (:mod:`pipeline.stac.scenes`).
 
-Read failures are not "no clear observation": a scene whose file cannot be read (HTTP 4xx/5xx
-after GDAL's retries, a corrupt or truncated file) raises :class:`ReadFailure`, classified by
-:func:`classify_read_error`, which callers (tiles, the fast read path) let fail their unit of work.
+Read failures are not "no clear observation": odc-stac reads through
+:class:`pipeline.reading.warp_driver.RetryingRioDriver`, which retries each source read on its own
+transient failures (HTTP 429/5xx, resets, truncated bodies); a read that fails for good (HTTP
+403/404/410, a corrupt local file) or outlasts its retries raises :class:`ReadFailure`
+(classified by :func:`classify_read_error`) naming its scene and asset, and the load stops: callers
+(tiles) drop a permanently lost scene or fail their unit of work.
 Signed URLs (Planetary Computer) are signed here, when read, and re-signed once on an HTTP 403.
 Decoded DN are checked against the offset applied (:func:`pipeline.stac.bands.offset_contradiction`);
 contradictions land in ``cube.attrs["offset_warnings"]`` keyed by scene id.
@@ -24,7 +27,6 @@ contradictions land in ``cube.attrs["offset_warnings"]`` keyed by scene id.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -206,38 +208,25 @@ def load_cube(
     harm = {it.id: reflectance_scale_offset(it) for it in items}
     href_scene = {a.href: it.id for it in canon for a in it.assets.values()}
     lazy = chunks is not None
-    ds, groups = None, {}
-    resigned = False
-    attempts = _read_attempts()
-    # A load reads hundreds of objects and stops at the first failure, so a faulty store can fail
-    # every try somewhere else: tries continue while the failure changes, and end after
-    # `attempts` tries in a row fail alike, or 16 x `attempts` in all.
-    last, alike = "", 0
-    for attempt in range(1, 16 * attempts + 1):
-        failure = None
+    # Each source read retries its own transient failures (RetryingRioDriver): what reaches
+    # here failed for good (404/410, a corrupt file, 403) or outlasted its read's retries.
+    from pipeline.reading.warp_driver import RetryingRioDriver
+
+    driver = RetryingRioDriver(href_scene, _read_attempts())
+    for resign in (True, False):
         try:
-            ds, groups = _odc_load(canon, harm, geobox, mask, chunks, pool)
+            ds, groups = _odc_load(canon, harm, geobox, mask, chunks, pool, driver)
+            break
         except Exception as exc:  # noqa: BLE001 - classified below, others re-raised
             failure = classify_read_error(exc, _scenes_named(exc, href_scene, list(harm)))
             if failure is None:
                 raise
-        if failure is None:
-            break
         # An expired signature (403) is re-signed once with a fresh token.
-        if not resigned and failure.status == 403 and _resign(canon):
-            resigned = True
+        if resign and failure.status == 403 and _resign(canon):
             _log.warning("HTTP 403 reading %s: re-signing and retrying", failure.scenes)
             continue
-        remote = sorted({h for h in href_scene if h.startswith(("http://", "https://"))})
-        if remote and failure.status != 403 and not failure.permanent_scenes():
-            failure = _pin_gone(failure, remote, href_scene)
-        alike = alike + 1 if failure.message == last else 1
-        last = failure.message
-        if not remote or failure.permanent_scenes() or failure.status in (403, 404, 410) \
-                or alike >= attempts or attempt == 16 * attempts:  # fmt: skip
-            # Raised outside the handler: no chained GDAL exception (not always picklable).
-            raise failure
-        _retry_later(failure, remote, alike)
+        # Raised outside the handler: no chained GDAL exception (not always picklable).
+        raise failure
     keys = sorted(groups)
     if len(keys) != ds.sizes["time"]:  # odc-stac changed its grouping: fail loudly
         raise RuntimeError(f"{len(keys)} groups but {ds.sizes['time']} time steps")
@@ -266,7 +255,7 @@ def load_cube(
     return cube
 
 
-def _odc_load(canon, harm, geobox, mask, chunks, pool):
+def _odc_load(canon, harm, geobox, mask, chunks, pool, driver=None):
     """odc-stac load grouped by (solar day, scale, offset); returns (dataset, {group: ids})."""
     import odc.stac
 
@@ -292,6 +281,7 @@ def _odc_load(canon, harm, geobox, mask, chunks, pool):
         # A file that cannot be read is lost input, not "no observation": fail, and classify.
         fail_on_error=True,
         patch_url=sign_on_read,
+        driver=driver,
     )
     return ds, groups
 
@@ -324,65 +314,14 @@ def _resign(canon: list[Any]) -> bool:
 
 
 def _read_attempts() -> int:
-    """Tries of one odc-stac load over HTTP (the reader's, :data:`~pipeline.reading.blocks.READ_ATTEMPTS`)."""
+    """Tries of one source read of the warp (:class:`~pipeline.reading.warp_driver.RetryingRioDriver`):
+    the native reader's, :data:`~pipeline.reading.blocks.READ_ATTEMPTS` or ``S2LC_READ_ATTEMPTS``."""
     import os
 
     from pipeline.reading.blocks import ATTEMPTS_ENV, READ_ATTEMPTS
 
     env = os.environ.get(ATTEMPTS_ENV, "")
     return max(1, int(env)) if env.isdigit() else READ_ATTEMPTS
-
-
-def _pin_gone(failure: ReadFailure, remote: list[str], href_scene: dict[str, str]) -> ReadFailure:
-    """``failure`` with the scenes whose objects are gone (HTTP 404/410) pinned on them.
-
-    GDAL's warp errors name a file by its base name only ("blue.tif, band 1") or not at all
-    ("HTTP response code: 404"), and a truncated body reads as a corrupt file, so after a failed
-    load over HTTP every remote asset is asked for its status (a one-byte range request each,
-    16 at a time). Objects answering 404 or 410 make a failure whose ``per_scene`` records
-    (:meth:`ReadFailure.permanent_scenes`) let the tile drop those scenes; otherwise the failure
-    is transient (a corrupt-looking body included) and is returned as ``http``/``io``.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pipeline.reading.blocks import probe_status
-
-    with ThreadPoolExecutor(16) as pool:
-        status = dict(zip(remote, pool.map(lambda h: probe_status(sign_on_read(h)), remote),
-                          strict=True))  # fmt: skip
-    gone = {h: st for h, st in status.items() if st in (404, 410)}
-    if not gone:
-        if failure.kind == "corrupt":  # every object answers: a truncated body, not a bad file
-            return ReadFailure(failure.message, "io", None, failure.scenes)
-        return failure
-    per_scene: dict[str, dict[str, Any]] = {}
-    for href, st in sorted(gone.items()):
-        asset = href.split("?")[0]
-        rec = ReadFailure(f"HTTP {st}: gone ({asset})", "http", st, (href_scene[href],), asset)
-        per_scene.setdefault(href_scene[href], rec.to_dict())
-    first = next(iter(per_scene.values()))
-    return ReadFailure(first["message"], "http", first["status"], sorted(per_scene),
-                       first["asset"], per_scene)  # fmt: skip
-
-
-def _retry_later(failure: ReadFailure, remote: list[str], attempt: int) -> None:
-    """Drop GDAL's cached bytes of the failed files of ``remote`` (a truncated body stays in the cache and fails every
-    later read of the file in this process) and wait the reader's backoff before try ``attempt + 1``."""
-    import time
-
-    import rasterio.cache
-
-    from pipeline.reading.blocks import backoff_s
-
-    _log.info("transient read failure (%s), try %d: retrying", failure.message[:120], attempt)
-    # GDAL names the file by its base name ("blue.tif, band 1"): drop only those files (the
-    # others' cached blocks make the next try cheaper and likelier to pass); else all of them
-    named = set(re.findall(r"([\w.-]+\.tiff?), band \d+", failure.message))
-    for href in remote:
-        url = href.split("?")[0]
-        if not named or url.rsplit("/", 1)[-1] in named:
-            rasterio.cache.invalidate(url)
-    time.sleep(backoff_s(attempt))
 
 
 def _scenes_named(exc: BaseException, href_scene: dict[str, str], all_ids: list[str]) -> list[str]:

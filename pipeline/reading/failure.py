@@ -11,7 +11,10 @@ exits non-zero, and a rerun redoes that tile. Exceptions that are not about read
 left alone.
 
 GDAL retries HTTP 429/502/503/504 itself (:data:`GDAL_HTTP_RETRY`, set unless the environment
-sets its own); a read that still fails after them is a read failure.
+sets its own; both read paths set their own, :func:`pipeline.reading.blocks.gdal_options`); a
+read that still fails after them, or fails otherwise (a reset, a truncated body), is retried per
+request by the read path (:data:`pipeline.reading.blocks.READ_ATTEMPTS`) and is a read failure
+when it outlasts those retries.
 """
 
 from __future__ import annotations

@@ -66,3 +66,70 @@ def test_an_object_gone_for_good_is_pinned_on_its_scene(small_catalog):
     gone = info.value.permanent_scenes()
     assert list(gone) == [lost["id"]]
     assert gone[lost["id"]]["status"] == 404 and gone[lost["id"]]["asset"].endswith(rel)
+
+
+# -- per-read retries (pipeline.reading.warp_driver): a fault costs one read, not the load -------
+
+#: Per fault kind, (fault rate, burst). 429/503 come in bursts of 4, which outlast GDAL's own
+#: 1 + 3 tries of one request, so the read itself fails and is retried; resets and truncated
+#: bodies GDAL does not retry at all.
+FAULTS = {"429": (0.01, 4), "503": (0.01, 4), "reset": (0.05, 1), "truncate": (0.05, 1)}
+
+
+@pytest.fixture(scope="module")
+def clean_load(small_catalog):
+    """The local cube on EPSG:3035 and the requests of the same load through a fault-free store."""
+    from pipeline.reading.cube import load_cube
+    from pipeline.testing.object_store import serve_store
+
+    local = load_cube(_items(small_catalog), _geobox())
+    with serve_store(small_catalog) as store:
+        remote = load_cube(_items(small_catalog, store.url), _geobox())
+        requests = store.counter.requests
+    np.testing.assert_array_equal(remote.values, local.values)
+    return local, requests
+
+
+@pytest.mark.parametrize("kind", sorted(FAULTS))
+def test_a_transient_fault_costs_one_read_again_not_the_whole_load(small_catalog, clean_load, kind):
+    """Issue 26: each source read of the warp retries its own fault (backoff, GDAL's cached bytes
+    of that file dropped); the cube equals the fault-free one and the store sees the fault-free
+    load's requests plus a few per fault (the failed request, a status probe, the file's
+    re-read), where retrying the whole load re-reads every object (twice the requests and more)."""
+    from pipeline.reading.cube import load_cube
+    from pipeline.testing.object_store import StoreConfig, serve_store
+
+    local, clean_requests = clean_load
+    rate, burst = FAULTS[kind]
+    cfg = StoreConfig(fault_rate=rate, fault_kinds=(kind,), burst=burst, seed=3)
+    with serve_store(small_catalog, cfg) as store:
+        remote = load_cube(_items(small_catalog, store.url), _geobox())
+        c = store.counter
+    faults = c.faults[kind]
+    assert faults >= 2, dict(c.faults)  # the faults happened
+    np.testing.assert_array_equal(remote.values, local.values)
+    assert c.requests <= clean_requests + 3 * faults, (c.requests, clean_requests, faults)
+
+
+def test_a_gone_object_fails_its_read_at_once_naming_its_scene(small_catalog, clean_load):
+    """Issue 26: a 404 is final at once (no retries, no status probe of every other object): a
+    permanent ReadFailure naming the scene and the object, so the tile can drop that scene."""
+    from pipeline.reading.cube import ReadFailure, load_cube
+    from pipeline.testing.object_store import StoreConfig, serve_store
+
+    _, clean_requests = clean_load
+    feats = json.loads((small_catalog / "items.json").read_text())["features"]
+    lost = feats[3]
+    rel = lost["assets"]["red"]["href"].removeprefix(_prefix(small_catalog) + "/")
+    with serve_store(small_catalog, StoreConfig(missing={rel})) as store:
+        with pytest.raises(ReadFailure) as info:
+            load_cube(_items(small_catalog, store.url), _geobox())
+        c = store.counter
+    exc = info.value
+    assert exc.permanent and exc.status == 404 and exc.scenes == (lost["id"],)
+    assert exc.asset.endswith(rel) and lost["id"] in str(exc.scenes)
+    assert list(exc.permanent_scenes()) == [lost["id"]]
+    assert c.paths[rel] <= 3  # GDAL's HEAD and GET, one status probe: never retried
+    assert c.requests < clean_requests, (c.requests, clean_requests)  # stopped at the lost read
+    others = max(n for p, n in c.paths.items() if p != rel)
+    assert others <= 2, others  # the objects read before: GDAL's HEAD and GET, no probe each
