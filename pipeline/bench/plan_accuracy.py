@@ -64,16 +64,18 @@ def _load() -> float:
 
 def _cli(argv: list[str], log: dict[str, Any], key: str, module: str = "pipeline") -> None:
     """Run ``python -m MODULE ARGV`` in a fresh process; its seconds and the load go to ``log``."""
+    _timed([sys.executable, "-m", module, *argv], log, key)
+
+
+def _timed(cmd: list[str], log: dict[str, Any], key: str) -> None:
+    """Run ``cmd``; its seconds and the load before and after go to ``log[key]``.
+
+    :raises RuntimeError: it exits non-zero (its stderr's tail in the message).
+    """
     t, before = time.perf_counter(), _load()
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *argv],
-        capture_output=True,
-        text=True,
-        env={**os.environ},
-        check=False,
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ}, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     log[key] = {"seconds": time.perf_counter() - t, "load_before": before, "load_after": _load()}
 
 
@@ -106,18 +108,34 @@ def map_argv(head: Path, out: Path) -> list[str]:
 FIRST_TILE_MODEL_S = 0.05
 
 
-def _first_and_rate(first: list[bool], x: list[float], y: list[float]) -> tuple[float, float]:
-    """(a, b) >= 0 of y = a [first tile of its worker] + b x, by least squares; a stage that
-    costs nothing per unit or on first use gets 0 there and the other term refitted alone."""
+#: The column subsets :func:`_fit_terms` tries, in order of preference where fits are equally
+#: good (first use, per tile, per unit: 0, 1, 2): per unit before per tile, fewer terms first.
+_SUBSETS = ((0, 2), (2,), (0, 1, 2), (1, 2), (0, 1), (1,), (0,), ())
+
+
+def _fit_terms(first: list[bool], x: list[float], y: list[float]) -> tuple[float, float, float]:
+    """(a, b, c) >= 0 of y = a [first tile of its worker] + b + c x (first use, per tile, per
+    unit) by non-negative least squares: every subset of the three terms is fitted by ordinary
+    least squares and the best fit whose coefficients are all >= 0 wins (ties, as when every tile
+    has the same size and the per-tile and per-unit terms cannot be told apart, go to the earlier
+    subset of :data:`_SUBSETS`). Pure."""
     f, xa, ya = (np.asarray(v, float) for v in (first, x, y))
     if len(ya) == 0:
-        return 0.0, 0.0
-    (a, b), *_ = np.linalg.lstsq(np.stack([f, xa], axis=1), ya, rcond=None)
-    if a < 0:
-        a, b = 0.0, float((xa * ya).sum() / (xa * xa).sum()) if (xa * xa).sum() else 0.0
-    if b < 0:
-        a, b = float(ya[f > 0].mean()) if (f > 0).any() else 0.0, 0.0
-    return float(a), float(max(b, 0.0))
+        return 0.0, 0.0, 0.0
+    cols = np.stack([f, np.ones_like(xa), xa], axis=1)
+    tol = 1e-9 * (1.0 + float(ya @ ya))
+    best_res, best = float(ya @ ya), [0.0, 0.0, 0.0]  # no term at all: the last resort
+    for subset in _SUBSETS[:-1]:
+        sol, *_ = np.linalg.lstsq(cols[:, list(subset)], ya, rcond=None)
+        if (sol < -1e-12).any():
+            continue
+        coef = [0.0, 0.0, 0.0]
+        for i, v in zip(subset, sol, strict=True):
+            coef[i] = max(0.0, float(v))
+        err = cols @ np.asarray(coef) - ya
+        if float(err @ err) < best_res - tol:
+            best_res, best = float(err @ err), coef
+    return best[0], best[1], best[2]
 
 
 def fit_stage_rates(reports: list[dict[str, Any]], publish_s_per_mpx: float) -> dict[str, Any]:
@@ -132,14 +150,16 @@ def fit_stage_rates(reports: list[dict[str, Any]], publish_s_per_mpx: float) -> 
     first = [t["seconds"].get("model", 0.0) > FIRST_TILE_MODEL_S for t in tiles]
     cpu = [tile_cpu_seconds(t) for t in tiles]  # what each stage occupied of a core
     mpx = [t["pixels"] / 1e6 for t in tiles]
-    per_unit, once = {}, {}
-    for s in ("load", "composite"):  # per scene: opening each file once, then its pixels
+    per_unit, per_tile, once = {}, {}, {}
+    for s in ("load", "composite"):  # per scene: its file's first use, each window, its pixels
         y = [c[s] / max(1, t["scenes"]) for c, t in zip(cpu, tiles, strict=True)]
-        once[s], per_unit[s] = _first_and_rate(first, mpx, y)
-    once["infer"], per_unit["infer"] = _first_and_rate(
+        once[s], per_tile[s], per_unit[s] = _fit_terms(first, mpx, y)
+    once["infer"], per_tile["infer"], per_unit["infer"] = _fit_terms(
         first, [t["valid_pixels"] / 1e6 for t in tiles], [c["infer"] for c in cpu]
     )
-    once["write"], per_unit["write"] = _first_and_rate(first, mpx, [c["write"] for c in cpu])
+    once["write"], per_tile["write"], per_unit["write"] = _fit_terms(
+        first, mpx, [c["write"] for c in cpu]
+    )
     models = [r["stages"]["core_s"]["model"] / r["stages"]["slots"] for r in reports]
     map_fixed = {
         s: float(np.mean([r["stages"]["wall_s"][s] for r in reports]))
@@ -166,6 +186,7 @@ def fit_stage_rates(reports: list[dict[str, Any]], publish_s_per_mpx: float) -> 
         "model_s_per_worker": float(np.mean(models)),
         "worker_fixed_s": once,
         "tile_s_per_unit": per_unit,
+        "tile_s_per_tile": per_tile,
         "backend": precision.get("resolved"),
         "batch": precision.get("batch"),
         "tile_size": reports[-1]["tiles"]["tile_size"],
@@ -222,24 +243,19 @@ def rate_entry(
         reference calibration, no head) -> ``plan_stage_rates_standin``, which
         ``plan --stage-rates plan_stage_rates_standin`` reads (the rehearsal's plan).
     """
-    module = "pipeline.testing.standin_run" if standin else "pipeline"
     key = "standin_" if standin else ""
+    if standin:  # on the rehearsal's read path, through the loopback store
+        from pipeline.bench.rehearsal import standin_rate_runs
 
-    def argv(box: tuple[float, ...], out: Path) -> list[str]:
-        model = ["--backend", "fp32"] if standin else ["--head", str(head)]
-        return ["run", "--bbox", *map(str, box), "--profile", "demo", "--year", "2023",
-                "--untrained", "--seed", SEED, *model, "--tile-size", "100",
-                "--out", str(out)]  # fmt: skip
-
-    # Warm-up, not fitted: the first run of a checkout compiles the reader's numba kernels into
-    # their on-disk cache (measured: ~4.5 CPU-s more in its first tile's read), which the run
-    # predicted, coming after, never pays.
-    _cli(argv(RATE_BOXES[0], work / f"{key}warm-up"), log, f"{key}rates_warm_up", module)
-    reports = []
-    for i, box in enumerate(RATE_BOXES):
-        out = work / f"{key}rates-{i}"
-        _cli(argv(box, out), log, f"{key}rates_run_{i}", module)
-        reports.append(json.loads((out / "run.json").read_text()))
+        runs = standin_rate_runs(
+            work / "standin-rates", lambda cmd, k: _timed(cmd, log, f"{key}rates_{k}")
+        )
+        reports = [r for _, r in runs]
+        where = [{"region_m_3035": c.size_m, "centre_3035": list(c.centre_3035),
+                  "tile_size": c.tile_size} for c, _ in runs]  # fmt: skip
+    else:
+        reports = _demo_rate_runs(work, head, log)
+        where = [{"bbox": list(box), "tile_size": 100} for box in RATE_BOXES]
     rates = fit_stage_rates(reports, _mosaic_s_per_mpx(results))
     return Entry(
         STANDIN_STAGE_RATES_ENTRY if standin else STAGE_RATES_ENTRY,
@@ -256,24 +272,52 @@ def rate_entry(
             "rates": rates,
             "runs": [
                 {
-                    "bbox": list(box),
+                    **w,
                     "tiles": len(r["tile_stats"]),
                     "pixels": sum(t["pixels"] for t in r["tile_stats"]),
                     "backend": (r.get("precision") or {}).get("resolved"),
                     "total_s": r["seconds"]["total"],
                     "cpu_share": r["stages"].get("cpu_share"),
                 }
-                for box, r in zip(RATE_BOXES, reports, strict=True)
+                for w, r in zip(where, reports, strict=True)
             ],
             "load": {k: v for k, v in log.items() if k.startswith(f"{key}rates_")},
-            "method": "two runs on boxes inside the demo region (not the run predicted) after a "
-            "warm-up run, the predicted run's settings; tile stages fitted as first use per "
-            "worker + per unit over their tiles, in the workers' CPU seconds (process_time), not "
+            "method": (
+                "two runs on the rehearsal's read path (EPSG:3035 cells from two UTM zones through "
+                "the loopback store, no latency or faults) on data of their own, 30 km north of "
+                "the rehearsal, at two tile sizes"
+                if standin
+                else "two runs on boxes inside the demo region (not the run predicted)"
+            )
+            + " after a warm-up run, the predicted run's settings otherwise; tile stages fitted "
+            "as first use per worker + per tile + per unit over their tiles, in the workers' CPU "
+            "seconds (process_time), not "
             "wall seconds, so other processes on the machine do not inflate them; the wait "
             "between two tiles on a worker and the tile phase's start and end from the tiles' "
             "spans",
         },
     )
+
+
+def _demo_rate_runs(work: Path, head: Path | None, log: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's rate runs: :data:`RATE_BOXES` of the demo region with the map's settings (a
+    warm-up run of the first box before them); their ``run.json``."""
+
+    def argv(box: tuple[float, ...], out: Path) -> list[str]:
+        return ["run", "--bbox", *map(str, box), "--profile", "demo", "--year", "2023",
+                "--untrained", "--seed", SEED, "--head", str(head), "--tile-size", "100",
+                "--out", str(out)]  # fmt: skip
+
+    # Warm-up, not fitted: the first run of a checkout compiles the reader's numba kernels into
+    # their on-disk cache (measured: ~4.5 CPU-s more in its first tile's read), which the run
+    # predicted, coming after, never pays.
+    _cli(argv(RATE_BOXES[0], work / "warm-up"), log, "rates_warm_up")
+    reports = []
+    for i, box in enumerate(RATE_BOXES):
+        out = work / f"rates-{i}"
+        _cli(argv(box, out), log, f"rates_run_{i}")
+        reports.append(json.loads((out / "run.json").read_text()))
+    return reports
 
 
 def _mosaic_s_per_mpx(results: Path) -> float:

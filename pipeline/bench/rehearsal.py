@@ -65,7 +65,7 @@ class RehearsalConfig:
     """What the rehearsal maps and what goes wrong while it does."""
 
     size_m: float = 20_000.0
-    """Edge of the square region in metres (EPSG:3035), centred on :data:`CENTRE_3035`."""
+    """Edge of the square region in metres (EPSG:3035), centred on ``centre_3035``."""
     dates_per_zone: int = 15
     """Acquisitions per UTM zone; each zone's scenes cover the region, so a pixel sees twice this."""
     tile_size: int = 500
@@ -83,10 +83,12 @@ class RehearsalConfig:
     timeout_s: float = 3600.0
     """Limit of each run (seconds)."""
     fault_kinds: tuple[str, ...] = ("429", "503", "reset", "truncate")
+    centre_3035: tuple[float, float] = CENTRE_3035
+    """The region's centre (EPSG:3035 metres)."""
 
     @property
     def bounds_3035(self) -> tuple[float, float, float, float]:
-        x, y = CENTRE_3035
+        x, y = self.centre_3035
         h = self.size_m / 2
         return (x - h, y - h, x + h, y + h)
 
@@ -95,6 +97,18 @@ class RehearsalConfig:
 FULL = RehearsalConfig()
 #: The integration test's: 1.2 x 1.2 km, 30 acquisitions, small tiles (several per cell).
 SMALL = RehearsalConfig(size_m=1_200.0, tile_size=80, timeout_s=900.0)
+
+#: The stand-in's stage rates (``make bench ARGS="--only plan"``, ``plan_stage_rates_standin``):
+#: runs on the rehearsal's read path (EPSG:3035 cells warped from two UTM zones, through the
+#: loopback object store without latency or faults) but not on its data: squares of these edges
+#: (m) at these tile sizes (px), 30 km north of the rehearsal's centre (the same zone border), on
+#: a catalog of their own (another seed). Two tile sizes let each stage's cost per tile be
+#: fitted apart from its cost per pixel, and the larger is :data:`FULL`'s: a warp's cost does not
+#: scale with the window's pixels from small tiles (each source block is decoded whole), so rates
+#: fitted on 40-80 px tiles put the rehearsal's reading at 7x its cost (measured 2026-12-08).
+RATE_RUNS = ((7_500.0, 250), (7_500.0, 500))
+RATE_CENTRE_3035 = (CENTRE_3035[0], CENTRE_3035[1] + 30_000.0)
+RATE_SEED = 7
 
 _LAYERS = ("classes.tif", "confidence.tif", "valid_obs.tif")
 
@@ -414,6 +428,43 @@ def rehearse(cfg: RehearsalConfig, root: Path) -> dict[str, Any]:
         "run_json": str(faulty_out / "run.json"),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
     }
+
+
+def standin_rate_runs(work: Path, timed: Any) -> list[tuple[RehearsalConfig, dict[str, Any]]]:
+    """The stand-in's rate runs (:data:`RATE_RUNS`, after a warm-up run of the first) in ``work``:
+    each as (its config, its ``run.json``). ``timed(cmd, key)`` runs a command (the bench's
+    timer, which records its seconds and the load under ``key``).
+
+    Raises:
+        RuntimeError: a run exits non-zero (from ``timed``).
+    """
+    from aoi import load_region
+    from pipeline.testing.demo.multizone import generate_multizone_catalog
+    from pipeline.testing.object_store import serve_store
+    from pipeline.testing.stac_server import serve
+
+    cfgs = [replace(FULL, size_m=size, tile_size=tile, centre_3035=RATE_CENTRE_3035, kills=0,
+                    fault_rate=0.0, latency_s=0.0, seed=RATE_SEED)
+            for size, tile in RATE_RUNS]  # fmt: skip
+    work.mkdir(parents=True, exist_ok=True)
+    largest = max(cfgs, key=lambda c: c.size_m)
+    region = load_region(_region_yaml(work / "largest.yaml", largest))
+    data = generate_multizone_catalog(work / "data", region.geometry,
+                                      dates=_dates(largest.dates_per_zone), seed=RATE_SEED)  # fmt: skip
+    items = json.loads((data / "items.json").read_text())["features"]
+    out: list[tuple[RehearsalConfig, dict[str, Any]]] = []
+    with serve_store(data) as store:
+        remote = json.loads(json.dumps(items).replace(data.resolve().as_uri(), store.url))
+        cat = _write_catalog(work / "catalog", remote, data / "collection.json")
+        with serve(cat) as url:
+            for i, cfg in enumerate([cfgs[0], *cfgs]):
+                key = "warm_up" if i == 0 else f"run_{i - 1}"
+                region_file = _region_yaml(work / f"{key}.yaml", cfg)
+                run_out = work / key
+                timed(_command("run", region_file, url, run_out, cfg), key)
+                if i:
+                    out.append((cfg, json.loads((run_out / "run.json").read_text())))
+    return out
 
 
 def plan_entries(plan_json: Path, run_json: Path) -> list:

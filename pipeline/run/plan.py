@@ -260,6 +260,7 @@ def load_stage_rates(path: Path, model: str, entry: str = STAGE_RATES_ENTRY) -> 
                 model_s_per_worker=float(r["model_s_per_worker"]),
                 worker_fixed_s={k: float(v) for k, v in r["worker_fixed_s"].items()},
                 tile_s_per_unit={k: float(v) for k, v in r["tile_s_per_unit"].items()},
+                tile_s_per_tile={k: float(v) for k, v in (r.get("tile_s_per_tile") or {}).items()},
                 backend=r.get("backend"),
                 batch=r.get("batch"),
                 tile_size=r.get("tile_size"),

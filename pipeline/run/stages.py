@@ -133,6 +133,11 @@ class StageRates:
             scene): opening each scene's file, compiling the inference graph, ...
         tile_s_per_unit: per stage: ``load``, ``composite`` per Mpx x scene; ``infer`` per
             valid Mpx; ``write`` per Mpx.
+        tile_s_per_tile: per stage, what every tile costs whatever its size (``load``,
+            ``composite``: per scene, e.g. opening a file's window and setting up its warp;
+            ``write``: opening the store, writing the tile's rasters): fitted apart from the
+            per-unit costs over tiles of different sizes, so a plan for larger or smaller tiles
+            than the bench's does not scale fixed costs with pixels (empty in older entries).
         backend: the precision/backend the rates were measured with (``--backend auto``'s pick).
         batch: the CPU batch they were measured with (None: the model's default).
         tile_size: the tile edge (px) they were measured with.
@@ -152,6 +157,7 @@ class StageRates:
     tile_size: int | None = None
     sources: dict[str, str] = field(default_factory=dict)
     task_gap_s: float = 0.0
+    tile_s_per_tile: dict[str, float] = field(default_factory=dict)
 
 
 def tile_phase_s(tile_s: list[float], first_s: float, slots: int, gap_s: float = 0.0) -> float:
@@ -203,7 +209,7 @@ def predict_stages(
         network model); the reader's threads overlap it with decoding, so a tile's load takes
         the longer of the two.
 
-    Tile stages: ``rate x units`` per tile, plus each worker's first-use cost per stage (its
+    Tile stages: a cost per tile plus ``rate x units``, plus each worker's first-use cost per stage (its
     first tile opens every scene's file, compiles the inference graph, ...: measured, these are
     paid once per worker, not per tile). Seconds are CPU seconds, each worker on a core of its
     own: wall = core-seconds / slots used. ``schedule``: the tile phase's fixed start and end,
@@ -211,15 +217,17 @@ def predict_stages(
     two on a worker) adds to worker-seconds / slots.
     """
     f, per, first = rates.fixed_s, rates.tile_s_per_unit, rates.worker_fixed_s
+    each = rates.tile_s_per_tile
     scenes = max(scenes_per_pixel, 0.0)
 
     def tile_cost(shape: tuple[int, int], infer_mpx: float) -> dict[str, float]:
         mpx = shape[0] * shape[1] / 1e6
+        decode = each.get("load", 0.0) + per.get("load", 0.0) * mpx
         return {
-            "load": scenes * mpx * max(per.get("load", 0.0), read_wait_s_per_mpx_scene),
-            "composite": scenes * per.get("composite", 0.0) * mpx,
-            "infer": per.get("infer", 0.0) * infer_mpx,
-            "write": per.get("write", 0.0) * mpx,
+            "load": scenes * max(decode, read_wait_s_per_mpx_scene * mpx),
+            "composite": scenes * (each.get("composite", 0.0) + per.get("composite", 0.0) * mpx),
+            "infer": each.get("infer", 0.0) + per.get("infer", 0.0) * infer_mpx,
+            "write": each.get("write", 0.0) + per.get("write", 0.0) * mpx,
         }
 
     once = {

@@ -5,6 +5,7 @@ comparison of the two."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -218,6 +219,38 @@ def test_stage_rates_are_fitted_first_use_plus_per_unit():
     assert r["fixed_s"]["backend"] == 4.0 and r["model_s_per_worker"] == 2.0  # CPU-s
     assert r["backend"] == "bf16" and r["batch"] == 512 and r["tile_size"] == 100
     assert set(TILE_STAGES) - {"model"} == set(r["tile_s_per_unit"]) == set(r["worker_fixed_s"])
+    assert r["tile_s_per_tile"] == pytest.approx(dict.fromkeys(r["tile_s_per_unit"], 0.0))
+
+
+def test_per_tile_costs_are_fitted_apart_from_per_pixel_costs():
+    """Each window costs something whatever its size (a warp set up per scene, a tile's files
+    written): fitted over tiles of two sizes, the plan for tiles 25 times larger than the
+    bench's scales only the per-pixel part (a per-pixel rate alone made the rehearsal's writing
+    6x too slow in the plan: 44 s planned, 7.5 s run)."""
+    from pipeline.bench.plan_accuracy import _fit_terms
+
+    px = [2500, 10000, 2500, 10000, 900, 6400]
+    first = [True, True, False, False, False, False]
+    y = [(0.3 if f else 0.0) + 0.05 + 4.0 * p / 1e6 for f, p in zip(first, px, strict=True)]
+    assert _fit_terms(first, [p / 1e6 for p in px], y) == pytest.approx((0.3, 0.05, 4.0))
+    # one size only: the two terms cannot be told apart, the per-pixel rate takes it all
+    same = [0.05 + 4.0 * 0.01] * 3
+    assert _fit_terms([False] * 3, [0.01] * 3, same) == pytest.approx((0.0, 0.0, 9.0))
+    # never negative: a per-tile saving is no per-tile cost
+    assert min(_fit_terms([False] * 3, [0.01, 0.02, 0.04], [0.0, 0.1, 0.3])) >= 0.0
+
+    big = [(500, 500)] * 4
+    kw = dict(tile_shapes=big, valid_mpx=1.0, scenes_per_pixel=10, slots=2,
+              measures_backend=False)  # fmt: skip
+    flat = replace(RATES, tile_s_per_unit={**RATES.tile_s_per_unit, "write": 9.0})
+    split = replace(flat, tile_s_per_unit={**flat.tile_s_per_unit, "write": 4.0},
+                    tile_s_per_tile={"write": 0.05})  # fmt: skip
+    assert predict_stages(flat, **kw)["core_s"]["write"] == pytest.approx(
+        RATES.worker_fixed_s["write"] * 2 + 9.0 * 1.0
+    )
+    assert predict_stages(split, **kw)["core_s"]["write"] == pytest.approx(
+        RATES.worker_fixed_s["write"] * 2 + 4 * 0.05 + 4.0 * 1.0
+    )
 
 
 def test_object_store_waits_bound_the_load_stage():
