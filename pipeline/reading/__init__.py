@@ -88,6 +88,7 @@ def load_reflectance(
         mask: :class:`pipeline.reading.cube.MaskConfig` (default masking when None).
         reader: the block reader of the fast path (default: this process's).
         native: try the native-grid fast path first (False: odc-stac's warp on every grid).
+            The warp reads its files on ``reader``'s threads (:meth:`BlockReader.lend_pool`).
         work_buffer: the fast path writes the values into this thread's reused work array of
             ``reader``: valid until this thread's next call with ``work_buffer`` (for callers
             that reduce them at once, like :func:`pipeline.composite.window.composite_window`).
@@ -140,7 +141,9 @@ def load_reflectance(
                 reader.clear()
                 continue
             raise
-    cube = load_cube(items, geobox, mask=mask)
+    # odc-stac reads one (band, acquisition) after the other unless given threads: the reader's
+    # own (their GDAL state is warm), so reads of many files wait on the store at once
+    cube = load_cube(items, geobox, mask=mask, pool=reader.lend_pool())
     return Reflectance(
         np.asarray(cube.values, np.float32),
         cube["time"].values,

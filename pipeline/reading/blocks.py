@@ -505,6 +505,12 @@ class BlockReader:
         """The process's read threads of this size and GDAL settings (:func:`_read_pool`)."""
         return _read_pool(self.threads, self._env_key)
 
+    def lend_pool(self) -> _Lent:
+        """This reader's threads for odc-stac's warp (``odc.stac.load(pool=...)``), which runs
+        one (band, acquisition) read per thread and closes the pool it is given when done:
+        lent, the threads outlive that load, as they outlive the native path's reads."""
+        return _Lent(self._pool())
+
     def forget(self, href: str) -> None:
         """Close ``href``'s dataset and drop its cached blocks (it is read afresh next time)."""
         with self._lock:
@@ -563,6 +569,20 @@ def _read_pool(threads: int, env_key: tuple) -> Any:
             pool = ThreadPoolExecutor(threads, thread_name_prefix="s2lc-read", initializer=enter)
             _POOLS[key] = pool
         return pool
+
+
+class _Lent:
+    """A thread pool lent to a caller that uses it as ``with pool as runner: runner.map(...)``
+    (odc-stac's ``pmap``): entering gives the pool, leaving leaves its threads running."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def __enter__(self) -> Any:
+        return self._pool
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
 
 
 def _size_curl_cache() -> None:
