@@ -57,7 +57,6 @@ def _demo_run_metadata(tile_size: int) -> dict[str, Any]:
     from pipeline.base.config import to_plain
     from pipeline.run.config import RunConfig
     from pipeline.run.prepare import prepare_run
-    from pipeline.run.publishing import field_attrs
 
     cfg = RunConfig.from_flat(
         {
@@ -80,7 +79,7 @@ def _demo_run_metadata(tile_size: int) -> dict[str, Any]:
             "calibration": None,
             "region": {"name": "synthetic"},
         },
-        "field_meta": field_attrs(cfg, prep)["s2lc:field"],
+        "field_meta": prep.field_meta,
         "class_names": list(prep.class_names),
         "colors": list(prep.colors),
         "legend_info": dict(prep.legend_info),

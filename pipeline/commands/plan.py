@@ -79,7 +79,7 @@ def _scenes_offline(geometry, cfg, clear_fraction: float) -> dict:
 def _scenes_searched(geometry, cfg, crs: str, area_km2: float) -> dict:
     """What the run's own search finds (:func:`pipeline.stac.found.search_run`, streamed into a
     spool file and read back one item at a time, in a process of its own above the driver's
-    :data:`~pipeline.run.driver.ISOLATED_SEARCH_KM2`), so that planning a continent holds no
+    :data:`~pipeline.run.start.ISOLATED_SEARCH_KM2`), so that planning a continent holds no
     more items in memory than the run does: the kept items, their MGRS tiles and the mean number
     of scenes over a pixel of the region (the footprints' areas inside it, summed, over its area).
     """
@@ -89,7 +89,7 @@ def _scenes_searched(geometry, cfg, crs: str, area_km2: float) -> dict:
     from shapely.geometry import shape
 
     from aoi import to_crs
-    from pipeline.run.driver import ISOLATED_SEARCH_KM2
+    from pipeline.run.start import ISOLATED_SEARCH_KM2
     from pipeline.stac.found import search_run
 
     t = time.perf_counter()

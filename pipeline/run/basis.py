@@ -84,6 +84,34 @@ def basis_hash(definition: dict[str, Any]) -> str:
     return json_digest(definition, length=64)
 
 
+def field_metadata(model_info: dict[str, Any], dims: int) -> dict[str, Any]:
+    """The compact field's metadata (the store's ``s2lc:field``, also in ``run.json``, the STAC
+    item and the model card): the model's identity, the decoding recipe, ``dims`` components
+    (``dims + 2`` bytes per pixel) and the basis hash of this model and ``dims``
+    (:func:`basis_hash`: equal hashes, the same space).
+
+    Args:
+        model_info: :attr:`pipeline.run.prepare.Prepared.model_info`.
+        dims: the field's components (``min(--field-dims, D)``).
+    """
+    from pipeline.writers.codec import ENCODING, ENCODING_VERSION
+
+    definition = basis_definition(model_info, dims)
+    return {
+        "encoding": ENCODING,
+        "version": ENCODING_VERSION,
+        "model": model_info["identity"],
+        "embedding_identity": model_info.get("embedding_identity"),
+        "model_name": model_info["name"],
+        "embed_dim": model_info["embed_dim"],
+        "dims": dims,
+        "bytes_per_pixel": dims + 2,
+        "basis_hash": basis_hash(definition),
+        "decode": "e = normalise(field_mean + field_basis @ (field_codes * field_scale)); "
+        "field_scale NaN = nodata (pipeline.writers.codec)",
+    }
+
+
 def recipe_digest(sample: Any = None) -> str:
     """A short digest of how bases are made (sample, codec, fitting), for the run's output hash:
     with the model (already in that hash) it determines the basis."""

@@ -31,6 +31,11 @@ class CheckedInputs:
     labels: tuple[str, ...]
     location: str = ""
     """Where the region is (:func:`aoi.location_text`): centre, description, CRS."""
+    legend: Any = None
+    """The legend the map's classes and colours come from (:func:`model.legends.load_legend`):
+    ``--legend`` (default lucas-lc8), or with ``--head`` the head's (None: a generic palette)."""
+    head: Any = None
+    """The few-shot head (``--head``, :class:`model.train.probe.LinearHead`), or None."""
 
     @property
     def name(self) -> str:
@@ -58,13 +63,13 @@ def check_inputs(cfg: RunConfig) -> CheckedInputs:
     c = cfg.composite
     labels = tuple(period_labels(c.start, c.end, c.period))
     cfg.model.adapter.check_periods(len(labels), c.start, c.end, c.period)
-    preflight(cfg.model, c, len(labels))
+    legend, head = preflight(cfg.model, c, len(labels))
     from pipeline.run.cluster import check_local_size, check_sbatch
 
     if cfg.execution.cluster == "slurm":
         check_sbatch()
     check_local_size(cfg.execution, area_km2)  # last: above the CPU limit it counts GPUs
-    return CheckedInputs(region, geometry, area_km2, labels, where)
+    return CheckedInputs(region, geometry, area_km2, labels, where, legend, head)
 
 
 def resolve_region(name_or_path: str, bbox: tuple[float, ...] | None) -> tuple[Any, Any]:
@@ -97,9 +102,11 @@ def resolve_region(name_or_path: str, bbox: tuple[float, ...] | None) -> tuple[A
     return region, pixel_footprint(geometry, region.crs, region.resolution)
 
 
-def preflight(model: ModelConfig, composite: CompositeConfig, n_periods: int) -> None:
+def preflight(model: ModelConfig, composite: CompositeConfig, n_periods: int) -> tuple[Any, Any]:
     """Cheap checks of the checkpoints, the legend and the few-shot head, before any model is
-    built and before torch is imported.
+    built and before torch is imported; returns the (legend, head) it loaded, so that the
+    model's classes (:func:`pipeline.run.classifier.model_classes`) do not load them again.
+    The head is None without ``--head``; the legend is None with a head that names none.
 
     Raises UserError for a checkpoint that is neither a file nor a weights name, an unknown
     legend, an unreadable head, or a head fitted on another model kind, composite period or
@@ -112,8 +119,7 @@ def preflight(model: ModelConfig, composite: CompositeConfig, n_periods: int) ->
         if checkpoint:
             weights.check(checkpoint)
     if not model.head:
-        load_legend(model.legend or "lucas-lc8", style=model.style)
-        return
+        return load_legend(model.legend or "lucas-lc8", style=model.style), None
     from model.train.probe import check_head_matches, head_legend, load_head
 
     head = load_head(model.head)
@@ -138,3 +144,4 @@ def preflight(model: ModelConfig, composite: CompositeConfig, n_periods: int) ->
             f"--legend {model.legend} has classes {', '.join(legend.names)}; the head "
             f"{model.head} predicts {', '.join(head.class_names)}"
         )
+    return legend, head

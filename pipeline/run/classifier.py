@@ -2,9 +2,11 @@
 
 :func:`model_classes` loads the model and resolves its classes in one step: from a few-shot head
 (``--head``: the head classifies, the text classifier is zeros) or from a legend's prompts
-(``--legend``, default lucas-lc8, embedded by the model's text tower). The run's preparation
-(:mod:`pipeline.run.prepare`) and the backend's measurement (:mod:`pipeline.run.precision`) both
-take their classifier from here.
+(``--legend``, default lucas-lc8, embedded by the model's text tower). A map run resolves them
+once, from the legend and head its cheap checks loaded (:func:`pipeline.run.checks.preflight`),
+and both the backend's measurement (:mod:`pipeline.run.precision`) and the run's preparation
+(:mod:`pipeline.run.prepare`) take them from there; :func:`class_sources` loads the legend and
+head for commands that classify outside a map run.
 """
 
 from __future__ import annotations
@@ -36,19 +38,38 @@ class ModelClasses:
     """The model's identity (name, checkpoint and its SHA-256, embedding size, ...)."""
 
 
-def model_classes(model: ModelConfig) -> ModelClasses:
-    """Load ``model`` (on its resolved backend) and resolve its classes and classifier: the
-    few-shot head's classes (``--head``, a zero classifier: the head classifies) or the legend's
-    prompts (``--legend``, default lucas-lc8) embedded by the model's text tower.
+def class_sources(model: ModelConfig) -> tuple[Any, Any]:
+    """The (legend, few-shot head) that ``model``'s classes come from: ``--legend`` (default
+    lucas-lc8) and no head, or with ``--head`` the head and its legend (``--legend``, else the
+    one it was fitted with; None: a generic palette).
 
+    :raises UserError: an unknown legend, or an unreadable head.
+    """
+    if not model.head:
+        from model.legends import load_legend
+
+        return load_legend(model.legend or "lucas-lc8", style=model.style), None
+    from model.train.probe import head_legend, load_head
+
+    head = load_head(model.head)
+    return head_legend(head, model.legend, model.style), head
+
+
+def model_classes(model: ModelConfig, legend: Any, head: Any) -> ModelClasses:
+    """Load ``model`` (on its resolved backend) and resolve its classes and classifier: the
+    few-shot head's classes (``head``, a zero classifier: the head classifies) or the
+    ``legend``'s prompts embedded by the model's text tower.
+
+    :param legend: the legend the classes (or, with a head, their colours) come from, and
+        ``head`` the few-shot head or None: as :func:`pipeline.run.checks.preflight` loaded them
+        (or :func:`class_sources`).
     :raises UserError: a legend of more than 254 classes (a uint8 map), or a head fitted on
         another model.
     """
     m = model.load()
-    if model.head:
-        from model.train.probe import check_head_matches, head_legend, load_head
+    if head is not None:
+        from model.train.probe import check_head_matches
 
-        head = load_head(model.head)
         check_head_matches(
             head,
             {
@@ -60,7 +81,6 @@ def model_classes(model: ModelConfig) -> ModelClasses:
             where=model.head,
         )
         names = tuple(head.class_names)
-        legend = head_legend(head, model.legend, model.style)
         if legend is not None and tuple(legend.names) == names:
             colors = tuple(legend.colors)
         else:
@@ -74,10 +94,8 @@ def model_classes(model: ModelConfig) -> ModelClasses:
         }
         w = np.zeros((len(names), m.embed_dim), np.float32)
     else:
-        from model.legends import load_legend
         from model.zeroshot import build_classifier
 
-        legend = load_legend(model.legend or "lucas-lc8", style=model.style)
         w = build_classifier(m, legend)
         w = w.detach().cpu().float().numpy() if hasattr(w, "detach") else np.asarray(w, np.float32)
         names = tuple(c.name for c in legend.classes)

@@ -15,7 +15,7 @@ from pipeline.run.config import RunConfig
 
 
 def resolve_precision(
-    cfg: RunConfig, threads: int | None = None
+    cfg: RunConfig, classifier: np.ndarray, threads: int | None = None
 ) -> tuple[RunConfig, dict[str, Any]]:
     """``cfg`` with ``--backend auto`` resolved for this machine (:mod:`model.precision`).
 
@@ -26,6 +26,9 @@ def resolve_precision(
 
     Args:
         cfg: the run's settings.
+        classifier: the (C, D) classifier of the run's model
+            (:attr:`pipeline.run.classifier.ModelClasses.classifier`), which the measurement
+            ranks the embeddings with.
         threads: torch threads per worker (:func:`pipeline.run.cluster.worker_threads`); the
             measurement runs with that many (None: this process's).
     """
@@ -38,15 +41,15 @@ def resolve_precision(
     import torch
 
     from model.precision import resolve
-    from pipeline.run.classifier import model_classes
 
     m = cfg.model.load()
-    w = model_classes(cfg.model).classifier  # the classifier of that model (loaded once)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        resolved, info = resolve(m, "auto", np.asarray(w, np.float32), batch=cfg.model.cpu_batch)
+        resolved, info = resolve(
+            m, "auto", np.asarray(classifier, np.float32), batch=cfg.model.cpu_batch
+        )
     finally:
         torch.set_num_threads(before)
     batch = info.get("batch") if m.device.type == "cpu" else None

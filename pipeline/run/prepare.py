@@ -1,9 +1,10 @@
 """Run preparation: what a run resolves on the driver before any tile runs, in one step.
 
 :func:`prepare_map` takes the region that the cheap checks resolved
-(:class:`pipeline.run.checks.CheckedInputs`), fits the tile size so that every worker gets a tile,
-builds the output grid once, takes the model and its classifier (legend or few-shot head) from
-:mod:`pipeline.run.classifier`, and returns them as one frozen :class:`Prepared`. The cheap
+(:class:`pipeline.run.checks.CheckedInputs`) and the model's classes that the driver resolved once
+(:class:`pipeline.run.classifier.ModelClasses`, also what the backend was measured with), fits the
+tile size so that every worker gets a tile, builds the output grid once, and returns them with the
+compact field's metadata as one frozen :class:`Prepared`. The cheap
 checks themselves are :mod:`pipeline.run.checks`, the backend :mod:`pipeline.run.precision`, the
 scenes :func:`pipeline.stac.found.search_run` and the tiles to run :mod:`pipeline.run.scheduling`.
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from pipeline.grid.tiling import TileGrid
 from pipeline.run.checks import CheckedInputs, resolve_region
-from pipeline.run.classifier import model_classes
+from pipeline.run.classifier import ModelClasses, class_sources, model_classes
 from pipeline.run.config import RunConfig
 
 _log = logging.getLogger(__name__)
@@ -43,13 +44,17 @@ class Prepared:
     field_dims: int | None = None
     """Components of the compact field: ``--field-dims``, at most the model's embedding size
     (None without ``--save-embeddings``)."""
+    field_meta: dict[str, Any] | None = None
+    """The compact field's metadata (the store's ``s2lc:field``: model identity, decoding recipe,
+    basis hash; :func:`pipeline.run.basis.field_metadata`), None without ``--save-embeddings``."""
 
 
-def _prepared(cfg: RunConfig, region: Any, geometry: Any, grid: Any) -> Prepared:
-    """:class:`Prepared` on ``grid``: the model's classes and classifier
-    (:func:`pipeline.run.classifier.model_classes`) and, with ``--save-embeddings``, the field's
-    components (``--field-dims``, at most the model's embedding size)."""
-    c = model_classes(cfg.model)
+def _prepared(cfg: RunConfig, c: ModelClasses, region: Any, geometry: Any, grid: Any) -> Prepared:
+    """:class:`Prepared` on ``grid``: the model's classes and classifier ``c`` and, with
+    ``--save-embeddings``, the field's components (``--field-dims``, at most the model's
+    embedding size) and metadata."""
+    from pipeline.run.basis import field_metadata
+
     out = cfg.output
     dims = min(int(out.field_dims), int(c.model_info["embed_dim"])) if out.save_embeddings else None
     return Prepared(
@@ -64,38 +69,47 @@ def _prepared(cfg: RunConfig, region: Any, geometry: Any, grid: Any) -> Prepared
         c.classifier,
         c.model_info,
         dims,
+        field_metadata(c.model_info, dims) if dims is not None else None,
     )
 
 
 def prepare_map(
-    cfg: RunConfig, checked: CheckedInputs, cluster: Any, previous: dict[str, Any] | None
+    cfg: RunConfig,
+    checked: CheckedInputs,
+    classes: ModelClasses,
+    cluster: Any,
+    previous: dict[str, Any] | None,
 ) -> tuple[RunConfig, Prepared]:
     """The run's settings with the tile size fitted to the workers (:func:`fit_tile_size`), and
     its :class:`Prepared` (grid, legend, classifier, model identity) on that grid.
 
     :param checked: the region and geometry that :func:`pipeline.run.checks.check_inputs`
         resolved (not resolved again here).
+    :param classes: the model's classes and classifier
+        (:func:`pipeline.run.classifier.model_classes`, resolved once by the driver).
     :param cluster: the run's :class:`~pipeline.run.cluster.ClusterConfig`.
     :param previous: the manifest of the run being resumed, or None.
-    :raises UserError: a legend of more than 254 classes, or a head fitted on another model.
     """
     region, geometry = checked.region, checked.geometry
     cfg, grid = fit_tile_size(cfg, region, geometry, cluster, previous)
-    return cfg, _prepared(cfg, region, geometry, grid)
+    return cfg, _prepared(cfg, classes, region, geometry, grid)
 
 
 def prepare_run(cfg: RunConfig, grid: TileGrid | None = None) -> Prepared:
     """:class:`Prepared` for commands that classify outside a map run (``classify``, benches):
     the region resolved here, on ``grid`` or on the grid of ``cfg.chips.tile_size``.
 
-    :raises UserError: as :func:`pipeline.run.checks.resolve_region` and :func:`prepare_map`.
+    :raises UserError: as :func:`pipeline.run.checks.resolve_region`,
+        :func:`pipeline.run.classifier.class_sources` and
+        :func:`pipeline.run.classifier.model_classes`.
     """
     from pipeline.grid.cells import output_grid
 
     region, geometry = resolve_region(cfg.region, cfg.bbox)
     if grid is None:
         grid = output_grid(geometry, region.crs, region.resolution, cfg.chips.tile_size)
-    return _prepared(cfg, region, geometry, grid)
+    classes = model_classes(cfg.model, *class_sources(cfg.model))
+    return _prepared(cfg, classes, region, geometry, grid)
 
 
 def fit_tile_size(

@@ -1,5 +1,5 @@
 """Publishing a finished run: COG mosaics, the Zarr store moved into place, legend, quicklook,
-STAC item, and the compact field's metadata the store and the item carry.
+STAC item, and the compact field's model card.
 """
 
 from __future__ import annotations
@@ -14,33 +14,6 @@ from pipeline.run.workspace import Workspace
 #: The STAC embeddings extension (stac-extensions.github.io/embeddings; ``emb:`` fields).
 EMBEDDINGS_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
 MODEL_CARD = "model_card.json"
-
-
-def field_attrs(cfg: RunConfig, prep: Prepared) -> dict[str, Any]:
-    """The field's metadata in the store (``s2lc:field``): model identity and decoding recipe."""
-    if not cfg.output.save_embeddings:
-        return {}
-    from pipeline.run.basis import basis_definition, basis_hash
-    from pipeline.writers.codec import ENCODING, ENCODING_VERSION
-    from pipeline.writers.field import FIELD_ATTR
-
-    dims = prep.field_dims
-    return {
-        FIELD_ATTR: {
-            "encoding": ENCODING,
-            "version": ENCODING_VERSION,
-            "model": prep.model_info["identity"],
-            "embedding_identity": prep.model_info.get("embedding_identity"),
-            "model_name": prep.model_info["name"],
-            "embed_dim": prep.model_info["embed_dim"],
-            "dims": dims,
-            "bytes_per_pixel": dims + 2,
-            # the model's basis (pipeline.run.basis): equal hashes, the same space (issue 28)
-            "basis_hash": basis_hash(basis_definition(prep.model_info, dims)),
-            "decode": "e = normalise(field_mean + field_basis @ (field_codes * field_scale)); "
-            "field_scale NaN = nodata (pipeline.writers.codec)",
-        }
-    }
 
 
 def basis_sha256(codec: Any) -> str:
@@ -82,7 +55,7 @@ def write_model_card(
         raise UserError(f"{ws.store}: the embedding field has no decoding recipe")
     from pipeline.run.basis import basis_definition
 
-    meta = field_attrs(cfg, prep)["s2lc:field"]
+    meta = prep.field_meta
     digest = basis_sha256(codec)
     definition = basis_definition(prep.model_info, meta["dims"])
     card = {
@@ -196,7 +169,7 @@ def publish(cfg: RunConfig, prep: Prepared, ws: Workspace, report: dict, labels:
     if cfg.output.save_embeddings:
         from pipeline.writers.field import build_field_cogs
 
-        field_cogs = build_field_cogs(ws.store, ws.out, field_attrs(cfg, prep)["s2lc:field"])
+        field_cogs = build_field_cogs(ws.store, ws.out, prep.field_meta)
         field_cogs["model_card"], field_props = write_model_card(cfg, prep, ws, report)
     zarr_path = ws.publish_store()
     ws.drop_tile_rasters()  # mosaicked into the COGs; the markers stay for the record

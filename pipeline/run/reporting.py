@@ -209,10 +209,8 @@ def run_report(
         "precision": precision,
     }
     if refs.codec is not None:
-        from pipeline.run.publishing import field_attrs
-
         report["field"] = {
-            **field_attrs(cfg, prep)["s2lc:field"],
+            **prep.field_meta,
             "explained_variance": refs.codec.explained_variance,
             "basis_sha256": refs.codec.sha256,
         }
