@@ -53,21 +53,6 @@ def test_transient_faults_are_retried_until_the_cube_equals_the_local_one(small_
     np.testing.assert_array_equal(remote.values, local.values)
 
 
-def test_an_object_gone_for_good_is_pinned_on_its_scene(small_catalog):
-    from pipeline.reading.cube import ReadFailure, load_cube
-    from pipeline.testing.object_store import StoreConfig, serve_store
-
-    feats = json.loads((small_catalog / "items.json").read_text())["features"]
-    lost = feats[3]
-    rel = lost["assets"]["red"]["href"].removeprefix(_prefix(small_catalog) + "/")
-    with serve_store(small_catalog, StoreConfig(missing={rel})) as store:
-        with pytest.raises(ReadFailure) as info:
-            load_cube(_items(small_catalog, store.url), _geobox())
-    gone = info.value.permanent_scenes()
-    assert list(gone) == [lost["id"]]
-    assert gone[lost["id"]]["status"] == 404 and gone[lost["id"]]["asset"].endswith(rel)
-
-
 # -- per-read retries (pipeline.reading.warp_driver): a fault costs one read, not the load -------
 
 #: Per fault kind, (fault rate, burst). 429/503 come in bursts of 4, which outlast GDAL's own
