@@ -3,16 +3,15 @@ need a finished map with its embedding field: the field's and the viewer's (``de
 tests/conftest.py). The driver's tests make their own (a map without the field, which a killed
 and resumed run must reproduce).
 
-``python -m pipeline run`` through the demo STAC profile with a LocalCluster of one worker
-process (the tests that read it read the map, not how it was scheduled; the driver's and the
-cluster's tests run two): TimeSenCLIP (the suite's one-layer checkpoint), a 600 m x 600 m window
+The ``run`` command, in the test process (:func:`run_here`), through the demo STAC profile with a
+LocalCluster of one worker process (the tests that read it read the map, not how it was
+scheduled; the driver's and the cluster's tests run two): TimeSenCLIP (the suite's one-layer checkpoint), a 600 m x 600 m window
 of the demo region (60 x 62 px at 10 m, 4 tiles of 32 px), 12 monthly composites, composites
 and the embedding field stored.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -85,6 +84,50 @@ def run(args, env, timeout=600, check=True) -> subprocess.CompletedProcess:
 
 
 @dataclass(frozen=True)
+class Ran:
+    """What :func:`run_here` returns: the exit code and what the run logged and wrote on stderr
+    (the names of :class:`subprocess.CompletedProcess`)."""
+
+    returncode: int
+    stderr: str
+
+
+def run_here(args, check=True) -> Ran:
+    """``run --no-progress --workers 2 ARGS`` in this process (:func:`pipeline.cli.main`): the map
+    of ``python -m pipeline run`` without a second interpreter importing torch, dask and odc (about
+    8 CPU-seconds a run). The tile workers are still a LocalCluster's processes. For fixtures whose
+    tests read the map; a test of the command line itself (exit codes, a kill) runs :func:`run`.
+
+    Raises:
+        AssertionError: ``check`` and the run failed (its last log lines in the message).
+    """
+    import contextlib
+    import io
+    import logging
+
+    from pipeline.cli import main
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    # a handler on the root first: the command's logging.basicConfig then adds none of its own
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stderr(buf):
+            code = main(["run", "--no-progress", "--workers", "2", *(str(a) for a in args)])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    out = Ran(code, buf.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"run failed ({code}):\n{out.stderr[-3000:]}")
+    return out
+
+
+@dataclass(frozen=True)
 class DemoMap:
     """The shared map's folder and what its run wrote on stderr (the log)."""
 
@@ -105,8 +148,7 @@ def make_demo_map(root: Path) -> DemoMap:
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / "lock")):
         if not done.is_file():
-            env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-            proc = run([*map_args(), "--workers", "1", "--out", str(out)], env, timeout=1500)
+            proc = run_here([*map_args(), "--workers", "1", "--out", str(out)])
             log.write_text(proc.stderr)
             done.write_text("ok")
     return DemoMap(out, log.read_text())

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.testing.reference import ReferenceSample, reference_inputs
+from tests.demo_map import run_here
 from tests.paths import REPO_ROOT
 
 #: A small sample for the unit tests (the product's has 8192 pixels).
@@ -140,7 +141,8 @@ def _bbox(box):
 @pytest.fixture(scope="module")
 def two_runs(demo_catalog, session_cache_dir, tmp_path_factory):
     """The two windows mapped at once, with the field and the composite, by two processes on a
-    cache with no basis yet (they share the demo catalog and the untrained text tower).
+    cache with no basis yet (they share the demo catalog and the untrained text tower): a
+    `python -m pipeline run` process and this one.
 
     The untrained reference-depth model, not the suite's one-layer checkpoint (tests/demo_map.py):
     with one layer, 62 random orthonormal axes also keep 100 % zero-shot agreement (measured
@@ -151,18 +153,28 @@ def two_runs(demo_catalog, session_cache_dir, tmp_path_factory):
     for name in ("demo", "untrained"):
         (session_cache_dir / name).mkdir(exist_ok=True)
         (cache / name).symlink_to(session_cache_dir / name, target_is_directory=True)
+
+    def args(name, box):
+        return ["--workers", "1", "--region", "demo", "--bbox", *_bbox(box), "--untrained",
+                "--tile-size", "32", "--save-embeddings", "--save-composite",
+                "--out", str(root / name)]  # fmt: skip
+
+    # west in a `python -m pipeline run` process, east at the same time in this one (run_here)
     env = {**os.environ, "S2LC_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-    procs = {}
-    for name, box in (("west", WEST), ("east", EAST)):
-        cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--workers", "1",
-               "--region", "demo", "--bbox", *_bbox(box), "--untrained", "--tile-size", "32",
-               "--save-embeddings", "--save-composite", "--out", str(root / name)]  # fmt: skip
-        procs[name] = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    for name, p in procs.items():
-        _, err = p.communicate(timeout=1200)
-        assert p.returncode == 0, f"{name} run failed:\n{err[-3000:]}"
+    with (root / "west.log").open("w") as log:
+        west = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", "--no-progress", *args("west", WEST)],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("S2LC_CACHE_DIR", str(cache))
+                east = run_here(args("east", EAST), check=False)
+        finally:
+            west.wait(timeout=1200)
+    err = (root / "west.log").read_text()
+    assert west.returncode == 0, f"west run failed:\n{err[-3000:]}"
+    assert east.returncode == 0, f"east run failed:\n{east.stderr[-3000:]}"
     return {"west": root / "west", "east": root / "east", "cache": cache}
 
 

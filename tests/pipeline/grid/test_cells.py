@@ -5,7 +5,8 @@ region post-processed (``--majority 1 --mmu 9``) across the cell edge, as the wh
 The catalog is drawn by the demo generator, one scene set per UTM zone (32 and 33 at 12 E),
 served by the real local STAC API; the run uses a LocalCluster of two worker processes. One run
 (with the post-processing and the class-mean calibration) serves every test of the file: the
-cells, the VRTs and the rerun do not depend on the post-processing options.
+cells, the VRTs and the rerun do not depend on the post-processing options. The map is made in
+the test process (:func:`tests.demo_map.run_here`), the reruns by `python -m pipeline run`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.demo_map import model_args
+from tests.demo_map import model_args, run_here
 from tests.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -64,7 +65,7 @@ def gridded_run(tmp_path_factory):
                 args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
             )
 
-        first = run()
+        first = run_here(args[4:], check=False)  # the map, made in the test process
         # the first run's report (the rerun test rewrites run.json)
         report = json.loads((out / "run.json").read_text()) if first.returncode == 0 else None
         yield {

@@ -1,5 +1,7 @@
 """End to end: `python -m pipeline run` on the demo catalog, through the real local STAC API and a
-LocalCluster of 2 worker processes: outputs, nodata, reruns, kill and resume. The patch model's
+LocalCluster of 2 worker processes: outputs, nodata, reruns, kill and resume. The maps that the
+tests read are made in the test process (:func:`tests.demo_map.run_here`); the reruns, the
+refusals and the killed run are `python -m pipeline run` processes. The patch model's
 seams are tests/pipeline/run/test_seamless.py (a file of its own, so the two run side by side on
 the suite's two workers)."""
 
@@ -18,6 +20,7 @@ import pytest
 from tests.demo_map import base_args as _base_args
 from tests.demo_map import model_args as _model_args
 from tests.demo_map import run as _run
+from tests.demo_map import run_here
 from tests.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -35,7 +38,7 @@ def timesenclip_map(env, tmp_path_factory):
     # Not the suite's shared demo map (tests/demo_map.py): that one stores the embedding field,
     # and a killed and resumed --save-embeddings run does not reproduce its probabilities.
     out = tmp_path_factory.mktemp("tsc") / "map"
-    proc = _run([*_base_args(), "--out", str(out), "--save-composite"], env)
+    proc = run_here([*_base_args(), "--out", str(out), "--save-composite"])
     return out, proc
 
 
@@ -170,7 +173,7 @@ def test_kill_and_resume_matches_uninterrupted(timesenclip_map, env, tmp_path):
     assert done_before >= 1
     assert not (out / "classes.tif").exists() and not (out / "map.zarr").exists()
 
-    _run([*_base_args(), "--out", str(out), "--save-composite"], env)
+    run_here([*_base_args(), "--out", str(out), "--save-composite"])
     run = json.loads((out / "run.json").read_text())
     assert run["tiles"]["resumed"] >= 1
     with rasterio.open(out / "classes.tif") as a, rasterio.open(ref / "classes.tif") as b:
@@ -192,7 +195,7 @@ def test_pixels_without_observations_are_nodata(env, tmp_path):
         region
     )
     out = tmp_path / "edge"
-    _run(
+    run_here(
         [
             "--region",
             str(region),
@@ -213,8 +216,7 @@ def test_pixels_without_observations_are_nodata(env, tmp_path):
             "1",
             "--out",
             str(out),
-        ],
-        env,
+        ]
     )
     with rasterio.open(out / "classes.tif") as c, rasterio.open(out / "valid_obs.tif") as v:
         classes, valid = c.read(1), v.read().sum(axis=0)

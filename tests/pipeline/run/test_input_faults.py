@@ -19,20 +19,29 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 
-from tests.demo_map import model_args
+from tests.demo_map import model_args, run_here
 from tests.paths import REPO_ROOT, TEST_DATA
 
 ROOT = REPO_ROOT
 CASES = TEST_DATA / "cases"
 
 
+def _args(region: Path, url: str, out: Path, start: str, end: str, *extra: str) -> list[str]:
+    return ["--region", str(region), "--start", start, "--end", end, "--period", "annual",
+            *model_args(), "--stac-url", url, "--max-cloud", "100", "--workers", "1",
+            "--no-progress", "--out", str(out), *extra]  # fmt: skip
+
+
 def _run(region: Path, url: str, out: Path, start: str, end: str, *extra: str):
-    cmd = [sys.executable, "-m", "pipeline", "run", "--region", str(region), "--start", start,
-           "--end", end, "--period", "annual", *model_args(),
-           "--stac-url", url, "--max-cloud", "100", "--workers", "1", "--no-progress",
-           "--out", str(out), *extra]  # fmt: skip
+    """``python -m pipeline run`` (its exit code and stderr are the test's subject)."""
+    cmd = [sys.executable, "-m", "pipeline", "run", *_args(region, url, out, start, end, *extra)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _run_here(region: Path, url: str, out: Path, start: str, end: str, *extra: str):
+    """The same run in the test process (a map the test reads, :func:`tests.demo_map.run_here`)."""
+    return run_here(_args(region, url, out, start, end, *extra), check=False)
 
 
 def _write_catalog(folder: Path, features: list[dict], collection: dict) -> Path:
@@ -67,7 +76,7 @@ def test_cdse_catalogue_with_two_baselines_maps_each_acquisition_once(tmp_path, 
     cat = _write_catalog(tmp_path / "catalog", doc["features"], collection)
     out = tmp_path / "out"
     with serve(cat) as url:
-        proc = _run(CASES / "region-small.yaml", url, out, "2021-05-01", "2021-06-30")
+        proc = _run_here(CASES / "region-small.yaml", url, out, "2021-05-01", "2021-06-30")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads((out / "run.json").read_text())
     assert rep["status"] == "complete"
@@ -277,7 +286,7 @@ def test_one_missing_object_drops_its_scene_and_the_map_is_made_from_the_others(
             refused = _run(region, url, strict, "2023-05-01", "2023-06-30",
                            "--max-unreadable", "0")  # fmt: skip
         with serve(without) as url:
-            plain = _run(region, url, ref, "2023-05-01", "2023-06-30")
+            plain = _run_here(region, url, ref, "2023-05-01", "2023-06-30")  # the reference
         assert store.counter.not_found >= 1
 
     assert first.returncode == 0, first.stderr[-2000:]

@@ -2,25 +2,21 @@
 
 One seeded demo catalog (12 dates) with a 6 x 6 px glacier planted in it (a material none of the
 demo classes describes, ``generate_catalog(plant="glacier")``), served by the real local STAC
-API; ``python -m pipeline run --ood --calibration reference --majority 1 --mmu 9`` maps a 1 km
-box around the glacier twice, tiled at 64 and at 256 px, with a LocalCluster of one worker
-process (the tiles' order and placement are what the tiling changes; how many processes run them
-is the cluster tests' subject).
+API; the ``run`` command (in the test process, :func:`tests.demo_map.run_here`) with ``--ood
+--calibration reference --majority 1 --mmu 9`` maps a 1 km box around the glacier twice, tiled
+at 64 and at 256 px, with a LocalCluster of one worker process (the tiles' order and placement
+are what the tiling changes; how many processes run them is the cluster tests' subject).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.demo_map import model_args
-from tests.paths import REPO_ROOT
+from tests.demo_map import model_args, run_here
 
 # 1 km x 1 km inside the demo AOI (EPSG:32632) around the planted patch (AOI rows 57..63,
 # columns 117..123: 30 % of its height, 60 % of its width).
@@ -49,20 +45,15 @@ def planted_runs(tmp_path_factory):
     catalog = generate_catalog(
         tmp / "catalog", seed=0, dates=DATES, plant="glacier", plant_px=6, partial_swath=None
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     outs = {}
     with serve(catalog) as url:
         for tile in (64, 256):
             out = tmp / f"map{tile}"
-            cmd = [
-                sys.executable, "-m", "pipeline", "run", "--region", "demo", "--bbox", *_bbox(),
-                "--year", "2023", *model_args(), "--stac-url", url, "--tile-size", str(tile),
-                "--workers", "1", "--no-progress", "--out", str(out), *OPTIONS,
-            ]  # fmt: skip
-            proc = subprocess.run(
-                cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500
-            )
-            assert proc.returncode == 0, proc.stderr[-3000:]
+            run_here([
+                "--region", "demo", "--bbox", *_bbox(), "--year", "2023", *model_args(),
+                "--stac-url", url, "--tile-size", str(tile), "--workers", "1", "--out", str(out),
+                *OPTIONS,
+            ])  # fmt: skip
             outs[tile] = out
     return catalog, outs
 

@@ -1,5 +1,5 @@
 """End to end: the patch model (SenCLIP, sliding windows) maps the demo seamlessly, and the same
-map whatever the tile size: `python -m pipeline run` over a 400 m x 400 m box (40 x 40 px) at
+map whatever the tile size: the `run` command (in the test process) over a 400 m x 400 m box (40 x 40 px) at
 tiles of 32 px (seams at column and row 32, where chips of 32 px at a stride of 16 reach across)
 and of 48 px (one tile: no seam), through the real local STAC API with a LocalCluster of one
 worker process (a seam is where two tiles meet, whichever process made each; each worker builds
@@ -7,32 +7,24 @@ the model anew, the run's largest fixed cost on so small a box)."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-import pytest
 
-from tests.demo_map import base_args, inner_bbox, run
+from tests.demo_map import base_args, inner_bbox, run_here
 
 #: 40 x 40 px of the demo (EPSG:32632); classes of the untrained model change across the seams.
 BOX_UTM = (600500.0, 5340500.0, 600900.0, 5340900.0)
 SEAM = 32
 
 
-@pytest.fixture(scope="module")
-def env(demo_catalog):
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
-def test_senclip_seamless_across_tile_sizes(env, tmp_path):
+def test_senclip_seamless_across_tile_sizes(demo_catalog, tmp_path):
     import xarray as xr
 
     outs = []
     for tile in (SEAM, 48):
         out = tmp_path / f"senclip{tile}"
         args = [*base_args("senclip", tile, BOX_UTM), "--window", "32", "--stride", "16"]
-        args += ["--workers", "1"]  # run() says --workers 2; the last one given counts
-        run([*args, "--out", str(out)], env)
+        args += ["--workers", "1"]  # run_here() says --workers 2; the last one given counts
+        run_here([*args, "--out", str(out)])
         outs.append(xr.open_zarr(out / "map.zarr"))
     a, b = outs
     classes = a["classes"].values
