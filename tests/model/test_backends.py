@@ -84,6 +84,15 @@ def test_backend_agrees_with_fp32(small, classifier, sample, name):
         assert cos.min() >= 0.998 and agree >= 0.9, (cos.min(), agree)
 
 
+def test_openvino_leaves_its_threads_unpinned(small):
+    """OpenVINO pins inference threads to cores counted from the first in every process, so
+    a node's workers all inferred on the same core (two at once: half a core each, measured
+    2026-12-08). The compiled model must not pin."""
+    fn = backends.encoder_fn(small, "openvino-bf16", 4)
+    assert fn.compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert fn.compiled.get_property("INFERENCE_NUM_THREADS") == torch.get_num_threads()
+
+
 @pytest.mark.parametrize("t", [1, 4])
 def test_openvino_follows_the_time_steps(small, t):
     """The export is specialised per T (1, 4, 12) and agrees with fp32 at each."""
