@@ -157,6 +157,13 @@ def _write_catalog(folder: Path, items: list[dict], collection: Path) -> Path:
     return folder
 
 
+def _remote_catalog(folder: Path, items: list[dict], data: Path, store_url: str) -> Path:
+    """``items`` of the catalog in ``data`` with their hrefs on the object store at ``store_url``
+    (which serves ``data``), written as a catalog into ``folder``."""
+    remote = json.loads(json.dumps(items).replace(data.resolve().as_uri(), store_url))
+    return _write_catalog(folder, remote, data / "collection.json")
+
+
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     kids = [int(p) for p in out.stdout.split()]
@@ -287,8 +294,8 @@ def compare_outputs(a: Path, b: Path) -> list[str]:
     return diff
 
 
-#: Log lines that say nothing about a failure: odc-stac's per-read messages (each retried) and
-#: the empty exception reports of a worker's read threads when the worker is killed.
+#: Log lines that say nothing about a failure: odc-stac's per-read messages and the empty
+#: "Error in sys.excepthook" reports a worker prints when a faulty run's cluster shuts down.
 _NOISE = ("Error in sys.excepthook", "Original exception was", "Failed to load ")
 
 
@@ -364,8 +371,7 @@ def rehearse(cfg: RehearsalConfig, root: Path) -> dict[str, Any]:
                             missing={lost_rel})  # fmt: skip
     faulty_out, clean_out = root / "faulty", root / "clean"
     with serve_store(data, store_cfg) as store:
-        remote = json.loads(json.dumps(items).replace(data.resolve().as_uri(), store.url))
-        cat = _write_catalog(root / "catalog-remote", remote, data / "collection.json")
+        cat = _remote_catalog(root / "catalog-remote", items, data, store.url)
         with serve(cat) as url:
             plan_cmd = _command("plan", region_file, url, faulty_out, cfg)
             plan_cmd += ["--latency-ms", str(cfg.latency_s * 1000),
@@ -454,8 +460,7 @@ def standin_rate_runs(work: Path, timed: Any) -> list[tuple[RehearsalConfig, dic
     items = json.loads((data / "items.json").read_text())["features"]
     out: list[tuple[RehearsalConfig, dict[str, Any]]] = []
     with serve_store(data) as store:
-        remote = json.loads(json.dumps(items).replace(data.resolve().as_uri(), store.url))
-        cat = _write_catalog(work / "catalog", remote, data / "collection.json")
+        cat = _remote_catalog(work / "catalog", items, data, store.url)
         with serve(cat) as url:
             for i, cfg in enumerate([cfgs[0], *cfgs]):
                 key = "warm_up" if i == 0 else f"run_{i - 1}"

@@ -255,7 +255,7 @@ def load_cube(
     return cube
 
 
-def _odc_load(canon, harm, geobox, mask, chunks, pool, driver=None):
+def _odc_load(canon, harm, geobox, mask, chunks, pool, driver):
     """odc-stac load grouped by (solar day, scale, offset); returns (dataset, {group: ids})."""
     import odc.stac
 

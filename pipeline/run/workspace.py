@@ -94,8 +94,8 @@ class TileFailure:
     """UTC time of the last attempt (ISO 8601)."""
     where: str = ""
     """Where the last attempt raised: the innermost frames of the worker's traceback
-    (``file.py:LINE in function``, innermost last), so an error with no message still says
-    which code raised it."""
+    (``file.py:LINE in function``, innermost first, joined by `` < ``), so an error with no
+    message still says which code raised it."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
