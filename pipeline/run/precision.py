@@ -15,7 +15,7 @@ from pipeline.run.config import RunConfig
 
 
 def resolve_precision(
-    cfg: RunConfig, classifier: np.ndarray, threads: int | None = None
+    cfg: RunConfig, classifier: np.ndarray | None, threads: int | None = None
 ) -> tuple[RunConfig, dict[str, Any]]:
     """``cfg`` with ``--backend auto`` resolved for this machine (:mod:`model.precision`).
 
@@ -28,7 +28,7 @@ def resolve_precision(
         cfg: the run's settings.
         classifier: the (C, D) classifier of the run's model
             (:attr:`pipeline.run.classifier.ModelClasses.classifier`), which the measurement
-            ranks the embeddings with.
+            ranks the embeddings with; needed for ``auto`` only (None otherwise).
         threads: torch threads per worker (:func:`pipeline.run.cluster.worker_threads`); the
             measurement runs with that many (None: this process's).
     """
@@ -38,6 +38,8 @@ def resolve_precision(
             "resolved": cfg.model.precision,
             "batch": cfg.model.cpu_batch,
         }
+    if classifier is None:
+        raise ValueError("--backend auto is measured with the run's classifier: none given")
     import torch
 
     from model.precision import resolve

@@ -100,11 +100,15 @@ def start(cfg: RunConfig) -> RunState | None:
         scenes = Scenes(found.items, len(found), found.ledger, found.close, found.counts)
         search_s = time.perf_counter() - t
     # The model and its classes, once, from the legend or few-shot head the checks loaded: the
-    # backend is measured with their classifier and the tiles classify with it.
-    classes = model_classes(cfg.model, checked.legend, checked.head)
+    # tiles classify with their classifier, and `--backend auto` is measured with it, so only
+    # then are they built before the output hash (a rerun of a map that is up to date, or one
+    # refused for other settings, builds no model).
+    classes = None
+    if cfg.model.precision == "auto":
+        classes = model_classes(cfg.model, checked.legend, checked.head)
     t = time.perf_counter()
     cfg, precision_info = resolve_precision(
-        cfg, classes.classifier, threads=worker_threads(cluster_cfg)
+        cfg, None if classes is None else classes.classifier, threads=worker_threads(cluster_cfg)
     )
     backend_s = time.perf_counter() - t
     output_hash, settings = cfg.identity()
@@ -112,6 +116,8 @@ def start(cfg: RunConfig) -> RunState | None:
         _log.info("%s is complete and up to date (hash %s); nothing to do", out, output_hash)
         return None
     ws.check_conflict(output_hash, cfg.execution.overwrite, settings)
+    if classes is None:
+        classes = model_classes(cfg.model, checked.legend, checked.head)
     if cfg.model.untrained:
         _log.warning(
             "UNTRAINED WEIGHTS: %s runs with random weights (demo only); the map shows "
